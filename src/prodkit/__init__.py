@@ -1,0 +1,106 @@
+"""prodkit: composable pure-ASGI middlewares that make an ASGI service production-grade.
+
+Everything public is importable from here; modules whose names start with an underscore are
+implementation details. Importing prodkit imports no web framework and no database driver.
+"""
+
+from __future__ import annotations
+
+from prodkit.__about__ import __version__
+from prodkit._client import ClientAddressResolver, normalize_ip, parse_ip
+from prodkit._context import get_parent_span_id, get_request_id, get_trace_id
+from prodkit._headers import (
+    append_vary,
+    get_all_headers,
+    get_header,
+    get_list_header,
+    message_headers,
+    remove_header,
+    scope_header,
+    set_default_header,
+    set_header,
+)
+from prodkit._problem import (
+    PROBLEM_CONTENT_TYPE,
+    FieldError,
+    Problem,
+    encode_problem,
+    problem_dict,
+    problem_type,
+    send_problem,
+)
+from prodkit._routing import (
+    UNMATCHED_ROUTE,
+    RouteResolver,
+    RouteTable,
+    route_template,
+    route_template_before,
+)
+from prodkit._send import ResponseObserver, read_body, replay_receive
+from prodkit._types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    MissingDependencyError,
+    ProdkitError,
+)
+from prodkit.middleware.errors import ErrorMiddleware
+from prodkit.middleware.request_id import (
+    RequestIdMiddleware,
+    generate_request_id,
+    is_valid_request_id,
+    parse_traceparent,
+)
+from prodkit.resilience import BreakerState, CircuitBreaker
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "UNMATCHED_ROUTE",
+    "ASGIApp",
+    "BackendError",
+    "BackendUnavailableError",
+    "BreakerState",
+    "CircuitBreaker",
+    "ClientAddressResolver",
+    "ConfigurationError",
+    "ErrorMiddleware",
+    "FieldError",
+    "Message",
+    "MissingDependencyError",
+    "Problem",
+    "ProdkitError",
+    "Receive",
+    "RequestIdMiddleware",
+    "ResponseObserver",
+    "RouteResolver",
+    "RouteTable",
+    "Scope",
+    "Send",
+    "__version__",
+    "append_vary",
+    "encode_problem",
+    "generate_request_id",
+    "get_all_headers",
+    "get_header",
+    "get_list_header",
+    "get_parent_span_id",
+    "get_request_id",
+    "get_trace_id",
+    "is_valid_request_id",
+    "message_headers",
+    "normalize_ip",
+    "parse_ip",
+    "parse_traceparent",
+    "problem_dict",
+    "problem_type",
+    "read_body",
+    "remove_header",
+    "replay_receive",
+    "route_template",
+    "route_template_before",
+    "scope_header",
+    "send_problem",
+    "set_default_header",
+    "set_header",
+]

@@ -1,0 +1,131 @@
+"""A send wrapper that observes, and optionally captures, one HTTP response."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prodkit._types import Message, RawHeaders, Receive, Send
+
+
+class ResponseObserver:
+    """Wrap an ASGI ``send`` to record what the response was, as it goes out.
+
+    One instance per request. It forwards every message unchanged (after the optional
+    ``on_start`` hook had a chance to add headers) and records:
+
+    * ``status`` and ``headers`` of ``http.response.start`` (``started`` becomes true);
+    * ``body_bytes``: body bytes the server accepted, counted after each ``send`` returns,
+      so a client that disconnected mid-stream is not credited with bytes it never got;
+    * ``complete``: the last body chunk (``more_body`` false) was sent;
+    * with ``capture_limit`` set, the body itself while it stays within that many bytes
+      (``overflowed`` says it did not, and the partial body is dropped).
+
+    Arguments:
+        send: the downstream ``send`` callable.
+        on_start: called with the ``http.response.start`` message before it is forwarded;
+            it may change the message's headers (see :func:`prodkit.message_headers`).
+        capture_limit: keep the body in memory up to this many bytes; ``None`` keeps nothing.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_on_start",
+        "_send",
+        "body_bytes",
+        "capture_limit",
+        "complete",
+        "headers",
+        "overflowed",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        on_start: Callable[[Message], None] | None = None,
+        capture_limit: int | None = None,
+    ) -> None:
+        self._send = send
+        self._on_start = on_start
+        self._chunks: list[bytes] = []
+        self.capture_limit = capture_limit
+        self.status: int | None = None
+        self.headers: RawHeaders = []
+        self.started = False
+        self.complete = False
+        self.overflowed = False
+        self.body_bytes = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self._on_start is not None:
+                self._on_start(message)
+            self.status = int(message["status"])
+            self.headers = list(message.get("headers") or ())
+            self.started = True
+            await self._send(message)
+        elif kind == "http.response.body":
+            body: bytes = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if self.capture_limit is not None and not self.overflowed:
+                if self.body_bytes + len(body) > self.capture_limit:
+                    self.overflowed = True
+                    self._chunks.clear()
+                elif body:
+                    self._chunks.append(body)
+            await self._send(message)
+            self.body_bytes += len(body)
+            if not more:
+                self.complete = True
+        else:
+            await self._send(message)
+
+    @property
+    def body(self) -> bytes:
+        """The captured body (empty unless ``capture_limit`` was set and not exceeded)."""
+        return b"".join(self._chunks)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, bool]:
+    """Read the whole request body, honouring ``more_body``.
+
+    Returns ``(body, complete)``; ``complete`` is false when the client disconnected first or
+    when the body grew past ``limit`` bytes (then reading stops and ``body`` holds what was read).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), False
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                return b"".join(chunks), False
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def replay_receive(body: bytes, receive: Receive) -> Receive:
+    """Return a ``receive`` that yields ``body`` as one message, then defers to ``receive``.
+
+    Used after a middleware read the body itself, so the app still sees the exact bytes.
+    """
+    sent = False
+
+    async def _receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return _receive
+
+
+__all__ = ["ResponseObserver", "read_body", "replay_receive"]

@@ -1,0 +1,1 @@
+"""prodkit's middlewares, one module each; import them from :mod:`prodkit`."""

@@ -1,0 +1,153 @@
+"""Shared fixtures: the framework matrix, real PostgreSQL and Redis, and ASGI clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prodkit import ASGIApp
+from tests.apps import FRAMEWORKS, build_app
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DATABASE_URL = os.environ.get(
+    "PRODKIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: One id per test run: databases and Redis keys created by this run carry it.
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer machine without the service; fail under ``CI=true``."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: services must be running; see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    """Each framework of the matrix: raw ASGI, Starlette, FastAPI, Litestar."""
+    return str(request.param)
+
+
+@pytest.fixture
+def app(framework: str) -> ASGIApp:
+    """A fresh test app (see :mod:`tests.apps`) for the framework under test."""
+    return build_app(framework)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh Prometheus registry per test, so no test sees another's samples."""
+    return CollectorRegistry(auto_describe=True)
+
+
+ClientFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    """Build ``httpx.AsyncClient`` instances over ``ASGITransport``; all closed at teardown."""
+    clients: list[httpx.AsyncClient] = []
+
+    def factory(
+        asgi_app: ASGIApp, *, client: tuple[str, int] = ("127.0.0.1", 50000), **kwargs: object
+    ) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=asgi_app, client=client)
+        made = httpx.AsyncClient(transport=transport, base_url="http://testserver", **kwargs)  # type: ignore[arg-type]
+        clients.append(made)
+        return made
+
+    yield factory
+    for made in clients:
+        await made.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_dsn() -> str:
+    """DSN of the PostgreSQL server's maintenance database (checked once per run)."""
+    import asyncio
+
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def ping() -> None:
+        conn = await asyncpg.connect(DATABASE_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        unavailable(f"PostgreSQL not reachable at PRODKIT_TEST_DATABASE_URL: {exc!r}")
+    return DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server_dsn: str) -> Iterator[str]:
+    """DSN of a database created for this test run and dropped after it."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"prodkit_test_{RUN_ID}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server_dsn, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_server_dsn.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test Redis server (checked once per run)."""
+    import asyncio
+
+    redis_asyncio = pytest.importorskip("redis.asyncio")
+
+    async def ping() -> None:
+        client = redis_asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        unavailable(f"Redis not reachable at PRODKIT_TEST_REDIS_URL: {exc!r}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; its keys are deleted afterwards (with SCAN, not KEYS)."""
+    import asyncio
+
+    import redis.asyncio as redis_asyncio
+
+    prefix = f"prodkit-test:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+
+    async def cleanup() -> None:
+        client = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            async for key in client.scan_iter(match=f"*{prefix}*", count=500):
+                await client.delete(key)
+        finally:
+            await client.aclose()
+
+    asyncio.run(cleanup())
