@@ -1,0 +1,1 @@
+"""In-process benchmarks: prodkit's per-request overhead against a bare app and its peers."""

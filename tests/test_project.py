@@ -1,0 +1,47 @@
+"""The project's promises about itself: import hygiene, README and CI agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS_AND_DRIVERS = ("starlette", "fastapi", "litestar", "asyncpg", "redis", "uvicorn", "httpx")
+
+
+def test_import_prodkit_imports_no_framework_or_driver() -> None:
+    code = (
+        "import sys, prodkit\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS_AND_DRIVERS!r})\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    assert result.stdout.strip() == ""
+
+
+def _commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if ".venv/bin/python -m" in line]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_commands = [c for c in _commands(readme) if "pytest" in c]
+    assert len(test_commands) == 1, "the README shows exactly one test command"
+    assert test_commands[0] in _commands(ci)
+
+
+def test_readme_serves_the_example_with_one_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert any(re.search(r"-m examples\.funds\b", c) for c in _commands(readme))
+
+
+def test_every_public_name_is_importable_and_documented() -> None:
+    import prodkit
+
+    for name in prodkit.__all__:
+        obj = getattr(prodkit, name)
+        if callable(obj) and not name.startswith("_") and getattr(obj, "__module__", "").startswith("prodkit"):
+            assert obj.__doc__, f"prodkit.{name} has no docstring"
