@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORKS_AND_DRIVERS = ("starlette", "fastapi", "litestar", "asyncpg", "redis", "uvicorn", "httpx")
+FRAMEWORKS_AND_DRIVERS = (
+    "starlette",
+    "fastapi",
+    "litestar",
+    "asyncpg",
+    "redis",
+    "uvicorn",
+    "httpx",
+)
 
 
 def test_import_prodkit_imports_no_framework_or_driver() -> None:
@@ -17,7 +25,9 @@ def test_import_prodkit_imports_no_framework_or_driver() -> None:
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS_AND_DRIVERS!r})\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -43,5 +53,9 @@ def test_every_public_name_is_importable_and_documented() -> None:
 
     for name in prodkit.__all__:
         obj = getattr(prodkit, name)
-        if callable(obj) and not name.startswith("_") and getattr(obj, "__module__", "").startswith("prodkit"):
+        if (
+            callable(obj)
+            and not name.startswith("_")
+            and getattr(obj, "__module__", "").startswith("prodkit")
+        ):
             assert obj.__doc__, f"prodkit.{name} has no docstring"

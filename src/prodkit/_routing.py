@@ -63,7 +63,8 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
             walked = _walk(router, _routing_scope(scope))
             if walked is not None:
                 return walked
-        if isinstance(path_format, str):
+        # A mount whose inner routes did not match is a 404, not a route.
+        if isinstance(path_format, str) and not path_format.endswith("{path}"):
             return path_format
     return UNMATCHED_ROUTE
 
@@ -96,9 +97,10 @@ def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
         if not isinstance(path_format, str):
             continue
         template: str | None = path_format
-        if getattr(route, "routes", None) and "root_path" in child:
+        if "root_path" in child:  # a Mount: its path_format ends in "/{path}"
             inner = _walk(route, {**scope, **child}, depth + 1)
-            template = None if inner is None else path_format.rstrip("/") + inner
+            prefix = path_format.removesuffix("/{path}").rstrip("/")
+            template = None if inner is None else prefix + inner
         if template is None:
             continue
         if level == _FULL:
