@@ -1,0 +1,1 @@
+"""Runnable examples that use only prodkit's public API."""

@@ -1,0 +1,31 @@
+"""``python -m examples.funds [--host 127.0.0.1] [--port 8000] [--workers 1]``."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.funds",
+        description="Serve the prodkit funds example (configuration from the environment; see docs/example.md).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args(argv)
+    uvicorn.run(
+        "examples.funds.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        timeout_graceful_shutdown=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The funds API on Starlette, wrapped in prodkit's middlewares."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from examples.funds.model import MAX_SIMULATIONS, project, require_valid
+from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
+from examples.funds.settings import Settings
+from prodkit import (
+    ASGIApp,
+    ErrorMiddleware,
+    FieldError,
+    Problem,
+    RequestIdMiddleware,
+    encode_problem,
+    problem_dict,
+)
+
+USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
+MAX_BODY = 64 * 1024
+
+
+def user_id(request: Request) -> str:
+    """The caller, from ``X-User-Id`` (a demo stand-in for real authentication)."""
+    value = request.headers.get("x-user-id")
+    if not value:
+        raise Problem(
+            401,
+            "UNAUTHENTICATED",
+            "send an X-User-Id header to identify the caller",
+            headers={"WWW-Authenticate": 'X-User-Id realm="funds"'},
+        )
+    if not USER_ID.match(value):
+        raise Problem(
+            401,
+            "UNAUTHENTICATED",
+            "X-User-Id must be 1 to 64 characters from A-Z a-z 0-9 . _ @ : -",
+            headers={"WWW-Authenticate": 'X-User-Id realm="funds"'},
+        )
+    return value
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON document, or a 4xx problem that says what is wrong with it."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", "send the fund as application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Problem(413, "PAYLOAD_TOO_LARGE", f"the body must be at most {MAX_BODY} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(
+            400,
+            "MALFORMED_JSON",
+            "the body is not valid JSON",
+            errors=[FieldError("", str(exc)[:200])],
+        ) from exc
+
+
+def repo(request: Request) -> Repository:
+    repository: Repository = request.app.state.repository
+    return repository
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise Problem(
+            400,
+            "INVALID_QUERY",
+            f"{name} must be an integer from {low} to {high}",
+            errors=[FieldError(f"/query/{name}", f"must be an integer from {low} to {high}")],
+        )
+    return value
+
+
+def not_found(fund_id: str) -> Problem:
+    return Problem(404, "NOT_FOUND", f"no fund {fund_id!r} for this caller")
+
+
+async def create_fund(request: Request) -> Response:
+    user = user_id(request)
+    fields = require_valid(await json_body(request))
+    fund = await repo(request).create(user, fields)
+    return JSONResponse(
+        fund.to_json(), status_code=201, headers={"Location": f"/api/funds/{fund.id}"}
+    )
+
+
+async def get_fund(request: Request) -> Response:
+    user = user_id(request)
+    fund_id = request.path_params["fund_id"]
+    fund = await repo(request).get(user, fund_id)
+    if fund is None:
+        raise not_found(fund_id)
+    return JSONResponse(fund.to_json())
+
+
+async def update_fund(request: Request) -> Response:
+    user = user_id(request)
+    fund_id = request.path_params["fund_id"]
+    fields = require_valid(await json_body(request), partial=True)
+    fund = await repo(request).update(user, fund_id, fields)
+    if fund is None:
+        raise not_found(fund_id)
+    return JSONResponse(fund.to_json())
+
+
+async def delete_fund(request: Request) -> Response:
+    user = user_id(request)
+    fund_id = request.path_params["fund_id"]
+    if not await repo(request).delete(user, fund_id):
+        raise not_found(fund_id)
+    return Response(status_code=204)
+
+
+async def list_funds(request: Request) -> Response:
+    user = user_id(request)
+    limit = query_int(request, "limit", 20, 1, MAX_PAGE)
+    q = request.query_params.get("q") or None
+    if q is not None and len(q) > 200:
+        raise Problem(
+            400,
+            "INVALID_QUERY",
+            "q must be at most 200 characters",
+            errors=[FieldError("/query/q", "too long")],
+        )
+    page = await repo(request).list(
+        user, q=q, limit=limit, cursor=request.query_params.get("cursor") or None
+    )
+    return JSONResponse(
+        {"items": [f.to_json() for f in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+async def projection(request: Request) -> Response:
+    user = user_id(request)
+    fund_id = request.path_params["fund_id"]
+    simulations = query_int(request, "simulations", 10_000, 1, MAX_SIMULATIONS)
+    seed = query_int(request, "seed", 0, 0, 2**31 - 1)
+    fund = await repo(request).get(user, fund_id)
+    if fund is None:
+        raise not_found(fund_id)
+    # CPU-bound: run it in a thread so the event loop keeps answering probes and other requests.
+    result = await asyncio.to_thread(project, fund.stages, fund.size, simulations, seed)
+    return JSONResponse({"fund_id": fund.id, **result})
+
+
+async def summary(request: Request) -> Response:
+    user = user_id(request)
+    return JSONResponse((await repo(request).summary(user)).to_json())
+
+
+async def http_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 answered as problems, like everything else."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    body = problem_dict(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), exc.detail)
+    return Response(
+        encode_problem(body),
+        status_code=exc.status_code,
+        media_type="application/problem+json",
+        headers=exc.headers,
+    )
+
+
+def create_starlette(settings: Settings, repository: Repository | None = None) -> Starlette:
+    """The bare Starlette app (no prodkit middlewares)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.repository = repository or InMemoryRepository()
+        try:
+            yield
+        finally:
+            await app.state.repository.close()
+
+    routes = [
+        Route("/api/funds", create_fund, methods=["POST"]),
+        Route("/api/funds", list_funds, methods=["GET"]),
+        Route("/api/funds/{fund_id}", get_fund, methods=["GET"]),
+        Route("/api/funds/{fund_id}", update_fund, methods=["PATCH"]),
+        Route("/api/funds/{fund_id}", delete_fund, methods=["DELETE"]),
+        Route("/api/funds/{fund_id}/projection", projection, methods=["GET"]),
+        Route("/api/summary", summary, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_problem}
+    )
+
+
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The service: the Starlette app wrapped in prodkit's recommended stack."""
+    settings = settings or Settings.from_env()
+    app: ASGIApp = create_starlette(settings)
+    app = ErrorMiddleware(app)
+    app = RequestIdMiddleware(app)
+    return app
