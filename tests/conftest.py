@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -21,6 +24,30 @@ REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 #: One id per test run: databases and Redis keys created by this run carry it.
 RUN_ID = uuid.uuid4().hex[:12]
+T = TypeVar("T")
+
+
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even if an event loop is running here.
+
+    Session fixtures may be first requested from inside an async test or fixture, where
+    ``asyncio.run`` is not allowed; a short-lived thread gives the coroutine its own loop.
+    """
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(factory()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="fixture-setup")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 def unavailable(reason: str) -> None:
@@ -72,8 +99,6 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 @pytest.fixture(scope="session")
 def postgres_server_dsn() -> str:
     """DSN of the PostgreSQL server's maintenance database (checked once per run)."""
-    import asyncio
-
     asyncpg = pytest.importorskip("asyncpg")
 
     async def ping() -> None:
@@ -81,7 +106,7 @@ def postgres_server_dsn() -> str:
         await conn.close()
 
     try:
-        asyncio.run(ping())
+        run_sync(ping)
     except Exception as exc:
         unavailable(f"PostgreSQL not reachable at PRODKIT_TEST_DATABASE_URL: {exc!r}")
     return DATABASE_URL
@@ -90,8 +115,6 @@ def postgres_server_dsn() -> str:
 @pytest.fixture(scope="session")
 def postgres_dsn(postgres_server_dsn: str) -> Iterator[str]:
     """DSN of a database created for this test run and dropped after it."""
-    import asyncio
-
     import asyncpg
 
     name = f"prodkit_test_{RUN_ID}"
@@ -103,19 +126,17 @@ def postgres_dsn(postgres_server_dsn: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    run_sync(lambda: run(f'CREATE DATABASE "{name}"'))
     base, _, _ = postgres_server_dsn.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the test Redis server (checked once per run)."""
-    import asyncio
-
     redis_asyncio = pytest.importorskip("redis.asyncio")
 
     async def ping() -> None:
@@ -126,7 +147,7 @@ def redis_url() -> str:
             await client.aclose()
 
     try:
-        asyncio.run(ping())
+        run_sync(ping)
     except Exception as exc:
         unavailable(f"Redis not reachable at PRODKIT_TEST_REDIS_URL: {exc!r}")
     return REDIS_URL
@@ -135,8 +156,6 @@ def redis_url() -> str:
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix unique to this test; its keys are deleted afterwards (with SCAN, not KEYS)."""
-    import asyncio
-
     import redis.asyncio as redis_asyncio
 
     prefix = f"prodkit-test:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
@@ -150,4 +169,4 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         finally:
             await client.aclose()
 
-    asyncio.run(cleanup())
+    run_sync(cleanup)

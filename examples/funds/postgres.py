@@ -1,0 +1,277 @@
+"""The PostgreSQL repository: asyncpg pool, keyset pagination, full-text search, summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from examples.funds.migrate import migrate
+from examples.funds.model import MODEL_VERSION, Stage, irr
+from examples.funds.repository import Fund, Page, Summary, decode_cursor, encode_cursor
+from prodkit import MissingDependencyError
+
+T = TypeVar("T")
+log = logging.getLogger("examples.funds.postgres")
+
+COLUMNS = "id, user_id, name, description, size, stages, irr, model_version, created_at, updated_at, deleted_at"
+#: Arbitrary constant naming the summary-refresh lock, so that one worker refreshes at a time.
+REFRESH_LOCK_ID = 0x73756D6D  # "summ"
+
+
+def _fund(row: Any) -> Fund:
+    stages = row["stages"]
+    if isinstance(stages, str):
+        stages = json.loads(stages)
+    return Fund(
+        id=str(row["id"]),
+        user_id=row["user_id"],
+        name=row["name"],
+        description=row["description"],
+        size=row["size"],
+        stages=tuple(Stage(**stage) for stage in stages),
+        irr=row["irr"],
+        model_version=row["model_version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
+    )
+
+
+def _stages_json(stages: tuple[Stage, ...]) -> str:
+    return json.dumps([stage.to_json() for stage in stages])
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+class PostgresRepository:
+    """Funds in PostgreSQL.
+
+    * One asyncpg pool with size limits; every statement bounded by ``statement_timeout`` on the
+      server and ``command_timeout`` on the client.
+    * Reads are retried once on a broken connection (safe: they change nothing); writes never
+      are, so a timeout can never insert a fund twice.
+    * ``GET /api/summary`` reads the ``fund_summaries`` materialized view. Writes mark it dirty;
+      a background task refreshes it CONCURRENTLY at most every ``summary_interval`` seconds,
+      so a summary is at most about ``summary_interval`` + one refresh stale.
+    """
+
+    def __init__(self, pool: Any, *, summary_interval: float = 1.0) -> None:
+        self.pool = pool
+        self.summary_interval = summary_interval
+        self._dirty = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        statement_timeout_ms: int = 5000,
+        summary_interval: float = 1.0,
+        apply_migrations: bool = True,
+    ) -> PostgresRepository:
+        """Open the pool, apply migrations and start the summary refresher."""
+        try:
+            import asyncpg
+        except ImportError as exc:
+            raise MissingDependencyError("asyncpg", "postgres") from exc
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=statement_timeout_ms / 1000 + 1,
+            server_settings={
+                "statement_timeout": str(statement_timeout_ms),
+                "application_name": "prodkit-funds",
+            },
+        )
+        if apply_migrations:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        repository = cls(pool, summary_interval=summary_interval)
+        repository.start()
+        return repository
+
+    def start(self) -> None:
+        """Start the debounced summary refresher (idempotent)."""
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_loop(), name="fund-summaries")
+
+    async def _read(self, func: Callable[[Any], Awaitable[T]]) -> T:
+        import asyncpg
+
+        for attempt in (1, 2):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await func(conn)
+            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+                if attempt == 2:
+                    raise
+                log.warning("read failed on a broken connection; retrying once")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create(self, user_id: str, fields: dict[str, Any]) -> Fund:
+        stages: tuple[Stage, ...] = fields["stages"]
+        row = await self.pool.fetchrow(
+            f"INSERT INTO funds (id, user_id, name, description, size, stages, irr, model_version)"
+            f" VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) RETURNING {COLUMNS}",
+            uuid.uuid4(),
+            user_id,
+            fields["name"],
+            fields.get("description", ""),
+            fields["size"],
+            _stages_json(stages),
+            irr(stages),
+            MODEL_VERSION,
+        )
+        self._dirty.set()
+        return _fund(row)
+
+    async def get(self, user_id: str, fund_id: str) -> Fund | None:
+        key = _uuid(fund_id)
+        if key is None:
+            return None
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"SELECT {COLUMNS} FROM funds WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+                key,
+                user_id,
+            )
+        )
+        return None if row is None else _fund(row)
+
+    async def update(self, user_id: str, fund_id: str, fields: dict[str, Any]) -> Fund | None:
+        key = _uuid(fund_id)
+        if key is None:
+            return None
+        assignments: list[str] = []
+        values: list[Any] = [key, user_id]
+        for column in ("name", "description", "size"):
+            if column in fields:
+                values.append(fields[column])
+                assignments.append(f"{column} = ${len(values)}")
+        if "stages" in fields:
+            values.append(_stages_json(fields["stages"]))
+            assignments.append(f"stages = ${len(values)}::jsonb")
+            values.append(irr(fields["stages"]))
+            assignments.append(f"irr = ${len(values)}")
+            values.append(MODEL_VERSION)
+            assignments.append(f"model_version = ${len(values)}")
+        assignments.append("updated_at = now()")
+        row = await self.pool.fetchrow(
+            f"UPDATE funds SET {', '.join(assignments)}"
+            f" WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING {COLUMNS}",
+            *values,
+        )
+        if row is not None:
+            self._dirty.set()
+        return None if row is None else _fund(row)
+
+    async def delete(self, user_id: str, fund_id: str) -> bool:
+        key = _uuid(fund_id)
+        if key is None:
+            return False
+        status = await self.pool.execute(
+            "UPDATE funds SET deleted_at = now(), updated_at = now()"
+            " WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+            key,
+            user_id,
+        )
+        deleted = bool(status == "UPDATE 1")
+        if deleted:
+            self._dirty.set()
+        return deleted
+
+    async def list(self, user_id: str, *, q: str | None, limit: int, cursor: str | None) -> Page:
+        sql, args = list_query(user_id, q=q, limit=limit, cursor=cursor)
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        items = [_fund(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more and items else None
+        return Page(items, next_cursor)
+
+    async def summary(self, user_id: str) -> Summary:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                "SELECT total_funds, total_aum, avg_irr, last_activity FROM fund_summaries WHERE user_id = $1",
+                user_id,
+            )
+        )
+        if row is None:
+            return Summary(0, 0.0, None, None)
+        last: datetime | None = row["last_activity"]
+        return Summary(
+            int(row["total_funds"]), round(float(row["total_aum"]), 2), row["avg_irr"], last
+        )
+
+    async def refresh_summaries(self) -> bool:
+        """Refresh ``fund_summaries`` now unless another process is; return whether it ran."""
+        # A transaction-level advisory lock: released at commit, safe behind PgBouncer.
+        async with self.pool.acquire() as conn, conn.transaction():
+            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_ID)
+            if not got:
+                return False
+            await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY fund_summaries")
+        return True
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                if not await self.refresh_summaries():
+                    self._dirty.set()  # someone else is refreshing: try again next round
+            except Exception:
+                log.exception("refreshing fund_summaries failed; will retry")
+                self._dirty.set()
+            await asyncio.sleep(self.summary_interval)
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        await self.pool.close()
+
+
+def list_query(
+    user_id: str, *, q: str | None, limit: int, cursor: str | None
+) -> tuple[str, list[Any]]:
+    """The listing statement: newest first, keyset after ``cursor``, full-text ``q``.
+
+    Fetches ``limit + 1`` rows so the caller knows whether there is a next page.
+    """
+    where = ["user_id = $1", "deleted_at IS NULL"]
+    args: list[Any] = [user_id]
+    if q:
+        args.append(q)
+        where.append(f"search @@ plainto_tsquery('simple', ${len(args)})")
+    if cursor:
+        created_at, fund_id = decode_cursor(cursor)
+        args.extend([created_at, uuid.UUID(fund_id)])
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    sql = (
+        f"SELECT {COLUMNS} FROM funds WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    )
+    return sql, args
