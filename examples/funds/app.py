@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
+from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
 from examples.funds.settings import Settings
 from prodkit import (
@@ -173,6 +174,10 @@ async def summary(request: Request) -> Response:
     return JSONResponse((await repo(request).summary(user)).to_json())
 
 
+async def openapi_document(request: Request) -> Response:
+    return JSONResponse(openapi())
+
+
 async def http_problem(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 answered as problems, like everything else."""
     assert isinstance(exc, HTTPException)
@@ -186,29 +191,51 @@ async def http_problem(request: Request, exc: Exception) -> Response:
     )
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def by_method(**handlers: Endpoint) -> Endpoint:
+    """One endpoint that dispatches to ``handlers[method]`` (HEAD is served by GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
 def create_starlette(settings: Settings, repository: Repository | None = None) -> Starlette:
     """The bare Starlette app (no prodkit middlewares)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.repository = repository or InMemoryRepository()
+        if repository is None and settings.database_url:
+            from examples.funds.postgres import PostgresRepository
+
+            app.state.repository = await PostgresRepository.connect(settings.database_url)
         try:
             yield
         finally:
             await app.state.repository.close()
 
+    # One route per path, dispatching on the method, so a 405's Allow lists every method.
     routes = [
-        Route("/api/funds", create_fund, methods=["POST"]),
-        Route("/api/funds", list_funds, methods=["GET"]),
-        Route("/api/funds/{fund_id}", get_fund, methods=["GET"]),
-        Route("/api/funds/{fund_id}", update_fund, methods=["PATCH"]),
-        Route("/api/funds/{fund_id}", delete_fund, methods=["DELETE"]),
+        Route("/api/funds", by_method(GET=list_funds, POST=create_fund), methods=["GET", "POST"]),
+        Route(
+            "/api/funds/{fund_id}",
+            by_method(GET=get_fund, PATCH=update_fund, DELETE=delete_fund),
+            methods=["GET", "PATCH", "DELETE"],
+        ),
         Route("/api/funds/{fund_id}/projection", projection, methods=["GET"]),
         Route("/api/summary", summary, methods=["GET"]),
+        Route("/openapi.json", openapi_document, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_problem}
     )
+    # The in-memory default needs no start-up, so the app also works without lifespan events.
+    app.state.repository = repository or InMemoryRepository()
+    return app
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:

@@ -53,6 +53,21 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _text(value: Any, low: int, high: int) -> str | None:
+    """A string of ``low``..``high`` characters that PostgreSQL can store, else ``None``.
+
+    JSON may carry lone surrogates (``"\\ud800"``) and NUL characters; neither can be stored as
+    text, so they are a client error here rather than a server error later.
+    """
+    if not isinstance(value, str) or not low <= len(value) <= high or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], list[FieldError]]:
     """Check a fund document; return the clean fields and the errors (JSON pointers).
 
@@ -66,8 +81,8 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
     errors.extend(FieldError(f"/{key}", "is not a known field") for key in unknown)
 
     if "name" in data or not partial:
-        name = data.get("name")
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
+        name = _text(data.get("name"), 1, 200)
+        if name is None or not name.strip():
             errors.append(FieldError("/name", "must be a string of 1 to 200 characters"))
         else:
             clean["name"] = name.strip()
@@ -81,7 +96,7 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
         description = data.get("description")
         if description is None:
             clean["description"] = ""
-        elif not isinstance(description, str) or len(description) > 5000:
+        elif (description := _text(description, 0, 5000)) is None:
             errors.append(FieldError("/description", "must be a string of at most 5000 characters"))
         else:
             clean["description"] = description
@@ -99,8 +114,8 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
                     errors.append(FieldError(pointer, "must be an object"))
                     continue
                 stage_errors = len(errors)
-                stage_name = stage.get("name")
-                if not isinstance(stage_name, str) or not 1 <= len(stage_name) <= 100:
+                stage_name = _text(stage.get("name"), 1, 100)
+                if stage_name is None:
                     errors.append(
                         FieldError(f"{pointer}/name", "must be a string of 1 to 100 characters")
                     )
@@ -108,6 +123,8 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
                 months = 0
                 if isinstance(raw_months, int) and not isinstance(raw_months, bool):
                     months = raw_months
+                elif isinstance(raw_months, float) and raw_months.is_integer():
+                    months = int(raw_months)  # JSON has one number type: 12.0 is the integer 12
                 if not 1 <= months <= 240:
                     errors.append(
                         FieldError(f"{pointer}/months", "must be an integer from 1 to 240")

@@ -234,3 +234,27 @@ async def test_readme_command_serves_the_example(tmp_path: Path) -> None:
             response = await http.post("/api/funds", json=FUND, headers=as_user("u1"))
     assert response.status_code == 201
     assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"name": "\\ud800", "size": 1, "stages": [{"name": "s", "months": 1, "graduate": 0, "exit": 0}]}',
+        b'{"name": "a\\u0000b", "size": 1, "stages": [{"name": "s", "months": 1, "graduate": 0, "exit": 0}]}',
+    ],
+)
+async def test_text_postgres_cannot_store_is_422(client: httpx.AsyncClient, payload: bytes) -> None:
+    response = await client.post(
+        "/api/funds", content=payload, headers={**as_user("u1"), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["pointer"] == "/name"
+
+
+async def test_integral_float_months_are_accepted(client: httpx.AsyncClient) -> None:
+    stage = {"name": "s", "months": 12.0, "graduate": 0.5, "exit": 0.5}
+    response = await client.post(
+        "/api/funds", json={**FUND, "stages": [stage]}, headers=as_user("u1")
+    )
+    assert response.status_code == 201
+    assert response.json()["stages"][0]["months"] == 12
