@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,43 @@ FUND: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings())
+@pytest.fixture(params=["memory", "postgres"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The example in-process, on its in-memory default and on PostgreSQL (DATABASE_URL)."""
+    settings = Settings()
+    if request.param == "postgres":
+        settings = Settings(database_url=request.getfixturevalue("postgres_dsn"))
+    app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
 
 
+#: Per-test suffix for user ids: the PostgreSQL database is shared by the whole run.
+_NAMESPACE = [uuid.uuid4().hex[:8]]
+
+
+@pytest.fixture(autouse=True)
+def fresh_users() -> None:
+    _NAMESPACE[0] = uuid.uuid4().hex[:8]
+
+
 def as_user(user: str) -> dict[str, str]:
-    return {"X-User-Id": user}
+    return {"X-User-Id": f"{user}-{_NAMESPACE[0]}"}
+
+
+async def eventually_json(
+    client: httpx.AsyncClient, url: str, user: str, expect: Callable[[Any], bool]
+) -> Any:
+    """GET ``url`` until ``expect(body)`` holds (summaries refresh in the background), 5 s at most."""
+    body: Any = None
+    for _ in range(100):
+        body = (await client.get(url, headers=as_user(user))).json()
+        if expect(body):
+            return body
+        await asyncio.sleep(0.05)
+    return body
 
 
 async def test_create_returns_201_location_and_request_id(client: httpx.AsyncClient) -> None:
@@ -212,7 +240,9 @@ async def test_summary(client: httpx.AsyncClient) -> None:
     a = (await client.post("/api/funds", json={**FUND, "size": 100}, headers=as_user("u6"))).json()
     await client.post("/api/funds", json={**FUND, "size": 50}, headers=as_user("u6"))
     await client.delete(f"/api/funds/{a['id']}", headers=as_user("u6"))
-    summary = (await client.get("/api/summary", headers=as_user("u6"))).json()
+    summary = await eventually_json(
+        client, "/api/summary", "u6", lambda body: body["total_funds"] == 1
+    )
     assert summary["total_funds"] == 1
     assert summary["total_aum"] == 50
     assert summary["last_activity"] is not None
