@@ -18,7 +18,6 @@ from starlette.routing import Route
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
-from examples.funds.settings import Settings
 from prodkit import (
     ASGIApp,
     ErrorMiddleware,
@@ -28,6 +27,7 @@ from prodkit import (
     encode_problem,
     problem_dict,
 )
+from prodkit.settings import StackSettings as Settings
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
 MAX_BODY = 64 * 1024

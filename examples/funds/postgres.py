@@ -219,12 +219,17 @@ class PostgresRepository:
             int(row["total_funds"]), round(float(row["total_aum"]), 2), row["avg_irr"], last
         )
 
-    async def refresh_summaries(self) -> bool:
-        """Refresh ``fund_summaries`` now unless another process is; return whether it ran."""
+    async def refresh_summaries(self, *, wait: bool = False) -> bool:
+        """Refresh ``fund_summaries`` now; return whether it ran.
+
+        Unless ``wait``, it gives up at once when another process is refreshing (that refresh
+        may predate the latest writes, so the caller marks the view dirty again).
+        """
         # A transaction-level advisory lock: released at commit, safe behind PgBouncer.
         async with self.pool.acquire() as conn, conn.transaction():
-            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_ID)
-            if not got:
+            if wait:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK_ID)
+            elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_ID):
                 return False
             await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY fund_summaries")
         return True

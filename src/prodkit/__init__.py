@@ -53,6 +53,7 @@ from prodkit.middleware.request_id import (
     parse_traceparent,
 )
 from prodkit.resilience import BreakerState, CircuitBreaker
+from prodkit.settings import StackSettings
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -77,6 +78,7 @@ __all__ = [
     "RouteTable",
     "Scope",
     "Send",
+    "StackSettings",
     "__version__",
     "append_vary",
     "encode_problem",

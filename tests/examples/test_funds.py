@@ -13,7 +13,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from examples.funds.app import create_app
-from examples.funds.settings import Settings
+from prodkit.settings import StackSettings as Settings
 from tests.servers import free_port, run_server
 
 FUND: dict[str, Any] = {

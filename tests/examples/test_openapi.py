@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from examples.funds.app import create_app
-from examples.funds.settings import Settings
+from prodkit.settings import StackSettings as Settings
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings()))
 

@@ -39,7 +39,7 @@ def user() -> str:
 
 async def summary_of(repository: Repository, user_id: str) -> dict[str, Any]:
     if isinstance(repository, PostgresRepository):
-        await repository.refresh_summaries()
+        await repository.refresh_summaries(wait=True)
     return (await repository.summary(user_id)).to_json()
 
 

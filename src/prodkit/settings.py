@@ -1,0 +1,118 @@
+"""The service settings prodkit's recommended stack reads from the environment.
+
+Every variable is optional; unset means the safe embedded default. The names are the ones the
+example service documents (``docs/example.md``), so a service built on prodkit is configured
+the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from prodkit.errors import ConfigurationError
+
+IdempotencyStoreName = Literal["memory", "postgres", "redis"]
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from exc
+    if value < 0:
+        raise ConfigurationError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """Settings of the recommended stack; build them explicitly or with :meth:`from_env`.
+
+    Attributes:
+        database_url: PostgreSQL DSN (``DATABASE_URL``): idempotency records in PostgreSQL.
+        redis_url: Redis URL (``REDIS_URL``): response cache and rate-limit counters in Redis.
+        idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``; default
+            ``postgres`` when ``database_url`` is set, else ``memory``).
+        rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``); ``None`` means a generous default.
+        trusted_proxies: IPs/CIDRs whose forwarding headers are honoured (``TRUSTED_PROXIES``).
+        cors_origins: allowed origins (``CORS_ORIGINS``); ``https://*.example.com`` allows
+            subdomains only; empty disables CORS.
+        max_concurrency: requests in flight per process before shedding (``MAX_CONCURRENCY``).
+        health_key: unlocks the detailed health report (``HEALTH_KEY``).
+        shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
+        shutdown_timeout_seconds: hard deadline after the drain.
+        log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
+    """
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    idempotency_store: IdempotencyStoreName = "memory"
+    rate_limit: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    max_concurrency: int | None = None
+    health_key: str | None = None
+    shutdown_drain_seconds: float = 0.0
+    shutdown_timeout_seconds: float = 30.0
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
+        """Read the settings from ``env`` (default ``os.environ``).
+
+        Raises :class:`~prodkit.ConfigurationError` naming the variable that is wrong.
+        """
+        env = os.environ if env is None else env
+        database_url = (env.get("DATABASE_URL") or "").strip() or None
+        store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or (
+            "postgres" if database_url else "memory"
+        )
+        if store not in ("memory", "postgres", "redis"):
+            raise ConfigurationError(f"IDEMPOTENCY_STORE={store!r}: use memory, postgres or redis")
+        redis_url = (env.get("REDIS_URL") or "").strip() or None
+        if store == "postgres" and not database_url:
+            raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
+        if store == "redis" and not redis_url:
+            raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
+        raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
+        max_concurrency: int | None = None
+        if raw_concurrency:
+            try:
+                max_concurrency = int(raw_concurrency)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"MAX_CONCURRENCY={raw_concurrency!r} is not a whole number"
+                ) from exc
+            if max_concurrency < 1:
+                raise ConfigurationError("MAX_CONCURRENCY must be at least 1")
+        log_format = (env.get("LOG_FORMAT") or "json").strip().lower()
+        if log_format not in ("json", "console"):
+            raise ConfigurationError(f"LOG_FORMAT={log_format!r}: use json or console")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            idempotency_store=store,  # type: ignore[arg-type]  # checked above
+            rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
+            trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
+            cors_origins=_split(env.get("CORS_ORIGINS")),
+            max_concurrency=max_concurrency,
+            health_key=(env.get("HEALTH_KEY") or "") or None,
+            shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 0.0),
+            shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0),
+            log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
+            log_format=log_format,  # type: ignore[arg-type]  # checked above
+        )
+
+
+__all__ = ["IdempotencyStoreName", "StackSettings"]

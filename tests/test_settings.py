@@ -1,0 +1,61 @@
+"""StackSettings.from_env: the design's environment variables, defaults and errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from prodkit import ConfigurationError, StackSettings
+
+
+def test_empty_environment_is_the_in_memory_default() -> None:
+    settings = StackSettings.from_env({})
+    assert settings == StackSettings()
+    assert settings.idempotency_store == "memory"
+
+
+def test_every_variable() -> None:
+    settings = StackSettings.from_env(
+        {
+            "DATABASE_URL": "postgresql://db/app",
+            "REDIS_URL": "redis://cache/0",
+            "RATE_LIMIT": "100/minute",
+            "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1",
+            "CORS_ORIGINS": "https://app.example.com,https://*.example.com",
+            "MAX_CONCURRENCY": "64",
+            "HEALTH_KEY": "k3y",
+            "SHUTDOWN_DRAIN_SECONDS": "5",
+            "SHUTDOWN_TIMEOUT_SECONDS": "25.5",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "console",
+        }
+    )
+    assert settings.idempotency_store == "postgres"  # DATABASE_URL set, store not named
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
+    assert settings.cors_origins == ("https://app.example.com", "https://*.example.com")
+    assert (settings.max_concurrency, settings.health_key) == (64, "k3y")
+    assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
+    assert (
+        StackSettings.from_env(
+            {"REDIS_URL": "redis://x", "IDEMPOTENCY_STORE": "Redis"}
+        ).idempotency_store
+        == "redis"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "mentions"),
+    [
+        ({"IDEMPOTENCY_STORE": "mongo"}, "IDEMPOTENCY_STORE"),
+        ({"IDEMPOTENCY_STORE": "postgres"}, "DATABASE_URL"),
+        ({"IDEMPOTENCY_STORE": "redis"}, "REDIS_URL"),
+        ({"MAX_CONCURRENCY": "lots"}, "MAX_CONCURRENCY"),
+        ({"MAX_CONCURRENCY": "0"}, "MAX_CONCURRENCY"),
+        ({"SHUTDOWN_DRAIN_SECONDS": "soon"}, "SHUTDOWN_DRAIN_SECONDS"),
+        ({"SHUTDOWN_TIMEOUT_SECONDS": "-1"}, "SHUTDOWN_TIMEOUT_SECONDS"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], mentions: str) -> None:
+    with pytest.raises(ConfigurationError, match=mentions):
+        StackSettings.from_env(env)
