@@ -1,0 +1,168 @@
+"""The store contract, run against every backend: memory and real Redis.
+
+Time is injected (a fake clock) so that the GCRA arithmetic, and above all Retry-After, can be
+checked at exact points of a window without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prodkit.ratelimit import MemoryRateLimitStore, RateLimitPolicy, RateLimitStore
+
+EPOCH = 1_800_000_000.0
+
+
+class FakeClock:
+    """Seconds since the epoch, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = EPOCH
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``("memory", "")`` or ``("redis://...", key prefix)``; resolved outside the event loop."""
+    if request.param == "memory":
+        return "memory", ""
+    return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+
+@pytest.fixture
+async def store(backend: tuple[str, str], clock: FakeClock) -> AsyncIterator[RateLimitStore]:
+    url, prefix = backend
+    if url == "memory":
+        made: RateLimitStore = MemoryRateLimitStore(clock=clock)
+    else:
+        from prodkit.ratelimit.redis import RedisRateLimitStore
+
+        made = RedisRateLimitStore.from_url(url, prefix=prefix, clock=clock)
+    yield made
+    await made.aclose()
+
+
+TEN_PER_MINUTE = RateLimitPolicy(10, 60)  # one unit every 6 s
+
+
+async def test_fresh_key_gets_the_whole_quota_then_is_limited(store: RateLimitStore) -> None:
+    remaining = []
+    for _ in range(10):
+        result = await store.consume("client", TEN_PER_MINUTE)
+        assert result.allowed
+        remaining.append(result.remaining)
+    assert remaining == list(range(9, -1, -1))
+    refused = await store.consume("client", TEN_PER_MINUTE)
+    assert not refused.allowed
+    assert refused.remaining == 0
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "retry_after"),
+    [(0.0, 6.0), (1.0, 5.0), (2.5, 3.5), (4.2, 1.8), (5.9, 0.1)],
+)
+async def test_retry_after_is_exact_at_points_of_the_window(
+    store: RateLimitStore, clock: FakeClock, elapsed: float, retry_after: float
+) -> None:
+    for _ in range(10):
+        assert (await store.consume("c", TEN_PER_MINUTE)).allowed
+    clock.advance(elapsed)
+    refused = await store.consume("c", TEN_PER_MINUTE)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(retry_after, abs=0.01)
+    assert refused.reset == pytest.approx(retry_after, abs=1)  # t: whole seconds, rounded up
+    assert refused.reset >= retry_after - 0.01
+    clock.advance(refused.retry_after - 0.05)
+    assert not (await store.consume("c", TEN_PER_MINUTE)).allowed
+    clock.advance(0.06)
+    assert (await store.consume("c", TEN_PER_MINUTE)).allowed
+
+
+async def test_quota_refills_smoothly_not_at_a_window_edge(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
+    for _ in range(10):
+        await store.consume("c", TEN_PER_MINUTE)
+    clock.advance(30)  # half a window: half the quota is back
+    allowed = [(await store.consume("c", TEN_PER_MINUTE)).allowed for _ in range(7)]
+    assert allowed == [True] * 5 + [False] * 2
+
+
+async def test_reset_after_is_when_the_whole_quota_is_back(
+    store: RateLimitStore, clock: FakeClock
+) -> None:
+    first = await store.consume("c", TEN_PER_MINUTE)
+    assert first.remaining == 9
+    assert first.reset_after == pytest.approx(6, abs=0.01)
+    assert first.reset == 6
+    await store.consume("c", TEN_PER_MINUTE)
+    clock.advance(3)
+    third = await store.consume("c", TEN_PER_MINUTE)
+    assert third.reset_after == pytest.approx(15, abs=0.01)
+
+
+async def test_keys_and_policies_are_independent(store: RateLimitStore) -> None:
+    one = RateLimitPolicy(1, 60, "one")
+    assert (await store.consume("a", one)).allowed
+    assert not (await store.consume("a", one)).allowed
+    assert (await store.consume("b", one)).allowed
+    assert (await store.consume("a", RateLimitPolicy(1, 60, "other"))).allowed
+    await store.reset("a", one)
+    assert (await store.consume("a", one)).allowed
+
+
+async def test_cost_takes_several_units(store: RateLimitStore) -> None:
+    assert (await store.consume("c", TEN_PER_MINUTE, cost=8)).remaining == 2
+    refused = await store.consume("c", TEN_PER_MINUTE, cost=3)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(6, abs=0.01)
+
+
+async def test_concurrent_consumers_never_exceed_the_quota(store: RateLimitStore) -> None:
+    policy = RateLimitPolicy(50, 3600, "burst")
+    results = await asyncio.gather(*(store.consume("hot", policy) for _ in range(200)))
+    assert sum(r.allowed for r in results) == 50
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0, 20, allow_nan=False), st.integers(1, 3)), min_size=1, max_size=40
+    ),
+    quota=st.integers(1, 20),
+)
+async def test_never_more_than_quota_plus_refill(
+    store: RateLimitStore, clock: FakeClock, steps: list[tuple[float, int]], quota: int
+) -> None:
+    policy = RateLimitPolicy(quota, 60, f"p{quota}")
+    key = f"k{clock.now}"
+    start = clock.now
+    granted = 0
+    for wait, cost in steps:
+        clock.advance(wait)
+        result = await store.consume(key, policy, cost)
+        assert result.remaining >= 0
+        assert result.retry_after >= 0
+        assert result.reset >= 0
+        if result.allowed:
+            granted += cost
+        else:
+            assert result.retry_after > 0
+            assert result.remaining < cost
+    assert granted <= quota + (clock.now - start) / policy.interval + 1e-6
+    clock.advance(10_000)
