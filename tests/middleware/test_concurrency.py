@@ -86,7 +86,8 @@ async def test_a_short_queue_waits_for_a_slot_and_rejects_when_full(
     held = [asyncio.create_task(client.get(f"/work/{n}")) for n in range(2)]
     await gate.all_inside.wait()
     queued = asyncio.create_task(client.get("/work/queued"))
-    while not middleware._waiters:  # the queued request is waiting for a slot
+    # Nothing signals "a request is queued": yield to the loop until it is.
+    while not middleware.queued:  # noqa: ASYNC110
         await asyncio.sleep(0)
     assert (await client.get("/work/overflow")).status_code == 503  # the queue is full
     gate.open.set()
@@ -105,7 +106,7 @@ async def test_a_queued_request_is_rejected_after_its_timeout(
     held = asyncio.create_task(client.get("/work/1"))
     await gate.all_inside.wait()
     assert (await client.get("/work/2")).status_code == 503
-    assert not middleware._waiters
+    assert middleware.queued == 0
     gate.open.set()
     assert (await held).status_code == 200
     assert middleware.in_flight == 0
@@ -121,12 +122,12 @@ async def test_a_cancelled_waiter_gives_no_slot_away(registry: CollectorRegistry
         held = asyncio.create_task(client.get("/work/1"))
         await gate.all_inside.wait()
         waiting = asyncio.create_task(client.get("/work/2"))
-        while not middleware._waiters:
+        while not middleware.queued:  # noqa: ASYNC110 - no event marks "queued"
             await asyncio.sleep(0)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        assert not middleware._waiters
+        assert middleware.queued == 0
         gate.open.set()
         assert (await held).status_code == 200
     assert middleware.in_flight == 0

@@ -147,7 +147,10 @@ async def test_vary_origin_even_without_an_origin_header(make_client: ClientFact
 
 async def test_app_cors_headers_are_replaced_not_duplicated(make_client: ClientFactory) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"access-control-allow-origin", b"*"), (b"access-control-allow-credentials", b"true")]
+        headers = [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-allow-credentials", b"true"),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
@@ -158,9 +161,7 @@ async def test_app_cors_headers_are_replaced_not_duplicated(make_client: ClientF
     assert response.headers.get_list("access-control-allow-origin") == ["https://a.example.com"]
 
 
-async def test_cors_headers_on_500_429_and_503(
-    make_client: ClientFactory, framework: str
-) -> None:
+async def test_cors_headers_on_500_429_and_503(make_client: ClientFactory, framework: str) -> None:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
@@ -224,7 +225,9 @@ async def test_websocket_and_lifespan_pass_through() -> None:
 
     middleware = cors(app)
     for kind in ("lifespan", "websocket"):
-        await middleware({"type": kind, "headers": [(b"origin", b"https://evil.test")]}, receive, send)
+        await middleware(
+            {"type": kind, "headers": [(b"origin", b"https://evil.test")]}, receive, send
+        )
     assert seen == ["lifespan", "websocket"]
 
 
@@ -232,7 +235,10 @@ async def test_websocket_and_lifespan_pass_through() -> None:
     ("options", "message"),
     [
         ({"allow_origins": "*", "allow_credentials": True}, "every site"),
-        ({"allow_origins": ["https://a.example.com", "*"], "allow_credentials": True}, "every site"),
+        (
+            {"allow_origins": ["https://a.example.com", "*"], "allow_credentials": True},
+            "every site",
+        ),
         ({"allow_origins": ""}, "empty"),
         ({"allow_origins": "https://example.com/"}, "no\\s+path"),
         ({"allow_origins": "example.com"}, "not an origin"),
@@ -257,7 +263,9 @@ def test_unsafe_or_malformed_configuration_is_refused(
 
 
 def test_configured_origins_are_normalised() -> None:
-    matcher = OriginMatcher("HTTPS://App.Example.org:443, http://h.test:8080, https://*.Example.com:443")
+    matcher = OriginMatcher(
+        "HTTPS://App.Example.org:443, http://h.test:8080, https://*.Example.com:443"
+    )
     assert matcher.matches("https://app.example.org")
     assert matcher.matches("http://h.test:8080")
     assert matcher.matches("https://x.example.com")

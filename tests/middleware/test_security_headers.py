@@ -44,10 +44,14 @@ async def test_hsts_over_https() -> None:
 
 async def test_hsts_can_be_forced_configured_or_disabled(make_client: ClientFactory) -> None:
     forced = SecurityHeadersMiddleware(
-        responding(b"text/plain"), hsts_https_only=False, hsts_max_age=600,
+        responding(b"text/plain"),
+        hsts_https_only=False,
+        hsts_max_age=600,
         hsts_include_subdomains=False,
     )
-    assert (await make_client(forced).get("/")).headers["strict-transport-security"] == "max-age=600"
+    assert (await make_client(forced).get("/")).headers[
+        "strict-transport-security"
+    ] == "max-age=600"
     off = SecurityHeadersMiddleware(responding(b"text/plain"), hsts_max_age=None)
     assert "strict-transport-security" not in (await https_get(off)).headers
     preload = SecurityHeadersMiddleware(responding(b"text/plain"), hsts_preload=True)
@@ -55,7 +59,9 @@ async def test_hsts_can_be_forced_configured_or_disabled(make_client: ClientFact
 
 
 async def test_strict_csp_on_html_only(make_client: ClientFactory) -> None:
-    html = await make_client(SecurityHeadersMiddleware(responding(b"text/html; charset=utf-8"))).get("/")
+    html = await make_client(
+        SecurityHeadersMiddleware(responding(b"text/html; charset=utf-8"))
+    ).get("/")
     assert html.headers["content-security-policy"] == DEFAULT_CSP
     assert "frame-ancestors 'none'" in html.headers["content-security-policy"]
     assert html.headers["cross-origin-opener-policy"] == "same-origin"
@@ -95,8 +101,12 @@ async def test_each_header_can_be_disabled(make_client: ClientFactory) -> None:
     )
     response = await https_get(app)
     for name in (
-        "x-content-type-options", "referrer-policy", "x-frame-options",
-        "content-security-policy", "cross-origin-opener-policy", "strict-transport-security",
+        "x-content-type-options",
+        "referrer-policy",
+        "x-frame-options",
+        "content-security-policy",
+        "cross-origin-opener-policy",
+        "strict-transport-security",
     ):
         assert name not in response.headers
 
@@ -104,9 +114,9 @@ async def test_each_header_can_be_disabled(make_client: ClientFactory) -> None:
 async def test_error_responses_get_the_headers_too(make_client: ClientFactory) -> None:
     from prodkit import ErrorMiddleware
 
-    response = await make_client(
-        SecurityHeadersMiddleware(ErrorMiddleware(build_app("raw")))
-    ).get("/boom")
+    response = await make_client(SecurityHeadersMiddleware(ErrorMiddleware(build_app("raw")))).get(
+        "/boom"
+    )
     assert response.status_code == 500
     assert response.headers["x-content-type-options"] == "nosniff"
 

@@ -25,7 +25,11 @@ async def ok(scope: Scope, receive: Receive, send: Send) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
     )
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
 
@@ -39,4 +43,6 @@ def _store() -> RateLimitStore:
     return RedisRateLimitStore.from_url(url, prefix=os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:"))
 
 
-app = RateLimitMiddleware(ok, policy=os.environ.get("PRODKIT_TEST_RL_RATE", "100/day"), store=_store())
+app = RateLimitMiddleware(
+    ok, policy=os.environ.get("PRODKIT_TEST_RL_RATE", "100/day"), store=_store()
+)

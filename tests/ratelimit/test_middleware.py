@@ -127,7 +127,8 @@ async def test_rotating_x_forwarded_for_from_an_untrusted_peer_does_not_reset_th
     statuses = [
         (
             await client.get(
-                "/items/1", headers={"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=10.0.0.{n}"}
+                "/items/1",
+                headers={"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=10.0.0.{n}"},
             )
         ).status_code
         for n in range(6)
@@ -179,7 +180,9 @@ async def test_route_policies_exemptions_and_probes(
 async def test_string_route_policies_are_named_after_the_route(
     make_client: ClientFactory, registry: CollectorRegistry
 ) -> None:
-    app = RateLimitMiddleware(build_app("raw"), routes={"/api/login": "5/minute"}, registry=registry)
+    app = RateLimitMiddleware(
+        build_app("raw"), routes={"/api/login": "5/minute"}, registry=registry
+    )
     response = await make_client(app).get("/api/login")
     assert response.headers["ratelimit-policy"] == '"route:api_login";q=5;w=60'
     assert "ratelimit" not in (await make_client(app).get("/other")).headers
@@ -189,7 +192,7 @@ async def test_custom_key_function(make_client: ClientFactory, registry: Collect
     def by_user(scope: Scope) -> str | None:
         for name, value in scope["headers"]:
             if name == b"x-user-id":
-                return "user:" + value.decode()
+                return "user:" + bytes(value).decode()
         return None  # anonymous requests are not limited here
 
     client = make_client(limited(policy="1/minute", key=by_user, registry=registry))
@@ -200,7 +203,9 @@ async def test_custom_key_function(make_client: ClientFactory, registry: Collect
     assert (await client.get("/items/1")).status_code == 200
 
 
-async def test_decisions_are_counted(make_client: ClientFactory, registry: CollectorRegistry) -> None:
+async def test_decisions_are_counted(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
     client = make_client(limited(policy="1/minute", registry=registry))
     await client.get("/items/1")
     await client.get("/items/1")
@@ -264,7 +269,9 @@ async def test_a_shared_policy_object_is_one_quota_across_routes(
     make_client: ClientFactory, registry: CollectorRegistry
 ) -> None:
     writes = RateLimitPolicy(2, 60, "writes")
-    app = RateLimitMiddleware(build_app("raw"), routes={"/a": writes, "/b": writes}, registry=registry)
+    app = RateLimitMiddleware(
+        build_app("raw"), routes={"/a": writes, "/b": writes}, registry=registry
+    )
     client = make_client(app)
     statuses = [(await client.get(path)).status_code for path in ("/a", "/b", "/a")]
     assert statuses == [404, 404, 429]

@@ -32,11 +32,22 @@ def test_parse_rate_accepts_the_documented_forms(rate: str, expected: tuple[int,
 
 
 @pytest.mark.parametrize(
-    "rate", ["", "100", "minute", "100/fortnight", "0/minute", "-1/minute", "1.5/second",
-             "100/0 minutes", "100//minute", "abc/minute"]
+    "rate",
+    [
+        "",
+        "100",
+        "minute",
+        "100/fortnight",
+        "0/minute",
+        "-1/minute",
+        "1.5/second",
+        "100/0 minutes",
+        "100//minute",
+        "abc/minute",
+    ],
 )
 def test_parse_rate_rejects_garbage_with_a_helpful_message(rate: str) -> None:
-    with pytest.raises(ConfigurationError, match="minute|at least"):
+    with pytest.raises(ConfigurationError, match=r"minute|at least"):
         parse_rate(rate)
 
 
@@ -68,8 +79,15 @@ def test_policy_header_is_the_drafts_structured_field() -> None:
 
 @pytest.mark.parametrize(
     ("quota", "window", "name"),
-    [(0, 60, "a"), (10, 0, "a"), (10, 60, ""), (10, 60, 'bad"name'), (10, 60, "x" * 65),
-     (True, 60, "a"), (1.5, 60, "a")],
+    [
+        (0, 60, "a"),
+        (10, 0, "a"),
+        (10, 60, ""),
+        (10, 60, 'bad"name'),
+        (10, 60, "x" * 65),
+        (True, 60, "a"),
+        (1.5, 60, "a"),
+    ],
 )
 def test_policy_validation(quota: int, window: int, name: str) -> None:
     with pytest.raises(ConfigurationError):

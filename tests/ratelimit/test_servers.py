@@ -33,8 +33,19 @@ async def test_four_workers_on_redis_let_exactly_the_quota_through(
         "PRODKIT_TEST_RL_PREFIX": redis_prefix,
         "PRODKIT_TEST_RL_RATE": "100/day",  # no refill during the test
     }
-    args = ["uvicorn", "tests.ratelimit.server_app:app", "--host", HOST, "--port", str(port),
-            "--workers", "4", "--no-access-log", "--log-level", "warning"]
+    args = [
+        "uvicorn",
+        "tests.ratelimit.server_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "4",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     with run_server(args, port=port, tmp_path=tmp_path, env=env, startup_timeout=60) as server:
         limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
         async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as client:
@@ -50,13 +61,24 @@ def throwaway_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], s
     """A private redis-server on a free loopback port, stopped by its own PID."""
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, 10, process)  # type: ignore[arg-type]
+        wait_for_port(port, 10, process)
         yield process, f"redis://{HOST}:{port}/0"
     finally:
         if process.poll() is None:
@@ -78,7 +100,9 @@ async def test_redis_dying_mid_test_fails_open_with_bounded_latency(tmp_path: Pa
     registry = CollectorRegistry()
     with throwaway_redis(tmp_path) as (process, url):
         store = RedisRateLimitStore.from_url(url)
-        app = RateLimitMiddleware(build_app("raw"), policy="5/minute", store=store, registry=registry)
+        app = RateLimitMiddleware(
+            build_app("raw"), policy="5/minute", store=store, registry=registry
+        )
         transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             before = [(await client.get("/items/1")).status_code for _ in range(3)]
@@ -101,7 +125,9 @@ async def test_redis_dying_mid_test_fails_open_with_bounded_latency(tmp_path: Pa
         "prodkit_rate_limit_decisions_total", {"policy": "default", "decision": "error"}
     )
     assert errors == 30
-    assert registry.get_sample_value("prodkit_circuit_breaker_state", {"breaker": "rate-limit"}) == 1
+    assert (
+        registry.get_sample_value("prodkit_circuit_breaker_state", {"breaker": "rate-limit"}) == 1
+    )
 
 
 @pytest.mark.server
@@ -114,7 +140,10 @@ async def test_redis_down_fails_closed_with_a_503_problem(tmp_path: Path) -> Non
     with throwaway_redis(tmp_path) as (process, url):
         store = RedisRateLimitStore.from_url(url)
         app = RateLimitMiddleware(
-            build_app("raw"), policy="5/minute", store=store, on_store_error="fail_closed",
+            build_app("raw"),
+            policy="5/minute",
+            store=store,
+            on_store_error="fail_closed",
             registry=registry,
         )
         transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 1))

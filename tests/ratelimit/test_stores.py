@@ -139,7 +139,9 @@ async def test_concurrent_consumers_never_exceed_the_quota(store: RateLimitStore
     assert sum(r.allowed for r in results) == 50
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     steps=st.lists(
         st.tuples(st.floats(0, 20, allow_nan=False), st.integers(1, 3)), min_size=1, max_size=40

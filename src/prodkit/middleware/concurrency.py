@@ -61,7 +61,9 @@ class ConcurrencyLimitMiddleware:
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise ConfigurationError("max_concurrency must be an integer (e.g. MAX_CONCURRENCY=100)")
+            raise ConfigurationError(
+                "max_concurrency must be an integer (e.g. MAX_CONCURRENCY=100)"
+            )
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
         if queue_size < 0:
@@ -91,6 +93,11 @@ class ConcurrencyLimitMiddleware:
     def in_flight(self) -> int:
         """Requests holding a slot right now."""
         return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot right now."""
+        return len(self._waiters)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exempt:

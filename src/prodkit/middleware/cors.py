@@ -75,7 +75,7 @@ def _normalise_origin(entry: str) -> str:
         or parts.query
         or parts.fragment
         or parts.username is not None
-        or "[" not in parts.netloc and not _HOST.match(host)
+        or ("[" not in parts.netloc and not _HOST.match(host))
     ):
         raise ConfigurationError(
             f"allow_origins: {entry!r} is not an origin; write scheme://host[:port] with no "
@@ -198,8 +198,12 @@ class CORSMiddleware:
     ) -> None:
         self.app = app
         self.origins = OriginMatcher(allow_origins)
-        if not (self.origins.allow_all or self.origins.allow_null or self.origins.exact
-                or self.origins.pattern):
+        if not (
+            self.origins.allow_all
+            or self.origins.allow_null
+            or self.origins.exact
+            or self.origins.pattern
+        ):
             raise ConfigurationError(
                 "allow_origins is empty; list the origins to allow (CORS_ORIGINS) or leave "
                 "CORSMiddleware out"

@@ -62,7 +62,11 @@ class SecurityHeadersMiddleware:
         self.app = app
         hsts: str | None = None
         if hsts_max_age is not None:
-            if isinstance(hsts_max_age, bool) or not isinstance(hsts_max_age, int) or hsts_max_age < 0:
+            if (
+                isinstance(hsts_max_age, bool)
+                or not isinstance(hsts_max_age, int)
+                or hsts_max_age < 0
+            ):
                 raise ConfigurationError("hsts_max_age must be whole seconds (0 or more) or None")
             if hsts_preload and (hsts_max_age < 31_536_000 or not hsts_include_subdomains):
                 raise ConfigurationError(
@@ -110,9 +114,7 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         added = list(self._always)
-        if self._hsts is not None and (
-            not self._hsts_https_only or scope.get("scheme") == "https"
-        ):
+        if self._hsts is not None and (not self._hsts_https_only or scope.get("scheme") == "https"):
             added.append(self._hsts)
         html = self._html
 

@@ -34,9 +34,7 @@ class MemoryRateLimitStore:
         self._clock = clock
         self._entries: dict[tuple[str, str], float] = {}
 
-    async def consume(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1
-    ) -> RateLimitDecision:
+    async def consume(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
         """Take ``cost`` units of ``policy`` for ``key`` if they fit (see the GCRA in ``store``)."""
         now = self._clock()
         entries = self._entries

@@ -133,9 +133,7 @@ class RateLimitMiddleware:
         self.on_store_error = on_store_error
         shared = not isinstance(self.store, MemoryRateLimitStore)
         if shared and breaker is None:
-            breaker = CircuitBreaker(
-                "rate-limit", timeout=0.5, registry=registry, prefix=prefix
-            )
+            breaker = CircuitBreaker("rate-limit", timeout=0.5, registry=registry, prefix=prefix)
         self._breaker = breaker if shared else None
         self._fallback = MemoryRateLimitStore() if shared else None
         self._exempt = frozenset(exempt_paths)
@@ -206,7 +204,9 @@ class RateLimitMiddleware:
                 type=QUOTA_EXCEEDED_TYPE,
                 headers={"Retry-After": str(retry_after)},
                 extensions={"violated-policies": names},
-            ).send(send, headers=[(b"ratelimit-policy", policy_header), (b"ratelimit", state_header)])
+            ).send(
+                send, headers=[(b"ratelimit-policy", policy_header), (b"ratelimit", state_header)]
+            )
             return
 
         async def send_with_headers(message: Message) -> None:

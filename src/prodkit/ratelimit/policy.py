@@ -56,7 +56,9 @@ class RateLimitPolicy:
 
     def __post_init__(self) -> None:
         if isinstance(self.quota, bool) or not isinstance(self.quota, int) or self.quota < 1:
-            raise ConfigurationError(f"rate limit quota must be a positive integer, not {self.quota!r}")
+            raise ConfigurationError(
+                f"rate limit quota must be a positive integer, not {self.quota!r}"
+            )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigurationError(
                 f"rate limit window must be a positive whole number of seconds, not {self.window!r}"

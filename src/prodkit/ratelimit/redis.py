@@ -115,9 +115,7 @@ class RedisRateLimitStore:
             key = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         return f"{self.prefix}{policy.name}:{{{key}}}"
 
-    async def consume(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1
-    ) -> RateLimitDecision:
+    async def consume(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
         """Take ``cost`` units of ``policy`` for ``key`` if they fit, atomically in Redis."""
         now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
         args = [f"{policy.interval * 1000:.6f}", policy.window * 1000, cost, now]

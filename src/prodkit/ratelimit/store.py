@@ -84,9 +84,7 @@ class RateLimitStore(Protocol):
     same key, from any number of processes sharing the store, never both take the last unit.
     """
 
-    async def consume(
-        self, key: str, policy: RateLimitPolicy, cost: int = 1
-    ) -> RateLimitDecision:
+    async def consume(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
         """Atomically check ``cost`` units of ``policy`` for ``key`` and take them if they fit."""
         ...
 
