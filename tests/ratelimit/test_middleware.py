@@ -284,3 +284,14 @@ async def test_headers_survive_http_errors_from_the_app(
     assert response.status_code == 404
     assert isinstance(response, httpx.Response)
     assert response.headers["ratelimit"] == '"default";r=2;t=20'
+
+
+async def test_several_global_policies_from_strings(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = RateLimitMiddleware(build_app("raw"), policy=["2/second", "3/minute"], registry=registry)
+    client = make_client(app)
+    first = await client.get("/items/1")
+    assert first.headers["ratelimit-policy"] == '"default";q=2;w=1, "default-2";q=3;w=60'
+    statuses = [(await client.get("/items/1")).status_code for _ in range(2)]
+    assert statuses == [200, 429]

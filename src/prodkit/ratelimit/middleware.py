@@ -35,11 +35,15 @@ RouteSpec = PolicySpec | Sequence[PolicySpec] | None
 
 
 def _policies(value: RouteSpec, where: str) -> tuple[RateLimitPolicy, ...]:
+    """Policies from an option; strings are named ``default`` (global) or after the route."""
     if value is None:
         return ()
-    if isinstance(value, RateLimitPolicy | str):
-        return (to_policy(value, "default" if where == "policy" else _route_name(where)),)
-    return tuple(to_policy(item, _route_name(where)) for item in value)
+    base = "default" if where == "policy" else _route_name(where)
+    items = [value] if isinstance(value, RateLimitPolicy | str) else list(value)
+    return tuple(
+        to_policy(item, base if index == 0 else f"{base[:60]}-{index + 1}")
+        for index, item in enumerate(items)
+    )
 
 
 def _route_name(template: str) -> str:
@@ -55,7 +59,8 @@ class RateLimitMiddleware:
     ``"default";r=99;t=1``). A rejected request gets a 429 ``application/problem+json`` with
     the draft's ``quota-exceeded`` type, ``code`` ``RATE_LIMITED``, ``violated-policies``,
     ``Retry-After`` (whole seconds until a request would succeed, never less than the ``t`` it
-    advertises) and ``Cache-Control: no-store``. The app is not called.
+    advertises) and ``Cache-Control: no-store``. The app is not called. WebSocket and
+    ``lifespan`` scopes pass straight through.
 
     Arguments:
         app: the ASGI app to wrap.
