@@ -168,3 +168,23 @@ async def test_never_more_than_quota_plus_refill(
             assert result.remaining < cost
     assert granted <= quota + (clock.now - start) / policy.interval + 1e-6
     clock.advance(10_000)
+
+
+async def test_memory_store_evicts_the_least_recently_used_key(clock: FakeClock) -> None:
+    store = MemoryRateLimitStore(max_keys=2, clock=clock)
+    one = RateLimitPolicy(1, 60, "one")
+    for key in ("a", "b"):
+        assert (await store.consume(key, one)).allowed
+    assert not (await store.consume("a", one)).allowed  # "a" is now the most recent
+    assert (await store.consume("c", one)).allowed  # evicts "b"
+    assert len(store) == 2
+    assert not (await store.consume("a", one)).allowed
+    assert (await store.consume("b", one)).allowed  # forgotten, so a fresh quota
+
+
+async def test_memory_store_quota_is_whole_again_after_the_refill(clock: FakeClock) -> None:
+    store = MemoryRateLimitStore(clock=clock)
+    await store.consume("a", TEN_PER_MINUTE)
+    clock.advance(6)
+    await store.consume("b", TEN_PER_MINUTE)
+    assert (await store.consume("a", TEN_PER_MINUTE)).remaining == 9
