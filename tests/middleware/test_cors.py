@@ -106,6 +106,32 @@ async def test_preflight_refuses_methods_and_headers_not_allowed(
     assert "access-control-allow-origin" not in response.headers
 
 
+async def test_wildcard_methods_and_headers_echo_only_tokens(make_client: ClientFactory) -> None:
+    client = make_client(cors(allow_methods="*", allow_headers="*"))
+    base = {"Origin": "https://a.example.com"}
+    ok = await client.options(
+        "/",
+        headers={
+            **base,
+            "Access-Control-Request-Method": "PURGE",
+            "Access-Control-Request-Headers": "x-anything, x-else",
+        },
+    )
+    assert ok.status_code == 204
+    assert ok.headers["access-control-allow-methods"] == "PURGE"
+    assert ok.headers["access-control-allow-headers"] == "x-anything, x-else"
+    bad = await client.options(
+        "/",
+        headers={
+            **base,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-ok, bad header",
+        },
+    )
+    assert bad.status_code == 403
+    assert "access-control-allow-headers" not in bad.headers
+
+
 async def test_null_origin_only_when_listed(make_client: ClientFactory) -> None:
     client = make_client(cors(allow_origins=["null"]))
     response = await client.get("/items/1", headers={"Origin": "null"})

@@ -307,9 +307,16 @@ class CORSMiddleware:
         refused = []
         if not self.origins.matches(origin.decode("latin-1")):
             refused.append("origin")
-        if not self._any_method and method.upper() not in self._methods:
+        # With "*" the request's own names are echoed back, so they must at least be tokens.
+        if not _TOKEN.match(method) or (
+            not self._any_method and method.upper() not in self._methods
+        ):
             refused.append(f"method {method[:32]!r}")
-        bad_headers = [h for h in requested if not self._any_header and h not in self._headers]
+        bad_headers = [
+            h
+            for h in requested
+            if not _TOKEN.match(h) or (not self._any_header and h not in self._headers)
+        ]
         if bad_headers:
             refused.append("headers " + ", ".join(repr(h[:64]) for h in bad_headers[:10]))
         if refused:
