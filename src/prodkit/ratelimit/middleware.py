@@ -51,6 +51,27 @@ def _route_name(template: str) -> str:
     return f"route:{cleaned or 'root'}"[:64]
 
 
+def _address_key(resolver: ClientAddressResolver) -> KeyFunction:
+    """The resolver's ``key``, memoised by peer address when no forwarding header counts."""
+    if resolver.trusts_any:
+        return resolver.key
+    known: dict[str, str] = {}
+
+    def key(scope: Scope) -> str:
+        client = scope.get("client")
+        if not client:
+            return resolver.key(scope)
+        found = known.get(client[0])
+        if found is None:
+            found = resolver.key(scope)
+            if len(known) >= 10_000:
+                known.clear()
+            known[client[0]] = found
+        return found
+
+    return key
+
+
 class RateLimitMiddleware:
     """Limit how often each client may call the app; answer 429 problems with ``Retry-After``.
 
@@ -133,7 +154,7 @@ class RateLimitMiddleware:
                     )
         self.store: RateLimitStore = store if store is not None else MemoryRateLimitStore()
         if key is None:
-            key = ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix).key
+            key = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
         self._key = key
         self.on_store_error = on_store_error
         shared = not isinstance(self.store, MemoryRateLimitStore)

@@ -21,7 +21,7 @@ from prodkit.ratelimit.policy import RateLimitPolicy, ceil_seconds
 _EPSILON = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RateLimitDecision:
     """The outcome of one :meth:`RateLimitStore.consume` call.
 
