@@ -188,3 +188,30 @@ async def test_memory_store_quota_is_whole_again_after_the_refill(clock: FakeClo
     clock.advance(6)
     await store.consume("b", TEN_PER_MINUTE)
     assert (await store.consume("a", TEN_PER_MINUTE)).remaining == 9
+
+
+def test_redis_keys_are_cluster_hash_tagged_and_bounded() -> None:
+    import redis.asyncio
+
+    from prodkit.ratelimit.redis import RedisRateLimitStore
+
+    store = RedisRateLimitStore(redis.asyncio.Redis(), prefix="app:rl:")
+    policy = RateLimitPolicy(5, 60, "login")
+    assert store.redis_key("2001:db8::/64", policy) == "app:rl:login:{2001:db8::/64}"
+    hostile = store.redis_key("a}{b", policy)
+    long = store.redis_key("x" * 500, policy)
+    for key in (hostile, long):
+        assert key.startswith("app:rl:login:{")
+        assert len(key) < 100
+        assert key.count("{") == 1
+
+
+def test_importing_the_package_does_not_import_the_driver() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, prodkit.ratelimit; print('redis' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
