@@ -74,9 +74,11 @@ async def _wait_for_workers(base_url: str, workers: int) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def throwaway_redis(
+    tmp_path: Path, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A private redis-server on a free loopback port, stopped by its own PID."""
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             "redis-server",
@@ -177,3 +179,46 @@ async def test_redis_down_fails_closed_with_a_503_problem(tmp_path: Path) -> Non
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "RATE_LIMIT_UNAVAILABLE"
     assert probe.status_code == 404  # the raw test app has no /livez; it was not rejected
+
+
+@pytest.mark.server
+@pytest.mark.timeout(60)
+async def test_the_shared_store_is_used_again_once_redis_is_back(tmp_path: Path) -> None:
+    _need_redis_server()
+    from prodkit.ratelimit.redis import RedisRateLimitStore
+    from prodkit.resilience import CircuitBreaker
+
+    registry = CollectorRegistry()
+    now = [0.0]
+    breaker = CircuitBreaker("rate-limit", clock=lambda: now[0], registry=registry)
+    port = free_port()
+    with throwaway_redis(tmp_path, port) as (process, url):
+        store = RedisRateLimitStore.from_url(url)
+        app = RateLimitMiddleware(
+            build_app("raw"), policy="10/minute", store=store, breaker=breaker, registry=registry
+        )
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for _ in range(3):
+                await client.get("/items/1")
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            for _ in range(6):  # opens the breaker; the fallback decides meanwhile
+                assert (await client.get("/items/1")).status_code == 200
+            assert (
+                registry.get_sample_value(
+                    "prodkit_circuit_breaker_state", {"breaker": "rate-limit"}
+                )
+                == 1
+            )
+            with throwaway_redis(tmp_path, port):  # Redis is back (empty: no persistence)
+                now[0] += breaker.recovery_time  # the breaker may probe again
+                back = await client.get("/items/1")
+                again = await client.get("/items/1")
+        await store.aclose()
+    assert (
+        registry.get_sample_value("prodkit_circuit_breaker_state", {"breaker": "rate-limit"}) == 0
+    )
+    # Decided by the fresh Redis again: its count starts over, unlike the fallback's (6 used).
+    assert back.headers["ratelimit"] == '"default";r=9;t=6'
+    assert again.headers["ratelimit"] == '"default";r=8;t=12'

@@ -215,3 +215,28 @@ def test_importing_the_package_does_not_import_the_driver() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.redis
+async def test_redis_store_takes_time_from_the_server_by_default(
+    backend_redis: tuple[str, str],
+) -> None:
+    from prodkit.ratelimit.redis import RedisRateLimitStore
+
+    url, prefix = backend_redis
+    store = RedisRateLimitStore.from_url(url, prefix=prefix)  # no clock: Redis TIME
+    try:
+        policy = RateLimitPolicy(2, 3600, "hourly")
+        first = await store.consume("c", policy)
+        assert (first.allowed, first.remaining, first.reset) == (True, 1, 1800)
+        await store.consume("c", policy)
+        refused = await store.consume("c", policy)
+        assert not refused.allowed
+        assert 1790 < refused.retry_after <= 1800  # a unit comes back every 30 minutes
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+def backend_redis(redis_url: str, redis_prefix: str) -> tuple[str, str]:
+    return redis_url, redis_prefix
