@@ -1,0 +1,297 @@
+"""RateLimitMiddleware: headers, 429 problems, client keys (IPv6, proxies), routes, metrics."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prodkit import ConfigurationError, Receive, Scope, Send
+from prodkit.ratelimit import MemoryRateLimitStore, RateLimitMiddleware, RateLimitPolicy
+from prodkit.ratelimit.middleware import QUOTA_EXCEEDED_TYPE
+from tests.apps import build_app
+from tests.conftest import ClientFactory
+
+SF_ITEM = re.compile(r'"([^"]+)";r=(\d+);t=(\d+)')
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited(app: object = None, **options: object) -> RateLimitMiddleware:
+    options.setdefault("policy", "3/minute")
+    return RateLimitMiddleware(app or build_app("raw"), **options)  # type: ignore[arg-type]
+
+
+async def test_allowed_responses_carry_the_ietf_fields(
+    framework: str, make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    client = make_client(limited(build_app(framework), registry=registry))
+    responses = [await client.get("/items/1") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert {r.headers["ratelimit-policy"] for r in responses} == {'"default";q=3;w=60'}
+    assert [r.headers["ratelimit"] for r in responses] == [
+        '"default";r=2;t=20',
+        '"default";r=1;t=40',
+        '"default";r=0;t=20',
+    ]
+
+
+async def test_limited_request_gets_a_429_problem_and_never_reaches_the_app(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    calls = 0
+    inner = build_app("raw")
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal calls
+        calls += 1
+        await inner(scope, receive, send)
+
+    client = make_client(limited(counting, registry=registry))
+    for _ in range(3):
+        await client.get("/items/1")
+    response = await client.get("/items/1")
+    assert calls == 3
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["type"] == QUOTA_EXCEEDED_TYPE
+    assert body["code"] == "RATE_LIMITED"
+    assert body["status"] == 429
+    assert body["violated-policies"] == ["default"]
+    retry_after = int(response.headers["retry-after"])
+    name, remaining, reset = SF_ITEM.fullmatch(response.headers["ratelimit"]).groups()  # type: ignore[union-attr]
+    assert (name, remaining) == ("default", "0")
+    assert 0 < int(reset) <= retry_after <= 20  # 3/minute refills one unit every 20 s
+    assert response.headers["ratelimit-policy"] == '"default";q=3;w=60'
+
+
+@pytest.mark.parametrize("elapsed", [0.0, 0.5, 7.3, 13.0, 19.2])
+async def test_retry_after_is_right_within_a_second(
+    make_client: ClientFactory, registry: CollectorRegistry, elapsed: float
+) -> None:
+    clock = Clock()
+    store = MemoryRateLimitStore(clock=clock)
+    client = make_client(limited(store=store, registry=registry))
+    for _ in range(3):
+        await client.get("/items/1")
+    clock.now += elapsed
+    response = await client.get("/items/1")
+    assert response.status_code == 429
+    truth = 20 - elapsed  # seconds until one unit is back
+    retry_after = int(response.headers["retry-after"])
+    assert truth <= retry_after < truth + 1
+    clock.now += retry_after
+    assert (await client.get("/items/1")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", True),  # same /64
+        ("2001:db8:1:2::1", "2001:db8:1:3::1", False),  # neighbouring /64
+        ("::ffff:192.0.2.7", "192.0.2.7", True),  # IPv4-mapped IPv6 is the IPv4 client
+        ("192.0.2.7", "192.0.2.8", False),
+    ],
+)
+async def test_client_key_groups_ipv6_by_prefix(
+    make_client: ClientFactory, registry: CollectorRegistry, first: str, second: str, shared: bool
+) -> None:
+    app = limited(policy="1/minute", registry=registry)
+    assert (await make_client(app, client=(first, 1000)).get("/items/1")).status_code == 200
+    status = (await make_client(app, client=(second, 2000)).get("/items/1")).status_code
+    assert status == (429 if shared else 200)
+
+
+async def test_ipv6_prefix_is_configurable(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = limited(policy="1/minute", ipv6_prefix=56, registry=registry)
+    assert (await make_client(app, client=("2001:db8:0:100::1", 1)).get("/")).status_code == 404
+    assert (await make_client(app, client=("2001:db8:0:1ff::1", 1)).get("/")).status_code == 429
+
+
+async def test_rotating_x_forwarded_for_from_an_untrusted_peer_does_not_reset_the_limit(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    client = make_client(limited(registry=registry), client=("198.51.100.9", 4000))
+    statuses = [
+        (
+            await client.get(
+                "/items/1",
+                headers={"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=10.0.0.{n}"},
+            )
+        ).status_code
+        for n in range(6)
+    ]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_limited(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = limited(policy="1/minute", trusted_proxies="10.0.0.0/8", registry=registry)
+    proxy = make_client(app, client=("10.1.2.3", 4000))
+
+    async def status(xff: str) -> int:
+        return (await proxy.get("/items/1", headers={"X-Forwarded-For": xff})).status_code
+
+    assert await status("203.0.113.5") == 200
+    assert await status("203.0.113.6") == 200  # another client behind the same proxy
+    # The client prepends spoofed entries; the proxy appended the real address last.
+    assert await status("1.1.1.1, 203.0.113.5") == 429
+    assert await status("8.8.8.8, 203.0.113.5") == 429
+
+
+async def test_route_policies_exemptions_and_probes(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = limited(
+        build_app("starlette"),
+        policy="100/minute",
+        routes={"/items/{item_id}": RateLimitPolicy(1, 60, "items"), "/slow": None},
+        registry=registry,
+    )
+    client = make_client(app)
+    first = await client.get("/items/1")
+    assert first.headers["ratelimit-policy"] == '"default";q=100;w=60, "items";q=1;w=60'
+    assert first.headers["ratelimit"] == '"default";r=99;t=1, "items";r=0;t=60'
+    refused = await client.get("/items/2")
+    assert refused.status_code == 429
+    assert refused.json()["violated-policies"] == ["items"]
+    assert int(refused.headers["retry-after"]) == 60
+    unlimited = await client.get("/slow")
+    assert unlimited.status_code == 200
+    assert "ratelimit" not in unlimited.headers
+    for _ in range(3):
+        probe = await client.get("/livez")
+        assert "ratelimit" not in probe.headers
+
+
+async def test_string_route_policies_are_named_after_the_route(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = RateLimitMiddleware(
+        build_app("raw"), routes={"/api/login": "5/minute"}, registry=registry
+    )
+    response = await make_client(app).get("/api/login")
+    assert response.headers["ratelimit-policy"] == '"route:api_login";q=5;w=60'
+    assert "ratelimit" not in (await make_client(app).get("/other")).headers
+
+
+async def test_custom_key_function(make_client: ClientFactory, registry: CollectorRegistry) -> None:
+    def by_user(scope: Scope) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"x-user-id":
+                return "user:" + bytes(value).decode()
+        return None  # anonymous requests are not limited here
+
+    client = make_client(limited(policy="1/minute", key=by_user, registry=registry))
+    assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 200
+    assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 429
+    assert (await client.get("/items/1", headers={"X-User-Id": "b"})).status_code == 200
+    assert (await client.get("/items/1")).status_code == 200
+    assert (await client.get("/items/1")).status_code == 200
+
+
+async def test_decisions_are_counted(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    client = make_client(limited(policy="1/minute", registry=registry))
+    await client.get("/items/1")
+    await client.get("/items/1")
+    await client.get("/items/1")
+
+    def sample(decision: str) -> float | None:
+        return registry.get_sample_value(
+            "prodkit_rate_limit_decisions_total", {"policy": "default", "decision": decision}
+        )
+
+    assert sample("allowed") == 1
+    assert sample("limited") == 2
+    assert sample("error") == 0
+
+
+async def test_lifespan_and_websocket_pass_through(registry: CollectorRegistry) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    middleware = limited(app, policy="1/minute", registry=registry)
+
+    async def receive() -> dict[str, str]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: object) -> None:
+        raise AssertionError("nothing to send")
+
+    for kind in ("lifespan", "websocket", "websocket"):
+        await middleware({"type": kind, "path": "/", "client": ("1.2.3.4", 1)}, receive, send)
+    assert seen == ["lifespan", "websocket", "websocket"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"policy": None}, "needs a policy"),
+        ({"policy": "lots"}, "not a rate"),
+        ({"policy": "1/minute", "on_store_error": "ignore"}, "fail_open"),
+        ({"policy": "1/minute", "unavailable_retry_after": 0}, "unavailable_retry_after"),
+        ({"policy": "1/minute", "ipv6_prefix": 129}, "ipv6_prefix"),
+        ({"policy": "1/minute", "trusted_proxies": "10.0.0.0/33"}, "trusted_proxies"),
+        (
+            {"policy": RateLimitPolicy(1, 60, "x"), "routes": {"/a": RateLimitPolicy(2, 60, "x")}},
+            "distinct names",
+        ),
+        (
+            {"routes": {"/a": RateLimitPolicy(1, 60, "x"), "/b": RateLimitPolicy(2, 60, "x")}},
+            "two different policies",
+        ),
+        ({"routes": {"a": "1/minute"}}, "must start with '/'"),
+    ],
+)
+def test_configuration_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RateLimitMiddleware(build_app("raw"), **options)  # type: ignore[arg-type]
+
+
+async def test_a_shared_policy_object_is_one_quota_across_routes(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    writes = RateLimitPolicy(2, 60, "writes")
+    app = RateLimitMiddleware(
+        build_app("raw"), routes={"/a": writes, "/b": writes}, registry=registry
+    )
+    client = make_client(app)
+    statuses = [(await client.get(path)).status_code for path in ("/a", "/b", "/a")]
+    assert statuses == [404, 404, 429]
+
+
+async def test_headers_survive_http_errors_from_the_app(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    response = await make_client(limited(registry=registry)).get("/nope")
+    assert response.status_code == 404
+    assert isinstance(response, httpx.Response)
+    assert response.headers["ratelimit"] == '"default";r=2;t=20'
+
+
+async def test_several_global_policies_from_strings(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = RateLimitMiddleware(build_app("raw"), policy=["2/second", "3/minute"], registry=registry)
+    client = make_client(app)
+    first = await client.get("/items/1")
+    assert first.headers["ratelimit-policy"] == '"default";q=2;w=1, "default-2";q=3;w=60'
+    statuses = [(await client.get("/items/1")).status_code for _ in range(2)]
+    assert statuses == [200, 429]
