@@ -45,6 +45,8 @@ from prodkit.errors import (
     MissingDependencyError,
     ProdkitError,
 )
+from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
+from prodkit.middleware.cors import CORSMiddleware, OriginMatcher
 from prodkit.middleware.errors import ErrorMiddleware
 from prodkit.middleware.request_id import (
     RequestIdMiddleware,
@@ -52,6 +54,16 @@ from prodkit.middleware.request_id import (
     is_valid_request_id,
     parse_traceparent,
 )
+from prodkit.middleware.security_headers import SecurityHeadersMiddleware
+from prodkit.ratelimit import (
+    MemoryRateLimitStore,
+    RateLimitDecision,
+    RateLimitMiddleware,
+    RateLimitPolicy,
+    RateLimitStore,
+    parse_rate,
+)
+from prodkit.ratelimit.redis import RedisRateLimitStore
 from prodkit.resilience import BreakerState, CircuitBreaker
 from prodkit.settings import StackSettings
 
@@ -62,21 +74,31 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BreakerState",
+    "CORSMiddleware",
     "CircuitBreaker",
     "ClientAddressResolver",
+    "ConcurrencyLimitMiddleware",
     "ConfigurationError",
     "ErrorMiddleware",
     "FieldError",
+    "MemoryRateLimitStore",
     "Message",
     "MissingDependencyError",
+    "OriginMatcher",
     "Problem",
     "ProdkitError",
+    "RateLimitDecision",
+    "RateLimitMiddleware",
+    "RateLimitPolicy",
+    "RateLimitStore",
     "Receive",
+    "RedisRateLimitStore",
     "RequestIdMiddleware",
     "ResponseObserver",
     "RouteResolver",
     "RouteTable",
     "Scope",
+    "SecurityHeadersMiddleware",
     "Send",
     "StackSettings",
     "__version__",
@@ -93,6 +115,7 @@ __all__ = [
     "message_headers",
     "normalize_ip",
     "parse_ip",
+    "parse_rate",
     "parse_traceparent",
     "problem_dict",
     "problem_type",
