@@ -3,7 +3,7 @@
     python -m uvicorn tests.rollout.service:app --host 127.0.0.1 --port PORT
 
 Endpoints: ``GET /api/work`` (200 ``ok``, or a 500 with probability ``FAULT_ERROR_RATE``, after
-``FAULT_LATENCY_SECONDS``), ``GET /metrics``, ``GET /readyz`` (503 when ``NOT_READY=1``),
+``FAULT_LATENCY_SECONDS``; faults start ``FAULT_AFTER_SECONDS`` after start-up), ``GET /metrics``, ``GET /readyz`` (503 when ``NOT_READY=1``),
 ``GET /livez``. Requests are recorded in ``http_request_duration_seconds{method,route,status_code}``
 by :class:`DurationRecorder`, a stand-in for prodkit's metrics middleware written here so the
 rollout tests do not depend on it.
@@ -60,15 +60,16 @@ class DurationRecorder:
 
 
 def build_app(
-    *, error_rate: float = 0.0, latency: float = 0.0, ready: bool = True
+    *, error_rate: float = 0.0, latency: float = 0.0, ready: bool = True, fault_after: float = 0.0
 ) -> tuple[ASGIApp, CollectorRegistry]:
     """The service and its registry; ``error_rate`` of ``/api/work`` requests answer 500."""
     registry = CollectorRegistry(auto_describe=True)
+    faults_from = time.monotonic() + fault_after
 
     async def work(scope: Scope) -> tuple[int, bytes, bytes]:
         if latency:
             await asyncio.sleep(latency)
-        if random.random() < error_rate:
+        if time.monotonic() >= faults_from and random.random() < error_rate:
             return 500, b"injected fault", b"text/plain"
         return 200, b"ok", b"text/plain"
 
@@ -119,4 +120,5 @@ app, _registry = build_app(
     error_rate=float(os.environ.get("FAULT_ERROR_RATE", "0")),
     latency=float(os.environ.get("FAULT_LATENCY_SECONDS", "0")),
     ready=os.environ.get("NOT_READY", "") != "1",
+    fault_after=float(os.environ.get("FAULT_AFTER_SECONDS", "0")),
 )

@@ -131,7 +131,7 @@ backend app
         [binary, "-f", str(config), "-db"], stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        wait_for_port(port, 15.0, process)  # type: ignore[arg-type]
+        wait_for_port(port, 15.0, process)
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

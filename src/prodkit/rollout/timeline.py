@@ -49,6 +49,15 @@ def plot_timeline(record: dict[str, Any], path: str | Path, *, title: str | None
         ]
         if points:
             bottom.plot(*zip(*points, strict=True), marker="o", color=colour, label=name)
+        if name == "baseline" and points:
+            increase = float(record.get("policy", {}).get("max_error_ratio_increase", 0.0))
+            bottom.plot(
+                [t for t, _ in points],
+                [ratio + increase for _, ratio in points],
+                linestyle=":",
+                color=colour,
+                label=f"baseline + max_error_ratio_increase {increase:g}",
+            )
     threshold = float(record.get("policy", {}).get("max_error_ratio", 0.0))
     bottom.axhline(threshold, color="grey", linestyle="--", label=f"max_error_ratio {threshold:g}")
     for step in steps:
@@ -63,6 +72,7 @@ def plot_timeline(record: dict[str, Any], path: str | Path, *, title: str | None
             fontsize=8,
             color="tab:green" if ok else "tab:red",
         )
+    bottom.set_ylim(bottom=-0.005)
     bottom.set_ylabel("5xx ratio in bake window")
     bottom.set_xlabel("seconds since the rollout started")
     bottom.grid(alpha=0.3)
