@@ -66,11 +66,12 @@ def _service(
 
 @dataclass
 class Services:
-    """The baseline, a healthy canary and a canary that fails 30 % of ``/api/work``."""
+    """The baseline, a healthy canary, one that fails 30 % of ``/api/work``, and a slow one."""
 
     baseline: ServerProcess
     healthy: ServerProcess
     faulty: ServerProcess
+    slow: ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         _service(free_port(), tmp) as baseline,
         _service(free_port(), tmp) as healthy,
         _service(free_port(), tmp, FAULT_ERROR_RATE="0.3") as faulty,
+        _service(free_port(), tmp, FAULT_LATENCY_SECONDS="0.3") as slow,
     ):
-        yield Services(baseline, healthy, faulty)
+        yield Services(baseline, healthy, faulty, slow)
 
 
 @dataclass
@@ -147,8 +149,10 @@ backend app
 
 
 @contextlib.contextmanager
-def load(url: str, *, max_requests: int = 20_000, max_seconds: float = 60.0) -> Iterator[list[int]]:
-    """Send ``GET /api/work`` through ``url`` from a background thread until the block ends.
+def load(
+    url: str, *, workers: int = 1, max_requests: int = 20_000, max_seconds: float = 60.0
+) -> Iterator[list[int]]:
+    """Send ``GET /api/work`` through ``url`` from background threads until the block ends.
 
     Bounded by ``max_requests`` and ``max_seconds``; yields the list of statuses seen so far.
     """
@@ -166,13 +170,17 @@ def load(url: str, *, max_requests: int = 20_000, max_seconds: float = 60.0) -> 
                 except httpx.HTTPError:
                     statuses.append(0)
 
-    thread = threading.Thread(target=run, name="rollout-load", daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=run, name=f"rollout-load-{i}", daemon=True) for i in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
     try:
         yield statuses
     finally:
         stop.set()
-        thread.join(timeout=10)
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 def _targets(baseline: ServerProcess, canary: ServerProcess) -> tuple[Target, Target]:
@@ -267,6 +275,36 @@ def test_faulty_canary_is_rolled_back_within_one_bake_window(
     assert step["canary"]["errors"] > 0
     assert step["baseline"]["error_ratio"] == 0.0
     assert any("max_error_ratio" in reason for reason in step["reasons"])
+
+
+def test_slow_canary_is_rolled_back_on_its_p99(services: Services, tmp_path: Path) -> None:
+    baseline, canary = _targets(services.baseline, services.slow)
+    # Every canary request takes 0.3 s: fewer requests, so judge after 5 of them.
+    policy = RolloutPolicy(
+        bake_seconds=BAKE_SECONDS,
+        check_interval=0.5,
+        min_requests=5,
+        max_bake_extensions=2,
+        max_latency_ratio=1.5,
+        latency_tolerance_seconds=0.1,
+    )
+    with (
+        haproxy(tmp_path, services.baseline, services.slow) as proxy,
+        load(proxy.url, workers=4),
+    ):
+        record = RolloutController(
+            baseline=baseline, canary=canary, router=proxy.router, policy=policy
+        ).run()
+        weights = (proxy.router.weight("canary"), proxy.router.weight("baseline"))
+
+    assert record.outcome == "rolled_back", record.reason
+    assert weights == (0, 100)
+    step = record.steps[-1]
+    assert step["verdict"] == "fail"
+    assert step["canary"]["error_ratio"] == 0.0
+    # The injected 0.3 s lands in the (0.25, 0.5] bucket of the default buckets.
+    assert 0.25 <= step["canary"]["latency_quantile_seconds"] <= 0.5
+    assert any("x baseline" in reason for reason in step["reasons"])
 
 
 def test_canary_without_traffic_is_rolled_back(services: Services, tmp_path: Path) -> None:
