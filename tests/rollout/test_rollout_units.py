@@ -211,6 +211,21 @@ def test_command_router_fills_in_the_weights(tmp_path: Path) -> None:
     assert "{canary_weight}" in router.describe()
 
 
+def test_command_router_template_with_a_json_patch(tmp_path: Path) -> None:
+    # The documented kubectl shape: JSON in single quotes, literal braces doubled.
+    out = tmp_path / "patch.json"
+    script = "import sys; open(sys.argv[1], 'w').write(sys.argv[-1])"
+    router = CommandRouter(
+        f'{sys.executable} -c "{script}" {out} --type=json -p '
+        '\'[{{"op":"replace","path":"/spec/rules/0/backendRefs/1/weight",'
+        '"value":{canary_weight}}}]\''
+    )
+    router.set_weights(25, 75)
+    assert json.loads(out.read_text()) == [
+        {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 25}
+    ]
+
+
 def test_command_router_reports_a_failing_command() -> None:
     router = CommandRouter([sys.executable, "-c", "import sys; sys.exit('no such route')"])
     with pytest.raises(RouterError, match="no such route"):

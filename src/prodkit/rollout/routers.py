@@ -144,11 +144,13 @@ class CommandRouter:
 
     The template is split like a shell would (``shlex``) but run without a shell; in each
     argument ``{canary_weight}`` and ``{baseline_weight}`` are replaced by the percentages. A
-    non-zero exit status is a :class:`RouterError`. Example (an SMI/Gateway traffic split)::
+    non-zero exit status is a :class:`RouterError`. Example (a Gateway API ``HTTPRoute`` whose
+    second backend is the canary)::
 
-        CommandRouter("kubectl patch httproute funds --type=json -p "
-                      "'[{{\\"op\\":\\"replace\\",\\"path\\":\\"/spec/rules/0/backendRefs/1/weight\\","
-                      "\\"value\\":{canary_weight}}}]'")
+        CommandRouter(
+            "kubectl patch httproute funds --type=json -p '[{{\"op\": \"replace\", "
+            "\"path\": \"/spec/rules/0/backendRefs/1/weight\", \"value\": {canary_weight}}}]'"
+        )
 
     Literal braces are doubled (``{{``/``}}``), as in :meth:`str.format`.
 
