@@ -16,6 +16,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
+
+import structlog
 
 from prodkit.errors import ConfigurationError, ProdkitError
 from prodkit.rollout.controller import RolloutController, RolloutPolicy, Target, read_records
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument(
         "--record", metavar="PATH", help="append the deployment record to this JSON-lines file"
     )
+    rollout.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="progress log on stderr (stdout gets the one-line JSON summary)",
+    )
 
     timeline = commands.add_parser(
         "rollout-timeline", help="draw a deployment record as a PNG (needs matplotlib)"
@@ -132,6 +141,23 @@ def _router(args: argparse.Namespace) -> TrafficRouter:
         baseline_server=args.haproxy_baseline_server,
         timeout=args.http_timeout,
     )
+
+
+def _logger(log_format: str) -> Any:
+    """A structlog logger that writes to stderr, leaving stdout to the summary line."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+    ).bind(logger="prodkit.rollout")
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -160,6 +186,7 @@ def _rollout(args: argparse.Namespace) -> int:
         policy=policy,
         version=args.release,
         record_path=args.record,
+        logger=_logger(args.log_format),
     )
 
     def cancel(signum: int, frame: FrameType | None) -> None:

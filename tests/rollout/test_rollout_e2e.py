@@ -258,8 +258,11 @@ def test_faulty_canary_is_rolled_back_within_one_bake_window(
         weights = (proxy.router.weight("canary"), proxy.router.weight("baseline"))
 
     assert result.returncode == 1, result.stdout + result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # stdout is the one-line summary; the progress log goes to stderr.
+    summary = json.loads(result.stdout)
     assert summary["outcome"] == "rolled_back"
+    assert summary["canary_weight"] == 0
+    assert "rolled back" in result.stderr
     assert weights == (0, 100)
     assert 500 in seen
     (record,) = read_records(record_path)
