@@ -346,3 +346,49 @@ def test_canary_that_is_not_ready_is_never_given_traffic(
     assert record.reason.startswith("pre-flight failed: canary is not ready")
     assert record.steps == []
     assert weights == (0, 100)
+
+
+def test_sigterm_rolls_the_canary_back(services: Services, tmp_path: Path) -> None:
+    record_path = tmp_path / "deployments.jsonl"
+    with haproxy(tmp_path, services.baseline, services.healthy) as proxy:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prodkit.cli",
+                "rollout",
+                f"--baseline={services.baseline.base_url}",
+                f"--canary={services.healthy.base_url}",
+                f"--haproxy-socket={proxy.router.socket_path}",
+                "--haproxy-backend=app",
+                "--bake-seconds=60",
+                "--log-format=json",
+                f"--record={record_path}",
+            ],
+            cwd=ROOT,
+            env=server_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:  # wait for the first shift, then interrupt the bake
+                if json.loads(line)["event"] == "traffic shifted":
+                    break
+            shifted = proxy.router.weight("canary")
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+        weights = (proxy.router.weight("canary"), proxy.router.weight("baseline"))
+
+    assert shifted == 25
+    assert process.returncode == 2
+    assert json.loads(stdout)["outcome"] == "aborted"
+    assert weights == (0, 100)
+    (record,) = read_records(record_path)
+    assert record["outcome"] == "aborted"
+    assert record["final_canary_weight"] == 0
