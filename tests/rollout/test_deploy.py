@@ -469,3 +469,18 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sample_haproxy_configuration_is_valid() -> None:
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        unavailable("haproxy is not installed (apt-get install -y haproxy)")
+    assert binary is not None
+    config = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+    result = subprocess.run(
+        [binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Configuration file is valid" in output
+    assert "WARNING" not in output, output

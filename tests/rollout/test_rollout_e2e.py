@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -97,9 +96,7 @@ class Proxy:
 @contextlib.contextmanager
 def haproxy(tmp_path: Path, baseline: ServerProcess, canary: ServerProcess) -> Iterator[Proxy]:
     """HAProxy balancing ``baseline`` (weight 100) and ``canary`` (weight 0); stopped by PID."""
-    binary = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
-    )
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
         unavailable("haproxy is not installed (apt-get install -y haproxy)")
         raise AssertionError("unreachable")
