@@ -200,7 +200,12 @@ def judge(canary: WindowStats, baseline: WindowStats | None, policy: RolloutPoli
 
 @dataclass
 class DeploymentRecord:
-    """Everything about one rollout, written as one JSON line when it ends."""
+    """Everything about one rollout, written as one JSON line when it ends.
+
+    ``final_canary_weight`` is the canary's share when the rollout ended: 100 promoted, 0
+    rolled back, -1 when the roll-back itself failed (the split is then unknown: check the
+    router). ``steps`` holds each step's decision with its numbers, ``observations`` every check.
+    """
 
     id: str
     version: str
