@@ -141,9 +141,7 @@ async def test_drain_serves_every_in_flight_request(name: str, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("name", SERVERS)
-async def test_request_past_the_deadline_is_cancelled_and_logged(
-    name: str, tmp_path: Path
-) -> None:
+async def test_request_past_the_deadline_is_cancelled_and_logged(name: str, tmp_path: Path) -> None:
     port = free_port()
     args, exit_statuses = _server_args(name, port)
     env = {"SHUTDOWN_DRAIN_SECONDS": "0.5", "SHUTDOWN_TIMEOUT_SECONDS": "1.5"}

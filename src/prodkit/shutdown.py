@@ -78,7 +78,7 @@ class ShutdownCoordinator:
     Arguments:
         drain: seconds to keep serving normally after the signal while readiness answers 503,
             so load balancers stop routing here before the listener closes. Match it to the
-            time your load balancer needs to notice (readiness ``periodSeconds`` ×
+            time your load balancer needs to notice (readiness ``periodSeconds`` x
             ``failureThreshold``, plus endpoint propagation).
         timeout: seconds from the signal to the hard deadline at which requests still running
             are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds``. Must be
@@ -303,9 +303,7 @@ class ShutdownCoordinator:
         if self._state >= ShutdownState.STOPPING:
             return
         self._set_state(ShutdownState.STOPPING)
-        self.logger.info(
-            "drain finished, stopping the server", in_flight=len(self._in_flight)
-        )
+        self.logger.info("drain finished, stopping the server", in_flight=len(self._in_flight))
         if signum is not None:
             self._chain(signum)
 
