@@ -8,8 +8,8 @@ Server-specific notes (see ``docs/shutdown.md``):
   gunicorn) exit 0.
 * hypercorn's worker processes never receive the signal (the master sets a shared event), so
   hypercorn runs with ``--workers 0`` (serve in the master process, asyncio loop handlers).
-* granian runs with ``--loop asyncio``: uvloop does not expose a loop signal handler, so there
-  is nothing to chain to.
+* granian runs with its default loop (uvloop when installed, as here); its worker's handler
+  is a loop signal handler, read back and chained to.
 * With several workers the master forwards the signal (uvicorn's master polls its signal queue
   every 0.5 s), so the readiness bound is measured from the worker's own log of the signal.
 """
@@ -46,7 +46,7 @@ def _server_args(name: str, port: int) -> tuple[list[str], set[int]]:
     if name == "hypercorn":
         return ["hypercorn", app, "--workers", "0", "--bind", f"{HOST}:{port}"], {0}
     if name == "granian":
-        args = ["granian", "--interface", "asgi", "--loop", "asyncio", "--workers", "1"]
+        args = ["granian", "--interface", "asgi", "--workers", "1"]
         return [*args, "--host", HOST, "--port", str(port), app], {0}
     if name == "gunicorn":
         args = ["gunicorn", app, "--worker-class", "uvicorn_worker.UvicornWorker"]

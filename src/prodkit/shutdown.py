@@ -25,7 +25,9 @@ by :class:`~prodkit.middleware.shutdown.GracefulShutdownMiddleware` (tracks requ
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
+import gc
 import signal
 import threading
 import time
@@ -69,7 +71,52 @@ class _Chained:
     """A handler that was in place before ours, and how to give the signal back to it."""
 
     kind: str  # "signal" (signal.signal) or "loop" (loop.add_signal_handler)
-    previous: Any  # the previous signal.signal handler, or the loop's asyncio.Handle
+    previous: Any  # the previous signal.signal handler, or the loop's (callback, args)
+
+
+def _is_loop_handler(handler: Any, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``handler`` is the placeholder an event loop installs for its signal handlers."""
+    # asyncio installs a module-level no-op, uvloop a bound method of the loop itself.
+    return getattr(handler, "__name__", "") == "_sighandler_noop" or (
+        getattr(handler, "__self__", None) is loop
+    )
+
+
+def _loop_signal_callback(
+    loop: asyncio.AbstractEventLoop, sig: int
+) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+    """The callback and arguments registered with ``loop.add_signal_handler(sig, ...)``.
+
+    Event loops have no public API to read a signal handler back. asyncio keeps them in
+    ``loop._signal_handlers`` as :class:`asyncio.Handle` objects; uvloop keeps the same
+    mapping in a C-level attribute and its handles expose nothing, but both are visible to
+    the garbage collector's referent traversal. ``None`` when neither layout is found.
+    """
+    handlers = getattr(loop, "_signal_handlers", None)
+    if not isinstance(handlers, dict):
+        handlers = next(
+            (
+                ref
+                for ref in gc.get_referents(loop)
+                if isinstance(ref, dict) and sig in ref and all(isinstance(k, int) for k in ref)
+            ),
+            None,
+        )
+    handle = handlers.get(sig) if handlers is not None else None
+    if handle is None:
+        return None
+    callback = getattr(handle, "_callback", None)
+    args = getattr(handle, "_args", None)
+    if callback is not None and isinstance(args, tuple):
+        return callback, args
+    refs = gc.get_referents(handle)
+    callables = [
+        r for r in refs if callable(r) and r is not loop and not isinstance(r, contextvars.Context)
+    ]
+    tuples = [r for r in refs if isinstance(r, tuple)]
+    if len(callables) == 1 and len(tuples) == 1:
+        return callables[0], tuples[0]
+    return None
 
 
 class ShutdownCoordinator:
@@ -223,21 +270,20 @@ class ShutdownCoordinator:
         self._loop = loop
         for sig in self.signals:
             previous = signal.getsignal(sig)
-            if getattr(previous, "__name__", "") == "_sighandler_noop":
-                # The server used loop.add_signal_handler: the real handler lives in the loop.
-                handlers = getattr(loop, "_signal_handlers", None)
-                handle = handlers.get(sig) if isinstance(handlers, dict) else None
-                if handle is None or not hasattr(handle, "_callback"):
+            if _is_loop_handler(previous, loop):
+                # The server used loop.add_signal_handler: the real handler lives in the loop,
+                # and the loop would still run it whatever signal.signal says.
+                found = _loop_signal_callback(loop, sig)
+                if found is None:
                     self.logger.warning(
                         "cannot chain to the event loop's signal handler; the server's own "
-                        "handling stays in charge and there is no drain (run the server with "
-                        "the asyncio loop, e.g. granian --loop asyncio)",
+                        "handling stays in charge and there is no drain",
                         signal=signal.Signals(sig).name,
                         loop=type(loop).__module__,
                     )
                     continue
                 loop.add_signal_handler(sig, self._on_loop_signal, sig)
-                self._chained[sig] = _Chained("loop", handle)
+                self._chained[sig] = _Chained("loop", found)
             else:
                 signal.signal(sig, self._on_signal)
                 self._chained[sig] = _Chained("signal", previous)
@@ -250,8 +296,8 @@ class ShutdownCoordinator:
                 if signal.getsignal(sig) == self._on_signal:
                     signal.signal(sig, chained.previous)
             elif loop is not None and not loop.is_closed():
-                handle = chained.previous
-                loop.add_signal_handler(sig, handle._callback, *handle._args)
+                callback, args = chained.previous
+                loop.add_signal_handler(sig, callback, *args)
         self._chained.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -313,8 +359,8 @@ class ShutdownCoordinator:
         if chained is None:
             return
         if chained.kind == "loop":
-            handle = chained.previous
-            handle._callback(*handle._args)
+            callback, args = chained.previous
+            callback(*args)
             return
         previous = chained.previous
         if callable(previous):

@@ -271,6 +271,28 @@ async def test_loop_signal_handler_is_chained_after_the_drain(registry: Collecto
 
 
 @pytest.mark.usefixtures("restore_signals")
+def test_uvloop_signal_handler_is_chained_after_the_drain(registry: CollectorRegistry) -> None:
+    # granian's default loop is uvloop, whose loop keeps its handlers out of Python's reach.
+    uvloop = pytest.importorskip("uvloop")
+    calls: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR2, calls.append, "server")
+        coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=0.05, timeout=5)
+        coordinator.install()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await wait_for_state(coordinator, ShutdownState.DRAINING)
+        assert calls == []
+        await wait_for_state(coordinator, ShutdownState.STOPPING)
+        assert calls == ["server"]
+        coordinator.stopped()
+        loop.remove_signal_handler(signal.SIGUSR2)
+
+    uvloop.run(main())
+
+
+@pytest.mark.usefixtures("restore_signals")
 async def test_second_signal_ends_the_drain_at_once(registry: CollectorRegistry) -> None:
     calls: list[int] = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
