@@ -113,11 +113,17 @@ class HealthCheck:
         self._last_at = 0.0
         self._running: asyncio.Future[CheckResult] | None = None
 
+    def cached(self) -> CheckResult | None:
+        """The last result while it is fresh (younger than ``cache_ttl``), else ``None``."""
+        if self._last is not None and time.monotonic() - self._last_at < self.cache_ttl:
+            return self._last
+        return None
+
     async def result(self) -> CheckResult:
         """The cached result if fresh, else the result of a (shared) new run."""
-        now = time.monotonic()
-        if self._last is not None and now - self._last_at < self.cache_ttl:
-            return self._last
+        fresh = self.cached()
+        if fresh is not None:
+            return fresh
         running = self._running
         if running is None or running.done():
             running = asyncio.ensure_future(self._run())
@@ -258,11 +264,19 @@ class HealthMiddleware:
     async def run_checks(self, *, critical_only: bool = False) -> list[CheckResult]:
         """Run (or reuse) every registered check concurrently and return their results."""
         selected = [c for c in self.checks if c.critical or not critical_only]
-        results = list(await asyncio.gather(*(c.result() for c in selected)))
+        results = [c.cached() for c in selected]
+        stale = [c for c, r in zip(selected, results, strict=True) if r is None]
+        if not stale:  # the common case for frequent probes: no task, no metric update
+            return [r for r in results if r is not None]
+        ran = iter(await asyncio.gather(*(c.result() for c in stale)))
+        merged: list[CheckResult] = []
         for result in results:
-            self._up.labels(result.name).set(1 if result.ok else 0)
-            self._duration.labels(result.name).observe(result.latency)
-        return results
+            if result is None:
+                result = next(ran)
+                self._up.labels(result.name).set(1 if result.ok else 0)
+                self._duration.labels(result.name).observe(result.latency)
+            merged.append(result)
+        return merged
 
     async def _report(self, scope: Scope, *, critical_only: bool) -> tuple[int, dict[str, Any]]:
         draining = self.coordinator is not None and not self.coordinator.ready
