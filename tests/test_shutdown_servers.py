@@ -17,7 +17,9 @@ Server-specific notes (see ``docs/shutdown.md``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import signal
 import time
 from datetime import datetime
@@ -60,11 +62,16 @@ MULTI_WORKER = {"uvicorn-workers", "gunicorn"}
 
 
 def _events(server: ServerProcess, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in server.output().splitlines():
-        if line.startswith("{") and f'"{event}"' in line:
-            found.append(json.loads(line))
-    return found
+    """The JSON log entries named ``event``.
+
+    Two workers share one output file and print() writes a line and its newline separately,
+    so entries are found as flat JSON objects anywhere in the text, not line by line.
+    """
+    entries = []
+    for found in re.findall(r"\{[^{}]*\}", server.output()):
+        with contextlib.suppress(json.JSONDecodeError):  # a server's own text with braces
+            entries.append(json.loads(found))
+    return [entry for entry in entries if entry.get("event") == event]
 
 
 def _log_time(entry: dict[str, Any]) -> float:
