@@ -165,6 +165,7 @@ class ShutdownCoordinator:
         self._in_flight: set[InFlight] = set()
         self._chained: dict[int, _Chained] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._installed = False
         self._signal: int | None = None
         self._signal_at = 0.0
         self._timers: list[asyncio.TimerHandle] = []
@@ -259,8 +260,9 @@ class ShutdownCoordinator:
         handler, whose callback uvloop does not expose) is left in charge, with a warning.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not None:
+        if self._installed:
             return
+        self._installed = True
         if threading.current_thread() is not threading.main_thread():
             self.logger.warning(
                 "shutdown signals not intercepted: not in the main thread",
@@ -299,6 +301,7 @@ class ShutdownCoordinator:
                 callback, args = chained.previous
                 loop.add_signal_handler(sig, callback, *args)
         self._chained.clear()
+        self._installed = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # A signal.signal handler runs between two bytecodes of the main thread, possibly in

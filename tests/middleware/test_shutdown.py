@@ -122,6 +122,14 @@ async def test_http2_responses_get_no_connection_header(registry: CollectorRegis
     scope = {"type": "http", "http_version": "2", "method": "GET", "path": "/", "headers": []}
     await middleware(scope, receive, send)
     assert sent[0]["headers"] == []
+    # Refused once stopping: Retry-After, still no Connection field.
+    coordinator.lifespan_shutdown()
+    sent.clear()
+    await middleware(scope, receive, send)
+    assert sent[0]["status"] == 503
+    names = {name for name, _ in sent[0]["headers"]}
+    assert b"retry-after" in names
+    assert b"connection" not in names
     coordinator.stopped()
 
 

@@ -39,7 +39,10 @@ class GracefulShutdownMiddleware:
     def __init__(self, app: ASGIApp, *, coordinator: ShutdownCoordinator) -> None:
         self.app = app
         self.coordinator = coordinator
-        self._retry_after = {"Retry-After": str(coordinator.retry_after), "Connection": "close"}
+        retry_after = str(coordinator.retry_after)
+        self._headers_http1 = {"Retry-After": retry_after, "Connection": "close"}
+        # RFC 9113 section 8.2.2: connection-specific fields are malformed in HTTP/2 and 3.
+        self._headers_http2 = {"Retry-After": retry_after}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -51,6 +54,8 @@ class GracefulShutdownMiddleware:
             return
 
         coordinator = self.coordinator
+        close_http1 = scope.get("http_version", "1.1") in ("1.0", "1.1")
+        problem_headers = self._headers_http1 if close_http1 else self._headers_http2
         if not coordinator.accepting:
             coordinator.count_rejected()
             await send_problem(
@@ -58,11 +63,10 @@ class GracefulShutdownMiddleware:
                 503,
                 SHUTTING_DOWN,
                 "The server is shutting down; retry on another instance.",
-                headers=self._retry_after,
+                headers=problem_headers,
             )
             return
 
-        close_http1 = scope.get("http_version", "1.1") in ("1.0", "1.1")
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -88,7 +92,7 @@ class GracefulShutdownMiddleware:
                     503,
                     SHUTTING_DOWN,
                     "The request was cancelled because the server is shutting down.",
-                    headers=self._retry_after,
+                    headers=problem_headers,
                 )
         finally:
             coordinator.request_finished(record)
