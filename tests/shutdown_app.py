@@ -69,7 +69,14 @@ def build() -> ASGIApp:
     if os.environ.get("SHUTDOWN_APP_FRAMEWORK") == "starlette":
         from tests.apps import starlette_app
 
-        inner = starlette_app()
+        framework_app = starlette_app()  # has its own lifespan handling, and /slow
+
+        async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"] == "/ok":
+                await endpoints(scope, receive, send)
+            else:
+                await framework_app(scope, receive, send)
+
     app: ASGIApp = GracefulShutdownMiddleware(inner, coordinator=coordinator)
     app = HealthMiddleware(app, coordinator=coordinator)
     return LifespanMiddleware(app, coordinator=coordinator)

@@ -39,7 +39,7 @@ SIGTERM_STATUS = -signal.SIGTERM
 def _server_args(name: str, port: int) -> tuple[list[str], set[int]]:
     """``python -m`` arguments for ``name``, and the exit statuses a graceful stop may have."""
     app = "tests.shutdown_app:app"
-    if name == "uvicorn":
+    if name in ("uvicorn", "uvicorn-starlette"):
         args = ["uvicorn", app, "--host", HOST, "--port", str(port), "--no-access-log"]
         return args, {0, SIGTERM_STATUS}
     if name == "uvicorn-workers":
@@ -58,6 +58,8 @@ def _server_args(name: str, port: int) -> tuple[list[str], set[int]]:
 
 
 SERVERS = ["uvicorn", "uvicorn-workers", "hypercorn", "granian", "gunicorn"]
+#: The app's own lifespan (Starlette) inside LifespanMiddleware, under a real server.
+APP_ENV = {"uvicorn-starlette": {"SHUTDOWN_APP_FRAMEWORK": "starlette"}}
 MULTI_WORKER = {"uvicorn-workers", "gunicorn"}
 
 
@@ -100,11 +102,15 @@ async def _first_503(base_url: str, budget: float) -> tuple[float, httpx.Respons
     raise AssertionError(f"/readyz never answered 503 within {budget}s")
 
 
-@pytest.mark.parametrize("name", SERVERS)
+@pytest.mark.parametrize("name", [*SERVERS, "uvicorn-starlette"])
 async def test_drain_serves_every_in_flight_request(name: str, tmp_path: Path) -> None:
     port = free_port()
     args, exit_statuses = _server_args(name, port)
-    env = {"SHUTDOWN_DRAIN_SECONDS": "1.5", "SHUTDOWN_TIMEOUT_SECONDS": "8"}
+    env = {
+        "SHUTDOWN_DRAIN_SECONDS": "1.5",
+        "SHUTDOWN_TIMEOUT_SECONDS": "8",
+        **APP_ENV.get(name, {}),
+    }
     with run_server(args, port=port, tmp_path=tmp_path, env=env) as server:
         limits = httpx.Limits(max_connections=50)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10, limits=limits) as client:
@@ -169,3 +175,29 @@ async def test_request_past_the_deadline_is_cancelled_and_logged(name: str, tmp_
         assert [(e["method"], e["path"], e["level"]) for e in cancelled] == [
             ("GET", "/slow", "warning")
         ], server.output()
+
+
+async def test_hypercorn_worker_processes_cannot_drain(tmp_path: Path) -> None:
+    """What hypercorn with worker processes can do: finish in-flight requests, no drain.
+
+    Its master catches SIGTERM and sets a shared event that the worker polls; the worker never
+    receives a signal, so there is nothing to chain to, and hypercorn stops accepting at once.
+    In-flight requests still complete within hypercorn's own graceful timeout, and
+    ``lifespan.shutdown`` marks the coordinator stopping.
+    """
+    port = free_port()
+    args = ["hypercorn", "tests.shutdown_app:app", "--workers", "1", "--bind", f"{HOST}:{port}"]
+    env = {"SHUTDOWN_DRAIN_SECONDS": "1", "SHUTDOWN_TIMEOUT_SECONDS": "4"}
+    with run_server(args, port=port, tmp_path=tmp_path, env=env) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            await _wait_until_ready(client, server, "hypercorn")
+            slow = [
+                asyncio.create_task(client.get("/slow", params={"seconds": "1"})) for _ in range(5)
+            ]
+            await asyncio.sleep(0.3)
+            server.signal(signal.SIGTERM)
+            responses = await asyncio.gather(*slow)
+            status = await asyncio.to_thread(server.wait, 15)
+        assert [r.status_code for r in responses] == [200] * 5
+        assert status == 0, server.output()
+        assert not _events(server, "shutdown signal received, draining")
