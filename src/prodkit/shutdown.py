@@ -156,9 +156,17 @@ class ShutdownCoordinator:
             )
         if retry_after < 0:
             raise ConfigurationError("retry_after must be zero or a positive number of seconds")
+        signals = tuple(signals)
+        for sig in signals:
+            try:
+                signal.Signals(sig)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"signals: {sig!r} is not a signal number (use signal.SIGTERM, ...)"
+                ) from exc
         self.drain = float(drain)
         self.timeout = float(timeout)
-        self.signals = tuple(signals)
+        self.signals = signals
         self.retry_after = retry_after
         self.logger = logger if logger is not None else structlog.get_logger("prodkit.shutdown")
         self._state = ShutdownState.RUNNING
@@ -166,8 +174,6 @@ class ShutdownCoordinator:
         self._chained: dict[int, _Chained] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._installed = False
-        self._signal: int | None = None
-        self._signal_at = 0.0
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.Event | None = None
         self._state_gauge = gauge(
@@ -243,10 +249,12 @@ class ShutdownCoordinator:
             self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Wait until no request is in flight."""
-        while self._in_flight:
+        """Wait until no request is in flight (returns at once if none is)."""
+        if not self._in_flight:
+            return
+        if self._idle is None or self._idle.is_set():
             self._idle = asyncio.Event()
-            await self._idle.wait()
+        await self._idle.wait()
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -335,8 +343,6 @@ class ShutdownCoordinator:
             if signum is not None:
                 self._chain(signum)
             return
-        self._signal = signum
-        self._signal_at = loop.time()
         self._set_state(ShutdownState.DRAINING)
         self.logger.info(
             "shutdown signal received, draining",

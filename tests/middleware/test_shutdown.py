@@ -68,6 +68,38 @@ def test_invalid_options_are_rejected(drain: float, timeout: float) -> None:
         ShutdownCoordinator(drain=drain, timeout=timeout)
 
 
+def test_unknown_signal_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="not a signal number"):
+        ShutdownCoordinator(signals=(999,))
+
+
+async def test_wait_idle_returns_when_the_last_request_finished(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    coordinator = make_coordinator(registry)
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = make_client(GracefulShutdownMiddleware(app, coordinator=coordinator))
+    await coordinator.wait_idle()  # nothing in flight: at once
+    requests = [asyncio.create_task(client.get("/")) for _ in range(3)]
+    for _ in range(1000):
+        if coordinator.in_flight == 3:
+            break
+        await asyncio.sleep(0.005)
+    waiters = [asyncio.create_task(coordinator.wait_idle()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    release.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*waiters)
+    assert [r.status_code for r in await asyncio.gather(*requests)] == [204] * 3
+
+
 async def test_running_requests_pass_untouched(
     app: ASGIApp, make_client: ClientFactory, registry: CollectorRegistry
 ) -> None:
