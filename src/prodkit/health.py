@@ -33,23 +33,37 @@ from prodkit.shutdown import ShutdownCoordinator
 CheckFunc = Callable[[], Awaitable[Any]]
 
 
+def _resolve(target: Any, method: str) -> Any:
+    # A pool is usually created at lifespan start-up, after the checks were registered: a
+    # zero-argument callable returning it (``lambda: state.pool``) is resolved on every run.
+    if not hasattr(target, method) and callable(target):
+        target = target()
+    if target is None:
+        raise RuntimeError("not connected yet")
+    return target
+
+
 def postgres_check(pool: Any, query: str = "SELECT 1") -> CheckFunc:
     """A check that runs ``query`` on an asyncpg pool or connection (anything with ``fetchval``).
 
-    The driver is not imported: the object is duck-typed.
+    ``pool`` may also be a zero-argument callable returning the pool (for pools opened at
+    start-up, after the check is registered). The driver is not imported: duck typing.
     """
 
     async def check() -> None:
-        await pool.fetchval(query)
+        await _resolve(pool, "fetchval").fetchval(query)
 
     return check
 
 
 def redis_check(client: Any) -> CheckFunc:
-    """A check that sends ``PING`` through a redis-py asyncio client (anything with ``ping``)."""
+    """A check that sends ``PING`` through a redis-py asyncio client (anything with ``ping``).
+
+    ``client`` may also be a zero-argument callable returning the client.
+    """
 
     async def check() -> None:
-        if not await client.ping():
+        if not await _resolve(client, "ping").ping():
             raise RuntimeError("PING was not answered with PONG")
 
     return check

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.errors import ConfigurationError
 from prodkit.shutdown import ShutdownCoordinator
 
 Hook = Callable[[], Awaitable[Any]]
@@ -62,7 +63,7 @@ class LifespanMiddleware:
         registration relative to the other hooks.
         """
         if startup is None and shutdown is None:
-            raise ValueError("add_hook needs a startup or a shutdown callable")
+            raise ConfigurationError("add_hook needs a startup or a shutdown callable")
         self._steps.append((startup, shutdown, None))
 
     def on_startup(self, func: Hook) -> Hook:

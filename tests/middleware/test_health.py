@@ -272,7 +272,13 @@ async def test_readiness_follows_a_real_redis(
     redis = redis_asyncio.Redis(host=HOST, port=port, **client_kwargs)
     middleware = health(app, registry)
     middleware.add_check("redis", redis_check(redis), timeout=1)
+    # A client opened at start-up, after registration, is reached through a callable.
+    holder: dict[str, Any] = {}
+    middleware.add_check("redis-late", redis_check(lambda: holder.get("client")), timeout=1)
     http = make_client(middleware)
+    early = (await http.get("/readyz", headers={"X-Health-Key": KEY})).json()
+    assert early["checks"]["redis-late"]["error"] == "RuntimeError: not connected yet"
+    holder["client"] = redis
     try:
         with redis_server(port):
             await wait_for_status(http, "/readyz", 200)
@@ -349,7 +355,7 @@ async def test_readiness_follows_a_real_postgres(
     proxy, dsn = postgres_proxy
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=1)
     middleware = health(app, registry)
-    middleware.add_check("postgres", postgres_check(pool), timeout=1)
+    middleware.add_check("postgres", postgres_check(lambda: pool), timeout=1)
     http = make_client(middleware)
     try:
         await wait_for_status(http, "/readyz", 200)
