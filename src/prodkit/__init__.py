@@ -45,6 +45,8 @@ from prodkit.errors import (
     MissingDependencyError,
     ProdkitError,
 )
+from prodkit.health import CheckResult, HealthCheck, HealthMiddleware, postgres_check, redis_check
+from prodkit.lifespan import LifespanMiddleware
 from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
 from prodkit.middleware.cors import CORSMiddleware, OriginMatcher
 from prodkit.middleware.errors import ErrorMiddleware
@@ -55,6 +57,7 @@ from prodkit.middleware.request_id import (
     parse_traceparent,
 )
 from prodkit.middleware.security_headers import SecurityHeadersMiddleware
+from prodkit.middleware.shutdown import SHUTTING_DOWN, GracefulShutdownMiddleware
 from prodkit.ratelimit import (
     MemoryRateLimitStore,
     RateLimitDecision,
@@ -66,21 +69,29 @@ from prodkit.ratelimit import (
 from prodkit.ratelimit.redis import RedisRateLimitStore
 from prodkit.resilience import BreakerState, CircuitBreaker
 from prodkit.settings import StackSettings
+from prodkit.shutdown import InFlight, ShutdownCoordinator, ShutdownState
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "SHUTTING_DOWN",
     "UNMATCHED_ROUTE",
     "ASGIApp",
     "BackendError",
     "BackendUnavailableError",
     "BreakerState",
     "CORSMiddleware",
+    "CheckResult",
     "CircuitBreaker",
     "ClientAddressResolver",
     "ConcurrencyLimitMiddleware",
     "ConfigurationError",
     "ErrorMiddleware",
     "FieldError",
+    "GracefulShutdownMiddleware",
+    "HealthCheck",
+    "HealthMiddleware",
+    "InFlight",
+    "LifespanMiddleware",
     "MemoryRateLimitStore",
     "Message",
     "MissingDependencyError",
@@ -100,6 +111,8 @@ __all__ = [
     "Scope",
     "SecurityHeadersMiddleware",
     "Send",
+    "ShutdownCoordinator",
+    "ShutdownState",
     "StackSettings",
     "__version__",
     "append_vary",
@@ -117,9 +130,11 @@ __all__ = [
     "parse_ip",
     "parse_rate",
     "parse_traceparent",
+    "postgres_check",
     "problem_dict",
     "problem_type",
     "read_body",
+    "redis_check",
     "remove_header",
     "replay_receive",
     "route_template",
