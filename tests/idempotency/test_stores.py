@@ -127,9 +127,12 @@ async def test_first_claim_acquires_and_a_duplicate_is_in_progress(harness: Harn
     assert (await store.claim(key, b"fp", "a", lease=30, ttl=600)).outcome is ClaimOutcome.ACQUIRED
     second = await store.claim(key, b"fp", "b", lease=30, ttl=600)
     assert second.outcome is ClaimOutcome.IN_PROGRESS
-    assert second.retry_after is not None and 0 < second.retry_after <= 30
+    assert second.retry_after is not None
+    assert 0 < second.retry_after <= 30
     record = await store.get(key)
-    assert record is not None and record.owner == "a" and not record.completed
+    assert record is not None
+    assert record.owner == "a"
+    assert not record.completed
 
 
 async def test_different_fingerprint_is_a_mismatch_and_changes_nothing(harness: Harness) -> None:
@@ -143,7 +146,9 @@ async def test_different_fingerprint_is_a_mismatch_and_changes_nothing(harness: 
         ClaimOutcome.MISMATCH
     )
     record = await store.get(key)
-    assert record is not None and record.fingerprint == b"fp" and record.response == RESPONSE
+    assert record is not None
+    assert record.fingerprint == b"fp"
+    assert record.response == RESPONSE
 
 
 async def test_complete_then_replay_round_trips_bytes(harness: Harness) -> None:
@@ -241,7 +246,9 @@ async def test_postgres_schema_cleanup_and_expiry_index(
         conn = await asyncpg.connect(postgres_dsn)
         try:
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1  # noqa: S608
-            indexes = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", table)
+            indexes = await conn.fetch(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = $1", table
+            )
             assert any("(expires_at)" in row["indexdef"] for row in indexes)
         finally:
             await conn.close()
