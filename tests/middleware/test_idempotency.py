@@ -14,7 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from prodkit import ASGIApp, ConfigurationError, ErrorMiddleware, Message, Receive, Scope, Send
+from prodkit import (
+    ASGIApp,
+    CircuitBreaker,
+    ConfigurationError,
+    ErrorMiddleware,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 from prodkit.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from prodkit.middleware.idempotency import (
     SCOPE_KEY,
@@ -551,6 +560,42 @@ async def test_unreachable_store_can_fail_open(make_client: ClientFactory) -> No
         await store.close()
     assert response.status_code == 201
     assert "idempotency-status" not in response.headers
+    assert len(app.calls) == 1
+
+
+async def test_open_breaker_answers_503_without_calling_the_store(
+    make_client: ClientFactory,
+) -> None:
+    registry = CollectorRegistry()
+    breaker = CircuitBreaker("idempotency-store", failure_threshold=1, registry=registry)
+    store = unreachable_store()
+    middleware, _ = wrap(CountingApp(), store=store, breaker=breaker, registry=registry)
+    client = make_client(middleware)
+    try:
+        first = await post(client)
+        second = await post(client, key="another-key")
+    finally:
+        await store.close()
+    assert first.status_code == second.status_code == 503
+    assert second.headers["retry-after"] == "5"
+    rejections = registry.get_sample_value(
+        "prodkit_circuit_breaker_rejections_total", {"breaker": "idempotency-store"}
+    )
+    assert rejections == 1
+
+
+async def test_a_full_memory_store_fails_closed(make_client: ClientFactory) -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    middleware, _ = wrap(app, store=MemoryIdempotencyStore(max_entries=1))
+    client = make_client(middleware)
+    first = asyncio.create_task(post(client))
+    await app.entered.wait()
+    second = await post(client, key="another-key")
+    gate.set()
+    await first
+    assert second.status_code == 503
+    assert second.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
     assert len(app.calls) == 1
 
 

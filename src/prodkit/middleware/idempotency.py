@@ -15,8 +15,8 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -41,7 +41,10 @@ from prodkit.idempotency._store import (
     StoredResponse,
     check_durations,
 )
+from prodkit.idempotency.memory import MemoryIdempotencyStore
 from prodkit.resilience import CircuitBreaker
+
+T = TypeVar("T")
 
 # Problem codes (docs/idempotency.md).
 KEY_MISSING = "IDEMPOTENCY_KEY_MISSING"
@@ -217,7 +220,8 @@ class IdempotencyMiddleware:
         stored_headers: response headers recorded and replayed (never ``Set-Cookie``).
         fail_open: when the store fails or its breaker is open, run the handler without
             idempotency (default: fail closed with 503 ``IDEMPOTENCY_STORE_UNAVAILABLE``).
-        breaker: the :class:`~prodkit.CircuitBreaker` around store calls (one is created).
+        breaker: the :class:`~prodkit.CircuitBreaker` around store calls (one named
+            ``idempotency-store`` is created, except for the memory store, which does no I/O).
         registry, prefix: where ``{prefix}idempotency_requests_total{outcome}`` lives.
         logger: a structlog logger (default ``prodkit.idempotency``).
     """
@@ -293,9 +297,10 @@ class IdempotencyMiddleware:
         self.store_server_errors = store_server_errors
         self._stored_headers = frozenset(name.encode("latin-1") for name in stored)
         self.fail_open = fail_open
-        self.breaker = breaker or CircuitBreaker(
-            "idempotency-store", registry=registry, prefix=prefix
-        )
+        if breaker is None and not isinstance(store, MemoryIdempotencyStore):
+            breaker = CircuitBreaker("idempotency-store", registry=registry, prefix=prefix)
+        # The memory store does no I/O: it gets no breaker (and no timeout) unless given one.
+        self.breaker = breaker
         self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
         requests_total = counter(
             f"{prefix}idempotency_requests_total",
@@ -408,9 +413,14 @@ class IdempotencyMiddleware:
 
     # -- store calls ------------------------------------------------------------------------
 
+    async def _guarded(self, func: Callable[[], Awaitable[T]]) -> T:
+        if self.breaker is None:
+            return await func()
+        return await self.breaker.call(func)
+
     async def _claim(self, store_key: str, fingerprint: bytes, owner: str) -> Claim | None:
         try:
-            return await self.breaker.call(
+            return await self._guarded(
                 lambda: self.store.claim(
                     store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
                 )
@@ -449,12 +459,16 @@ class IdempotencyMiddleware:
             STORE_UNAVAILABLE,
             "Idempotency records are unavailable, so the request was not run; retry later "
             "with the same key.",
-            headers={"Retry-After": str(max(1, math.ceil(self.breaker.recovery_time)))},
+            headers={"Retry-After": str(self._unavailable_retry_after)},
         )
+
+    @property
+    def _unavailable_retry_after(self) -> int:
+        return 1 if self.breaker is None else max(1, math.ceil(self.breaker.recovery_time))
 
     async def _release(self, store_key: str, owner: str) -> None:
         try:
-            await self.breaker.call(lambda: self.store.release(store_key, owner))
+            await self._guarded(lambda: self.store.release(store_key, owner))
         except BackendError as exc:
             # The lease still expires: the key is only blocked until then.
             self.logger.warning("idempotency claim not released", error=str(exc))
@@ -556,7 +570,7 @@ class IdempotencyMiddleware:
         )
         response = StoredResponse(int(start["status"]), headers, body)
         try:
-            stored = await self.breaker.call(
+            stored = await self._guarded(
                 lambda: self.store.complete(store_key, owner, response, ttl=self.ttl)
             )
         except BackendError as exc:
