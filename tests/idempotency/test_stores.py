@@ -33,6 +33,7 @@ from prodkit.idempotency import (
     RedisIdempotencyStore,
     StoredResponse,
     schema_sql,
+    store_from_env,
 )
 
 BACKENDS = ("memory", "postgres", "redis")
@@ -313,6 +314,37 @@ async def test_unreachable_stores_raise_backend_error() -> None:
             await rd.claim("k", b"fp", "o", lease=1, ttl=2)
     finally:
         await rd.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, MemoryIdempotencyStore),
+        ({"DATABASE_URL": "postgresql://u@127.0.0.1/db"}, PostgresIdempotencyStore),
+        (
+            {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "IDEMPOTENCY_STORE": "memory"},
+            MemoryIdempotencyStore,
+        ),
+        (
+            {"IDEMPOTENCY_STORE": "redis", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+            RedisIdempotencyStore,
+        ),
+    ],
+)
+async def test_store_from_env(environ: dict[str, str], expected: type[Any]) -> None:
+    store = store_from_env(environ)
+    assert isinstance(store, expected)
+    if isinstance(store, RedisIdempotencyStore):
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"IDEMPOTENCY_STORE": "postgres"}, {"IDEMPOTENCY_STORE": "redis"}, {"IDEMPOTENCY_STORE": "x"}],
+)
+def test_store_from_env_rejects_incomplete_settings(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError, match="IDEMPOTENCY_STORE"):
+        store_from_env(environ)
 
 
 # -- stateful contract -----------------------------------------------------------------------

@@ -423,10 +423,38 @@ async def test_a_handler_that_outlives_its_lease_cannot_overwrite(
         gate.set()
         late = await first
     assert late.status_code == 201  # the late handler's client still gets its answer
+    assert late.headers["idempotency-stored"] == "false"
     replay = await post(client)
     assert replay.headers["idempotency-status"] == "replayed"
     assert replay.content == retry.content  # the newer owner's record stands
     assert any(entry["event"] == "idempotency claim lost before completion" for entry in logs)
+
+
+async def test_a_cancelled_request_releases_its_claim() -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    middleware, store = wrap(app)
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/funds",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", KEY.encode())],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    task = asyncio.create_task(middleware(scope, receive, send))
+    await app.entered.wait()
+    assert len(store) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(store) == 0
 
 
 # -- what is not recorded ------------------------------------------------------------------------

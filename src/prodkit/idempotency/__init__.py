@@ -6,6 +6,7 @@ redis. The middleware is :class:`prodkit.middleware.idempotency.IdempotencyMiddl
 
 from __future__ import annotations
 
+from prodkit.idempotency._factory import store_from_env
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
@@ -27,4 +28,5 @@ __all__ = [
     "RedisIdempotencyStore",
     "StoredResponse",
     "schema_sql",
+    "store_from_env",
 ]
