@@ -21,6 +21,7 @@ from prodkit import (
     ErrorMiddleware,
     Message,
     Receive,
+    RequestIdMiddleware,
     Scope,
     Send,
 )
@@ -156,6 +157,16 @@ async def test_first_request_runs_and_a_retry_replays_it(make_client: ClientFact
     assert "x-debug" not in again.headers
     assert sample(registry, "created") == 1
     assert sample(registry, "replayed") == 1
+
+
+async def test_replay_carries_the_replaying_requests_id(make_client: ClientFactory) -> None:
+    middleware, _ = wrap(CountingApp())
+    client = make_client(RequestIdMiddleware(ErrorMiddleware(middleware)))
+    first = await post(client, headers={"X-Request-ID": "first-request"})
+    again = await post(client, headers={"X-Request-ID": "retry-request"})
+    assert first.headers["x-request-id"] == "first-request"
+    assert again.headers["x-request-id"] == "retry-request"
+    assert again.headers["idempotency-status"] == "replayed"
 
 
 async def test_replays_on_every_framework(framework: str, make_client: ClientFactory) -> None:
