@@ -1,0 +1,136 @@
+"""The idempotency store protocol and the small values it speaks.
+
+A store keeps one *record* per scoped idempotency key. A record is either *in progress* (a
+request claimed the key and its handler is running; the claim carries an owner token and a
+lease) or *completed* (the response to replay). Every record has an expiry that is written by
+the claim itself, so an expired record is replaced in the same atomic step that claims it: there
+is never a gap between "delete the old record" and "insert the new one".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from prodkit._types import RawHeaders
+from prodkit.errors import ConfigurationError
+
+
+class ClaimOutcome(enum.Enum):
+    """What :meth:`IdempotencyStore.claim` found."""
+
+    #: No live record (absent, expired, or an in-progress claim whose lease ran out with the
+    #: same fingerprint): the caller now owns the key and must run the handler.
+    ACQUIRED = "acquired"
+    #: A completed record with the same fingerprint: replay :attr:`Claim.response`.
+    COMPLETED = "completed"
+    #: Another request with the same fingerprint holds a live lease.
+    IN_PROGRESS = "in_progress"
+    #: A live record exists for a *different* request fingerprint; nothing was changed.
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response as recorded for replay: status, allow-listed headers, complete body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def raw_headers(self) -> RawHeaders:
+        """The headers as a fresh ASGI header list."""
+        return list(self.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The result of :meth:`IdempotencyStore.claim`.
+
+    Attributes:
+        outcome: see :class:`ClaimOutcome`.
+        response: the recorded response when ``outcome`` is ``COMPLETED``.
+        retry_after: seconds left on the other request's lease when ``IN_PROGRESS``.
+    """
+
+    outcome: ClaimOutcome
+    response: StoredResponse | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A live record as returned by :meth:`IdempotencyStore.get` (for inspection and tests).
+
+    ``owner`` is the claim's owner token while in progress, ``None`` once completed;
+    ``response`` is set once completed.
+    """
+
+    fingerprint: bytes
+    owner: str | None
+    response: StoredResponse | None
+
+    @property
+    def completed(self) -> bool:
+        """Whether the record holds a response to replay."""
+        return self.response is not None
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Where :class:`~prodkit.IdempotencyMiddleware` keeps its records (a pluggable part).
+
+    Implementations: :class:`MemoryIdempotencyStore` (one process),
+    :class:`PostgresIdempotencyStore`, :class:`RedisIdempotencyStore`. Every method is one
+    atomic operation (a single round trip for the network stores); durations are seconds.
+    Keys are opaque, already scoped and hashed by the middleware (ASCII, at most 128 chars).
+    Driver failures are raised as :class:`~prodkit.errors.BackendError`.
+    """
+
+    async def claim(
+        self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
+    ) -> Claim:
+        """Atomically claim ``key`` for ``owner`` unless a live record stands in the way.
+
+        A record is live until its expiry (``ttl`` seconds after the claim that wrote it). The
+        claim succeeds (``ACQUIRED``) when there is no live record, or when the live record is
+        in progress with the same ``fingerprint`` and its lease (``lease`` seconds from its
+        claim) has run out: a crashed request never leaves its key stuck. Otherwise nothing
+        changes and the outcome says why (``COMPLETED``, ``IN_PROGRESS``, ``MISMATCH``).
+        """
+        ...
+
+    async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
+        """Record ``response`` if ``owner`` still holds the claim; the record lives ``ttl`` more seconds.
+
+        Returns ``False`` (and changes nothing) when the claim was lost, e.g. a handler that
+        outlived its lease after another request took the key over.
+        """
+        ...
+
+    async def release(self, key: str, owner: str) -> bool:
+        """Delete ``owner``'s in-progress claim so that a retry runs the handler; ``False`` if not held."""
+        ...
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """Return the live record for ``key``, or ``None``."""
+        ...
+
+
+def check_durations(lease: float, ttl: float) -> None:
+    """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
+    if lease <= 0 or ttl <= 0:
+        raise ConfigurationError("lease and ttl must be positive numbers of seconds")
+    if lease > ttl:
+        raise ConfigurationError("lease must not be longer than ttl")
+
+
+__all__ = [
+    "Claim",
+    "ClaimOutcome",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "StoredResponse",
+    "check_durations",
+]

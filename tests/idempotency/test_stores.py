@@ -1,0 +1,488 @@
+"""One contract for every idempotency store: memory always, PostgreSQL and Redis for real.
+
+Time is moved with the memory store's clock and the network stores' ``clock_offset``; the
+stateful test moves it in steps of 10 s, so the few real milliseconds a step takes never
+change an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from prodkit.errors import BackendError, ConfigurationError
+from prodkit.idempotency import (
+    ClaimOutcome,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    PostgresIdempotencyStore,
+    RedisIdempotencyStore,
+    StoredResponse,
+    schema_sql,
+    store_from_env,
+)
+
+BACKENDS = ("memory", "postgres", "redis")
+RESPONSE = StoredResponse(
+    201,
+    ((b"content-type", b"application/json"), (b"location", b"/api/funds/\xe9")),
+    b'{"id": 1}\x00\xff',
+)
+
+
+class FakeClock:
+    """A settable monotonic clock for the memory store."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    """A store plus a way to move its clock forward."""
+
+    store: Any
+    advance: Callable[[float], None]
+    close: Callable[[], Any] = field(default=lambda: None)
+
+
+def resolve(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The service fixtures a backend needs (requested synchronously, outside any event loop)."""
+    if backend == "postgres":
+        return {"dsn": request.getfixturevalue("postgres_dsn")}
+    if backend == "redis":
+        return {
+            "url": request.getfixturevalue("redis_url"),
+            "prefix": request.getfixturevalue("redis_prefix"),
+        }
+    return {}
+
+
+async def build(backend: str, config: dict[str, str]) -> Harness:
+    if backend == "memory":
+        clock = FakeClock()
+
+        def move(seconds: float) -> None:
+            clock.now += seconds
+
+        return Harness(MemoryIdempotencyStore(clock=clock), move)
+    if backend == "postgres":
+        pg = PostgresIdempotencyStore(config["dsn"], pool_options={"min_size": 1, "max_size": 4})
+        await pg.ensure_schema()
+
+        def move_pg(seconds: float) -> None:
+            pg.clock_offset += seconds
+
+        return Harness(pg, move_pg, pg.close)
+    rd = RedisIdempotencyStore(config["url"], prefix=config["prefix"])
+
+    def move_rd(seconds: float) -> None:
+        rd.clock_offset += seconds
+
+    return Harness(rd, move_rd, rd.close)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_config(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """Each backend with its service fixtures."""
+    backend = str(request.param)
+    return backend, resolve(backend, request)
+
+
+@pytest.fixture
+async def harness(backend_config: tuple[str, dict[str, str]]) -> AsyncIterator[Harness]:
+    made = await build(*backend_config)
+    yield made
+    result = made.close()
+    if asyncio.iscoroutine(result):
+        await result
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_stores_satisfy_the_protocol(harness: Harness) -> None:
+    assert isinstance(harness.store, IdempotencyStore)
+
+
+async def test_first_claim_acquires_and_a_duplicate_is_in_progress(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    assert (await store.claim(key, b"fp", "a", lease=30, ttl=600)).outcome is ClaimOutcome.ACQUIRED
+    second = await store.claim(key, b"fp", "b", lease=30, ttl=600)
+    assert second.outcome is ClaimOutcome.IN_PROGRESS
+    assert second.retry_after is not None
+    assert 0 < second.retry_after <= 30
+    record = await store.get(key)
+    assert record is not None
+    assert record.owner == "a"
+    assert not record.completed
+
+
+async def test_different_fingerprint_is_a_mismatch_and_changes_nothing(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "a", lease=30, ttl=600)
+    assert (await store.claim(key, b"other", "b", lease=30, ttl=600)).outcome is (
+        ClaimOutcome.MISMATCH
+    )
+    assert await store.complete(key, "a", RESPONSE, ttl=600)
+    assert (await store.claim(key, b"other", "c", lease=30, ttl=600)).outcome is (
+        ClaimOutcome.MISMATCH
+    )
+    record = await store.get(key)
+    assert record is not None
+    assert record.fingerprint == b"fp"
+    assert record.response == RESPONSE
+
+
+async def test_complete_then_replay_round_trips_bytes(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"\x00fp\xff", "a", lease=30, ttl=600)
+    assert await store.complete(key, "a", RESPONSE, ttl=600)
+    replay = await store.claim(key, b"\x00fp\xff", "b", lease=30, ttl=600)
+    assert replay.outcome is ClaimOutcome.COMPLETED
+    assert replay.response == RESPONSE
+    assert not await store.complete(key, "a", RESPONSE, ttl=600)  # already completed
+
+
+async def test_only_the_owner_completes_or_releases(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "a", lease=30, ttl=600)
+    assert not await store.complete(key, "intruder", RESPONSE, ttl=600)
+    assert not await store.release(key, "intruder")
+    assert await store.release(key, "a")
+    assert await store.get(key) is None
+    assert (await store.claim(key, b"fp", "b", lease=30, ttl=600)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+
+
+async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_write(
+    harness: Harness,
+) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "crashed", lease=10, ttl=600)
+    harness.advance(20)
+    assert (await store.claim(key, b"other", "x", lease=10, ttl=600)).outcome is (
+        ClaimOutcome.MISMATCH
+    )
+    assert (await store.claim(key, b"fp", "retry", lease=10, ttl=600)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+    assert not await store.complete(key, "crashed", RESPONSE, ttl=600)
+    assert not await store.release(key, "crashed")
+    assert await store.complete(key, "retry", RESPONSE, ttl=600)
+
+
+async def test_expired_record_is_replaced_in_the_claim(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "a", lease=10, ttl=100)
+    await store.complete(key, "a", RESPONSE, ttl=100)
+    harness.advance(110)
+    assert await store.get(key) is None
+    assert (await store.claim(key, b"new", "b", lease=10, ttl=100)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+
+
+async def test_concurrent_claims_have_exactly_one_winner(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    results = await asyncio.gather(
+        *(store.claim(key, b"fp", f"owner-{i}", lease=30, ttl=600) for i in range(20))
+    )
+    outcomes = [r.outcome for r in results]
+    assert outcomes.count(ClaimOutcome.ACQUIRED) == 1
+    assert outcomes.count(ClaimOutcome.IN_PROGRESS) == 19
+
+
+async def test_memory_store_is_bounded_and_never_evicts_a_claim() -> None:
+    clock = FakeClock()
+    store = MemoryIdempotencyStore(max_entries=2, clock=clock)
+    await store.claim("done", b"fp", "a", lease=10, ttl=100)
+    await store.complete("done", "a", RESPONSE, ttl=100)
+    await store.claim("running", b"fp", "b", lease=10, ttl=100)
+    await store.claim("third", b"fp", "c", lease=10, ttl=100)  # evicts "done"
+    assert len(store) == 2
+    assert await store.get("done") is None
+    assert (await store.get("running")) is not None
+    with pytest.raises(BackendError, match="full"):
+        await store.claim("fourth", b"fp", "d", lease=10, ttl=100)
+    with pytest.raises(ConfigurationError):
+        MemoryIdempotencyStore(max_entries=0)
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_cleanup_and_expiry_index(
+    request: pytest.FixtureRequest, postgres_dsn: str
+) -> None:
+    import asyncpg
+
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(postgres_dsn, table=table)
+    try:
+        await store.ensure_schema()
+        await store.migrate()  # idempotent
+        for index in range(5):
+            await store.claim(f"k{index}", b"fp", "o", lease=1, ttl=10)
+        store.clock_offset = 20
+        await store.claim("fresh", b"fp", "o", lease=1, ttl=60)
+        assert await store.cleanup(batch_size=2) == 5
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1  # noqa: S608
+            indexes = await conn.fetch(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = $1", table
+            )
+            assert any("(expires_at)" in row["indexdef"] for row in indexes)
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_works_with_statement_cache_off_pool(postgres_dsn: str) -> None:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(postgres_dsn, statement_cache_size=0, min_size=1, max_size=2)
+    try:
+        store = PostgresIdempotencyStore(pool)
+        await store.ensure_schema()
+        key = new_key()
+        assert (await store.claim(key, b"fp", "a", lease=5, ttl=60)).outcome is (
+            ClaimOutcome.ACQUIRED
+        )
+        assert await store.complete(key, "a", RESPONSE, ttl=60)
+    finally:
+        await pool.close()
+
+
+def test_schema_sql_rejects_unsafe_table_names() -> None:
+    assert "CREATE TABLE IF NOT EXISTS app.idem" in schema_sql("app.idem")
+    with pytest.raises(ConfigurationError):
+        schema_sql("idem; DROP TABLE funds")
+
+
+@pytest.mark.redis
+async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefix: str) -> None:
+    import redis.asyncio as redis_asyncio
+
+    store = RedisIdempotencyStore(redis_url, prefix=redis_prefix)
+    client = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        key = new_key()
+        await store.claim(key, b"fp", "a", lease=5, ttl=60)
+        redis_key = store.redis_key(key)
+        assert redis_key == f"{redis_prefix}{{{key}}}"
+        assert 0 < await client.pttl(redis_key) <= 60_000
+        await store.complete(key, "a", RESPONSE, ttl=120)
+        assert 60_000 < await client.pttl(redis_key) <= 120_000
+    finally:
+        await client.aclose()
+        await store.close()
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisIdempotencyStore(redis_asyncio.Redis.from_url(redis_url, decode_responses=True))
+
+
+async def test_unreachable_stores_raise_backend_error() -> None:
+    pytest.importorskip("asyncpg")
+    pg = PostgresIdempotencyStore(
+        "postgresql://nobody@127.0.0.1:1/none", pool_options={"timeout": 1}
+    )
+    with pytest.raises(BackendError):
+        await pg.claim("k", b"fp", "o", lease=1, ttl=2)
+    rd = RedisIdempotencyStore("redis://127.0.0.1:1/0")
+    try:
+        with pytest.raises(BackendError):
+            await rd.claim("k", b"fp", "o", lease=1, ttl=2)
+    finally:
+        await rd.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, MemoryIdempotencyStore),
+        ({"DATABASE_URL": "postgresql://u@127.0.0.1/db"}, PostgresIdempotencyStore),
+        (
+            {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "IDEMPOTENCY_STORE": "memory"},
+            MemoryIdempotencyStore,
+        ),
+        (
+            {"IDEMPOTENCY_STORE": "redis", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+            RedisIdempotencyStore,
+        ),
+    ],
+)
+async def test_store_from_env(environ: dict[str, str], expected: type[Any]) -> None:
+    store = store_from_env(environ)
+    assert isinstance(store, expected)
+    if isinstance(store, RedisIdempotencyStore):
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{"IDEMPOTENCY_STORE": "postgres"}, {"IDEMPOTENCY_STORE": "redis"}, {"IDEMPOTENCY_STORE": "x"}],
+)
+def test_store_from_env_rejects_incomplete_settings(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError, match="IDEMPOTENCY_STORE"):
+        store_from_env(environ)
+
+
+# -- stateful contract -----------------------------------------------------------------------
+
+
+@dataclass
+class ModelEntry:
+    fingerprint: bytes
+    owner: str | None
+    lease_until: float
+    expires_at: float
+    response: StoredResponse | None = None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Claims, completions, releases and time against a dict model of the contract."""
+
+    backend = "memory"
+    config: dict[str, str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.harness = self.runner.run(build(self.backend, self.config))
+        self.prefix = uuid.uuid4().hex[:8]
+        self.now = 0.0
+        self.model: dict[str, ModelEntry] = {}
+        self.owners: list[str] = []
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+    def key(self, index: int) -> str:
+        return f"{self.prefix}-{index}"
+
+    def live(self, key: str) -> ModelEntry | None:
+        entry = self.model.get(key)
+        if entry is not None and entry.expires_at <= self.now:
+            del self.model[key]
+            return None
+        return entry
+
+    @initialize()
+    def start(self) -> None:
+        self.owners.append("never-claimed")
+
+    @rule(
+        index=st.integers(0, 1),
+        fp=st.sampled_from([b"fp-a", b"fp-b"]),
+        lease=st.sampled_from([10.0, 100.0]),
+        ttl=st.sampled_from([200.0, 1000.0]),
+    )
+    def claim(self, index: int, fp: bytes, lease: float, ttl: float) -> None:
+        key = self.key(index)
+        owner = uuid.uuid4().hex
+        result = self.run(self.harness.store.claim(key, fp, owner, lease=lease, ttl=ttl))
+        entry = self.live(key)
+        if entry is not None and entry.fingerprint != fp:
+            assert result.outcome is ClaimOutcome.MISMATCH
+        elif entry is not None and entry.response is not None:
+            assert result.outcome is ClaimOutcome.COMPLETED
+            assert result.response == entry.response
+        elif entry is not None and entry.lease_until > self.now:
+            assert result.outcome is ClaimOutcome.IN_PROGRESS
+            assert result.retry_after is not None
+            assert 0 < result.retry_after <= entry.lease_until - self.now
+        else:
+            assert result.outcome is ClaimOutcome.ACQUIRED
+            self.model[key] = ModelEntry(fp, owner, self.now + lease, self.now + ttl)
+            self.owners.append(owner)
+
+    @rule(
+        index=st.integers(0, 1),
+        owner_index=st.integers(0, 20),
+        status=st.sampled_from([200, 201, 409]),
+        ttl=st.sampled_from([200.0, 1000.0]),
+    )
+    def complete(self, index: int, owner_index: int, status: int, ttl: float) -> None:
+        key = self.key(index)
+        owner = self.owners[owner_index % len(self.owners)]
+        response = StoredResponse(status, ((b"content-type", b"text/plain"),), f"{owner}".encode())
+        done = self.run(self.harness.store.complete(key, owner, response, ttl=ttl))
+        entry = self.live(key)
+        expected = entry is not None and entry.response is None and entry.owner == owner
+        assert done is expected
+        if entry is not None and expected:
+            entry.owner = None
+            entry.response = response
+            entry.expires_at = self.now + ttl
+
+    @rule(index=st.integers(0, 1), owner_index=st.integers(0, 20))
+    def release(self, index: int, owner_index: int) -> None:
+        key = self.key(index)
+        owner = self.owners[owner_index % len(self.owners)]
+        released = self.run(self.harness.store.release(key, owner))
+        entry = self.live(key)
+        expected = entry is not None and entry.response is None and entry.owner == owner
+        assert released is expected
+        if expected:
+            del self.model[key]
+
+    @rule(seconds=st.sampled_from([10.0, 50.0, 300.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.harness.advance(seconds)
+
+    @invariant()
+    def records_match_the_model(self) -> None:
+        if not hasattr(self, "harness"):
+            return
+        for index in (0, 1):
+            key = self.key(index)
+            record = self.run(self.harness.store.get(key))
+            entry = self.live(key)
+            if entry is None:
+                assert record is None
+            else:
+                assert record is not None
+                assert record.fingerprint == entry.fingerprint
+                assert record.owner == entry.owner
+                assert record.response == entry.response
+
+    def teardown(self) -> None:
+        try:
+            result = self.harness.close()
+            if asyncio.iscoroutine(result):
+                self.run(result)
+        finally:
+            self.runner.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stateful_contract(backend: str, request: pytest.FixtureRequest) -> None:
+    config = resolve(backend, request)
+    machine = type(
+        f"StoreMachine_{backend}", (StoreMachine,), {"backend": backend, "config": config}
+    )
+    examples = 60 if backend == "memory" else 12
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=examples, stateful_step_count=12, deadline=None)
+    )
