@@ -46,10 +46,26 @@ from prodkit.errors import (
     ProdkitError,
 )
 from prodkit.health import CheckResult, HealthCheck, HealthMiddleware, postgres_check, redis_check
+from prodkit.idempotency import (
+    Claim,
+    ClaimOutcome,
+    IdempotencyRecord,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    PostgresIdempotencyStore,
+    RedisIdempotencyStore,
+    StoredResponse,
+    store_from_env,
+)
 from prodkit.lifespan import LifespanMiddleware
 from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
 from prodkit.middleware.cors import CORSMiddleware, OriginMatcher
 from prodkit.middleware.errors import ErrorMiddleware
+from prodkit.middleware.idempotency import (
+    IdempotencyMiddleware,
+    caller_from_authorization,
+    caller_from_header,
+)
 from prodkit.middleware.request_id import (
     RequestIdMiddleware,
     generate_request_id,
@@ -82,6 +98,8 @@ __all__ = [
     "CORSMiddleware",
     "CheckResult",
     "CircuitBreaker",
+    "Claim",
+    "ClaimOutcome",
     "ClientAddressResolver",
     "ConcurrencyLimitMiddleware",
     "ConfigurationError",
@@ -90,12 +108,17 @@ __all__ = [
     "GracefulShutdownMiddleware",
     "HealthCheck",
     "HealthMiddleware",
+    "IdempotencyMiddleware",
+    "IdempotencyRecord",
+    "IdempotencyStore",
     "InFlight",
     "LifespanMiddleware",
+    "MemoryIdempotencyStore",
     "MemoryRateLimitStore",
     "Message",
     "MissingDependencyError",
     "OriginMatcher",
+    "PostgresIdempotencyStore",
     "Problem",
     "ProdkitError",
     "RateLimitDecision",
@@ -103,6 +126,7 @@ __all__ = [
     "RateLimitPolicy",
     "RateLimitStore",
     "Receive",
+    "RedisIdempotencyStore",
     "RedisRateLimitStore",
     "RequestIdMiddleware",
     "ResponseObserver",
@@ -114,8 +138,11 @@ __all__ = [
     "ShutdownCoordinator",
     "ShutdownState",
     "StackSettings",
+    "StoredResponse",
     "__version__",
     "append_vary",
+    "caller_from_authorization",
+    "caller_from_header",
     "encode_problem",
     "generate_request_id",
     "get_all_headers",
@@ -143,4 +170,5 @@ __all__ = [
     "send_problem",
     "set_default_header",
     "set_header",
+    "store_from_env",
 ]
