@@ -5,7 +5,7 @@ Endpoints (every framework):
 * ``GET /items/{item_id}``: 200 JSON ``{"id": ..., "request_id": ...}``
 * ``GET /boom``: raises ``RuntimeError`` whose text must never reach a client
 * ``GET /problem``: raises :class:`prodkit.Problem` (409, ``DEMO_CONFLICT``)
-* ``GET /stream?delay=S``: three body chunks ``a``, ``b``, ``c``, ``S`` seconds apart
+* ``GET /stream?delay=S``: three body chunks ``a``, ``b``, ``c``, each after ``S`` seconds
 * ``POST /echo``: the request body back, with the request's content type
 * ``GET /slow?seconds=S``: sleeps, then 200 ``slept``
 
@@ -18,6 +18,8 @@ import asyncio
 import json
 from typing import Any
 from urllib.parse import parse_qs
+
+from fastapi import Request as FastAPIRequest  # module level: FastAPI resolves annotations here
 
 from prodkit import (
     ASGIApp,
@@ -91,9 +93,8 @@ def raw_app() -> ASGIApp:
                     "headers": [(b"content-type", b"text/plain")],
                 }
             )
-            for index, chunk in enumerate((b"a", b"b", b"c")):
-                if index:
-                    await asyncio.sleep(delay)
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         elif path == "/echo" and scope["method"] == "POST":
@@ -132,9 +133,8 @@ def starlette_app() -> ASGIApp:
         delay = float(request.query_params.get("delay", "0"))
 
         async def chunks() -> Any:
-            for index, chunk in enumerate((b"a", b"b", b"c")):
-                if index:
-                    await asyncio.sleep(delay)
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
                 yield chunk
 
         return StreamingResponse(chunks(), media_type="text/plain")
@@ -186,7 +186,7 @@ def mounted_starlette_app() -> ASGIApp:
 
 def fastapi_app() -> ASGIApp:
     """The standard endpoints on FastAPI."""
-    from fastapi import APIRouter, FastAPI, Request
+    from fastapi import APIRouter, FastAPI
     from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
     app = FastAPI()
@@ -207,15 +207,14 @@ def fastapi_app() -> ASGIApp:
     @router.get("/stream")
     async def stream(delay: float = 0.0) -> StreamingResponse:
         async def chunks() -> Any:
-            for index, chunk in enumerate((b"a", b"b", b"c")):
-                if index:
-                    await asyncio.sleep(delay)
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
                 yield chunk
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
     @router.post("/echo")
-    async def echo(request: Request) -> Response:
+    async def echo(request: FastAPIRequest) -> Response:
         return Response(await request.body(), media_type=request.headers.get("content-type"))
 
     @router.get("/slow")
@@ -250,9 +249,8 @@ def litestar_app() -> ASGIApp:
     @get("/stream")
     async def stream(delay: float = 0.0) -> Stream:
         async def chunks() -> Any:
-            for index, chunk in enumerate((b"a", b"b", b"c")):
-                if index:
-                    await asyncio.sleep(delay)
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
                 yield chunk
 
         return Stream(chunks(), media_type=MediaType.TEXT)
