@@ -1,0 +1,467 @@
+"""One-call structlog + standard-library logging setup, and the processors behind it.
+
+:func:`configure_logging` makes structlog and the standard library (uvicorn's loggers included)
+write the same lines: JSON (or a console format) with an ISO-8601 UTC ``timestamp``, ``level``,
+``logger``, ``pid``, ``hostname``, the current ``request_id`` and ``trace_id`` and whatever was
+bound with :func:`structlog.contextvars.bind_contextvars`. Secrets are redacted by
+:class:`Redactor`, a processor that can also be used alone in any structlog chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from prodkit._context import get_request_id, get_trace_id
+from prodkit.errors import ConfigurationError
+
+LogFormat = Literal["json", "console"]
+
+#: What a redacted value is replaced with.
+REDACTED = "[REDACTED]"
+
+#: Headers whose values are never logged (compared case-insensitively).
+DEFAULT_REDACT_HEADERS: tuple[str, ...] = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-health-key",
+)
+
+#: Query parameters whose values are never logged (compared case-insensitively).
+DEFAULT_REDACT_QUERY_PARAMS: tuple[str, ...] = (
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "key",
+    "signature",
+    "sig",
+    "auth",
+    "code",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+)
+
+#: Dict keys whose values are never logged, at any depth: a key equal to one of these or ending
+#: in ``_<word>`` (``db_password``, ``access_token``, ``client_secret``) is redacted.
+DEFAULT_REDACT_KEYS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+)
+
+_LEVELS = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "notset": logging.NOTSET,
+}
+_KEY_CACHE_LIMIT = 4096
+_HOSTNAME = socket.gethostname()
+#: Marks the handler that configure_logging installed, so that calling it again replaces it.
+_HANDLER_FLAG = "_prodkit_handler"
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+class Redactor:
+    """A structlog processor that replaces secrets in an event with ``[REDACTED]``.
+
+    What is redacted (all names compared case-insensitively, ``-`` and ``_`` alike):
+
+    * the value of any key, at any depth of dicts and lists in the event, that is a secret
+      header (``Authorization``, ``Cookie``, ``X-API-Key`` ...) or a secret word
+      (``password``, ``token``, ``secret`` ...) or ends with ``_<word>`` (``db_password``);
+    * in the event message (``event``) and in query strings: the values of secret query
+      parameters (``?token=...``) and the credentials of ``Bearer``/``Basic`` authorization.
+
+    Dicts and lists inside the event are copied before being changed: the caller's objects
+    are left alone. Use it in any structlog chain (before the renderer), or through
+    :func:`configure_logging`, which installs it by default.
+
+    Arguments:
+        keys: secret words for dict keys (default :data:`DEFAULT_REDACT_KEYS`).
+        headers: header names whose values are secret (default :data:`DEFAULT_REDACT_HEADERS`).
+        query_params: secret query parameters (default :data:`DEFAULT_REDACT_QUERY_PARAMS`).
+        replacement: the text put in place of a secret.
+    """
+
+    __slots__ = ("_cache", "_exact", "_query_names", "_suffixes", "_text", "replacement")
+
+    def __init__(
+        self,
+        keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+        headers: Iterable[str] = DEFAULT_REDACT_HEADERS,
+        query_params: Iterable[str] = DEFAULT_REDACT_QUERY_PARAMS,
+        *,
+        replacement: str = REDACTED,
+    ) -> None:
+        for group in (keys, headers, query_params):
+            if isinstance(group, str):
+                raise ConfigurationError(
+                    "keys, headers and query_params take a list of names, not one string"
+                )
+        words = {_normalize(k) for k in keys if k.strip()}
+        self._exact = frozenset(words | {_normalize(h) for h in headers if h.strip()})
+        self._suffixes = tuple(f"_{word}" for word in sorted(words))
+        self._query_names = frozenset(_normalize(q) for q in query_params if q.strip())
+        names = sorted({q.strip() for q in query_params if q.strip()}, key=len, reverse=True)
+        alternatives = [r"\b(?:bearer|basic)\s+()[A-Za-z0-9._~+/=-]+"]
+        if names:
+            joined = "|".join(
+                "[-_]".join(re.escape(part) for part in re.split(r"[-_]", name)) for name in names
+            )
+            alternatives.append(rf"(?:^|(?<=[?&;\s\"']))(?:{joined})=()[^&;\s\"'#]*")
+        self._text = re.compile("|".join(alternatives), re.IGNORECASE)
+        self._cache: dict[str, bool] = {}
+        self.replacement = replacement
+
+    def is_secret_key(self, key: str) -> bool:
+        """Whether the value under dict key ``key`` is redacted."""
+        found = self._cache.get(key)
+        if found is None:
+            norm = _normalize(key)
+            found = norm in self._exact or norm.endswith(self._suffixes)
+            if len(self._cache) < _KEY_CACHE_LIMIT:
+                self._cache[key] = found
+        return found
+
+    def is_secret_param(self, name: str) -> bool:
+        """Whether query parameter ``name`` is secret."""
+        return _normalize(name) in self._query_names or self.is_secret_key(name)
+
+    def redact_text(self, text: str) -> str:
+        """Return ``text`` with secret query values and authorization credentials replaced."""
+        if self._text.search(text) is None:
+            return text
+        return self._text.sub(self._replace_match, text)
+
+    def _replace_match(self, match: re.Match[str]) -> str:
+        whole = match.group(0)
+        # The empty group marks where the secret starts: keep what precedes it.
+        for index in range(1, (match.lastindex or 0) + 1):
+            start = match.start(index)
+            if start != -1:
+                return whole[: start - match.start()] + self.replacement
+        return self.replacement
+
+    def redact_query(self, query: str) -> str:
+        """Return a query string with the values of secret parameters replaced (order kept)."""
+        if not query:
+            return query
+        parts = query.split("&")
+        changed = False
+        for index, part in enumerate(parts):
+            name, sep, _ = part.partition("=")
+            if sep and self.is_secret_param(name):
+                parts[index] = f"{name}={self.replacement}"
+                changed = True
+        return "&".join(parts) if changed else query
+
+    def redact_mapping(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Return a copy of ``values`` with secrets redacted at any depth."""
+        return {key: self._value(key, value) for key, value in values.items()}
+
+    def _value(self, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and self.is_secret_key(key):
+            return self.replacement
+        kind = type(value)
+        if kind is dict:
+            return self.redact_mapping(value)
+        if kind is list or kind is tuple:
+            return [self._value(None, item) for item in value]
+        return value
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if self.is_secret_key(key):
+                event_dict[key] = self.replacement
+                continue
+            kind = type(value)
+            if kind is dict or kind is list or kind is tuple:
+                event_dict[key] = self._value(None, value)
+        event = event_dict.get("event")
+        if type(event) is str:
+            event_dict["event"] = self.redact_text(event)
+        return event_dict
+
+
+def add_request_context(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """A structlog processor adding ``request_id`` and ``trace_id`` of the current request."""
+    if "request_id" not in event_dict:
+        request_id = get_request_id()
+        if request_id is not None:
+            event_dict["request_id"] = request_id
+    if "trace_id" not in event_dict:
+        trace_id = get_trace_id()
+        if trace_id is not None:
+            event_dict["trace_id"] = trace_id
+    return event_dict
+
+
+def add_process_info(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor adding ``pid`` and ``hostname``."""
+    event_dict["pid"] = os.getpid()
+    event_dict["hostname"] = _HOSTNAME
+    return event_dict
+
+
+def _add_logger_name(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    if "logger" not in event_dict:
+        name = getattr(logger, "name", None)
+        if name:
+            event_dict["logger"] = name
+    return event_dict
+
+
+class _NamedWriteLoggerFactory:
+    """structlog's ``WriteLoggerFactory``, keeping ``get_logger(name)``'s name for the lines."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        logger = structlog.WriteLogger(self._file)
+        logger.name = args[0] if args and isinstance(args[0], str) else None  # type: ignore[attr-defined]
+        return logger
+
+
+def _add_level(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    # structlog.processors.add_log_level, inlined: "exception" logs at "error".
+    event_dict["level"] = "error" if method_name == "exception" else method_name
+    return event_dict
+
+
+def _drop_color_message(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    # uvicorn attaches a second, ANSI-coloured copy of its message to every record.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _serializer() -> Callable[..., str]:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is optional, the stdlib is the fallback
+
+        def dumps(obj: Any, **kwargs: Any) -> str:
+            return json.dumps(obj, default=kwargs.get("default", str), separators=(",", ":"))
+
+        return dumps
+
+    option = orjson.OPT_NON_STR_KEYS
+
+    def fast_dumps(obj: Any, **kwargs: Any) -> str:
+        try:
+            return orjson.dumps(obj, default=kwargs.get("default", str), option=option).decode()
+        except TypeError:  # integers beyond 64 bits and other oddities orjson refuses
+            return json.dumps(obj, default=kwargs.get("default", str), separators=(",", ":"))
+
+    return fast_dumps
+
+
+def parse_level(level: str | int) -> int:
+    """Return the :mod:`logging` level number for a name (``"info"``) or number."""
+    if isinstance(level, int):
+        return level
+    text = level.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if text not in _LEVELS:
+        raise ConfigurationError(
+            f"log level {level!r} is unknown; use debug, info, warning, error or critical"
+        )
+    return _LEVELS[text]
+
+
+def shared_processors(redactor: Redactor | None = None) -> list[Processor]:
+    """The processors every line goes through before rendering, structlog's and stdlib's alike."""
+    chain: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _add_logger_name,
+        _add_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_process_info,
+        add_request_context,
+    ]
+    if redactor is not None:
+        chain.append(redactor)
+    return chain
+
+
+def configure_logging(
+    level: str | int | None = None,
+    format: LogFormat | None = None,  # noqa: A002 - the name users expect, as in LOG_FORMAT
+    *,
+    stream: TextIO | None = None,
+    redact: bool | Redactor = True,
+    processors: Sequence[Processor] = (),
+    uvicorn_access_log: bool = False,
+    cache_loggers: bool = True,
+) -> None:
+    """Configure structlog and the standard library to write the same lines to one stream.
+
+    Every line has ``timestamp`` (ISO 8601, UTC), ``level``, ``event``, ``logger``, ``pid``,
+    ``hostname``, ``request_id`` and ``trace_id`` (when a request is in progress) and the
+    values bound with :func:`structlog.contextvars.bind_contextvars`. Exceptions are rendered
+    as structured tracebacks (JSON) or plain text (console), never with local variables.
+    Standard-library records (uvicorn, asyncpg, your own ``logging`` calls) are rendered by the
+    same processors through the root logger. Calling it again replaces the earlier setup.
+
+    Arguments:
+        level: minimum level (name or number); default ``$LOG_LEVEL`` or ``info``.
+        format: ``"json"`` or ``"console"``; default ``$LOG_FORMAT`` or ``json``.
+        stream: where lines go (default ``sys.stdout``).
+        redact: install :class:`Redactor` (default on), or pass a configured one.
+        processors: extra processors run after the standard ones, before rendering.
+        uvicorn_access_log: keep uvicorn's own access log (off by default:
+            :class:`~prodkit.middleware.access_log.AccessLogMiddleware` writes a better one,
+            and uvicorn's includes raw query strings).
+        cache_loggers: structlog's ``cache_logger_on_first_use`` (faster; loggers keep the
+            configuration they first saw).
+    """
+    level_value = parse_level(level if level is not None else os.environ.get("LOG_LEVEL", "info"))
+    chosen = (format or os.environ.get("LOG_FORMAT") or "json").strip().lower()
+    if chosen not in ("json", "console"):
+        raise ConfigurationError(f"log format {chosen!r} is unknown; use 'json' or 'console'")
+    output = stream if stream is not None else sys.stdout
+    redactor = redact if isinstance(redact, Redactor) else (Redactor() if redact else None)
+
+    shared = shared_processors(redactor)
+    shared.extend(processors)
+    renderer: Processor
+    if chosen == "json":
+        exceptions: list[Processor] = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
+        renderer = structlog.processors.JSONRenderer(serializer=_serializer())
+    else:
+        exceptions = []
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=output.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
+
+    structlog.configure(
+        processors=[*shared, *exceptions, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_value),
+        context_class=dict,
+        logger_factory=_NamedWriteLoggerFactory(output),
+        cache_logger_on_first_use=cache_loggers,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, _drop_color_message, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *exceptions,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_FLAG, True)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, _HANDLER_FLAG, False):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level_value)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "hypercorn.error"):
+        named = logging.getLogger(name)
+        named.handlers.clear()
+        named.propagate = True
+        named.setLevel(logging.NOTSET)
+    if not uvicorn_access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.CRITICAL + 1)
+        logging.getLogger("hypercorn.access").setLevel(logging.CRITICAL + 1)
+
+
+def get_logger(name: str, **initial_values: Any) -> Any:
+    """Return a structlog logger whose lines carry ``logger=name`` (like a stdlib logger's)."""
+    return structlog.get_logger(name, **initial_values)
+
+
+def snapshot_contextvars() -> MutableMapping[Any, Any]:
+    """Capture structlog's context-local values, to be put back by :func:`restore_contextvars`."""
+    return {var: var.get() for var in _structlog_vars()}
+
+
+def restore_contextvars(snapshot: MutableMapping[Any, Any]) -> None:
+    """Undo every :func:`structlog.contextvars.bind_contextvars` since ``snapshot`` was taken.
+
+    Keys bound since are unbound, changed keys get their old value back: what a request handler
+    binds never leaks into the next request handled in the same context.
+    """
+    for var in _structlog_vars():
+        old = snapshot.get(var, Ellipsis)
+        if var.get() is not old:
+            var.set(old)
+
+
+def _structlog_vars() -> Iterable[Any]:
+    # structlog keeps one ContextVar per key in this module-level dict; its values are read
+    # directly because get_contextvars() scans the whole context twice per request.
+    known = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+    if isinstance(known, dict):
+        return tuple(known.values())
+    import contextvars  # pragma: no cover - fallback if structlog's internals change
+
+    return tuple(  # pragma: no cover
+        var
+        for var in contextvars.copy_context()
+        if var.name.startswith(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
+    )
+
+
+__all__ = [
+    "DEFAULT_REDACT_HEADERS",
+    "DEFAULT_REDACT_KEYS",
+    "DEFAULT_REDACT_QUERY_PARAMS",
+    "REDACTED",
+    "LogFormat",
+    "Redactor",
+    "add_process_info",
+    "add_request_context",
+    "configure_logging",
+    "get_logger",
+    "parse_level",
+    "restore_contextvars",
+    "shared_processors",
+]
