@@ -237,9 +237,7 @@ def add_process_info(logger: WrappedLogger, method_name: str, event_dict: EventD
     return event_dict
 
 
-def _add_logger_name(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     if "logger" not in event_dict:
         name = getattr(logger, "name", None)
         if name:
@@ -325,7 +323,7 @@ def shared_processors(redactor: Redactor | None = None) -> list[Processor]:
 
 def configure_logging(
     level: str | int | None = None,
-    format: LogFormat | None = None,  # noqa: A002 - the name users expect, as in LOG_FORMAT
+    format: LogFormat | None = None,
     *,
     stream: TextIO | None = None,
     redact: bool | Redactor = True,

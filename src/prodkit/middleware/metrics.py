@@ -17,7 +17,7 @@ from prometheus_client.exposition import choose_encoder
 
 from prodkit._client import ClientAddressResolver
 from prodkit._headers import get_list_header, scope_header
-from prodkit._metrics import counter, gauge, get_metric, histogram
+from prodkit._metrics import M, counter, gauge, get_metric, histogram
 from prodkit._problem import send_problem
 from prodkit._routing import RouteResolver, remember_root_path
 from prodkit._send import ResponseObserver
@@ -47,6 +47,7 @@ METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 def _check_prefix(prefix: str) -> None:
@@ -283,7 +284,7 @@ class MetricsApp:
                     "before the server starts"
                 )
             collected = CollectorRegistry()
-            MultiProcessCollector(collected, path=directory)
+            MultiProcessCollector(collected, path=directory)  # type: ignore[no-untyped-call]
             self.registry = collected
         else:
             self.registry = registry if registry is not None else REGISTRY
@@ -451,10 +452,21 @@ class BusinessMetrics:
         return self._get(Gauge, name, documentation, labels, multiprocess_mode=multiprocess_mode)
 
     def _get(
-        self, kind: type[Any], name: str, documentation: str, labels: Sequence[str], **extra: Any
-    ) -> Any:
+        self, kind: type[M], name: str, documentation: str, labels: Sequence[str], **extra: Any
+    ) -> M:
         if isinstance(labels, str):
             raise ConfigurationError(f"{name}: labels take a list of names, not one string")
+        # Classic names only (prometheus-client also accepts UTF-8 ones, which PromQL must quote).
+        if not _NAME.match(self.prefix + name):
+            raise ConfigurationError(
+                f"metric name {self.prefix + name!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*"
+            )
+        for label in labels:
+            if not _LABEL.match(label) or label.startswith("__"):
+                raise ConfigurationError(
+                    f"{name}: label {label!r} must match [a-zA-Z_][a-zA-Z0-9_]* "
+                    "and not start with '__'"
+                )
         try:
             return get_metric(
                 kind, self.prefix + name, documentation, labels, registry=self.registry, **extra
@@ -509,7 +521,7 @@ def mark_process_dead(pid: int, multiprocess_dir: str | None = None) -> None:
     """Remove a dead worker's live gauges from the multiprocess directory (gunicorn ``child_exit``)."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, multiprocess_dir or os.environ.get(_MULTIPROC_ENV))
+    multiprocess.mark_process_dead(pid, multiprocess_dir or os.environ.get(_MULTIPROC_ENV))  # type: ignore[no-untyped-call]
 
 
 __all__ = [
