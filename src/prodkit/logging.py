@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TextIO
 
@@ -84,7 +85,12 @@ _LEVELS = {
     "notset": logging.NOTSET,
 }
 _KEY_CACHE_LIMIT = 4096
+_CONTAINERS = frozenset({dict, list, tuple})
 _HOSTNAME = socket.gethostname()
+_found = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+#: structlog's ContextVar per bound key (private to structlog; None if that ever changes).
+_CONTEXT_VARS: dict[str, Any] | None = _found if isinstance(_found, dict) else None
+_PREFIX_LEN = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
 #: Marks the handler that configure_logging installed, so that calling it again replaces it.
 _HANDLER_FLAG = "_prodkit_handler"
 
@@ -115,7 +121,16 @@ class Redactor:
         replacement: the text put in place of a secret.
     """
 
-    __slots__ = ("_cache", "_exact", "_query_names", "_suffixes", "_text", "replacement")
+    __slots__ = (
+        "_cache",
+        "_exact",
+        "_plain",
+        "_query_names",
+        "_suffixes",
+        "_text",
+        "_texts",
+        "replacement",
+    )
 
     def __init__(
         self,
@@ -143,6 +158,8 @@ class Redactor:
             alternatives.append(rf"(?:^|(?<=[?&;\s\"']))(?:{joined})=()[^&;\s\"'#]*")
         self._text = re.compile("|".join(alternatives), re.IGNORECASE)
         self._cache: dict[str, bool] = {}
+        self._plain: set[Any] = set()
+        self._texts: dict[str, str] = {}
         self.replacement = replacement
 
     def is_secret_key(self, key: str) -> bool:
@@ -202,16 +219,30 @@ class Redactor:
         return value
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        for key, value in event_dict.items():
-            if self.is_secret_key(key):
-                event_dict[key] = self.replacement
-                continue
-            kind = type(value)
-            if kind is dict or kind is list or kind is tuple:
-                event_dict[key] = self._value(None, value)
+        # Hot path: most lines have the same few plain keys and flat values, so both checks
+        # are set operations done in C; the per-key work happens only for new keys.
+        plain = self._plain
+        unknown = event_dict.keys() - plain
+        if unknown:
+            for key in unknown:
+                if self.is_secret_key(key):
+                    event_dict[key] = self.replacement
+                elif len(plain) < _KEY_CACHE_LIMIT:
+                    plain.add(key)
+        if not _CONTAINERS.isdisjoint(map(type, event_dict.values())):
+            for key, value in event_dict.items():
+                if type(value) in _CONTAINERS:
+                    event_dict[key] = self._value(None, value)
         event = event_dict.get("event")
         if type(event) is str:
-            event_dict["event"] = self.redact_text(event)
+            # Messages are mostly constant texts ("request completed"): remember their verdict.
+            texts = self._texts
+            redacted = texts.get(event)
+            if redacted is None:
+                redacted = self.redact_text(event)
+                if len(texts) < _KEY_CACHE_LIMIT and len(event) <= 200:
+                    texts[event] = redacted
+            event_dict["event"] = redacted
         return event_dict
 
 
@@ -232,17 +263,79 @@ def add_request_context(
 
 def add_process_info(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """A structlog processor adding ``pid`` and ``hostname``."""
-    event_dict["pid"] = os.getpid()
+    event_dict["pid"] = _process[0]
     event_dict["hostname"] = _HOSTNAME
     return event_dict
 
 
-def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+# The pid is read once per process (and again in a forked child), not once per line.
+_process = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
+
+# ISO 8601 timestamps: the text up to the seconds changes once a second; only the
+# microseconds are formatted per line (structlog's TimeStamper builds a datetime each time).
+_second: list[Any] = [-1, ""]
+
+
+def _iso_now() -> str:
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
+
+
+def merge_contextvars(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """:func:`structlog.contextvars.merge_contextvars`, reading structlog's variables directly.
+
+    structlog's version scans every variable of the context on each line; this one looks only
+    at the variables structlog created (one per key ever bound).
+    """
+    known = _CONTEXT_VARS
+    if known is None:  # pragma: no cover - structlog's internals changed: use its own version
+        return structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+    for name, var in tuple(known.items()):
+        value = var.get(Ellipsis)
+        if value is not Ellipsis:
+            event_dict.setdefault(name[_PREFIX_LEN:], value)
+    return event_dict
+
+
+def add_standard_fields(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """A structlog processor adding every prodkit line's fields in one step.
+
+    ``logger`` (the name given to ``get_logger``), ``level``, ``timestamp`` (ISO 8601, UTC,
+    microseconds), ``pid``, ``hostname`` and, during a request, ``request_id`` and ``trace_id``.
+    """
     if "logger" not in event_dict:
         name = getattr(logger, "name", None)
         if name:
             event_dict["logger"] = name
+    event_dict["level"] = "error" if method_name == "exception" else method_name
+    event_dict["timestamp"] = _iso_now()
+    event_dict["pid"] = _process[0]
+    event_dict["hostname"] = _HOSTNAME
+    if "request_id" not in event_dict:
+        request_id = get_request_id()
+        if request_id is not None:
+            event_dict["request_id"] = request_id
+    if "trace_id" not in event_dict:
+        trace_id = get_trace_id()
+        if trace_id is not None:
+            event_dict["trace_id"] = trace_id
     return event_dict
+
+
+def _only_with_exceptions(renderer: Processor) -> Processor:
+    def render(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        if "exc_info" in event_dict:
+            return renderer(logger, method_name, event_dict)
+        return event_dict
+
+    return render
 
 
 class _NamedWriteLoggerFactory:
@@ -255,12 +348,6 @@ class _NamedWriteLoggerFactory:
         logger = structlog.WriteLogger(self._file)
         logger.name = args[0] if args and isinstance(args[0], str) else None  # type: ignore[attr-defined]
         return logger
-
-
-def _add_level(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    # structlog.processors.add_log_level, inlined: "exception" logs at "error".
-    event_dict["level"] = "error" if method_name == "exception" else method_name
-    return event_dict
 
 
 def _drop_color_message(
@@ -308,14 +395,7 @@ def parse_level(level: str | int) -> int:
 
 def shared_processors(redactor: Redactor | None = None) -> list[Processor]:
     """The processors every line goes through before rendering, structlog's and stdlib's alike."""
-    chain: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        _add_logger_name,
-        _add_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        add_process_info,
-        add_request_context,
-    ]
+    chain: list[Processor] = [merge_contextvars, add_standard_fields]
     if redactor is not None:
         chain.append(redactor)
     return chain
@@ -364,8 +444,10 @@ def configure_logging(
     renderer: Processor
     if chosen == "json":
         exceptions: list[Processor] = [
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            _only_with_exceptions(
+                structlog.processors.ExceptionRenderer(
+                    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+                )
             )
         ]
         renderer = structlog.processors.JSONRenderer(serializer=_serializer())
@@ -436,9 +518,8 @@ def restore_contextvars(snapshot: MutableMapping[Any, Any]) -> None:
 def _structlog_vars() -> Iterable[Any]:
     # structlog keeps one ContextVar per key in this module-level dict; its values are read
     # directly because get_contextvars() scans the whole context twice per request.
-    known = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-    if isinstance(known, dict):
-        return tuple(known.values())
+    if _CONTEXT_VARS is not None:
+        return tuple(_CONTEXT_VARS.values())
     import contextvars  # pragma: no cover - fallback if structlog's internals change
 
     return tuple(  # pragma: no cover
@@ -457,8 +538,10 @@ __all__ = [
     "Redactor",
     "add_process_info",
     "add_request_context",
+    "add_standard_fields",
     "configure_logging",
     "get_logger",
+    "merge_contextvars",
     "parse_level",
     "restore_contextvars",
     "shared_processors",

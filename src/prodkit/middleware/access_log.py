@@ -6,9 +6,10 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
-from prodkit._client import ClientAddressResolver
+from prodkit._client import ClientAddressResolver, normalize_ip
 from prodkit._context import get_request_id
 from prodkit._routing import RouteResolver, remember_root_path
 from prodkit._send import ResponseObserver
@@ -16,6 +17,9 @@ from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.logging import Redactor, get_logger, restore_contextvars, snapshot_contextvars
 from prodkit.middleware._observe import CLIENT_CLOSED_REQUEST, PathFilter, resolve_route
+
+#: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
+_peer_text = lru_cache(maxsize=4096)(normalize_ip)
 
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
@@ -83,7 +87,10 @@ class AccessLogMiddleware:
         self.event = event
         self.sample_rate = sample_rate
         self.exclude_paths = PathFilter(exclude_paths)
+        self._excluding = bool(self.exclude_paths)
         self.client_resolver = client_resolver or ClientAddressResolver(trusted_proxies)
+        # Without trusted proxies the client is the peer: its canonical text is cached.
+        self._direct_client = not self.client_resolver.trusts_any
         self.redactor = redactor or Redactor()
         self.route_resolver = route_resolver
         self.request_headers = tuple(h.strip().lower().encode("latin-1") for h in request_headers)
@@ -114,7 +121,7 @@ class AccessLogMiddleware:
         return lambda status: by_status.get(status, "error")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exclude_paths:
+        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
             await self.app(scope, receive, send)
             return
 
@@ -163,6 +170,9 @@ class AccessLogMiddleware:
             and random.random() >= self.sample_rate
         ):
             return
+        log = getattr(self.logger, self._level_for(status))
+        if getattr(log, "__name__", "") == "_nop":
+            return  # a structlog filtering logger below this level: build nothing
         fields: dict[str, Any] = {
             "request_id": get_request_id(),
             "method": scope.get("method"),
@@ -171,7 +181,7 @@ class AccessLogMiddleware:
             "status": status,
             "duration": round(end - start, 6),
             "bytes": observer.body_bytes,
-            "client": self.client_resolver.resolve(scope),
+            "client": self._client(scope),
         }
         query = scope.get("query_string")
         if query:
@@ -180,7 +190,13 @@ class AccessLogMiddleware:
             fields["headers"] = self._headers(scope)
         if error is not None:
             fields["exc_type"] = type(error).__name__
-        getattr(self.logger, self._level_for(status))(self.event, **fields)
+        log(self.event, **fields)
+
+    def _client(self, scope: Scope) -> str | None:
+        if self._direct_client:
+            client = scope.get("client")
+            return _peer_text(client[0]) if client else None
+        return self.client_resolver.resolve(scope)
 
     def _headers(self, scope: Scope) -> dict[str, str]:
         wanted = self.request_headers

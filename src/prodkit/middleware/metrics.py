@@ -110,6 +110,7 @@ class PrometheusMiddleware:
             raise ConfigurationError("max_exception_types must be at least 1")
         self.app = app
         self.exclude_paths = PathFilter(exclude_paths)
+        self._excluding = bool(self.exclude_paths)
         self.methods = frozenset(m.upper() for m in methods)
         self.route_resolver = route_resolver
         self.max_exception_types = max_exception_types
@@ -154,7 +155,7 @@ class PrometheusMiddleware:
         self._exception_types: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exclude_paths:
+        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
             await self.app(scope, receive, send)
             return
 
