@@ -216,3 +216,15 @@ def test_capture_logs_applies_redaction_and_request_context() -> None:
     with capture_logs(redact=False) as events:
         structlog.get_logger().info("raw", password=FAKE)
     assert events[0]["password"] == FAKE
+
+
+def test_extra_processors_run_before_redaction() -> None:
+    def add_credentials(logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict["api_key"] = FAKE
+        event_dict["service"] = "funds"
+        return event_dict
+
+    with capture_log_output(processors=[add_credentials]) as output:
+        structlog.get_logger().info("hello")
+    [line] = output.events()
+    assert (line["api_key"], line["service"]) == (REDACTED, "funds")

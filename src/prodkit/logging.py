@@ -393,9 +393,15 @@ def parse_level(level: str | int) -> int:
     return _LEVELS[text]
 
 
-def shared_processors(redactor: Redactor | None = None) -> list[Processor]:
-    """The processors every line goes through before rendering, structlog's and stdlib's alike."""
-    chain: list[Processor] = [merge_contextvars, add_standard_fields]
+def shared_processors(
+    redactor: Redactor | None = None, extra: Sequence[Processor] = ()
+) -> list[Processor]:
+    """The processors every line goes through before rendering, structlog's and stdlib's alike.
+
+    Context-local values, :func:`add_standard_fields`, the ``extra`` processors, then the
+    ``redactor`` last, so that it also sees what the extra processors added.
+    """
+    chain: list[Processor] = [merge_contextvars, add_standard_fields, *extra]
     if redactor is not None:
         chain.append(redactor)
     return chain
@@ -425,7 +431,7 @@ def configure_logging(
         format: ``"json"`` or ``"console"``; default ``$LOG_FORMAT`` or ``json``.
         stream: where lines go (default ``sys.stdout``).
         redact: install :class:`Redactor` (default on), or pass a configured one.
-        processors: extra processors run after the standard ones, before rendering.
+        processors: extra processors, run after the standard ones and before redaction.
         uvicorn_access_log: keep uvicorn's own access log (off by default:
             :class:`~prodkit.middleware.access_log.AccessLogMiddleware` writes a better one,
             and uvicorn's includes raw query strings).
@@ -439,8 +445,7 @@ def configure_logging(
     output = stream if stream is not None else sys.stdout
     redactor = redact if isinstance(redact, Redactor) else (Redactor() if redact else None)
 
-    shared = shared_processors(redactor)
-    shared.extend(processors)
+    shared = shared_processors(redactor, processors)
     renderer: Processor
     if chosen == "json":
         exceptions: list[Processor] = [

@@ -469,3 +469,13 @@ async def test_multiprocess_mode_aggregates_real_uvicorn_workers(tmp_path: Path)
     assert samples[("demo_orders_total", (("status", "created"),))] == sent
     assert samples[("http_requests_in_flight", (("method", "GET"),))] == 0
     assert not [key for key in samples if key[0].startswith(DURATION) and "/metrics" in str(key)]
+
+
+def test_names_taken_by_another_library_are_a_configuration_error() -> None:
+    from prometheus_client import Histogram
+
+    shared = CollectorRegistry()
+    Histogram("http_request_duration_seconds", "someone else's", registry=shared)
+    with pytest.raises(ConfigurationError, match="prefix="):
+        PrometheusMiddleware(build_app("raw"), registry=shared)
+    PrometheusMiddleware(build_app("raw"), registry=shared, prefix="prodkit_")  # the way out

@@ -114,40 +114,45 @@ class PrometheusMiddleware:
         self.methods = frozenset(m.upper() for m in methods)
         self.route_resolver = route_resolver
         self.max_exception_types = max_exception_types
-        self.duration = histogram(
-            f"{prefix}http_request_duration_seconds",
-            "HTTP request duration in seconds, until the last body chunk was sent.",
-            ["method", "route", "status_code"],
-            registry=registry,
-            buckets=buckets,
-        )
-        self.in_flight = gauge(
-            f"{prefix}http_requests_in_flight",
-            "HTTP requests being served.",
-            ["method"],
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self.request_size = histogram(
-            f"{prefix}http_request_size_bytes",
-            "HTTP request body bytes received.",
-            ["method", "route"],
-            registry=registry,
-            buckets=size_buckets,
-        )
-        self.response_size = histogram(
-            f"{prefix}http_response_size_bytes",
-            "HTTP response body bytes sent.",
-            ["method", "route"],
-            registry=registry,
-            buckets=size_buckets,
-        )
-        self.exceptions = counter(
-            f"{prefix}http_exceptions_total",
-            "Exceptions raised by the app while serving HTTP requests, by type name.",
-            ["route", "exception_type"],
-            registry=registry,
-        )
+        try:
+            self.duration = histogram(
+                f"{prefix}http_request_duration_seconds",
+                "HTTP request duration in seconds, until the last body chunk was sent.",
+                ["method", "route", "status_code"],
+                registry=registry,
+                buckets=buckets,
+            )
+            self.in_flight = gauge(
+                f"{prefix}http_requests_in_flight",
+                "HTTP requests being served.",
+                ["method"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+            self.request_size = histogram(
+                f"{prefix}http_request_size_bytes",
+                "HTTP request body bytes received.",
+                ["method", "route"],
+                registry=registry,
+                buckets=size_buckets,
+            )
+            self.response_size = histogram(
+                f"{prefix}http_response_size_bytes",
+                "HTTP response body bytes sent.",
+                ["method", "route"],
+                registry=registry,
+                buckets=size_buckets,
+            )
+            self.exceptions = counter(
+                f"{prefix}http_exceptions_total",
+                "Exceptions raised by the app while serving HTTP requests, by type name.",
+                ["route", "exception_type"],
+                registry=registry,
+            )
+        except ValueError as exc:  # another library registered the same names in this registry
+            raise ConfigurationError(
+                f"{exc}: pass registry= (a CollectorRegistry of prodkit's own) or prefix="
+            ) from exc
         # Label children cached per label tuple: .labels() validates and locks on every call.
         self._durations: dict[tuple[str, str, int], Any] = {}
         self._sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
