@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,11 @@ from prodkit.middleware.metrics import (
     business_counter,
     business_gauge,
     business_histogram,
+    remove_dead_process_files,
 )
 from tests.apps import build_app
 from tests.conftest import ClientFactory
-from tests.servers import free_port, run_server
+from tests.servers import free_port, run_server, server_env
 
 DURATION = "http_request_duration_seconds"
 TOKEN = "scrape-me"  # noqa: S105 - a test credential
@@ -479,3 +483,31 @@ def test_names_taken_by_another_library_are_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="prefix="):
         PrometheusMiddleware(build_app("raw"), registry=shared)
     PrometheusMiddleware(build_app("raw"), registry=shared, prefix="prodkit_")  # the way out
+
+
+def _die_with_one_in_flight(directory: Path) -> int:
+    """Run a process that starts a request (in-flight gauge 1) and dies; return its pid."""
+    script = (
+        "import os\n"
+        "from prometheus_client import Gauge\n"
+        "g = Gauge('http_requests_in_flight', 'x', ['method'], multiprocess_mode='livesum')\n"
+        "g.labels('GET').inc()\n"
+        "print(os.getpid())\n"
+        "os._exit(0)\n"
+    )
+    env = {**server_env(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=60
+    )
+    return int(done.stdout)
+
+
+async def test_in_flight_of_a_killed_worker_is_dropped_at_scrape(
+    tmp_path: Path, make_client: ClientFactory
+) -> None:
+    pid = await asyncio.to_thread(_die_with_one_in_flight, tmp_path)
+    assert any(str(pid) in name for name in os.listdir(tmp_path))
+    response = await make_client(MetricsApp(multiprocess_dir=str(tmp_path))).get("/metrics")
+    assert 'http_requests_in_flight{method="GET"}' not in response.text
+    assert not any(str(pid) in name for name in os.listdir(tmp_path))
+    assert remove_dead_process_files(str(tmp_path)) == []

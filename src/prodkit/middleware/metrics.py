@@ -252,6 +252,8 @@ class MetricsApp:
         allowed_clients: addresses/networks allowed to scrape (empty: everyone).
         client_resolver: finds the client address (default: no trusted proxies).
         multiprocess_dir: the multiprocess directory; default ``$PROMETHEUS_MULTIPROC_DIR``.
+            Before each scrape, live-gauge files of processes that no longer exist are removed
+            (see :func:`remove_dead_process_files`).
     """
 
     def __init__(
@@ -294,7 +296,7 @@ class MetricsApp:
             self.registry = collected
         else:
             self.registry = registry if registry is not None else REGISTRY
-        self.multiprocess = directory is not None
+        self.multiprocess_dir = directory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -332,7 +334,7 @@ class MetricsApp:
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
         # Collection reads every metric (and, in multiprocess mode, every worker's files):
         # off the event loop, so that a scrape never stalls requests.
-        body = await asyncio.to_thread(encoder, self.registry)
+        body = await asyncio.to_thread(self._collect, encoder)
         headers = [
             (b"content-type", content_type.encode("latin-1")),
             (b"cache-control", b"no-store"),
@@ -346,6 +348,11 @@ class MetricsApp:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+
+    def _collect(self, encoder: Any) -> bytes:
+        if self.multiprocess_dir is not None:
+            remove_dead_process_files(self.multiprocess_dir)
+        return bytes(encoder(self.registry))
 
 
 def _authorized(scope: Scope, token: bytes) -> bool:
@@ -530,6 +537,44 @@ def mark_process_dead(pid: int, multiprocess_dir: str | None = None) -> None:
     multiprocess.mark_process_dead(pid, multiprocess_dir or os.environ.get(_MULTIPROC_ENV))  # type: ignore[no-untyped-call]
 
 
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db\Z")
+
+
+def remove_dead_process_files(multiprocess_dir: str | None = None) -> list[int]:
+    """Remove the live-gauge files of worker processes that no longer exist; return their pids.
+
+    prometheus-client sums ``livesum`` gauges (``http_requests_in_flight``) over every file in
+    the directory, alive or not: a worker killed mid-request would count its requests as in
+    flight forever. gunicorn can call :func:`mark_process_dead` from ``child_exit``; uvicorn's
+    ``--workers`` has no such hook, so :class:`MetricsApp` calls this before each scrape.
+    """
+    directory = multiprocess_dir or os.environ.get(_MULTIPROC_ENV)
+    if not directory:
+        return []
+    dead: set[int] = set()
+    for name in os.listdir(directory):
+        found = _LIVE_GAUGE_FILE.match(name)
+        if found is None:
+            continue
+        pid = int(found.group(1))
+        if pid in dead or _alive(pid):
+            continue
+        dead.add(pid)
+    for pid in sorted(dead):
+        mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is delivered
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 __all__ = [
     "DEFAULT_BUCKETS",
     "METHOD_NOT_ALLOWED",
@@ -545,4 +590,5 @@ __all__ = [
     "business_gauge",
     "business_histogram",
     "mark_process_dead",
+    "remove_dead_process_files",
 ]
