@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from hypothesis import given
@@ -16,6 +18,7 @@ from prodkit import ConfigurationError, Receive, RequestIdMiddleware, Scope, Sen
 from prodkit.logging import REDACTED, Redactor, configure_logging, parse_level
 from prodkit.testing import capture_log_output, capture_logs
 from tests.conftest import ClientFactory
+from tests.servers import free_port, run_server
 
 FAKE = "s3cr3t"  # a fake secret that must never be rendered
 VISIBLE = "visible"  # a value that redaction was told to leave alone
@@ -228,3 +231,35 @@ def test_extra_processors_run_before_redaction() -> None:
         structlog.get_logger().info("hello")
     [line] = output.events()
     assert (line["api_key"], line["service"]) == (REDACTED, "funds")
+
+
+@pytest.mark.server
+def test_a_real_uvicorn_process_writes_only_json_lines(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["uvicorn", "tests.logging_server_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {"LOG_LEVEL": "info", "LOG_FORMAT": "json"}
+    with run_server(args, port=port, tmp_path=tmp_path, env=env) as server:
+        response = httpx.get(
+            f"{server.base_url}/items/42?token={FAKE}&page=1",
+            headers={"Authorization": f"Bearer {FAKE}", "X-Request-ID": "srv-1"},
+            timeout=20,
+        )
+        assert response.status_code == 200
+    output = server.output()
+    assert FAKE not in output
+    lines = [json.loads(text) for text in output.splitlines() if text.strip()]
+    assert all({"timestamp", "level", "event", "pid", "hostname"} <= set(line) for line in lines)
+    by_event = {line["event"]: line for line in lines}
+    started = next(line for line in lines if line["event"].startswith("Started server process"))
+    assert (started["logger"], started["level"]) == ("uvicorn.error", "info")
+    handled = by_event["handled item"]
+    assert (handled["logger"], handled["request_id"], handled["item"]) == (
+        "funds.handler",
+        "srv-1",
+        "42",
+    )
+    access = by_event["request completed"]
+    assert access["route"] == "/items/{item_id}"
+    assert access["item"] == "42"
+    assert access["query"] == "token=[REDACTED]&page=1"
+    assert not [line for line in lines if line.get("logger") == "uvicorn.access"]

@@ -411,3 +411,18 @@ async def test_lines_are_single_json_objects(make_client: ClientFactory, logs: L
     await client.get("/items/%0Afake%20line")
     for text in logs.lines():
         assert isinstance(json.loads(text), dict)
+
+
+async def test_exception_after_the_response_started_keeps_the_status(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ConnectionError("upstream went away mid-stream")
+
+    with pytest.raises(ConnectionError):
+        await make_client(AccessLogMiddleware(app)).get("/export")
+    [line] = logs.events(EVENT)
+    assert (line["status"], line["bytes"], line["level"]) == (200, 4, "error")
+    assert line["exc_type"] == "ConnectionError"

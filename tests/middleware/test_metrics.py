@@ -511,3 +511,20 @@ async def test_in_flight_of_a_killed_worker_is_dropped_at_scrape(
     assert 'http_requests_in_flight{method="GET"}' not in response.text
     assert not any(str(pid) in name for name in os.listdir(tmp_path))
     assert remove_dead_process_files(str(tmp_path)) == []
+
+
+async def test_exception_after_the_response_started_keeps_the_status(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ConnectionError("upstream went away mid-stream")
+
+    with pytest.raises(ConnectionError):
+        await make_client(PrometheusMiddleware(app, registry=registry)).get("/export")
+    assert count(registry, "GET", "__unmatched__", "200") == 1
+    labels = {"route": "__unmatched__", "exception_type": "ConnectionError"}
+    assert registry.get_sample_value("http_exceptions_total", labels) == 1
+    sizes = {"method": "GET", "route": "__unmatched__"}
+    assert registry.get_sample_value("http_response_size_bytes_sum", sizes) == 4

@@ -170,7 +170,10 @@ class AccessLogMiddleware:
             and random.random() >= self.sample_rate
         ):
             return
-        log = getattr(self.logger, self._level_for(status))
+        level = self._level_for(status)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            level = "error"  # e.g. a stream that broke off after a 200 had been sent
+        log = getattr(self.logger, level)
         if getattr(log, "__name__", "") == "_nop":
             return  # a structlog filtering logger below this level: build nothing
         fields: dict[str, Any] = {
