@@ -426,3 +426,11 @@ async def test_exception_after_the_response_started_keeps_the_status(
     [line] = logs.events(EVENT)
     assert (line["status"], line["bytes"], line["level"]) == (200, 4, "error")
     assert line["exc_type"] == "ConnectionError"
+
+
+async def test_cached_loggers_write_every_line(make_client: ClientFactory) -> None:
+    with capture_log_output(cache_loggers=True) as output:
+        client = make_client(AccessLogMiddleware(build_app("raw")))
+        for index in range(3):
+            await client.get(f"/items/{index}")
+    assert [line["path"] for line in output.events(EVENT)] == ["/items/0", "/items/1", "/items/2"]

@@ -85,6 +85,7 @@ class AccessLogMiddleware:
         self.app = app
         self.logger = logger if logger is not None else get_logger("prodkit.access")
         self.event = event
+        self._bound: Any = None
         self.sample_rate = sample_rate
         self.exclude_paths = PathFilter(exclude_paths)
         self._excluding = bool(self.exclude_paths)
@@ -173,7 +174,7 @@ class AccessLogMiddleware:
         level = self._level_for(status)
         if error is not None and not isinstance(error, asyncio.CancelledError):
             level = "error"  # e.g. a stream that broke off after a 200 had been sent
-        log = getattr(self.logger, level)
+        log = getattr(self._bound or self._resolve_logger(), level)
         if getattr(log, "__name__", "") == "_nop":
             return  # a structlog filtering logger below this level: build nothing
         fields: dict[str, Any] = {
@@ -194,6 +195,14 @@ class AccessLogMiddleware:
         if error is not None:
             fields["exc_type"] = type(error).__name__
         log(self.event, **fields)
+
+    def _resolve_logger(self) -> Any:
+        logger = self.logger
+        # structlog's lazy proxy resolves its logger on every call unless caching is on, in
+        # which case it stores a ``bind`` returning the cached logger: then use that directly.
+        if "bind" in getattr(logger, "__dict__", ()):
+            self._bound = logger = logger.bind()
+        return logger
 
     def _client(self, scope: Scope) -> str | None:
         if self._direct_client:
