@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,15 @@ async def test_structlog_and_stdlib_lines_have_the_same_shape(make_client: Clien
     assert "color_message" not in foreign
 
 
-def test_lines_outside_a_request_have_no_request_id() -> None:
+def test_lines_outside_a_request_have_no_request_id_and_a_true_timestamp() -> None:
     with capture_log_output() as output:
+        before = datetime.now(UTC).replace(microsecond=0)
         structlog.get_logger().info("idle")
+        after = datetime.now(UTC)
     [line] = output.events("idle")
     assert "request_id" not in line
     assert "trace_id" not in line
+    assert before <= datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")) <= after
 
 
 def test_level_and_format_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

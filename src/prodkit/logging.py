@@ -274,16 +274,18 @@ os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
 
 # ISO 8601 timestamps: the text up to the seconds changes once a second; only the
 # microseconds are formatted per line (structlog's TimeStamper builds a datetime each time).
-_second: list[Any] = [-1, ""]
+# One tuple replaced whole, so that a thread never pairs one second's text with another's.
+_second: list[tuple[int, str]] = [(-1, "")]
 
 
 def _iso_now() -> str:
     micros = time.time_ns() // 1000
     whole = micros // 1_000_000
-    if whole != _second[0]:
-        _second[0] = whole
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return "%s.%06dZ" % (_second[1], micros % 1_000_000)  # noqa: UP031 - faster than format
+    cached = _second[0]
+    if whole != cached[0]:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _second[0] = cached
+    return "%s.%06dZ" % (cached[1], micros % 1_000_000)  # noqa: UP031 - faster than format
 
 
 def merge_contextvars(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

@@ -24,6 +24,7 @@ from structlog.typing import EventDict, Processor
 
 from prodkit.logging import (
     _HANDLER_FLAG,
+    LogFormat,
     Redactor,
     add_request_context,
     configure_logging,
@@ -80,7 +81,7 @@ class LogOutput:
 
 @contextmanager
 def capture_log_output(
-    level: str | int = "debug", format: str = "json", **options: Any
+    level: str | int = "debug", format: LogFormat = "json", **options: Any
 ) -> Iterator[LogOutput]:
     """Run :func:`~prodkit.logging.configure_logging` into memory for the block, then undo it.
 
@@ -101,7 +102,7 @@ def capture_log_output(
     }
     stream = io.StringIO()
     options.setdefault("cache_loggers", False)
-    configure_logging(level, format, stream=stream, **options)  # type: ignore[arg-type]
+    configure_logging(level, format, stream=stream, **options)
     try:
         yield LogOutput(stream)
     finally:
