@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -528,3 +530,27 @@ async def test_exception_after_the_response_started_keeps_the_status(
     assert registry.get_sample_value("http_exceptions_total", labels) == 1
     sizes = {"method": "GET", "route": "__unmatched__"}
     assert registry.get_sample_value("http_response_size_bytes_sum", sizes) == 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    accept=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/;=.,-+ *", max_size=80)
+    | st.sampled_from(
+        [
+            "application/openmetrics-text; version=abc",
+            "text/plain; version=x.y",
+            "application/openmetrics-text; version=",
+        ]
+    ),
+    encoding=st.text(alphabet="gzipqdeflat=0.;, *", max_size=30),
+)
+async def test_any_accept_header_gets_an_exposition(accept: str, encoding: str) -> None:
+    registry = CollectorRegistry()
+    business_counter("probe_total", "probe", registry=registry).inc()
+    transport = httpx.ASGITransport(app=MetricsApp(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(
+            "/metrics", headers={"Accept": accept, "Accept-Encoding": encoding}
+        )
+    assert response.status_code == 200
+    assert "probe_total 1.0" in response.text

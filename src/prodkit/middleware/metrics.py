@@ -280,7 +280,7 @@ class MetricsApp:
                     f"allowed_clients: {entry!r} is not an IP address or network"
                 ) from exc
         self._networks = tuple(networks)
-        self._token = None if bearer_token is None else bearer_token.encode("latin-1")
+        self._token = None if bearer_token is None else bearer_token.encode("utf-8")
         self.client_resolver = client_resolver or ClientAddressResolver()
         directory = multiprocess_dir or os.environ.get(_MULTIPROC_ENV) or None
         if directory is not None:
@@ -330,8 +330,7 @@ class MetricsApp:
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
             return
-        accept = scope_header(scope, b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        encoder, content_type = _negotiate(scope_header(scope, b"accept"))
         # Collection reads every metric (and, in multiprocess mode, every worker's files):
         # off the event loop, so that a scrape never stalls requests.
         body = await asyncio.to_thread(self._collect, encoder)
@@ -363,6 +362,14 @@ def _authorized(scope: Scope, token: bytes) -> bool:
     if scheme.lower() != b"bearer":
         return False
     return hmac.compare_digest(credentials.strip(), token)
+
+
+def _negotiate(accept: bytes | None) -> tuple[Any, str]:
+    """The exposition format for an ``Accept`` header; the text format for anything unusable."""
+    try:
+        return choose_encoder(accept.decode("latin-1") if accept else "")
+    except (TypeError, ValueError):  # e.g. "version=abc": prometheus-client cannot compare it
+        return choose_encoder("")
 
 
 def _accepts_gzip(scope: Scope) -> bool:
