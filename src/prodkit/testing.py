@@ -52,8 +52,19 @@ def capture_logs(
     if redact:
         chain.append(redact if isinstance(redact, Redactor) else Redactor())
     chain.extend(processors)
-    with structlog.testing.capture_logs(processors=chain) as events:
-        yield events
+    # What structlog.testing.capture_logs(processors=...) does (structlog >= 25.5), for every
+    # supported structlog: the configured list is changed in place, so that loggers that
+    # cached it are captured too, and restored afterwards.
+    capture = structlog.testing.LogCapture()
+    configured = structlog.get_config()["processors"]
+    saved = list(configured)
+    configured[:] = [*chain, capture]
+    structlog.configure(processors=configured)
+    try:
+        yield capture.entries
+    finally:
+        configured[:] = saved
+        structlog.configure(processors=configured)
 
 
 class LogOutput:
