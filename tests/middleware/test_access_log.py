@@ -434,3 +434,47 @@ async def test_cached_loggers_write_every_line(make_client: ClientFactory) -> No
         for index in range(3):
             await client.get(f"/items/{index}")
     assert [line["path"] for line in output.events(EVENT)] == ["/items/0", "/items/1", "/items/2"]
+
+
+async def test_recommended_stack_logs_and_counts_every_request_once(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from prodkit.middleware.metrics import PrometheusMiddleware
+
+    inner = ErrorMiddleware(build_app(framework))
+
+    class RejectBusy:
+        """Stands in for a rate limiter: ``X-Busy: 1`` gets a 429 problem."""
+
+        app = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and (b"x-busy", b"1") in scope["headers"]:
+                await send_problem(send, 429, "RATE_LIMITED", headers={"Retry-After": "3"})
+                return
+            await self.app(scope, receive, send)
+
+    registry = CollectorRegistry()
+    app = RequestIdMiddleware(
+        AccessLogMiddleware(PrometheusMiddleware(RejectBusy(), registry=registry))
+    )
+    client = make_client(app)
+    statuses = [
+        (await client.get("/items/1")).status_code,
+        (await client.get("/nowhere")).status_code,
+        (await client.get("/boom")).status_code,
+        (await client.get("/items/2", headers={"X-Busy": "1"})).status_code,
+    ]
+    assert statuses == [200, 404, 500, 429]
+    lines = logs.events(EVENT)
+    assert [line["status"] for line in lines] == statuses
+    assert all(line["request_id"] for line in lines)
+    counted = sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "http_request_duration_seconds_count"
+    )
+    assert counted == len(statuses)
