@@ -187,3 +187,38 @@ def cases() -> list[Case]:
         Case("peer: structlog logger as pure ASGI", peer_logger_asgi, baseline=BASELINE),
         Case("peer stack: all four", peer_stack, baseline=BASELINE),
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cases several times and keep each case's best median (noise only adds time).
+
+    ``python -m benchmarks.bench_observability [--passes N]``: on a shared, busy machine one
+    pass of ``python -m benchmarks observability`` can put a burst of load on any one case;
+    the best of N passes compares the cases under the quietest conditions each one met.
+    """
+    import argparse
+
+    from benchmarks.harness import Result, format_table, run_cases
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_observability")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--iterations", type=int, default=2000)
+    args = parser.parse_args(argv)
+    chosen = cases()
+    best: dict[str, Result] = {}
+    for _ in range(args.passes):
+        for result in run_cases(chosen, iterations=args.iterations, rounds=args.rounds):
+            kept = best.get(result.name)
+            if kept is None or result.median_us < kept.median_us:
+                best[result.name] = result
+    for result in best.values():
+        base = best.get(result.baseline or "")
+        result.overhead_us = None if base is None else result.median_us - base.median_us
+    title = f"observability (best of {args.passes} passes, {args.rounds} x {args.iterations})"
+    print(format_table(title, list(best.values())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
