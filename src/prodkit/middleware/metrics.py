@@ -402,16 +402,32 @@ class MetricsMiddleware:
     Arguments:
         app: the ASGI app to wrap.
         path: where the exposition is served.
-        **options: passed to :class:`MetricsApp` (``registry``, ``bearer_token``,
-            ``allowed_clients``, ``client_resolver``, ``multiprocess_dir``).
+        registry, bearer_token, allowed_clients, client_resolver, multiprocess_dir: as for
+            :class:`MetricsApp`.
     """
 
-    def __init__(self, app: ASGIApp, *, path: str = "/metrics", **options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str = "/metrics",
+        registry: CollectorRegistry | None = None,
+        bearer_token: str | None = None,
+        allowed_clients: Iterable[str] = (),
+        client_resolver: ClientAddressResolver | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
         if not path.startswith("/"):
             raise ConfigurationError(f"path {path!r} must start with '/'")
         self.app = app
         self.path = path
-        self.metrics_app = MetricsApp(**options)
+        self.metrics_app = MetricsApp(
+            registry,
+            bearer_token=bearer_token,
+            allowed_clients=allowed_clients,
+            client_resolver=client_resolver,
+            multiprocess_dir=multiprocess_dir,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.path:
