@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prodkit._types import Message, RawHeaders, Receive, Send
@@ -16,7 +17,9 @@ class ResponseObserver:
     * ``status`` and ``headers`` of ``http.response.start`` (``started`` becomes true);
     * ``body_bytes``: body bytes the server accepted, counted after each ``send`` returns,
       so a client that disconnected mid-stream is not credited with bytes it never got;
-    * ``complete``: the last body chunk (``more_body`` false) was sent;
+    * ``complete``: the last body chunk (``more_body`` false) was sent, and ``finished_at``
+      the :func:`time.perf_counter` reading when its ``send`` returned (durations of streamed
+      responses end there, not at the headers nor after background tasks);
     * with ``capture_limit`` set, the body itself while it stays within that many bytes
       (``overflowed`` says it did not, and the partial body is dropped).
 
@@ -34,6 +37,7 @@ class ResponseObserver:
         "body_bytes",
         "capture_limit",
         "complete",
+        "finished_at",
         "headers",
         "overflowed",
         "started",
@@ -55,6 +59,7 @@ class ResponseObserver:
         self.headers: RawHeaders = []
         self.started = False
         self.complete = False
+        self.finished_at: float | None = None
         self.overflowed = False
         self.body_bytes = 0
 
@@ -80,6 +85,7 @@ class ResponseObserver:
             self.body_bytes += len(body)
             if not more:
                 self.complete = True
+                self.finished_at = time.perf_counter()
         else:
             await self._send(message)
 
