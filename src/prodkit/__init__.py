@@ -58,6 +58,8 @@ from prodkit.idempotency import (
     store_from_env,
 )
 from prodkit.lifespan import LifespanMiddleware
+from prodkit.logging import Redactor, configure_logging
+from prodkit.middleware.access_log import AccessLogMiddleware
 from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
 from prodkit.middleware.cors import CORSMiddleware, OriginMatcher
 from prodkit.middleware.errors import ErrorMiddleware
@@ -65,6 +67,17 @@ from prodkit.middleware.idempotency import (
     IdempotencyMiddleware,
     caller_from_authorization,
     caller_from_header,
+)
+from prodkit.middleware.metrics import (
+    BusinessMetrics,
+    MetricsApp,
+    MetricsMiddleware,
+    PrometheusMiddleware,
+    business_counter,
+    business_gauge,
+    business_histogram,
+    mark_process_dead,
+    remove_dead_process_files,
 )
 from prodkit.middleware.request_id import (
     RequestIdMiddleware,
@@ -92,9 +105,11 @@ __all__ = [
     "SHUTTING_DOWN",
     "UNMATCHED_ROUTE",
     "ASGIApp",
+    "AccessLogMiddleware",
     "BackendError",
     "BackendUnavailableError",
     "BreakerState",
+    "BusinessMetrics",
     "CORSMiddleware",
     "CheckResult",
     "CircuitBreaker",
@@ -116,16 +131,20 @@ __all__ = [
     "MemoryIdempotencyStore",
     "MemoryRateLimitStore",
     "Message",
+    "MetricsApp",
+    "MetricsMiddleware",
     "MissingDependencyError",
     "OriginMatcher",
     "PostgresIdempotencyStore",
     "Problem",
     "ProdkitError",
+    "PrometheusMiddleware",
     "RateLimitDecision",
     "RateLimitMiddleware",
     "RateLimitPolicy",
     "RateLimitStore",
     "Receive",
+    "Redactor",
     "RedisIdempotencyStore",
     "RedisRateLimitStore",
     "RequestIdMiddleware",
@@ -141,8 +160,12 @@ __all__ = [
     "StoredResponse",
     "__version__",
     "append_vary",
+    "business_counter",
+    "business_gauge",
+    "business_histogram",
     "caller_from_authorization",
     "caller_from_header",
+    "configure_logging",
     "encode_problem",
     "generate_request_id",
     "get_all_headers",
@@ -152,6 +175,7 @@ __all__ = [
     "get_request_id",
     "get_trace_id",
     "is_valid_request_id",
+    "mark_process_dead",
     "message_headers",
     "normalize_ip",
     "parse_ip",
@@ -162,6 +186,7 @@ __all__ = [
     "problem_type",
     "read_body",
     "redis_check",
+    "remove_dead_process_files",
     "remove_header",
     "replay_receive",
     "route_template",

@@ -137,7 +137,7 @@ async def test_streaming_duration_runs_to_the_last_chunk(
 ) -> None:
     # tests/apps.py sleeps ``delay`` between the three chunks: 2 x 0.3 s = 0.6 s.
     client = make_client(AccessLogMiddleware(build_app(framework)))
-    response = await client.get("/stream?delay=0.3")
+    response = await client.get("/stream?delay=0.2")
     assert response.text == "abc"
     [line] = logs.events(EVENT)
     assert line["duration"] >= 0.6

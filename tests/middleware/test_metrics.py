@@ -124,7 +124,7 @@ async def test_streaming_responses_are_timed_to_the_last_chunk(
 ) -> None:
     # tests/apps.py sleeps ``delay`` between the three chunks: 2 x 0.3 s = 0.6 s.
     client = make_client(PrometheusMiddleware(build_app(framework), registry=registry))
-    assert (await client.get("/stream?delay=0.3")).text == "abc"
+    assert (await client.get("/stream?delay=0.2")).text == "abc"
     route = "__unmatched__" if framework == "raw" else "/stream"
     labels = {"method": "GET", "route": route, "status_code": "200"}
     assert (registry.get_sample_value(f"{DURATION}_sum", labels) or 0) >= 0.6
