@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,14 +21,20 @@ from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
 from prodkit import (
     ASGIApp,
-    ErrorMiddleware,
     FieldError,
+    Message,
     Problem,
-    RequestIdMiddleware,
+    Receive,
+    Scope,
+    Send,
+    business_counter,
+    caller_from_header,
     encode_problem,
+    get_header,
     problem_dict,
 )
 from prodkit.settings import StackSettings as Settings
+from prodkit.stack import recommended_stack
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
 MAX_BODY = 64 * 1024
@@ -81,7 +88,7 @@ def repo(request: Request) -> Repository:
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -106,7 +113,9 @@ async def create_fund(request: Request) -> Response:
     fields = require_valid(await json_body(request))
     fund = await repo(request).create(user, fields)
     return JSONResponse(
-        fund.to_json(), status_code=201, headers={"Location": f"/api/funds/{fund.id}"}
+        fund.to_json(),
+        status_code=201,
+        headers={"Location": f"/api/funds/{fund.id}", "X-Model-Version": fund.model_version},
     )
 
 
@@ -238,10 +247,60 @@ def create_starlette(settings: Settings, repository: Repository | None = None) -
     return app
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
+class FundCreationMetrics:
+    """Count ``POST /api/funds`` outcomes in ``fund_creations_total``, replays included.
+
+    It sits outside the whole stack, so it sees what the client sees: the status, the
+    ``Idempotency-Status`` the idempotency middleware set (a replay never reaches the handler),
+    and the ``X-Model-Version`` of the fund (replayed with the stored response).
+    """
+
+    def __init__(self, app: ASGIApp, *, registry: CollectorRegistry | None = None) -> None:
+        self.app = app
+        self.counter = business_counter(
+            "fund_creations_total",
+            "Fund creation requests by status, idempotency outcome and model version.",
+            ["status", "idempotency_status", "model_version"],
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/funds":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or ()
+                idempotency = get_header(headers, b"idempotency-status") or b"none"
+                version = get_header(headers, b"x-model-version") or b"none"
+                self.counter.labels(
+                    str(message["status"]), idempotency.decode("latin-1"), version.decode("latin-1")
+                ).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(
+    settings: Settings | None = None, *, registry: CollectorRegistry | None = None
+) -> ASGIApp:
     """The service: the Starlette app wrapped in prodkit's recommended stack."""
     settings = settings or Settings.from_env()
-    app: ASGIApp = create_starlette(settings)
-    app = ErrorMiddleware(app)
-    app = RequestIdMiddleware(app)
-    return app
+    starlette_app = create_starlette(settings)
+
+    async def repository_ready() -> None:
+        await starlette_app.state.repository.ping()
+
+    stack = recommended_stack(
+        starlette_app,
+        settings,
+        registry=registry,
+        caller=caller_from_header("X-User-Id"),
+        idempotency_routes=["/api/funds", "/api/funds/{fund_id}"],
+        idempotency_stored_headers=["X-Model-Version"],
+        cors_allow_headers=["X-User-Id"],
+    )
+    if settings.database_url:
+        stack.add_check("postgres", repository_ready, critical=True)
+    return FundCreationMetrics(stack, registry=registry)

@@ -107,7 +107,7 @@ def openapi() -> dict[str, Any]:
             "/api/funds": {
                 "post": {
                     "summary": "Create a fund",
-                    "parameters": [USER],
+                    "parameters": [USER, IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": _json({"$ref": "#/components/schemas/FundCreate"}),
@@ -158,7 +158,7 @@ def openapi() -> dict[str, Any]:
                 },
                 "patch": {
                     "summary": "Update a fund",
-                    "parameters": [USER, FUND_ID],
+                    "parameters": [USER, FUND_ID, IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": _json({"$ref": "#/components/schemas/FundPatch"}),

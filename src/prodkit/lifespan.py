@@ -107,6 +107,7 @@ class LifespanMiddleware:
             await send({"type": "lifespan.startup.failed", "message": str(exc) or repr(exc)})
             return
         if self.coordinator is not None:
+            self.coordinator.restart()
             self.coordinator.install()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown

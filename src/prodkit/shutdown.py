@@ -221,6 +221,17 @@ class ShutdownCoordinator:
             self._state = state
             self._state_gauge.set(int(state))
 
+    def restart(self) -> None:
+        """Serve again after a completed lifespan (a new lifespan start-up on the same app).
+
+        Servers run one lifespan per process, but test clients and embedding tools may start
+        the same app again after shutting it down; the new serving period starts ready. A
+        coordinator that is still draining or stopping is left alone.
+        """
+        if self._state is ShutdownState.STOPPED:
+            self._state = ShutdownState.RUNNING
+            self._state_gauge.set(int(ShutdownState.RUNNING))
+
     def count_rejected(self) -> None:
         """Count one request answered 503 ``SHUTTING_DOWN``."""
         self._rejected.inc()

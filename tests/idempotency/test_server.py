@@ -72,11 +72,16 @@ async def delete_redis_keys(url: str, prefix: str) -> None:
 async def client(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as made:
-        # Both workers finish their lifespan start-up before the test's requests.
-        for _ in range(100):
+        # Both workers finish their lifespan start-up before the test's requests: wait until
+        # answers have come from two different worker processes (bounded, 20 s).
+        seen: set[str] = set()
+        for _ in range(200):
             try:
-                if (await made.get("/ready")).status_code == 200:
-                    break
+                ready = await made.get("/ready")
+                if ready.status_code == 200:
+                    seen.add(ready.headers.get("x-worker-pid", ""))
+                    if len(seen) >= 2:
+                        break
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)

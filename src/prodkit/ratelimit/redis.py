@@ -109,6 +109,11 @@ class RedisRateLimitStore:
         client = redis_asyncio.Redis.from_pool(pool)
         return cls(client, prefix=prefix, clock=clock, owns_client=True)
 
+    @property
+    def client(self) -> Redis:
+        """The Redis client the store uses (for a health check, say)."""
+        return self._client
+
     def redis_key(self, key: str, policy: RateLimitPolicy) -> str:
         """The Redis key that holds ``key``'s state for ``policy``."""
         if len(key) > 200 or "{" in key or "}" in key:
