@@ -13,6 +13,10 @@ from prodkit._headers import get_all_headers, get_header
 _RESPONSE = b"R"
 _VARY = b"V"
 
+#: Stored briefly under a key whose last response could not be stored (a 404, ``private``...),
+#: so that workers stop queueing on the single-flight lease for it.
+UNSTORABLE_MARKER = b"N"
+
 #: Response headers that describe one delivery, not the stored representation.
 _NOT_STORED = frozenset(
     {
@@ -159,6 +163,7 @@ def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
 
 __all__ = [
     "NOT_MODIFIED_HEADERS",
+    "UNSTORABLE_MARKER",
     "CachedResponse",
     "cache_control",
     "compute_etag",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -28,6 +29,7 @@ from prodkit._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache, tag_key
 from prodkit.cache._entry import (
     NOT_MODIFIED_HEADERS,
+    UNSTORABLE_MARKER,
     CachedResponse,
     cache_control,
     compute_etag,
@@ -137,6 +139,7 @@ class _Request:
     ttl: float
     head: bool
     versions: tuple[str, ...] | None = None  # tag versions read before the app runs
+    unstorable: bool = False  # the last response for this key could not be stored
     vary_values: dict[tuple[str, ...], str] = field(default_factory=dict)
 
     @property
@@ -465,6 +468,9 @@ class CacheMiddleware:
         value = found.value
         if value is None:
             return None
+        if value == UNSTORABLE_MARKER:
+            request.unstorable = True
+            return None
         names = decode_vary_record(value)
         if names is not None:
             value = (await self.cache.get(request.variant_key(names), ())).value
@@ -490,21 +496,29 @@ class CacheMiddleware:
         outcome: Outcome = "miss"
         token = os.urandom(16).hex()
         locked = False
+
+        def usable(entry: CachedResponse | None) -> CachedResponse | None:
+            if entry is None or (max_age is not None and _age(entry) > max_age):
+                return None
+            return entry
+
         try:
-            entry = await self._lookup(request)
-            if entry is not None and (max_age is None or _age(entry) <= max_age):
+            entry = usable(await self._lookup(request))
+            if entry is not None:
                 self._share(future, request, entry, fetched=False)
                 self._count(template, "hit")
                 await self._send_entry(send, request, entry, hit=True)
                 return
             # Single flight across workers: hold the lease, or wait for whoever holds it.
+            # Not when the last answer here could not be stored: waiting would only queue
+            # the workers behind one another.
             deadline = time.monotonic() + self.lock_lease
             delay = 0.005
-            while True:
+            while not request.unstorable:
                 if await self.cache.claim(request.lock_key, token, self.lock_lease):
                     locked = True
                     # The holder before us may have stored the entry just before releasing.
-                    entry = await self._lookup(request)
+                    entry = usable(await self._lookup(request))
                     if entry is not None:
                         self._share(future, request, entry, fetched=True)
                         self._count(template, "coalesced")
@@ -515,7 +529,7 @@ class CacheMiddleware:
                     break  # the lease outlived us: compute rather than hang
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                entry = await self._lookup(request)
+                entry = usable(await self._lookup(request))
                 if entry is not None:
                     self._share(future, request, entry, fetched=True)
                     self._count(template, "coalesced")
@@ -527,8 +541,15 @@ class CacheMiddleware:
         try:
             self._count(template, outcome)
             entry = await self._fetch(request, receive, send, future)
-            if entry is not None and outcome != "error":
-                await self._store(request, entry)
+            if outcome != "error":
+                if entry is not None:
+                    await self._store(request, entry)
+                elif locked:
+                    # Tell workers waiting on this lease not to wait for an entry next time.
+                    with contextlib.suppress(BackendError):
+                        await self.cache.set(
+                            request.entry_key, UNSTORABLE_MARKER, min(request.ttl, 1.0)
+                        )
         finally:
             if locked:
                 await self.cache.release(request.lock_key, token)
