@@ -27,6 +27,7 @@ class CountingApp:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()  # set when a GET/HEAD handler starts
 
     @property
     def total(self) -> int:
@@ -42,6 +43,7 @@ class CountingApp:
             await _respond(send, status, b"" if status == 204 else b'{"ok":true}')
             return
         self.calls[path] += 1
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         headers: list[tuple[bytes, bytes]] = []

@@ -41,9 +41,7 @@ ROUTES = {
 USER = {"X-User-Id": "alice"}
 
 
-def make_cache(
-    app: ASGIApp, registry: CollectorRegistry, **options: Any
-) -> CacheMiddleware:
+def make_cache(app: ASGIApp, registry: CollectorRegistry, **options: Any) -> CacheMiddleware:
     options.setdefault("routes", ROUTES)
     options.setdefault("user_key", header_user_key("X-User-Id"))
     return CacheMiddleware(app, registry=registry, **options)
@@ -78,7 +76,8 @@ async def test_miss_then_hit_with_age_and_etag(
     assert int(second.headers["age"]) >= 0
     assert second.content == first.content
     assert second.headers["etag"] == first.headers["etag"]
-    assert second.headers["etag"].startswith('"') and len(second.headers["etag"]) == 34
+    assert second.headers["etag"].startswith('"')
+    assert len(second.headers["etag"]) == 34
     assert second.headers["content-length"] == str(len(first.content))
     assert outcomes(registry, "/items/{id}") == {"miss": 1, "hit": 1}
 
@@ -244,7 +243,9 @@ async def test_if_none_match_gets_304_on_hit_and_on_miss(
     assert hit.headers["vary"] == "Accept-Language"
     assert hit.headers["x-cache"] == "HIT"
     assert "content-type" not in hit.headers
-    weak = await client.get("/lang", headers={"Accept-Language": "en", "If-None-Match": f"W/{etag}"})
+    weak = await client.get(
+        "/lang", headers={"Accept-Language": "en", "If-None-Match": f"W/{etag}"}
+    )
     assert weak.status_code == 304
     listed = await client.get(
         "/lang", headers={"Accept-Language": "en", "If-None-Match": f'"other", {etag}'}
@@ -280,7 +281,7 @@ def test_etag_is_the_same_in_another_process() -> None:
     )
     env_seeds = ("1", "2")
     results = {
-        subprocess.run(  # noqa: S603 - fixed arguments
+        subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,

@@ -537,7 +537,8 @@ class CacheMiddleware:
                     return
         except BackendError:
             outcome = "error"
-            request.versions = None
+            # Never equal to a real version, and no second doomed round trip to read them.
+            request.versions = ("?",) * len(request.tags)
         try:
             self._count(template, outcome)
             entry = await self._fetch(request, receive, send, future)
