@@ -106,6 +106,10 @@ async def test_query_parameters_are_normalised(
     assert (await client.get("/items/1?b=2&a=%31")).headers["x-cache"] == "HIT"
     assert (await client.get("/items/1?a=2&b=2")).headers["x-cache"] == "MISS"
     assert (await client.get("/items/1")).headers["x-cache"] == "MISS"
+    # undecodable bytes never collapse into one key
+    assert (await client.get("/items/1?q=%ff")).headers["x-cache"] == "MISS"
+    assert (await client.get("/items/1?q=%fe")).headers["x-cache"] == "MISS"
+    assert (await client.get("/items/1?q=%ff")).headers["x-cache"] == "HIT"
 
 
 async def test_routes_not_configured_pass_through_untouched(

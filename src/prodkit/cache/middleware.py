@@ -390,12 +390,17 @@ class CacheMiddleware:
             return "bypass"
         path: str = scope.get("path", "/")
         tags = route.render_tags(path, user) or ()
+        # latin-1 both ways: percent-decoding is then one-to-one, so two different queries
+        # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
         query = scope.get("query_string", b"").decode("latin-1")
-        normalised = urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+        pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
+        normalised = urlencode(sorted(pairs), encoding="latin-1")
         digest = hashlib.sha256()
         for part in (route.template, path, normalised, user if rule.per_user else None):
-            digest.update(b"-" if part is None else b"+" + part.encode("utf-8", "surrogatepass"))
-            digest.update(b"\0")
+            raw = b"" if part is None else part.encode("utf-8", "surrogatepass")
+            # length-prefixed, so no choice of path or query can imitate another split
+            digest.update(b"-" if part is None else len(raw).to_bytes(8, "big"))
+            digest.update(raw)
         return _Request(
             route=route,
             rule=rule,
@@ -517,8 +522,11 @@ class CacheMiddleware:
             while not request.unstorable:
                 if await self.cache.claim(request.lock_key, token, self.lock_lease):
                     locked = True
-                    # The holder before us may have stored the entry just before releasing.
-                    entry = usable(await self._lookup(request))
+                    # After waiting, the holder before us may have stored the entry just
+                    # before releasing. (On a first-try claim that window is one round trip
+                    # wide; a second computation there is harmless and not worth a read.)
+                    waited = delay > 0.005
+                    entry = usable(await self._lookup(request)) if waited else None
                     if entry is not None:
                         self._share(future, request, entry, fetched=True)
                         self._count(template, "coalesced")
