@@ -461,6 +461,32 @@ async def test_waiters_do_not_hang_when_the_leader_fails(
     assert all(r.status_code == 200 for r in results if isinstance(r, httpx.Response))
 
 
+async def test_a_waiter_gives_up_on_a_leader_that_outlives_the_lease(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+    calls = 0
+
+    async def first_call_hangs(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(calls).encode()})
+
+    client = make_client(make_cache(first_call_hangs, registry, lock_lease=0.2))
+    leader = asyncio.create_task(client.get("/items/1"))
+    await started.wait()
+    waiter = await client.get("/items/1")
+    assert waiter.status_code == 200
+    assert waiter.text == "2"
+    release.set()
+    assert (await leader).status_code == 200
+
+
 async def test_a_large_response_streams_through_unstored(
     make_client: ClientFactory, registry: CollectorRegistry
 ) -> None:

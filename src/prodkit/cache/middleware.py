@@ -440,7 +440,10 @@ class CacheMiddleware:
 
         flight = self._flights.get(request.base)
         if flight is not None:
-            shared = await asyncio.shield(flight)
+            try:
+                shared = await asyncio.wait_for(asyncio.shield(flight), self.lock_lease)
+            except TimeoutError:
+                shared = None  # the leader outlived the lease: compute rather than hang
             if shared is not None and (
                 not shared.entry.vary
                 or request.vary_digest(shared.entry.vary) == shared.vary_digest
