@@ -507,6 +507,8 @@ async def test_a_large_response_streams_through_unstored(
     [
         ({"routes": {"/a": CacheRule(ttl=60, per_user=True)}, "user_key": None}, "user_key"),
         ({"routes": {"/a/{id}": CacheRule(ttl=60, tags=("x:{nope}",))}}, "nope"),
+        ({"routes": {"/a/{id}": CacheRule(ttl=60, tags=("x:{id",))}}, "valid template"),
+        ({"routes": {"/a/{id}": CacheRule(ttl=60, tags=("x:{id!r}",))}}, "valid template"),
         ({"routes": {"/a": CacheRule(ttl=10**6)}}, "tag_ttl"),
         ({"routes": {"/a": CacheRule(ttl=0)}}, "ttl"),
         ({"routes": {"/a": 60}}, "CacheRule"),

@@ -47,7 +47,8 @@ class ResponseCache:
     Arguments:
         store: where entries live (default: a :class:`~prodkit.cache.MemoryCacheStore`).
         breaker: the circuit breaker for store calls (default: named ``"cache"``, opens after 3
-            consecutive failures, 0.25 s per call, probes again after 5 s).
+            consecutive failures, 0.25 s per call, probes again after 5 s; none for the
+            in-process memory store, which cannot fail or hang).
         tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
             longest entry TTL (checked by the middleware).
         registry, prefix: where the ``{prefix}cache_*`` metrics live.
@@ -72,14 +73,16 @@ class ResponseCache:
                 "(get, set, bump, claim, release, aclose)"
             )
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
-        self.breaker = breaker or CircuitBreaker(
-            "cache",
-            failure_threshold=3,
-            recovery_time=5.0,
-            timeout=0.25,
-            registry=registry,
-            prefix=prefix,
-        )
+        self.breaker: CircuitBreaker | None = breaker
+        if breaker is None and not isinstance(self.store, MemoryCacheStore):
+            self.breaker = CircuitBreaker(
+                "cache",
+                failure_threshold=3,
+                recovery_time=5.0,
+                timeout=0.25,
+                registry=registry,
+                prefix=prefix,
+            )
         self.tag_ttl = tag_ttl
         self.registry = registry
         self.prefix = prefix
@@ -94,6 +97,8 @@ class ResponseCache:
         )
 
     async def _call(self, func: Callable[[], Awaitable[T]]) -> T:
+        if self.breaker is None:  # an in-process store cannot be down or slow
+            return await func()
         return await self.breaker.call(func)
 
     async def get(self, key: str, tags: Sequence[str]) -> Lookup:

@@ -305,6 +305,14 @@ class CacheMiddleware:
     def _check_tags(template: str, tags: Sequence[str], user_key: UserKey | None) -> None:
         params = {m.group(1) for m in _PARAM.finditer(template)}
         for tag in tags:
+            if not isinstance(tag, str) or not tag:
+                raise ConfigurationError(f"tags of {template!r} must be non-empty strings")
+            rest = _TAG_FIELD.sub("", tag)
+            if "{" in rest or "}" in rest:
+                raise ConfigurationError(
+                    f"tag {tag!r} of {template!r} is not a valid template: use plain {{name}} "
+                    "fields (path parameters or user) and no other braces"
+                )
             for name in _TAG_FIELD.findall(tag):
                 if name == "user":
                     if user_key is None:
