@@ -93,6 +93,18 @@ async def test_claim_is_exclusive_and_release_needs_the_token(store: CacheStore)
     assert await store.claim(lock, "b", 10)
 
 
+async def test_complete_stores_and_releases_only_its_own_lease(store: CacheStore) -> None:
+    lock, a, b = "l:" + uuid.uuid4().hex, key(), key()
+    assert await store.claim(lock, "mine", 10)
+    await store.complete([(a, b"1"), (b, b"2")], 60, lock, "mine")
+    assert (await store.get(a)).value == b"1"
+    assert (await store.get(b)).value == b"2"
+    assert await store.claim(lock, "theirs", 10)  # released
+    await store.complete([(a, b"3")], 60, lock, "mine")  # no longer ours: stays held
+    assert (await store.get(a)).value == b"3"
+    assert not await store.claim(lock, "third", 10)
+
+
 async def test_a_lease_runs_out(store: CacheStore) -> None:
     lock = "l:" + uuid.uuid4().hex
     assert await store.claim(lock, "a", 0.05)

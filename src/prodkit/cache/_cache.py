@@ -70,7 +70,7 @@ class ResponseCache:
         if store is not None and not isinstance(store, CacheStore):
             raise ConfigurationError(
                 "store must implement prodkit.cache.CacheStore "
-                "(get, set, bump, claim, release, aclose)"
+                "(get, set, complete, bump, claim, release, aclose)"
             )
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         self.breaker: CircuitBreaker | None = breaker
@@ -108,6 +108,12 @@ class ResponseCache:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Write through the breaker (raises ``BackendError``)."""
         await self._call(lambda: self.store.set(key, value, ttl))
+
+    async def complete(
+        self, values: Sequence[tuple[str, bytes]], ttl: float, lock: str, token: str
+    ) -> None:
+        """Store values and release a lease in one round trip (raises ``BackendError``)."""
+        await self._call(lambda: self.store.complete(values, ttl, lock, token))
 
     async def claim(self, key: str, token: str, lease: float) -> bool:
         """Take a single-flight lease through the breaker (raises ``BackendError``)."""

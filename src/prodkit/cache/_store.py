@@ -10,7 +10,8 @@ operation is one round trip and its name says what it guarantees:
 * :meth:`CacheStore.bump` gives tags new, never-repeating versions (invalidation without
   ``KEYS`` or ``SCAN``);
 * :meth:`CacheStore.claim` / :meth:`CacheStore.release` are a lease lock with an owner token
-  (``SET NX PX`` and a compare-and-delete), for single-flight across processes.
+  (``SET NX PX`` and a compare-and-delete), for single-flight across processes, and
+  :meth:`CacheStore.complete` stores a computed entry and releases its lease together.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class CacheStore(Protocol):
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds, replacing what was there."""
+        ...
+
+    async def complete(
+        self, values: Sequence[tuple[str, bytes]], ttl: float, lock: str, token: str
+    ) -> None:
+        """Store every ``(key, value)`` for ``ttl`` seconds, then :meth:`release` ``lock`` if
+        ``token`` holds it, in one round trip (the end of a single-flight computation)."""
         ...
 
     async def bump(self, tags: Sequence[str], ttl: float) -> None:

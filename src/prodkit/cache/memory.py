@@ -111,6 +111,14 @@ class MemoryCacheStore:
         self._entries[key] = (value, self._clock() + ttl)
         self._bytes += cost
 
+    async def complete(
+        self, values: Sequence[tuple[str, bytes]], ttl: float, lock: str, token: str
+    ) -> None:
+        """Store the values, then release the lock if ``token`` holds it."""
+        for key, value in values:
+            await self.set(key, value, ttl)
+        await self.release(lock, token)
+
     async def bump(self, tags: Sequence[str], ttl: float) -> None:
         """Give each tag a fresh version (a process-wide counter, never reused)."""
         expires = self._clock() + ttl

@@ -562,14 +562,17 @@ class CacheMiddleware:
             self._count(template, outcome)
             entry = await self._fetch(request, receive, send, future)
             if outcome != "error":
-                if entry is not None:
-                    await self._store(request, entry)
-                elif locked:
-                    # Tell workers waiting on this lease not to wait for an entry next time.
+                values = self._values(request, entry)
+                if locked:
+                    locked = False
+                    # Entry and lease release together: waiters find the entry when the
+                    # lease is gone, in one round trip.
                     with contextlib.suppress(BackendError):
-                        await self.cache.set(
-                            request.entry_key, UNSTORABLE_MARKER, min(request.ttl, 1.0)
-                        )
+                        await self.cache.complete(values[0], values[1], request.lock_key, token)
+                elif values[0]:
+                    with contextlib.suppress(BackendError):
+                        for key, value in values[0]:
+                            await self.cache.set(key, value, values[1])
         finally:
             if locked:
                 await self.cache.release(request.lock_key, token)
@@ -629,7 +632,16 @@ class CacheMiddleware:
             digest = request.vary_digest(entry.vary) if entry.vary else ""
             future.set_result(_Shared(entry, fetched, digest))
 
-    async def _store(self, request: _Request, entry: CachedResponse) -> None:
+    def _values(
+        self, request: _Request, entry: CachedResponse | None
+    ) -> tuple[list[tuple[str, bytes]], float]:
+        """What to store for a computed response, and for how long.
+
+        Nothing for an unstorable response, except, briefly, a marker that tells workers waiting
+        on this key's lease not to wait for an entry next time.
+        """
+        if entry is None:
+            return [(request.entry_key, UNSTORABLE_MARKER)], min(request.ttl, 1.0)
         ttl = request.ttl
         directives = cache_control(entry.headers)
         for name in ("s-maxage", "max-age"):
@@ -638,16 +650,20 @@ class CacheMiddleware:
                 ttl = min(ttl, float(limit))
                 break
         if ttl <= 0:
-            return
+            return [], 0.0
         data = entry.encode()
-        try:
-            if entry.vary:
-                await self.cache.set(request.entry_key, encode_vary_record(entry.vary), ttl)
-                await self.cache.set(request.variant_key(entry.vary), data, ttl)
-            else:
-                await self.cache.set(request.entry_key, data, ttl)
-        except BackendError:
-            return
+        if entry.vary:
+            return [
+                (request.entry_key, encode_vary_record(entry.vary)),
+                (request.variant_key(entry.vary), data),
+            ], ttl
+        return [(request.entry_key, data)], ttl
+
+    async def _store(self, request: _Request, entry: CachedResponse) -> None:
+        values, ttl = self._values(request, entry)
+        with contextlib.suppress(BackendError):
+            for key, value in values:
+                await self.cache.set(key, value, ttl)
 
     # -- responses ------------------------------------------------------------------------
 

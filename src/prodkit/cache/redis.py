@@ -91,6 +91,17 @@ class RedisCacheStore:
         """``SET key value PX ttl`` (one command: value and expiry together)."""
         await self._client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
 
+    async def complete(
+        self, values: Sequence[tuple[str, bytes]], ttl: float, lock: str, token: str
+    ) -> None:
+        """``SET … PX`` every value and run the release script, pipelined (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        px = max(1, int(ttl * 1000))
+        for key, value in values:
+            pipe.set(self.prefix + key, value, px=px)
+        await self._release(keys=[self.prefix + lock], args=[token], client=pipe)  # queued
+        await pipe.execute()
+
     async def bump(self, tags: Sequence[str], ttl: float) -> None:
         """``SET tag <random 128-bit version> PX ttl`` for every tag, pipelined."""
         if not tags:
