@@ -1,9 +1,10 @@
 """A Redis :class:`~prodkit.cache.CacheStore` (redis-py's asyncio client, imported lazily).
 
-Every operation touches one key per command, so the store works against Redis Cluster too:
-reads of an entry and its tag versions go out as one non-transactional pipeline (one round
-trip on a single server; the cluster client splits it per node), and the only script, the
-lock release, reads and deletes a single key. Invalidation never uses ``KEYS`` or ``SCAN``.
+On a single server, an entry and its tag versions are read with one ``MGET``. On Redis Cluster
+(a ``redis.asyncio.cluster.RedisCluster`` client) every command touches one key: the read is
+a non-transactional pipeline of ``GET``s, which the cluster client splits per node, and the
+only script, the lease release, reads and deletes a single key. Invalidation never uses
+``KEYS`` or ``SCAN``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class RedisCacheStore:
                 retry_on_timeout=False,
             )
         self._client = client
+        # Cluster: no multi-key commands (MGET across slots fails), pipelines instead.
+        self._cluster = hasattr(client, "get_node_from_key")
         self._release = client.register_script(_RELEASE)
 
     @property
@@ -79,11 +82,14 @@ class RedisCacheStore:
         if not tags:
             value = await self._client.get(self.prefix + key)
             return Lookup(value, ())
-        pipe = self._client.pipeline(transaction=False)
-        pipe.get(self.prefix + key)
-        for tag in tags:
-            pipe.get(self.prefix + tag)
-        results = await pipe.execute()
+        keys = [self.prefix + key, *(self.prefix + tag for tag in tags)]
+        if self._cluster:
+            pipe = self._client.pipeline(transaction=False)
+            for name in keys:
+                pipe.get(name)
+            results = await pipe.execute()
+        else:
+            results = await self._client.mget(keys)
         versions = tuple("" if v is None else v.decode("ascii", "replace") for v in results[1:])
         return Lookup(results[0], versions)
 
@@ -99,7 +105,9 @@ class RedisCacheStore:
         px = max(1, int(ttl * 1000))
         for key, value in values:
             pipe.set(self.prefix + key, value, px=px)
-        await self._release(keys=[self.prefix + lock], args=[token], client=pipe)  # queued
+        # EVAL, not EVALSHA: a pipeline with a registered script first asks SCRIPT EXISTS,
+        # which would cost a second round trip; the script is under 100 bytes.
+        pipe.eval(_RELEASE, 1, self.prefix + lock, token)
         await pipe.execute()
 
     async def bump(self, tags: Sequence[str], ttl: float) -> None:
