@@ -1,0 +1,164 @@
+"""Response cache: prodkit hit and miss against fastapi-cache2 and cashews, on one endpoint.
+
+Every case serves the same FastAPI endpoint ``GET /items/{item_id}`` (a small JSON body built
+from a little CPU work, standing in for a database read). *hit* repeats one URL; *miss* sends
+a new ``X-User-Id`` on every request, and every cache keys by it, so each request misses and
+stores. Memory backends always; Redis ones when ``PRODKIT_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/0``) answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks.harness import Case
+from prodkit import ASGIApp
+from prodkit.cache import (
+    CacheMiddleware,
+    CacheRule,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
+    header_user_key,
+)
+
+REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN = uuid.uuid4().hex[:8]
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _work(item_id: str) -> dict[str, Any]:
+    digest = item_id.encode()
+    for _ in range(200):  # ~50 µs of "database" work, so a hit has something to save
+        digest = hashlib.sha256(digest).digest()
+    return {"id": item_id, "name": f"fund {item_id}", "checksum": digest.hex()}
+
+
+def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
+    from fastapi import FastAPI, Header
+
+    app = FastAPI()
+
+    async def item(item_id: str, x_user_id: str = Header("")) -> dict[str, Any]:
+        return _work(item_id)
+
+    handler = decorate(item) if decorate is not None else item
+    app.get("/items/{item_id}")(handler)
+    return app
+
+
+def prodkit_app(redis: bool) -> Callable[[], ASGIApp]:
+    def build() -> ASGIApp:
+        store = (
+            RedisCacheStore(REDIS_URL, prefix=f"prodkit-bench:{RUN}:")
+            if redis
+            else MemoryCacheStore()
+        )
+        return CacheMiddleware(
+            endpoint_app(),
+            cache=ResponseCache(store, registry=_registry()),
+            routes={"/items/{item_id}": CacheRule(ttl=60, per_user=True)},
+            user_key=header_user_key("X-User-Id"),
+        )
+
+    return build
+
+
+def fastapi_cache2_app(redis: bool) -> Callable[[], ASGIApp]:
+    def build() -> ASGIApp:
+        from fastapi_cache import FastAPICache
+        from fastapi_cache.backends.inmemory import InMemoryBackend
+        from fastapi_cache.decorator import cache
+
+        backend: Any
+        if redis:
+            import redis.asyncio as redis_asyncio
+            from fastapi_cache.backends.redis import RedisBackend
+
+            backend = RedisBackend(redis_asyncio.Redis.from_url(REDIS_URL))
+        else:
+            backend = InMemoryBackend()
+        FastAPICache.reset()
+        FastAPICache.init(backend, prefix=f"fastapi-cache-bench:{RUN}")
+        return endpoint_app(cache(expire=60))
+
+    return build
+
+
+def cashews_app(redis: bool) -> Callable[[], ASGIApp]:
+    def build() -> ASGIApp:
+        from cashews import Cache
+
+        cache = Cache()
+        cache.setup(REDIS_URL if redis else "mem://")
+        key = f"cashews-bench:{RUN}:" + "{item_id}:{x_user_id}"
+        return endpoint_app(cache(ttl="1m", key=key))
+
+    return build
+
+
+def _registry() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
+
+
+def _redis_up() -> bool:
+    import asyncio
+
+    try:
+        import redis.asyncio as redis_asyncio
+    except ImportError:
+        return False
+
+    async def ping() -> None:
+        client = redis_asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception:
+        return False
+    return True
+
+
+def _unique_user(counter: int) -> Sequence[tuple[str, str]]:
+    return [("X-User-Id", f"user-{RUN}-{counter}")]
+
+
+def cases() -> list[Case]:
+    """Bare endpoint, then hit and miss for prodkit, fastapi-cache2 and cashews."""
+    found = [Case("fastapi: bare endpoint", endpoint_app)]
+    user = [("X-User-Id", "alice")]
+    backends = [("memory", False)] + ([("redis", True)] if _redis_up() else [])
+    peers = [
+        ("prodkit", prodkit_app),
+        ("fastapi-cache2", fastapi_cache2_app),
+        ("cashews", cashews_app),
+    ]
+    for backend, redis in backends:
+        for name, factory in peers:
+            found.append(
+                Case(
+                    f"{name} {backend}: hit",
+                    factory(redis),
+                    headers=user,
+                    baseline="fastapi: bare endpoint",
+                )
+            )
+            found.append(
+                Case(
+                    f"{name} {backend}: miss",
+                    factory(redis),
+                    make_headers=_unique_user,
+                    baseline="fastapi: bare endpoint",
+                )
+            )
+    return found

@@ -1,0 +1,175 @@
+"""Cached responses as bytes, strong ETags, and the HTTP header parsing the cache needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prodkit._headers import get_all_headers, get_header
+
+_RESPONSE = b"R"
+_VARY = b"V"
+
+#: Stored briefly under a key whose last response could not be stored (a 404, ``private``...),
+#: so that workers stop queueing on the single-flight lease for it.
+UNSTORABLE_MARKER = b"N"
+
+#: Response headers that describe one delivery, not the stored representation.
+_NOT_STORED = frozenset(
+    {
+        b"age",
+        b"connection",
+        b"content-length",
+        b"etag",
+        b"keep-alive",
+        b"proxy-connection",
+        b"set-cookie",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-cache",
+        b"x-request-id",
+    }
+)
+
+#: Headers a 304 repeats from the stored 200 (RFC 9110 section 15.4.5).
+NOT_MODIFIED_HEADERS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"expires", b"vary"}
+)
+
+_ENTITY_TAG = re.compile(rb'(?:W/)?"[^"]*"')
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A stored response.
+
+    Attributes:
+        status: the HTTP status.
+        headers: the response headers worth replaying (no ``Content-Length``, ``Set-Cookie``,
+            ``Age``, hop-by-hop or per-request headers).
+        body: the complete body.
+        etag: the entity tag, quoted (the app's own, or computed by :func:`compute_etag`).
+        stored_at: wall-clock time (``time.time()``) when the response was generated, for ``Age``.
+        versions: the versions of the entry's tags when the request was looked up; the entry is
+            stale as soon as any tag has another version.
+        vary: lower-case request header names the response varies on.
+    """
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    etag: bytes
+    stored_at: float
+    versions: tuple[str, ...] = ()
+    vary: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        """Serialise to bytes: a type byte, a JSON line of metadata, then the raw body."""
+        meta = {
+            "s": self.status,
+            "h": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers],
+            "e": self.etag.decode("latin-1"),
+            "t": self.stored_at,
+            "v": list(self.versions),
+            "y": list(self.vary),
+        }
+        return _RESPONSE + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> CachedResponse:
+        """Inverse of :meth:`encode`; raises ``ValueError`` on anything else."""
+        if data[:1] != _RESPONSE:
+            raise ValueError("not a cached response")
+        head, sep, body = data[1:].partition(b"\n")
+        if not sep:
+            raise ValueError("truncated cached response")
+        meta = json.loads(head)
+        return cls(
+            status=int(meta["s"]),
+            headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["h"]),
+            body=body,
+            etag=meta["e"].encode("latin-1"),
+            stored_at=float(meta["t"]),
+            versions=tuple(meta["v"]),
+            vary=tuple(meta["y"]),
+        )
+
+
+def encode_vary_record(names: Sequence[str]) -> bytes:
+    """The record stored under a base key whose responses vary on request headers ``names``."""
+    return _VARY + ",".join(names).encode("latin-1")
+
+
+def decode_vary_record(data: bytes) -> tuple[str, ...] | None:
+    """The header names of a vary record, or ``None`` when ``data`` is not one."""
+    if data[:1] != _VARY:
+        return None
+    text = data[1:].decode("latin-1")
+    return tuple(text.split(",")) if text else ()
+
+
+def compute_etag(body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """A strong entity tag (RFC 9110 section 8.8.3) from the body and its representation headers.
+
+    sha256 over ``Content-Type``, ``Content-Encoding`` and the body, truncated to 128 bits: the
+    same bytes give the same tag in every process and on every host, unlike tags built from
+    ``id()``, ``hash()`` or timestamps.
+    """
+    headers = list(headers)
+    digest = hashlib.sha256()
+    for name in (b"content-type", b"content-encoding"):
+        digest.update(get_header(headers, name) or b"")
+        digest.update(b"\0")
+    digest.update(body)
+    return b'"' + digest.hexdigest()[:32].encode() + b'"'
+
+
+def stored_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers kept in a cache entry."""
+    return tuple((k, v) for k, v in headers if k not in _NOT_STORED)
+
+
+def cache_control(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``Cache-Control`` directives (RFC 9111 section 5.2) as ``{name: value}``, names lower-case."""
+    directives: dict[str, str] = {}
+    for line in get_all_headers(headers, b"cache-control"):
+        for part in line.decode("latin-1").split(","):
+            name, _, value = part.strip().partition("=")
+            name = name.strip().lower()
+            if name:
+                directives.setdefault(name, value.strip().strip('"'))
+    return directives
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """A ``delta-seconds`` value (RFC 9111 section 1.2.2), or ``None`` if absent or invalid."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` by weak comparison (RFC 9110 section 13.1.2)."""
+    if if_none_match.strip() == b"*":
+        return True
+    opaque = etag.removeprefix(b"W/")
+    return any(tag.removeprefix(b"W/") == opaque for tag in _ENTITY_TAG.findall(if_none_match))
+
+
+__all__ = [
+    "NOT_MODIFIED_HEADERS",
+    "UNSTORABLE_MARKER",
+    "CachedResponse",
+    "cache_control",
+    "compute_etag",
+    "decode_vary_record",
+    "delta_seconds",
+    "encode_vary_record",
+    "etag_matches",
+    "stored_headers",
+]

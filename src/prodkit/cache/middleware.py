@@ -1,0 +1,806 @@
+"""Cache-aside for GET/HEAD with single-flight, tag invalidation and RFC 9111 semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode
+
+from prometheus_client import CollectorRegistry
+
+from prodkit._headers import (
+    get_all_headers,
+    get_header,
+    get_list_header,
+    message_headers,
+    set_header,
+)
+from prodkit._metrics import DEFAULT_PREFIX, counter
+from prodkit._problem import send_problem
+from prodkit._routing import _CONVERTERS, _PARAM, RouteTable
+from prodkit._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
+from prodkit.cache._cache import ResponseCache, tag_key
+from prodkit.cache._entry import (
+    NOT_MODIFIED_HEADERS,
+    UNSTORABLE_MARKER,
+    CachedResponse,
+    cache_control,
+    compute_etag,
+    decode_vary_record,
+    delta_seconds,
+    encode_vary_record,
+    etag_matches,
+    stored_headers,
+)
+from prodkit.cache._store import CacheStore
+from prodkit.errors import BackendError, ConfigurationError
+
+#: Problem code of a ``Cache-Control: only-if-cached`` request that found nothing (504).
+NOT_CACHED = "NOT_CACHED"
+
+UserKey = Callable[[Scope], str | None]
+Outcome = Literal["hit", "miss", "bypass", "error", "coalesced"]
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+_TAG_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRule:
+    """How one route is cached.
+
+    Arguments:
+        ttl: seconds an entry is kept (shortened by the response's ``s-maxage`` / ``max-age``).
+        per_user: key entries by the caller too (the middleware's ``user_key``); a request
+            whose caller is unknown is not cached.
+        tags: tag templates stamped on every entry of the route, filled from the route's path
+            parameters and ``{user}`` (the caller), e.g. ``("fund:{id}", "user:{user}")``.
+            Invalidating a tag makes every entry carrying it stale.
+        allow_credentials: cache requests that carry ``Authorization`` or ``Cookie`` (off by
+            default: RFC 9111 section 3.5; turn it on only with ``per_user``).
+        statuses: statuses stored for this route (default: the middleware's ``statuses``).
+    """
+
+    ttl: float
+    per_user: bool = False
+    tags: Sequence[str] = ()
+    allow_credentials: bool = False
+    statuses: frozenset[int] | None = None
+
+
+def header_user_key(name: str = "X-User-Id", *, max_length: int = 256) -> UserKey:
+    """Return a ``user_key`` that identifies the caller by a request header (``None`` if absent)."""
+    header = name.lower().encode("latin-1")
+
+    def user_key(scope: Scope) -> str | None:
+        value = get_header(scope.get("headers") or (), header)
+        if not value or len(value) > max_length:
+            return None
+        return value.decode("latin-1")
+
+    return user_key
+
+
+def _param_pattern(template: str) -> re.Pattern[str]:
+    """``RouteTable``'s template syntax compiled with *named* groups, to read path parameters."""
+    body = template[:-2] if template.endswith("/*") else template
+    pattern = ""
+    position = 0
+    for found in _PARAM.finditer(body):
+        pattern += re.escape(body[position : found.start()])
+        pattern += f"(?P<{found.group(1)}>{_CONVERTERS[found.group(2) or 'str']})"
+        position = found.end()
+    pattern += re.escape(body[position:])
+    return re.compile(pattern + ("(?:/.*)?" if template.endswith("/*") else "") + r"\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    template: str
+    pattern: re.Pattern[str]
+    rule: CacheRule | None
+    tags: tuple[str, ...]  # tag templates bumped by a write / stamped on an entry
+
+    def render_tags(self, path: str, user: str | None) -> tuple[str, ...] | None:
+        found = self.pattern.match(path)
+        if found is None:
+            return None
+        values = {k: v for k, v in found.groupdict().items() if v is not None}
+        if user is not None:
+            values["user"] = user
+        rendered = []
+        for template in self.tags:
+            try:
+                rendered.append(template.format_map(values))
+            except KeyError:
+                continue  # {user} with an unknown caller: nothing to tag
+        return tuple(rendered)
+
+
+@dataclass(slots=True)
+class _Request:
+    """Per-request cache facts (never stored on the middleware)."""
+
+    route: _Route
+    rule: CacheRule
+    scope: Scope
+    base: str  # hex digest of method, route, path, query and caller
+    tags: tuple[str, ...]  # tag version keys, path tag first
+    if_none_match: bytes | None
+    statuses: frozenset[int]
+    ttl: float
+    head: bool
+    versions: tuple[str, ...] | None = None  # tag versions read before the app runs
+    unstorable: bool = False  # the last response for this key could not be stored
+    vary_values: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    @property
+    def entry_key(self) -> str:
+        return "e:{" + self.base + "}"
+
+    @property
+    def lock_key(self) -> str:
+        return "l:{" + self.base + "}"
+
+    def vary_digest(self, names: tuple[str, ...]) -> str:
+        digest = self.vary_values.get(names)
+        if digest is None:
+            headers = self.scope.get("headers") or ()
+            h = hashlib.sha256()
+            for name in names:
+                h.update(b", ".join(get_all_headers(headers, name.encode("latin-1"))))
+                h.update(b"\0")
+            digest = h.hexdigest()[:32]
+            self.vary_values[names] = digest
+        return digest
+
+    def variant_key(self, names: tuple[str, ...]) -> str:
+        return self.entry_key + ":" + self.vary_digest(names)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What an in-process single flight hands its waiters."""
+
+    entry: CachedResponse
+    fetched: bool  # computed by the app now (waiters: "coalesced"), or read from the store
+    vary_digest: str  # the leader's digest of the entry's Vary headers
+
+
+class CacheMiddleware:
+    """Cache GET/HEAD responses of configured routes (cache-aside) and invalidate on writes.
+
+    Reads (``GET``; ``HEAD`` shares ``GET``'s entries): the entry key is built from the route
+    template, the path, the query (parameters sorted), the caller for ``per_user`` routes, and
+    the request headers the response's ``Vary`` names. A hit is answered with ``X-Cache: HIT``
+    and ``Age``; a miss runs the app, answers with ``X-Cache: MISS`` and stores the response
+    when RFC 9111 allows a shared cache to: status in ``statuses``, no ``Set-Cookie``, no
+    ``Cache-Control: no-store / private / no-cache``, no ``Vary: *``, and no ``Authorization``
+    or ``Cookie`` on the request unless the route's ``allow_credentials`` is set. Every cached
+    response carries a strong ``ETag`` (sha256 of the body unless the app set one), and
+    ``If-None-Match`` is answered with ``304`` on hits and misses (RFC 9110 section 13.1.2).
+
+    Stampede protection: concurrent misses for one key in a process share one app call
+    (waiters get the same response); across processes a lease lock in the store (``SET NX PX``
+    with an owner token) lets one worker compute while the others poll for the entry; a waiter
+    still waiting when the lease runs out calls the app itself.
+
+    Writes: a 2xx response to ``POST``/``PUT``/``PATCH``/``DELETE`` on a path that a cached
+    route (or an ``invalidate`` template) matches invalidates that path's entries and the
+    route's tags *before* the response reaches the client, so the client's next read misses.
+
+    Store failures fail open: the request is served by the app, and the circuit breaker of the
+    :class:`ResponseCache` turns a dead store into microseconds per request.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        routes: ``{template: CacheRule}`` for the cached routes (``RouteTable`` syntax:
+            ``/api/funds/{id}``, ``{id:int}``, a trailing ``/*``).
+        cache: the :class:`ResponseCache` to use (share it with code that invalidates).
+        store: build a :class:`ResponseCache` over this store instead (default: memory).
+        user_key: returns the caller of a request (``None``: unknown), for ``per_user`` routes
+            and ``{user}`` in tags; see :func:`header_user_key`.
+        invalidate: ``{template: [tag templates]}``: tags that a 2xx write to a matching path
+            invalidates, in addition to the path itself and the tags of a cached route there.
+        statuses: statuses stored (default 200 only).
+        max_body_bytes: larger responses are streamed through and not stored.
+        lock_lease: seconds one worker may compute a missing entry before others give up
+            waiting and compute it themselves.
+        honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
+            read and refreshes the entry; turn off if clients could use it to load the app.
+        honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache.
+        registry, prefix: metrics (default: those of ``cache``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: Mapping[str, CacheRule],
+        cache: ResponseCache | None = None,
+        store: CacheStore | None = None,
+        user_key: UserKey | None = None,
+        invalidate: Mapping[str, Sequence[str]] | None = None,
+        statuses: Iterable[int] = (200,),
+        max_body_bytes: int = 1024 * 1024,
+        lock_lease: float = 10.0,
+        honor_no_cache: bool = True,
+        honor_no_store: bool = True,
+        registry: CollectorRegistry | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        if cache is not None and store is not None:
+            raise ConfigurationError("pass either cache= or store=, not both")
+        if cache is None:
+            cache = ResponseCache(
+                store, registry=registry, prefix=DEFAULT_PREFIX if prefix is None else prefix
+            )
+        if max_body_bytes < 1:
+            raise ConfigurationError("max_body_bytes must be at least 1")
+        if lock_lease <= 0:
+            raise ConfigurationError("lock_lease must be a positive number of seconds")
+        self.statuses = frozenset(statuses)
+        if not self.statuses or any(not 200 <= s <= 599 for s in self.statuses):
+            raise ConfigurationError("statuses must be HTTP status codes (e.g. (200,))")
+        reads: list[tuple[str, _Route]] = []
+        for template, rule in routes.items():
+            if not isinstance(rule, CacheRule):
+                raise ConfigurationError(
+                    f"routes[{template!r}] must be a CacheRule(ttl=...), not {type(rule).__name__}"
+                )
+            if rule.ttl <= 0:
+                raise ConfigurationError(f"routes[{template!r}]: ttl must be positive seconds")
+            if rule.ttl > cache.tag_ttl:
+                raise ConfigurationError(
+                    f"routes[{template!r}]: ttl {rule.ttl}s exceeds the cache's tag_ttl "
+                    f"{cache.tag_ttl}s; raise ResponseCache(tag_ttl=...)"
+                )
+            if rule.per_user and user_key is None:
+                raise ConfigurationError(
+                    f"routes[{template!r}] is per_user: pass user_key= (e.g. "
+                    "header_user_key('X-User-Id'))"
+                )
+            if isinstance(rule.tags, str):
+                raise ConfigurationError(f"routes[{template!r}]: tags must be a list of strings")
+            self._check_tags(template, rule.tags, user_key)
+            reads.append(
+                (template, _Route(template, _param_pattern(template), rule, tuple(rule.tags)))
+            )
+        writes: list[tuple[str, _Route]] = list(reads)
+        for template, tags in (invalidate or {}).items():
+            if isinstance(tags, str):
+                raise ConfigurationError(
+                    f"invalidate[{template!r}] must be a list of tag templates"
+                )
+            self._check_tags(template, tags, user_key)
+            writes.append((template, _Route(template, _param_pattern(template), None, tuple(tags))))
+        self.app = app
+        self.cache = cache
+        self.user_key = user_key
+        self.max_body_bytes = max_body_bytes
+        self.lock_lease = lock_lease
+        self.honor_no_cache = honor_no_cache
+        self.honor_no_store = honor_no_store
+        self._reads = RouteTable(reads)
+        self._writes = [route for _, route in writes]
+        self._write_table = RouteTable((t, None) for t, _ in writes)
+        self._flights: dict[str, asyncio.Future[_Shared | None]] = {}
+        self._requests = counter(
+            f"{cache.prefix if prefix is None else prefix}cache_requests_total",
+            "Requests to cached routes, by route template and outcome "
+            "(hit, miss, bypass, error, coalesced).",
+            ["route", "outcome"],
+            registry=cache.registry if registry is None else registry,
+        )
+
+    @staticmethod
+    def _check_tags(template: str, tags: Sequence[str], user_key: UserKey | None) -> None:
+        params = {m.group(1) for m in _PARAM.finditer(template)}
+        for tag in tags:
+            if not isinstance(tag, str) or not tag:
+                raise ConfigurationError(f"tags of {template!r} must be non-empty strings")
+            rest = _TAG_FIELD.sub("", tag)
+            if "{" in rest or "}" in rest:
+                raise ConfigurationError(
+                    f"tag {tag!r} of {template!r} is not a valid template: use plain {{name}} "
+                    "fields (path parameters or user) and no other braces"
+                )
+            for name in _TAG_FIELD.findall(tag):
+                if name == "user":
+                    if user_key is None:
+                        raise ConfigurationError(
+                            f"tag {tag!r} of {template!r} uses {{user}}: pass user_key="
+                        )
+                elif name not in params:
+                    raise ConfigurationError(
+                        f"tag {tag!r} of {template!r} uses {{{name}}}, which is not a path "
+                        f"parameter of the route (have: {', '.join(sorted(params)) or 'none'})"
+                    )
+
+    async def invalidate_tags(self, tags: Iterable[str]) -> bool:
+        """Shortcut for :meth:`ResponseCache.invalidate_tags` of this middleware's cache."""
+        return await self.cache.invalidate_tags(tags)
+
+    async def invalidate_path(self, path: str) -> bool:
+        """Make every cached entry of ``path`` (all queries, callers, variants) stale."""
+        return await self.cache.invalidate_tags(["path:" + path])
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        path: str = scope.get("path", "/")
+        if method in ("GET", "HEAD"):
+            matched = self._reads.match(path)
+            if matched is not None:
+                await self._read(scope, receive, send, matched[1])
+                return
+        elif method in _UNSAFE and self._write_table.match(path) is not None:
+            await self._write(scope, receive, send, path)
+            return
+        await self.app(scope, receive, send)
+
+    def _count(self, route: str, outcome: Outcome) -> None:
+        self._requests.labels(route, outcome).inc()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        user = self.user_key(scope) if self.user_key is not None else None
+        tags: list[str] = ["path:" + path]
+        for route in self._writes:
+            rendered = route.render_tags(path, user)
+            if rendered is not None:
+                tags.extend(rendered)
+        done = False
+
+        async def invalidating_send(message: Message) -> None:
+            nonlocal done
+            if message["type"] == "http.response.start" and not done:
+                done = True
+                if 200 <= int(message["status"]) < 300:
+                    # Before the client sees the response, so its next read cannot hit.
+                    await self.cache.invalidate_tags(tags)
+            await send(message)
+
+        await self.app(scope, receive, invalidating_send)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _prepare(self, scope: Scope, route: _Route) -> _Request | Outcome:
+        """Return the request's cache facts, or ``"bypass"`` when it must not use the cache."""
+        rule = route.rule
+        if rule is None:  # pragma: no cover - read routes always have a rule
+            return "bypass"
+        headers = scope.get("headers") or ()
+        if not rule.allow_credentials and (
+            get_header(headers, b"authorization") is not None
+            or get_header(headers, b"cookie") is not None
+        ):
+            return "bypass"
+        if get_header(headers, b"range") is not None:
+            return "bypass"  # partial content is not stored; let the app answer ranges
+        user: str | None = None
+        if self.user_key is not None:
+            user = self.user_key(scope)
+        if rule.per_user and user is None:
+            return "bypass"
+        path: str = scope.get("path", "/")
+        tags = route.render_tags(path, user) or ()
+        # latin-1 both ways: percent-decoding is then one-to-one, so two different queries
+        # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
+        query = scope.get("query_string", b"").decode("latin-1")
+        pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
+        normalised = urlencode(sorted(pairs), encoding="latin-1")
+        digest = hashlib.sha256()
+        for part in (route.template, path, normalised, user if rule.per_user else None):
+            raw = b"" if part is None else part.encode("utf-8", "surrogatepass")
+            # length-prefixed, so no choice of path or query can imitate another split
+            digest.update(b"-" if part is None else len(raw).to_bytes(8, "big"))
+            digest.update(raw)
+        return _Request(
+            route=route,
+            rule=rule,
+            scope=scope,
+            base=digest.hexdigest()[:40],
+            tags=(tag_key("path:" + path), *(tag_key(t) for t in tags)),
+            if_none_match=get_header(headers, b"if-none-match"),
+            statuses=rule.statuses if rule.statuses is not None else self.statuses,
+            ttl=rule.ttl,
+            head=scope.get("method") == "HEAD",
+        )
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send, route: _Route) -> None:
+        template = route.template
+        prepared = self._prepare(scope, route)
+        if not isinstance(prepared, _Request):
+            self._count(template, prepared)
+            await self.app(scope, receive, send)
+            return
+        request = prepared
+        directives = cache_control(scope.get("headers") or ())
+        if self.honor_no_store and "no-store" in directives:
+            self._count(template, "bypass")
+            await self.app(scope, receive, send)
+            return
+        max_age = delta_seconds(directives.get("max-age")) if "max-age" in directives else None
+        if "only-if-cached" in directives:
+            await self._only_if_cached(request, send)
+            return
+        refresh = self.honor_no_cache and ("no-cache" in directives or max_age == 0)
+        if refresh:
+            await self._refresh(request, receive, send)
+            return
+        if request.head:
+            await self._head(request, receive, send, max_age)
+            return
+
+        flight = self._flights.get(request.base)
+        if flight is not None:
+            try:
+                shared = await asyncio.wait_for(asyncio.shield(flight), self.lock_lease)
+            except TimeoutError:
+                shared = None  # the leader outlived the lease: compute rather than hang
+            if shared is not None and (
+                not shared.entry.vary
+                or request.vary_digest(shared.entry.vary) == shared.vary_digest
+            ):
+                fresh_enough = max_age is None or _age(shared.entry) <= max_age
+                if fresh_enough:
+                    hit = not shared.fetched
+                    self._count(template, "hit" if hit else "coalesced")
+                    await self._send_entry(send, request, shared.entry, hit=hit)
+                    return
+            # The leader's response does not fit this request: ask the app, don't store.
+            self._count(template, "miss")
+            await self.app(scope, receive, self._miss_send(send))
+            return
+
+        future: asyncio.Future[_Shared | None] = asyncio.get_running_loop().create_future()
+        self._flights[request.base] = future
+        try:
+            await self._lead(request, receive, send, future, max_age)
+        finally:
+            if not future.done():
+                future.set_result(None)
+            if self._flights.get(request.base) is future:
+                del self._flights[request.base]
+
+    async def _lookup(self, request: _Request) -> CachedResponse | None:
+        """The fresh entry for ``request``, or ``None`` (raises ``BackendError``)."""
+        found = await self.cache.get(request.entry_key, request.tags)
+        request.versions = found.versions
+        value = found.value
+        if value is None:
+            return None
+        if value == UNSTORABLE_MARKER:
+            request.unstorable = True
+            return None
+        names = decode_vary_record(value)
+        if names is not None:
+            value = (await self.cache.get(request.variant_key(names), ())).value
+            if value is None:
+                return None
+        try:
+            entry = CachedResponse.decode(value)
+        except (ValueError, KeyError, TypeError):
+            return None  # written by an incompatible version: treat as a miss
+        if entry.versions != found.versions:
+            return None  # a tag was invalidated after this entry was looked up
+        return entry
+
+    async def _lead(
+        self,
+        request: _Request,
+        receive: Receive,
+        send: Send,
+        future: asyncio.Future[_Shared | None],
+        max_age: int | None,
+    ) -> None:
+        template = request.route.template
+        outcome: Outcome = "miss"
+        token = os.urandom(16).hex()
+        locked = False
+
+        def usable(entry: CachedResponse | None) -> CachedResponse | None:
+            if entry is None or (max_age is not None and _age(entry) > max_age):
+                return None
+            return entry
+
+        try:
+            entry = usable(await self._lookup(request))
+            if entry is not None:
+                self._share(future, request, entry, fetched=False)
+                self._count(template, "hit")
+                await self._send_entry(send, request, entry, hit=True)
+                return
+            # Single flight across workers: hold the lease, or wait for whoever holds it.
+            # Not when the last answer here could not be stored: waiting would only queue
+            # the workers behind one another.
+            deadline = time.monotonic() + self.lock_lease
+            delay = 0.005
+            while not request.unstorable:
+                if await self.cache.claim(request.lock_key, token, self.lock_lease):
+                    locked = True
+                    # After waiting, the holder before us may have stored the entry just
+                    # before releasing. (On a first-try claim that window is one round trip
+                    # wide; a second computation there is harmless and not worth a read.)
+                    waited = delay > 0.005
+                    entry = usable(await self._lookup(request)) if waited else None
+                    if entry is not None:
+                        self._share(future, request, entry, fetched=True)
+                        self._count(template, "coalesced")
+                        await self._send_entry(send, request, entry, hit=False)
+                        return
+                    break
+                if time.monotonic() >= deadline:
+                    break  # the lease outlived us: compute rather than hang
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                entry = usable(await self._lookup(request))
+                if entry is not None:
+                    self._share(future, request, entry, fetched=True)
+                    self._count(template, "coalesced")
+                    await self._send_entry(send, request, entry, hit=False)
+                    return
+        except BackendError:
+            outcome = "error"
+            # Never equal to a real version, and no second doomed round trip to read them.
+            request.versions = ("?",) * len(request.tags)
+        try:
+            self._count(template, outcome)
+            entry = await self._fetch(request, receive, send, future)
+            if outcome != "error":
+                values = self._values(request, entry)
+                if locked:
+                    locked = False
+                    # Entry and lease release together: waiters find the entry when the
+                    # lease is gone, in one round trip.
+                    with contextlib.suppress(BackendError):
+                        await self.cache.complete(values[0], values[1], request.lock_key, token)
+                elif values[0]:
+                    with contextlib.suppress(BackendError):
+                        for key, value in values[0]:
+                            await self.cache.set(key, value, values[1])
+        finally:
+            if locked:
+                await self.cache.release(request.lock_key, token)
+
+    async def _only_if_cached(self, request: _Request, send: Send) -> None:
+        """RFC 9111 section 5.2.1.7: answer from the cache or with 504, never ask the app."""
+        try:
+            entry = await self._lookup(request)
+        except BackendError:
+            entry = None
+        if entry is None:
+            self._count(request.route.template, "miss")
+            await send_problem(
+                send, 504, NOT_CACHED, "No stored response for this only-if-cached request."
+            )
+            return
+        self._count(request.route.template, "hit")
+        await self._send_entry(send, request, entry, hit=True)
+
+    async def _refresh(self, request: _Request, receive: Receive, send: Send) -> None:
+        """``Cache-Control: no-cache``: skip the read, call the app, store what it answers."""
+        self._count(request.route.template, "miss")
+        if request.head:
+            await self.app(request.scope, receive, self._miss_send(send))
+            return
+        entry = await self._fetch(request, receive, send, None)
+        if entry is not None:
+            await self._store(request, entry)
+
+    async def _head(
+        self, request: _Request, receive: Receive, send: Send, max_age: int | None
+    ) -> None:
+        """``HEAD``: answered from ``GET``'s entry; a miss goes to the app and stores nothing."""
+        template = request.route.template
+        try:
+            entry = await self._lookup(request)
+        except BackendError:
+            self._count(template, "error")
+            await self.app(request.scope, receive, self._miss_send(send))
+            return
+        if entry is not None and (max_age is None or _age(entry) <= max_age):
+            self._count(template, "hit")
+            await self._send_entry(send, request, entry, hit=True)
+            return
+        self._count(template, "miss")
+        await self.app(request.scope, receive, self._miss_send(send))
+
+    def _share(
+        self,
+        future: asyncio.Future[_Shared | None] | None,
+        request: _Request,
+        entry: CachedResponse,
+        *,
+        fetched: bool,
+    ) -> None:
+        if future is not None and not future.done():
+            digest = request.vary_digest(entry.vary) if entry.vary else ""
+            future.set_result(_Shared(entry, fetched, digest))
+
+    def _values(
+        self, request: _Request, entry: CachedResponse | None
+    ) -> tuple[list[tuple[str, bytes]], float]:
+        """What to store for a computed response, and for how long.
+
+        Nothing for an unstorable response, except, briefly, a marker that tells workers waiting
+        on this key's lease not to wait for an entry next time.
+        """
+        if entry is None:
+            return [(request.entry_key, UNSTORABLE_MARKER)], min(request.ttl, 1.0)
+        ttl = request.ttl
+        directives = cache_control(entry.headers)
+        for name in ("s-maxage", "max-age"):
+            limit = delta_seconds(directives.get(name))
+            if limit is not None:
+                ttl = min(ttl, float(limit))
+                break
+        if ttl <= 0:
+            return [], 0.0
+        data = entry.encode()
+        if entry.vary:
+            return [
+                (request.entry_key, encode_vary_record(entry.vary)),
+                (request.variant_key(entry.vary), data),
+            ], ttl
+        return [(request.entry_key, data)], ttl
+
+    async def _store(self, request: _Request, entry: CachedResponse) -> None:
+        values, ttl = self._values(request, entry)
+        with contextlib.suppress(BackendError):
+            for key, value in values:
+                await self.cache.set(key, value, ttl)
+
+    # -- responses ------------------------------------------------------------------------
+
+    def _storable(self, request: _Request, status: int, headers: RawHeaders) -> bool:
+        """Whether RFC 9111 lets a shared cache store this response (section 3)."""
+        if status not in request.statuses:
+            return False
+        if get_header(headers, b"set-cookie") is not None:
+            return False
+        directives = cache_control(headers)
+        if {"no-store", "private", "no-cache"} & directives.keys():
+            return False
+        if directives.get("s-maxage") == "0" or (
+            "s-maxage" not in directives and directives.get("max-age") == "0"
+        ):
+            return False
+        if "*" in get_list_header(headers, b"vary"):
+            return False
+        return get_header(headers, b"content-range") is None
+
+    def _miss_send(self, send: Send) -> Send:
+        async def miss_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                set_header(message_headers(message), b"x-cache", b"MISS")
+            await send(message)
+
+        return miss_send
+
+    async def _fetch(
+        self,
+        request: _Request,
+        receive: Receive,
+        send: Send,
+        future: asyncio.Future[_Shared | None] | None,
+    ) -> CachedResponse | None:
+        """Run the app; buffer a storable response to compute its ETag. Returns the entry."""
+        versions = request.versions
+        if versions is None:
+            versions = await self._versions_for(request)
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+        streaming = False
+        result: CachedResponse | None = None
+        miss_send = self._miss_send(send)
+
+        async def capture(message: Message) -> None:
+            nonlocal start, size, streaming, result
+            if streaming:
+                await send(message)
+                return
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = message_headers(message)
+                if not self._storable(request, int(message["status"]), headers):
+                    streaming = True
+                    await miss_send(message)
+                else:
+                    start = message
+                return
+            if kind != "http.response.body" or start is None:
+                await send(message)
+                return
+            body: bytes = message.get("body", b"")
+            chunks.append(body)
+            size += len(body)
+            more = bool(message.get("more_body", False))
+            if size > self.max_body_bytes:
+                streaming = True
+                set_header(message_headers(start), b"x-cache", b"MISS")
+                await send(start)
+                await send(
+                    {"type": "http.response.body", "body": b"".join(chunks), "more_body": more}
+                )
+                return
+            if more:
+                return
+            headers = message_headers(start)
+            full = b"".join(chunks)
+            etag = get_header(headers, b"etag") or compute_etag(full, headers)
+            vary = tuple(sorted({n.lower() for n in get_list_header(headers, b"vary")}))
+            result = CachedResponse(
+                status=int(start["status"]),
+                headers=stored_headers(headers),
+                body=full,
+                etag=etag,
+                stored_at=time.time(),
+                versions=versions,
+                vary=vary,
+            )
+            self._share(future, request, result, fetched=True)
+            await self._send_entry(send, request, result, hit=False)
+
+        await self.app(request.scope, receive, capture)
+        return result
+
+    async def _versions_for(self, request: _Request) -> tuple[str, ...]:
+        """The tags' versions *before* the app runs: a write during the call leaves the entry stale."""
+        try:
+            return (await self.cache.get(request.entry_key, request.tags)).versions
+        except BackendError:
+            return ("?",) * len(request.tags)  # never equal to a real version: not reusable
+
+    async def _send_entry(
+        self,
+        send: Send,
+        request: _Request,
+        entry: CachedResponse,
+        *,
+        hit: bool,
+    ) -> None:
+        """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag."""
+        headers: RawHeaders
+        if (
+            request.if_none_match is not None
+            and 200 <= entry.status < 300
+            and etag_matches(request.if_none_match, entry.etag)
+        ):
+            headers = [(k, v) for k, v in entry.headers if k in NOT_MODIFIED_HEADERS]
+            headers.append((b"etag", entry.etag))
+            status = 304
+            body = b""
+        else:
+            headers = list(entry.headers)
+            headers.append((b"etag", entry.etag))
+            headers.append((b"content-length", str(len(entry.body)).encode()))
+            status = entry.status
+            body = b"" if request.head else entry.body
+        headers.append((b"x-cache", b"HIT" if hit else b"MISS"))
+        if hit:
+            headers.append((b"age", str(_age(entry)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _age(entry: CachedResponse) -> int:
+    return max(0, int(time.time() - entry.stored_at))
+
+
+__all__ = ["NOT_CACHED", "CacheMiddleware", "CacheRule", "header_user_key"]

@@ -1,0 +1,216 @@
+"""The CacheStore contract, run against every backend, and the memory store's bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prodkit import ConfigurationError, MissingDependencyError
+from prodkit.cache import CacheStore, Lookup, MemoryCacheStore, RedisCacheStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``("memory", "")`` or ``(redis_url, redis_prefix)`` (resolved outside the event loop)."""
+    if request.param == "memory":
+        return ("memory", "")
+    return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+
+
+@pytest.fixture
+async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
+    made: CacheStore
+    if backend[0] == "memory":
+        made = MemoryCacheStore()
+    else:
+        made = RedisCacheStore(backend[0], prefix=backend[1])
+    yield made
+    await made.aclose()
+
+
+def key() -> str:
+    return "e:" + uuid.uuid4().hex
+
+
+async def test_is_a_cache_store(store: CacheStore) -> None:
+    assert isinstance(store, CacheStore)
+
+
+async def test_set_then_get(store: CacheStore) -> None:
+    k = key()
+    assert await store.get(k) == Lookup(None, ())
+    await store.set(k, b"\x00value\xff", 60)
+    assert await store.get(k) == Lookup(b"\x00value\xff", ())
+    await store.set(k, b"replaced", 60)
+    assert (await store.get(k)).value == b"replaced"
+
+
+async def test_values_expire(store: CacheStore) -> None:
+    k = key()
+    await store.set(k, b"v", 0.05)
+    await asyncio.sleep(0.15)  # expiry is time passing; nothing to await instead
+    assert (await store.get(k)).value is None
+
+
+async def test_get_returns_tag_versions_and_bump_changes_them(store: CacheStore) -> None:
+    k, t1, t2 = key(), "t:" + uuid.uuid4().hex, "t:" + uuid.uuid4().hex
+    await store.set(k, b"v", 60)
+    assert await store.get(k, tags=[t1, t2]) == Lookup(b"v", ("", ""))
+    await store.bump([t1], 60)
+    first = await store.get(k, tags=[t1, t2])
+    assert first.value == b"v"
+    assert first.versions[0] != ""
+    assert first.versions[1] == ""
+    seen = {first.versions[0]}
+    for _ in range(20):
+        await store.bump([t1, t2], 60)
+        versions = (await store.get(k, tags=[t1, t2])).versions
+        assert versions[0] not in seen  # never repeats
+        seen.add(versions[0])
+
+
+async def test_claim_is_exclusive_and_release_needs_the_token(store: CacheStore) -> None:
+    lock = "l:" + uuid.uuid4().hex
+    assert await store.claim(lock, "a", 10)
+    assert not await store.claim(lock, "b", 10)
+    assert not await store.release(lock, "b")
+    assert not await store.claim(lock, "b", 10)
+    assert await store.release(lock, "a")
+    assert not await store.release(lock, "a")
+    assert await store.claim(lock, "b", 10)
+
+
+async def test_complete_stores_and_releases_only_its_own_lease(store: CacheStore) -> None:
+    lock, a, b = "l:" + uuid.uuid4().hex, key(), key()
+    assert await store.claim(lock, "mine", 10)
+    await store.complete([(a, b"1"), (b, b"2")], 60, lock, "mine")
+    assert (await store.get(a)).value == b"1"
+    assert (await store.get(b)).value == b"2"
+    assert await store.claim(lock, "theirs", 10)  # released
+    await store.complete([(a, b"3")], 60, lock, "mine")  # no longer ours: stays held
+    assert (await store.get(a)).value == b"3"
+    assert not await store.claim(lock, "third", 10)
+
+
+async def test_a_lease_runs_out(store: CacheStore) -> None:
+    lock = "l:" + uuid.uuid4().hex
+    assert await store.claim(lock, "a", 0.05)
+    await asyncio.sleep(0.15)
+    assert await store.claim(lock, "b", 10)
+    assert not await store.release(lock, "a")  # the old holder cannot drop the new lease
+
+
+# -- memory store bounds -----------------------------------------------------------------
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("set"),
+            st.integers(0, 40),
+            st.binary(max_size=300),
+            st.floats(min_value=0.01, max_value=100),
+        ),
+        st.tuples(st.just("get"), st.integers(0, 40), st.just(b""), st.just(0.0)),
+        st.tuples(st.just("tick"), st.just(0), st.just(b""), st.floats(0, 50)),
+        st.tuples(st.just("bump"), st.integers(0, 40), st.just(b""), st.just(0.0)),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=operations,
+    max_entries=st.integers(1, 10),
+    max_bytes=st.integers(1, 2000),
+    max_tags=st.integers(1, 5),
+)
+def test_memory_store_never_exceeds_its_bounds(
+    ops: list[tuple[str, int, bytes, float]], max_entries: int, max_bytes: int, max_tags: int
+) -> None:
+    clock = FakeClock()
+    store = MemoryCacheStore(
+        max_entries=max_entries, max_bytes=max_bytes, max_tags=max_tags, clock=clock
+    )
+    model: dict[str, bytes] = {}
+
+    async def run() -> None:
+        for op, index, value, number in ops:
+            k = f"e:{index}"
+            if op == "set":
+                await store.set(k, value, number)
+                model[k] = value
+            elif op == "get":
+                found = (await store.get(k)).value
+                # a value may be evicted or expired, but never be another value
+                assert found is None or found == model.get(k)
+            elif op == "tick":
+                clock.now += number
+            else:
+                await store.bump([f"t:{index}"], 10)
+            assert len(store) <= max_entries
+            assert store.size_bytes <= max_bytes
+            assert len(store._tags) <= max_tags
+
+    asyncio.run(run())
+
+
+async def test_memory_store_evicts_least_recently_used() -> None:
+    store = MemoryCacheStore(max_entries=2)
+    await store.set("a", b"1", 60)
+    await store.set("b", b"2", 60)
+    await store.get("a")
+    await store.set("c", b"3", 60)
+    assert (await store.get("a")).value == b"1"
+    assert (await store.get("b")).value is None
+
+
+async def test_memory_store_skips_values_larger_than_its_byte_budget() -> None:
+    store = MemoryCacheStore(max_bytes=1000)
+    await store.set("big", b"x" * 2000, 60)
+    assert (await store.get("big")).value is None
+    assert store.size_bytes == 0
+
+
+async def test_forgetting_a_tag_version_forgets_the_entries_too() -> None:
+    store = MemoryCacheStore(max_tags=1)
+    await store.set("e", b"v", 60)
+    await store.bump(["t:a"], 60)
+    stamped = (await store.get("e", tags=["t:a"])).versions
+    await store.bump(["t:b"], 60)  # pushes t:a out
+    assert await store.get("e", tags=["t:a"]) == Lookup(None, ("",))
+    assert stamped != ("",)
+
+
+@pytest.mark.parametrize("bound", ["max_entries", "max_bytes", "max_tags"])
+def test_memory_store_rejects_bad_bounds(bound: str) -> None:
+    with pytest.raises(ConfigurationError, match=bound):
+        MemoryCacheStore(**{bound: 0})  # type: ignore[arg-type]
+
+
+def test_redis_store_needs_a_url_or_client() -> None:
+    with pytest.raises(ConfigurationError, match="url"):
+        RedisCacheStore()
+
+
+def test_redis_store_names_the_extra_when_redis_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(MissingDependencyError, match=r"prodkit\[redis\]"):
+        RedisCacheStore("redis://127.0.0.1:1/0")
