@@ -21,6 +21,7 @@ from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
 from prodkit import (
     ASGIApp,
+    CacheRule,
     FieldError,
     Message,
     Problem,
@@ -31,6 +32,7 @@ from prodkit import (
     caller_from_header,
     encode_problem,
     get_header,
+    header_user_key,
     problem_dict,
 )
 from prodkit.settings import StackSettings as Settings
@@ -297,6 +299,14 @@ def create_app(
         settings,
         registry=registry,
         caller=caller_from_header("X-User-Id"),
+        # Per caller; a PATCH or DELETE of a fund invalidates the fund and its projection.
+        cache_routes={
+            "/api/funds/{fund_id}": CacheRule(ttl=60, per_user=True, tags=["fund:{fund_id}"]),
+            "/api/funds/{fund_id}/projection": CacheRule(
+                ttl=300, per_user=True, tags=["fund:{fund_id}"]
+            ),
+        },
+        cache_user_key=header_user_key("X-User-Id"),
         idempotency_routes=["/api/funds", "/api/funds/{fund_id}"],
         idempotency_stored_headers=["X-Model-Version"],
         cors_allow_headers=["X-User-Id"],

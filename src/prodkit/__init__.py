@@ -38,6 +38,16 @@ from prodkit._routing import (
 )
 from prodkit._send import ResponseObserver, read_body, replay_receive
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.cache import (
+    CachedResponse,
+    CacheMiddleware,
+    CacheRule,
+    CacheStore,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
+    header_user_key,
+)
 from prodkit.errors import (
     BackendError,
     BackendUnavailableError,
@@ -99,6 +109,7 @@ from prodkit.ratelimit.redis import RedisRateLimitStore
 from prodkit.resilience import BreakerState, CircuitBreaker
 from prodkit.settings import StackSettings
 from prodkit.shutdown import InFlight, ShutdownCoordinator, ShutdownState
+from prodkit.stack import Stack, recommended_stack
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -111,6 +122,10 @@ __all__ = [
     "BreakerState",
     "BusinessMetrics",
     "CORSMiddleware",
+    "CacheMiddleware",
+    "CacheRule",
+    "CacheStore",
+    "CachedResponse",
     "CheckResult",
     "CircuitBreaker",
     "Claim",
@@ -128,6 +143,7 @@ __all__ = [
     "IdempotencyStore",
     "InFlight",
     "LifespanMiddleware",
+    "MemoryCacheStore",
     "MemoryIdempotencyStore",
     "MemoryRateLimitStore",
     "Message",
@@ -145,9 +161,11 @@ __all__ = [
     "RateLimitStore",
     "Receive",
     "Redactor",
+    "RedisCacheStore",
     "RedisIdempotencyStore",
     "RedisRateLimitStore",
     "RequestIdMiddleware",
+    "ResponseCache",
     "ResponseObserver",
     "RouteResolver",
     "RouteTable",
@@ -156,6 +174,7 @@ __all__ = [
     "Send",
     "ShutdownCoordinator",
     "ShutdownState",
+    "Stack",
     "StackSettings",
     "StoredResponse",
     "__version__",
@@ -174,6 +193,7 @@ __all__ = [
     "get_parent_span_id",
     "get_request_id",
     "get_trace_id",
+    "header_user_key",
     "is_valid_request_id",
     "mark_process_dead",
     "message_headers",
@@ -185,6 +205,7 @@ __all__ = [
     "problem_dict",
     "problem_type",
     "read_body",
+    "recommended_stack",
     "redis_check",
     "remove_dead_process_files",
     "remove_header",

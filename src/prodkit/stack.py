@@ -12,7 +12,7 @@ Outermost first, and why (see the design notes):
    shedding and rate limiting, so they are never throttled;
 9. concurrency limit, 10. rate limit;
 11. idempotency — outside the cache;
-12. response cache — safe methods only;
+12. response cache — safe methods only (when ``cache_routes`` are given);
 13. the app.
 """
 
@@ -25,6 +25,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from prodkit._types import ASGIApp, Receive, Scope, Send
+from prodkit.cache import (
+    CacheMiddleware,
+    CacheRule,
+    CacheStore,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
+)
 from prodkit.errors import ConfigurationError
 from prodkit.health import HealthCheck, HealthMiddleware, redis_check
 from prodkit.idempotency import (
@@ -73,6 +81,7 @@ class Stack:
     health: HealthMiddleware
     idempotency_store: IdempotencyStore
     rate_limit_store: RateLimitStore
+    cache: ResponseCache | None = None
     registry: CollectorRegistry | None = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -110,6 +119,8 @@ def recommended_stack(
     *,
     registry: CollectorRegistry | None = None,
     caller: Caller = caller_from_authorization,
+    cache_routes: Mapping[str, CacheRule] | None = None,
+    cache_user_key: Callable[[Scope], str | None] | None = None,
     idempotency_routes: Iterable[str] | None = None,
     idempotency_stored_headers: Iterable[str] = (),
     rate_limit_routes: Mapping[str, Any] | None = None,
@@ -129,6 +140,8 @@ def recommended_stack(
         registry: the Prometheus registry for every metric (default: the global one).
         caller: who is calling, for idempotency key scoping (default: a digest of
             ``Authorization``); the example passes ``caller_from_header("X-User-Id")``.
+        cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
+        cache_user_key: the caller, for ``per_user`` cache rules.
         idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default all).
         idempotency_stored_headers: response headers replayed besides the default allow-list.
         rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
@@ -152,6 +165,15 @@ def recommended_stack(
     closers: list[Callable[[], Any]] = []
 
     wrapped = app if inner is None else inner(app)
+    cache: ResponseCache | None = None
+    if cache_routes:
+        cache_store: CacheStore = (
+            RedisCacheStore(settings.redis_url) if settings.redis_url else MemoryCacheStore()
+        )
+        cache = ResponseCache(cache_store, registry=registry)
+        wrapped = CacheMiddleware(
+            wrapped, routes=cache_routes, cache=cache, user_key=cache_user_key, registry=registry
+        )
     wrapped = IdempotencyMiddleware(
         wrapped,
         store=idempotency_store,
@@ -198,7 +220,10 @@ def recommended_stack(
 
     if isinstance(idempotency_store, PostgresIdempotencyStore):
         lifespan.add_hook(idempotency_store.ensure_schema, None)
-    for store in (idempotency_store, rate_limit_store):
+    stores: list[object] = [idempotency_store, rate_limit_store]
+    if cache is not None:
+        stores.append(cache.store)
+    for store in stores:
         close = getattr(store, "close", None) or getattr(store, "aclose", None)
         if close is not None:
             lifespan.add_hook(None, close)
@@ -218,6 +243,7 @@ def recommended_stack(
         health=health,
         idempotency_store=idempotency_store,
         rate_limit_store=rate_limit_store,
+        cache=cache,
         registry=registry,
         closers=closers,
     )

@@ -37,6 +37,8 @@ DEFAULT_EXPOSE_HEADERS = (
     "RateLimit-Policy",
     "X-Cache",
     "Age",
+    "ETag",
+    "Location",
 )
 DEFAULT_ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 DEFAULT_ALLOW_HEADERS = (
