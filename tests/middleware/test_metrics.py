@@ -554,3 +554,28 @@ async def test_any_accept_header_gets_an_exposition(accept: str, encoding: str) 
         )
     assert response.status_code == 200
     assert "probe_total 1.0" in response.text
+
+
+async def test_exceptions_answered_by_an_inner_error_middleware_are_counted(
+    registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    # The recommended order puts ErrorMiddleware inside the metrics: the 500 and the
+    # exception type must still be recorded.
+    from prodkit import ErrorMiddleware, PrometheusMiddleware
+
+    app = PrometheusMiddleware(ErrorMiddleware(build_app("starlette")), registry=registry)
+    response = await make_client(app).get("/boom")
+    assert response.status_code == 500
+    assert (
+        registry.get_sample_value(
+            "http_exceptions_total", {"route": "/boom", "exception_type": "RuntimeError"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "http_request_duration_seconds_count",
+            {"method": "GET", "route": "/boom", "status_code": "500"},
+        )
+        == 1
+    )

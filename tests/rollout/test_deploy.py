@@ -2,39 +2,40 @@
 
 :data:`METRICS_USED` is the one list of metric names (and labels) that
 ``deploy/grafana/prodkit.json`` and ``deploy/prometheus/alerts.yml`` rely on. The tests check
-that every query names only metrics in it, and that a real scrape of an app built from prodkit's
-middlewares exports every one of them with those labels. Middlewares that are not on ``main``
-yet are stood in for by collectors registered here under the documented names (see
-:func:`build_app`); swap in the real ones as they land and this test checks them instead.
+that every query names only metrics in it, and that a real scrape of an app built with
+:func:`prodkit.recommended_stack` (wired like the example, see :func:`build_app`) exports every
+one of them with those labels.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from prodkit import ASGIApp, Message, Receive, Scope, Send
-from prodkit._metrics import counter, gauge, histogram
-from prodkit._routing import remember_root_path, route_template
-from prodkit.errors import BackendError
-from prodkit.middleware.errors import ErrorMiddleware
-from prodkit.middleware.request_id import RequestIdMiddleware
-from prodkit.resilience import CircuitBreaker
+from prodkit import (
+    ASGIApp,
+    CacheRule,
+    StackSettings,
+    caller_from_header,
+    header_user_key,
+    recommended_stack,
+)
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,143 +206,59 @@ def test_every_query_uses_only_labels_those_metrics_have() -> None:
 # -- a real scrape --------------------------------------------------------------------------
 
 
-class StandInMetrics:
-    """Stand-in for prodkit's metrics middleware (being built): the documented HTTP metrics."""
-
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
-        labels = ["method", "route"]
-        self.duration = histogram(
-            "http_request_duration_seconds",
-            "Duration.",
-            [*labels, "status_code"],
-            registry=registry,
-        )
-        self.in_flight = gauge(
-            "http_requests_in_flight", "In flight.", ["method"], registry=registry
-        )
-        self.request_size = histogram(
-            "http_request_size_bytes", "Sizes.", labels, registry=registry
-        )
-        self.response_size = histogram(
-            "http_response_size_bytes", "Size.", labels, registry=registry
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        remember_root_path(scope)
-        status, size, start = 500, 0, time.perf_counter()
-
-        async def observed(message: Message) -> None:
-            nonlocal status, size
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
-            await send(message)
-
-        in_flight = self.in_flight.labels(scope["method"])
-        in_flight.inc()
-        try:
-            await self.app(scope, receive, observed)
-        finally:
-            in_flight.dec()
-            route = route_template(scope)
-            self.duration.labels(scope["method"], route, str(status)).observe(
-                time.perf_counter() - start
-            )
-            self.request_size.labels(scope["method"], route).observe(0)
-            self.response_size.labels(scope["method"], route).observe(size)
-
-
-class StandInExceptionCounter:
-    """Stand-in: count exceptions by route and type (inside the error middleware)."""
-
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
-        self.total = counter(
-            "http_exceptions_total", "Exceptions.", ["route", "exception_type"], registry=registry
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except Exception as exc:
-            self.total.labels(route_template(scope), type(exc).__name__).inc()
-            raise
-
-
-def build_app(registry: CollectorRegistry) -> ASGIApp:
-    """An app wired like the example: real RequestId, Errors and CircuitBreaker, stand-ins else."""
-    breaker = CircuitBreaker("redis-cache", failure_threshold=1, registry=registry)
-    # Stand-ins for the idempotency, cache, rate-limit and shedding middlewares' own counters.
-    idempotency = counter(
-        "prodkit_idempotency_requests_total", "Idempotency.", ["outcome"], registry=registry
-    )
-    cache = counter(
-        "prodkit_cache_requests_total", "Cache.", ["route", "outcome"], registry=registry
-    )
-    limits = counter(
-        "prodkit_rate_limit_decisions_total", "Limits.", ["policy", "decision"], registry=registry
-    )
-    shed = counter(
-        "prodkit_capacity_rejections_total", "Shedding.", ["endpoint"], registry=registry
-    )
-    creations = counter(
-        "fund_creations_total",
-        "Funds created.",
-        ["status", "idempotency_status", "model_version"],
-        registry=registry,
-    )
+def build_app(registry: CollectorRegistry, redis_url: str) -> ASGIApp:
+    """The example's wiring on a small app: the real recommended stack, Redis-backed, plus
+    the example's ``fund_creations_total``; ``/boom`` raises and ``/slow`` holds a slot."""
+    from examples.funds.app import FundCreationMetrics
 
     async def get_fund(request: Request) -> Response:
-        async def failing() -> None:
-            raise ConnectionError("redis down")
-
-        try:
-            await breaker.call(failing)
-        except BackendError:
-            cache.labels("/api/funds/{fund_id}", "error").inc()
-        cache.labels("/api/funds/{fund_id}", "miss").inc()
-        limits.labels("default", "allowed").inc()
         return JSONResponse({"id": request.path_params["fund_id"]})
 
     async def create_fund(request: Request) -> Response:
-        idempotency.labels("created").inc()
-        creations.labels("created", "created", "v1").inc()
-        shed.labels("/api/funds").inc(0)
-        return JSONResponse({"id": "f1"}, status_code=201)
+        return JSONResponse({"id": "f1"}, status_code=201, headers={"X-Model-Version": "v1"})
 
     async def boom(request: Request) -> Response:
         raise RuntimeError("boom")
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.3)
+        return JSONResponse({})
 
     router = Starlette(
         routes=[
             Route("/api/funds/{fund_id}", get_fund),
             Route("/api/funds", create_fund, methods=["POST"]),
             Route("/boom", boom),
-            Route("/metrics", metrics),
+            Route("/slow", slow),
         ]
     )
-    inner = StandInExceptionCounter(router, registry)
-    return RequestIdMiddleware(StandInMetrics(ErrorMiddleware(inner), registry))
+    stack = recommended_stack(
+        router,
+        StackSettings(redis_url=redis_url, rate_limit="1000/second", max_concurrency=1),
+        registry=registry,
+        caller=caller_from_header("X-User-Id"),
+        cache_routes={"/api/funds/{fund_id}": CacheRule(ttl=5, per_user=True)},
+        cache_user_key=header_user_key("X-User-Id"),
+        configure_logs=False,
+    )
+    return FundCreationMetrics(stack, registry=registry)
 
 
 async def test_a_real_scrape_exports_every_metric_the_dashboard_and_alerts_use(
-    registry: CollectorRegistry,
+    registry: CollectorRegistry, redis_url: str
 ) -> None:
-    app = build_app(registry)
+    app = build_app(registry, redis_url)
+    user = {"X-User-Id": f"deploy-{uuid.uuid4().hex[:8]}"}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        assert (await client.get("/api/funds/42")).status_code == 200
-        assert (await client.post("/api/funds", json={})).status_code == 201
+        assert (await client.get("/api/funds/42", headers=user)).status_code == 200
+        created = await client.post(
+            "/api/funds", json={}, headers={**user, "Idempotency-Key": uuid.uuid4().hex}
+        )
+        assert created.status_code == 201
         assert (await client.get("/boom")).status_code == 500
-        await client.get("/metrics")
+        shed = await asyncio.gather(client.get("/slow"), client.get("/slow"))
+        assert sorted(r.status_code for r in shed) == [200, 503]  # max_concurrency=1
         page = await client.get("/metrics")
 
     exported: dict[str, set[str]] = {}

@@ -17,6 +17,7 @@ from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.logging import Redactor, get_logger, restore_contextvars, snapshot_contextvars
 from prodkit.middleware._observe import CLIENT_CLOSED_REQUEST, PathFilter, resolve_route
+from prodkit.middleware.errors import EXCEPTION_SCOPE_KEY
 
 #: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
 _peer_text = lru_cache(maxsize=4096)(normalize_ip)
@@ -146,6 +147,9 @@ class AccessLogMiddleware:
             error = exc
             raise
         finally:
+            if error is None:
+                # An ErrorMiddleware inside answered the exception with a 500 problem.
+                error = scope.get(EXCEPTION_SCOPE_KEY)
             try:
                 self._log(scope, observer, start, disconnected, error)
             finally:

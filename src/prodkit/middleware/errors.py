@@ -12,6 +12,9 @@ from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
+#: Scope key where the exception this middleware handled is left for outer middlewares (the
+#: metrics and access log sit outside it and would otherwise never see it).
+EXCEPTION_SCOPE_KEY = "prodkit.exception"
 
 _PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
 
@@ -98,6 +101,7 @@ class ErrorMiddleware:
             await problem.send(send)
             return
         except Exception as exc:
+            scope[EXCEPTION_SCOPE_KEY] = exc
             self.logger.exception(
                 "unhandled exception",
                 method=scope.get("method"),
@@ -126,4 +130,4 @@ class ErrorMiddleware:
         )
 
 
-__all__ = ["INTERNAL_ERROR", "ErrorMiddleware"]
+__all__ = ["EXCEPTION_SCOPE_KEY", "INTERNAL_ERROR", "ErrorMiddleware"]

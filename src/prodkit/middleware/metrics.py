@@ -30,6 +30,7 @@ from prodkit.middleware._observe import (
     PathFilter,
     resolve_route,
 )
+from prodkit.middleware.errors import EXCEPTION_SCOPE_KEY
 
 #: Duration buckets in seconds (prometheus-client's defaults, 5 ms to 10 s).
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -194,6 +195,9 @@ class PrometheusMiddleware:
             raise
         finally:
             in_flight.dec()
+            if error is None:
+                # An ErrorMiddleware inside answered the exception with a 500 problem.
+                error = scope.get(EXCEPTION_SCOPE_KEY)
             self._record(scope, method, start, observer, received, disconnected, error)
 
     def _record(

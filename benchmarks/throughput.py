@@ -1,0 +1,219 @@
+"""Throughput over real sockets: wrk against uvicorn (one worker, uvloop, httptools).
+
+    python -m benchmarks.throughput [--seconds 10] [--connections 50] [--skip-postgres]
+
+Cases: a bare Starlette endpoint; the same endpoint inside the whole recommended stack
+(in-memory stores, one JSON log line per request to /dev/null), uncached and cached; the funds
+example's cached ``GET /api/funds/{id}`` on memory and on PostgreSQL + Redis, and its uncached
+listing on PostgreSQL. Loopback only; each run is bounded by ``--seconds``. Needs ``wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.servers import free_port, run_server
+
+DATABASE_URL = os.environ.get(
+    "PRODKIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FUND = {
+    "name": "Bench Fund",
+    "size": 1_000_000,
+    "stages": [{"name": "seed", "months": 18, "graduate": 0.4, "exit": 0.1}],
+}
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class Figures:
+    """One wrk run."""
+
+    case: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+def _ms(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not found:
+        raise ValueError(text)
+    return float(found.group(1)) * UNITS[found.group(2)]
+
+
+def run_wrk(
+    url: str, seconds: int, connections: int, headers: dict[str, str]
+) -> tuple[float, float, float, int]:
+    args = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, p50, p99, int(bad.group(1)) if bad else 0
+
+
+def _post_fund(base_url: str, user: str) -> str:
+    request = urllib.request.Request(  # noqa: S310 - loopback URL built above
+        f"{base_url}/api/funds",
+        data=json.dumps(FUND).encode(),
+        headers={"Content-Type": "application/json", "X-User-Id": user},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return str(json.load(response)["id"])
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(DATABASE_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def measure(
+    case: str,
+    args: list[str],
+    path: str | None,
+    seconds: int,
+    connections: int,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    example_path: str | None = None,
+) -> Figures:
+    port = free_port()
+    env = {"LOG_LEVEL": "WARNING", **(env or {})}
+    with run_server([*args, "--port", str(port)], port=port, tmp_path=tmp, env=env) as server:
+        headers = {"X-User-Id": "bench-user"}
+        if example_path is not None:
+            fund_id = _post_fund(server.base_url, "bench-user")
+            path = example_path.format(fund_id=fund_id)
+        assert path is not None
+        run_wrk(server.base_url + path, 2, connections, headers)  # warm-up
+        rps, p50, p99, bad = run_wrk(server.base_url + path, seconds, connections, headers)
+    return Figures(case, rps, p50, p99, bad)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    uvicorn = [
+        "uvicorn",
+        "--factory",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="prodkit-throughput-"))
+    results = [
+        measure(
+            "bare Starlette",
+            [*uvicorn, "benchmarks.apps:bare"],
+            "/items/42",
+            args.seconds,
+            args.connections,
+            tmp,
+        ),
+        measure(
+            "full stack (memory)",
+            [*uvicorn, "benchmarks.apps:full_stack"],
+            "/items/42",
+            args.seconds,
+            args.connections,
+            tmp,
+        ),
+        measure(
+            "full stack (memory), cached",
+            [*uvicorn, "benchmarks.apps:full_stack"],
+            "/items/42",
+            args.seconds,
+            args.connections,
+            tmp,
+            env={"BENCH_CACHE": "1"},
+        ),
+        measure(
+            "example GET /api/funds/{id} (memory)",
+            ["examples.funds"],
+            None,
+            args.seconds,
+            args.connections,
+            tmp,
+            env={"RATE_LIMIT": "1000000/second"},
+            example_path="/api/funds/{fund_id}",
+        ),
+    ]
+    if not args.skip_postgres:
+        database = f"prodkit_bench_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+        env = {
+            "DATABASE_URL": f"{DATABASE_URL.rpartition('/')[0]}/{database}",
+            "REDIS_URL": REDIS_URL,
+            "RATE_LIMIT": "1000000/second",
+        }
+        try:
+            for label, path in (
+                ("GET /api/funds/{id}, cached", "/api/funds/{fund_id}"),
+                ("GET /api/funds (list)", "/api/funds"),
+            ):
+                results.append(
+                    measure(
+                        f"example {label} (Postgres + Redis)",
+                        ["examples.funds"],
+                        None,
+                        args.seconds,
+                        args.connections,
+                        tmp,
+                        env=env,
+                        example_path=path,
+                    )
+                )
+        finally:
+            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    bare = results[0].rps
+    print(
+        f"wrk -t2 -c{args.connections} -d{args.seconds}s, one uvicorn worker (uvloop, httptools)\n"
+    )
+    print("| case | req/s | vs bare | p50 ms | p99 ms | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r.case} | {r.rps:,.0f} | {r.rps / bare:.0%} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
