@@ -719,3 +719,61 @@ def test_fingerprint_ignores_json_key_order_and_spacing(document: dict[str, Any]
     assert request_fingerprint(scope, compact) != request_fingerprint(
         {**scope, "path": "/b"}, compact
     )
+
+
+class CompletionFailingStore(MemoryIdempotencyStore):
+    """A memory store whose ``complete`` fails while ``failing`` is set: a store that went
+    down between the claim and the record (found by the load test's spike on PostgreSQL)."""
+
+    failing = True
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        if self.failing:
+            raise ConnectionResetError("store went away")
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_record_that_cannot_be_written_keeps_the_key_claimed(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = CompletionFailingStore()
+    breaker = CircuitBreaker("idem", failure_threshold=1, registry=CollectorRegistry())
+    middleware, _ = wrap(app, store=store, breaker=breaker)
+    client = make_client(middleware)
+    with structlog.testing.capture_logs() as logs:
+        first = await post(client)
+    assert first.status_code == 201  # the handler ran: its client gets its answer
+    assert first.headers["idempotency-stored"] == "false"
+    assert any("not recorded" in entry["event"] for entry in logs)
+    # An immediate retry must not run the handler a second time.
+    retry = await post(client)
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    assert len(app.calls) == 1
+
+
+async def test_recording_is_tried_even_while_the_breaker_is_open(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = CompletionFailingStore()
+    store.failing = False
+    breaker = CircuitBreaker("idem", failure_threshold=1, registry=CollectorRegistry())
+    middleware, _ = wrap(app, store=store, breaker=breaker)
+    client = make_client(middleware)
+
+    async def open_breaker_during_the_handler(scope: Scope, receive: Receive, send: Send) -> None:
+        breaker.record_failure()  # another request saw the store fail meanwhile
+        await app(scope, receive, send)
+
+    middleware.app = open_breaker_during_the_handler
+    first = await post(client)
+    assert first.status_code == 201
+    assert "idempotency-stored" not in first.headers  # recorded despite the open breaker
+    middleware.app = app
+    replay = await post(client)  # the breaker is open, so the claim fails closed (503) ...
+    assert replay.status_code in (201, 503)
+    if replay.status_code == 201:
+        assert replay.headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 1

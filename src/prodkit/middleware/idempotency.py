@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -76,6 +76,8 @@ _NEVER_STORED = frozenset(
 
 _STATUS = b"idempotency-status"
 _STORED = b"idempotency-stored"
+#: Seconds one attempt to record a response may take (the breaker's timeout does not apply).
+COMPLETE_TIMEOUT = 5.0
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"\Z')
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~:/-]+\Z")
 _PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
@@ -482,6 +484,7 @@ class IdempotencyMiddleware:
         held_size = 0
         streaming = False  # the response goes straight through (not recorded)
         recorded = False
+        hold_claim = False
         limit = self.max_response_size
 
         async def flush(reason: str | None) -> None:
@@ -501,7 +504,7 @@ class IdempotencyMiddleware:
                 await send(message)
 
         async def capture(message: Message) -> None:
-            nonlocal held_size, recorded
+            nonlocal held_size, recorded, hold_claim
             if streaming:
                 await send(message)
                 return
@@ -538,7 +541,11 @@ class IdempotencyMiddleware:
             if _is_prodkit_problem(start, response_body):
                 await flush("prodkit problem responses are not recorded")
                 return
-            recorded = await self._complete(store_key, owner, start, response_body)
+            outcome = await self._complete(store_key, owner, start, response_body)
+            recorded = outcome == "stored"
+            # The handler's effects happened: a record that could not be written keeps the key
+            # claimed (until the lease expires) rather than letting a retry run it again.
+            hold_claim = outcome == "failed"
             await flush(None if recorded else "the record could not be written")
 
         scope[SCOPE_KEY] = "created"
@@ -551,7 +558,7 @@ class IdempotencyMiddleware:
             if held:  # the app ended without finishing its response
                 with contextlib.suppress(Exception):
                     await flush("incomplete response")
-            if not recorded:
+            if not recorded and not hold_claim:
                 # Shielded so that a cancelled request still frees its key for the retry.
                 await asyncio.shield(self._release(store_key, owner))
 
@@ -564,24 +571,37 @@ class IdempotencyMiddleware:
             return "informational responses are not recorded"
         return None
 
-    async def _complete(self, store_key: str, owner: str, start: Message, body: bytes) -> bool:
+    async def _complete(
+        self, store_key: str, owner: str, start: Message, body: bytes
+    ) -> Literal["stored", "lost", "failed"]:
+        """Record the response. The handler has run, so this is not skipped for an open
+        breaker (which only protects new claims): it is tried once more after a failure."""
         headers = tuple(
             (name, value) for name, value in message_headers(start) if name in self._stored_headers
         )
         response = StoredResponse(int(start["status"]), headers, body)
-        try:
-            stored = await self._guarded(
-                lambda: self.store.complete(store_key, owner, response, ttl=self.ttl)
-            )
-        except BackendError as exc:
-            self.logger.error("idempotent response not recorded", error=str(exc))
-            return False
+        stored = False
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(COMPLETE_TIMEOUT):
+                    stored = await self.store.complete(store_key, owner, response, ttl=self.ttl)
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    self.logger.error(
+                        "idempotent response not recorded; the key stays claimed until its lease "
+                        "expires, so a retry cannot run the handler again meanwhile",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return "failed"
+                await asyncio.sleep(0.05)
         if not stored:
             self.logger.warning(
                 "idempotency claim lost before completion",
                 detail="the handler outlived its lease and another request took the key over",
             )
-        return stored
+            return "lost"
+        return "stored"
 
 
 def _is_prodkit_problem(start: Message, body: bytes) -> bool:
