@@ -33,6 +33,15 @@ _FULL = 2  # starlette.routing.Match.FULL, compared by value to stay import-free
 _PARTIAL = 1
 
 
+def set_route_template(scope: Scope, template: str) -> None:
+    """Name the route of a request that a middleware answers itself (``/readyz``, ``/metrics``).
+
+    Uses the scope key Litestar sets, which :func:`route_template` reads first, so metrics and
+    logs label such requests with their path rather than :data:`UNMATCHED_ROUTE`.
+    """
+    scope["path_template"] = template
+
+
 def remember_root_path(scope: Scope) -> None:
     """Record the scope's ``root_path`` before the app runs (routers extend it as they mount)."""
     scope.setdefault(_ORIGINAL_ROOT_PATH, scope.get("root_path", ""))
@@ -226,4 +235,5 @@ __all__ = [
     "remember_root_path",
     "route_template",
     "route_template_before",
+    "set_route_template",
 ]

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from prodkit._headers import scope_header
 from prodkit._metrics import DEFAULT_PREFIX, gauge, histogram
+from prodkit._routing import set_route_template
 from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.shutdown import ShutdownCoordinator
@@ -261,6 +262,7 @@ class HealthMiddleware:
         if name is None:
             await self.app(scope, receive, send)
             return
+        set_route_template(scope, scope["path"])
         if name == "livez":
             status, body = 200, {"status": "pass"}
         elif name == "readyz":

@@ -369,3 +369,25 @@ async def test_readiness_follows_a_real_postgres(
     finally:
         await proxy.stop()
         pool.terminate()
+
+
+async def test_probes_are_labelled_with_their_path_in_metrics(make_client: ClientFactory) -> None:
+    # The SLO alerts exclude probes by route (route!~"/livez|/readyz|..."): a probe must never
+    # be labelled __unmatched__ like a 404.
+    from prometheus_client import CollectorRegistry
+
+    from prodkit import HealthMiddleware, PrometheusMiddleware
+    from tests.apps import build_app
+
+    registry = CollectorRegistry()
+    app = PrometheusMiddleware(HealthMiddleware(build_app("starlette")), registry=registry)
+    client = make_client(app)
+    for path in ("/livez", "/readyz"):
+        assert (await client.get(path)).status_code == 200
+        assert (
+            registry.get_sample_value(
+                "http_request_duration_seconds_count",
+                {"method": "GET", "route": path, "status_code": "200"},
+            )
+            == 1
+        )

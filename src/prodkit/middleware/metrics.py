@@ -19,7 +19,7 @@ from prodkit._client import ClientAddressResolver
 from prodkit._headers import get_list_header, scope_header
 from prodkit._metrics import M, counter, gauge, get_metric, histogram
 from prodkit._problem import send_problem
-from prodkit._routing import RouteResolver, remember_root_path
+from prodkit._routing import RouteResolver, remember_root_path, set_route_template
 from prodkit._send import ResponseObserver
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
@@ -435,6 +435,7 @@ class MetricsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.path:
+            set_route_template(scope, self.path)
             await self.metrics_app(scope, receive, send)
             return
         await self.app(scope, receive, send)
