@@ -31,6 +31,7 @@ from starlette.routing import Route
 from prodkit import (
     ASGIApp,
     CacheRule,
+    Stack,
     StackSettings,
     caller_from_header,
     header_user_key,
@@ -206,7 +207,7 @@ def test_every_query_uses_only_labels_those_metrics_have() -> None:
 # -- a real scrape --------------------------------------------------------------------------
 
 
-def build_app(registry: CollectorRegistry, redis_url: str) -> ASGIApp:
+def build_app(registry: CollectorRegistry, redis_url: str) -> tuple[ASGIApp, Stack]:
     """The example's wiring on a small app: the real recommended stack, Redis-backed, plus
     the example's ``fund_creations_total``; ``/boom`` raises and ``/slow`` holds a slot."""
     from examples.funds.app import FundCreationMetrics
@@ -241,13 +242,13 @@ def build_app(registry: CollectorRegistry, redis_url: str) -> ASGIApp:
         cache_user_key=header_user_key("X-User-Id"),
         configure_logs=False,
     )
-    return FundCreationMetrics(stack, registry=registry)
+    return FundCreationMetrics(stack, registry=registry), stack
 
 
 async def test_a_real_scrape_exports_every_metric_the_dashboard_and_alerts_use(
     registry: CollectorRegistry, redis_url: str
 ) -> None:
-    app = build_app(registry, redis_url)
+    app, stack = build_app(registry, redis_url)
     user = {"X-User-Id": f"deploy-{uuid.uuid4().hex[:8]}"}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -260,6 +261,8 @@ async def test_a_real_scrape_exports_every_metric_the_dashboard_and_alerts_use(
         shed = await asyncio.gather(client.get("/slow"), client.get("/slow"))
         assert sorted(r.status_code for r in shed) == [200, 503]  # max_concurrency=1
         page = await client.get("/metrics")
+    for close in stack.closers:  # no lifespan ran here: close the Redis stores by hand
+        await close()
 
     exported: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(page.text):
