@@ -48,6 +48,7 @@ from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
 from prodkit.middleware.cors import DEFAULT_ALLOW_HEADERS, CORSMiddleware
 from prodkit.middleware.errors import ErrorMiddleware
 from prodkit.middleware.idempotency import (
+    DEFAULT_STORED_HEADERS,
     IdempotencyMiddleware,
     caller_from_authorization,
 )
@@ -179,6 +180,7 @@ def recommended_stack(
         store=idempotency_store,
         routes=idempotency_routes,
         caller=caller,
+        stored_headers=(*DEFAULT_STORED_HEADERS, *idempotency_stored_headers),
         registry=registry,
     )
     wrapped = RateLimitMiddleware(

@@ -288,3 +288,14 @@ async def test_integral_float_months_are_accepted(client: httpx.AsyncClient) -> 
     )
     assert response.status_code == 201
     assert response.json()["stages"][0]["months"] == 12
+
+
+async def test_replays_carry_the_model_version(client: httpx.AsyncClient) -> None:
+    headers = {**as_user("u7"), "Idempotency-Key": uuid.uuid4().hex}
+    first = await client.post("/api/funds", json=FUND, headers=headers)
+    replay = await client.post("/api/funds", json=FUND, headers=headers)
+    assert first.headers["idempotency-status"] == "created"
+    assert replay.headers["idempotency-status"] == "replayed"
+    assert replay.headers["x-model-version"] == first.headers["x-model-version"] == "stage-model-1"
+    metrics = (await client.get("/metrics")).text
+    assert 'idempotency_status="replayed",model_version="stage-model-1",status="201"' in metrics

@@ -538,3 +538,32 @@ async def test_lifespan_passes_through(registry: CollectorRegistry) -> None:
 
     await make_cache(app, registry)({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"]
+
+
+async def test_value_order_of_a_repeated_parameter_is_part_of_the_key(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    client = make_client(make_cache(CountingApp(), registry))
+    first = await client.get("/items/1?sort=name&sort=date")
+    second = await client.get("/items/1?sort=date&sort=name")
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "MISS")
+    assert second.json()["query"] == "sort=date&sort=name"
+
+
+async def test_a_read_after_a_write_never_joins_a_flight_that_started_before_it(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    app = CountingApp()
+    app.gate = asyncio.Event()
+    client = make_client(make_cache(app, registry))
+    held = app.gate
+    leader = asyncio.create_task(client.get("/funds/1", headers=USER))  # reads the old row
+    await app.started.wait()
+    app.gate = None  # later handler runs are not held back; the leader still waits on `held`
+    write = await client.patch("/funds/1", headers=USER)
+    assert write.status_code == 200
+    # Joining the leader's flight would wait for it and hand back the pre-write answer.
+    after = await asyncio.wait_for(client.get("/funds/1", headers=USER), 5)
+    assert after.json()["calls"] == 2  # its own handler run, after the write
+    held.set()
+    assert (await leader).status_code == 200

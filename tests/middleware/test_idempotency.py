@@ -777,3 +777,58 @@ async def test_recording_is_tried_even_while_the_breaker_is_open(
     if replay.status_code == 201:
         assert replay.headers["idempotency-status"] == "replayed"
     assert len(app.calls) == 1
+
+
+class SlowCompletionStore(MemoryIdempotencyStore):
+    """A store whose ``complete`` takes long enough for the request to be cancelled meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completing = asyncio.Event()
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        self.completing.set()
+        await asyncio.sleep(10)
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_request_cancelled_while_recording_keeps_the_key_claimed(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = SlowCompletionStore()
+    middleware, _ = wrap(app, store=store)
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/funds",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", KEY.encode()), (b"content-type", b"application/json")],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b'{"name":"A"}', "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    task = asyncio.create_task(middleware(scope, receive, send))
+    await store.completing.wait()
+    task.cancel()  # the client went away, or the shutdown deadline struck
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    retry = await post(make_client(middleware))
+    assert retry.status_code == 409  # not run again while the first one's lease holds
+    assert len(app.calls) == 1
+
+
+async def test_json_with_a_lone_surrogate_is_not_a_server_error(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    response = await post(
+        make_client(middleware),
+        content=b'{"name": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201
+    assert len(app.calls) == 1

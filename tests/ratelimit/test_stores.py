@@ -240,3 +240,13 @@ async def test_redis_store_takes_time_from_the_server_by_default(
 @pytest.fixture
 def backend_redis(redis_url: str, redis_prefix: str) -> tuple[str, str]:
     return redis_url, redis_prefix
+
+
+@pytest.mark.parametrize(("quota", "window"), [(7, 60), (3, 2), (6, 7), (1000, 1)])
+async def test_awkward_rates_still_grant_the_whole_quota_at_one_instant(
+    store: RateLimitStore, quota: int, window: int
+) -> None:
+    # Rounding of the stored arrival time once cost the last unit (7/minute allowed 6).
+    policy = RateLimitPolicy(quota, window)
+    granted = [(await store.consume("burst", policy)).allowed for _ in range(quota + 1)]
+    assert granted == [True] * quota + [False]

@@ -73,6 +73,8 @@ class ResponseCache:
                 "(get, set, complete, bump, claim, release, aclose)"
             )
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
+        #: Bumped by every invalidation in this process (see ``CacheMiddleware``'s flights).
+        self.generation = 0
         self.breaker: CircuitBreaker | None = breaker
         if breaker is None and not isinstance(self.store, MemoryCacheStore):
             self.breaker = CircuitBreaker(
@@ -134,6 +136,8 @@ class ResponseCache:
         keys = sorted({tag_key(tag) for tag in tags})
         if not keys:
             return True
+        # In-process single flights that started before this write must not be joined after it.
+        self.generation += 1
         try:
             await self._call(lambda: self.store.bump(keys, self.tag_ttl))
         except BackendError as exc:

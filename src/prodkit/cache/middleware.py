@@ -292,7 +292,8 @@ class CacheMiddleware:
         self._reads = RouteTable(reads)
         self._writes = [route for _, route in writes]
         self._write_table = RouteTable((t, None) for t, _ in writes)
-        self._flights: dict[str, asyncio.Future[_Shared | None]] = {}
+        # In-process single flights by key, with the cache generation each one started at.
+        self._flights: dict[str, tuple[asyncio.Future[_Shared | None], int]] = {}
         self._requests = counter(
             f"{cache.prefix if prefix is None else prefix}cache_requests_total",
             "Requests to cached routes, by route template and outcome "
@@ -402,7 +403,8 @@ class CacheMiddleware:
         # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
         query = scope.get("query_string", b"").decode("latin-1")
         pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
-        normalised = urlencode(sorted(pairs), encoding="latin-1")
+        # Sorted by name only: the order of one parameter's values can matter (getlist).
+        normalised = urlencode(sorted(pairs, key=lambda pair: pair[0]), encoding="latin-1")
         digest = hashlib.sha256()
         for part in (route.template, path, normalised, user if rule.per_user else None):
             raw = b"" if part is None else part.encode("utf-8", "surrogatepass")
@@ -446,7 +448,16 @@ class CacheMiddleware:
             await self._head(request, receive, send, max_age)
             return
 
-        flight = self._flights.get(request.base)
+        joined = self._flights.get(request.base)
+        flight = None
+        if joined is not None and joined[1] == self.cache.generation:
+            flight = joined[0]
+        elif joined is not None:
+            # A write invalidated entries since that flight started: its answer may predate
+            # the write, and this caller's read must see the write. Ask the app, don't store.
+            self._count(template, "miss")
+            await self.app(scope, receive, self._miss_send(send))
+            return
         if flight is not None:
             try:
                 shared = await asyncio.wait_for(asyncio.shield(flight), self.lock_lease)
@@ -468,13 +479,14 @@ class CacheMiddleware:
             return
 
         future: asyncio.Future[_Shared | None] = asyncio.get_running_loop().create_future()
-        self._flights[request.base] = future
+        self._flights[request.base] = (future, self.cache.generation)
         try:
             await self._lead(request, receive, send, future, max_age)
         finally:
             if not future.done():
                 future.set_result(None)
-            if self._flights.get(request.base) is future:
+            current = self._flights.get(request.base)
+            if current is not None and current[0] is future:
                 del self._flights[request.base]
 
     async def _lookup(self, request: _Request) -> CachedResponse | None:

@@ -129,7 +129,8 @@ def canonical_body(body: bytes, content_type: bytes | None) -> tuple[bytes, byte
         except (ValueError, RecursionError):
             return b"raw", body
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return b"json", canonical.encode("utf-8")
+        # JSON may carry lone surrogates ("\\ud800"): keep them, a client's odd body is no 500.
+        return b"json", canonical.encode("utf-8", "surrogatepass")
     return b"raw", body
 
 
@@ -541,6 +542,9 @@ class IdempotencyMiddleware:
             if _is_prodkit_problem(start, response_body):
                 await flush("prodkit problem responses are not recorded")
                 return
+            # The handler's effects happened: from here on, a cancellation (client gone, shutdown
+            # deadline) must not release the key for a retry to run the handler again.
+            hold_claim = True
             outcome = await self._complete(store_key, owner, start, response_body)
             recorded = outcome == "stored"
             # The handler's effects happened: a record that could not be written keeps the key

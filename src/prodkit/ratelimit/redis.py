@@ -41,11 +41,11 @@ local tat = tonumber(redis.call("GET", KEYS[1]) or "") or now
 local debt = tat - now
 if debt < 0 then debt = 0 end
 local added = debt + cost * interval
-if added > window + 0.000001 then
-  return {0, string.format("%.3f", debt)}
+if added > window + 0.001 then
+  return {0, string.format("%.6f", debt)}
 end
-redis.call("SET", KEYS[1], string.format("%.3f", now + added), "PX", math.ceil(added))
-return {1, string.format("%.3f", added)}
+redis.call("SET", KEYS[1], string.format("%.6f", now + added), "PX", math.ceil(added))
+return {1, string.format("%.6f", added)}
 """
 
 
