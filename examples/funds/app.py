@@ -74,7 +74,7 @@ async def json_body(request: Request) -> Any:
             raise Problem(413, "PAYLOAD_TOO_LARGE", f"the body must be at most {MAX_BODY} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
         raise Problem(
             400,
             "MALFORMED_JSON",
@@ -152,11 +152,11 @@ async def list_funds(request: Request) -> Response:
     user = user_id(request)
     limit = query_int(request, "limit", 20, 1, MAX_PAGE)
     q = request.query_params.get("q") or None
-    if q is not None and len(q) > 200:
+    if q is not None and (len(q) > 200 or "\x00" in q):
         raise Problem(
             400,
             "INVALID_QUERY",
-            "q must be at most 200 characters",
+            "q must be at most 200 characters, without NUL",
             errors=[FieldError("/query/q", "too long")],
         )
     page = await repo(request).list(

@@ -48,10 +48,14 @@ def _stages_json(stages: tuple[Stage, ...]) -> str:
 
 
 def _uuid(value: str) -> uuid.UUID | None:
+    """The fund id, only in its canonical spelling: PostgreSQL would also accept upper case,
+    braces or ``urn:uuid:``, and each spelling would be a separate cache entry that a write to
+    the canonical URL never invalidates."""
     try:
-        return uuid.UUID(value)
+        parsed = uuid.UUID(value)
     except ValueError:
         return None
+    return parsed if str(parsed) == value else None
 
 
 class PostgresRepository:

@@ -100,16 +100,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, _, fund_id = raw.partition("|")
         created_at = datetime.fromisoformat(stamp)
-        uuid.UUID(fund_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        created_at = created_at.astimezone(UTC)  # out of range near year 1 or 9999: a 400
+        if str(uuid.UUID(fund_id)) != fund_id:
+            raise ValueError("not a canonical fund id")
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(
             400,
             "INVALID_CURSOR",
             "cursor is not one this service issued",
             errors=[FieldError("/query/cursor", "malformed cursor")],
         ) from exc
-    if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=UTC)
     return created_at, fund_id
 
 

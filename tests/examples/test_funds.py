@@ -299,3 +299,55 @@ async def test_replays_carry_the_model_version(client: httpx.AsyncClient) -> Non
     assert replay.headers["x-model-version"] == first.headers["x-model-version"] == "stage-model-1"
     metrics = (await client.get("/metrics")).text
     assert 'idempotency_status="replayed",model_version="stage-model-1",status="201"' in metrics
+
+
+def _cursor(raw: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("params", "pointer"),
+    [
+        ({"q": "a\x00b"}, "/query/q"),
+        (
+            {"cursor": _cursor("0001-01-01T00:00:00+14:00|00000000-0000-0000-0000-000000000000")},
+            "/query/cursor",
+        ),
+        (
+            {
+                "cursor": _cursor(
+                    "9999-12-31T23:59:59.999999-23:59|00000000-0000-0000-0000-000000000000"
+                )
+            },
+            "/query/cursor",
+        ),
+        (
+            {"cursor": _cursor("2026-01-01T00:00:00+00:00|{00000000-0000-0000-0000-000000000000}")},
+            "/query/cursor",
+        ),
+    ],
+)
+async def test_hostile_list_queries_are_400_on_every_backend(
+    client: httpx.AsyncClient, params: dict[str, str], pointer: str
+) -> None:
+    response = await client.get("/api/funds", params=params, headers=as_user("u8"))
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["pointer"] == pointer
+
+
+async def test_deeply_nested_json_is_a_400(client: httpx.AsyncClient) -> None:
+    body = b"[" * 20_000 + b"]" * 20_000
+    response = await client.post(
+        "/api/funds", content=body, headers={**as_user("u9"), "Content-Type": "application/json"}
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "MALFORMED_JSON")
+
+
+async def test_only_the_canonical_fund_id_finds_a_fund(client: httpx.AsyncClient) -> None:
+    # Other spellings would be separate cache entries that a write never invalidates.
+    fund = (await client.post("/api/funds", json=FUND, headers=as_user("u10"))).json()
+    for spelling in (fund["id"].upper(), "{" + fund["id"] + "}", fund["id"].replace("-", "")):
+        response = await client.get(f"/api/funds/{spelling}", headers=as_user("u10"))
+        assert response.status_code == 404, spelling

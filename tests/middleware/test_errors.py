@@ -164,3 +164,40 @@ async def test_lifespan_passes_through() -> None:
 
     await ErrorMiddleware(app)({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"]
+
+
+async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def upload(request: Request) -> Response:
+        await request.body()  # raises ClientDisconnect when the client is gone
+        return Response("ok")
+
+    app = ErrorMiddleware(Starlette(routes=[Route("/upload", upload, methods=["POST"])]))
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "headers": [],
+        "query_string": b"",
+    }
+    with structlog.testing.capture_logs() as logs:
+        await app(scope, receive, send)
+    assert [m for m in sent if m["type"] == "http.response.start" and m["status"] >= 500] == []
+    assert [entry["event"] for entry in logs] == ["client disconnected before the response"]
+    assert "prodkit.exception" not in scope

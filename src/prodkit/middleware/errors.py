@@ -26,6 +26,9 @@ class ErrorMiddleware:
       ``INTERNAL_ERROR`` and the ``request_id`` to quote to support.
     * The exception is logged once (``unhandled exception``, with the traceback) through
       structlog, and not re-raised, so the server does not log it a second time.
+    * A client that disconnected before the response started is not a server error: the
+      exception the app raised about it is logged at info level and nothing is sent (outer
+      metrics and logs record 499).
     * If the response had already started, nothing more can be sent: the exception is logged
       and re-raised so that the server aborts the connection and the client sees a truncated
       response rather than a complete-looking one.
@@ -92,8 +95,17 @@ class ErrorMiddleware:
             for message in messages:
                 await send(message)
 
+        disconnected = False
+
+        async def watched_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
         try:
-            await self.app(scope, receive, guarded_send)
+            await self.app(scope, watched_receive, guarded_send)
         except Problem as problem:
             if started:
                 self._log_late(scope, problem)
@@ -101,6 +113,17 @@ class ErrorMiddleware:
             await problem.send(send)
             return
         except Exception as exc:
+            if disconnected and not started:
+                # The client went away mid-request and the app gave up reading (Starlette's
+                # ClientDisconnect, say): nobody is left to answer, and it is not a server
+                # error. Outer layers record the request as 499 (client closed request).
+                self.logger.info(
+                    "client disconnected before the response",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    exc_type=type(exc).__name__,
+                )
+                return
             scope[EXCEPTION_SCOPE_KEY] = exc
             self.logger.exception(
                 "unhandled exception",
