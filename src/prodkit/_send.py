@@ -95,6 +95,31 @@ class ResponseObserver:
         return b"".join(self._chunks)
 
 
+class ReceiveWatcher:
+    """Wrap an ASGI ``receive`` to note the body bytes received and whether the client left.
+
+    One instance per request; pass it to the app in place of ``receive``. ``body_bytes`` counts
+    ``http.request`` body bytes as the app reads them; ``disconnected`` turns true on
+    ``http.disconnect``.
+    """
+
+    __slots__ = ("_receive", "body_bytes", "disconnected")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.body_bytes = 0
+        self.disconnected = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "http.request":
+            self.body_bytes += len(message.get("body", b""))
+        elif kind == "http.disconnect":
+            self.disconnected = True
+        return message
+
+
 async def read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, bool]:
     """Read the whole request body, honouring ``more_body``.
 
@@ -134,4 +159,4 @@ def replay_receive(body: bytes, receive: Receive) -> Receive:
     return _receive
 
 
-__all__ = ["ResponseObserver", "read_body", "replay_receive"]
+__all__ = ["ReceiveWatcher", "ResponseObserver", "read_body", "replay_receive"]

@@ -12,8 +12,8 @@ from typing import Any
 from prodkit._client import ClientAddressResolver, normalize_ip
 from prodkit._context import get_request_id
 from prodkit._routing import RouteResolver, remember_root_path
-from prodkit._send import ResponseObserver
-from prodkit._types import ASGIApp, Message, Receive, Scope, Send
+from prodkit._send import ReceiveWatcher, ResponseObserver
+from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.logging import Redactor, get_logger, restore_contextvars, snapshot_contextvars
 from prodkit.middleware._observe import CLIENT_CLOSED_REQUEST, PathFilter, resolve_route
@@ -131,18 +131,10 @@ class AccessLogMiddleware:
         remember_root_path(scope)
         saved = snapshot_contextvars()
         observer = ResponseObserver(send)
-        disconnected = False
-
-        async def watch_receive() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
-
+        watcher = ReceiveWatcher(receive)
         error: BaseException | None = None
         try:
-            await self.app(scope, watch_receive, observer)
+            await self.app(scope, watcher, observer)
         except BaseException as exc:
             error = exc
             raise
@@ -151,7 +143,7 @@ class AccessLogMiddleware:
                 # An ErrorMiddleware inside answered the exception with a 500 problem.
                 error = scope.get(EXCEPTION_SCOPE_KEY)
             try:
-                self._log(scope, observer, start, disconnected, error)
+                self._log(scope, observer, start, watcher.disconnected, error)
             finally:
                 restore_contextvars(saved)
 

@@ -8,6 +8,7 @@ import structlog
 
 from prodkit._headers import get_header
 from prodkit._problem import PROBLEM_CONTENT_TYPE, Problem, send_problem
+from prodkit._send import ReceiveWatcher
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 
@@ -95,17 +96,9 @@ class ErrorMiddleware:
             for message in messages:
                 await send(message)
 
-        disconnected = False
-
-        async def watched_receive() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
-
+        watcher = ReceiveWatcher(receive)
         try:
-            await self.app(scope, watched_receive, guarded_send)
+            await self.app(scope, watcher, guarded_send)
         except Problem as problem:
             if started:
                 self._log_late(scope, problem)
@@ -113,7 +106,7 @@ class ErrorMiddleware:
             await problem.send(send)
             return
         except Exception as exc:
-            if disconnected and not started:
+            if watcher.disconnected and not started:
                 # The client went away mid-request and the app gave up reading (Starlette's
                 # ClientDisconnect, say): nobody is left to answer, and it is not a server
                 # error. Outer layers record the request as 499 (client closed request).

@@ -20,8 +20,8 @@ from prodkit._headers import get_list_header, scope_header
 from prodkit._metrics import M, counter, gauge, get_metric, histogram
 from prodkit._problem import send_problem
 from prodkit._routing import RouteResolver, remember_root_path, set_route_template
-from prodkit._send import ResponseObserver
-from prodkit._types import ASGIApp, Message, Receive, Scope, Send
+from prodkit._send import ReceiveWatcher, ResponseObserver
+from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.middleware._observe import (
     CLIENT_CLOSED_REQUEST,
@@ -175,21 +175,11 @@ class PrometheusMiddleware:
         start = time.perf_counter()
         remember_root_path(scope)
         observer = ResponseObserver(send)
-        received = 0
-        disconnected = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, disconnected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            elif message["type"] == "http.disconnect":
-                disconnected = True
-            return message
+        watcher = ReceiveWatcher(receive)
 
         error: BaseException | None = None
         try:
-            await self.app(scope, counting_receive, observer)
+            await self.app(scope, watcher, observer)
         except BaseException as exc:
             error = exc
             raise
@@ -198,7 +188,9 @@ class PrometheusMiddleware:
             if error is None:
                 # An ErrorMiddleware inside answered the exception with a 500 problem.
                 error = scope.get(EXCEPTION_SCOPE_KEY)
-            self._record(scope, method, start, observer, received, disconnected, error)
+            self._record(
+                scope, method, start, observer, watcher.body_bytes, watcher.disconnected, error
+            )
 
     def _record(
         self,
