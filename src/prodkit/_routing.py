@@ -166,7 +166,8 @@ T = TypeVar("T")
 def compile_template(template: str) -> re.Pattern[str]:
     """Compile a route template (``/api/funds/{id}``, ``{id:int}``, ``{rest:path}``) to a regex.
 
-    A template ending in ``/*`` matches that prefix and everything below it.
+    A template ending in ``/*`` matches that prefix and everything below it. Each parameter is
+    a named group, so ``match(path).groupdict()`` gives the path parameters.
     """
     if not template.startswith("/"):
         raise ConfigurationError(f"route template {template!r} must start with '/'")
@@ -174,15 +175,21 @@ def compile_template(template: str) -> re.Pattern[str]:
     body = template[:-2] if prefix else template
     pattern = ""
     position = 0
+    names: set[str] = set()
     for found in _PARAM.finditer(body):
         pattern += re.escape(body[position : found.start()])
+        if found.group(1) in names:
+            raise ConfigurationError(
+                f"route template {template!r}: parameter {found.group(1)!r} appears twice"
+            )
+        names.add(found.group(1))
         converter = found.group(2) or "str"
         if converter not in _CONVERTERS:
             raise ConfigurationError(
                 f"route template {template!r}: unknown converter {converter!r} "
                 f"(use one of {', '.join(sorted(_CONVERTERS))})"
             )
-        pattern += f"(?:{_CONVERTERS[converter]})"
+        pattern += f"(?P<{found.group(1)}>{_CONVERTERS[converter]})"
         position = found.end()
     pattern += re.escape(body[position:])
     pattern += "(?:/.*)?" if prefix else ""

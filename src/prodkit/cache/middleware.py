@@ -24,7 +24,7 @@ from prodkit._headers import (
 )
 from prodkit._metrics import DEFAULT_PREFIX, counter
 from prodkit._problem import send_problem
-from prodkit._routing import _CONVERTERS, _PARAM, RouteTable
+from prodkit._routing import RouteTable, compile_template
 from prodkit._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache, tag_key
 from prodkit.cache._entry import (
@@ -87,19 +87,6 @@ def header_user_key(name: str = "X-User-Id", *, max_length: int = 256) -> UserKe
         return value.decode("latin-1")
 
     return user_key
-
-
-def _param_pattern(template: str) -> re.Pattern[str]:
-    """``RouteTable``'s template syntax compiled with *named* groups, to read path parameters."""
-    body = template[:-2] if template.endswith("/*") else template
-    pattern = ""
-    position = 0
-    for found in _PARAM.finditer(body):
-        pattern += re.escape(body[position : found.start()])
-        pattern += f"(?P<{found.group(1)}>{_CONVERTERS[found.group(2) or 'str']})"
-        position = found.end()
-    pattern += re.escape(body[position:])
-    return re.compile(pattern + ("(?:/.*)?" if template.endswith("/*") else "") + r"\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +259,7 @@ class CacheMiddleware:
                 raise ConfigurationError(f"routes[{template!r}]: tags must be a list of strings")
             self._check_tags(template, rule.tags, user_key)
             reads.append(
-                (template, _Route(template, _param_pattern(template), rule, tuple(rule.tags)))
+                (template, _Route(template, compile_template(template), rule, tuple(rule.tags)))
             )
         writes: list[tuple[str, _Route]] = list(reads)
         for template, tags in (invalidate or {}).items():
@@ -281,7 +268,9 @@ class CacheMiddleware:
                     f"invalidate[{template!r}] must be a list of tag templates"
                 )
             self._check_tags(template, tags, user_key)
-            writes.append((template, _Route(template, _param_pattern(template), None, tuple(tags))))
+            writes.append(
+                (template, _Route(template, compile_template(template), None, tuple(tags)))
+            )
         self.app = app
         self.cache = cache
         self.user_key = user_key
@@ -304,7 +293,7 @@ class CacheMiddleware:
 
     @staticmethod
     def _check_tags(template: str, tags: Sequence[str], user_key: UserKey | None) -> None:
-        params = {m.group(1) for m in _PARAM.finditer(template)}
+        params = set(compile_template(template).groupindex)
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise ConfigurationError(f"tags of {template!r} must be non-empty strings")
