@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from prodkit._routing import UNMATCHED_ROUTE, RouteResolver, route_template, route_template_before
+from prodkit._send import ResponseObserver
 from prodkit._types import Scope
 from prodkit.errors import ConfigurationError
+from prodkit.middleware.errors import EXCEPTION_SCOPE_KEY
 
 #: The methods kept as they are in labels; any other becomes :data:`OTHER_METHOD`.
 KNOWN_METHODS = frozenset(
@@ -45,6 +48,23 @@ class PathFilter:
 
     def __contains__(self, path: str) -> bool:
         return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+
+def outcome_status(
+    observer: ResponseObserver, disconnected: bool, error: BaseException | None
+) -> int:
+    """The status to record: the one sent, else 499 when the client left first, else 500."""
+    if observer.status is not None:
+        return observer.status
+    if disconnected or isinstance(error, asyncio.CancelledError):
+        return CLIENT_CLOSED_REQUEST
+    return 500
+
+
+def handled_error(scope: Scope, error: BaseException | None) -> BaseException | None:
+    """The exception behind the response: raised through us, or answered by an inner
+    :class:`~prodkit.ErrorMiddleware`, which leaves it on the scope."""
+    return error if error is not None else scope.get(EXCEPTION_SCOPE_KEY)
 
 
 def resolve_route(scope: Scope, app: Any, status: int, resolver: RouteResolver | None) -> str:

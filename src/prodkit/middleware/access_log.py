@@ -16,8 +16,12 @@ from prodkit._send import ReceiveWatcher, ResponseObserver
 from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.logging import Redactor, get_logger, restore_contextvars, snapshot_contextvars
-from prodkit.middleware._observe import CLIENT_CLOSED_REQUEST, PathFilter, resolve_route
-from prodkit.middleware.errors import EXCEPTION_SCOPE_KEY
+from prodkit.middleware._observe import (
+    PathFilter,
+    handled_error,
+    outcome_status,
+    resolve_route,
+)
 
 #: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
 _peer_text = lru_cache(maxsize=4096)(normalize_ip)
@@ -139,9 +143,7 @@ class AccessLogMiddleware:
             error = exc
             raise
         finally:
-            if error is None:
-                # An ErrorMiddleware inside answered the exception with a 500 problem.
-                error = scope.get(EXCEPTION_SCOPE_KEY)
+            error = handled_error(scope, error)
             try:
                 self._log(scope, observer, start, watcher.disconnected, error)
             finally:
@@ -156,10 +158,7 @@ class AccessLogMiddleware:
         error: BaseException | None,
     ) -> None:
         end = observer.finished_at or time.perf_counter()
-        status = observer.status
-        if status is None:
-            gone = disconnected or isinstance(error, asyncio.CancelledError)
-            status = CLIENT_CLOSED_REQUEST if gone else 500
+        status = outcome_status(observer, disconnected, error)
         if (
             status < 400
             and error is None

@@ -24,13 +24,13 @@ from prodkit._send import ReceiveWatcher, ResponseObserver
 from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 from prodkit.middleware._observe import (
-    CLIENT_CLOSED_REQUEST,
     KNOWN_METHODS,
     OTHER_METHOD,
     PathFilter,
+    handled_error,
+    outcome_status,
     resolve_route,
 )
-from prodkit.middleware.errors import EXCEPTION_SCOPE_KEY
 
 #: Duration buckets in seconds (prometheus-client's defaults, 5 ms to 10 s).
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -185,9 +185,7 @@ class PrometheusMiddleware:
             raise
         finally:
             in_flight.dec()
-            if error is None:
-                # An ErrorMiddleware inside answered the exception with a 500 problem.
-                error = scope.get(EXCEPTION_SCOPE_KEY)
+            error = handled_error(scope, error)
             self._record(
                 scope, method, start, observer, watcher.body_bytes, watcher.disconnected, error
             )
@@ -203,10 +201,7 @@ class PrometheusMiddleware:
         error: BaseException | None,
     ) -> None:
         end = observer.finished_at or time.perf_counter()
-        status = observer.status
-        if status is None:
-            gone = disconnected or isinstance(error, asyncio.CancelledError)
-            status = CLIENT_CLOSED_REQUEST if gone else 500
+        status = outcome_status(observer, disconnected, error)
         route = resolve_route(scope, self.app, status, self.route_resolver)
         key = (method, route, status)
         duration = self._durations.get(key)
