@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prodkit import ConfigurationError, Receive, RequestIdMiddleware, Scope, Send
-from prodkit.logging import REDACTED, Redactor, configure_logging, parse_level
+from prodkit.logging import REDACTED, Redactor, _direct_writer, configure_logging, parse_level
 from prodkit.testing import capture_log_output, capture_logs
 from tests.conftest import ClientFactory
 from tests.servers import free_port, run_server
@@ -267,3 +267,48 @@ def test_a_real_uvicorn_process_writes_only_json_lines(tmp_path: Path) -> None:
     assert access["item"] == "42"
     assert access["query"] == "token=[REDACTED]&page=1"
     assert not [line for line in lines if line.get("logger") == "uvicorn.access"]
+
+
+# The access log writes its lines without structlog's per-call wrapper while prodkit's own
+# configuration is in place; the line must be the one the bound logger would have written.
+_SAFE_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
+
+
+@given(
+    fields=st.dictionaries(
+        st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).filter(
+            lambda key: key not in ("event", "level", "timestamp", "logger")
+        ),
+        st.one_of(st.integers(-(2**60), 2**60), st.floats(allow_nan=False), _SAFE_TEXT, st.none()),
+        max_size=6,
+    )
+)
+def test_direct_access_lines_equal_structlog_lines(fields: dict[str, Any]) -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    write = _direct_writer("prodkit.access", "warning")
+    assert callable(write)
+    write("request completed", dict(fields))
+    structlog.get_logger("prodkit.access").warning("request completed", **fields)
+    direct, usual = (json.loads(line) for line in stream.getvalue().split("\n")[:2])
+    assert direct.pop("timestamp") <= usual.pop("timestamp")
+    assert list(direct.items()) == list(usual.items())  # same keys, values and order
+
+
+def test_direct_access_lines_follow_the_configuration() -> None:
+    configure_logging("warning", "json", stream=io.StringIO())
+    assert _direct_writer("prodkit.access", "info") is False  # filtered, as the logger would
+    assert callable(_direct_writer("prodkit.access", "error"))
+    with capture_logs() as captured:  # capture changes the processors in place
+        assert _direct_writer("prodkit.access", "error") is True
+        structlog.get_logger("prodkit.access").error("seen")
+    assert [event["event"] for event in captured] == ["seen"]
+    structlog.configure(processors=[structlog.processors.JSONRenderer()])
+    assert _direct_writer("prodkit.access", "error") is True  # someone else's configuration
+    structlog.reset_defaults()
+
+
+def test_captured_json_lines_keep_unicode_line_separators() -> None:
+    with capture_log_output() as output:
+        structlog.get_logger("t").info("split\u2028here", note="a\x85b")
+    assert [event["event"] for event in output.events()] == ["split\u2028here"]

@@ -36,7 +36,7 @@ from prodkit._routing import (
     route_template,
     route_template_before,
 )
-from prodkit._send import ResponseObserver, read_body, replay_receive
+from prodkit._send import ReceiveWatcher, ResponseObserver, read_body, replay_receive
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.cache import (
     CachedResponse,
@@ -160,6 +160,7 @@ __all__ = [
     "RateLimitPolicy",
     "RateLimitStore",
     "Receive",
+    "ReceiveWatcher",
     "Redactor",
     "RedisCacheStore",
     "RedisIdempotencyStore",

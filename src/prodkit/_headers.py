@@ -55,7 +55,10 @@ def message_headers(message: MutableMapping[str, Any]) -> RawHeaders:
 
 def set_header(headers: RawHeaders, name: bytes, value: bytes) -> None:
     """Replace every ``name`` field line by one with ``value``."""
-    headers[:] = [(key, val) for key, val in headers if key != name]
+    for key, _ in headers:
+        if key == name:
+            headers[:] = [(key, val) for key, val in headers if key != name]
+            break
     headers.append((name, value))
 
 

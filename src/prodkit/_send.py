@@ -11,10 +11,10 @@ from prodkit._types import Message, RawHeaders, Receive, Send
 class ResponseObserver:
     """Wrap an ASGI ``send`` to record what the response was, as it goes out.
 
-    One instance per request. It forwards every message unchanged (after the optional
-    ``on_start`` hook had a chance to add headers) and records:
+    One instance per request. It forwards every message unchanged (after the start hooks had a
+    chance to change the headers) and records:
 
-    * ``status`` and ``headers`` of ``http.response.start`` (``started`` becomes true);
+    * ``status`` and ``headers`` of ``http.response.start`` as sent (``started`` becomes true);
     * ``body_bytes``: body bytes the server accepted, counted after each ``send`` returns,
       so a client that disconnected mid-stream is not credited with bytes it never got;
     * ``complete``: the last body chunk (``more_body`` false) was sent, and ``finished_at``
@@ -22,6 +22,11 @@ class ResponseObserver:
       responses end there, not at the headers nor after background tasks);
     * with ``capture_limit`` set, the body itself while it stays within that many bytes
       (``overflowed`` says it did not, and the partial body is dropped).
+
+    One observer can serve several middlewares: a middleware handed an observer that has not
+    started as its ``send`` sees exactly the messages it would see through an observer of its
+    own, so prodkit's middlewares observe through it (:meth:`shared`) and add their start hooks
+    to it (:meth:`add_start_hook`) instead of wrapping ``send`` once more per layer.
 
     Arguments:
         send: the downstream ``send`` callable.
@@ -32,7 +37,7 @@ class ResponseObserver:
 
     __slots__ = (
         "_chunks",
-        "_on_start",
+        "_hooks",
         "_send",
         "body_bytes",
         "capture_limit",
@@ -52,7 +57,9 @@ class ResponseObserver:
         capture_limit: int | None = None,
     ) -> None:
         self._send = send
-        self._on_start = on_start
+        self._hooks: list[Callable[[Message], None]] | None = (
+            None if on_start is None else [on_start]
+        )
         self._chunks: list[bytes] = []
         self.capture_limit = capture_limit
         self.status: int | None = None
@@ -63,13 +70,39 @@ class ResponseObserver:
         self.overflowed = False
         self.body_bytes = 0
 
+    @classmethod
+    def shared(cls, send: Send) -> ResponseObserver:
+        """``send`` itself when it is an observer that has not started, else a new observer.
+
+        Whatever the app sends through the result reaches ``send`` unchanged, so a middleware
+        that passes it on as the app's ``send`` records what an observer of its own would.
+        """
+        if type(send) is cls and not send.started:
+            return send
+        return cls(send)
+
+    def add_start_hook(self, hook: Callable[[Message], None]) -> None:
+        """Call ``hook`` with the ``http.response.start`` message before it is forwarded.
+
+        For a middleware that was handed this observer as its ``send``: hooks added later run
+        first (they belong to layers nearer the app), and all of them run before the
+        ``on_start`` given at construction, just as nested ``send`` wrappers would.
+        """
+        if self._hooks is None:
+            self._hooks = [hook]
+        else:
+            self._hooks.insert(0, hook)
+
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            if self._on_start is not None:
-                self._on_start(message)
+            hooks = self._hooks
+            if hooks is not None:
+                for hook in hooks:
+                    hook(message)
             self.status = int(message["status"])
-            self.headers = list(message.get("headers") or ())
+            headers = message.get("headers")
+            self.headers = headers if type(headers) is list else list(headers or ())
             self.started = True
             await self._send(message)
         elif kind == "http.response.body":
@@ -109,6 +142,15 @@ class ReceiveWatcher:
         self._receive = receive
         self.body_bytes = 0
         self.disconnected = False
+
+    @classmethod
+    def shared(cls, receive: Receive) -> ReceiveWatcher:
+        """``receive`` itself when it is a watcher, else a new watcher around it.
+
+        A watcher handed down unchanged notes exactly what the app reads, so the middlewares
+        between it and the app need no watcher of their own.
+        """
+        return receive if type(receive) is cls else cls(receive)
 
     async def __call__(self) -> Message:
         message = await self._receive()

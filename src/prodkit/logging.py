@@ -16,7 +16,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -474,13 +474,23 @@ def configure_logging(
             exception_formatter=structlog.dev.plain_traceback,
         )
 
+    chain = [*shared, *exceptions, renderer]
+    installation = _Installation(
+        chain,
+        structlog.make_filtering_bound_logger(level_value),
+        _NamedWriteLoggerFactory(output),
+        level_value,
+    )
     structlog.configure(
-        processors=[*shared, *exceptions, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level_value),
+        processors=chain,
+        wrapper_class=installation.wrapper,
         context_class=dict,
-        logger_factory=_NamedWriteLoggerFactory(output),
+        logger_factory=installation.factory,
         cache_logger_on_first_use=cache_loggers,
     )
+    while len(_INSTALLATIONS) >= 8:
+        del _INSTALLATIONS[next(iter(_INSTALLATIONS))]
+    _INSTALLATIONS[id(chain)] = installation
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, _drop_color_message, *shared],
@@ -507,6 +517,81 @@ def configure_logging(
     if not uvicorn_access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.CRITICAL + 1)
         logging.getLogger("hypercorn.access").setLevel(logging.CRITICAL + 1)
+
+
+#: structlog's live configuration (private to structlog; None if that ever changes).
+_STRUCTLOG_CONFIG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+
+
+class _Installation:
+    """What one :func:`configure_logging` call gave structlog, to recognise it later."""
+
+    __slots__ = ("contents", "factory", "level", "processors", "wrapper", "writers")
+
+    def __init__(self, processors: list[Processor], wrapper: Any, factory: Any, level: int) -> None:
+        self.processors = processors
+        self.contents = tuple(processors)
+        self.wrapper = wrapper
+        self.factory = factory
+        self.level = level
+        self.writers: dict[tuple[str, str], DirectWriter | bool] = {}
+
+    def current(self, config: Any) -> bool:
+        # structlog.configure() swaps these objects; capture_logs() edits the list in place.
+        processors = self.processors
+        return (
+            config.default_processors is processors
+            and config.default_wrapper_class is self.wrapper
+            and config.logger_factory is self.factory
+            and len(processors) == len(self.contents)
+            and processors[-1] is self.contents[-1]
+            and processors[0] is self.contents[0]
+        )
+
+    def writer(self, name: str, level: str) -> DirectWriter | bool:
+        if _LEVELS[level] < self.level:
+            return False  # what the filtering bound logger would drop
+        logger = self.factory(name)
+        processors = self.contents
+
+        def write(event: str, fields: dict[str, Any]) -> None:
+            fields["event"] = event
+            line: Any = fields
+            for processor in processors:
+                line = processor(logger, level, line)
+            logger.msg(line)
+
+        return write
+
+
+#: Recent configure_logging() installations by the id of their processors list (kept alive).
+_INSTALLATIONS: dict[int, _Installation] = {}
+
+
+DirectWriter = Callable[[str, dict[str, Any]], None]
+
+
+def _direct_writer(name: str, level: str) -> DirectWriter | bool:
+    """How to write an event of ``level`` from ``get_logger(name)`` without a bound logger.
+
+    Only while the structlog configuration is one that :func:`configure_logging` installed
+    (not replaced, not captured by ``capture_logs``) is there such a way: a function
+    ``write(event, fields)`` that puts ``fields`` and ``event`` through the configured
+    processors and writes the line exactly as ``get_logger(name).<level>(event, **fields)``
+    would, minus structlog's per-call wrapper (a context copy and keyword repacking, which
+    cost about as much as the processors). ``fields`` is consumed. Otherwise this returns
+    ``True`` (log the usual way), or ``False`` when that configuration filters ``level`` out.
+    """
+    config = _STRUCTLOG_CONFIG
+    if config is None:  # pragma: no cover - structlog's internals changed
+        return True
+    installation = _INSTALLATIONS.get(id(config.default_processors))
+    if installation is None or not installation.current(config):
+        return True
+    found = installation.writers.get((name, level))
+    if found is None:
+        found = installation.writers[(name, level)] = installation.writer(name, level)
+    return found
 
 
 def get_logger(name: str, **initial_values: Any) -> Any:

@@ -80,7 +80,8 @@ class LogOutput:
 
     def lines(self) -> list[str]:
         """The non-empty lines written so far."""
-        return [line for line in self.text.splitlines() if line.strip()]
+        # Split on newlines only: JSON may hold U+2028 and friends, which splitlines() breaks on.
+        return [line for line in self.text.split("\n") if line.strip()]
 
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         """The JSON lines parsed (with format ``json``), optionally only those with ``event``."""

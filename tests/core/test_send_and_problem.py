@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from prodkit import (
     FieldError,
     Message,
     Problem,
+    ReceiveWatcher,
     ResponseObserver,
     append_vary,
     get_list_header,
@@ -157,3 +159,37 @@ def test_problem_members() -> None:
         problem_type("IDEMPOTENCY_KEY_MISMATCH") == "urn:prodkit:problem:idempotency-key-mismatch"
     )
     assert problem_dict(599, "ODD")["title"] == "Error"
+
+
+async def test_a_shared_observer_runs_inner_hooks_first_like_nested_wrappers() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    def adds(value: bytes) -> Callable[[Message], None]:
+        return lambda message: message["headers"].append((b"x-order", value))
+
+    outer = ResponseObserver(send, on_start=adds(b"outer"))
+    middle = ResponseObserver.shared(outer)
+    assert middle is outer  # handed down unchanged: observe through it
+    middle.add_start_hook(adds(b"middle"))
+    middle.add_start_hook(adds(b"inner"))  # added later = nearer the app
+    await middle({"type": "http.response.start", "status": 201, "headers": []})
+    assert sent[0]["headers"] == [
+        (b"x-order", b"inner"),
+        (b"x-order", b"middle"),
+        (b"x-order", b"outer"),
+    ]
+    assert ResponseObserver.shared(outer) is not outer  # started: a new observer
+    assert outer.status == 201
+
+
+async def test_a_shared_watcher_is_reused() -> None:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    watcher = ReceiveWatcher.shared(receive)
+    assert ReceiveWatcher.shared(watcher) is watcher
+    await watcher()
+    assert watcher.body_bytes == 3

@@ -16,10 +16,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prodkit import ConfigurationError, ErrorMiddleware, Message, Receive, Scope, Send
+from prodkit._metrics import LoopGauge, LoopHistogram, get_loop_metric
 from prodkit.middleware.metrics import (
     BusinessMetrics,
     MetricsApp,
@@ -579,3 +581,38 @@ async def test_exceptions_answered_by_an_inner_error_middleware_are_counted(
         )
         == 1
     )
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+@given(
+    values=st.lists(
+        st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.sampled_from([0.005, 64.0]),
+        max_size=40,
+    ),
+    labels=st.sampled_from([("GET", "/a"), ("POST", "/b")]),
+)
+def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
+    values: list[float], labels: tuple[str, str]
+) -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = [0.005, 0.5, 64.0, 1024.0]
+    loop = get_loop_metric(
+        LoopHistogram, "h", ours, lambda: LoopHistogram("h", "help", ["m", "r"], buckets)
+    )
+    reference = Histogram("h", "help", ["m", "r"], registry=theirs, buckets=buckets)
+    for value in values:
+        loop.labels(*labels).observe(value)
+        reference.labels(*labels).observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        text = generate_latest(registry).decode()
+        return [
+            (sample.name, sample.labels, round(sample.value, 6))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        ]
+
+    assert samples(ours) == samples(theirs)
+    with pytest.raises(ConfigurationError):
+        get_loop_metric(LoopGauge, "h", ours, lambda: LoopGauge("h", "help", []))

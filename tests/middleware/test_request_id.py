@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from prodkit import (
     RequestIdMiddleware,
     Scope,
     Send,
+    generate_request_id,
     get_request_id,
     get_trace_id,
     is_valid_request_id,
@@ -187,3 +190,18 @@ def test_valid_ids_are_always_safe_to_echo(value: str) -> None:
         assert value.isascii()
         assert all(ch.isalnum() or ch in "._:/+=@-" for ch in value)
         assert 0 < len(value) <= 128
+
+
+def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
+    generate_request_id()  # the parent has random bytes in hand
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_end, generate_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert len(child_id) == 32
+    assert child_id != generate_request_id()

@@ -15,7 +15,13 @@ from prodkit._routing import RouteResolver, remember_root_path
 from prodkit._send import ReceiveWatcher, ResponseObserver
 from prodkit._types import ASGIApp, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
-from prodkit.logging import Redactor, get_logger, restore_contextvars, snapshot_contextvars
+from prodkit.logging import (
+    Redactor,
+    _direct_writer,
+    get_logger,
+    restore_contextvars,
+    snapshot_contextvars,
+)
 from prodkit.middleware._observe import (
     PathFilter,
     handled_error,
@@ -26,6 +32,7 @@ from prodkit.middleware._observe import (
 #: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
 _peer_text = lru_cache(maxsize=4096)(normalize_ip)
 
+_LOGGER_NAME = "prodkit.access"
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
 #: Log level by status class (first digit): 1xx-3xx info, 4xx warning, 5xx error.
@@ -88,7 +95,9 @@ class AccessLogMiddleware:
         if isinstance(request_headers, str):
             raise ConfigurationError("request_headers takes a list of header names")
         self.app = app
-        self.logger = logger if logger is not None else get_logger("prodkit.access")
+        # The default logger's lines may skip structlog's per-call wrapper (see emit_direct).
+        self._direct_name = None if logger is not None else _LOGGER_NAME
+        self.logger = logger if logger is not None else get_logger(_LOGGER_NAME)
         self.event = event
         self._bound: Any = None
         self.sample_rate = sample_rate
@@ -134,8 +143,8 @@ class AccessLogMiddleware:
         start = time.perf_counter()
         remember_root_path(scope)
         saved = snapshot_contextvars()
-        observer = ResponseObserver(send)
-        watcher = ReceiveWatcher(receive)
+        observer = ResponseObserver.shared(send)
+        watcher = ReceiveWatcher.shared(receive)
         error: BaseException | None = None
         try:
             await self.app(scope, watcher, observer)
@@ -169,9 +178,14 @@ class AccessLogMiddleware:
         level = self._level_for(status)
         if error is not None and not isinstance(error, asyncio.CancelledError):
             level = "error"  # e.g. a stream that broke off after a 200 had been sent
-        log = getattr(self._bound or self._resolve_logger(), level)
-        if getattr(log, "__name__", "") == "_nop":
-            return  # a structlog filtering logger below this level: build nothing
+        direct = True if self._direct_name is None else _direct_writer(self._direct_name, level)
+        if direct is False:
+            return  # prodkit's logging configuration filters this level out: build nothing
+        log: Any = None
+        if isinstance(direct, bool):
+            log = getattr(self._bound or self._resolve_logger(), level)
+            if getattr(log, "__name__", "") == "_nop":
+                return  # a structlog filtering logger below this level: build nothing
         fields: dict[str, Any] = {
             "request_id": get_request_id(),
             "method": scope.get("method"),
@@ -189,7 +203,10 @@ class AccessLogMiddleware:
             fields["headers"] = self._headers(scope)
         if error is not None:
             fields["exc_type"] = type(error).__name__
-        log(self.event, **fields)
+        if isinstance(direct, bool):
+            log(self.event, **fields)
+        else:
+            direct(self.event, fields)
 
     def _resolve_logger(self) -> Any:
         logger = self.logger

@@ -96,7 +96,7 @@ class ErrorMiddleware:
             for message in messages:
                 await send(message)
 
-        watcher = ReceiveWatcher(receive)
+        watcher = ReceiveWatcher.shared(receive)
         try:
             await self.app(scope, watcher, guarded_send)
         except Problem as problem:

@@ -17,7 +17,17 @@ from prometheus_client.exposition import choose_encoder
 
 from prodkit._client import ClientAddressResolver
 from prodkit._headers import get_list_header, scope_header
-from prodkit._metrics import M, counter, gauge, get_metric, histogram
+from prodkit._metrics import (
+    LoopGauge,
+    LoopHistogram,
+    M,
+    counter,
+    gauge,
+    get_loop_metric,
+    get_metric,
+    histogram,
+    loop_metrics_ok,
+)
 from prodkit._problem import send_problem
 from prodkit._routing import RouteResolver, remember_root_path, set_route_template
 from prodkit._send import ReceiveWatcher, ResponseObserver
@@ -38,6 +48,11 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 #: Request and response size buckets in bytes (64 B to 16 MiB, factor 4).
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(64 * 4**i) for i in range(10))
+
+_DURATION_HELP = "HTTP request duration in seconds, until the last body chunk was sent."
+_IN_FLIGHT_HELP = "HTTP requests being served."
+_REQUEST_SIZE_HELP = "HTTP request body bytes received."
+_RESPONSE_SIZE_HELP = "HTTP response body bytes sent."
 
 #: The label value of exception types beyond ``max_exception_types`` distinct names.
 OTHER_EXCEPTION = "other"
@@ -89,6 +104,11 @@ class PrometheusMiddleware:
         max_exception_types: distinct ``exception_type`` values before ``other`` is used.
     """
 
+    duration: Histogram | LoopHistogram
+    in_flight: Gauge | LoopGauge
+    request_size: Histogram | LoopHistogram
+    response_size: Histogram | LoopHistogram
+
     def __init__(
         self,
         app: ASGIApp,
@@ -116,34 +136,39 @@ class PrometheusMiddleware:
         self.route_resolver = route_resolver
         self.max_exception_types = max_exception_types
         try:
-            self.duration = histogram(
-                f"{prefix}http_request_duration_seconds",
-                "HTTP request duration in seconds, until the last body chunk was sent.",
-                ["method", "route", "status_code"],
-                registry=registry,
-                buckets=buckets,
-            )
-            self.in_flight = gauge(
-                f"{prefix}http_requests_in_flight",
-                "HTTP requests being served.",
-                ["method"],
-                registry=registry,
-                multiprocess_mode="livesum",
-            )
-            self.request_size = histogram(
-                f"{prefix}http_request_size_bytes",
-                "HTTP request body bytes received.",
-                ["method", "route"],
-                registry=registry,
-                buckets=size_buckets,
-            )
-            self.response_size = histogram(
-                f"{prefix}http_response_size_bytes",
-                "HTTP response body bytes sent.",
-                ["method", "route"],
-                registry=registry,
-                buckets=size_buckets,
-            )
+            if loop_metrics_ok():
+                # No lock and no validation per observation (see LoopHistogram); prodkit
+                # records only from the event loop. Multiprocess mode needs the shared files.
+                self._loop_metrics(prefix, registry, buckets, size_buckets)
+            else:
+                self.duration = histogram(
+                    f"{prefix}http_request_duration_seconds",
+                    _DURATION_HELP,
+                    ["method", "route", "status_code"],
+                    registry=registry,
+                    buckets=buckets,
+                )
+                self.in_flight = gauge(
+                    f"{prefix}http_requests_in_flight",
+                    _IN_FLIGHT_HELP,
+                    ["method"],
+                    registry=registry,
+                    multiprocess_mode="livesum",
+                )
+                self.request_size = histogram(
+                    f"{prefix}http_request_size_bytes",
+                    _REQUEST_SIZE_HELP,
+                    ["method", "route"],
+                    registry=registry,
+                    buckets=size_buckets,
+                )
+                self.response_size = histogram(
+                    f"{prefix}http_response_size_bytes",
+                    _RESPONSE_SIZE_HELP,
+                    ["method", "route"],
+                    registry=registry,
+                    buckets=size_buckets,
+                )
             self.exceptions = counter(
                 f"{prefix}http_exceptions_total",
                 "Exceptions raised by the app while serving HTTP requests, by type name.",
@@ -159,6 +184,38 @@ class PrometheusMiddleware:
         self._sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._in_flight: dict[str, Any] = {}
         self._exception_types: set[str] = set()
+
+    def _loop_metrics(
+        self,
+        prefix: str,
+        registry: CollectorRegistry | None,
+        buckets: Sequence[float],
+        size_buckets: Sequence[float],
+    ) -> None:
+        def loop_histogram(
+            name: str, help: str, labels: list[str], bounds: Sequence[float]
+        ) -> LoopHistogram:
+            full = f"{prefix}{name}"
+            return get_loop_metric(
+                LoopHistogram, full, registry, lambda: LoopHistogram(full, help, labels, bounds)
+            )
+
+        self.duration = loop_histogram(
+            "http_request_duration_seconds",
+            _DURATION_HELP,
+            ["method", "route", "status_code"],
+            buckets,
+        )
+        name = f"{prefix}http_requests_in_flight"
+        self.in_flight = get_loop_metric(
+            LoopGauge, name, registry, lambda: LoopGauge(name, _IN_FLIGHT_HELP, ["method"])
+        )
+        self.request_size = loop_histogram(
+            "http_request_size_bytes", _REQUEST_SIZE_HELP, ["method", "route"], size_buckets
+        )
+        self.response_size = loop_histogram(
+            "http_response_size_bytes", _RESPONSE_SIZE_HELP, ["method", "route"], size_buckets
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):

@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable
 
 from prodkit._context import _request_id, _span_id, _trace_id
-from prodkit._headers import message_headers, scope_header, set_header
+from prodkit._headers import message_headers, set_header
+from prodkit._send import ResponseObserver
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 
@@ -18,9 +19,37 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]*\Z")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 
 
+class _RandomPool:
+    """Random bytes read from the OS a block at a time, handed out in slices.
+
+    One system call per request id would cost more than everything else the middleware does.
+    A forked worker must not hand out its parent's bytes: it starts with an empty pool.
+    """
+
+    __slots__ = ("_data", "_offset")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._offset = 0
+        os.register_at_fork(after_in_child=self._drop)
+
+    def _drop(self) -> None:
+        self._data, self._offset = b"", 0
+
+    def take(self, size: int) -> bytes:
+        offset = self._offset
+        if offset + size > len(self._data):
+            self._data, offset = os.urandom(max(4096, size)), 0
+        self._offset = offset + size
+        return self._data[offset : offset + size]
+
+
+_random = _RandomPool()
+
+
 def generate_request_id() -> str:
-    """Return a new random request id: 32 lower-case hex digits (128 bits)."""
-    return os.urandom(16).hex()
+    """Return a new random request id: 32 lower-case hex digits (128 bits from the OS)."""
+    return _random.take(16).hex()
 
 
 def is_valid_request_id(value: str, max_length: int = 128) -> bool:
@@ -92,7 +121,15 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
 
-        inbound = scope_header(scope, self._header)
+        # One pass over the request headers for both fields.
+        name = self._header
+        inbound = traceparent = None
+        for key, value in scope.get("headers") or ():
+            if key == name:
+                if inbound is None:
+                    inbound = value
+            elif key == b"traceparent" and traceparent is None:
+                traceparent = value
         request_id: str | None = None
         if inbound is not None:
             try:
@@ -106,24 +143,35 @@ class RequestIdMiddleware:
         scope[SCOPE_KEY] = request_id
 
         trace = None
-        traceparent = scope_header(scope, b"traceparent")
         if traceparent is not None:
             trace = parse_traceparent(traceparent.decode("latin-1"))
 
         header_value = request_id.encode("latin-1")
-        name = self._header
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                set_header(message_headers(message), name, header_value)
-            await send(message)
+        def put_id(message: Message) -> None:
+            set_header(message_headers(message), name, header_value)
+
+        if scope["type"] == "http":
+            # An observer rather than a plain wrapper: the access log and metrics middlewares
+            # inside record the response through it instead of wrapping send again.
+            observer = ResponseObserver.shared(send)
+            observer.add_start_hook(put_id)
+            downstream: Send = observer
+        else:
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    put_id(message)
+                await send(message)
+
+            downstream = send_with_id
 
         token = _request_id.set(request_id)
         trace_tokens = None
         if trace is not None:
             trace_tokens = (_trace_id.set(trace[0]), _span_id.set(trace[1]))
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, downstream)
         finally:
             if trace_tokens is not None:
                 _span_id.reset(trace_tokens[1])

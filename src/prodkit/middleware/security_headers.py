@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from prodkit._headers import get_header, message_headers
+from prodkit._send import ResponseObserver
 from prodkit._types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors import ConfigurationError
 
@@ -109,25 +111,41 @@ class SecurityHeadersMiddleware:
             if value is not None
         ]
 
+        # One header-adding function per scheme, built once: requests allocate nothing here.
+        always = list(self._always)
+        with_hsts = always if self._hsts is None else [*always, self._hsts]
+        self._add_https = self._adder(with_hsts)
+        self._add_http = self._adder(always if self._hsts_https_only else with_hsts)
+
+    def _adder(self, added: list[tuple[bytes, bytes]]) -> Callable[[Message], None]:
+        with_html = [*added, *self._html]
+        html = bool(self._html)
+
+        def add(message: Message) -> None:
+            headers = message_headers(message)
+            present = {key for key, _ in headers}
+            extra = added
+            if html:
+                content_type = get_header(headers, b"content-type") or b""
+                if content_type[:9].lower() == b"text/html":
+                    extra = with_html
+            headers.extend(item for item in extra if item[0] not in present)
+
+        return add
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = list(self._always)
-        if self._hsts is not None and (not self._hsts_https_only or scope.get("scheme") == "https"):
-            added.append(self._hsts)
-        html = self._html
+        add = self._add_https if scope.get("scheme") == "https" else self._add_http
+        if type(send) is ResponseObserver and not send.started:
+            send.add_start_hook(add)  # the observer runs it: no send wrapper of our own
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = message_headers(message)
-                present = {key for key, _ in headers}
-                extra = added
-                if html:
-                    content_type = get_header(headers, b"content-type") or b""
-                    if content_type[:9].lower() == b"text/html":
-                        extra = [*added, *html]
-                headers.extend(item for item in extra if item[0] not in present)
+                add(message)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
