@@ -231,8 +231,8 @@ class PrometheusMiddleware:
         in_flight.inc()
         start = time.perf_counter()
         remember_root_path(scope)
-        observer = ResponseObserver(send)
-        watcher = ReceiveWatcher(receive)
+        observer = ResponseObserver.shared(send)
+        watcher = ReceiveWatcher.shared(receive)
 
         error: BaseException | None = None
         try:
