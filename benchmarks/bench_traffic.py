@@ -41,6 +41,11 @@ def prodkit_memory() -> ASGIApp:
     return RateLimitMiddleware(starlette_app(), policy=HUGE)
 
 
+def prodkit_memory_route() -> ASGIApp:
+    """The global policy plus one on the route: two decisions and two header members."""
+    return RateLimitMiddleware(starlette_app(), policy=HUGE, routes={"/items/{item_id}": HUGE})
+
+
 def prodkit_redis() -> ASGIApp:
     from prodkit.ratelimit.redis import RedisRateLimitStore
 
@@ -106,6 +111,7 @@ def cases() -> list[Case]:
     result = [
         Case(base, starlette_app),
         Case("rate limit: prodkit memory", prodkit_memory, baseline=base),
+        Case("rate limit: prodkit memory, + route", prodkit_memory_route, baseline=base),
         Case("rate limit: slowapi memory", lambda: slowapi_app("memory://"), baseline=base),
     ]
     if _redis_up():

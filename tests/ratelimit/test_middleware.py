@@ -6,11 +6,18 @@ import re
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from prodkit import ConfigurationError, Receive, Scope, Send
-from prodkit.ratelimit import MemoryRateLimitStore, RateLimitMiddleware, RateLimitPolicy
-from prodkit.ratelimit.middleware import QUOTA_EXCEEDED_TYPE
+from prodkit import ConfigurationError, Message, Receive, Scope, Send
+from prodkit.ratelimit import (
+    MemoryRateLimitStore,
+    RateLimitDecision,
+    RateLimitMiddleware,
+    RateLimitPolicy,
+)
+from prodkit.ratelimit.middleware import QUOTA_EXCEEDED_TYPE, RouteSpec
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 
@@ -295,3 +302,98 @@ async def test_several_global_policies_from_strings(
     assert first.headers["ratelimit-policy"] == '"default";q=2;w=1, "default-2";q=3;w=60'
     statuses = [(await client.get("/items/1")).status_code for _ in range(2)]
     assert statuses == [200, 429]
+
+
+class AwaitedMemoryStore(MemoryRateLimitStore):
+    """The memory store behind an overridden ``consume``: the middleware must await it."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.calls = 0
+
+    async def consume(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
+        self.calls += 1
+        return await super().consume(key, policy, cost)
+
+
+async def test_a_store_subclass_that_overrides_consume_is_still_called(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    store = AwaitedMemoryStore(Clock())
+    client = make_client(limited(store=store, registry=registry))
+    statuses = [(await client.get("/items/1")).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert store.calls == 4
+
+
+async def drive(app: RateLimitMiddleware, path: str, client: str) -> list[tuple[str, str]]:
+    """One request straight through the ASGI interface: its status and the limit's fields."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": (client, 1)}
+    await app(scope, receive, send)
+    start = sent[0]
+    fields = [("status", str(start["status"]))]
+    for name, value in start["headers"]:
+        if name in (b"ratelimit", b"ratelimit-policy", b"retry-after"):
+            fields.append((name.decode(), value.decode()))
+    return fields
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    quotas=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 30)), min_size=1, max_size=3),
+    steps=st.lists(
+        st.tuples(
+            st.floats(0, 15, allow_nan=False),
+            st.sampled_from(["/items/1", "/login", "/livez", "/free"]),
+            st.sampled_from(["192.0.2.1", "192.0.2.2"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+async def test_the_memory_lane_answers_exactly_as_an_awaited_store(
+    quotas: list[tuple[int, int]], steps: list[tuple[float, str, str]]
+) -> None:
+    # The memory store is called without a coroutine; a subclass overriding ``consume`` is
+    # awaited like any other store. Both must give the same statuses, fields and counts.
+    policy = [RateLimitPolicy(q, w, f"p{n}") for n, (q, w) in enumerate(quotas)]
+    routes: dict[str, RouteSpec] = {"/login": RateLimitPolicy(2, 10, "login"), "/free": None}
+    clock = Clock()
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    lane = RateLimitMiddleware(
+        build_app("raw"),
+        policy=policy,
+        routes=routes,
+        store=MemoryRateLimitStore(clock=clock),
+        registry=registries[0],
+    )
+    awaited = RateLimitMiddleware(
+        build_app("raw"),
+        policy=policy,
+        routes=routes,
+        store=AwaitedMemoryStore(clock),
+        registry=registries[1],
+    )
+    for wait, path, client in steps:
+        clock.now += wait
+        assert await drive(lane, path, client) == await drive(awaited, path, client)
+    samples = [
+        sorted(
+            (s.labels["policy"], s.labels["decision"], s.value)
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+        for registry in registries
+        for metric in registry.collect()
+        if metric.name == "prodkit_rate_limit_decisions"
+    ]
+    assert samples[0]
+    assert samples[0] == samples[1]

@@ -7,6 +7,7 @@ checked at exact points of a window without sleeping.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prodkit.ratelimit import MemoryRateLimitStore, RateLimitPolicy, RateLimitStore
+from prodkit.ratelimit.policy import ceil_seconds
+from prodkit.ratelimit.store import decision, gcra
 
 EPOCH = 1_800_000_000.0
 
@@ -250,3 +253,58 @@ async def test_awkward_rates_still_grant_the_whole_quota_at_one_instant(
     policy = RateLimitPolicy(quota, window)
     granted = [(await store.consume("burst", policy)).allowed for _ in range(quota + 1)]
     assert granted == [True] * quota + [False]
+
+
+def reference_decision(
+    allowed: bool, debt: float, policy: RateLimitPolicy, cost: int
+) -> tuple[bool, int, float, float, int]:
+    """``decision`` as first written (max, math.floor, ceil_seconds), to hold the fast one to."""
+    debt = max(debt, 0.0)
+    interval = policy.window / policy.quota
+    spare = policy.window - debt
+    remaining = max(0, math.floor(spare / interval + 1e-6))
+    if not allowed:
+        retry_after = max(0.0, cost * interval - spare)
+    elif remaining > 0:
+        retry_after = 0.0
+    else:
+        retry_after = max(0.0, interval - spare)
+    reset = ceil_seconds(debt if remaining > 0 else retry_after)
+    return allowed, remaining, debt, retry_after, reset
+
+
+@given(
+    quota=st.integers(1, 10**6),
+    window=st.integers(1, 86400),
+    share=st.floats(-0.5, 1.5, allow_nan=False),
+    allowed=st.booleans(),
+    cost=st.integers(1, 5),
+)
+def test_decision_matches_the_reference_arithmetic(
+    quota: int, window: int, share: float, allowed: bool, cost: int
+) -> None:
+    policy = RateLimitPolicy(quota, window)
+    debt = share * window  # negative, inside and past the window: all reach ``decision``
+    made = decision(allowed, debt, policy, cost)
+    found = (made.allowed, made.remaining, made.reset_after, made.retry_after, made.reset)
+    assert found == reference_decision(allowed, debt, policy, cost)
+
+
+@given(
+    quota=st.integers(1, 1000),
+    window=st.integers(1, 3600),
+    steps=st.lists(st.tuples(st.floats(0, 100, allow_nan=False), st.integers(1, 3)), max_size=30),
+)
+def test_every_debt_a_store_reaches_decides_as_the_reference(
+    quota: int, window: int, steps: list[tuple[float, int]]
+) -> None:
+    # Debts on the GCRA's own grid (multiples of the interval, near the window's edge), where
+    # the epsilons matter, rather than arbitrary floats.
+    policy = RateLimitPolicy(quota, window)
+    debt = 0.0
+    for wait, cost in steps:
+        debt = max(debt - wait * policy.interval, 0.0)
+        allowed, debt = gcra(debt, policy, cost)
+        made = decision(allowed, debt, policy, cost)
+        found = (made.allowed, made.remaining, made.reset_after, made.retry_after, made.reset)
+        assert found == reference_decision(allowed, debt, policy, cost)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from prodkit._client import ClientAddressResolver
 from prodkit._headers import message_headers
@@ -141,7 +141,6 @@ class RateLimitMiddleware:
             raise ConfigurationError(
                 "RateLimitMiddleware needs a policy (e.g. policy='100/minute') or routes"
             )
-        self._routes: RouteTable[tuple[RateLimitPolicy, ...]] = RouteTable(route_policies)
         known: dict[str, RateLimitPolicy] = {}
         for group in (self._global, *route_policies.values()):
             names = [p.name for p in group]
@@ -164,32 +163,45 @@ class RateLimitMiddleware:
         self._fallback = MemoryRateLimitStore() if shared else None
         self._exempt = frozenset(exempt_paths)
         self.unavailable_retry_after = unavailable_retry_after
-        self._policy_headers: dict[tuple[RateLimitPolicy, ...], bytes] = {
-            group: ", ".join(p.header for p in group).encode("latin-1")
-            for group in (self._global, *route_policies.values())
-        }
+        # The memory store never waits, so its decision is taken without a coroutine (unless a
+        # subclass changed ``consume``, whose override must keep being called).
+        self._take: Callable[[str, RateLimitPolicy], RateLimitDecision] | None = None
+        if (
+            isinstance(self.store, MemoryRateLimitStore)
+            and type(self.store).consume is MemoryRateLimitStore.consume
+        ):
+            self._take = self.store.consume_nowait
         decisions = counter(
             f"{prefix}rate_limit_decisions_total",
             "Rate-limit decisions by policy: allowed, limited, or error (the store failed).",
             ["policy", "decision"],
             registry=registry,
         )
-        self._counted = {
-            (name, outcome): decisions.labels(name, outcome)
-            for name in known
-            for outcome in ("allowed", "limited", "error")
-        }
+        limits = {name: _Limit(item, decisions) for name, item in known.items()}
+        # Everything a request needs is found once per policy group, here: a request then reads
+        # attributes instead of hashing a tuple of dataclasses or a (name, outcome) key.
+        groups: dict[tuple[RateLimitPolicy, ...], _Group] = {}
+        for group in (self._global, *route_policies.values()):
+            if group and group not in groups:
+                groups[group] = _Group(tuple(limits[item.name] for item in group))
+        self._default = groups.get(self._global)
+        # ``None`` rather than an empty table: a table's truth is a Python call per request.
+        self._routes: RouteTable[_Group | None] | None = None
+        if route_policies:
+            self._routes = RouteTable(
+                {template: groups.get(group) for template, group in route_policies.items()}
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exempt:
             await self.app(scope, receive, send)
             return
-        policies = self._global
-        if self._routes:
+        group = self._default
+        if self._routes is not None:
             found = self._routes.match(scope["path"])
             if found is not None:
-                policies = found[1]
-        if not policies:
+                group = found[1]
+        if group is None:
             await self.app(scope, receive, send)
             return
         client = self._key(scope)
@@ -197,65 +209,101 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        results: list[str] = []
-        limited: list[tuple[RateLimitPolicy, RateLimitDecision]] = []
-        for policy in policies:
-            result = await self._consume(client, policy)
-            if result is None:
-                await send_problem(
-                    send,
-                    503,
-                    RATE_LIMIT_UNAVAILABLE,
-                    "The rate limiter is unavailable; try again later.",
-                    headers={"Retry-After": str(self.unavailable_retry_after)},
-                )
-                return
-            outcome = "allowed" if result.allowed else "limited"
-            self._counted[(policy.name, outcome)].inc()
-            results.append(f'"{policy.name}";r={result.remaining};t={result.reset}')
+        take = self._take
+        state = b""
+        for limit in group.limits:
+            if take is not None:
+                result = take(client, limit.policy)
+            else:
+                awaited = await self._consume(client, limit)
+                if awaited is None:
+                    await send_problem(
+                        send,
+                        503,
+                        RATE_LIMIT_UNAVAILABLE,
+                        "The rate limiter is unavailable; try again later.",
+                        headers={"Retry-After": str(self.unavailable_retry_after)},
+                    )
+                    return
+                result = awaited
+            item = b"%b%d;t=%d" % (limit.state, result.remaining, result.reset)
+            state = state + b", " + item if state else item
             if not result.allowed:
-                limited.append((policy, result))
-                break  # later policies keep their quota for a request that is not served
+                limit.limited.inc()
+                # Later policies keep their quota for a request that is not served.
+                await self._reject(send, group, state, limit.policy, result)
+                return
+            limit.allowed.inc()
 
-        policy_header = self._policy_headers[policies]
-        state_header = ", ".join(results).encode("latin-1")
-        if limited:
-            retry_after = max(max(1, ceil_seconds(d.retry_after)) for _, d in limited)
-            names = [p.name for p, _ in limited]
-            await Problem(
-                429,
-                RATE_LIMITED,
-                f"Too many requests; retry in {retry_after} s.",
-                title="Request cannot be satisfied as assigned quota has been exceeded",
-                type=QUOTA_EXCEEDED_TYPE,
-                headers={"Retry-After": str(retry_after)},
-                extensions={"violated-policies": names},
-            ).send(
-                send, headers=[(b"ratelimit-policy", policy_header), (b"ratelimit", state_header)]
-            )
-            return
+        policy_field = group.policy_field
+        state_field = (b"ratelimit", state)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message_headers(message)
-                headers.append((b"ratelimit-policy", policy_header))
-                headers.append((b"ratelimit", state_header))
+                headers.append(policy_field)
+                headers.append(state_field)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _consume(self, client: str, policy: RateLimitPolicy) -> RateLimitDecision | None:
+    async def _reject(
+        self,
+        send: Send,
+        group: _Group,
+        state: bytes,
+        policy: RateLimitPolicy,
+        result: RateLimitDecision,
+    ) -> None:
+        """Send the 429 problem for the policy that ``result`` refused."""
+        retry_after = max(1, ceil_seconds(result.retry_after))
+        await Problem(
+            429,
+            RATE_LIMITED,
+            f"Too many requests; retry in {retry_after} s.",
+            title="Request cannot be satisfied as assigned quota has been exceeded",
+            type=QUOTA_EXCEEDED_TYPE,
+            headers={"Retry-After": str(retry_after)},
+            extensions={"violated-policies": [policy.name]},
+        ).send(send, headers=[group.policy_field, (b"ratelimit", state)])
+
+    async def _consume(self, client: str, limit: _Limit) -> RateLimitDecision | None:
         """One decision; store failures go to the fallback (fail open) or ``None`` (fail closed)."""
+        policy = limit.policy
         if self._breaker is None:
             return await self.store.consume(client, policy)
         store = self.store
         try:
             return await self._breaker.call(lambda: store.consume(client, policy))
         except BackendError:
-            self._counted[(policy.name, "error")].inc()
+            limit.error.inc()
             if self._fallback is None or self.on_store_error == "fail_closed":
                 return None
             return await self._fallback.consume(client, policy)
+
+
+class _Limit:
+    """One policy as a request applies it: the start of its ``RateLimit`` member, its counters."""
+
+    __slots__ = ("allowed", "error", "limited", "policy", "state")
+
+    def __init__(self, policy: RateLimitPolicy, decisions: Counter) -> None:
+        self.policy = policy
+        self.state = f'"{policy.name}";r='.encode("latin-1")
+        self.allowed = decisions.labels(policy.name, "allowed")
+        self.limited = decisions.labels(policy.name, "limited")
+        self.error = decisions.labels(policy.name, "error")
+
+
+class _Group:
+    """The policies applied together to a request, and their ``RateLimit-Policy`` field."""
+
+    __slots__ = ("limits", "policy_field")
+
+    def __init__(self, limits: tuple[_Limit, ...]) -> None:
+        self.limits = limits
+        text = ", ".join(limit.policy.header for limit in limits)
+        self.policy_field = (b"ratelimit-policy", text.encode("latin-1"))
 
 
 __all__ = [

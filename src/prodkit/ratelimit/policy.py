@@ -35,6 +35,8 @@ RATE_UNITS: dict[str, int] = {
 
 _RATE = re.compile(r"\s*(\d+)\s*(?:/|per)\s*(\d+)?\s*([a-z]+?)s?\s*\Z", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+# A float error of a few nanoseconds must not turn 12 into 13 when rounding seconds up.
+_CEIL_SLACK = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,9 @@ class RateLimitPolicy:
     name: str = "default"
     #: ``RateLimit-Policy`` list member, computed once.
     header: str = field(init=False, repr=False, compare=False)
+    #: Seconds between two requests at the sustained rate (``window / quota``), computed once:
+    #: every decision reads it, and a property would be a Python call each time.
+    interval: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.quota, bool) or not isinstance(self.quota, int) or self.quota < 1:
@@ -69,11 +74,7 @@ class RateLimitPolicy:
                 "A-Z a-z 0-9 _ . : -"
             )
         object.__setattr__(self, "header", f'"{self.name}";q={self.quota};w={self.window}')
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two requests at the sustained rate (``window / quota``)."""
-        return self.window / self.quota
+        object.__setattr__(self, "interval", self.window / self.quota)
 
     @classmethod
     def parse(cls, rate: str, name: str = "default") -> RateLimitPolicy:
@@ -119,8 +120,7 @@ def ceil_seconds(seconds: float) -> int:
     """Whole seconds, rounded up, never negative (for ``t`` and ``Retry-After``)."""
     if seconds <= 0:
         return 0
-    # A float error of a few nanoseconds must not turn 12 into 13.
-    return math.ceil(seconds - 1e-6)
+    return math.ceil(seconds - _CEIL_SLACK)
 
 
 __all__ = ["RATE_UNITS", "RateLimitPolicy", "ceil_seconds", "parse_rate", "to_policy"]

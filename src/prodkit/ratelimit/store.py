@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from prodkit.ratelimit.policy import RateLimitPolicy, ceil_seconds
+from prodkit.ratelimit.policy import _CEIL_SLACK, RateLimitPolicy
 
 # Float arithmetic on ``k * window/quota`` must not lose a unit of quota to rounding.
 _EPSILON = 1e-6  # one microsecond: arrival times near the epoch carry ~1e-7 s of float error
@@ -46,9 +46,9 @@ class RateLimitDecision:
         quota comes back one unit at a time, so ``t`` is when the next unit arrives, the same
         instant as ``Retry-After`` (a 429's ``Retry-After`` is therefore never below its ``t``).
         """
-        if self.remaining > 0:
-            return ceil_seconds(self.reset_after)
-        return ceil_seconds(self.retry_after)
+        # ``ceil_seconds`` inlined: the middleware reads this for every request it limits.
+        seconds = self.reset_after if self.remaining > 0 else self.retry_after
+        return 0 if seconds <= 0 else math.ceil(seconds - _CEIL_SLACK)
 
 
 def gcra(debt: float, policy: RateLimitPolicy, cost: int = 1) -> tuple[bool, float]:
@@ -63,10 +63,15 @@ def decision(
     allowed: bool, debt: float, policy: RateLimitPolicy, cost: int = 1
 ) -> RateLimitDecision:
     """Build the decision from the debt (seconds) a key has after the request."""
-    debt = max(debt, 0.0)
+    # The hot path of every store: plain comparisons instead of max(), and int() instead of
+    # math.floor(), which agree here because a negative count is clamped to 0 either way.
+    if debt < 0.0:
+        debt = 0.0
     interval = policy.interval
     spare = policy.window - debt
-    remaining = max(0, math.floor(spare / interval + _EPSILON))
+    remaining = int(spare / interval + _EPSILON)
+    if remaining < 0:
+        remaining = 0
     if not allowed:
         retry_after = max(0.0, cost * interval - spare)
     elif remaining > 0:
