@@ -222,9 +222,8 @@ class Redactor:
         # Hot path: most lines have the same few plain keys and flat values, so both checks
         # are set operations done in C; the per-key work happens only for new keys.
         plain = self._plain
-        unknown = event_dict.keys() - plain
-        if unknown:
-            for key in unknown:
+        if not plain.issuperset(event_dict):  # no set is built when every key is known
+            for key in event_dict.keys() - plain:
                 if self.is_secret_key(key):
                     event_dict[key] = self.replacement
                 elif len(plain) < _KEY_CACHE_LIMIT:
