@@ -46,3 +46,33 @@ def full_stack() -> ASGIApp:
         cache_routes=cache,
         cache_user_key=header_user_key("X-User-Id"),
     )
+
+
+def peer_stack() -> ASGIApp:
+    """Factory for ``uvicorn --factory``: the same app behind the typical peer packages.
+
+    asgi-correlation-id, a structlog access logger written as ``BaseHTTPMiddleware`` (one JSON
+    line per request on stdout, rendered by the same configuration as prodkit's), starlette-
+    exporter, slowapi (memory) and Starlette's CORS, outermost first.
+    """
+    from asgi_correlation_id import CorrelationIdMiddleware
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.middleware import SlowAPIASGIMiddleware
+    from slowapi.util import get_remote_address
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette_exporter import PrometheusMiddleware as ExporterMiddleware
+
+    from benchmarks.bench_observability import peer_logger_base_http
+
+    configure_logging("INFO", "json")
+    app = starlette_app()
+    limiter = Limiter(key_func=get_remote_address, default_limits=["1000000/second"])
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIASGIMiddleware)
+    app.add_middleware(CORSMiddleware, allow_origins=["https://app.example"])
+    app.add_middleware(ExporterMiddleware, app_name="bench")
+    peer_logger_base_http(app)
+    app.add_middleware(CorrelationIdMiddleware)
+    return app

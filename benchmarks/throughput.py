@@ -3,7 +3,7 @@
     python -m benchmarks.throughput [--seconds 10] [--connections 50] [--skip-postgres]
 
 Cases: a bare Starlette endpoint, without and with uvicorn's own access log (its default); the
-same endpoint inside the whole recommended stack (in-memory stores, one JSON access line per
+same endpoint behind the typical peer packages; the same endpoint inside the whole recommended stack (in-memory stores, one JSON access line per
 request), uncached and cached; the funds example's cached ``GET /api/funds/{id}`` on memory
 and on PostgreSQL + Redis, and its uncached listing on PostgreSQL. Loopback only; each run is bounded by ``--seconds``. Needs ``wrk``.
 """
@@ -171,6 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         measure(
             "bare Starlette, uvicorn's access log on (its default)",
             [*uvicorn_logging, "benchmarks.apps:bare"],
+            "/items/42",
+            args.seconds,
+            args.connections,
+            tmp,
+        ),
+        measure(
+            "peer stack (asgi-correlation-id, structlog on BaseHTTPMiddleware, "
+            "starlette-exporter, slowapi, CORS)",
+            [*uvicorn, "benchmarks.apps:peer_stack"],
             "/items/42",
             args.seconds,
             args.connections,
