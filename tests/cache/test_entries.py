@@ -22,6 +22,7 @@ headers = st.lists(st.tuples(header_names, st.binary(max_size=50)), max_size=8)
     versions=st.lists(st.text(max_size=40), max_size=4),
     vary=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1), max_size=3),
     stored_at=st.floats(0, 2e9),
+    route=st.none() | st.text(max_size=40),
 )
 def test_cached_responses_round_trip(
     status: int,
@@ -30,6 +31,7 @@ def test_cached_responses_round_trip(
     versions: list[str],
     vary: list[str],
     stored_at: float,
+    route: str | None,
 ) -> None:
     entry = CachedResponse(
         status,
@@ -39,6 +41,7 @@ def test_cached_responses_round_trip(
         stored_at,
         tuple(versions),
         tuple(vary),
+        route,
     )
     assert CachedResponse.decode(entry.encode()) == entry
 

@@ -13,7 +13,14 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit.cache import MemoryCacheStore, RedisCacheStore, ResponseCache
+from prodkit import PrometheusMiddleware
+from prodkit.cache import (
+    CacheMiddleware,
+    CacheRule,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
+)
 from tests.cache.helpers import CountingApp
 from tests.conftest import ClientFactory
 from tests.middleware.test_cache import USER, make_cache
@@ -92,3 +99,26 @@ async def test_repeated_hits_keep_urls_callers_and_variants_apart(
         assert [r.headers["x-cache"] for r in again] == ["HIT"] * len(requests)
         assert [r.content for r in again] == [r.content for r in first]
     assert [r.content for r in first[-2:]] == [b"de", b"fr"]
+
+
+async def test_a_hit_is_counted_under_the_route_the_app_matched(
+    cache: ResponseCache, registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    """The app does not run on a hit; the metrics still see the template of its mounted route."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["item_id"]})
+
+    app = Starlette(routes=[Mount("/api", routes=[Route("/items/{item_id}", item)])])
+    cached = CacheMiddleware(
+        app, routes={"/api/items/{id}": CacheRule(ttl=60)}, cache=cache, registry=registry
+    )
+    client = make_client(PrometheusMiddleware(cached, registry=registry))
+    responses = [await client.get("/api/items/7") for _ in range(3)]
+    assert [r.headers["x-cache"] for r in responses] == ["MISS", "HIT", "HIT"]
+    labels = {"method": "GET", "route": "/api/items/{item_id}", "status_code": "200"}
+    assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 3

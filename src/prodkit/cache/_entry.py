@@ -59,6 +59,9 @@ class CachedResponse:
         versions: the versions of the entry's tags when the request was looked up; the entry is
             stale as soon as any tag has another version.
         vary: lower-case request header names the response varies on.
+        route: the route template the app matched when it produced the response, if it
+            recorded one; a hit names it to the metrics and the access log, which otherwise
+            match the request against the app's router again.
     """
 
     status: int
@@ -68,6 +71,7 @@ class CachedResponse:
     stored_at: float
     versions: tuple[str, ...] = ()
     vary: tuple[str, ...] = ()
+    route: str | None = None
 
     def encode(self) -> bytes:
         """Serialise to bytes: a type byte, a JSON line of metadata, then the raw body."""
@@ -79,6 +83,8 @@ class CachedResponse:
             "v": list(self.versions),
             "y": list(self.vary),
         }
+        if self.route is not None:
+            meta["r"] = self.route
         return _RESPONSE + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
@@ -90,6 +96,7 @@ class CachedResponse:
         if end < 0:
             raise ValueError("truncated cached response")
         meta = json.loads(data[1:end])
+        route = meta.get("r")  # absent from entries of earlier versions
         return cls(
             status=int(meta["s"]),
             headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["h"]),
@@ -98,6 +105,7 @@ class CachedResponse:
             stored_at=float(meta["t"]),
             versions=tuple(meta["v"]),
             vary=tuple(meta["y"]),
+            route=route if isinstance(route, str) else None,
         )
 
 

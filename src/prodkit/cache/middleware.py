@@ -25,7 +25,7 @@ from prodkit._headers import (
 )
 from prodkit._metrics import DEFAULT_PREFIX, counter
 from prodkit._problem import send_problem
-from prodkit._routing import RouteTable, compile_template
+from prodkit._routing import UNMATCHED_ROUTE, RouteTable, compile_template, route_template
 from prodkit._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache, tag_key
 from prodkit.cache._entry import (
@@ -827,9 +827,10 @@ class CacheMiddleware:
                 stored_at=time.time(),
                 versions=versions,
                 vary=vary,
+                route=_app_route(request.scope),
             )
             self._share(future, request, result, fetched=True)
-            await self._send_entry(send, request, result, hit=False)
+            await self._send_entry(send, request, result, hit=False, routed=True)
 
         await self.app(request.scope, receive, capture)
         return result
@@ -848,8 +849,16 @@ class CacheMiddleware:
         entry: CachedResponse,
         *,
         hit: bool,
+        routed: bool = False,
     ) -> None:
-        """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag."""
+        """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag.
+
+        ``routed``: the app ran for this request (and recorded its route on the scope).
+        """
+        if not routed and entry.route is not None:
+            # The app's route for this response, as if it had routed the request: the metrics
+            # and the access log outside need not match it against the router again.
+            request.scope.setdefault("path_template", entry.route)
         headers: RawHeaders
         if (
             request.if_none_match is not None
@@ -877,6 +886,12 @@ class CacheMiddleware:
 
 def _age(entry: CachedResponse) -> int:
     return max(0, int(time.time() - entry.stored_at))
+
+
+def _app_route(scope: Scope) -> str | None:
+    """The route template the app recorded on ``scope`` while it routed, if any."""
+    template = route_template(scope)
+    return None if template == UNMATCHED_ROUTE else template
 
 
 def _usable(entry: CachedResponse | None, max_age: int | None) -> CachedResponse | None:
