@@ -105,7 +105,9 @@ class ResponseCache:
 
     async def get(self, key: str, tags: Sequence[str]) -> Lookup:
         """Read ``key`` and tag versions through the breaker (raises ``BackendError``)."""
-        return await self._call(lambda: self.store.get(key, tags=tags))
+        if self.breaker is None:  # every hit comes here: no closure, no extra frame
+            return await self.store.get(key, tags=tags)
+        return await self.breaker.call(lambda: self.store.get(key, tags=tags))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Write through the breaker (raises ``BackendError``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,9 @@ class CachedResponse:
         versions: the versions of the entry's tags when the request was looked up; the entry is
             stale as soon as any tag has another version.
         vary: lower-case request header names the response varies on.
+        route: the route template the app matched when it produced the response, if it
+            recorded one; a hit names it to the metrics and the access log, which otherwise
+            match the request against the app's router again.
     """
 
     status: int
@@ -67,6 +71,7 @@ class CachedResponse:
     stored_at: float
     versions: tuple[str, ...] = ()
     vary: tuple[str, ...] = ()
+    route: str | None = None
 
     def encode(self) -> bytes:
         """Serialise to bytes: a type byte, a JSON line of metadata, then the raw body."""
@@ -78,6 +83,8 @@ class CachedResponse:
             "v": list(self.versions),
             "y": list(self.vary),
         }
+        if self.route is not None:
+            meta["r"] = self.route
         return _RESPONSE + json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
@@ -85,19 +92,61 @@ class CachedResponse:
         """Inverse of :meth:`encode`; raises ``ValueError`` on anything else."""
         if data[:1] != _RESPONSE:
             raise ValueError("not a cached response")
-        head, sep, body = data[1:].partition(b"\n")
-        if not sep:
+        end = data.find(b"\n", 1)
+        if end < 0:
             raise ValueError("truncated cached response")
-        meta = json.loads(head)
+        meta = json.loads(data[1:end])
+        route = meta.get("r")  # absent from entries of earlier versions
         return cls(
             status=int(meta["s"]),
             headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["h"]),
-            body=body,
+            body=data[end + 1 :],
             etag=meta["e"].encode("latin-1"),
             stored_at=float(meta["t"]),
             versions=tuple(meta["v"]),
             vary=tuple(meta["y"]),
+            route=route if isinstance(route, str) else None,
         )
+
+
+class DecodedEntries:
+    """The entries decoded lately, by store key, so that a hit neither parses nor copies.
+
+    Each is kept with the exact bytes it was decoded from and is reused only while the store
+    returns those bytes again (the same object from the memory store, equal bytes from Redis);
+    anything else is decoded afresh. Least recently used entries go first, to stay within
+    ``max_entries`` and ``max_bytes`` (the stored values' sizes).
+    """
+
+    __slots__ = ("_bytes", "_items", "max_bytes", "max_entries")
+
+    def __init__(self, *, max_entries: int = 1024, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[bytes, CachedResponse]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def decode(self, key: str, value: bytes) -> CachedResponse:
+        """:meth:`CachedResponse.decode` of ``value``, the one stored under ``key``."""
+        known = self._items.get(key)
+        if known is not None:
+            if known[0] is value or known[0] == value:
+                self._items.move_to_end(key)
+                return known[1]
+            del self._items[key]
+            self._bytes -= len(known[0])
+        entry = CachedResponse.decode(value)
+        if len(value) <= self.max_bytes:
+            while self._items and (
+                len(self._items) >= self.max_entries or self._bytes + len(value) > self.max_bytes
+            ):
+                self._bytes -= len(self._items.popitem(last=False)[1][0])
+            self._items[key] = (value, entry)
+            self._bytes += len(value)
+        return entry
 
 
 def encode_vary_record(names: Sequence[str]) -> bytes:
@@ -165,6 +214,7 @@ __all__ = [
     "NOT_MODIFIED_HEADERS",
     "UNSTORABLE_MARKER",
     "CachedResponse",
+    "DecodedEntries",
     "cache_control",
     "compute_etag",
     "decode_vary_record",

@@ -87,7 +87,7 @@ class MemoryCacheStore:
     async def get(self, key: str, *, tags: Sequence[str] = ()) -> Lookup:
         """Return the entry (refreshing its recency) and the tags' versions."""
         now = self._clock()
-        versions = tuple(self._version(tag, now) for tag in tags)
+        versions = tuple([self._version(tag, now) for tag in tags])
         found = self._entries.get(key)
         if found is None:
             return Lookup(None, versions)

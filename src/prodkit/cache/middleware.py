@@ -10,10 +10,11 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from prodkit._headers import (
     get_all_headers,
@@ -24,13 +25,14 @@ from prodkit._headers import (
 )
 from prodkit._metrics import DEFAULT_PREFIX, counter
 from prodkit._problem import send_problem
-from prodkit._routing import RouteTable, compile_template
+from prodkit._routing import UNMATCHED_ROUTE, RouteTable, compile_template, route_template
 from prodkit._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache, tag_key
 from prodkit.cache._entry import (
     NOT_MODIFIED_HEADERS,
     UNSTORABLE_MARKER,
     CachedResponse,
+    DecodedEntries,
     cache_control,
     compute_etag,
     decode_vary_record,
@@ -40,6 +42,7 @@ from prodkit.cache._entry import (
     stored_headers,
 )
 from prodkit.cache._store import CacheStore
+from prodkit.cache.memory import MemoryCacheStore
 from prodkit.errors import BackendError, ConfigurationError
 
 #: Problem code of a ``Cache-Control: only-if-cached`` request that found nothing (504).
@@ -51,6 +54,16 @@ Outcome = Literal["hit", "miss", "bypass", "error", "coalesced"]
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
 _TAG_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+#: Request header fields the cache looks at.
+_READ_FIELDS = frozenset(
+    {b"authorization", b"cache-control", b"cookie", b"if-none-match", b"range"}
+)
+_EMPTY_PART = (0).to_bytes(8, "big")  # an empty query, length-prefixed
+_NO_DIRECTIVES: Mapping[str, str] = MappingProxyType({})
+# Entry keys and tag keys of recent reads, so a repeated read does not parse and hash again;
+# long URLs (and callers) are not remembered, which bounds the memo's memory.
+_MEMO_SIZE = 4096
+_MEMO_MAX_URL = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,39 @@ class _Route:
     pattern: re.Pattern[str]
     rule: CacheRule | None
     tags: tuple[str, ...]  # tag templates bumped by a write / stamped on an entry
+    key_prefix: bytes = field(init=False)  # the template's part of every entry key
+    by_user: bool = field(init=False)  # the caller is part of the key or of a tag
+
+    def __post_init__(self) -> None:
+        raw = self.template.encode("utf-8", "surrogatepass")
+        object.__setattr__(self, "key_prefix", len(raw).to_bytes(8, "big") + raw)
+        by_user = self.rule is not None and self.rule.per_user
+        by_user = by_user or any("user" in _TAG_FIELD.findall(tag) for tag in self.tags)
+        object.__setattr__(self, "by_user", by_user)
+
+    def keys(self, path: str, query: bytes, user: str | None) -> tuple[str, tuple[str, ...]]:
+        """The entry key's hash and the tag version keys of a read (path tag first)."""
+        tags = (self.render_tags(path, user) or ()) if self.tags else ()
+        raw_path = path.encode("utf-8", "surrogatepass")
+        # length-prefixed, so no choice of path or query can imitate another split
+        parts = [self.key_prefix, len(raw_path).to_bytes(8, "big"), raw_path]
+        if query:
+            # latin-1 both ways: percent-decoding is then one-to-one, so two different queries
+            # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
+            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+            # Sorted by name only: the order of one parameter's values can matter (getlist).
+            normalised = urlencode(sorted(pairs, key=lambda pair: pair[0]), encoding="latin-1")
+            raw_query = normalised.encode("utf-8", "surrogatepass")
+            parts += (len(raw_query).to_bytes(8, "big"), raw_query)
+        else:
+            parts.append(_EMPTY_PART)
+        if self.rule is not None and self.rule.per_user and user is not None:
+            raw_user = user.encode("utf-8", "surrogatepass")
+            parts += (len(raw_user).to_bytes(8, "big"), raw_user)
+        else:
+            parts.append(b"-")
+        base = hashlib.sha256(b"".join(parts)).hexdigest()[:40]
+        return base, (tag_key("path:" + path), *(tag_key(t) for t in tags))
 
     def render_tags(self, path: str, user: str | None) -> tuple[str, ...] | None:
         found = self.pattern.match(path)
@@ -125,6 +171,7 @@ class _Request:
     statuses: frozenset[int]
     ttl: float
     head: bool
+    directives: Mapping[str, str]  # the request's Cache-Control
     versions: tuple[str, ...] | None = None  # tag versions read before the app runs
     unstorable: bool = False  # the last response for this key could not be stored
     vary_values: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -186,6 +233,10 @@ class CacheMiddleware:
 
     Store failures fail open: the request is served by the app, and the circuit breaker of the
     :class:`ResponseCache` turns a dead store into microseconds per request.
+
+    Hits are cheap: the middleware remembers the keys of recent URLs and the last 1,024 entries
+    it decoded (at most 8 MiB of stored bytes, reused only while the store returns the same
+    bytes), so a repeated hit neither hashes, parses nor copies the body.
 
     Arguments:
         app: the ASGI app to wrap.
@@ -290,6 +341,11 @@ class CacheMiddleware:
             ["route", "outcome"],
             registry=cache.registry if registry is None else registry,
         )
+        self._counted: dict[tuple[str, Outcome], Counter] = {}
+        self._decoded = DecodedEntries()
+        # The memory store answers without suspending (and, without a breaker, cannot fail).
+        self._inline_store = isinstance(cache.store, MemoryCacheStore) and cache.breaker is None
+        self._keys: dict[tuple[str, str, bytes, str | None], tuple[str, tuple[str, ...]]] = {}
 
     @staticmethod
     def _check_tags(template: str, tags: Sequence[str], user_key: UserKey | None) -> None:
@@ -342,7 +398,12 @@ class CacheMiddleware:
         await self.app(scope, receive, send)
 
     def _count(self, route: str, outcome: Outcome) -> None:
-        self._requests.labels(route, outcome).inc()
+        child = self._counted.get((route, outcome))
+        if child is None:
+            # labels() costs more than the rest of a hit; a child is created on first use, as
+            # before, so series that never happened are still not exported.
+            child = self._counted[route, outcome] = self._requests.labels(route, outcome)
+        child.inc()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -374,42 +435,45 @@ class CacheMiddleware:
         if rule is None:  # pragma: no cover - read routes always have a rule
             return "bypass"
         headers = scope.get("headers") or ()
-        if not rule.allow_credentials and (
-            get_header(headers, b"authorization") is not None
-            or get_header(headers, b"cookie") is not None
-        ):
+        # One pass over the request headers for every field the cache reads.
+        found: dict[bytes, bytes] = {}
+        controls = False
+        for name, value in headers:
+            if name in _READ_FIELDS:
+                if name == b"cache-control":
+                    controls = True
+                elif name not in found:
+                    found[name] = value
+        if not rule.allow_credentials and (b"authorization" in found or b"cookie" in found):
             return "bypass"
-        if get_header(headers, b"range") is not None:
+        if b"range" in found:
             return "bypass"  # partial content is not stored; let the app answer ranges
         user: str | None = None
-        if self.user_key is not None:
+        if self.user_key is not None and route.by_user:  # the key or a tag names the caller
             user = self.user_key(scope)
         if rule.per_user and user is None:
             return "bypass"
         path: str = scope.get("path", "/")
-        tags = route.render_tags(path, user) or ()
-        # latin-1 both ways: percent-decoding is then one-to-one, so two different queries
-        # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
-        query = scope.get("query_string", b"").decode("latin-1")
-        pairs = parse_qsl(query, keep_blank_values=True, encoding="latin-1")
-        # Sorted by name only: the order of one parameter's values can matter (getlist).
-        normalised = urlencode(sorted(pairs, key=lambda pair: pair[0]), encoding="latin-1")
-        digest = hashlib.sha256()
-        for part in (route.template, path, normalised, user if rule.per_user else None):
-            raw = b"" if part is None else part.encode("utf-8", "surrogatepass")
-            # length-prefixed, so no choice of path or query can imitate another split
-            digest.update(b"-" if part is None else len(raw).to_bytes(8, "big"))
-            digest.update(raw)
+        query: bytes = scope.get("query_string", b"")
+        memo = (route.template, path, query, user)
+        keys = self._keys.get(memo)
+        if keys is None:
+            keys = route.keys(path, query, user)
+            if len(path) + len(query) + (len(user) if user else 0) <= _MEMO_MAX_URL:
+                if len(self._keys) >= _MEMO_SIZE:
+                    self._keys.clear()
+                self._keys[memo] = keys
         return _Request(
             route=route,
             rule=rule,
             scope=scope,
-            base=digest.hexdigest()[:40],
-            tags=(tag_key("path:" + path), *(tag_key(t) for t in tags)),
-            if_none_match=get_header(headers, b"if-none-match"),
+            base=keys[0],
+            tags=keys[1],
+            if_none_match=found.get(b"if-none-match"),
             statuses=rule.statuses if rule.statuses is not None else self.statuses,
             ttl=rule.ttl,
             head=scope.get("method") == "HEAD",
+            directives=cache_control(headers) if controls else _NO_DIRECTIVES,
         )
 
     async def _read(self, scope: Scope, receive: Receive, send: Send, route: _Route) -> None:
@@ -420,7 +484,7 @@ class CacheMiddleware:
             await self.app(scope, receive, send)
             return
         request = prepared
-        directives = cache_control(scope.get("headers") or ())
+        directives = request.directives
         if self.honor_no_store and "no-store" in directives:
             self._count(template, "bypass")
             await self.app(scope, receive, send)
@@ -467,10 +531,18 @@ class CacheMiddleware:
             await self.app(scope, receive, self._miss_send(send))
             return
 
+        if self._inline_store:
+            # The lookup cannot suspend, so no request can join a flight before it answers:
+            # a flight is only needed once it has missed.
+            entry = _usable(await self._lookup(request), max_age)
+            if entry is not None:
+                self._count(template, "hit")
+                await self._send_entry(send, request, entry, hit=True)
+                return
         future: asyncio.Future[_Shared | None] = asyncio.get_running_loop().create_future()
         self._flights[request.base] = (future, self.cache.generation)
         try:
-            await self._lead(request, receive, send, future, max_age)
+            await self._lead(request, receive, send, future, max_age, self._inline_store)
         finally:
             if not future.done():
                 future.set_result(None)
@@ -488,13 +560,15 @@ class CacheMiddleware:
         if value == UNSTORABLE_MARKER:
             request.unstorable = True
             return None
+        key = request.entry_key
         names = decode_vary_record(value)
         if names is not None:
-            value = (await self.cache.get(request.variant_key(names), ())).value
+            key = request.variant_key(names)
+            value = (await self.cache.get(key, ())).value
             if value is None:
                 return None
         try:
-            entry = CachedResponse.decode(value)
+            entry = self._decoded.decode(key, value)
         except (ValueError, KeyError, TypeError):
             return None  # written by an incompatible version: treat as a miss
         if entry.versions != found.versions:
@@ -508,24 +582,23 @@ class CacheMiddleware:
         send: Send,
         future: asyncio.Future[_Shared | None],
         max_age: int | None,
+        missed: bool,
     ) -> None:
+        """Answer a read as the only one for its key in this process (``missed``: the caller
+        already looked the key up, and found nothing usable)."""
         template = request.route.template
         outcome: Outcome = "miss"
-        token = os.urandom(16).hex()
+        token = ""  # the lease's owner token, drawn only when a hit is not found
         locked = False
-
-        def usable(entry: CachedResponse | None) -> CachedResponse | None:
-            if entry is None or (max_age is not None and _age(entry) > max_age):
-                return None
-            return entry
-
         try:
-            entry = usable(await self._lookup(request))
-            if entry is not None:
-                self._share(future, request, entry, fetched=False)
-                self._count(template, "hit")
-                await self._send_entry(send, request, entry, hit=True)
-                return
+            if not missed:
+                entry = _usable(await self._lookup(request), max_age)
+                if entry is not None:
+                    self._share(future, request, entry, fetched=False)
+                    self._count(template, "hit")
+                    await self._send_entry(send, request, entry, hit=True)
+                    return
+            token = os.urandom(16).hex()
             # Single flight across workers: hold the lease, or wait for whoever holds it.
             # Not when the last answer here could not be stored: waiting would only queue
             # the workers behind one another.
@@ -538,7 +611,7 @@ class CacheMiddleware:
                     # before releasing. (On a first-try claim that window is one round trip
                     # wide; a second computation there is harmless and not worth a read.)
                     waited = delay > 0.005
-                    entry = usable(await self._lookup(request)) if waited else None
+                    entry = _usable(await self._lookup(request), max_age) if waited else None
                     if entry is not None:
                         self._share(future, request, entry, fetched=True)
                         self._count(template, "coalesced")
@@ -549,7 +622,7 @@ class CacheMiddleware:
                     break  # the lease outlived us: compute rather than hang
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                entry = usable(await self._lookup(request))
+                entry = _usable(await self._lookup(request), max_age)
                 if entry is not None:
                     self._share(future, request, entry, fetched=True)
                     self._count(template, "coalesced")
@@ -754,9 +827,10 @@ class CacheMiddleware:
                 stored_at=time.time(),
                 versions=versions,
                 vary=vary,
+                route=_app_route(request.scope),
             )
             self._share(future, request, result, fetched=True)
-            await self._send_entry(send, request, result, hit=False)
+            await self._send_entry(send, request, result, hit=False, routed=True)
 
         await self.app(request.scope, receive, capture)
         return result
@@ -775,8 +849,16 @@ class CacheMiddleware:
         entry: CachedResponse,
         *,
         hit: bool,
+        routed: bool = False,
     ) -> None:
-        """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag."""
+        """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag.
+
+        ``routed``: the app ran for this request (and recorded its route on the scope).
+        """
+        if not routed and entry.route is not None:
+            # The app's route for this response, as if it had routed the request: the metrics
+            # and the access log outside need not match it against the router again.
+            request.scope.setdefault("path_template", entry.route)
         headers: RawHeaders
         if (
             request.if_none_match is not None
@@ -788,20 +870,35 @@ class CacheMiddleware:
             status = 304
             body = b""
         else:
-            headers = list(entry.headers)
-            headers.append((b"etag", entry.etag))
-            headers.append((b"content-length", str(len(entry.body)).encode()))
+            headers = [
+                *entry.headers,
+                (b"etag", entry.etag),
+                (b"content-length", b"%d" % len(entry.body)),
+            ]
             status = entry.status
             body = b"" if request.head else entry.body
         headers.append((b"x-cache", b"HIT" if hit else b"MISS"))
         if hit:
-            headers.append((b"age", str(_age(entry)).encode()))
+            headers.append((b"age", b"%d" % _age(entry)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _age(entry: CachedResponse) -> int:
     return max(0, int(time.time() - entry.stored_at))
+
+
+def _app_route(scope: Scope) -> str | None:
+    """The route template the app recorded on ``scope`` while it routed, if any."""
+    template = route_template(scope)
+    return None if template == UNMATCHED_ROUTE else template
+
+
+def _usable(entry: CachedResponse | None, max_age: int | None) -> CachedResponse | None:
+    """``entry`` unless it is older than the request's ``max-age``."""
+    if entry is None or (max_age is not None and _age(entry) > max_age):
+        return None
+    return entry
 
 
 __all__ = ["NOT_CACHED", "CacheMiddleware", "CacheRule", "header_user_key"]
