@@ -138,11 +138,7 @@ class LoopHistogram:
 
     def labels(self, *values: str) -> LoopHistogramChild:
         """The child of these label values (created empty), as prometheus-client's ``labels``."""
-        found = self._series.get(values)
-        if found is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected labels {self.labelnames}")
-            found = self._series[values] = [0.0] * (len(self.bounds) + 1)
+        found = self._series.get(values) or _new_series(self, values, len(self.bounds) + 1)
         return LoopHistogramChild(self.bounds, found)
 
     def describe(self) -> list[HistogramMetricFamily]:
@@ -176,12 +172,7 @@ class LoopGauge:
 
     def labels(self, *values: str) -> LoopGaugeChild:
         """The child of these label values (created at 0), as prometheus-client's ``labels``."""
-        found = self._series.get(values)
-        if found is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected labels {self.labelnames}")
-            found = self._series[values] = [0.0]
-        return LoopGaugeChild(found)
+        return LoopGaugeChild(self._series.get(values) or _new_series(self, values, 1))
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)]
@@ -224,6 +215,15 @@ class LoopGaugeChild:
     def dec(self, amount: float = 1) -> None:
         """Subtract ``amount``."""
         self._cell[0] -= amount
+
+
+def _new_series(
+    metric: LoopHistogram | LoopGauge, values: tuple[str, ...], size: int
+) -> list[float]:
+    if len(values) != len(metric.labelnames):
+        raise ValueError(f"{metric.name}: expected labels {metric.labelnames}")
+    series = metric._series[values] = [0.0] * size
+    return series
 
 
 def loop_metrics_ok() -> bool:
