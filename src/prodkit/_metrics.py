@@ -13,7 +13,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics import MetricWrapperBase
@@ -33,6 +33,27 @@ _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = 
 )
 
 
+def _get_or_create(
+    kind: type[Any],
+    name: str,
+    registry: CollectorRegistry | None,
+    create: Callable[[CollectorRegistry], object],
+) -> Any:
+    """The collector ``name`` in ``registry``, made (and registered) by ``create`` first."""
+    target = REGISTRY if registry is None else registry
+    with _lock:
+        known = _by_registry.setdefault(target, {})
+        metric = known.get(name)
+        if metric is None:
+            metric = known[name] = create(target)
+    if not isinstance(metric, kind):
+        raise ConfigurationError(
+            f"metric {name!r} is already registered as a {type(metric).__name__}, "
+            f"not a {kind.__name__}; choose another prefix"
+        )
+    return metric
+
+
 def get_metric(
     kind: type[M],
     name: str,
@@ -43,19 +64,12 @@ def get_metric(
     **kwargs: object,
 ) -> M:
     """Return the collector ``name`` of ``kind`` in ``registry``, creating it on first use."""
-    target = REGISTRY if registry is None else registry
-    with _lock:
-        known = _by_registry.setdefault(target, {})
-        metric = known.get(name)
-        if metric is None:
-            metric = kind(name, documentation, labelnames=labelnames, registry=target, **kwargs)  # type: ignore[arg-type]
-            known[name] = metric
-    if not isinstance(metric, kind):
-        raise ConfigurationError(
-            f"metric {name!r} is already registered as a {type(metric).__name__}, "
-            f"not a {kind.__name__}; choose another prefix"
-        )
-    return metric
+    return _get_or_create(  # type: ignore[no-any-return]
+        kind,
+        name,
+        registry,
+        lambda target: kind(name, documentation, labelnames=labelnames, registry=target, **kwargs),  # type: ignore[arg-type]
+    )
 
 
 def counter(
@@ -231,27 +245,42 @@ def loop_metrics_ok() -> bool:
     return values.ValueClass is values.MutexValue
 
 
-L = TypeVar("L", LoopHistogram, LoopGauge)
-
-
-def get_loop_metric(
-    kind: type[L], name: str, registry: CollectorRegistry | None, create: Callable[[], L]
-) -> L:
-    """Return the loop metric ``name`` of ``kind`` in ``registry``, made by ``create`` first."""
-    target = REGISTRY if registry is None else registry
-    with _lock:
-        known = _by_registry.setdefault(target, {})
-        metric = known.get(name)
-        if metric is None:
-            metric = create()
-            target.register(metric)  # a Collector by its collect() and describe()
-            known[name] = metric
-    if not isinstance(metric, kind):
-        raise ConfigurationError(
-            f"metric {name!r} is already registered as a {type(metric).__name__}, "
-            f"not a {kind.__name__}; choose another prefix"
-        )
+def _registered(metric: LoopHistogram | LoopGauge, target: CollectorRegistry) -> object:
+    target.register(metric)  # a Collector by its collect() and describe()
     return metric
+
+
+def loop_histogram(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str] = (),
+    *,
+    registry: CollectorRegistry | None = None,
+    buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS,
+) -> LoopHistogram:
+    """:func:`histogram`'s counterpart for a :class:`LoopHistogram`."""
+    return _get_or_create(  # type: ignore[no-any-return]
+        LoopHistogram,
+        name,
+        registry,
+        lambda target: _registered(LoopHistogram(name, documentation, labelnames, buckets), target),
+    )
+
+
+def loop_gauge(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str] = (),
+    *,
+    registry: CollectorRegistry | None = None,
+) -> LoopGauge:
+    """:func:`gauge`'s counterpart for a :class:`LoopGauge`."""
+    return _get_or_create(  # type: ignore[no-any-return]
+        LoopGauge,
+        name,
+        registry,
+        lambda target: _registered(LoopGauge(name, documentation, labelnames), target),
+    )
 
 
 __all__ = [
@@ -260,8 +289,9 @@ __all__ = [
     "LoopHistogram",
     "counter",
     "gauge",
-    "get_loop_metric",
     "get_metric",
     "histogram",
+    "loop_gauge",
+    "loop_histogram",
     "loop_metrics_ok",
 ]

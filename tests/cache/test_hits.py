@@ -26,14 +26,6 @@ from tests.conftest import ClientFactory
 from tests.middleware.test_cache import USER, make_cache
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """``("memory", "")`` or ``(redis_url, redis_prefix)`` (resolved outside the event loop)."""
-    if request.param == "memory":
-        return ("memory", "")
-    return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
-
-
 @pytest.fixture
 async def cache(
     backend: tuple[str, str], registry: CollectorRegistry

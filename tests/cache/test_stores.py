@@ -22,14 +22,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """``("memory", "")`` or ``(redis_url, redis_prefix)`` (resolved outside the event loop)."""
-    if request.param == "memory":
-        return ("memory", "")
-    return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
-
-
 @pytest.fixture
 async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
     made: CacheStore

@@ -21,7 +21,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prodkit import ConfigurationError, ErrorMiddleware, Message, Receive, Scope, Send
-from prodkit._metrics import LoopGauge, LoopHistogram, get_loop_metric
+from prodkit._metrics import loop_gauge, loop_histogram
 from prodkit.middleware.metrics import (
     BusinessMetrics,
     MetricsApp,
@@ -596,9 +596,7 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
 ) -> None:
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     buckets = [0.005, 0.5, 64.0, 1024.0]
-    loop = get_loop_metric(
-        LoopHistogram, "h", ours, lambda: LoopHistogram("h", "help", ["m", "r"], buckets)
-    )
+    loop = loop_histogram("h", "help", ["m", "r"], registry=ours, buckets=buckets)
     reference = Histogram("h", "help", ["m", "r"], registry=theirs, buckets=buckets)
     for value in values:
         loop.labels(*labels).observe(value)
@@ -615,4 +613,4 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
 
     assert samples(ours) == samples(theirs)
     with pytest.raises(ConfigurationError):
-        get_loop_metric(LoopGauge, "h", ours, lambda: LoopGauge("h", "help", []))
+        loop_gauge("h", "help", registry=ours)

@@ -23,9 +23,10 @@ from prodkit._metrics import (
     M,
     counter,
     gauge,
-    get_loop_metric,
     get_metric,
     histogram,
+    loop_gauge,
+    loop_histogram,
     loop_metrics_ok,
 )
 from prodkit._problem import send_problem
@@ -135,40 +136,44 @@ class PrometheusMiddleware:
         self.methods = frozenset(m.upper() for m in methods)
         self.route_resolver = route_resolver
         self.max_exception_types = max_exception_types
+        # Outside multiprocess mode the hot metrics take no lock and no validation per
+        # observation (see LoopHistogram); prodkit records them only from the event loop.
+        loop = loop_metrics_ok()
+        make_histogram = loop_histogram if loop else histogram
         try:
-            if loop_metrics_ok():
-                # No lock and no validation per observation (see LoopHistogram); prodkit
-                # records only from the event loop. Multiprocess mode needs the shared files.
-                self._loop_metrics(prefix, registry, buckets, size_buckets)
-            else:
-                self.duration = histogram(
-                    f"{prefix}http_request_duration_seconds",
-                    _DURATION_HELP,
-                    ["method", "route", "status_code"],
-                    registry=registry,
-                    buckets=buckets,
-                )
-                self.in_flight = gauge(
-                    f"{prefix}http_requests_in_flight",
+            self.duration = make_histogram(
+                f"{prefix}http_request_duration_seconds",
+                _DURATION_HELP,
+                ["method", "route", "status_code"],
+                registry=registry,
+                buckets=buckets,
+            )
+            in_flight_name = f"{prefix}http_requests_in_flight"
+            self.in_flight = (
+                loop_gauge(in_flight_name, _IN_FLIGHT_HELP, ["method"], registry=registry)
+                if loop
+                else gauge(
+                    in_flight_name,
                     _IN_FLIGHT_HELP,
                     ["method"],
                     registry=registry,
                     multiprocess_mode="livesum",
                 )
-                self.request_size = histogram(
-                    f"{prefix}http_request_size_bytes",
-                    _REQUEST_SIZE_HELP,
-                    ["method", "route"],
-                    registry=registry,
-                    buckets=size_buckets,
-                )
-                self.response_size = histogram(
-                    f"{prefix}http_response_size_bytes",
-                    _RESPONSE_SIZE_HELP,
-                    ["method", "route"],
-                    registry=registry,
-                    buckets=size_buckets,
-                )
+            )
+            self.request_size = make_histogram(
+                f"{prefix}http_request_size_bytes",
+                _REQUEST_SIZE_HELP,
+                ["method", "route"],
+                registry=registry,
+                buckets=size_buckets,
+            )
+            self.response_size = make_histogram(
+                f"{prefix}http_response_size_bytes",
+                _RESPONSE_SIZE_HELP,
+                ["method", "route"],
+                registry=registry,
+                buckets=size_buckets,
+            )
             self.exceptions = counter(
                 f"{prefix}http_exceptions_total",
                 "Exceptions raised by the app while serving HTTP requests, by type name.",
@@ -184,38 +189,6 @@ class PrometheusMiddleware:
         self._sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._in_flight: dict[str, Any] = {}
         self._exception_types: set[str] = set()
-
-    def _loop_metrics(
-        self,
-        prefix: str,
-        registry: CollectorRegistry | None,
-        buckets: Sequence[float],
-        size_buckets: Sequence[float],
-    ) -> None:
-        def loop_histogram(
-            name: str, help: str, labels: list[str], bounds: Sequence[float]
-        ) -> LoopHistogram:
-            full = f"{prefix}{name}"
-            return get_loop_metric(
-                LoopHistogram, full, registry, lambda: LoopHistogram(full, help, labels, bounds)
-            )
-
-        self.duration = loop_histogram(
-            "http_request_duration_seconds",
-            _DURATION_HELP,
-            ["method", "route", "status_code"],
-            buckets,
-        )
-        name = f"{prefix}http_requests_in_flight"
-        self.in_flight = get_loop_metric(
-            LoopGauge, name, registry, lambda: LoopGauge(name, _IN_FLIGHT_HELP, ["method"])
-        )
-        self.request_size = loop_histogram(
-            "http_request_size_bytes", _REQUEST_SIZE_HELP, ["method", "route"], size_buckets
-        )
-        self.response_size = loop_histogram(
-            "http_response_size_bytes", _RESPONSE_SIZE_HELP, ["method", "route"], size_buckets
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
