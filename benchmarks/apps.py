@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from prodkit import ASGIApp, StackSettings, configure_logging, header_user_key
+from prodkit import StackSettings, caller_from_header, configure_logging
+from prodkit.asgi import ASGIApp
 from prodkit.cache import CacheRule
 from prodkit.stack import recommended_stack
 
@@ -44,7 +45,7 @@ def full_stack() -> ASGIApp:
         StackSettings(rate_limit="1000000/second", max_concurrency=10_000),
         configure_logs=False,
         cache_routes=cache,
-        cache_user_key=header_user_key("X-User-Id"),
+        caller=caller_from_header("X-User-Id"),
     )
 
 

@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.harness import Case
-from prodkit import ASGIApp
+from prodkit import caller_from_header
+from prodkit.asgi import ASGIApp
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
     MemoryCacheStore,
     RedisCacheStore,
     ResponseCache,
-    header_user_key,
 )
 
 REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -54,15 +54,15 @@ def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
 def prodkit_app(redis: bool) -> Callable[[], ASGIApp]:
     def build() -> ASGIApp:
         store = (
-            RedisCacheStore(REDIS_URL, prefix=f"prodkit-bench:{RUN}:")
+            RedisCacheStore(REDIS_URL, key_prefix=f"prodkit-bench:{RUN}:")
             if redis
             else MemoryCacheStore()
         )
         return CacheMiddleware(
             endpoint_app(),
             cache=ResponseCache(store, registry=_registry()),
-            routes={"/items/{item_id}": CacheRule(ttl=60, per_user=True)},
-            user_key=header_user_key("X-User-Id"),
+            routes={"/items/{item_id}": CacheRule(ttl=60, per_caller=True)},
+            caller=caller_from_header("X-User-Id"),
         )
 
     return build

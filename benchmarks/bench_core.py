@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.harness import Case
-from prodkit import ASGIApp, ErrorMiddleware, Receive, RequestIdMiddleware, Scope, Send
+from prodkit import ErrorMiddleware, RequestIdMiddleware
+from prodkit.asgi import ASGIApp, Receive, Scope, Send
 
 
 def raw_app() -> ASGIApp:

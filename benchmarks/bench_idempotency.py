@@ -24,14 +24,14 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from benchmarks.harness import Case
-from prodkit import ASGIApp, Receive, Scope, Send
+from prodkit.asgi import ASGIApp, Receive, Scope, Send
 from prodkit.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.middleware.idempotency import IdempotencyMiddleware
+from prodkit.idempotency._middleware import IdempotencyMiddleware
 
 DATABASE_URL = os.environ.get(
     "PRODKIT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -158,7 +158,7 @@ def cases() -> list[Case]:
     ]
     if reachable(REDIS_URL, 6379):
         stores.append(
-            ("redis", lambda: RedisIdempotencyStore(REDIS_URL, prefix=f"prodkit-bench:{RUN}:"))
+            ("redis", lambda: RedisIdempotencyStore(REDIS_URL, key_prefix=f"prodkit-bench:{RUN}:"))
         )
     else:
         print(f"redis not reachable at {REDIS_URL}: its cases are skipped")

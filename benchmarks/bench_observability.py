@@ -4,7 +4,7 @@ The peer stack is what a team assembles without prodkit: asgi-correlation-id,
 starlette-exporter, prometheus-fastapi-instrumentator and a structlog access logger written the
 common way, as Starlette ``BaseHTTPMiddleware`` (below, with the same logging as a pure ASGI
 middleware for comparison). Every logger writes real JSON lines through the same
-:func:`prodkit.logging.configure_logging` setup, to ``os.devnull``.
+:func:`prodkit.logging._config.configure_logging` setup, to ``os.devnull``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.bench_core import starlette_app
 from benchmarks.harness import Case
-from prodkit import ASGIApp, Message, Receive, RequestIdMiddleware, Scope, Send
-from prodkit.logging import configure_logging
-from prodkit.middleware.access_log import AccessLogMiddleware
-from prodkit.middleware.metrics import PrometheusMiddleware
+from prodkit import RequestIdMiddleware
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
+from prodkit.logging._access import AccessLogMiddleware
+from prodkit.logging._config import configure_logging
+from prodkit.metrics._middleware import HTTPMetricsMiddleware
 
 BASELINE = "starlette: bare"
 
@@ -159,13 +160,13 @@ def prodkit_access_log() -> ASGIApp:
 
 
 def prodkit_metrics() -> ASGIApp:
-    return PrometheusMiddleware(starlette_app(), registry=CollectorRegistry())
+    return HTTPMetricsMiddleware(starlette_app(), registry=CollectorRegistry())
 
 
 def prodkit_stack() -> ASGIApp:
     """Request id → access log → metrics → app (the recommended order)."""
     return RequestIdMiddleware(
-        AccessLogMiddleware(PrometheusMiddleware(starlette_app(), registry=CollectorRegistry()))
+        AccessLogMiddleware(HTTPMetricsMiddleware(starlette_app(), registry=CollectorRegistry()))
     )
 
 

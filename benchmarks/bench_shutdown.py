@@ -6,10 +6,10 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.bench_core import raw_app, starlette_app
 from benchmarks.harness import Case
-from prodkit import ASGIApp
-from prodkit.health import HealthMiddleware
-from prodkit.middleware.shutdown import GracefulShutdownMiddleware
-from prodkit.shutdown import ShutdownCoordinator
+from prodkit.asgi import ASGIApp
+from prodkit.health._middleware import HealthMiddleware
+from prodkit.lifecycle._coordinator import ShutdownCoordinator
+from prodkit.lifecycle._drain import GracefulShutdownMiddleware
 
 
 async def _ping() -> None:

@@ -6,7 +6,8 @@ import os
 
 from benchmarks.apps import starlette_app
 from benchmarks.harness import Case
-from prodkit import ASGIApp, StackSettings, configure_logging, header_user_key
+from prodkit import StackSettings, caller_from_header, configure_logging
+from prodkit.asgi import ASGIApp
 from prodkit.cache import CacheRule
 from prodkit.stack import recommended_stack
 
@@ -18,7 +19,7 @@ def stack(*, cached: bool = False, logging: bool = True) -> ASGIApp:
         StackSettings(rate_limit="1000000/second", max_concurrency=10_000),
         configure_logs=False,
         cache_routes={"/items/{item_id}": CacheRule(ttl=60)} if cached else None,
-        cache_user_key=header_user_key("X-User-Id"),
+        caller=caller_from_header("X-User-Id"),
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prodkit import ASGIApp, Message
+from prodkit.asgi import ASGIApp, Message
 
 AppFactory = Callable[[], ASGIApp]
 

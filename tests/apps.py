@@ -21,17 +21,8 @@ from urllib.parse import parse_qs
 
 from fastapi import Request as FastAPIRequest  # module level: FastAPI resolves annotations here
 
-from prodkit import (
-    ASGIApp,
-    Message,
-    Problem,
-    Receive,
-    Scope,
-    Send,
-    encode_problem,
-    get_request_id,
-    read_body,
-)
+from prodkit import Problem, get_request_id
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, encode_problem, read_body
 
 FRAMEWORKS = ("raw", "starlette", "fastapi", "litestar")
 SECRET_TEXT = "database password is hunter2"  # noqa: S105 - a fake secret that must not leak

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit import ASGIApp
+from prodkit.asgi import ASGIApp
 from tests.apps import FRAMEWORKS, build_app
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -19,22 +19,19 @@ from starlette.routing import Route
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
-from prodkit import (
+from prodkit import FieldError, Problem, caller_from_header
+from prodkit.asgi import (
     ASGIApp,
-    CacheRule,
-    FieldError,
     Message,
-    Problem,
     Receive,
     Scope,
     Send,
-    business_counter,
-    caller_from_header,
     encode_problem,
     get_header,
-    header_user_key,
     problem_dict,
 )
+from prodkit.cache import CacheRule
+from prodkit.metrics import business_counter
 from prodkit.settings import StackSettings as Settings
 from prodkit.stack import recommended_stack
 
@@ -301,12 +298,11 @@ def create_app(
         caller=caller_from_header("X-User-Id"),
         # Per caller; a PATCH or DELETE of a fund invalidates the fund and its projection.
         cache_routes={
-            "/api/funds/{fund_id}": CacheRule(ttl=60, per_user=True, tags=["fund:{fund_id}"]),
+            "/api/funds/{fund_id}": CacheRule(ttl=60, per_caller=True, tags=["fund:{fund_id}"]),
             "/api/funds/{fund_id}/projection": CacheRule(
-                ttl=300, per_user=True, tags=["fund:{fund_id}"]
+                ttl=300, per_caller=True, tags=["fund:{fund_id}"]
             ),
         },
-        cache_user_key=header_user_key("X-User-Id"),
         idempotency_routes=["/api/funds", "/api/funds/{fund_id}"],
         idempotency_stored_headers=["X-Model-Version"],
         cors_allow_headers=["X-User-Id"],

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from prodkit.errors import ConfigurationError, ProdkitError
+from prodkit._core.exceptions import ConfigurationError, ProdkitError
 from prodkit.rollout.controller import RolloutController, RolloutPolicy, Target, read_records
 from prodkit.rollout.routers import CommandRouter, HAProxyRouter, TrafficRouter
 

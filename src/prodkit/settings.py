@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from prodkit.errors import ConfigurationError
+from prodkit._core.exceptions import ConfigurationError
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
 

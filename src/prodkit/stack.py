@@ -24,7 +24,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from prodkit._types import ASGIApp, Receive, Scope, Send
+from prodkit._core.callers import Caller, caller_from_authorization
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
@@ -33,39 +35,32 @@ from prodkit.cache import (
     RedisCacheStore,
     ResponseCache,
 )
-from prodkit.errors import ConfigurationError
-from prodkit.health import HealthCheck, HealthMiddleware, redis_check
+from prodkit.cors._middleware import DEFAULT_ALLOW_HEADERS, CORSMiddleware
+from prodkit.errors._middleware import ErrorMiddleware
+from prodkit.health._middleware import HealthCheck, HealthMiddleware, redis_check
 from prodkit.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.lifespan import LifespanMiddleware
-from prodkit.logging import configure_logging
-from prodkit.middleware.access_log import AccessLogMiddleware
-from prodkit.middleware.concurrency import ConcurrencyLimitMiddleware
-from prodkit.middleware.cors import DEFAULT_ALLOW_HEADERS, CORSMiddleware
-from prodkit.middleware.errors import ErrorMiddleware
-from prodkit.middleware.idempotency import (
-    DEFAULT_STORED_HEADERS,
-    IdempotencyMiddleware,
-    caller_from_authorization,
-)
-from prodkit.middleware.metrics import MetricsMiddleware, PrometheusMiddleware
-from prodkit.middleware.request_id import RequestIdMiddleware
-from prodkit.middleware.security_headers import SecurityHeadersMiddleware
-from prodkit.middleware.shutdown import GracefulShutdownMiddleware
+from prodkit.idempotency._middleware import DEFAULT_STORED_HEADERS, IdempotencyMiddleware
+from prodkit.lifecycle._coordinator import ShutdownCoordinator
+from prodkit.lifecycle._drain import GracefulShutdownMiddleware
+from prodkit.lifecycle._lifespan import LifespanMiddleware
+from prodkit.logging._access import AccessLogMiddleware
+from prodkit.logging._config import configure_logging
+from prodkit.metrics._middleware import HTTPMetricsMiddleware, MetricsEndpointMiddleware
 from prodkit.ratelimit import MemoryRateLimitStore, RateLimitMiddleware, RateLimitStore
+from prodkit.requestid._middleware import RequestIdMiddleware
+from prodkit.security_headers._middleware import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
-from prodkit.shutdown import ShutdownCoordinator
+from prodkit.shedding._middleware import ConcurrencyLimitMiddleware
 
 #: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
 DEFAULT_RATE_LIMIT = "6000/minute"
 #: In-flight requests per process when ``MAX_CONCURRENCY`` is unset.
 DEFAULT_MAX_CONCURRENCY = 1000
-
-Caller = Callable[[Scope], str]
 
 
 @dataclass
@@ -94,7 +89,8 @@ class Stack:
         return self.health.add_check(name, func, critical=critical)
 
 
-def _idempotency_store(settings: StackSettings) -> IdempotencyStore:
+def idempotency_store_for(settings: StackSettings) -> IdempotencyStore:
+    """The idempotency store ``settings`` choose (memory, PostgreSQL or Redis); nothing connects yet."""
     if settings.idempotency_store == "postgres":
         if not settings.database_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
@@ -108,7 +104,7 @@ def _idempotency_store(settings: StackSettings) -> IdempotencyStore:
 
 def _rate_limit_store(settings: StackSettings) -> RateLimitStore:
     if settings.redis_url:
-        from prodkit.ratelimit.redis import RedisRateLimitStore
+        from prodkit.ratelimit._redis import RedisRateLimitStore
 
         return RedisRateLimitStore.from_url(settings.redis_url)
     return MemoryRateLimitStore()
@@ -121,7 +117,6 @@ def recommended_stack(
     registry: CollectorRegistry | None = None,
     caller: Caller = caller_from_authorization,
     cache_routes: Mapping[str, CacheRule] | None = None,
-    cache_user_key: Callable[[Scope], str | None] | None = None,
     idempotency_routes: Iterable[str] | None = None,
     idempotency_stored_headers: Iterable[str] = (),
     rate_limit_routes: Mapping[str, Any] | None = None,
@@ -139,10 +134,10 @@ def recommended_stack(
         settings: the stack's settings; ``None`` reads them from the environment
             (:meth:`StackSettings.from_env`).
         registry: the Prometheus registry for every metric (default: the global one).
-        caller: who is calling, for idempotency key scoping (default: a digest of
-            ``Authorization``); the example passes ``caller_from_header("X-User-Id")``.
+        caller: who is calling: scopes idempotency keys and ``per_caller`` cache entries
+            (default: a digest of ``Authorization``); the example passes
+            ``caller_from_header("X-User-Id")``.
         cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
-        cache_user_key: the caller, for ``per_user`` cache rules.
         idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default all).
         idempotency_stored_headers: response headers replayed besides the default allow-list.
         rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
@@ -161,7 +156,7 @@ def recommended_stack(
         timeout=settings.shutdown_timeout_seconds,
         registry=registry,
     )
-    idempotency_store = _idempotency_store(settings)
+    idempotency_store = idempotency_store_for(settings)
     rate_limit_store = _rate_limit_store(settings)
     closers: list[Callable[[], Any]] = []
 
@@ -173,7 +168,7 @@ def recommended_stack(
         )
         cache = ResponseCache(cache_store, registry=registry)
         wrapped = CacheMiddleware(
-            wrapped, routes=cache_routes, cache=cache, user_key=cache_user_key, registry=registry
+            wrapped, routes=cache_routes, cache=cache, caller=caller, registry=registry
         )
     wrapped = IdempotencyMiddleware(
         wrapped,
@@ -212,8 +207,8 @@ def recommended_stack(
             allow_headers=[*DEFAULT_ALLOW_HEADERS, "Idempotency-Key", *cors_allow_headers],
         )
     wrapped = SecurityHeadersMiddleware(wrapped)
-    wrapped = MetricsMiddleware(wrapped, path=metrics_path, registry=registry)
-    wrapped = PrometheusMiddleware(wrapped, registry=registry, exclude_paths=(metrics_path,))
+    wrapped = MetricsEndpointMiddleware(wrapped, path=metrics_path, registry=registry)
+    wrapped = HTTPMetricsMiddleware(wrapped, registry=registry, exclude_paths=(metrics_path,))
     wrapped = AccessLogMiddleware(
         wrapped, trusted_proxies=settings.trusted_proxies, exclude_paths=access_log_exclude
     )
@@ -222,14 +217,15 @@ def recommended_stack(
 
     if isinstance(idempotency_store, PostgresIdempotencyStore):
         lifespan.add_hook(idempotency_store.ensure_schema, None)
-    stores: list[object] = [idempotency_store, rate_limit_store]
+    stores: list[IdempotencyStore | RateLimitStore | CacheStore] = [
+        idempotency_store,
+        rate_limit_store,
+    ]
     if cache is not None:
         stores.append(cache.store)
     for store in stores:
-        close = getattr(store, "close", None) or getattr(store, "aclose", None)
-        if close is not None:
-            lifespan.add_hook(None, close)
-            closers.append(close)
+        lifespan.add_hook(None, store.aclose)
+        closers.append(store.aclose)
     if settings.redis_url:
         client = getattr(rate_limit_store, "client", None)
         if client is not None:
@@ -251,4 +247,10 @@ def recommended_stack(
     )
 
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_RATE_LIMIT", "Stack", "recommended_stack"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_RATE_LIMIT",
+    "Stack",
+    "idempotency_store_for",
+    "recommended_stack",
+]

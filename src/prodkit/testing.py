@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
-from prodkit.logging import (
+from prodkit.logging._config import (
     _HANDLER_FLAG,
     LogFormat,
     Redactor,

@@ -18,7 +18,7 @@ import asyncio
 import json
 from collections import Counter
 
-from prodkit import Message, Receive, Scope, Send, get_header, read_body
+from prodkit.asgi import Message, Receive, Scope, Send, get_header, read_body
 
 
 class CountingApp:

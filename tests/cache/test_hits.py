@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit import PrometheusMiddleware
+from prodkit import HTTPMetricsMiddleware
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
@@ -22,8 +22,8 @@ from prodkit.cache import (
     ResponseCache,
 )
 from tests.cache.helpers import CountingApp
+from tests.cache.test_middleware import USER, make_cache
 from tests.conftest import ClientFactory
-from tests.middleware.test_cache import USER, make_cache
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def cache(
     store = (
         MemoryCacheStore()
         if backend[0] == "memory"
-        else RedisCacheStore(backend[0], prefix=backend[1])
+        else RedisCacheStore(backend[0], key_prefix=backend[1])
     )
     made = ResponseCache(store, registry=registry)
     yield made
@@ -109,7 +109,7 @@ async def test_a_hit_is_counted_under_the_route_the_app_matched(
     cached = CacheMiddleware(
         app, routes={"/api/items/{id}": CacheRule(ttl=60)}, cache=cache, registry=registry
     )
-    client = make_client(PrometheusMiddleware(cached, registry=registry))
+    client = make_client(HTTPMetricsMiddleware(cached, registry=registry))
     responses = [await client.get("/api/items/7") for _ in range(3)]
     assert [r.headers["x-cache"] for r in responses] == ["MISS", "HIT", "HIT"]
     labels = {"method": "GET", "route": "/api/items/{item_id}", "status_code": "200"}

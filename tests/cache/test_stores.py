@@ -28,7 +28,7 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
     if backend[0] == "memory":
         made = MemoryCacheStore()
     else:
-        made = RedisCacheStore(backend[0], prefix=backend[1])
+        made = RedisCacheStore(backend[0], key_prefix=backend[1])
     yield made
     await made.aclose()
 

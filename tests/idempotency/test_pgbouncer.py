@@ -106,4 +106,4 @@ async def test_store_works_behind_pgbouncer_transaction_pooling(bouncer_dsn: str
         store.clock_offset = 700
         assert await store.cleanup() >= 1
     finally:
-        await store.close()
+        await store.aclose()

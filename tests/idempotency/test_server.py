@@ -1,6 +1,6 @@
 """Real uvicorn processes (two workers) against real PostgreSQL and Redis stores.
 
-The app (``tests/idempotency_server_app.py``) writes a row per handler run, so "exactly once"
+The app (``tests/servers/idempotency_app.py``) writes a row per handler run, so "exactly once"
 is counted in the database, not inferred from responses.
 """
 
@@ -39,7 +39,7 @@ def server(
     port = free_port()
     args = [
         "uvicorn",
-        "tests.idempotency_server_app:app",
+        "tests.servers.idempotency_app:app",
         "--host",
         "127.0.0.1",
         "--port",

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from prodkit.errors import BackendError, ConfigurationError
+from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit.idempotency import (
     ClaimOutcome,
     IdempotencyStore,
@@ -33,7 +33,6 @@ from prodkit.idempotency import (
     RedisIdempotencyStore,
     StoredResponse,
     schema_sql,
-    store_from_env,
 )
 
 BACKENDS = ("memory", "postgres", "redis")
@@ -90,13 +89,13 @@ async def build(backend: str, config: dict[str, str]) -> Harness:
         def move_pg(seconds: float) -> None:
             pg.clock_offset += seconds
 
-        return Harness(pg, move_pg, pg.close)
-    rd = RedisIdempotencyStore(config["url"], prefix=config["prefix"])
+        return Harness(pg, move_pg, pg.aclose)
+    rd = RedisIdempotencyStore(config["url"], key_prefix=config["prefix"])
 
     def move_rd(seconds: float) -> None:
         rd.clock_offset += seconds
 
-    return Harness(rd, move_rd, rd.close)
+    return Harness(rd, move_rd, rd.aclose)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -254,7 +253,7 @@ async def test_postgres_schema_cleanup_and_expiry_index(
         finally:
             await conn.close()
     finally:
-        await store.close()
+        await store.aclose()
 
 
 @pytest.mark.postgres
@@ -284,7 +283,7 @@ def test_schema_sql_rejects_unsafe_table_names() -> None:
 async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefix: str) -> None:
     import redis.asyncio as redis_asyncio
 
-    store = RedisIdempotencyStore(redis_url, prefix=redis_prefix)
+    store = RedisIdempotencyStore(redis_url, key_prefix=redis_prefix)
     client = redis_asyncio.Redis.from_url(redis_url)
     try:
         key = new_key()
@@ -296,7 +295,7 @@ async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefi
         assert 60_000 < await client.pttl(redis_key) <= 120_000
     finally:
         await client.aclose()
-        await store.close()
+        await store.aclose()
     with pytest.raises(ConfigurationError, match="decode_responses"):
         RedisIdempotencyStore(redis_asyncio.Redis.from_url(redis_url, decode_responses=True))
 
@@ -313,38 +312,7 @@ async def test_unreachable_stores_raise_backend_error() -> None:
         with pytest.raises(BackendError):
             await rd.claim("k", b"fp", "o", lease=1, ttl=2)
     finally:
-        await rd.close()
-
-
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        ({}, MemoryIdempotencyStore),
-        ({"DATABASE_URL": "postgresql://u@127.0.0.1/db"}, PostgresIdempotencyStore),
-        (
-            {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "IDEMPOTENCY_STORE": "memory"},
-            MemoryIdempotencyStore,
-        ),
-        (
-            {"IDEMPOTENCY_STORE": "redis", "REDIS_URL": "redis://127.0.0.1:6379/0"},
-            RedisIdempotencyStore,
-        ),
-    ],
-)
-async def test_store_from_env(environ: dict[str, str], expected: type[Any]) -> None:
-    store = store_from_env(environ)
-    assert isinstance(store, expected)
-    if isinstance(store, RedisIdempotencyStore):
-        await store.close()
-
-
-@pytest.mark.parametrize(
-    "environ",
-    [{"IDEMPOTENCY_STORE": "postgres"}, {"IDEMPOTENCY_STORE": "redis"}, {"IDEMPOTENCY_STORE": "x"}],
-)
-def test_store_from_env_rejects_incomplete_settings(environ: dict[str, str]) -> None:
-    with pytest.raises(ConfigurationError, match="IDEMPOTENCY_STORE"):
-        store_from_env(environ)
+        await rd.aclose()
 
 
 # -- stateful contract -----------------------------------------------------------------------

@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from prodkit import ConfigurationError, Message, Receive, Scope, Send
+from prodkit import ConfigurationError
+from prodkit.asgi import Message, Receive, Scope, Send
 from prodkit.ratelimit import (
     MemoryRateLimitStore,
     RateLimitDecision,
     RateLimitMiddleware,
     RateLimitPolicy,
 )
-from prodkit.ratelimit.middleware import QUOTA_EXCEEDED_TYPE, RouteSpec
+from prodkit.ratelimit._middleware import QUOTA_EXCEEDED_TYPE, RouteSpec
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 

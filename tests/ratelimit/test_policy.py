@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from prodkit import ConfigurationError
 from prodkit.ratelimit import RateLimitPolicy, parse_rate
-from prodkit.ratelimit.policy import RATE_UNITS
+from prodkit.ratelimit._policy import RATE_UNITS
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ async def test_four_workers_on_redis_let_exactly_the_quota_through(
     }
     args = [
         "uvicorn",
-        "tests.ratelimit.server_app:app",
+        "tests.servers.ratelimit_app:app",
         "--host",
         HOST,
         "--port",
@@ -114,7 +114,7 @@ def _need_redis_server() -> None:
 @pytest.mark.timeout(60)
 async def test_redis_dying_mid_test_fails_open_with_bounded_latency(tmp_path: Path) -> None:
     _need_redis_server()
-    from prodkit.ratelimit.redis import RedisRateLimitStore
+    from prodkit.ratelimit._redis import RedisRateLimitStore
 
     registry = CollectorRegistry()
     with throwaway_redis(tmp_path) as (process, url):
@@ -153,7 +153,7 @@ async def test_redis_dying_mid_test_fails_open_with_bounded_latency(tmp_path: Pa
 @pytest.mark.timeout(60)
 async def test_redis_down_fails_closed_with_a_503_problem(tmp_path: Path) -> None:
     _need_redis_server()
-    from prodkit.ratelimit.redis import RedisRateLimitStore
+    from prodkit.ratelimit._redis import RedisRateLimitStore
 
     registry = CollectorRegistry()
     with throwaway_redis(tmp_path) as (process, url):
@@ -185,8 +185,8 @@ async def test_redis_down_fails_closed_with_a_503_problem(tmp_path: Path) -> Non
 @pytest.mark.timeout(60)
 async def test_the_shared_store_is_used_again_once_redis_is_back(tmp_path: Path) -> None:
     _need_redis_server()
-    from prodkit.ratelimit.redis import RedisRateLimitStore
-    from prodkit.resilience import CircuitBreaker
+    from prodkit._core.breaker import CircuitBreaker
+    from prodkit.ratelimit._redis import RedisRateLimitStore
 
     registry = CollectorRegistry()
     now = [0.0]

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prodkit.ratelimit import MemoryRateLimitStore, RateLimitPolicy, RateLimitStore
-from prodkit.ratelimit.policy import ceil_seconds
-from prodkit.ratelimit.store import decision, gcra
+from prodkit.ratelimit._policy import ceil_seconds
+from prodkit.ratelimit._store import decision, gcra
 
 EPOCH = 1_800_000_000.0
 
@@ -53,9 +53,9 @@ async def store(backend: tuple[str, str], clock: FakeClock) -> AsyncIterator[Rat
     if url == "memory":
         made: RateLimitStore = MemoryRateLimitStore(clock=clock)
     else:
-        from prodkit.ratelimit.redis import RedisRateLimitStore
+        from prodkit.ratelimit._redis import RedisRateLimitStore
 
-        made = RedisRateLimitStore.from_url(url, prefix=prefix, clock=clock)
+        made = RedisRateLimitStore.from_url(url, key_prefix=prefix, clock=clock)
     yield made
     await made.aclose()
 
@@ -196,9 +196,9 @@ async def test_memory_store_quota_is_whole_again_after_the_refill(clock: FakeClo
 def test_redis_keys_are_cluster_hash_tagged_and_bounded() -> None:
     import redis.asyncio
 
-    from prodkit.ratelimit.redis import RedisRateLimitStore
+    from prodkit.ratelimit._redis import RedisRateLimitStore
 
-    store = RedisRateLimitStore(redis.asyncio.Redis(), prefix="app:rl:")
+    store = RedisRateLimitStore(redis.asyncio.Redis(), key_prefix="app:rl:")
     policy = RateLimitPolicy(5, 60, "login")
     assert store.redis_key("2001:db8::/64", policy) == "app:rl:login:{2001:db8::/64}"
     hostile = store.redis_key("a}{b", policy)
@@ -224,10 +224,10 @@ def test_importing_the_package_does_not_import_the_driver() -> None:
 async def test_redis_store_takes_time_from_the_server_by_default(
     backend_redis: tuple[str, str],
 ) -> None:
-    from prodkit.ratelimit.redis import RedisRateLimitStore
+    from prodkit.ratelimit._redis import RedisRateLimitStore
 
     url, prefix = backend_redis
-    store = RedisRateLimitStore.from_url(url, prefix=prefix)  # no clock: Redis TIME
+    store = RedisRateLimitStore.from_url(url, key_prefix=prefix)  # no clock: Redis TIME
     try:
         policy = RateLimitPolicy(2, 3600, "hourly")
         first = await store.consume("c", policy)

@@ -28,15 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from prodkit import (
-    ASGIApp,
-    CacheRule,
-    Stack,
-    StackSettings,
-    caller_from_header,
-    header_user_key,
-    recommended_stack,
-)
+from prodkit import Stack, StackSettings, caller_from_header, recommended_stack
+from prodkit.asgi import ASGIApp
+from prodkit.cache import CacheRule
 from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,8 +232,7 @@ def build_app(registry: CollectorRegistry, redis_url: str) -> tuple[ASGIApp, Sta
         StackSettings(redis_url=redis_url, rate_limit="1000/second", max_concurrency=1),
         registry=registry,
         caller=caller_from_header("X-User-Id"),
-        cache_routes={"/api/funds/{fund_id}": CacheRule(ttl=5, per_user=True)},
-        cache_user_key=header_user_key("X-User-Id"),
+        cache_routes={"/api/funds/{fund_id}": CacheRule(ttl=5, per_caller=True)},
         configure_logs=False,
     )
     return FundCreationMetrics(stack, registry=registry), stack

@@ -1,7 +1,7 @@
 """Rollouts end to end: real HAProxy, two real service processes, load through the proxy.
 
 HAProxy runs with its own configuration and admin socket in ``tmp_path`` and a frontend on a
-free 127.0.0.1 port, balancing between a baseline and a canary (``tests/rollout/service.py``);
+free 127.0.0.1 port, balancing between a baseline and a canary (``tests/servers/rollout_app.py``);
 a background thread sends a bounded load through the frontend while the controller shifts the
 weights through the runtime API. Each rollout uses bake windows of 2.5 s.
 """
@@ -23,13 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prodkit.rollout import (
-    HAProxyRouter,
-    RolloutController,
-    RolloutPolicy,
-    Target,
-    read_records,
-)
+from prodkit.rollout import HAProxyRouter, RolloutController, RolloutPolicy, Target, read_records
 from tests.conftest import unavailable
 from tests.servers import (
     HOST,
@@ -59,7 +53,7 @@ POLICY = RolloutPolicy(
 def _service(
     port: int, tmp_path: Path, **env: str
 ) -> contextlib.AbstractContextManager[ServerProcess]:
-    args = ["uvicorn", "tests.rollout.service:app", "--host", HOST, "--port", str(port)]
+    args = ["uvicorn", "tests.servers.rollout_app:app", "--host", HOST, "--port", str(port)]
     return run_server([*args, "--log-level", "warning"], port=port, tmp_path=tmp_path, env=env)
 
 

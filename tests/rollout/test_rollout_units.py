@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from prodkit.errors import ConfigurationError
+from prodkit._core.exceptions import ConfigurationError
 from prodkit.rollout import (
     CommandRouter,
     HAProxyRouter,

@@ -11,11 +11,11 @@ from typing import TypeVar
 import structlog
 from prometheus_client import CollectorRegistry
 
-from prodkit._metrics import DEFAULT_PREFIX, counter
+from prodkit._core.breaker import CircuitBreaker
+from prodkit._core.collectors import DEFAULT_PREFIX, counter
+from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.cache._memory import MemoryCacheStore
 from prodkit.cache._store import CacheStore, Lookup
-from prodkit.cache.memory import MemoryCacheStore
-from prodkit.errors import BackendError, ConfigurationError
-from prodkit.resilience import CircuitBreaker
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class ResponseCache:
             in-process memory store, which cannot fail or hang).
         tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
             longest entry TTL (checked by the middleware).
-        registry, prefix: where the ``{prefix}cache_*`` metrics live.
+        registry, metric_prefix: where the ``{metric_prefix}cache_*`` metrics live.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.cache")``).
     """
 
@@ -62,7 +62,7 @@ class ResponseCache:
         breaker: CircuitBreaker | None = None,
         tag_ttl: float = 24 * 3600.0,
         registry: CollectorRegistry | None = None,
-        prefix: str = DEFAULT_PREFIX,
+        metric_prefix: str = DEFAULT_PREFIX,
         logger: object | None = None,
     ) -> None:
         if tag_ttl <= 0:
@@ -83,16 +83,16 @@ class ResponseCache:
                 recovery_time=5.0,
                 timeout=0.25,
                 registry=registry,
-                prefix=prefix,
+                metric_prefix=metric_prefix,
             )
         self.tag_ttl = tag_ttl
         self.registry = registry
-        self.prefix = prefix
+        self.metric_prefix = metric_prefix
         self.logger: structlog.typing.FilteringBoundLogger = (
             logger if logger is not None else structlog.get_logger("prodkit.cache")  # type: ignore[assignment]
         )
         self._invalidations = counter(
-            f"{prefix}cache_invalidations_total",
+            f"{metric_prefix}cache_invalidations_total",
             "Tag invalidations of the response cache, by outcome (ok, error).",
             ["outcome"],
             registry=registry,

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prodkit._headers import get_all_headers, get_header
+from prodkit._core.headers import get_all_headers, get_header
 
 _RESPONSE = b"R"
 _VARY = b"V"

@@ -1,12 +1,24 @@
-"""Idempotency stores: the protocol, and memory, PostgreSQL and Redis backends.
+"""Idempotency keys: ``IdempotencyMiddleware``, the store protocol, and its backends.
 
-The backends import their drivers lazily: importing this package imports neither asyncpg nor
-redis. The middleware is :class:`prodkit.middleware.idempotency.IdempotencyMiddleware`.
+The PostgreSQL and Redis backends import their drivers when they are built: importing this
+package imports neither asyncpg nor redis.
 """
 
 from __future__ import annotations
 
-from prodkit.idempotency._factory import store_from_env
+from prodkit.idempotency._memory import MemoryIdempotencyStore
+from prodkit.idempotency._middleware import (
+    BODY_TOO_LARGE,
+    DEFAULT_STORED_HEADERS,
+    IN_PROGRESS,
+    KEY_INVALID,
+    KEY_MISSING,
+    KEY_REUSED,
+    STORE_UNAVAILABLE,
+    IdempotencyMiddleware,
+)
+from prodkit.idempotency._postgres import PostgresIdempotencyStore, schema_sql
+from prodkit.idempotency._redis import RedisIdempotencyStore
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
@@ -14,13 +26,18 @@ from prodkit.idempotency._store import (
     IdempotencyStore,
     StoredResponse,
 )
-from prodkit.idempotency.memory import MemoryIdempotencyStore
-from prodkit.idempotency.postgres import PostgresIdempotencyStore, schema_sql
-from prodkit.idempotency.redis import RedisIdempotencyStore
 
 __all__ = [
+    "BODY_TOO_LARGE",
+    "DEFAULT_STORED_HEADERS",
+    "IN_PROGRESS",
+    "KEY_INVALID",
+    "KEY_MISSING",
+    "KEY_REUSED",
+    "STORE_UNAVAILABLE",
     "Claim",
     "ClaimOutcome",
+    "IdempotencyMiddleware",
     "IdempotencyRecord",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
@@ -28,5 +45,4 @@ __all__ = [
     "RedisIdempotencyStore",
     "StoredResponse",
     "schema_sql",
-    "store_from_env",
 ]

@@ -13,8 +13,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from prodkit._types import RawHeaders
-from prodkit.errors import ConfigurationError
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.types import RawHeaders
 
 
 class ClaimOutcome(enum.Enum):
@@ -85,7 +85,7 @@ class IdempotencyStore(Protocol):
     :class:`PostgresIdempotencyStore`, :class:`RedisIdempotencyStore`. Every method is one
     atomic operation (a single round trip for the network stores); durations are seconds.
     Keys are opaque, already scoped and hashed by the middleware (ASCII, at most 128 chars).
-    Driver failures are raised as :class:`~prodkit.errors.BackendError`.
+    Driver failures are raised as :class:`~prodkit.BackendError`.
     """
 
     async def claim(
@@ -115,6 +115,10 @@ class IdempotencyStore(Protocol):
 
     async def get(self, key: str) -> IdempotencyRecord | None:
         """Return the live record for ``key``, or ``None``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's connections (a store that made its own pool or client closes it)."""
         ...
 
 

@@ -1,36 +1,24 @@
-"""Rate limiting: policies, the GCRA stores (memory, Redis) and ``RateLimitMiddleware``.
+"""Rate limiting: ``RateLimitMiddleware``, policies, and the GCRA stores (memory, Redis).
 
-``RedisRateLimitStore`` is imported from :mod:`prodkit.ratelimit.redis` on first use, so
-importing this package never imports the Redis driver.
+The Redis store imports ``redis`` only when it is built.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from prodkit.ratelimit.memory import MemoryRateLimitStore
-from prodkit.ratelimit.middleware import (
+from prodkit.ratelimit._memory import MemoryRateLimitStore
+from prodkit.ratelimit._middleware import (
+    DEFAULT_EXCLUDE_PATHS,
     QUOTA_EXCEEDED_TYPE,
     RATE_LIMIT_UNAVAILABLE,
     RATE_LIMITED,
     RateLimitMiddleware,
 )
-from prodkit.ratelimit.policy import RateLimitPolicy, parse_rate
-from prodkit.ratelimit.store import RateLimitDecision, RateLimitStore
-
-if TYPE_CHECKING:
-    from prodkit.ratelimit.redis import RedisRateLimitStore
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RedisRateLimitStore":
-        from prodkit.ratelimit.redis import RedisRateLimitStore
-
-        return RedisRateLimitStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from prodkit.ratelimit._policy import RateLimitPolicy, parse_rate
+from prodkit.ratelimit._redis import RedisRateLimitStore
+from prodkit.ratelimit._store import RateLimitDecision, RateLimitStore
 
 __all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
     "QUOTA_EXCEEDED_TYPE",
     "RATE_LIMITED",
     "RATE_LIMIT_UNAVAILABLE",

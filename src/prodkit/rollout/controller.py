@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import structlog
 
-from prodkit.errors import ConfigurationError
+from prodkit._core.exceptions import ConfigurationError
 from prodkit.rollout.metrics import (
     DEFAULT_EXCLUDED_ROUTES,
     DEFAULT_HISTOGRAM,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from prodkit.errors import ProdkitError
+from prodkit._core.exceptions import ProdkitError
 
 #: The request histogram the rollout reads (see prodkit's metrics middleware).
 DEFAULT_HISTOGRAM = "http_request_duration_seconds"

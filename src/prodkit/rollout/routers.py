@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from prodkit.errors import ConfigurationError, ProdkitError
+from prodkit._core.exceptions import ConfigurationError, ProdkitError
 
 
 class RouterError(ProdkitError):

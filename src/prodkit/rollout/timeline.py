@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prodkit.errors import require
+from prodkit._core.exceptions import require
 
 
 def plot_timeline(record: dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:

@@ -1,0 +1,52 @@
+"""Who is calling: the ``caller`` functions that scope idempotency keys, cache entries and limits.
+
+A caller function takes the ASGI scope and returns a string naming the caller, or ``None``
+when the request names no caller. Each middleware says what it does with ``None``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from prodkit._core.headers import scope_header
+from prodkit._core.types import Scope
+
+#: ``scope -> caller`` (``None``: the request names no caller).
+Caller = Callable[[Scope], str | None]
+
+
+def caller_from_header(name: str = "X-User-Id", *, max_length: int = 256) -> Caller:
+    """Return a caller function that names the caller by request header ``name``.
+
+    An absent or empty header gives ``None``. A value longer than ``max_length`` bytes is
+    replaced by its SHA-256 digest, so that one request cannot make keys of any size while two
+    callers still never share one. Only sound when a trusted layer (an authenticating proxy, an
+    earlier middleware) sets that header.
+    """
+    header = name.lower().encode("latin-1")
+
+    def caller(scope: Scope) -> str | None:
+        value = scope_header(scope, header)
+        if not value:
+            return None
+        if len(value) > max_length:
+            return "sha256:" + hashlib.sha256(value).hexdigest()
+        return value.decode("latin-1")
+
+    return caller
+
+
+def caller_from_authorization(scope: Scope) -> str | None:
+    """A caller function: a digest of the ``Authorization`` header (``None`` without one).
+
+    Two clients with different credentials never share a caller; the credentials themselves
+    are never kept.
+    """
+    value = scope_header(scope, b"authorization")
+    if value is None:
+        return None
+    return hashlib.sha256(value).hexdigest()
+
+
+__all__ = ["Caller", "caller_from_authorization", "caller_from_header"]

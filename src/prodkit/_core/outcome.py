@@ -1,0 +1,88 @@
+"""What a finished request came to (status, exception, route) and which paths a middleware skips."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.observer import ResponseObserver
+from prodkit._core.routing import (
+    UNMATCHED_ROUTE,
+    RouteResolver,
+    route_template,
+    route_template_before,
+)
+from prodkit._core.types import Scope
+
+#: Where :class:`~prodkit.ErrorMiddleware` leaves the exception it answered, for the outer
+#: access log and metrics (which then report the exception without seeing it raised).
+EXCEPTION_SCOPE_KEY = "prodkit.exception"
+
+#: The methods kept as they are in labels; any other becomes :data:`OTHER_METHOD`.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+#: The label value shared by every method outside the known set.
+OTHER_METHOD = "other"
+
+#: Status recorded when the client went away before any response started (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+class PathFilter:
+    """Exact paths (``/metrics``) and prefixes (``/static/*``) that a middleware leaves alone."""
+
+    __slots__ = ("_exact", "_prefixes")
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        if isinstance(paths, str):
+            raise ConfigurationError("exclude_paths takes a list of paths, not one string")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in paths:
+            if not path.startswith("/"):
+                raise ConfigurationError(f"exclude_paths: {path!r} must start with '/'")
+            if path.endswith("/*"):
+                prefixes.append(path[:-1])
+            else:
+                exact.add(path)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._prefixes)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+
+def outcome_status(
+    observer: ResponseObserver, disconnected: bool, error: BaseException | None
+) -> int:
+    """The status to record: the one sent, else 499 when the client left first, else 500."""
+    if observer.status is not None:
+        return observer.status
+    if disconnected or isinstance(error, asyncio.CancelledError):
+        return CLIENT_CLOSED_REQUEST
+    return 500
+
+
+def handled_error(scope: Scope, error: BaseException | None) -> BaseException | None:
+    """The exception behind the response: raised through us, or answered by an inner
+    :class:`~prodkit.ErrorMiddleware`, which leaves it on the scope."""
+    return error if error is not None else scope.get(EXCEPTION_SCOPE_KEY)
+
+
+def resolve_route(scope: Scope, app: Any, status: int, resolver: RouteResolver | None) -> str:
+    """The route template of a finished request.
+
+    A request that an inner middleware rejected (429, 503 ...) never reached the router, so its
+    template is found by matching the router below ``app``; a 404 is not looked up again, so that
+    a flood of unknown paths costs no routing work twice.
+    """
+    template = route_template(scope, resolver)
+    if template == UNMATCHED_ROUTE and status != 404:
+        return route_template_before(scope, app, resolver)
+    return template

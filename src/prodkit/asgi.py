@@ -1,0 +1,81 @@
+"""Building blocks for writing your own ASGI middleware the way prodkit's are written.
+
+Application code rarely needs this module; it is for middleware authors. It holds the ASGI type
+aliases, raw-header helpers, the shared response observer (one wrapper of ``send`` that every
+layer records through), request-body helpers, route templates, client-address resolution,
+caller functions, problem+json rendering and the circuit breaker. Everything here is as stable
+as :mod:`prodkit` itself. See ``docs/stack.md`` for a worked example.
+"""
+
+from __future__ import annotations
+
+from prodkit._core.addresses import ClientAddressResolver, normalize_ip, parse_ip
+from prodkit._core.breaker import BreakerState, CircuitBreaker
+from prodkit._core.callers import Caller, caller_from_authorization, caller_from_header
+from prodkit._core.headers import (
+    append_vary,
+    get_all_headers,
+    get_header,
+    get_list_header,
+    message_headers,
+    remove_header,
+    scope_header,
+    set_default_header,
+    set_header,
+)
+from prodkit._core.observer import ReceiveWatcher, ResponseObserver, read_body, replay_receive
+from prodkit._core.problems import (
+    PROBLEM_CONTENT_TYPE,
+    encode_problem,
+    problem_dict,
+    problem_type,
+    send_problem,
+)
+from prodkit._core.routing import (
+    UNMATCHED_ROUTE,
+    RouteResolver,
+    RouteTable,
+    route_template,
+    route_template_before,
+)
+from prodkit._core.types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "UNMATCHED_ROUTE",
+    "ASGIApp",
+    "BreakerState",
+    "Caller",
+    "CircuitBreaker",
+    "ClientAddressResolver",
+    "Message",
+    "RawHeaders",
+    "Receive",
+    "ReceiveWatcher",
+    "ResponseObserver",
+    "RouteResolver",
+    "RouteTable",
+    "Scope",
+    "Send",
+    "append_vary",
+    "caller_from_authorization",
+    "caller_from_header",
+    "encode_problem",
+    "get_all_headers",
+    "get_header",
+    "get_list_header",
+    "message_headers",
+    "normalize_ip",
+    "parse_ip",
+    "problem_dict",
+    "problem_type",
+    "read_body",
+    "remove_header",
+    "replay_receive",
+    "route_template",
+    "route_template_before",
+    "scope_header",
+    "send_problem",
+    "set_default_header",
+    "set_header",
+]

@@ -1,0 +1,8 @@
+"""Errors as RFC 9457 problems: ``ErrorMiddleware``, ``Problem`` and ``FieldError``."""
+
+from __future__ import annotations
+
+from prodkit._core.problems import PROBLEM_CONTENT_TYPE, FieldError, Problem
+from prodkit.errors._middleware import INTERNAL_ERROR, ErrorMiddleware
+
+__all__ = ["INTERNAL_ERROR", "PROBLEM_CONTENT_TYPE", "ErrorMiddleware", "FieldError", "Problem"]

@@ -1,0 +1,146 @@
+"""Unhandled exceptions and :class:`~prodkit.Problem` become RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.headers import get_header
+from prodkit._core.observer import ReceiveWatcher
+from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
+from prodkit._core.problems import PROBLEM_CONTENT_TYPE, Problem, send_problem
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+
+INTERNAL_ERROR = "INTERNAL_ERROR"
+_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
+
+
+class ErrorMiddleware:
+    """Answer unhandled exceptions with a 500 problem and raised :class:`Problem` with itself.
+
+    * No stack trace or exception text reaches the client; the body has ``code``
+      ``INTERNAL_ERROR`` and the ``request_id`` to quote to support.
+    * The exception is logged once (``unhandled exception``, with the traceback) through
+      structlog, and not re-raised, so the server does not log it a second time.
+    * A client that disconnected before the response started is not a server error: the
+      exception the app raised about it is logged at info level and nothing is sent (outer
+      metrics and logs record 499).
+    * If the response had already started, nothing more can be sent: the exception is logged
+      and re-raised so that the server aborts the connection and the client sees a truncated
+      response rather than a complete-looking one.
+    * Frameworks that catch exceptions themselves and answer a plain 500 (Starlette's
+      ``ServerErrorMiddleware``, Litestar's default handler) are covered too: a 500 response
+      that is not already problem+json is held back (up to ``hold_limit`` bytes) and replaced.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        replace_server_errors: replace non-problem 500 responses by a problem (default on).
+        hold_limit: bytes of a 500 response body held back for replacement.
+        logger: a structlog logger (default ``structlog.get_logger("prodkit.errors")``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        replace_server_errors: bool = True,
+        hold_limit: int = 64 * 1024,
+        logger: Any | None = None,
+    ) -> None:
+        if hold_limit < 0:
+            raise ConfigurationError("hold_limit must be zero or a positive number of bytes")
+        self.app = app
+        self.replace_server_errors = replace_server_errors
+        self.hold_limit = hold_limit
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.errors")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = False  # a response start reached the client
+        held: list[Message] = []  # a plain 500 kept back in case it is to be replaced
+        held_bytes = 0
+        replace = self.replace_server_errors
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, held_bytes
+            if held:
+                held.append(message)
+                held_bytes += len(message.get("body", b""))
+                if held_bytes > self.hold_limit:
+                    await _flush()
+                return
+            if message["type"] == "http.response.start":
+                if (
+                    replace
+                    and message["status"] == 500
+                    and get_header(message.get("headers") or (), b"content-type") != _PROBLEM_TYPE
+                ):
+                    held.append(message)
+                    return
+                started = True
+            await send(message)
+
+        async def _flush() -> None:
+            nonlocal started
+            started = True
+            messages = held[:]
+            held.clear()
+            for message in messages:
+                await send(message)
+
+        watcher = ReceiveWatcher.shared(receive)
+        try:
+            await self.app(scope, watcher, guarded_send)
+        except Problem as problem:
+            if started:
+                self._log_late(scope, problem)
+                raise
+            await problem.send(send)
+            return
+        except Exception as exc:
+            if watcher.disconnected and not started:
+                # The client went away mid-request and the app gave up reading (Starlette's
+                # ClientDisconnect, say): nobody is left to answer, and it is not a server
+                # error. Outer layers record the request as 499 (client closed request).
+                self.logger.info(
+                    "client disconnected before the response",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    exc_type=type(exc).__name__,
+                )
+                return
+            scope[EXCEPTION_SCOPE_KEY] = exc
+            self.logger.exception(
+                "unhandled exception",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                exc_type=type(exc).__name__,
+            )
+            if started:
+                raise
+            await send_problem(
+                send, 500, INTERNAL_ERROR, "The server could not complete the request."
+            )
+            return
+        if held:
+            # The framework answered a plain 500 itself (and logged its exception): keep the
+            # contract that every server error is a problem.
+            await send_problem(
+                send, 500, INTERNAL_ERROR, "The server could not complete the request."
+            )
+
+    def _log_late(self, scope: Scope, exc: BaseException) -> None:
+        self.logger.error(
+            "exception after the response started",
+            method=scope.get("method"),
+            path=scope.get("path"),
+            exc_type=type(exc).__name__,
+        )
+
+
+__all__ = ["INTERNAL_ERROR", "ErrorMiddleware"]

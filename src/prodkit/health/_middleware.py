@@ -1,0 +1,351 @@
+"""Liveness, readiness and a detailed health report, answered before the app is reached.
+
+* ``GET /livez``: the process is alive and its event loop turns. Touches no dependency, so a
+  database outage never gets a healthy process restarted.
+* ``GET /readyz``: 503 while the process drains (see :class:`~prodkit.lifecycle.ShutdownCoordinator`) or
+  while a *critical* check fails; 200 otherwise.
+* ``GET /healthz``: every registered check with its status and latency. The detail is shown
+  only to callers presenting the configured key in ``X-Health-Key``; others get the summary.
+
+Checks run with a timeout, concurrently, and their results are cached for ``cache_ttl``
+seconds; concurrent probes share one in-flight check, so probes cannot overload a dependency.
+Every answer is JSON with ``Cache-Control: no-store``; 503 answers carry ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from prodkit._core.collectors import DEFAULT_PREFIX, gauge, histogram
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.headers import scope_header
+from prodkit._core.routing import set_route_template
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
+
+CheckFunc = Callable[[], Awaitable[Any]]
+
+
+class Readiness(Protocol):
+    """What readiness needs from the process's shutdown coordinator.
+
+    :class:`prodkit.lifecycle.ShutdownCoordinator` is one; health does not import it, so that
+    the two concerns stay independent.
+    """
+
+    @property
+    def ready(self) -> bool:
+        """Whether the process should receive new traffic."""
+        ...
+
+    @property
+    def state(self) -> enum.Enum:
+        """The shutdown state, reported by name in the detailed report."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now."""
+        ...
+
+
+def _resolve(target: Any, method: str) -> Any:
+    # A pool is usually created at lifespan start-up, after the checks were registered: a
+    # zero-argument callable returning it (``lambda: state.pool``) is resolved on every run.
+    if not hasattr(target, method) and callable(target):
+        target = target()
+    if target is None:
+        raise RuntimeError("not connected yet")
+    return target
+
+
+def postgres_check(pool: Any, query: str = "SELECT 1") -> CheckFunc:
+    """A check that runs ``query`` on an asyncpg pool or connection (anything with ``fetchval``).
+
+    ``pool`` may also be a zero-argument callable returning the pool (for pools opened at
+    start-up, after the check is registered). The driver is not imported: duck typing.
+    """
+
+    async def check() -> None:
+        await _resolve(pool, "fetchval").fetchval(query)
+
+    return check
+
+
+def redis_check(client: Any) -> CheckFunc:
+    """A check that sends ``PING`` through a redis-py asyncio client (anything with ``ping``).
+
+    ``client`` may also be a zero-argument callable returning the client.
+    """
+
+    async def check() -> None:
+        if not await _resolve(client, "ping").ping():
+            raise RuntimeError("PING was not answered with PONG")
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one check run: ``ok``, its latency, when it ran, and the error if any."""
+
+    name: str
+    ok: bool
+    critical: bool
+    latency: float
+    checked_at: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The detailed JSON form of the result."""
+        return {
+            "status": "pass" if self.ok else "fail",
+            "critical": self.critical,
+            "latency_ms": round(self.latency * 1000, 3),
+            "checked_at": round(self.checked_at, 3),
+            "error": self.error,
+        }
+
+
+class HealthCheck:
+    """One named dependency check with its timeout, result cache and shared in-flight run.
+
+    Arguments:
+        name: how the check appears in reports and metrics (``postgres``, ``redis``...).
+        func: an async callable that returns normally when the dependency is healthy and
+            raises (or takes longer than ``timeout``) when it is not.
+        critical: whether a failure makes the process not ready.
+        timeout: seconds before the check counts as failed.
+        cache_ttl: seconds a result is reused.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        func: CheckFunc,
+        *,
+        critical: bool = True,
+        timeout: float = 2.0,
+        cache_ttl: float = 1.0,
+    ) -> None:
+        if not name:
+            raise ConfigurationError("a health check needs a non-empty name")
+        if timeout <= 0:
+            raise ConfigurationError(f"check {name!r}: timeout must be positive seconds")
+        if cache_ttl < 0:
+            raise ConfigurationError(f"check {name!r}: cache_ttl must be zero or positive")
+        self.name = name
+        self.func = func
+        self.critical = critical
+        self.timeout = timeout
+        self.cache_ttl = cache_ttl
+        self._last: CheckResult | None = None
+        self._last_at = 0.0
+        self._running: asyncio.Future[CheckResult] | None = None
+
+    def cached(self) -> CheckResult | None:
+        """The last result while it is fresh (younger than ``cache_ttl``), else ``None``."""
+        if self._last is not None and time.monotonic() - self._last_at < self.cache_ttl:
+            return self._last
+        return None
+
+    async def result(self) -> CheckResult:
+        """The cached result if fresh, else the result of a (shared) new run."""
+        fresh = self.cached()
+        if fresh is not None:
+            return fresh
+        running = self._running
+        if running is None or running.done():
+            running = asyncio.ensure_future(self._run())
+            self._running = running
+        # shield: one probe giving up (client gone) must not cancel the run others wait for.
+        return await asyncio.shield(running)
+
+    async def _run(self) -> CheckResult:
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.func()
+        except TimeoutError:
+            error = f"timed out after {self.timeout}s"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finished = time.monotonic()
+        result = CheckResult(
+            self.name, error is None, self.critical, finished - started, time.time(), error
+        )
+        self._last = result
+        self._last_at = finished
+        return result
+
+
+class HealthMiddleware:
+    """Answer ``/livez``, ``/readyz`` and ``/healthz`` in front of the app.
+
+    Arguments:
+        app: the ASGI app to wrap (every other request goes to it).
+        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator` (any
+            :class:`Readiness`); readiness is 503 once it drains.
+        checks: :class:`HealthCheck` objects (more with :meth:`add_check`).
+        key: the secret that unlocks the detailed report, sent by callers in ``X-Health-Key``
+            (compared in constant time). ``None``: the detail is never shown.
+        livez_path, readyz_path, healthz_path: where the endpoints answer.
+        timeout, cache_ttl: defaults for checks added with :meth:`add_check`.
+        retry_after: ``Retry-After`` seconds on 503 answers.
+        registry, metric_prefix: where the ``{metric_prefix}health_check_*`` metrics go.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        coordinator: Readiness | None = None,
+        checks: Sequence[HealthCheck] = (),
+        key: str | None = None,
+        livez_path: str = "/livez",
+        readyz_path: str = "/readyz",
+        healthz_path: str = "/healthz",
+        timeout: float = 2.0,
+        cache_ttl: float = 1.0,
+        retry_after: int = 5,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        paths = (livez_path, readyz_path, healthz_path)
+        if any(not p.startswith("/") for p in paths) or len(set(paths)) != 3:
+            raise ConfigurationError("health paths must be three distinct paths starting with '/'")
+        if key is not None and len(key) < 16:
+            raise ConfigurationError("key must be at least 16 characters (or None to hide detail)")
+        if timeout <= 0 or cache_ttl < 0:
+            raise ConfigurationError("timeout must be positive and cache_ttl zero or positive")
+        self.app = app
+        self.coordinator = coordinator
+        self.checks: list[HealthCheck] = []
+        self._key = key.encode() if key is not None else None
+        self._paths = {livez_path: "livez", readyz_path: "readyz", healthz_path: "healthz"}
+        self.timeout = timeout
+        self.cache_ttl = cache_ttl
+        self.retry_after = str(retry_after).encode()
+        self._up = gauge(
+            f"{metric_prefix}health_check_up",
+            "1 when the last run of a health check passed, 0 when it failed.",
+            ["check"],
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self._duration = histogram(
+            f"{metric_prefix}health_check_duration_seconds",
+            "Duration of health check runs.",
+            ["check"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0),
+        )
+        for check in checks:
+            self._register(check)
+
+    def _register(self, check: HealthCheck) -> None:
+        if any(existing.name == check.name for existing in self.checks):
+            raise ConfigurationError(f"a health check named {check.name!r} is already registered")
+        self.checks.append(check)
+
+    def add_check(
+        self,
+        name: str,
+        func: CheckFunc,
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        cache_ttl: float | None = None,
+    ) -> HealthCheck:
+        """Register an async check (see :class:`HealthCheck`); returns it."""
+        check = HealthCheck(
+            name,
+            func,
+            critical=critical,
+            timeout=self.timeout if timeout is None else timeout,
+            cache_ttl=self.cache_ttl if cache_ttl is None else cache_ttl,
+        )
+        self._register(check)
+        return check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        name = self._paths.get(scope["path"])
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        set_route_template(scope, scope["path"])
+        if name == "livez":
+            status, body = 200, {"status": "pass"}
+        elif name == "readyz":
+            status, body = await self._report(scope, critical_only=True)
+        else:
+            status, body = await self._report(scope, critical_only=False)
+        await self._send(send, status, body, head=scope["method"] == "HEAD")
+
+    def _authorised(self, scope: Scope) -> bool:
+        if self._key is None:
+            return False
+        presented = scope_header(scope, b"x-health-key")
+        return presented is not None and hmac.compare_digest(presented, self._key)
+
+    async def run_checks(self, *, critical_only: bool = False) -> list[CheckResult]:
+        """Run (or reuse) every registered check concurrently and return their results."""
+        selected = [c for c in self.checks if c.critical or not critical_only]
+        results = [c.cached() for c in selected]
+        stale = [c for c, r in zip(selected, results, strict=True) if r is None]
+        if not stale:  # the common case for frequent probes: no task, no metric update
+            return [r for r in results if r is not None]
+        ran = iter(await asyncio.gather(*(c.result() for c in stale)))
+        merged: list[CheckResult] = []
+        for result in results:
+            if result is None:
+                result = next(ran)
+                self._up.labels(result.name).set(1 if result.ok else 0)
+                self._duration.labels(result.name).observe(result.latency)
+            merged.append(result)
+        return merged
+
+    async def _report(self, scope: Scope, *, critical_only: bool) -> tuple[int, dict[str, Any]]:
+        draining = self.coordinator is not None and not self.coordinator.ready
+        results = await self.run_checks(critical_only=critical_only)
+        critical_failed = any(not r.ok and r.critical for r in results)
+        if draining or critical_failed:
+            status_text = "fail"
+        elif any(not r.ok for r in results):
+            status_text = "warn"
+        else:
+            status_text = "pass"
+        body: dict[str, Any] = {"status": status_text, "draining": draining}
+        if self._authorised(scope):
+            body["checks"] = {r.name: r.to_dict() for r in results}
+            if self.coordinator is not None:
+                body["shutdown_state"] = self.coordinator.state.name.lower()
+                body["in_flight"] = self.coordinator.in_flight
+        return (503 if status_text == "fail" else 200), body
+
+    async def _send(self, send: Send, status: int, body: dict[str, Any], *, head: bool) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if status == 503:
+            headers.append((b"retry-after", self.retry_after))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else payload})
+
+
+__all__ = ["CheckResult", "HealthCheck", "HealthMiddleware", "postgres_check", "redis_check"]

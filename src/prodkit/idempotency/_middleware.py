@@ -1,0 +1,620 @@
+"""Exactly-once ``POST``/``PATCH`` with the ``Idempotency-Key`` request header.
+
+Follows the IETF HTTPAPI draft "The Idempotency-Key HTTP Header Field"
+(draft-ietf-httpapi-idempotency-key-header): the key is a structured-field string, a missing
+required key is a 400, a key reused with a different request is a 422, and a retry that arrives
+while the first request still runs is a 409. See ``docs/idempotency.md`` for the full semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Any, Literal, TypeVar
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from prodkit._core.breaker import CircuitBreaker
+from prodkit._core.callers import Caller, caller_from_authorization
+from prodkit._core.collectors import DEFAULT_PREFIX, counter
+from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.headers import (
+    get_all_headers,
+    get_header,
+    message_headers,
+    scope_header,
+    set_header,
+)
+from prodkit._core.observer import read_body, replay_receive
+from prodkit._core.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, send_problem
+from prodkit._core.routing import RouteTable
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.idempotency._memory import MemoryIdempotencyStore
+from prodkit.idempotency._store import (
+    Claim,
+    ClaimOutcome,
+    IdempotencyStore,
+    StoredResponse,
+    check_durations,
+)
+
+T = TypeVar("T")
+
+# Problem codes (docs/idempotency.md).
+KEY_MISSING = "IDEMPOTENCY_KEY_MISSING"
+KEY_INVALID = "IDEMPOTENCY_KEY_INVALID"
+BODY_TOO_LARGE = "IDEMPOTENCY_BODY_TOO_LARGE"
+KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
+
+#: Scope key holding ``"created"`` while the handler runs under a fresh claim.
+SCOPE_KEY = "prodkit.idempotency_status"
+
+#: Response headers recorded and replayed by default. ``Set-Cookie`` is never recorded.
+DEFAULT_STORED_HEADERS = (
+    "Cache-Control",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Location",
+    "Content-Type",
+    "ETag",
+    "Last-Modified",
+    "Link",
+    "Location",
+    "Vary",
+)
+_NEVER_STORED = frozenset(
+    {"set-cookie", "set-cookie2", "content-length", "transfer-encoding", "idempotency-status"}
+)
+
+_STATUS = b"idempotency-status"
+_STORED = b"idempotency-stored"
+#: Seconds one attempt to record a response may take (the breaker's timeout does not apply).
+COMPLETE_TIMEOUT = 5.0
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"\Z')
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~:/-]+\Z")
+_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
+_JSON_TYPE = re.compile(rb"\s*application/(?:[\w.+-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
+
+#: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
+OUTCOMES = ("created", "replayed", "mismatch", "in_progress", "error", "invalid")
+
+
+def parse_idempotency_key(value: bytes, max_length: int = 255) -> str | None:
+    """Return the key carried by an ``Idempotency-Key`` field value, or ``None`` if invalid.
+
+    The draft makes the field a structured-field String (RFC 8941 section 3.3.3):
+    ``"8e03978e-40d5-43e8-bc93-6894a57f9324"`` (with ``\\"`` and ``\\\\`` escapes). A bare
+    token of ``A-Z a-z 0-9 ! # $ % & ' * + . ^ _ ` | ~ : / -`` is accepted too, because many
+    clients send the UUID unquoted. The key must be 1 to ``max_length`` characters of
+    printable ASCII; parameters are not allowed.
+    """
+    try:
+        text = value.decode("ascii").strip(" \t")
+    except UnicodeDecodeError:
+        return None
+    found = _SF_STRING.match(text)
+    if found is not None:
+        key = re.sub(r"\\(.)", r"\1", found.group(1))
+    elif _TOKEN.match(text):
+        key = text
+    else:
+        return None
+    if not 0 < len(key) <= max_length:
+        return None
+    return key
+
+
+def _lp(*parts: bytes) -> bytes:
+    return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+
+
+def canonical_body(body: bytes, content_type: bytes | None) -> tuple[bytes, bytes]:
+    """Return ``(kind, bytes)`` for fingerprinting: canonical JSON for JSON bodies, else raw.
+
+    JSON (``application/json`` or ``application/*+json``) is re-serialised with sorted keys
+    and no insignificant whitespace, so key order and formatting do not change the fingerprint.
+    A body that does not parse as JSON is taken as raw bytes.
+    """
+    if body and content_type is not None and _JSON_TYPE.match(content_type):
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return b"raw", body
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # JSON may carry lone surrogates ("\\ud800"): keep them, a client's odd body is no 500.
+        return b"json", canonical.encode("utf-8", "surrogatepass")
+    return b"raw", body
+
+
+def request_fingerprint(scope: Scope, body: bytes) -> bytes:
+    """SHA-256 over the method, path, query string and (canonical) body, each length-prefixed."""
+    kind, canonical = canonical_body(body, scope_header(scope, b"content-type"))
+    path = (scope.get("root_path", "") + scope.get("path", "/")).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(
+        _lp(
+            scope.get("method", "").encode("ascii"),
+            path,
+            bytes(scope.get("query_string", b"")),
+            kind,
+            canonical,
+        )
+    ).digest()
+
+
+class IdempotencyMiddleware:
+    """Run a ``POST``/``PATCH`` handler at most once per idempotency key, and replay its response.
+
+    For a request with an ``Idempotency-Key`` (on a configured method and route), the middleware
+    validates the key, reads the body (the app still receives it unchanged), computes a
+    fingerprint of method, path, query and body, and *claims* the key in the store in one
+    atomic step, with an owner token and a lease. Then:
+
+    * claimed: the app runs; a complete response is buffered (up to ``max_response_bytes``),
+      recorded if its owner still holds the claim, and sent with ``Idempotency-Status:
+      created``. A 5xx, a response with ``Retry-After``, a prodkit problem, an exception or an
+      oversize body is not recorded and the claim is released, so a retry runs again
+      (``Idempotency-Stored: false`` says so);
+    * completed with the same fingerprint: the recorded status, allow-listed headers and body
+      are replayed with ``Idempotency-Status: replayed``; the app does not run;
+    * in progress: 409 ``IDEMPOTENCY_REQUEST_IN_PROGRESS`` with ``Retry-After`` (or, with
+      ``wait_timeout``, wait for the first request and replay its response);
+    * a different fingerprint: 422 ``IDEMPOTENCY_KEY_REUSED``; nothing changes.
+
+    Keys are scoped by ``caller(scope)`` (and ``namespace``), so one caller's key never
+    reaches another caller's response.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        store: an :class:`~prodkit.idempotency.IdempotencyStore` (memory, PostgreSQL, Redis).
+        methods: request methods that honour the header.
+        routes: route templates (``/api/funds/{id}``, ``/api/*``) where the header is honoured;
+            ``None``: every route.
+        required: ``True`` to reject requests without a key (400 ``IDEMPOTENCY_KEY_MISSING``)
+            on every honoured route, or the templates where it is required.
+        caller: ``scope -> str`` naming the caller keys belong to
+            (default :func:`caller_from_authorization`; see :func:`caller_from_header`).
+        namespace: mixed into every stored key, to share one store between services.
+        header_name: the request header carrying the key.
+        max_key_length: longest accepted key, in characters (the draft's examples use UUIDs).
+        max_body_bytes: largest request body accepted with a key (413 beyond).
+        max_response_bytes: largest response body recorded; larger ones are streamed through,
+            not recorded, and the claim released.
+        ttl: seconds a record lives (24 h): a key can be replayed, or blocks different
+            requests, that long.
+        lease: seconds a claim protects a running handler; after it, a retry may take over
+            (so a crashed worker never leaves a key stuck). Set it above your slowest handler.
+        wait_timeout: seconds a concurrent duplicate waits for the first request and replays its
+            response; ``None`` answers 409 at once.
+        store_server_errors: record 5xx responses too (default: release so retries run again).
+        stored_headers: response headers recorded and replayed (never ``Set-Cookie``).
+        fail_open: when the store fails or its breaker is open, run the handler without
+            idempotency (default: fail closed with 503 ``IDEMPOTENCY_STORE_UNAVAILABLE``).
+        breaker: the :class:`~prodkit.CircuitBreaker` around store calls (one named
+            ``idempotency-store`` is created, except for the memory store, which does no I/O).
+        registry, metric_prefix: where ``{metric_prefix}idempotency_requests_total{outcome}`` lives.
+        logger: a structlog logger (default ``prodkit.idempotency``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: IdempotencyStore,
+        methods: Collection[str] = ("POST", "PATCH"),
+        routes: Iterable[str] | None = None,
+        required: bool | Iterable[str] = False,
+        caller: Caller = caller_from_authorization,
+        namespace: str = "",
+        header_name: str = "Idempotency-Key",
+        max_key_length: int = 255,
+        max_body_bytes: int = 1024 * 1024,
+        max_response_bytes: int = 1024 * 1024,
+        ttl: float = 24 * 3600.0,
+        lease: float = 60.0,
+        wait_timeout: float | None = None,
+        store_server_errors: bool = False,
+        stored_headers: Iterable[str] = DEFAULT_STORED_HEADERS,
+        fail_open: bool = False,
+        breaker: CircuitBreaker | None = None,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+        logger: Any | None = None,
+    ) -> None:
+        for method in methods:
+            if not re.fullmatch(r"[A-Z]+", method):
+                raise ConfigurationError(f"method {method!r} must be an upper-case HTTP method")
+        if not methods:
+            raise ConfigurationError("methods must name at least one HTTP method (POST, PATCH)")
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header_name):
+            raise ConfigurationError(f"header_name {header_name!r} is not a valid header name")
+        if max_key_length < 1:
+            raise ConfigurationError("max_key_length must be at least 1")
+        if max_body_bytes < 0 or max_response_bytes < 0:
+            raise ConfigurationError("max_body_bytes and max_response_bytes must be >= 0 bytes")
+        check_durations(lease, ttl)
+        if wait_timeout is not None and wait_timeout <= 0:
+            raise ConfigurationError("wait_timeout must be positive seconds, or None")
+        if not isinstance(store, IdempotencyStore):
+            raise ConfigurationError(
+                "store must implement claim/complete/release/get "
+                "(MemoryIdempotencyStore, PostgresIdempotencyStore, RedisIdempotencyStore)"
+            )
+        stored = {name.lower() for name in stored_headers}
+        forbidden = stored & _NEVER_STORED
+        if forbidden:
+            raise ConfigurationError(
+                f"stored_headers must not include {', '.join(sorted(forbidden))}: "
+                "cookies are never replayed and framing headers are recomputed"
+            )
+        self.app = app
+        self.store = store
+        self.methods = frozenset(methods)
+        self._routes = None if routes is None else RouteTable(dict.fromkeys(routes, True))
+        self._required_everywhere = required is True
+        self._required = (
+            None if isinstance(required, bool) else RouteTable(dict.fromkeys(required, True))
+        )
+        self.caller = caller
+        self.namespace = namespace
+        self._header = header_name.lower().encode("latin-1")
+        self.max_key_length = max_key_length
+        self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
+        self.ttl = ttl
+        self.lease = lease
+        self.wait_timeout = wait_timeout
+        self.store_server_errors = store_server_errors
+        self._stored_headers = frozenset(name.encode("latin-1") for name in stored)
+        self.fail_open = fail_open
+        if breaker is None and not isinstance(store, MemoryIdempotencyStore):
+            breaker = CircuitBreaker(
+                "idempotency-store", registry=registry, metric_prefix=metric_prefix
+            )
+        # The memory store does no I/O: it gets no breaker (and no timeout) unless given one.
+        self.breaker = breaker
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        requests_total = counter(
+            f"{metric_prefix}idempotency_requests_total",
+            "Requests with an idempotency key, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self._outcomes = {outcome: requests_total.labels(outcome) for outcome in OUTCOMES}
+
+    def storage_key(self, caller: str, key: str) -> str:
+        """The store key for ``key`` sent by ``caller``: a SHA-256 hex digest (64 characters)."""
+        parts = (self.namespace, caller, key)
+        return hashlib.sha256(_lp(*(p.encode("utf-8", "surrogatepass") for p in parts))).hexdigest()
+
+    def _is_required(self, path: str) -> bool:
+        if self._required_everywhere:
+            return True
+        return self._required is not None and self._required.match(path) is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in self.methods:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "/")
+        if self._routes is not None and self._routes.match(path) is None:
+            await self.app(scope, receive, send)
+            return
+
+        values = get_all_headers(scope.get("headers") or (), self._header)
+        if not values:
+            if self._is_required(path):
+                self._outcomes["invalid"].inc()
+                await send_problem(
+                    send,
+                    400,
+                    KEY_MISSING,
+                    "This operation requires an Idempotency-Key header; send a new unique key "
+                    "(a UUID) for each operation and the same key when retrying it.",
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        key = parse_idempotency_key(values[0], self.max_key_length) if len(values) == 1 else None
+        if key is None:
+            self._outcomes["invalid"].inc()
+            await send_problem(
+                send,
+                400,
+                KEY_INVALID,
+                "Send exactly one Idempotency-Key header whose value is a quoted string "
+                f'("...") or token of 1 to {self.max_key_length} printable ASCII characters.',
+            )
+            return
+
+        body, complete = await read_body(receive, self.max_body_bytes)
+        if not complete:
+            if len(body) > self.max_body_bytes:
+                self._outcomes["invalid"].inc()
+                await send_problem(
+                    send,
+                    413,
+                    BODY_TOO_LARGE,
+                    f"Requests with an Idempotency-Key may carry at most "
+                    f"{self.max_body_bytes} bytes of body.",
+                )
+            return  # otherwise the client went away before sending its body
+
+        store_key = self.storage_key(self.caller(scope) or "", key)
+        fingerprint = request_fingerprint(scope, body)
+        owner = secrets.token_hex(16)
+        app_receive = replay_receive(body, receive)
+
+        claim = await self._claim(store_key, fingerprint, owner)
+        if claim is None:
+            await self._store_failed(scope, app_receive, send)
+            return
+        if claim.outcome is ClaimOutcome.IN_PROGRESS and self.wait_timeout is not None:
+            claim = await self._wait(store_key, fingerprint, owner, claim)
+            if claim is None:
+                await self._store_failed(scope, app_receive, send)
+                return
+
+        if claim.outcome is ClaimOutcome.ACQUIRED:
+            self._outcomes["created"].inc()
+            await self._run(scope, app_receive, send, store_key, owner)
+        elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
+            self._outcomes["replayed"].inc()
+            await _replay(send, claim.response)
+        elif claim.outcome is ClaimOutcome.MISMATCH:
+            self._outcomes["mismatch"].inc()
+            await send_problem(
+                send,
+                422,
+                KEY_REUSED,
+                "This Idempotency-Key was already used for a different request (method, path, "
+                "query or body). Use a new key for a new operation; resend the original "
+                "request unchanged to get its response.",
+            )
+        else:
+            self._outcomes["in_progress"].inc()
+            retry_after = max(1, math.ceil(claim.retry_after or 1))
+            await send_problem(
+                send,
+                409,
+                IN_PROGRESS,
+                "A request with this Idempotency-Key is still being processed; retry later "
+                "with the same key to get its response.",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+    # -- store calls ------------------------------------------------------------------------
+
+    async def _guarded(self, func: Callable[[], Awaitable[T]]) -> T:
+        if self.breaker is None:
+            return await func()
+        return await self.breaker.call(func)
+
+    async def _claim(self, store_key: str, fingerprint: bytes, owner: str) -> Claim | None:
+        try:
+            return await self._guarded(
+                lambda: self.store.claim(
+                    store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
+                )
+            )
+        except BackendError as exc:
+            self.logger.warning("idempotency store unavailable", error=str(exc))
+            return None
+
+    async def _wait(
+        self, store_key: str, fingerprint: bytes, owner: str, claim: Claim
+    ) -> Claim | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.wait_timeout or 0.0)
+        delay = 0.05
+        while claim.outcome is ClaimOutcome.IN_PROGRESS:
+            left = deadline - loop.time()
+            if left <= 0:
+                return claim
+            await asyncio.sleep(min(delay, left, max(claim.retry_after or delay, 0.01)))
+            delay = min(delay * 2, 1.0)
+            found = await self._claim(store_key, fingerprint, owner)
+            if found is None:
+                return None
+            claim = found
+        return claim
+
+    async def _store_failed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._outcomes["error"].inc()
+        if self.fail_open:
+            # Documented trade-off: availability over exactly-once while the store is down.
+            await self.app(scope, receive, send)
+            return
+        await send_problem(
+            send,
+            503,
+            STORE_UNAVAILABLE,
+            "Idempotency records are unavailable, so the request was not run; retry later "
+            "with the same key.",
+            headers={"Retry-After": str(self._unavailable_retry_after)},
+        )
+
+    @property
+    def _unavailable_retry_after(self) -> int:
+        return 1 if self.breaker is None else max(1, math.ceil(self.breaker.recovery_time))
+
+    async def _release(self, store_key: str, owner: str) -> None:
+        try:
+            await self._guarded(lambda: self.store.release(store_key, owner))
+        except BackendError as exc:
+            # The lease still expires: the key is only blocked until then.
+            self.logger.warning("idempotency claim not released", error=str(exc))
+
+    # -- running the handler ----------------------------------------------------------------
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, store_key: str, owner: str
+    ) -> None:
+        held: list[Message] = []  # the response, kept back until it is complete and recorded
+        held_size = 0
+        streaming = False  # the response goes straight through (not recorded)
+        recorded = False
+        hold_claim = False
+        limit = self.max_response_bytes
+
+        async def flush(reason: str | None) -> None:
+            nonlocal streaming
+            streaming = True
+            if held and reason is not None:
+                set_header(message_headers(held[0]), _STORED, b"false")
+                self.logger.info(
+                    "idempotent response not stored",
+                    reason=reason,
+                    path=scope.get("path"),
+                    status=held[0]["status"],
+                )
+            messages = held[:]
+            held.clear()
+            for message in messages:
+                await send(message)
+
+        async def capture(message: Message) -> None:
+            nonlocal held_size, recorded, hold_claim
+            if streaming:
+                await send(message)
+                return
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = message_headers(message)
+                set_header(headers, _STATUS, b"created")
+                held.append(message)
+                reason = self._unstorable(int(message["status"]), headers)
+                length = get_header(headers, b"content-length")
+                if (
+                    reason is None
+                    and length is not None
+                    and length.isdigit()
+                    and int(length) > limit
+                ):
+                    reason = "response body larger than max_response_bytes"
+                if reason is not None:
+                    await flush(reason)
+                return
+            if kind != "http.response.body" or not held:
+                await send(message)
+                return
+            chunk: bytes = message.get("body", b"")
+            held.append(message)
+            held_size += len(chunk)
+            if held_size > limit:
+                await flush("response body larger than max_response_bytes")
+                return
+            if message.get("more_body", False):
+                return
+            start = held[0]
+            response_body = b"".join(m.get("body", b"") for m in held[1:])
+            if _is_prodkit_problem(start, response_body):
+                await flush("prodkit problem responses are not recorded")
+                return
+            # The handler's effects happened: from here on, a cancellation (client gone, shutdown
+            # deadline) must not release the key for a retry to run the handler again.
+            hold_claim = True
+            outcome = await self._complete(store_key, owner, start, response_body)
+            recorded = outcome == "stored"
+            # The handler's effects happened: a record that could not be written keeps the key
+            # claimed (until the lease expires) rather than letting a retry run it again.
+            hold_claim = outcome == "failed"
+            await flush(None if recorded else "the record could not be written")
+
+        scope[SCOPE_KEY] = "created"
+        try:
+            await self.app(scope, receive, capture)
+        except BaseException:
+            held.clear()  # nothing reached the client: let the error handler answer cleanly
+            raise
+        finally:
+            if held:  # the app ended without finishing its response
+                with contextlib.suppress(Exception):
+                    await flush("incomplete response")
+            if not recorded and not hold_claim:
+                # Shielded so that a cancelled request still frees its key for the retry.
+                await asyncio.shield(self._release(store_key, owner))
+
+    def _unstorable(self, status: int, headers: list[tuple[bytes, bytes]]) -> str | None:
+        if status >= 500 and not self.store_server_errors:
+            return "server errors are not recorded"
+        if get_header(headers, b"retry-after") is not None:
+            return "responses asking to retry (Retry-After) are not recorded"
+        if status < 200:
+            return "informational responses are not recorded"
+        return None
+
+    async def _complete(
+        self, store_key: str, owner: str, start: Message, body: bytes
+    ) -> Literal["stored", "lost", "failed"]:
+        """Record the response. The handler has run, so this is not skipped for an open
+        breaker (which only protects new claims): it is tried once more after a failure."""
+        headers = tuple(
+            (name, value) for name, value in message_headers(start) if name in self._stored_headers
+        )
+        response = StoredResponse(int(start["status"]), headers, body)
+        stored = False
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(COMPLETE_TIMEOUT):
+                    stored = await self.store.complete(store_key, owner, response, ttl=self.ttl)
+                break
+            except Exception as exc:
+                if attempt == 2:
+                    self.logger.error(
+                        "idempotent response not recorded; the key stays claimed until its lease "
+                        "expires, so a retry cannot run the handler again meanwhile",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return "failed"
+                await asyncio.sleep(0.05)
+        if not stored:
+            self.logger.warning(
+                "idempotency claim lost before completion",
+                detail="the handler outlived its lease and another request took the key over",
+            )
+            return "lost"
+        return "stored"
+
+
+def _is_prodkit_problem(start: Message, body: bytes) -> bool:
+    if get_header(start.get("headers") or (), b"content-type") != _PROBLEM_TYPE:
+        return False
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    kind = document.get("type") if isinstance(document, dict) else None
+    return isinstance(kind, str) and kind.startswith(PROBLEM_TYPE_PREFIX)
+
+
+async def _replay(send: Send, response: StoredResponse) -> None:
+    headers = response.raw_headers()
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    headers.append((_STATUS, b"replayed"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+__all__ = [
+    "BODY_TOO_LARGE",
+    "DEFAULT_STORED_HEADERS",
+    "IN_PROGRESS",
+    "KEY_INVALID",
+    "KEY_MISSING",
+    "KEY_REUSED",
+    "SCOPE_KEY",
+    "STORE_UNAVAILABLE",
+    "IdempotencyMiddleware",
+    "canonical_body",
+    "parse_idempotency_key",
+    "request_fingerprint",
+]

@@ -1,0 +1,263 @@
+"""PostgreSQL idempotency store on an asyncpg pool; every operation is one statement.
+
+Works behind PgBouncer in transaction pooling mode: no session state (no ``SET``, no temporary
+tables, no session advisory locks), no named prepared statements. Create the pool with
+``statement_cache_size=0`` there (asyncpg then uses only unnamed statements)::
+
+    pool = await asyncpg.create_pool(dsn, statement_cache_size=0)
+    store = PostgresIdempotencyStore(pool)
+    await store.ensure_schema()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from importlib import resources
+from typing import Any
+
+from prodkit._core.exceptions import BackendError, ConfigurationError, require
+from prodkit.idempotency._store import (
+    Claim,
+    ClaimOutcome,
+    IdempotencyRecord,
+    StoredResponse,
+)
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}(\.[a-z_][a-z0-9_]{0,40})?\Z")
+
+
+def schema_sql(table: str = "prodkit_idempotency") -> str:
+    """Return the DDL (table and expiry index) for ``table``; safe to run more than once."""
+    if not _IDENTIFIER.match(table):
+        raise ConfigurationError(
+            f"table {table!r} must be a lower-case SQL identifier, optionally schema-qualified"
+        )
+    text = resources.files("prodkit.idempotency").joinpath("schema.sql").read_text("utf-8")
+    index_prefix = table.rpartition(".")[2]
+    return text.replace("{table}_expires_at_idx", f"{index_prefix}_expires_at_idx").replace(
+        "{table}", table
+    )
+
+
+def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
+    return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers])
+
+
+def _decode_headers(raw: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    if not raw:
+        return ()
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(raw))
+
+
+class PostgresIdempotencyStore:
+    """Keep idempotency records in a PostgreSQL table (see :func:`schema_sql`).
+
+    The claim is one ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` whose update takes the row
+    over only when the old record has expired, or is an in-progress claim with the same
+    fingerprint whose lease ran out; otherwise it rewrites the row unchanged (locking it) so
+    that the statement always returns the current record. Time is the database's
+    (``statement_timestamp()``), so worker clocks do not matter.
+
+    Arguments:
+        pool: an ``asyncpg`` pool (or anything with ``fetchrow``/``fetch``/``execute`` and
+            ``acquire``), or a DSN string: a pool is then created on first use (with
+            ``statement_cache_size=0`` unless ``pool_options`` say otherwise) and closed by
+            :meth:`close`.
+        table: the table name (``schema.table`` allowed), created by :meth:`ensure_schema`.
+        pool_options: keyword arguments for ``asyncpg.create_pool`` when ``pool`` is a DSN.
+        clock_offset: seconds added to the database clock; for tests that need time to pass.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        table: str = "prodkit_idempotency",
+        pool_options: dict[str, Any] | None = None,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self._ddl = schema_sql(table)
+        self.table = table
+        self.clock_offset = clock_offset
+        self._dsn: str | None = None
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        if isinstance(pool, str):
+            require("asyncpg", "postgres")
+            self._dsn = pool
+            self._pool_options = {"statement_cache_size": 0, **(pool_options or {})}
+        else:
+            self._pool = pool
+            self._pool_options = {}
+        now = "(statement_timestamp() + make_interval(secs => $6))"
+        take = (
+            f"(r.expires_at <= {now} OR (r.status IS NULL AND r.locked_until <= {now}"
+            " AND r.fingerprint = EXCLUDED.fingerprint))"
+        )
+
+        def col(name: str) -> str:
+            return f"{name} = CASE WHEN {take} THEN EXCLUDED.{name} ELSE r.{name} END"
+
+        self._claim_sql = (
+            f"INSERT INTO {table} AS r"  # noqa: S608 - table is a validated identifier
+            " (key, fingerprint, owner, locked_until, expires_at, status, headers, body)"
+            f" VALUES ($1, $2, $3, {now} + make_interval(secs => $4),"
+            f" {now} + make_interval(secs => $5), NULL, NULL, NULL)"
+            " ON CONFLICT (key) DO UPDATE SET "
+            + ", ".join(
+                col(c)
+                for c in (
+                    "fingerprint",
+                    "owner",
+                    "locked_until",
+                    "expires_at",
+                    "status",
+                    "headers",
+                    "body",
+                )
+            )
+            + " RETURNING r.owner IS NOT DISTINCT FROM $3 AS acquired, r.fingerprint, r.status,"
+            f" r.headers::text AS headers, r.body,"
+            f" extract(epoch FROM r.locked_until - {now})::float8 AS lease_left"
+        )
+        now4 = "(statement_timestamp() + make_interval(secs => $4))"
+        self._complete_sql = (
+            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7, owner = NULL,"  # noqa: S608 - table is a validated identifier
+            f" locked_until = NULL, expires_at = {now4} + make_interval(secs => $3)"
+            f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
+        )
+        now3 = "(statement_timestamp() + make_interval(secs => $3))"
+        self._release_sql = (
+            f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
+            f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now3}"
+        )
+        now2 = "(statement_timestamp() + make_interval(secs => $2))"
+        self._get_sql = (
+            f"SELECT fingerprint, owner, status, headers::text AS headers, body FROM {table}"  # noqa: S608 - table is a validated identifier
+            f" WHERE key = $1 AND expires_at > {now2}"
+        )
+        self._cleanup_sql = (
+            f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table}"  # noqa: S608 - table is a validated identifier
+            f" WHERE expires_at <= {now2} LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        )
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                asyncpg: Any = require("asyncpg", "postgres")
+                try:
+                    self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
+                except (OSError, asyncpg.PostgresError) as exc:
+                    raise BackendError(f"cannot connect to PostgreSQL: {exc}") from exc
+        return self._pool
+
+    async def _run(self, method: str, sql: str, *args: Any) -> Any:
+        pool = await self._get_pool()
+        asyncpg: Any = require("asyncpg", "postgres")
+        try:
+            return await getattr(pool, method)(sql, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise BackendError(f"PostgreSQL idempotency store: {exc}") from exc
+
+    async def ensure_schema(self) -> None:
+        """Create the table and its expiry index if missing (safe from several processes at once).
+
+        The DDL runs in one transaction under a transaction-scoped advisory lock, so two workers
+        starting together do not race (and PgBouncer transaction pooling is fine).
+        """
+        pool = await self._get_pool()
+        asyncpg: Any = require("asyncpg", "postgres")
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
+                await conn.execute(self._ddl)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BackendError(f"cannot create idempotency table: {exc}") from exc
+
+    migrate = ensure_schema
+
+    async def claim(
+        self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
+    ) -> Claim:
+        """See :meth:`IdempotencyStore.claim`."""
+        row = await self._run(
+            "fetchrow",
+            self._claim_sql,
+            key,
+            fingerprint,
+            owner,
+            float(lease),
+            float(ttl),
+            float(self.clock_offset),
+        )
+        if row["acquired"]:
+            return Claim(ClaimOutcome.ACQUIRED)
+        if bytes(row["fingerprint"]) != fingerprint:
+            return Claim(ClaimOutcome.MISMATCH)
+        if row["status"] is not None:
+            response = StoredResponse(
+                int(row["status"]), _decode_headers(row["headers"]), bytes(row["body"] or b"")
+            )
+            return Claim(ClaimOutcome.COMPLETED, response=response)
+        return Claim(ClaimOutcome.IN_PROGRESS, retry_after=max(0.0, float(row["lease_left"])))
+
+    async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
+        """See :meth:`IdempotencyStore.complete`."""
+        result = await self._run(
+            "execute",
+            self._complete_sql,
+            key,
+            owner,
+            float(ttl),
+            float(self.clock_offset),
+            response.status,
+            _encode_headers(response.headers),
+            response.body,
+        )
+        return str(result).endswith(" 1")
+
+    async def release(self, key: str, owner: str) -> bool:
+        """See :meth:`IdempotencyStore.release`."""
+        result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))
+        return str(result).endswith(" 1")
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """See :meth:`IdempotencyStore.get`."""
+        row = await self._run("fetchrow", self._get_sql, key, float(self.clock_offset))
+        if row is None:
+            return None
+        response = None
+        if row["status"] is not None:
+            response = StoredResponse(
+                int(row["status"]), _decode_headers(row["headers"]), bytes(row["body"] or b"")
+            )
+        return IdempotencyRecord(bytes(row["fingerprint"]), row["owner"], response)
+
+    async def cleanup(self, batch_size: int = 1000) -> int:
+        """Delete expired records in batches (uses the expiry index); return how many went.
+
+        Expired records are already ignored and replaced by claims; run this periodically (a
+        cron job, a background task) only to keep the table small.
+        """
+        total = 0
+        while True:
+            result = await self._run(
+                "execute", self._cleanup_sql, batch_size, float(self.clock_offset)
+            )
+            deleted = int(str(result).rpartition(" ")[2] or 0)
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    async def aclose(self) -> None:
+        """Close the pool if this store created it (from a DSN)."""
+        if self._dsn is not None and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+__all__ = ["PostgresIdempotencyStore", "schema_sql"]

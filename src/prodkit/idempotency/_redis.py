@@ -1,0 +1,194 @@
+"""Redis idempotency store: one hash per record, every operation one Lua script.
+
+Keys look like ``{key_prefix}{<sha256 hex>}``: the braces are a Redis Cluster hash tag, so a record
+and anything added beside it later hash to one slot. Time is the Redis server's (``TIME``), so
+worker clocks do not matter; each record also carries a Redis TTL, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prodkit._core.exceptions import BackendError, ConfigurationError, require
+from prodkit.idempotency._store import (
+    Claim,
+    ClaimOutcome,
+    IdempotencyRecord,
+    StoredResponse,
+)
+
+# Fields: fp (fingerprint), owner, lease (ms), exp (ms), status, headers (JSON), body.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[#ARGV])
+"""
+
+_CLAIM = (
+    _NOW
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'lease', 'exp', 'status', 'headers', 'body')
+local live = rec[4] and tonumber(rec[4]) > now
+if live then
+  if rec[1] ~= ARGV[1] then return {2} end
+  if rec[5] then return {3, rec[5], rec[6], rec[7]} end
+  local left = tonumber(rec[3]) - now
+  if left > 0 then return {4, left} end
+end
+local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'owner', ARGV[2], 'lease', now + lease, 'exp', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {1}
+"""
+)
+
+_COMPLETE = (
+    _NOW
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'exp', 'status')
+if not rec[1] or rec[1] ~= ARGV[1] or rec[3] or tonumber(rec[2]) <= now then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner', 'lease')
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5], 'exp', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+)
+
+_RELEASE = (
+    _NOW
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'exp', 'status')
+if not rec[1] or rec[1] ~= ARGV[1] or rec[3] or tonumber(rec[2]) <= now then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+)
+
+_GET = (
+    _NOW
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'exp', 'status', 'headers', 'body')
+if not rec[3] or tonumber(rec[3]) <= now then return {} end
+return {rec[1], rec[2] or false, rec[4] or false, rec[5] or false, rec[6] or false}
+"""
+)
+
+
+def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]).encode()
+
+
+def _decode_headers(raw: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+    if not raw:
+        return ()
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(raw))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisIdempotencyStore:
+    """Keep idempotency records in Redis (standalone, Sentinel or Cluster).
+
+    Arguments:
+        client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
+            ``decode_responses=False`` (bodies are bytes), or a URL: a client is then created and
+            closed by :meth:`close`.
+        key_prefix: prepended to every key (``prodkit:idem:``); the hashed key follows in braces.
+        clock_offset: seconds added to the Redis clock; for tests that need time to pass.
+    """
+
+    def __init__(
+        self, client: Any, *, key_prefix: str = "prodkit:idem:", clock_offset: float = 0.0
+    ) -> None:
+        redis_asyncio: Any = require("redis.asyncio", "redis")
+        self._owns_client = isinstance(client, str)
+        if isinstance(client, str):
+            client = redis_asyncio.Redis.from_url(client)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None and getattr(pool, "connection_kwargs", {}).get("decode_responses"):
+            raise ConfigurationError(
+                "the Redis client must be created with decode_responses=False (bodies are bytes)"
+            )
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ConfigurationError(
+                "key_prefix must not contain '{' or '}' (used as the hash tag)"
+            )
+        self.client = client
+        self.key_prefix = key_prefix
+        self.clock_offset = clock_offset
+        self._claim = client.register_script(_CLAIM)
+        self._complete = client.register_script(_COMPLETE)
+        self._release = client.register_script(_RELEASE)
+        self._get = client.register_script(_GET)
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of a record."""
+        return f"{self.key_prefix}{{{key}}}"
+
+    async def _call(self, script: Any, key: str, *args: Any) -> Any:
+        redis_exceptions: Any = require("redis.exceptions", "redis")
+        try:
+            return await script(
+                keys=[self.redis_key(key)], args=[*args, _ms_offset(self.clock_offset)]
+            )
+        except (OSError, redis_exceptions.RedisError) as exc:
+            raise BackendError(f"Redis idempotency store: {exc}") from exc
+
+    async def claim(
+        self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
+    ) -> Claim:
+        """See :meth:`IdempotencyStore.claim`."""
+        result = await self._call(self._claim, key, fingerprint, owner, _ms(lease), _ms(ttl))
+        code = int(result[0])
+        if code == 1:
+            return Claim(ClaimOutcome.ACQUIRED)
+        if code == 2:
+            return Claim(ClaimOutcome.MISMATCH)
+        if code == 3:
+            response = StoredResponse(int(result[1]), _decode_headers(result[2]), result[3] or b"")
+            return Claim(ClaimOutcome.COMPLETED, response=response)
+        return Claim(ClaimOutcome.IN_PROGRESS, retry_after=int(result[1]) / 1000)
+
+    async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
+        """See :meth:`IdempotencyStore.complete`."""
+        result = await self._call(
+            self._complete,
+            key,
+            owner,
+            _ms(ttl),
+            response.status,
+            _encode_headers(response.headers),
+            response.body,
+        )
+        return int(result) == 1
+
+    async def release(self, key: str, owner: str) -> bool:
+        """See :meth:`IdempotencyStore.release`."""
+        return int(await self._call(self._release, key, owner)) == 1
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """See :meth:`IdempotencyStore.get`."""
+        result = await self._call(self._get, key)
+        if not result:
+            return None
+        fingerprint, owner, status, headers, body = result
+        response = None
+        if status:
+            response = StoredResponse(int(status), _decode_headers(headers), body or b"")
+        return IdempotencyRecord(bytes(fingerprint), owner.decode() if owner else None, response)
+
+    async def aclose(self) -> None:
+        """Close the client if this store created it (from a URL)."""
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def _ms_offset(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+__all__ = ["RedisIdempotencyStore"]

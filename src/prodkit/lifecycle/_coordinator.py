@@ -1,0 +1,422 @@
+"""Graceful shutdown: readiness off at once, keep serving through a drain, then let the server stop.
+
+ASGI's ``lifespan.shutdown`` arrives only after the server has stopped accepting connections,
+and servers stop accepting the moment SIGTERM arrives, while a load balancer (or Kubernetes,
+which removes a pod's endpoints concurrently with sending SIGTERM) still routes traffic to the
+process. :class:`ShutdownCoordinator` puts itself in front of the server's own signal handling:
+
+1. SIGTERM / SIGINT: the state becomes ``DRAINING``; readiness answers 503 at once while every
+   other request is still served normally (HTTP/1.x responses get ``Connection: close`` so
+   clients reconnect elsewhere).
+2. After ``drain`` seconds the signal is handed to the handler the server had installed
+   (uvicorn's and gunicorn-uvicorn workers' ``signal.signal`` handler, or the asyncio loop
+   handler of hypercorn and granian), and the server stops as it always does: it closes its
+   listener and waits for in-flight requests. Requests that still reach the app get a fast
+   503 ``SHUTTING_DOWN``.
+3. At ``timeout`` seconds after the signal, requests still running are cancelled and logged,
+   so the server can finish before the orchestrator's SIGKILL.
+
+One coordinator per process (each worker of a multi-process server has its own). It is shared
+by :class:`~prodkit.lifecycle.GracefulShutdownMiddleware` (tracks requests),
+:class:`~prodkit.health.HealthMiddleware` (readiness) and
+:class:`~prodkit.lifecycle.LifespanMiddleware` (installs the signal handling at start-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import gc
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.types import Scope
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class ShutdownState(enum.IntEnum):
+    """Where the process is in its shutdown (the gauge ``…shutdown_state`` reports the value)."""
+
+    RUNNING = 0  #: serving, ready
+    DRAINING = 1  #: signal received: not ready, still serving everything normally
+    STOPPING = 2  #: the server has been told to stop; new requests get 503 SHUTTING_DOWN
+    STOPPED = 3  #: lifespan shutdown ran
+
+
+@dataclass(eq=False, slots=True)
+class InFlight:
+    """One request being served: what the coordinator may cancel at the hard deadline."""
+
+    method: str
+    path: str
+    started: float
+    task: asyncio.Task[Any] | None
+    cancelled_at_deadline: bool = field(default=False)
+
+
+@dataclass(slots=True)
+class _Chained:
+    """A handler that was in place before ours, and how to give the signal back to it."""
+
+    kind: str  # "signal" (signal.signal) or "loop" (loop.add_signal_handler)
+    previous: Any  # the previous signal.signal handler, or the loop's (callback, args)
+
+
+def _is_loop_handler(handler: Any, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``handler`` is the placeholder an event loop installs for its signal handlers."""
+    # asyncio installs a module-level no-op, uvloop a bound method of the loop itself.
+    return getattr(handler, "__name__", "") == "_sighandler_noop" or (
+        getattr(handler, "__self__", None) is loop
+    )
+
+
+def _loop_signal_callback(
+    loop: asyncio.AbstractEventLoop, sig: int
+) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+    """The callback and arguments registered with ``loop.add_signal_handler(sig, ...)``.
+
+    Event loops have no public API to read a signal handler back. asyncio keeps them in
+    ``loop._signal_handlers`` as :class:`asyncio.Handle` objects; uvloop keeps the same
+    mapping in a C-level attribute and its handles expose nothing, but both are visible to
+    the garbage collector's referent traversal. ``None`` when neither layout is found.
+    """
+    handlers = getattr(loop, "_signal_handlers", None)
+    if not isinstance(handlers, dict):
+        handlers = next(
+            (
+                ref
+                for ref in gc.get_referents(loop)
+                if isinstance(ref, dict) and sig in ref and all(isinstance(k, int) for k in ref)
+            ),
+            None,
+        )
+    handle = handlers.get(sig) if handlers is not None else None
+    if handle is None:
+        return None
+    callback = getattr(handle, "_callback", None)
+    args = getattr(handle, "_args", None)
+    if callback is not None and isinstance(args, tuple):
+        return callback, args
+    refs = gc.get_referents(handle)
+    callables = [
+        r for r in refs if callable(r) and r is not loop and not isinstance(r, contextvars.Context)
+    ]
+    tuples = [r for r in refs if isinstance(r, tuple)]
+    if len(callables) == 1 and len(tuples) == 1:
+        return callables[0], tuples[0]
+    return None
+
+
+class ShutdownCoordinator:
+    """Drive one process's graceful shutdown: readiness, drain, hand-over and hard deadline.
+
+    Arguments:
+        drain: seconds to keep serving normally after the signal while readiness answers 503,
+            so load balancers stop routing here before the listener closes. Match it to the
+            time your load balancer needs to notice (readiness ``periodSeconds`` x
+            ``failureThreshold``, plus endpoint propagation).
+        timeout: seconds from the signal to the hard deadline at which requests still running
+            are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds``. Must be
+            at least ``drain``.
+        signals: the signals that start a drain (SIGTERM and SIGINT).
+        retry_after: ``Retry-After`` seconds on 503 answers while shutting down.
+        logger: a structlog logger (default ``structlog.get_logger("prodkit.shutdown")``).
+        registry, metric_prefix: where the ``{metric_prefix}shutdown_*`` metrics go.
+    """
+
+    def __init__(
+        self,
+        *,
+        drain: float = 5.0,
+        timeout: float = 25.0,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        retry_after: int = 5,
+        logger: Any | None = None,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if drain < 0:
+            raise ConfigurationError("drain must be zero or a positive number of seconds")
+        if timeout <= 0 or timeout < drain:
+            raise ConfigurationError(
+                f"timeout ({timeout}) must be positive and at least drain ({drain}): it counts "
+                "from the signal and includes the drain"
+            )
+        if retry_after < 0:
+            raise ConfigurationError("retry_after must be zero or a positive number of seconds")
+        signals = tuple(signals)
+        for sig in signals:
+            try:
+                signal.Signals(sig)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"signals: {sig!r} is not a signal number (use signal.SIGTERM, ...)"
+                ) from exc
+        self.drain = float(drain)
+        self.timeout = float(timeout)
+        self.signals = signals
+        self.retry_after = retry_after
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.shutdown")
+        self._state = ShutdownState.RUNNING
+        self._in_flight: set[InFlight] = set()
+        self._chained: dict[int, _Chained] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._installed = False
+        self._timers: list[asyncio.TimerHandle] = []
+        self._idle: asyncio.Event | None = None
+        self._state_gauge = gauge(
+            f"{metric_prefix}shutdown_state",
+            "Shutdown state of the process: 0 running, 1 draining, 2 stopping, 3 stopped.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self._rejected = counter(
+            f"{metric_prefix}shutdown_rejected_requests_total",
+            "Requests answered 503 SHUTTING_DOWN because the server was stopping.",
+            registry=registry,
+        )
+        self._cancelled = counter(
+            f"{metric_prefix}shutdown_cancelled_requests_total",
+            "Requests cancelled because they were still running at the shutdown deadline.",
+            registry=registry,
+        )
+        self._state_gauge.set(0)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ShutdownState:
+        """The current :class:`ShutdownState`."""
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Whether this process should receive new traffic (false from the signal on)."""
+        return self._state is ShutdownState.RUNNING
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new requests are still served normally (running or draining)."""
+        return self._state <= ShutdownState.DRAINING
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now."""
+        return len(self._in_flight)
+
+    def _set_state(self, state: ShutdownState) -> None:
+        if state > self._state:
+            self._state = state
+            self._state_gauge.set(int(state))
+
+    def restart(self) -> None:
+        """Serve again after a completed lifespan (a new lifespan start-up on the same app).
+
+        Servers run one lifespan per process, but test clients and embedding tools may start
+        the same app again after shutting it down; the new serving period starts ready. A
+        coordinator that is still draining or stopping is left alone.
+        """
+        if self._state is ShutdownState.STOPPED:
+            self._state = ShutdownState.RUNNING
+            self._state_gauge.set(int(ShutdownState.RUNNING))
+
+    def count_rejected(self) -> None:
+        """Count one request answered 503 ``SHUTTING_DOWN``."""
+        self._rejected.inc()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request_started(self, scope: Scope) -> InFlight:
+        """Register a request (call :meth:`request_finished` in ``finally``)."""
+        try:
+            task: asyncio.Task[Any] | None = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        record = InFlight(
+            method=str(scope.get("method", "")),
+            path=str(scope.get("path", "")),
+            started=time.monotonic(),
+            task=task,
+        )
+        self._in_flight.add(record)
+        return record
+
+    def request_finished(self, record: InFlight) -> None:
+        """Unregister a request; wakes :meth:`wait_idle` when it was the last one."""
+        self._in_flight.discard(record)
+        if not self._in_flight and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is in flight (returns at once if none is)."""
+        if not self._in_flight:
+            return
+        if self._idle is None or self._idle.is_set():
+            self._idle = asyncio.Event()
+        await self._idle.wait()
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Put the coordinator in front of the server's handlers for :attr:`signals`.
+
+        Call from the running event loop after the server has installed its own handlers:
+        :class:`~prodkit.lifecycle.LifespanMiddleware` and
+        :class:`~prodkit.lifecycle.GracefulShutdownMiddleware` do so at lifespan
+        start-up. Idempotent. A handler the coordinator cannot chain to (a uvloop loop
+        handler, whose callback uvloop does not expose) is left in charge, with a warning.
+        """
+        loop = asyncio.get_running_loop()
+        if self._installed:
+            return
+        self._installed = True
+        if threading.current_thread() is not threading.main_thread():
+            self.logger.warning(
+                "shutdown signals not intercepted: not in the main thread",
+                signals=[signal.Signals(s).name for s in self.signals],
+            )
+            return
+        self._loop = loop
+        for sig in self.signals:
+            previous = signal.getsignal(sig)
+            if _is_loop_handler(previous, loop):
+                # The server used loop.add_signal_handler: the real handler lives in the loop,
+                # and the loop would still run it whatever signal.signal says.
+                found = _loop_signal_callback(loop, sig)
+                if found is None:
+                    self.logger.warning(
+                        "cannot chain to the event loop's signal handler; the server's own "
+                        "handling stays in charge and there is no drain",
+                        signal=signal.Signals(sig).name,
+                        loop=type(loop).__module__,
+                    )
+                    continue
+                loop.add_signal_handler(sig, self._on_loop_signal, sig)
+                self._chained[sig] = _Chained("loop", found)
+            else:
+                signal.signal(sig, self._on_signal)
+                self._chained[sig] = _Chained("signal", previous)
+
+    def uninstall(self) -> None:
+        """Give the signals back to the handlers that were in place before :meth:`install`."""
+        loop = self._loop
+        for sig, chained in self._chained.items():
+            if chained.kind == "signal":
+                if signal.getsignal(sig) == self._on_signal:
+                    signal.signal(sig, chained.previous)
+            elif loop is not None and not loop.is_closed():
+                callback, args = chained.previous
+                loop.add_signal_handler(sig, callback, *args)
+        self._chained.clear()
+        self._installed = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A signal.signal handler runs between two bytecodes of the main thread, possibly in
+        # the middle of the event loop's own code: only schedule work from here.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._chain(signum)
+            return
+        loop.call_soon_threadsafe(self.begin_shutdown, signum)
+
+    def _on_loop_signal(self, signum: int) -> None:
+        self.begin_shutdown(signum)
+
+    def begin_shutdown(self, signum: int | None = None) -> None:
+        """Start the drain as if ``signum`` had arrived (a second call stops the drain early).
+
+        Call from the event loop. With ``signum`` ``None`` (a programmatic shutdown) nothing is
+        handed to the server when the drain ends; the state just becomes ``STOPPING``.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        if self._state is ShutdownState.DRAINING and signum is not None:
+            # A second signal during the drain: the operator insists, stop now.
+            self.logger.warning(
+                "second shutdown signal, ending the drain early",
+                signal=signal.Signals(signum).name,
+            )
+            self._end_drain(signum)
+            return
+        if self._state is not ShutdownState.RUNNING:
+            if signum is not None:
+                self._chain(signum)
+            return
+        self._set_state(ShutdownState.DRAINING)
+        self.logger.info(
+            "shutdown signal received, draining",
+            signal=signal.Signals(signum).name if signum is not None else None,
+            drain_seconds=self.drain,
+            timeout_seconds=self.timeout,
+            in_flight=len(self._in_flight),
+        )
+        self._timers.append(loop.call_later(self.drain, self._end_drain, signum))
+        self._timers.append(loop.call_later(self.timeout, self._deadline))
+
+    def _end_drain(self, signum: int | None) -> None:
+        if self._state >= ShutdownState.STOPPING:
+            return
+        self._set_state(ShutdownState.STOPPING)
+        self.logger.info("drain finished, stopping the server", in_flight=len(self._in_flight))
+        if signum is not None:
+            self._chain(signum)
+
+    def _chain(self, signum: int) -> None:
+        """Hand ``signum`` to the handler the server had installed before ours."""
+        chained = self._chained.get(signum)
+        if chained is None:
+            return
+        if chained.kind == "loop":
+            callback, args = chained.previous
+            callback(*args)
+            return
+        previous = chained.previous
+        if callable(previous):
+            previous(signum, None)
+        elif previous == signal.SIG_DFL:
+            # No server handler: re-deliver the signal to its default action (terminate).
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def _deadline(self) -> None:
+        leftover = [record for record in self._in_flight if not record.cancelled_at_deadline]
+        now = time.monotonic()
+        self.logger.warning("shutdown deadline reached", in_flight=len(leftover))
+        for record in leftover:
+            self.logger.warning(
+                "request cancelled at shutdown deadline",
+                method=record.method,
+                path=record.path,
+                running_seconds=round(now - record.started, 3),
+            )
+            self._cancelled.inc()
+            if record.task is not None and not record.task.done():
+                record.cancelled_at_deadline = True
+                record.task.cancel()
+
+    def lifespan_shutdown(self) -> None:
+        """The server sent ``lifespan.shutdown``: it stops accepting, whatever the signal path."""
+        self._set_state(ShutdownState.STOPPING)
+
+    def stopped(self) -> None:
+        """Lifespan shutdown finished: cancel timers and give the signals back."""
+        self._set_state(ShutdownState.STOPPED)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.uninstall()
+
+
+__all__ = ["InFlight", "ShutdownCoordinator", "ShutdownState"]

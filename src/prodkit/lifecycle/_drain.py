@@ -1,0 +1,119 @@
+"""Track in-flight requests, close keep-alive connections while draining, 503 once stopping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prodkit._core.headers import message_headers, set_header
+from prodkit._core.problems import send_problem
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.lifecycle._coordinator import ShutdownCoordinator, ShutdownState
+
+SHUTTING_DOWN = "SHUTTING_DOWN"
+
+
+class GracefulShutdownMiddleware:
+    """Serve through a drain, then refuse quickly, using a :class:`~prodkit.ShutdownCoordinator`.
+
+    * Running: requests pass through and are tracked as in flight.
+    * Draining (a shutdown signal arrived, readiness is 503): requests are still served
+      normally; HTTP/1.x responses get ``Connection: close`` so keep-alive clients open their
+      next connection elsewhere (RFC 9112 section 9.6).
+    * Stopping (the drain is over, the server is closing): a request that still reaches the
+      app is answered at once with a 503 problem ``SHUTTING_DOWN``, ``Retry-After`` and
+      ``Connection: close``.
+    * At the coordinator's hard deadline a request still running is cancelled; if its response
+      had not started it is answered with the same 503, otherwise the connection is closed.
+
+    The lifespan scope passes through; the middleware only watches it, to install the
+    coordinator's signal handling once the app's start-up completed and to mark the process
+    stopping when ``lifespan.shutdown`` arrives. (Wrap an app that does not support lifespan
+    in :class:`~prodkit.lifecycle.LifespanMiddleware`, which installs it too.) WebSocket
+    connections pass through untouched.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        coordinator: the process's :class:`~prodkit.ShutdownCoordinator`.
+    """
+
+    def __init__(self, app: ASGIApp, *, coordinator: ShutdownCoordinator) -> None:
+        self.app = app
+        self.coordinator = coordinator
+        retry_after = str(coordinator.retry_after)
+        self._headers_http1 = {"Retry-After": retry_after, "Connection": "close"}
+        # RFC 9113 section 8.2.2: connection-specific fields are malformed in HTTP/2 and 3.
+        self._headers_http2 = {"Retry-After": retry_after}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+
+        coordinator = self.coordinator
+        close_http1 = scope.get("http_version", "1.1") in ("1.0", "1.1")
+        problem_headers = self._headers_http1 if close_http1 else self._headers_http2
+        if not coordinator.accepting:
+            coordinator.count_rejected()
+            await send_problem(
+                send,
+                503,
+                SHUTTING_DOWN,
+                "The server is shutting down; retry on another instance.",
+                headers=problem_headers,
+            )
+            return
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if close_http1 and coordinator.state is not ShutdownState.RUNNING:
+                    set_header(message_headers(message), b"connection", b"close")
+            await send(message)
+
+        record = coordinator.request_started(scope)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not record.cancelled_at_deadline or record.task is None:
+                raise
+            # Our own cancellation at the hard deadline: answer (or end) the request instead
+            # of letting the server log a cancelled task as an application error.
+            record.task.uncancel()
+            if not started:
+                await send_problem(
+                    send,
+                    503,
+                    SHUTTING_DOWN,
+                    "The request was cancelled because the server is shutting down.",
+                    headers=problem_headers,
+                )
+        finally:
+            coordinator.request_finished(record)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coordinator = self.coordinator
+
+        async def watching_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                coordinator.lifespan_shutdown()
+            return message
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                coordinator.install()
+            elif message["type"] == "lifespan.shutdown.complete":
+                coordinator.stopped()
+            await send(message)
+
+        await self.app(scope, watching_receive, watching_send)
+
+
+__all__ = ["SHUTTING_DOWN", "GracefulShutdownMiddleware"]

@@ -1,0 +1,28 @@
+"""Structured logging: ``configure_logging``, redaction, and one access line per request."""
+
+from __future__ import annotations
+
+from prodkit.logging._access import DEFAULT_LEVELS, AccessLogMiddleware
+from prodkit.logging._config import (
+    DEFAULT_REDACT_HEADERS,
+    DEFAULT_REDACT_KEYS,
+    DEFAULT_REDACT_QUERY_PARAMS,
+    REDACTED,
+    LogFormat,
+    Redactor,
+    configure_logging,
+    get_logger,
+)
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "DEFAULT_REDACT_HEADERS",
+    "DEFAULT_REDACT_KEYS",
+    "DEFAULT_REDACT_QUERY_PARAMS",
+    "REDACTED",
+    "AccessLogMiddleware",
+    "LogFormat",
+    "Redactor",
+    "configure_logging",
+    "get_logger",
+]

@@ -1,0 +1,238 @@
+"""One structured "request completed" line per HTTP request, whatever happened to it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from prodkit._core.addresses import ClientAddressResolver, normalize_ip
+from prodkit._core.context import get_request_id
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.observer import ReceiveWatcher, ResponseObserver
+from prodkit._core.outcome import (
+    PathFilter,
+    handled_error,
+    outcome_status,
+    resolve_route,
+)
+from prodkit._core.routing import RouteResolver, remember_root_path
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
+from prodkit.logging._config import (
+    Redactor,
+    _direct_writer,
+    get_logger,
+    restore_contextvars,
+    snapshot_contextvars,
+)
+
+#: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
+_peer_text = lru_cache(maxsize=4096)(normalize_ip)
+
+_LOGGER_NAME = "prodkit.access"
+_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+
+#: Log level by status class (first digit): 1xx-3xx info, 4xx warning, 5xx error.
+DEFAULT_LEVELS: Mapping[int, str] = {1: "info", 2: "info", 3: "info", 4: "warning", 5: "error"}
+
+
+class AccessLogMiddleware:
+    """Log exactly one ``request completed`` event per HTTP request through structlog.
+
+    The event has ``request_id``, ``method``, ``route`` (the template, never the raw path),
+    ``path``, ``query`` (secret parameters redacted, only when there is one), ``status``,
+    ``duration`` (seconds, until the last body chunk was sent), ``bytes`` (response body bytes
+    the server accepted) and ``client`` (through :class:`~prodkit.ClientAddressResolver`), plus
+    whatever the app bound with :func:`structlog.contextvars.bind_contextvars` meanwhile.
+
+    * Place it outside the middlewares that can reject (rate limit, shedding, idempotency):
+      their 429/503/409 are logged like any response.
+    * An exception from the app is logged with ``status`` 500 and ``exc_type`` and re-raised
+      (the traceback is :class:`~prodkit.ErrorMiddleware`'s job); a client that went away
+      before any response is logged with ``status`` 499.
+    * Values bound with structlog's contextvars during the request are undone afterwards, so
+      nothing leaks into the next request.
+    * ``lifespan`` and ``websocket`` pass straight through.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        logger: a structlog logger (default: ``logger="prodkit.access"``).
+        event: the event text.
+        levels: log level per status class (``{4: "warning"}`` merges into
+            :data:`DEFAULT_LEVELS`), or a callable ``status -> level name``.
+        sample_rate: fraction of successful (< 400) requests logged; errors are always logged.
+        exclude_paths: paths not logged at all (``/livez``; ``/static/*`` for a prefix).
+        client_resolver: finds the client address (default: no trusted proxies).
+        trusted_proxies: shorthand for ``client_resolver=ClientAddressResolver(trusted_proxies)``.
+        request_headers: request headers to log under ``headers`` (secret ones redacted).
+        redactor: redacts the query string and logged headers (default :class:`Redactor`).
+        route_resolver: a hook returning a request's route template (see
+            :func:`prodkit.route_template`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: Any | None = None,
+        event: str = "request completed",
+        levels: Mapping[int, str] | Callable[[int], str] | None = None,
+        sample_rate: float = 1.0,
+        exclude_paths: Iterable[str] = (),
+        client_resolver: ClientAddressResolver | None = None,
+        trusted_proxies: Iterable[str] = (),
+        request_headers: Iterable[str] = (),
+        redactor: Redactor | None = None,
+        route_resolver: RouteResolver | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ConfigurationError("sample_rate must be between 0.0 and 1.0 (1.0 logs all)")
+        if client_resolver is not None and trusted_proxies:
+            raise ConfigurationError("pass either client_resolver or trusted_proxies, not both")
+        if isinstance(request_headers, str):
+            raise ConfigurationError("request_headers takes a list of header names")
+        self.app = app
+        # The default logger's lines may skip structlog's per-call wrapper (see emit_direct).
+        self._direct_name = None if logger is not None else _LOGGER_NAME
+        self.logger = logger if logger is not None else get_logger(_LOGGER_NAME)
+        self.event = event
+        self._bound: Any = None
+        self.sample_rate = sample_rate
+        self.exclude_paths = PathFilter(exclude_paths)
+        self._excluding = bool(self.exclude_paths)
+        self.client_resolver = client_resolver or ClientAddressResolver(trusted_proxies)
+        # Without trusted proxies the client is the peer: its canonical text is cached.
+        self._direct_client = not self.client_resolver.trusts_any
+        self.redactor = redactor or Redactor()
+        self.route_resolver = route_resolver
+        self.request_headers = tuple(h.strip().lower().encode("latin-1") for h in request_headers)
+        self._level_for = self._build_levels(levels)
+
+    @staticmethod
+    def _build_levels(
+        levels: Mapping[int, str] | Callable[[int], str] | None,
+    ) -> Callable[[int], str]:
+        if callable(levels):
+            chosen = levels
+
+            def checked(status: int) -> str:
+                name = chosen(status)
+                return name if name in _LEVEL_NAMES else "info"
+
+            return checked
+        table = dict(DEFAULT_LEVELS)
+        for klass, name in (levels or {}).items():
+            if name not in _LEVEL_NAMES:
+                raise ConfigurationError(
+                    f"levels[{klass}] = {name!r}: use one of {', '.join(_LEVEL_NAMES)}"
+                )
+            if klass not in table:
+                raise ConfigurationError(f"levels: {klass!r} is not a status class (1 to 5)")
+            table[klass] = name
+        by_status = {status: table[status // 100] for status in range(100, 600)}
+        return lambda status: by_status.get(status, "error")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
+            await self.app(scope, receive, send)
+            return
+
+        start = time.perf_counter()
+        remember_root_path(scope)
+        saved = snapshot_contextvars()
+        observer = ResponseObserver.shared(send)
+        watcher = ReceiveWatcher.shared(receive)
+        error: BaseException | None = None
+        try:
+            await self.app(scope, watcher, observer)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            error = handled_error(scope, error)
+            try:
+                self._log(scope, observer, start, watcher.disconnected, error)
+            finally:
+                restore_contextvars(saved)
+
+    def _log(
+        self,
+        scope: Scope,
+        observer: ResponseObserver,
+        start: float,
+        disconnected: bool,
+        error: BaseException | None,
+    ) -> None:
+        end = observer.finished_at or time.perf_counter()
+        status = outcome_status(observer, disconnected, error)
+        if (
+            status < 400
+            and error is None
+            and self.sample_rate < 1.0
+            and random.random() >= self.sample_rate
+        ):
+            return
+        level = self._level_for(status)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            level = "error"  # e.g. a stream that broke off after a 200 had been sent
+        direct = True if self._direct_name is None else _direct_writer(self._direct_name, level)
+        if direct is False:
+            return  # prodkit's logging configuration filters this level out: build nothing
+        log: Any = None
+        if isinstance(direct, bool):
+            log = getattr(self._bound or self._resolve_logger(), level)
+            if getattr(log, "__name__", "") == "_nop":
+                return  # a structlog filtering logger below this level: build nothing
+        fields: dict[str, Any] = {
+            "request_id": get_request_id(),
+            "method": scope.get("method"),
+            "route": resolve_route(scope, self.app, status, self.route_resolver),
+            "path": scope.get("path"),
+            "status": status,
+            "duration": round(end - start, 6),
+            "bytes": observer.body_bytes,
+            "client": self._client(scope),
+        }
+        query = scope.get("query_string")
+        if query:
+            fields["query"] = self.redactor.redact_query(query.decode("latin-1"))
+        if self.request_headers:
+            fields["headers"] = self._headers(scope)
+        if error is not None:
+            fields["exc_type"] = type(error).__name__
+        if isinstance(direct, bool):
+            log(self.event, **fields)
+        else:
+            direct(self.event, fields)
+
+    def _resolve_logger(self) -> Any:
+        logger = self.logger
+        # structlog's lazy proxy resolves its logger on every call unless caching is on, in
+        # which case it stores a ``bind`` returning the cached logger: then use that directly.
+        if "bind" in getattr(logger, "__dict__", ()):
+            self._bound = logger = logger.bind()
+        return logger
+
+    def _client(self, scope: Scope) -> str | None:
+        if self._direct_client:
+            client = scope.get("client")
+            return _peer_text(client[0]) if client else None
+        return self.client_resolver.resolve(scope)
+
+    def _headers(self, scope: Scope) -> dict[str, str]:
+        wanted = self.request_headers
+        found: dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            if name in wanted:
+                key = name.decode("latin-1")
+                text = value.decode("latin-1")
+                if self.redactor.is_secret_key(key):
+                    text = self.redactor.replacement
+                found[key] = f"{found[key]}, {text}" if key in found else text
+        return found
+
+
+__all__ = ["DEFAULT_LEVELS", "AccessLogMiddleware"]

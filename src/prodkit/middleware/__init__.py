@@ -1,1 +1,0 @@
-"""prodkit's middlewares, one module each; import them from :mod:`prodkit`."""

@@ -1,0 +1,318 @@
+"""``RateLimitMiddleware``: per-client quotas with IETF ``RateLimit`` headers and 429 problems."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter
+
+from prodkit._core.addresses import ClientAddressResolver
+from prodkit._core.breaker import CircuitBreaker
+from prodkit._core.collectors import DEFAULT_PREFIX, counter
+from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.headers import message_headers
+from prodkit._core.outcome import PathFilter
+from prodkit._core.problems import Problem, send_problem
+from prodkit._core.routing import RouteTable
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.ratelimit._memory import MemoryRateLimitStore
+from prodkit.ratelimit._policy import RateLimitPolicy, ceil_seconds, to_policy
+from prodkit.ratelimit._store import RateLimitDecision, RateLimitStore
+
+RATE_LIMITED = "RATE_LIMITED"
+RATE_LIMIT_UNAVAILABLE = "RATE_LIMIT_UNAVAILABLE"
+
+#: Problem type of a 429, registered by draft-ietf-httpapi-ratelimit-headers ("Quota Exceeded").
+QUOTA_EXCEEDED_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+#: Paths never limited by default: probes and scrapes must not be throttled.
+DEFAULT_EXCLUDE_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+KeyFunction = Callable[[Scope], str | None]
+StoreErrorPolicy = Literal["fail_open", "fail_closed"]
+PolicySpec = RateLimitPolicy | str
+RouteSpec = PolicySpec | Sequence[PolicySpec] | None
+
+
+def _policies(value: RouteSpec, where: str) -> tuple[RateLimitPolicy, ...]:
+    """Policies from an option; strings are named ``default`` (global) or after the route."""
+    if value is None:
+        return ()
+    base = "default" if where == "policy" else _route_name(where)
+    items = [value] if isinstance(value, RateLimitPolicy | str) else list(value)
+    return tuple(
+        to_policy(item, base if index == 0 else f"{base[:60]}-{index + 1}")
+        for index, item in enumerate(items)
+    )
+
+
+def _route_name(template: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "_.:-" else "_" for ch in template.strip("/"))
+    return f"route:{cleaned or 'root'}"[:64]
+
+
+def _address_key(resolver: ClientAddressResolver) -> KeyFunction:
+    """The resolver's ``key``, memoised by peer address when no forwarding header counts."""
+    if resolver.trusts_any:
+        return resolver.key
+    known: dict[str, str] = {}
+
+    def key(scope: Scope) -> str:
+        client = scope.get("client")
+        if not client:
+            return resolver.key(scope)
+        found = known.get(client[0])
+        if found is None:
+            found = resolver.key(scope)
+            if len(known) >= 10_000:
+                known.clear()
+            known[client[0]] = found
+        return found
+
+    return key
+
+
+class RateLimitMiddleware:
+    """Limit how often each client may call the app; answer 429 problems with ``Retry-After``.
+
+    Every limited response, allowed or not, carries ``RateLimit-Policy`` and ``RateLimit`` in
+    the syntax of draft-ietf-httpapi-ratelimit-headers (``"default";q=100;w=60`` and
+    ``"default";r=99;t=1``). A rejected request gets a 429 ``application/problem+json`` with
+    the draft's ``quota-exceeded`` type, ``code`` ``RATE_LIMITED``, ``violated-policies``,
+    ``Retry-After`` (whole seconds until a request would succeed, never less than the ``t`` it
+    advertises) and ``Cache-Control: no-store``. The app is not called. WebSocket and
+    ``lifespan`` scopes pass straight through.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        policy: the global policy (a :class:`RateLimitPolicy` or a rate such as
+            ``"100/minute"``, or several), applied to every request; ``None`` for none.
+        routes: per-route policies by route template (``{"/api/login": "5/minute"}``), applied
+            in addition to the global one; a route mapped to ``None`` is not limited at all.
+            A policy given as a string is named after its route (``route:api_login``). The
+            same :class:`RateLimitPolicy` object on several routes is one shared quota.
+        store: where counters live: :class:`~prodkit.ratelimit.MemoryRateLimitStore`
+            (default, per process) or :class:`~prodkit.ratelimit.RedisRateLimitStore`.
+        key: returns the client key of a request, or ``None`` to not limit it. Default: the
+            client address from ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``,
+            IPv6 grouped by metric_prefix, IPv4-mapped IPv6 as IPv4.
+        trusted_proxies: addresses/CIDRs (or a comma-separated string, as in
+            ``TRUSTED_PROXIES``) whose forwarding headers are believed by the default key.
+        ipv6_prefix: the default key's IPv6 grouping (64; 56 for providers that hand out /56).
+        on_store_error: ``"fail_open"`` (default: decide with a per-process memory store,
+            so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
+            ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
+        breaker: circuit breaker around a shared store's calls (default: one named
+            ``rate-limit``, opening after 5 failures for 5 s, 0.5 s call timeout); not used
+            with the memory store.
+        exclude_paths: paths never limited (health probes and metrics by default).
+        unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503.
+        registry, metric_prefix: where ``{metric_prefix}rate_limit_decisions_total{policy,decision}`` lives.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: RouteSpec = None,
+        routes: Mapping[str, RouteSpec] | None = None,
+        store: RateLimitStore | None = None,
+        key: KeyFunction | None = None,
+        trusted_proxies: Iterable[str] | str = (),
+        ipv6_prefix: int = 64,
+        on_store_error: StoreErrorPolicy = "fail_open",
+        breaker: CircuitBreaker | None = None,
+        exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS,
+        unavailable_retry_after: int = 5,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if on_store_error not in ("fail_open", "fail_closed"):
+            raise ConfigurationError("on_store_error must be 'fail_open' or 'fail_closed'")
+        if unavailable_retry_after < 1:
+            raise ConfigurationError("unavailable_retry_after must be at least 1 second")
+        self.app = app
+        self._global = _policies(policy, "policy")
+        route_policies = {
+            template: (*self._global, *_policies(value, template)) if value is not None else ()
+            for template, value in (routes or {}).items()
+        }
+        if not self._global and not any(route_policies.values()):
+            raise ConfigurationError(
+                "RateLimitMiddleware needs a policy (e.g. policy='100/minute') or routes"
+            )
+        known: dict[str, RateLimitPolicy] = {}
+        for group in (self._global, *route_policies.values()):
+            names = [p.name for p in group]
+            if len(set(names)) != len(names):
+                raise ConfigurationError(f"policies applied together need distinct names: {names}")
+            for item in group:
+                if known.setdefault(item.name, item) != item:
+                    raise ConfigurationError(
+                        f"two different policies are named {item.name!r}; give each its own name"
+                    )
+        self.store: RateLimitStore = store if store is not None else MemoryRateLimitStore()
+        if key is None:
+            key = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
+        self._key = key
+        self.on_store_error = on_store_error
+        shared = not isinstance(self.store, MemoryRateLimitStore)
+        if shared and breaker is None:
+            breaker = CircuitBreaker(
+                "rate-limit", timeout=0.5, registry=registry, metric_prefix=metric_prefix
+            )
+        self._breaker = breaker if shared else None
+        self._fallback = MemoryRateLimitStore() if shared else None
+        self._excluded = PathFilter(exclude_paths)
+        self.unavailable_retry_after = unavailable_retry_after
+        # The memory store never waits, so its decision is taken without a coroutine (unless a
+        # subclass changed ``consume``, whose override must keep being called).
+        self._take: Callable[[str, RateLimitPolicy], RateLimitDecision] | None = None
+        if (
+            isinstance(self.store, MemoryRateLimitStore)
+            and type(self.store).consume is MemoryRateLimitStore.consume
+        ):
+            self._take = self.store.consume_nowait
+        decisions = counter(
+            f"{metric_prefix}rate_limit_decisions_total",
+            "Rate-limit decisions by policy: allowed, limited, or error (the store failed).",
+            ["policy", "decision"],
+            registry=registry,
+        )
+        limits = {name: _Limit(item, decisions) for name, item in known.items()}
+        # Everything a request needs is found once per policy group, here: a request then reads
+        # attributes instead of hashing a tuple of dataclasses or a (name, outcome) key.
+        groups: dict[tuple[RateLimitPolicy, ...], _Group] = {}
+        for group in (self._global, *route_policies.values()):
+            if group and group not in groups:
+                groups[group] = _Group(tuple(limits[item.name] for item in group))
+        self._default = groups.get(self._global)
+        # ``None`` rather than an empty table: a table's truth is a Python call per request.
+        self._routes: RouteTable[_Group | None] | None = None
+        if route_policies:
+            self._routes = RouteTable(
+                {template: groups.get(group) for template, group in route_policies.items()}
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._excluded:
+            await self.app(scope, receive, send)
+            return
+        group = self._default
+        if self._routes is not None:
+            found = self._routes.match(scope["path"])
+            if found is not None:
+                group = found[1]
+        if group is None:
+            await self.app(scope, receive, send)
+            return
+        client = self._key(scope)
+        if client is None:
+            await self.app(scope, receive, send)
+            return
+
+        take = self._take
+        state = b""
+        for limit in group.limits:
+            if take is not None:
+                result = take(client, limit.policy)
+            else:
+                awaited = await self._consume(client, limit)
+                if awaited is None:
+                    await send_problem(
+                        send,
+                        503,
+                        RATE_LIMIT_UNAVAILABLE,
+                        "The rate limiter is unavailable; try again later.",
+                        headers={"Retry-After": str(self.unavailable_retry_after)},
+                    )
+                    return
+                result = awaited
+            item = b"%b%d;t=%d" % (limit.state, result.remaining, result.reset)
+            state = state + b", " + item if state else item
+            if not result.allowed:
+                limit.limited.inc()
+                # Later policies keep their quota for a request that is not served.
+                await self._reject(send, group, state, limit.policy, result)
+                return
+            limit.allowed.inc()
+
+        policy_field = group.policy_field
+        state_field = (b"ratelimit", state)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message_headers(message)
+                headers.append(policy_field)
+                headers.append(state_field)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _reject(
+        self,
+        send: Send,
+        group: _Group,
+        state: bytes,
+        policy: RateLimitPolicy,
+        result: RateLimitDecision,
+    ) -> None:
+        """Send the 429 problem for the policy that ``result`` refused."""
+        retry_after = max(1, ceil_seconds(result.retry_after))
+        await Problem(
+            429,
+            RATE_LIMITED,
+            f"Too many requests; retry in {retry_after} s.",
+            title="Request cannot be satisfied as assigned quota has been exceeded",
+            type=QUOTA_EXCEEDED_TYPE,
+            headers={"Retry-After": str(retry_after)},
+            extensions={"violated-policies": [policy.name]},
+        ).send(send, headers=[group.policy_field, (b"ratelimit", state)])
+
+    async def _consume(self, client: str, limit: _Limit) -> RateLimitDecision | None:
+        """One decision; store failures go to the fallback (fail open) or ``None`` (fail closed)."""
+        policy = limit.policy
+        if self._breaker is None:
+            return await self.store.consume(client, policy)
+        store = self.store
+        try:
+            return await self._breaker.call(lambda: store.consume(client, policy))
+        except BackendError:
+            limit.error.inc()
+            if self._fallback is None or self.on_store_error == "fail_closed":
+                return None
+            return await self._fallback.consume(client, policy)
+
+
+class _Limit:
+    """One policy as a request applies it: the start of its ``RateLimit`` member, its counters."""
+
+    __slots__ = ("allowed", "error", "limited", "policy", "state")
+
+    def __init__(self, policy: RateLimitPolicy, decisions: Counter) -> None:
+        self.policy = policy
+        self.state = f'"{policy.name}";r='.encode("latin-1")
+        self.allowed = decisions.labels(policy.name, "allowed")
+        self.limited = decisions.labels(policy.name, "limited")
+        self.error = decisions.labels(policy.name, "error")
+
+
+class _Group:
+    """The policies applied together to a request, and their ``RateLimit-Policy`` field."""
+
+    __slots__ = ("limits", "policy_field")
+
+    def __init__(self, limits: tuple[_Limit, ...]) -> None:
+        self.limits = limits
+        text = ", ".join(limit.policy.header for limit in limits)
+        self.policy_field = (b"ratelimit-policy", text.encode("latin-1"))
+
+
+__all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
+    "QUOTA_EXCEEDED_TYPE",
+    "RATE_LIMITED",
+    "RATE_LIMIT_UNAVAILABLE",
+    "RateLimitMiddleware",
+]

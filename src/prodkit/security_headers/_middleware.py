@@ -1,0 +1,154 @@
+"""Security response headers with safe defaults; never overrides what the app set itself."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.headers import get_header, message_headers
+from prodkit._core.observer import ResponseObserver
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Default policy for HTML responses: only same-origin resources, no plugins, no framing.
+DEFAULT_CSP = (
+    "default-src 'self'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; object-src 'none'"
+)
+_VALUE = re.compile(r"[\x20-\x7e]*\Z")
+
+
+class SecurityHeadersMiddleware:
+    """Add HSTS, ``X-Content-Type-Options``, ``Referrer-Policy``, framing and CSP headers.
+
+    A header the app already put on a response is left exactly as the app set it, so a route
+    can relax (or tighten) any of them. Pass ``None`` to an option to never send that header.
+
+    HSTS (RFC 6797) is sent only on responses to requests that arrived over HTTPS
+    (``scope["scheme"] == "https"``): browsers ignore it over plain HTTP (section 8.1), and an
+    HTTP deployment has no business pinning HTTPS. Behind a TLS-terminating proxy, make the
+    server report the original scheme (uvicorn ``--proxy-headers --forwarded-allow-ips``) or
+    set ``hsts_https_only=False`` when every client-facing hop is HTTPS.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        hsts_max_age: ``Strict-Transport-Security`` ``max-age`` in seconds (one year), or
+            ``None`` for no HSTS.
+        hsts_include_subdomains, hsts_preload: the HSTS directives (preload only if you have
+            submitted the domain to the preload list).
+        hsts_https_only: send HSTS only over HTTPS (see above).
+        content_type_options: ``X-Content-Type-Options`` (``nosniff``).
+        referrer_policy: ``Referrer-Policy`` (``no-referrer``: an API has no reason to leak
+            URLs to third parties).
+        frame_options: ``X-Frame-Options`` (``DENY``) for old browsers; modern ones follow
+            the CSP's ``frame-ancestors``.
+        content_security_policy: ``Content-Security-Policy`` for ``text/html`` responses only
+            (JSON is not rendered, so a CSP there protects nothing).
+        cross_origin_opener_policy: ``Cross-Origin-Opener-Policy`` for HTML responses.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hsts_max_age: int | None = 31_536_000,
+        hsts_include_subdomains: bool = True,
+        hsts_preload: bool = False,
+        hsts_https_only: bool = True,
+        content_type_options: str | None = "nosniff",
+        referrer_policy: str | None = "no-referrer",
+        frame_options: str | None = "DENY",
+        content_security_policy: str | None = DEFAULT_CSP,
+        cross_origin_opener_policy: str | None = "same-origin",
+    ) -> None:
+        self.app = app
+        hsts: str | None = None
+        if hsts_max_age is not None:
+            if (
+                isinstance(hsts_max_age, bool)
+                or not isinstance(hsts_max_age, int)
+                or hsts_max_age < 0
+            ):
+                raise ConfigurationError("hsts_max_age must be whole seconds (0 or more) or None")
+            if hsts_preload and (hsts_max_age < 31_536_000 or not hsts_include_subdomains):
+                raise ConfigurationError(
+                    "hsts_preload requires hsts_max_age >= 31536000 and hsts_include_subdomains"
+                )
+            hsts = f"max-age={hsts_max_age}"
+            if hsts_include_subdomains:
+                hsts += "; includeSubDomains"
+            if hsts_preload:
+                hsts += "; preload"
+        options = {
+            "content_type_options": content_type_options,
+            "referrer_policy": referrer_policy,
+            "frame_options": frame_options,
+            "content_security_policy": content_security_policy,
+            "cross_origin_opener_policy": cross_origin_opener_policy,
+        }
+        for option, value in options.items():
+            if value is not None and (not value or not _VALUE.match(value)):
+                raise ConfigurationError(
+                    f"{option} must be a non-empty printable ASCII header value, or None"
+                )
+        self._hsts = None if hsts is None else (b"strict-transport-security", hsts.encode())
+        self._hsts_https_only = hsts_https_only
+        self._always = [
+            (name, value.encode())
+            for name, value in (
+                (b"x-content-type-options", content_type_options),
+                (b"referrer-policy", referrer_policy),
+                (b"x-frame-options", frame_options),
+            )
+            if value is not None
+        ]
+        self._html = [
+            (name, value.encode())
+            for name, value in (
+                (b"content-security-policy", content_security_policy),
+                (b"cross-origin-opener-policy", cross_origin_opener_policy),
+            )
+            if value is not None
+        ]
+
+        # One header-adding function per scheme, built once: requests allocate nothing here.
+        always = list(self._always)
+        with_hsts = always if self._hsts is None else [*always, self._hsts]
+        self._add_https = self._adder(with_hsts)
+        self._add_http = self._adder(always if self._hsts_https_only else with_hsts)
+
+    def _adder(self, added: list[tuple[bytes, bytes]]) -> Callable[[Message], None]:
+        with_html = [*added, *self._html]
+        html = bool(self._html)
+
+        def add(message: Message) -> None:
+            headers = message_headers(message)
+            present = {key for key, _ in headers}
+            extra = added
+            if html:
+                content_type = get_header(headers, b"content-type") or b""
+                if content_type[:9].lower() == b"text/html":
+                    extra = with_html
+            headers.extend(item for item in extra if item[0] not in present)
+
+        return add
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        add = self._add_https if scope.get("scheme") == "https" else self._add_http
+        if type(send) is ResponseObserver and not send.started:
+            send.add_start_hook(add)  # the observer runs it: no send wrapper of our own
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                add(message)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+__all__ = ["DEFAULT_CSP", "SecurityHeadersMiddleware"]

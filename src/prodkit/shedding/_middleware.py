@@ -1,0 +1,161 @@
+"""Load shedding: at most N requests in flight per process; the rest get a fast 503 problem."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+
+from prodkit._core.collectors import DEFAULT_PREFIX, counter
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.outcome import PathFilter
+from prodkit._core.problems import Problem
+from prodkit._core.routing import RouteResolver, route_template_before
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
+
+OVERLOADED = "OVERLOADED"
+
+#: Problem type of a shed request, registered by draft-ietf-httpapi-ratelimit-headers
+#: ("Temporary Reduced Capacity").
+REDUCED_CAPACITY_TYPE = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+
+#: Paths never shed by default: probes and scrapes must answer when the service is busiest.
+DEFAULT_EXCLUDE_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+
+class ConcurrencyLimitMiddleware:
+    """Cap the HTTP requests this process works on at once; shed the excess with a 503.
+
+    A request past ``max_concurrency`` is answered at once (or after waiting up to
+    ``queue_timeout`` in a FIFO queue of ``queue_size``) with a 503
+    ``application/problem+json``, ``code`` ``OVERLOADED``, ``Retry-After`` and
+    ``Cache-Control: no-store``; the app is not called. Shedding early keeps latency bounded for
+    the requests that are served, instead of every request slowing down together. A request
+    holds its slot until the app returns (a streamed response until its last chunk).
+    WebSocket connections and ``lifespan`` pass straight through.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        max_concurrency: requests in flight at most (``MAX_CONCURRENCY``), per process.
+        queue_size: requests that may wait for a slot (0: reject at once).
+        queue_timeout: seconds a queued request waits before it is rejected.
+        retry_after: the ``Retry-After`` seconds of a 503.
+        exclude_paths: paths never counted or shed (health probes and metrics by default).
+        route_resolver: optional hook for the ``endpoint`` label (see ``route_template_before``).
+        registry, metric_prefix: where ``{metric_prefix}capacity_rejections_total{endpoint}`` lives.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrency: int,
+        queue_size: int = 0,
+        queue_timeout: float = 0.0,
+        retry_after: int = 1,
+        exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS,
+        route_resolver: RouteResolver | None = None,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise ConfigurationError(
+                "max_concurrency must be an integer (e.g. MAX_CONCURRENCY=100)"
+            )
+        if max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be at least 1")
+        if queue_size < 0:
+            raise ConfigurationError("queue_size must be 0 (no queue) or more")
+        if queue_timeout < 0 or (queue_size > 0 and queue_timeout == 0):
+            raise ConfigurationError("queue_timeout must be positive seconds when queue_size > 0")
+        if retry_after < 1:
+            raise ConfigurationError("retry_after must be at least 1 second")
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.retry_after = retry_after
+        self._excluded = PathFilter(exclude_paths)
+        self._route_resolver = route_resolver
+        # Shared by every request of this process: the point of the middleware.
+        self._in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._rejections = counter(
+            f"{metric_prefix}capacity_rejections_total",
+            "Requests shed with 503 because the process was at its concurrency limit.",
+            ["endpoint"],
+            registry=registry,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot right now."""
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot right now."""
+        return len(self._waiters)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._excluded:
+            await self.app(scope, receive, send)
+            return
+        if self._in_flight < self.max_concurrency and not self._waiters:
+            self._in_flight += 1
+        elif not await self._wait_for_slot():
+            endpoint = route_template_before(scope, self.app, self._route_resolver)
+            self._rejections.labels(endpoint).inc()
+            await Problem(
+                503,
+                OVERLOADED,
+                "The server is at capacity; retry shortly.",
+                type=REDUCED_CAPACITY_TYPE,
+                headers={"Retry-After": str(self.retry_after)},
+            ).send(send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._release()
+
+    async def _wait_for_slot(self) -> bool:
+        """Queue for a slot; ``True`` once one was handed over, ``False`` on a full queue or timeout."""
+        if len(self._waiters) >= self.queue_size:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            # The slot may have been handed over just as the timeout fired: then it is ours.
+            return waiter.done() and not waiter.cancelled()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot, but the request went away
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _release(self) -> None:
+        """Hand the slot to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._in_flight -= 1
+
+
+__all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
+    "OVERLOADED",
+    "REDUCED_CAPACITY_TYPE",
+    "ConcurrencyLimitMiddleware",
+]

@@ -1,0 +1,194 @@
+"""ErrorMiddleware: problem+json for unhandled exceptions and raised Problems, logged once."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from prodkit import ErrorMiddleware, FieldError, Problem, RequestIdMiddleware
+from prodkit.asgi import Message, Receive, Scope, Send, problem_type
+from tests.apps import SECRET_TEXT, build_app, mounted_starlette_app
+from tests.conftest import ClientFactory
+
+
+async def test_unhandled_exception_is_a_500_problem(
+    framework: str, make_client: ClientFactory
+) -> None:
+    client = make_client(RequestIdMiddleware(ErrorMiddleware(build_app(framework))))
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == 500
+    assert body["code"] == "INTERNAL_ERROR"
+    assert body["type"] == problem_type("INTERNAL_ERROR")
+    assert body["title"] == "Internal Server Error"
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert SECRET_TEXT not in response.text
+    assert "Traceback" not in response.text
+    if framework != "litestar":  # Litestar catches and logs the exception itself
+        assert [entry["event"] for entry in logs] == ["unhandled exception"]
+
+
+@pytest.mark.parametrize("framework", ["raw", "starlette", "fastapi", "litestar"])
+async def test_raised_problem_is_rendered(framework: str, make_client: ClientFactory) -> None:
+    client = make_client(RequestIdMiddleware(ErrorMiddleware(build_app(framework))))
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get("/problem", headers={"X-Request-ID": "p-1"})
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": problem_type("DEMO_CONFLICT"),
+        "title": "Conflict",
+        "status": 409,
+        "detail": "demo conflict",
+        "code": "DEMO_CONFLICT",
+        "hint": "retry later",
+        "request_id": "p-1",
+    }
+    assert not [entry for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_validation_problem_has_pointers_and_headers(make_client: ClientFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise Problem(
+            422,
+            "VALIDATION_FAILED",
+            "2 fields are invalid",
+            errors=[
+                FieldError("/name", "must not be empty"),
+                FieldError("/stages/0/months", "must be >= 1"),
+            ],
+            headers={"Retry-After": "5"},
+        )
+
+    response = await make_client(ErrorMiddleware(app)).post("/")
+    assert response.status_code == 422
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["errors"] == [
+        {"pointer": "/name", "detail": "must not be empty"},
+        {"pointer": "/stages/0/months", "detail": "must be >= 1"},
+    ]
+
+
+async def test_no_second_response_after_the_response_started(make_client: ClientFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("mid-stream")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(RuntimeError, match="mid-stream"):
+        await ErrorMiddleware(app)(
+            {"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send
+        )
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert [entry["event"] for entry in logs] == ["unhandled exception"]
+
+
+async def test_plain_500_from_the_app_becomes_a_problem(make_client: ClientFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"Internal Server Error: " + SECRET_TEXT.encode(),
+            }
+        )
+
+    response = await make_client(ErrorMiddleware(app)).get("/")
+    assert response.status_code == 500
+    assert response.json()["code"] == "INTERNAL_ERROR"
+    assert SECRET_TEXT not in response.text
+
+
+async def test_other_5xx_and_successes_pass_untouched(make_client: ClientFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status = 503 if scope["path"] == "/busy" else 200
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"as sent"})
+
+    client = make_client(ErrorMiddleware(app))
+    for path, status in (("/busy", 503), ("/ok", 200)):
+        response = await client.get(path)
+        assert (response.status_code, response.text) == (status, "as sent")
+
+
+async def test_streaming_and_mounted_apps_pass_through(make_client: ClientFactory) -> None:
+    response = await make_client(ErrorMiddleware(mounted_starlette_app())).get("/api/items/3")
+    assert (response.status_code, response.text) == (200, "ok")
+    response = await make_client(ErrorMiddleware(build_app("starlette"))).get("/stream")
+    assert response.text == "abc"
+
+
+async def test_lifespan_passes_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    async def receive() -> dict[str, str]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: object) -> None:
+        return None
+
+    await ErrorMiddleware(app)({"type": "lifespan"}, receive, send)
+    assert seen == ["lifespan"]
+
+
+async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def upload(request: Request) -> Response:
+        await request.body()  # raises ClientDisconnect when the client is gone
+        return Response("ok")
+
+    app = ErrorMiddleware(Starlette(routes=[Route("/upload", upload, methods=["POST"])]))
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "headers": [],
+        "query_string": b"",
+    }
+    with structlog.testing.capture_logs() as logs:
+        await app(scope, receive, send)
+    assert [m for m in sent if m["type"] == "http.response.start" and m["status"] >= 500] == []
+    assert [entry["event"] for entry in logs] == ["client disconnected before the response"]
+    assert "prodkit.exception" not in scope

@@ -1,0 +1,824 @@
+"""IdempotencyMiddleware: what a client sees on first runs, replays, conflicts and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from prodkit import ConfigurationError, ErrorMiddleware, RequestIdMiddleware, caller_from_header
+from prodkit.asgi import ASGIApp, CircuitBreaker, Message, Receive, Scope, Send
+from prodkit.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
+from prodkit.idempotency._middleware import (
+    SCOPE_KEY,
+    IdempotencyMiddleware,
+    parse_idempotency_key,
+    request_fingerprint,
+)
+from tests.apps import build_app
+from tests.conftest import ClientFactory
+
+KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingApp:
+    """A raw ASGI app that records each call and answers as told."""
+
+    def __init__(
+        self,
+        status: int = 201,
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        chunks: list[bytes] | None = None,
+        gate: asyncio.Event | None = None,
+        fail: bool = False,
+    ) -> None:
+        self.calls: list[bytes] = []
+        self.statuses = [status]
+        self.headers = headers
+        self.chunks = chunks
+        self.gate = gate
+        self.fail = fail
+        self.entered = asyncio.Event()
+        self.seen_status: list[Any] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.calls.append(body)
+        self.seen_status.append(scope.get(SCOPE_KEY))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("handler failed")
+        status = self.statuses[min(len(self.calls), len(self.statuses)) - 1]
+        payload = json.dumps({"call": len(self.calls), "echo": body.decode("latin-1")}).encode()
+        headers = (
+            list(self.headers)
+            if self.headers is not None
+            else [
+                (b"content-type", b"application/json"),
+                (b"location", f"/api/funds/{len(self.calls)}".encode()),
+                (b"set-cookie", b"session=secret"),
+                (b"x-debug", b"call-specific"),
+            ]
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for chunk in self.chunks or [payload]:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def wrap(app: ASGIApp, **options: Any) -> tuple[IdempotencyMiddleware, MemoryIdempotencyStore]:
+    store = options.pop("store", None)
+    if store is None:
+        store = MemoryIdempotencyStore()
+    options.setdefault("registry", CollectorRegistry())
+    return IdempotencyMiddleware(app, store=store, **options), store
+
+
+async def post(
+    client: httpx.AsyncClient,
+    path: str = "/api/funds",
+    *,
+    key: str | None = KEY,
+    body: Any = None,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    sent = dict(headers or {})
+    if key is not None:
+        sent["Idempotency-Key"] = key
+    if content is not None:
+        return await client.post(path, content=content, headers=sent)
+    return await client.post(path, json=body if body is not None else {"name": "A"}, headers=sent)
+
+
+def sample(registry: CollectorRegistry, outcome: str) -> float:
+    value = registry.get_sample_value("prodkit_idempotency_requests_total", {"outcome": outcome})
+    return value or 0.0
+
+
+# -- first execution and replay ---------------------------------------------------------------
+
+
+async def test_first_request_runs_and_a_retry_replays_it(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    registry = CollectorRegistry()
+    middleware, _ = wrap(app, registry=registry)
+    client = make_client(middleware)
+
+    first = await post(client, body={"name": "A", "size": 10})
+    again = await post(client, body={"name": "A", "size": 10})
+
+    assert len(app.calls) == 1
+    assert app.seen_status == ["created"]
+    assert first.status_code == again.status_code == 201
+    assert first.headers["idempotency-status"] == "created"
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.content == first.content
+    assert again.headers["location"] == first.headers["location"] == "/api/funds/1"
+    assert again.headers["content-type"] == "application/json"
+    assert again.headers["content-length"] == str(len(first.content))
+    # Cookies and headers off the allow-list are never replayed.
+    assert "set-cookie" in first.headers
+    assert "set-cookie" not in again.headers
+    assert "x-debug" not in again.headers
+    assert sample(registry, "created") == 1
+    assert sample(registry, "replayed") == 1
+
+
+async def test_replay_carries_the_replaying_requests_id(make_client: ClientFactory) -> None:
+    middleware, _ = wrap(CountingApp())
+    client = make_client(RequestIdMiddleware(ErrorMiddleware(middleware)))
+    first = await post(client, headers={"X-Request-ID": "first-request"})
+    again = await post(client, headers={"X-Request-ID": "retry-request"})
+    assert first.headers["x-request-id"] == "first-request"
+    assert again.headers["x-request-id"] == "retry-request"
+    assert again.headers["idempotency-status"] == "replayed"
+
+
+async def test_replays_on_every_framework(framework: str, make_client: ClientFactory) -> None:
+    middleware, _ = wrap(build_app(framework))
+    client = make_client(middleware)
+    first = await client.post(
+        "/echo", content=b"payload", headers={"Idempotency-Key": KEY, "Content-Type": "text/plain"}
+    )
+    again = await client.post(
+        "/echo", content=b"payload", headers={"Idempotency-Key": KEY, "Content-Type": "text/plain"}
+    )
+    # (FastAPI's /echo in tests/apps.py answers 422 itself: its local Request annotation does
+    # not resolve; a 4xx is recorded and replayed like any other final answer.)
+    assert first.status_code == again.status_code
+    assert again.content == first.content
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.headers["content-type"] == first.headers["content-type"]
+    if framework != "fastapi":
+        assert first.content == b"payload"
+
+
+async def test_json_key_order_and_whitespace_do_not_matter(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    client = make_client(middleware)
+    headers = {"Content-Type": "application/json"}
+    await post(client, content=b'{"name": "A", "size": 10}', headers=headers)
+    again = await post(client, content=b'{\n  "size":10,"name":"A"}', headers=headers)
+    assert again.headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 1
+    # ... and the app received the exact bytes that were sent, not the canonical form.
+    assert app.calls == [b'{"name": "A", "size": 10}']
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/funds", {"name": "B"}),  # same endpoint, another body
+        ("/api/funds?dry_run=1", {"name": "A"}),  # another query
+        ("/api/other", {"name": "A"}),  # another endpoint: never its response
+    ],
+)
+async def test_reused_key_for_another_request_is_422_and_changes_nothing(
+    path: str, body: dict[str, str], make_client: ClientFactory
+) -> None:
+    app = CountingApp()
+    registry = CollectorRegistry()
+    middleware, _ = wrap(app, registry=registry)
+    client = make_client(middleware)
+    first = await post(client, body={"name": "A"})
+    reused = await post(client, path, body=body)
+    assert reused.status_code == 422
+    assert reused.headers["content-type"] == "application/problem+json"
+    assert reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert "idempotency-status" not in reused.headers
+    assert len(app.calls) == 1
+    original = await post(client, body={"name": "A"})
+    assert original.headers["idempotency-status"] == "replayed"
+    assert original.content == first.content
+    assert sample(registry, "mismatch") == 1
+
+
+async def test_keys_are_scoped_to_the_caller(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app, caller=caller_from_header("X-User-Id"))
+    client = make_client(middleware)
+    alice = await post(client, headers={"X-User-Id": "alice"})
+    bob = await post(client, headers={"X-User-Id": "bob"})
+    alice_again = await post(client, headers={"X-User-Id": "alice"})
+    assert len(app.calls) == 2
+    assert bob.headers["idempotency-status"] == "created"
+    assert bob.json()["call"] == 2
+    assert alice_again.json() == alice.json()
+
+
+async def test_default_caller_is_the_authorization_credential(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    client = make_client(middleware)
+    await post(client, headers={"Authorization": "Bearer one"})
+    other = await post(client, headers={"Authorization": "Bearer two"})
+    same = await post(client, headers={"Authorization": "Bearer one"})
+    assert other.headers["idempotency-status"] == "created"
+    assert same.headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 2
+
+
+async def test_body_in_many_chunks_reaches_the_app_unchanged() -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    parts = [b'{"na', b'me": ', b'"chunked"}']
+    sent: list[Message] = []
+
+    def scope() -> Scope:
+        return {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/funds",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"idempotency-key", f'"{KEY}"'.encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for _ in range(2):
+        queue = [
+            {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+            for i, part in enumerate(parts)
+        ]
+
+        async def receive(queue: list[dict[str, Any]] = queue) -> Message:
+            return queue.pop(0)
+
+        await middleware(scope(), receive, send)
+    assert app.calls == [b'{"name": "chunked"}']
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [dict(m["headers"])[b"idempotency-status"] for m in starts] == [b"created", b"replayed"]
+
+
+# -- keys and limits: rejected before any store is touched ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "valid"),
+    [
+        (f'"{KEY}"'.encode(), True),  # draft section 2.1: an sf-string
+        (KEY.encode(), True),  # bare token, as many clients send it
+        (b'"with \\"escaped\\" quote"', True),
+        (b'"' + b"k" * 255 + b'"', True),  # at the default length cap
+        (b'"' + b"k" * 256 + b'"', False),  # over it
+        (b'""', False),  # empty string
+        (b'"unterminated', False),
+        (b'"key";param=1', False),  # the draft says String, not an Item with parameters
+        (b"two words", False),
+        ('"ключ"'.encode(), False),  # non-ASCII
+        (b'"tab\there"', False),  # control character
+    ],
+)
+async def test_key_syntax(raw: bytes, valid: bool, make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, store = wrap(app)
+    client = make_client(middleware)
+    response = await client.post("/api/funds", json={}, headers=[(b"idempotency-key", raw)])
+    if valid:
+        assert response.status_code == 201
+        assert len(store) == 1
+    else:
+        assert response.status_code == 400
+        assert response.json()["code"] == "IDEMPOTENCY_KEY_INVALID"
+        assert len(store) == 0
+        assert app.calls == []
+
+
+async def test_two_key_fields_are_rejected(make_client: ClientFactory) -> None:
+    middleware, store = wrap(CountingApp())
+    client = make_client(middleware)
+    response = await client.post(
+        "/api/funds", json={}, headers=[(b"idempotency-key", b'"a"'), (b"idempotency-key", b'"b"')]
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "IDEMPOTENCY_KEY_INVALID"
+    assert len(store) == 0
+
+
+async def test_missing_key_is_400_where_required_and_passes_elsewhere(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app, required=["/api/funds"])
+    client = make_client(middleware)
+    missing = await post(client, key=None)
+    assert missing.status_code == 400
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "IDEMPOTENCY_KEY_MISSING"
+    assert app.calls == []
+    elsewhere = await post(client, "/api/other", key=None)
+    assert elsewhere.status_code == 201
+    assert "idempotency-status" not in elsewhere.headers
+
+
+async def test_only_configured_methods_and_routes(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, store = wrap(app, routes=["/api/funds", "/api/funds/{id}"])
+    client = make_client(middleware)
+    await post(client, "/api/unlisted")
+    await post(client, "/api/unlisted")
+    await client.put("/api/funds", json={}, headers={"Idempotency-Key": KEY})
+    assert len(app.calls) == 3
+    assert len(store) == 0
+    patch = await client.patch("/api/funds/7", json={}, headers={"Idempotency-Key": KEY})
+    assert patch.headers["idempotency-status"] == "created"
+
+
+async def test_oversize_body_is_413_and_not_run(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, store = wrap(app, max_body_bytes=16)
+    client = make_client(middleware)
+    response = await post(client, content=b"x" * 17)
+    assert response.status_code == 413
+    assert response.json()["code"] == "IDEMPOTENCY_BODY_TOO_LARGE"
+    assert app.calls == []
+    assert len(store) == 0
+
+
+# -- concurrency and leases --------------------------------------------------------------------
+
+
+async def test_duplicate_in_flight_is_409_with_retry_after(make_client: ClientFactory) -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    registry = CollectorRegistry()
+    middleware, _ = wrap(app, lease=30, registry=registry)
+    client = make_client(middleware)
+    first = asyncio.create_task(post(client))
+    await app.entered.wait()
+    duplicate = await post(client)
+    assert duplicate.status_code == 409
+    assert duplicate.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    assert 1 <= int(duplicate.headers["retry-after"]) <= 30
+    gate.set()
+    assert (await first).status_code == 201
+    assert (await post(client)).headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 1
+    assert sample(registry, "in_progress") == 1
+
+
+async def test_wait_timeout_waits_for_the_first_and_replays(make_client: ClientFactory) -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    middleware, _ = wrap(app, wait_timeout=30)
+    client = make_client(middleware)
+    first = asyncio.create_task(post(client))
+    await app.entered.wait()
+    duplicate = asyncio.create_task(post(client))
+    await asyncio.sleep(0.1)  # the duplicate is polling now; the first may finish
+    gate.set()
+    first_response, duplicate_response = await asyncio.gather(first, duplicate)
+    assert duplicate_response.status_code == 201
+    assert duplicate_response.headers["idempotency-status"] == "replayed"
+    assert duplicate_response.content == first_response.content
+    assert len(app.calls) == 1
+
+
+async def test_a_handler_that_outlives_its_lease_cannot_overwrite(
+    make_client: ClientFactory,
+) -> None:
+    clock = Clock()
+    gate = asyncio.Event()
+    slow = CountingApp(gate=gate)
+    store = MemoryIdempotencyStore(clock=clock)
+    middleware, _ = wrap(slow, store=store, lease=5, ttl=600)
+    client = make_client(middleware)
+    with structlog.testing.capture_logs() as logs:
+        first = asyncio.create_task(post(client))
+        await slow.entered.wait()
+        clock.now += 6  # the lease runs out; the retry takes the key over
+        slow.gate = None
+        retry = await post(client)
+        assert retry.headers["idempotency-status"] == "created"
+        gate.set()
+        late = await first
+    assert late.status_code == 201  # the late handler's client still gets its answer
+    assert late.headers["idempotency-stored"] == "false"
+    replay = await post(client)
+    assert replay.headers["idempotency-status"] == "replayed"
+    assert replay.content == retry.content  # the newer owner's record stands
+    assert any(entry["event"] == "idempotency claim lost before completion" for entry in logs)
+
+
+async def test_a_cancelled_request_releases_its_claim() -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    middleware, store = wrap(app)
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/funds",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", KEY.encode())],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    task = asyncio.create_task(middleware(scope, receive, send))
+    await app.entered.wait()
+    assert len(store) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(store) == 0
+
+
+# -- what is not recorded ------------------------------------------------------------------------
+
+
+async def test_server_errors_are_not_recorded(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    app.statuses = [503, 201]
+    middleware, store = wrap(app)
+    client = make_client(middleware)
+    failed = await post(client)
+    assert failed.status_code == 503
+    assert failed.headers["idempotency-stored"] == "false"
+    assert len(store) == 0
+    retried = await post(client)
+    assert retried.status_code == 201
+    assert retried.headers["idempotency-status"] == "created"
+    assert len(app.calls) == 2
+
+
+async def test_server_errors_can_be_recorded(make_client: ClientFactory) -> None:
+    app = CountingApp(status=500)
+    middleware, _ = wrap(app, store_server_errors=True)
+    client = make_client(middleware)
+    await post(client)
+    again = await post(client)
+    assert again.status_code == 500
+    assert again.headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 1
+
+
+async def test_an_exception_releases_the_claim(make_client: ClientFactory) -> None:
+    app = CountingApp(fail=True)
+    middleware, store = wrap(app)
+    client = make_client(ErrorMiddleware(middleware))
+    failed = await post(client)
+    assert failed.status_code == 500
+    assert failed.json()["code"] == "INTERNAL_ERROR"
+    assert len(store) == 0
+    app.fail = False
+    retried = await post(client)
+    assert retried.status_code == 201
+    assert retried.headers["idempotency-status"] == "created"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-type", b"text/plain"), (b"retry-after", b"5")],
+        [(b"content-type", b"application/problem+json")],
+    ],
+    ids=["retry-after", "prodkit-problem"],
+)
+async def test_transient_and_prodkit_responses_are_not_recorded(
+    headers: list[tuple[bytes, bytes]], make_client: ClientFactory
+) -> None:
+    problem = json.dumps({"type": "urn:prodkit:problem:rate-limited", "status": 429}).encode()
+    app = CountingApp(status=429, headers=headers, chunks=[problem])
+    middleware, store = wrap(app)
+    client = make_client(middleware)
+    first = await post(client)
+    assert first.status_code == 429
+    assert first.headers["idempotency-stored"] == "false"
+    await post(client)
+    assert len(app.calls) == 2
+    assert len(store) == 0
+
+
+async def test_streamed_response_within_the_cap_is_recorded_whole(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp(chunks=[b"a" * 10, b"b" * 10, b"c" * 10])
+    middleware, _ = wrap(app, max_response_bytes=30)
+    client = make_client(middleware)
+    first = await post(client)
+    again = await post(client)
+    assert first.content == again.content == b"a" * 10 + b"b" * 10 + b"c" * 10
+    assert again.headers["idempotency-status"] == "replayed"
+
+
+async def test_oversize_response_is_streamed_not_recorded_and_logged(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp(chunks=[b"a" * 10, b"b" * 10, b"c" * 10])
+    middleware, store = wrap(app, max_response_bytes=25)
+    client = make_client(middleware)
+    with structlog.testing.capture_logs() as logs:
+        first = await post(client)
+    assert first.status_code == 201
+    assert first.content == b"a" * 10 + b"b" * 10 + b"c" * 10
+    assert first.headers["idempotency-stored"] == "false"
+    assert len(store) == 0
+    assert [e["reason"] for e in logs if e["event"] == "idempotent response not stored"] == [
+        "response body larger than max_response_bytes"
+    ]
+
+
+# -- store failures ------------------------------------------------------------------------------
+
+
+def unreachable_store() -> RedisIdempotencyStore:
+    pytest.importorskip("redis")
+    return RedisIdempotencyStore("redis://127.0.0.1:1/0")
+
+
+async def test_unreachable_store_fails_closed_with_503(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    registry = CollectorRegistry()
+    store = unreachable_store()
+    middleware, _ = wrap(app, store=store, registry=registry)
+    client = make_client(middleware)
+    try:
+        response = await post(client)
+    finally:
+        await store.aclose()
+    assert response.status_code == 503
+    assert response.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
+    assert int(response.headers["retry-after"]) >= 1
+    assert app.calls == []
+    assert sample(registry, "error") == 1
+
+
+async def test_unreachable_store_can_fail_open(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    store = unreachable_store()
+    middleware, _ = wrap(app, store=store, fail_open=True)
+    client = make_client(middleware)
+    try:
+        response = await post(client)
+    finally:
+        await store.aclose()
+    assert response.status_code == 201
+    assert "idempotency-status" not in response.headers
+    assert len(app.calls) == 1
+
+
+async def test_open_breaker_answers_503_without_calling_the_store(
+    make_client: ClientFactory,
+) -> None:
+    registry = CollectorRegistry()
+    breaker = CircuitBreaker("idempotency-store", failure_threshold=1, registry=registry)
+    store = unreachable_store()
+    middleware, _ = wrap(CountingApp(), store=store, breaker=breaker, registry=registry)
+    client = make_client(middleware)
+    try:
+        first = await post(client)
+        second = await post(client, key="another-key")
+    finally:
+        await store.aclose()
+    assert first.status_code == second.status_code == 503
+    assert second.headers["retry-after"] == "5"
+    rejections = registry.get_sample_value(
+        "prodkit_circuit_breaker_rejections_total", {"breaker": "idempotency-store"}
+    )
+    assert rejections == 1
+
+
+async def test_a_full_memory_store_fails_closed(make_client: ClientFactory) -> None:
+    gate = asyncio.Event()
+    app = CountingApp(gate=gate)
+    middleware, _ = wrap(app, store=MemoryIdempotencyStore(max_entries=1))
+    client = make_client(middleware)
+    first = asyncio.create_task(post(client))
+    await app.entered.wait()
+    second = await post(client, key="another-key")
+    gate.set()
+    await first
+    assert second.status_code == 503
+    assert second.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
+    assert len(app.calls) == 1
+
+
+# -- configuration and helpers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"stored_headers": ["Content-Type", "Set-Cookie"]},
+        {"lease": 100, "ttl": 10},
+        {"lease": 0},
+        {"methods": ["post"]},
+        {"methods": []},
+        {"header_name": "Idempotency Key"},
+        {"max_key_length": 0},
+        {"wait_timeout": 0},
+        {"routes": ["no-slash"]},
+    ],
+)
+def test_bad_options_raise_configuration_error(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        IdempotencyMiddleware(CountingApp(), store=MemoryIdempotencyStore(), **options)
+
+
+def test_store_must_implement_the_protocol() -> None:
+    with pytest.raises(ConfigurationError, match="claim"):
+        IdempotencyMiddleware(CountingApp(), store=object())  # type: ignore[arg-type]
+
+
+async def test_lifespan_and_websocket_pass_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    middleware, _ = wrap(app)
+    noop: Callable[[], Awaitable[Message]] = asyncio.Queue[Message]().get
+
+    async def send(message: Message) -> None:
+        return None
+
+    await middleware({"type": "lifespan"}, noop, send)
+    await middleware({"type": "websocket", "path": "/ws", "headers": []}, noop, send)
+    assert seen == ["lifespan", "websocket"]
+
+
+@given(st.binary(max_size=300))
+def test_parse_never_raises_and_respects_the_cap(raw: bytes) -> None:
+    key = parse_idempotency_key(raw, 64)
+    assert key is None or 0 < len(key) <= 64
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1))
+def test_sf_string_round_trip(key: str) -> None:
+    serialised = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    assert parse_idempotency_key(serialised.encode(), 10_000) == key
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(max_size=5), json_values, max_size=5), st.randoms())
+def test_fingerprint_ignores_json_key_order_and_spacing(document: dict[str, Any], rnd: Any) -> None:
+    items = list(document.items())
+    rnd.shuffle(items)
+    scope: Scope = {
+        "method": "POST",
+        "path": "/a",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json; charset=utf-8")],
+    }
+    compact = json.dumps(document, separators=(",", ":")).encode()
+    spaced = json.dumps(dict(items), indent=2).encode()
+    assert request_fingerprint(scope, compact) == request_fingerprint(scope, spaced)
+    assert request_fingerprint(scope, compact) != request_fingerprint(
+        {**scope, "path": "/b"}, compact
+    )
+
+
+class CompletionFailingStore(MemoryIdempotencyStore):
+    """A memory store whose ``complete`` fails while ``failing`` is set: a store that went
+    down between the claim and the record (found by the load test's spike on PostgreSQL)."""
+
+    failing = True
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        if self.failing:
+            raise ConnectionResetError("store went away")
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_record_that_cannot_be_written_keeps_the_key_claimed(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = CompletionFailingStore()
+    breaker = CircuitBreaker("idem", failure_threshold=1, registry=CollectorRegistry())
+    middleware, _ = wrap(app, store=store, breaker=breaker)
+    client = make_client(middleware)
+    with structlog.testing.capture_logs() as logs:
+        first = await post(client)
+    assert first.status_code == 201  # the handler ran: its client gets its answer
+    assert first.headers["idempotency-stored"] == "false"
+    assert any("not recorded" in entry["event"] for entry in logs)
+    # An immediate retry must not run the handler a second time.
+    retry = await post(client)
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+    assert len(app.calls) == 1
+
+
+async def test_recording_is_tried_even_while_the_breaker_is_open(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = CompletionFailingStore()
+    store.failing = False
+    breaker = CircuitBreaker("idem", failure_threshold=1, registry=CollectorRegistry())
+    middleware, _ = wrap(app, store=store, breaker=breaker)
+    client = make_client(middleware)
+
+    async def open_breaker_during_the_handler(scope: Scope, receive: Receive, send: Send) -> None:
+        breaker.record_failure()  # another request saw the store fail meanwhile
+        await app(scope, receive, send)
+
+    middleware.app = open_breaker_during_the_handler
+    first = await post(client)
+    assert first.status_code == 201
+    assert "idempotency-stored" not in first.headers  # recorded despite the open breaker
+    middleware.app = app
+    replay = await post(client)  # the breaker is open, so the claim fails closed (503) ...
+    assert replay.status_code in (201, 503)
+    if replay.status_code == 201:
+        assert replay.headers["idempotency-status"] == "replayed"
+    assert len(app.calls) == 1
+
+
+class SlowCompletionStore(MemoryIdempotencyStore):
+    """A store whose ``complete`` takes long enough for the request to be cancelled meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completing = asyncio.Event()
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        self.completing.set()
+        await asyncio.sleep(10)
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_request_cancelled_while_recording_keeps_the_key_claimed(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp()
+    store = SlowCompletionStore()
+    middleware, _ = wrap(app, store=store)
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/funds",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", KEY.encode()), (b"content-type", b"application/json")],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b'{"name":"A"}', "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    task = asyncio.create_task(middleware(scope, receive, send))
+    await store.completing.wait()
+    task.cancel()  # the client went away, or the shutdown deadline struck
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    retry = await post(make_client(middleware))
+    assert retry.status_code == 409  # not run again while the first one's lease holds
+    assert len(app.calls) == 1
+
+
+async def test_json_with_a_lone_surrogate_is_not_a_server_error(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    response = await post(
+        make_client(middleware),
+        content=b'{"name": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201
+    assert len(app.calls) == 1

@@ -1,0 +1,478 @@
+"""AccessLogMiddleware: one JSON "request completed" line per request, read from real output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from prodkit import ConfigurationError, ErrorMiddleware, RequestIdMiddleware
+from prodkit.asgi import (
+    ASGIApp,
+    ClientAddressResolver,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_problem,
+)
+from prodkit.logging._access import AccessLogMiddleware
+from prodkit.testing import LogOutput, capture_log_output
+from tests.apps import build_app
+from tests.conftest import ClientFactory
+
+EVENT = "request completed"
+ROUTE = {
+    "raw": "__unmatched__",
+    "starlette": "/items/{item_id}",
+    "fastapi": "/items/{item_id}",
+    "litestar": "/items/{item_id}",
+}
+
+
+@pytest.fixture
+def logs() -> Iterator[LogOutput]:
+    with capture_log_output() as output:
+        yield output
+
+
+async def _get_ignoring_app_errors(client: httpx.AsyncClient, path: str) -> httpx.Response | None:
+    # Raw ASGI, Starlette and FastAPI re-raise an app's exception to the server (httpx's
+    # transport raises it here); Litestar answers the 500 itself.
+    try:
+        return await client.get(path)
+    except RuntimeError:
+        return None
+
+
+async def test_one_line_per_request_with_all_fields(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(build_app(framework))))
+    response = await client.get("/items/7", headers={"X-Request-ID": "req-1"})
+    assert response.status_code == 200
+    [line] = logs.events(EVENT)
+    assert line["request_id"] == "req-1"
+    assert line["method"] == "GET"
+    assert line["route"] == ROUTE[framework]
+    assert line["path"] == "/items/7"
+    assert line["status"] == 200
+    assert line["bytes"] == len(response.content)
+    assert line["client"] == "127.0.0.1"
+    assert line["level"] == "info"
+    assert line["logger"] == "prodkit.access"
+    assert isinstance(line["duration"], float)
+    assert 0 <= line["duration"] < 60
+    assert isinstance(line["pid"], int)
+    assert line["hostname"]
+    assert datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).tzinfo is not None
+    assert "query" not in line
+
+
+async def test_raising_app_is_logged_as_500_and_the_exception_re_raised(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(build_app(framework))))
+    with contextlib.suppress(RuntimeError):
+        await client.get("/boom", headers={"X-Request-ID": "boom-1"})
+    [line] = logs.events(EVENT)
+    assert line["status"] == 500
+    assert line["level"] == "error"
+    assert line["request_id"] == "boom-1"
+    if framework != "litestar":  # Litestar turns the exception into its own 500 response
+        assert line["exc_type"] == "RuntimeError"
+
+
+async def test_unhandled_500_behind_error_middleware_has_the_request_id(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    app = RequestIdMiddleware(AccessLogMiddleware(ErrorMiddleware(build_app(framework))))
+    response = await make_client(app).get("/boom")
+    assert response.status_code == 500
+    [line] = logs.events(EVENT)
+    assert line["status"] == 500
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["bytes"] == len(response.content)
+
+
+async def test_rejections_by_inner_middleware_are_logged_with_their_route(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    inner = build_app("starlette")
+
+    class Reject:
+        app = inner  # routers are found below middlewares through ``.app``
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send_problem(send, 429, "RATE_LIMITED", headers={"Retry-After": "3"})
+
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(Reject())))
+    response = await client.get("/items/9")
+    assert response.status_code == 429
+    [line] = logs.events(EVENT)
+    assert (line["status"], line["route"], line["level"]) == (429, "/items/{item_id}", "warning")
+    assert line["request_id"] == response.headers["x-request-id"]
+
+
+async def test_unknown_paths_share_the_unmatched_route(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(AccessLogMiddleware(build_app(framework)))
+    assert (await client.get("/no/such/path")).status_code == 404
+    [line] = logs.events(EVENT)
+    assert (line["route"], line["path"], line["status"]) == ("__unmatched__", "/no/such/path", 404)
+
+
+async def test_streaming_duration_runs_to_the_last_chunk(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    # tests/apps.py sleeps ``delay`` between the three chunks: 2 x 0.3 s = 0.6 s.
+    client = make_client(AccessLogMiddleware(build_app(framework)))
+    response = await client.get("/stream?delay=0.2")
+    assert response.text == "abc"
+    [line] = logs.events(EVENT)
+    assert line["duration"] >= 0.6
+    assert line["bytes"] == 3
+
+
+async def _drive(app: ASGIApp, receive: Receive) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "raw_path": b"/upload",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_client_gone_before_the_response_is_499(logs: LogOutput) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the client left while the app was reading: nothing to answer
+
+    messages: Iterator[Message] = iter(
+        [{"type": "http.request", "body": b"x", "more_body": True}, {"type": "http.disconnect"}]
+    )
+
+    async def receive() -> Message:
+        return next(messages)
+
+    assert await _drive(AccessLogMiddleware(app), receive) == []
+    [line] = logs.events(EVENT)
+    assert (line["status"], line["level"]) == (499, "warning")
+
+
+async def test_cancelled_before_the_response_is_499_and_propagates(logs: LogOutput) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise asyncio.CancelledError  # servers cancel the request task when the client leaves
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    with pytest.raises(asyncio.CancelledError):
+        await _drive(AccessLogMiddleware(app), receive)
+    [line] = logs.events(EVENT)
+    assert line["status"] == 499
+    assert line["exc_type"] == "CancelledError"
+
+
+def _binding_app(framework: str) -> ASGIApp:
+    """``/bind`` binds ``user_id`` with structlog's contextvars; ``/plain`` binds nothing."""
+    bind = structlog.contextvars.bind_contextvars
+
+    if framework == "raw":
+
+        async def raw(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["path"] == "/bind":
+                bind(user_id="alice", plan="gold")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        return raw
+    if framework in ("starlette", "fastapi"):
+        from fastapi import FastAPI
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import BaseRoute, Route
+
+        async def bound(request: Request) -> PlainTextResponse:
+            bind(user_id="alice", plan="gold")
+            return PlainTextResponse("ok")
+
+        async def plain(request: Request) -> PlainTextResponse:
+            return PlainTextResponse("ok")
+
+        routes: list[BaseRoute] = [Route("/bind", bound), Route("/plain", plain)]
+        return Starlette(routes=routes) if framework == "starlette" else FastAPI(routes=routes)
+    from litestar import Litestar, MediaType, get
+
+    @get("/bind", media_type=MediaType.TEXT)
+    async def bound_ls() -> str:
+        bind(user_id="alice", plan="gold")
+        return "ok"
+
+    @get("/plain", media_type=MediaType.TEXT)
+    async def plain_ls() -> str:
+        return "ok"
+
+    return Litestar(route_handlers=[bound_ls, plain_ls], logging_config=None)  # type: ignore[return-value]
+
+
+async def test_values_bound_in_the_handler_appear_once_and_never_leak(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(_binding_app(framework))))
+    assert (await client.get("/bind")).status_code == 200
+    assert (await client.get("/plain")).status_code == 200
+    first, second = logs.events(EVENT)
+    assert (first["path"], first["user_id"], first["plan"]) == ("/bind", "alice", "gold")
+    assert second["path"] == "/plain"
+    assert "user_id" not in second
+    assert "plan" not in second
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+async def test_values_bound_before_the_request_are_kept(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(AccessLogMiddleware(_binding_app("raw")))
+    with structlog.contextvars.bound_contextvars(user_id="outer"):
+        await client.get("/bind")
+        assert structlog.contextvars.get_contextvars() == {"user_id": "outer"}
+    [line] = logs.events(EVENT)
+    assert line["user_id"] == "alice"
+
+
+async def test_secrets_never_reach_the_output(make_client: ClientFactory, logs: LogOutput) -> None:
+    app = RequestIdMiddleware(
+        AccessLogMiddleware(
+            ErrorMiddleware(build_app("starlette")),
+            request_headers=["Authorization", "Cookie", "X-API-Key", "User-Agent"],
+        )
+    )
+    response = await make_client(app).get(
+        "/items/1?token=s3cr3t&page=2&Api_Key=s3cr3t&SIGNATURE=s3cr3t",
+        headers={
+            "Authorization": "Bearer s3cr3t",
+            "Cookie": "session=s3cr3t",
+            "X-API-Key": "s3cr3t",
+            "User-Agent": "probe/1.0",
+        },
+    )
+    assert response.status_code == 200
+    assert "s3cr3t" not in logs.text
+    [line] = logs.events(EVENT)
+    assert line["query"] == "token=[REDACTED]&page=2&Api_Key=[REDACTED]&SIGNATURE=[REDACTED]"
+    assert line["headers"] == {
+        "authorization": "[REDACTED]",
+        "cookie": "[REDACTED]",
+        "x-api-key": "[REDACTED]",
+        "user-agent": "probe/1.0",
+    }
+
+
+async def test_successes_can_be_sampled_but_errors_never_are(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    client = make_client(AccessLogMiddleware(build_app("starlette"), sample_rate=0.0))
+    for _ in range(5):
+        await client.get("/items/1")
+    await client.get("/missing")
+    await _get_ignoring_app_errors(client, "/boom")
+    assert [line["status"] for line in logs.events(EVENT)] == [404, 500]
+
+
+async def test_excluded_paths_are_not_logged(make_client: ClientFactory, logs: LogOutput) -> None:
+    client = make_client(
+        AccessLogMiddleware(build_app("starlette"), exclude_paths=["/items/1", "/stream/*"])
+    )
+    await client.get("/items/1")
+    await client.get("/items/2")
+    assert [line["path"] for line in logs.events(EVENT)] == ["/items/2"]
+
+
+async def test_levels_are_configurable(make_client: ClientFactory, logs: LogOutput) -> None:
+    client = make_client(
+        AccessLogMiddleware(build_app("starlette"), levels={2: "debug", 4: "info"})
+    )
+    await client.get("/items/1")
+    await client.get("/missing")
+    assert [line["level"] for line in logs.events(EVENT)] == ["debug", "info"]
+
+
+async def test_disabled_level_writes_nothing(make_client: ClientFactory) -> None:
+    with capture_log_output(level="warning") as output:
+        client = make_client(AccessLogMiddleware(build_app("starlette")))
+        await client.get("/items/1")
+        await client.get("/missing")
+    assert [line["status"] for line in output.events(EVENT)] == [404]
+
+
+# X-Forwarded-For is believed only from a trusted proxy (ClientAddressResolver's rules).
+@pytest.mark.parametrize(
+    ("peer", "trusted", "forwarded_for", "expected"),
+    [
+        ("10.0.0.1", ["10.0.0.0/8"], "203.0.113.9", "203.0.113.9"),
+        ("198.51.100.7", ["10.0.0.0/8"], "203.0.113.9", "198.51.100.7"),  # spoofed
+        ("10.0.0.1", [], "203.0.113.9", "10.0.0.1"),  # no trusted proxies configured
+    ],
+)
+async def test_client_address_through_trusted_proxies(
+    peer: str,
+    trusted: list[str],
+    forwarded_for: str,
+    expected: str,
+    make_client: ClientFactory,
+    logs: LogOutput,
+) -> None:
+    app = AccessLogMiddleware(build_app("raw"), trusted_proxies=trusted)
+    client = make_client(app, client=(peer, 4000))
+    await client.get("/items/1", headers={"X-Forwarded-For": forwarded_for})
+    [line] = logs.events(EVENT)
+    assert line["client"] == expected
+
+
+async def test_custom_logger_event_and_level_callable(make_client: ClientFactory) -> None:
+    with capture_log_output() as output:
+        app = AccessLogMiddleware(
+            build_app("raw"),
+            logger=structlog.get_logger("myapp.http"),
+            event="http",
+            levels=lambda status: "critical" if status == 404 else "info",
+        )
+        await make_client(app).get("/nope")
+    [line] = output.events("http")
+    assert (line["logger"], line["level"]) == ("myapp.http", "critical")
+
+
+async def test_websocket_and_lifespan_pass_through(logs: LogOutput) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        return None
+
+    middleware = AccessLogMiddleware(app)
+    await middleware({"type": "lifespan"}, receive, send)
+    await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
+    assert seen == ["lifespan", "websocket"]
+    assert logs.events(EVENT) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sample_rate": 1.5}, "sample_rate"),
+        ({"levels": {4: "loud"}}, "levels"),
+        ({"levels": {7: "info"}}, "status class"),
+        ({"exclude_paths": "/livez"}, "exclude_paths"),
+        ({"exclude_paths": ["livez"]}, "must start with"),
+        ({"trusted_proxies": ["not-an-ip"]}, "trusted_proxies"),
+        (
+            {"trusted_proxies": ["10.0.0.1"], "client_resolver": ClientAddressResolver()},
+            "either",
+        ),
+        ({"request_headers": "authorization"}, "request_headers"),
+    ],
+)
+def test_configuration_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        AccessLogMiddleware(build_app("raw"), **options)
+
+
+async def test_lines_are_single_json_objects(make_client: ClientFactory, logs: LogOutput) -> None:
+    client = make_client(AccessLogMiddleware(build_app("raw")))
+    await client.get("/items/%0Afake%20line")
+    for text in logs.lines():
+        assert isinstance(json.loads(text), dict)
+
+
+async def test_exception_after_the_response_started_keeps_the_status(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ConnectionError("upstream went away mid-stream")
+
+    with pytest.raises(ConnectionError):
+        await make_client(AccessLogMiddleware(app)).get("/export")
+    [line] = logs.events(EVENT)
+    assert (line["status"], line["bytes"], line["level"]) == (200, 4, "error")
+    assert line["exc_type"] == "ConnectionError"
+
+
+async def test_cached_loggers_write_every_line(make_client: ClientFactory) -> None:
+    with capture_log_output(cache_loggers=True) as output:
+        client = make_client(AccessLogMiddleware(build_app("raw")))
+        for index in range(3):
+            await client.get(f"/items/{index}")
+    assert [line["path"] for line in output.events(EVENT)] == ["/items/0", "/items/1", "/items/2"]
+
+
+async def test_recommended_stack_logs_and_counts_every_request_once(
+    framework: str, make_client: ClientFactory, logs: LogOutput
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from prodkit.metrics._middleware import HTTPMetricsMiddleware
+
+    inner = ErrorMiddleware(build_app(framework))
+
+    class RejectBusy:
+        """Stands in for a rate limiter: ``X-Busy: 1`` gets a 429 problem."""
+
+        app = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and (b"x-busy", b"1") in scope["headers"]:
+                await send_problem(send, 429, "RATE_LIMITED", headers={"Retry-After": "3"})
+                return
+            await self.app(scope, receive, send)
+
+    registry = CollectorRegistry()
+    app = RequestIdMiddleware(
+        AccessLogMiddleware(HTTPMetricsMiddleware(RejectBusy(), registry=registry))
+    )
+    client = make_client(app)
+    statuses = [
+        (await client.get("/items/1")).status_code,
+        (await client.get("/nowhere")).status_code,
+        (await client.get("/boom")).status_code,
+        (await client.get("/items/2", headers={"X-Busy": "1"})).status_code,
+    ]
+    assert statuses == [200, 404, 500, 429]
+    lines = logs.events(EVENT)
+    assert [line["status"] for line in lines] == statuses
+    assert all(line["request_id"] for line in lines)
+    counted = sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "http_request_duration_seconds_count"
+    )
+    assert counted == len(statuses)

@@ -1,0 +1,155 @@
+"""SecurityHeadersMiddleware: defaults, HTML-only CSP, HTTPS-only HSTS, app headers win."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from prodkit import ConfigurationError
+from prodkit.asgi import ASGIApp, Receive, Scope, Send
+from prodkit.security_headers._middleware import DEFAULT_CSP, SecurityHeadersMiddleware
+from tests.apps import build_app
+from tests.conftest import ClientFactory
+
+
+def responding(content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", content_type), *(extra or [])]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"<p>hi</p>"})
+
+    return app
+
+
+async def https_get(app: ASGIApp, path: str = "/") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+        return await client.get(path)
+
+
+async def test_defaults_on_a_json_response_over_http(
+    framework: str, make_client: ClientFactory
+) -> None:
+    response = await make_client(SecurityHeadersMiddleware(build_app(framework))).get("/items/1")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "strict-transport-security" not in response.headers  # plain HTTP: no HSTS
+    assert "content-security-policy" not in response.headers  # JSON is not rendered
+
+
+async def test_hsts_over_https() -> None:
+    response = await https_get(SecurityHeadersMiddleware(responding(b"application/json")))
+    assert response.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+
+
+async def test_hsts_can_be_forced_configured_or_disabled(make_client: ClientFactory) -> None:
+    forced = SecurityHeadersMiddleware(
+        responding(b"text/plain"),
+        hsts_https_only=False,
+        hsts_max_age=600,
+        hsts_include_subdomains=False,
+    )
+    assert (await make_client(forced).get("/")).headers[
+        "strict-transport-security"
+    ] == "max-age=600"
+    off = SecurityHeadersMiddleware(responding(b"text/plain"), hsts_max_age=None)
+    assert "strict-transport-security" not in (await https_get(off)).headers
+    preload = SecurityHeadersMiddleware(responding(b"text/plain"), hsts_preload=True)
+    assert (await https_get(preload)).headers["strict-transport-security"].endswith("; preload")
+
+
+async def test_strict_csp_on_html_only(make_client: ClientFactory) -> None:
+    html = await make_client(
+        SecurityHeadersMiddleware(responding(b"text/html; charset=utf-8"))
+    ).get("/")
+    assert html.headers["content-security-policy"] == DEFAULT_CSP
+    assert "frame-ancestors 'none'" in html.headers["content-security-policy"]
+    assert html.headers["cross-origin-opener-policy"] == "same-origin"
+    text = await make_client(SecurityHeadersMiddleware(responding(b"text/plain"))).get("/")
+    assert "content-security-policy" not in text.headers
+
+
+async def test_headers_the_app_set_are_never_overwritten(make_client: ClientFactory) -> None:
+    app = responding(
+        b"text/html",
+        [
+            (b"content-security-policy", b"default-src https://cdn.example.com"),
+            (b"x-frame-options", b"SAMEORIGIN"),
+            (b"referrer-policy", b"origin"),
+            (b"strict-transport-security", b"max-age=5"),
+        ],
+    )
+    response = await https_get(SecurityHeadersMiddleware(app))
+    assert response.headers.get_list("content-security-policy") == [
+        "default-src https://cdn.example.com"
+    ]
+    assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert response.headers.get_list("referrer-policy") == ["origin"]
+    assert response.headers.get_list("strict-transport-security") == ["max-age=5"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_each_header_can_be_disabled(make_client: ClientFactory) -> None:
+    app = SecurityHeadersMiddleware(
+        responding(b"text/html"),
+        content_type_options=None,
+        referrer_policy=None,
+        frame_options=None,
+        content_security_policy=None,
+        cross_origin_opener_policy=None,
+        hsts_max_age=None,
+    )
+    response = await https_get(app)
+    for name in (
+        "x-content-type-options",
+        "referrer-policy",
+        "x-frame-options",
+        "content-security-policy",
+        "cross-origin-opener-policy",
+        "strict-transport-security",
+    ):
+        assert name not in response.headers
+
+
+async def test_error_responses_get_the_headers_too(make_client: ClientFactory) -> None:
+    from prodkit import ErrorMiddleware
+
+    response = await make_client(SecurityHeadersMiddleware(ErrorMiddleware(build_app("raw")))).get(
+        "/boom"
+    )
+    assert response.status_code == 500
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hsts_max_age": -1}, "hsts_max_age"),
+        ({"hsts_preload": True, "hsts_max_age": 600}, "preload"),
+        ({"hsts_preload": True, "hsts_include_subdomains": False}, "preload"),
+        ({"referrer_policy": ""}, "referrer_policy"),
+        ({"content_security_policy": "default-src 'self'\r\nX-Evil: 1"}, "content_security_policy"),
+    ],
+)
+def test_configuration_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SecurityHeadersMiddleware(build_app("raw"), **options)  # type: ignore[arg-type]
+
+
+async def test_websocket_and_lifespan_pass_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    async def receive() -> dict[str, str]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: object) -> None:
+        raise AssertionError
+
+    middleware = SecurityHeadersMiddleware(app)
+    for kind in ("lifespan", "websocket"):
+        await middleware({"type": kind}, receive, send)
+    assert seen == ["lifespan", "websocket"]

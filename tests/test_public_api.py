@@ -1,0 +1,238 @@
+"""The public surface, snapshotted: a change to any public module's ``__all__`` is a visible diff.
+
+Update the snapshot on purpose (and list the change in ``CHANGELOG.md``), never to make this pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+PUBLIC: dict[str, list[str]] = {
+    "prodkit": [
+        "AccessLogMiddleware",
+        "BackendError",
+        "BackendUnavailableError",
+        "CORSMiddleware",
+        "CacheMiddleware",
+        "ConcurrencyLimitMiddleware",
+        "ConfigurationError",
+        "ErrorMiddleware",
+        "FieldError",
+        "GracefulShutdownMiddleware",
+        "HTTPMetricsMiddleware",
+        "HealthMiddleware",
+        "IdempotencyMiddleware",
+        "LifespanMiddleware",
+        "MetricsEndpointMiddleware",
+        "MissingDependencyError",
+        "Problem",
+        "ProdkitError",
+        "RateLimitMiddleware",
+        "RequestIdMiddleware",
+        "SecurityHeadersMiddleware",
+        "Stack",
+        "StackSettings",
+        "__version__",
+        "caller_from_authorization",
+        "caller_from_header",
+        "configure_logging",
+        "get_parent_span_id",
+        "get_request_id",
+        "get_trace_id",
+        "recommended_stack",
+    ],
+    "prodkit.asgi": [
+        "ASGIApp",
+        "BreakerState",
+        "Caller",
+        "CircuitBreaker",
+        "ClientAddressResolver",
+        "Message",
+        "PROBLEM_CONTENT_TYPE",
+        "RawHeaders",
+        "Receive",
+        "ReceiveWatcher",
+        "ResponseObserver",
+        "RouteResolver",
+        "RouteTable",
+        "Scope",
+        "Send",
+        "UNMATCHED_ROUTE",
+        "append_vary",
+        "caller_from_authorization",
+        "caller_from_header",
+        "encode_problem",
+        "get_all_headers",
+        "get_header",
+        "get_list_header",
+        "message_headers",
+        "normalize_ip",
+        "parse_ip",
+        "problem_dict",
+        "problem_type",
+        "read_body",
+        "remove_header",
+        "replay_receive",
+        "route_template",
+        "route_template_before",
+        "scope_header",
+        "send_problem",
+        "set_default_header",
+        "set_header",
+    ],
+    "prodkit.cache": [
+        "CacheMiddleware",
+        "CacheRule",
+        "CacheStore",
+        "CachedResponse",
+        "Lookup",
+        "MemoryCacheStore",
+        "NOT_CACHED",
+        "RedisCacheStore",
+        "ResponseCache",
+        "compute_etag",
+    ],
+    "prodkit.cors": [
+        "CORSMiddleware",
+        "CORS_PREFLIGHT_REJECTED",
+        "DEFAULT_ALLOW_HEADERS",
+        "DEFAULT_ALLOW_METHODS",
+        "DEFAULT_EXPOSE_HEADERS",
+        "OriginMatcher",
+    ],
+    "prodkit.errors": [
+        "ErrorMiddleware",
+        "FieldError",
+        "INTERNAL_ERROR",
+        "PROBLEM_CONTENT_TYPE",
+        "Problem",
+    ],
+    "prodkit.health": [
+        "CheckResult",
+        "HealthCheck",
+        "HealthMiddleware",
+        "Readiness",
+        "postgres_check",
+        "redis_check",
+    ],
+    "prodkit.idempotency": [
+        "BODY_TOO_LARGE",
+        "Claim",
+        "ClaimOutcome",
+        "DEFAULT_STORED_HEADERS",
+        "IN_PROGRESS",
+        "IdempotencyMiddleware",
+        "IdempotencyRecord",
+        "IdempotencyStore",
+        "KEY_INVALID",
+        "KEY_MISSING",
+        "KEY_REUSED",
+        "MemoryIdempotencyStore",
+        "PostgresIdempotencyStore",
+        "RedisIdempotencyStore",
+        "STORE_UNAVAILABLE",
+        "StoredResponse",
+        "schema_sql",
+    ],
+    "prodkit.lifecycle": [
+        "GracefulShutdownMiddleware",
+        "InFlight",
+        "LifespanMiddleware",
+        "SHUTTING_DOWN",
+        "ShutdownCoordinator",
+        "ShutdownState",
+    ],
+    "prodkit.logging": [
+        "AccessLogMiddleware",
+        "DEFAULT_LEVELS",
+        "DEFAULT_REDACT_HEADERS",
+        "DEFAULT_REDACT_KEYS",
+        "DEFAULT_REDACT_QUERY_PARAMS",
+        "LogFormat",
+        "REDACTED",
+        "Redactor",
+        "configure_logging",
+        "get_logger",
+    ],
+    "prodkit.metrics": [
+        "BusinessMetrics",
+        "DEFAULT_BUCKETS",
+        "HTTPMetricsMiddleware",
+        "MetricsApp",
+        "MetricsEndpointMiddleware",
+        "SIZE_BUCKETS",
+        "business_counter",
+        "business_gauge",
+        "business_histogram",
+        "mark_process_dead",
+        "remove_dead_process_files",
+    ],
+    "prodkit.ratelimit": [
+        "DEFAULT_EXCLUDE_PATHS",
+        "MemoryRateLimitStore",
+        "QUOTA_EXCEEDED_TYPE",
+        "RATE_LIMITED",
+        "RATE_LIMIT_UNAVAILABLE",
+        "RateLimitDecision",
+        "RateLimitMiddleware",
+        "RateLimitPolicy",
+        "RateLimitStore",
+        "RedisRateLimitStore",
+        "parse_rate",
+    ],
+    "prodkit.requestid": [
+        "RequestIdMiddleware",
+        "generate_request_id",
+        "get_parent_span_id",
+        "get_request_id",
+        "get_trace_id",
+        "is_valid_request_id",
+        "parse_traceparent",
+    ],
+    "prodkit.security_headers": [
+        "DEFAULT_CSP",
+        "SecurityHeadersMiddleware",
+    ],
+    "prodkit.settings": [
+        "IdempotencyStoreName",
+        "StackSettings",
+    ],
+    "prodkit.shedding": [
+        "ConcurrencyLimitMiddleware",
+        "DEFAULT_EXCLUDE_PATHS",
+        "OVERLOADED",
+    ],
+    "prodkit.stack": [
+        "DEFAULT_MAX_CONCURRENCY",
+        "DEFAULT_RATE_LIMIT",
+        "Stack",
+        "idempotency_store_for",
+        "recommended_stack",
+    ],
+    "prodkit.testing": [
+        "LogOutput",
+        "capture_log_output",
+        "capture_logs",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_are_the_snapshot(module: str) -> None:
+    assert sorted(importlib.import_module(module).__all__) == PUBLIC[module]
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_every_public_name_exists_and_is_documented(module: str) -> None:
+    imported = importlib.import_module(module)
+    for name in imported.__all__:
+        value = getattr(imported, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert (value.__doc__ or "").strip(), f"{module}.{name} has no docstring"
+
+
+def test_the_top_level_stays_small() -> None:
+    assert len(PUBLIC["prodkit"]) <= 40
