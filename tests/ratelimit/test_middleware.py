@@ -203,7 +203,7 @@ async def test_custom_key_function(make_client: ClientFactory, registry: Collect
                 return "user:" + bytes(value).decode()
         return None  # anonymous requests are not limited here
 
-    client = make_client(limited(policy="1/minute", key=by_user, registry=registry))
+    client = make_client(limited(policy="1/minute", caller=by_user, registry=registry))
     assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 200
     assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 429
     assert (await client.get("/items/1", headers={"X-User-Id": "b"})).status_code == 200

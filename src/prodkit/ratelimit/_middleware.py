@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from prodkit._core.addresses import ClientAddressResolver
 from prodkit._core.breaker import CircuitBreaker
+from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import message_headers
@@ -29,7 +30,6 @@ QUOTA_EXCEEDED_TYPE = "https://iana.org/assignments/http-problem-types#quota-exc
 #: Paths never limited by default: probes and scrapes must not be throttled.
 DEFAULT_EXCLUDE_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
-KeyFunction = Callable[[Scope], str | None]
 StoreErrorPolicy = Literal["fail_open", "fail_closed"]
 PolicySpec = RateLimitPolicy | str
 RouteSpec = PolicySpec | Sequence[PolicySpec] | None
@@ -52,7 +52,7 @@ def _route_name(template: str) -> str:
     return f"route:{cleaned or 'root'}"[:64]
 
 
-def _address_key(resolver: ClientAddressResolver) -> KeyFunction:
+def _address_key(resolver: ClientAddressResolver) -> Caller:
     """The resolver's ``key``, memoised by peer address when no forwarding header counts."""
     if resolver.trusts_any:
         return resolver.key
@@ -94,12 +94,13 @@ class RateLimitMiddleware:
             same :class:`RateLimitPolicy` object on several routes is one shared quota.
         store: where counters live: :class:`~prodkit.ratelimit.MemoryRateLimitStore`
             (default, per process) or :class:`~prodkit.ratelimit.RedisRateLimitStore`.
-        key: returns the client key of a request, or ``None`` to not limit it. Default: the
+        caller: names who is calling (see :mod:`prodkit.asgi`'s caller functions), or ``None``
+            to not limit the request. Default: the
             client address from ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``,
-            IPv6 grouped by metric_prefix, IPv4-mapped IPv6 as IPv4.
+            IPv6 grouped by prefix, IPv4-mapped IPv6 as IPv4.
         trusted_proxies: addresses/CIDRs (or a comma-separated string, as in
-            ``TRUSTED_PROXIES``) whose forwarding headers are believed by the default key.
-        ipv6_prefix: the default key's IPv6 grouping (64; 56 for providers that hand out /56).
+            ``TRUSTED_PROXIES``) whose forwarding headers are believed by the default caller.
+        ipv6_prefix: the default caller's IPv6 grouping (64; 56 for providers that hand out /56).
         on_store_error: ``"fail_open"`` (default: decide with a per-process memory store,
             so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
             ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
@@ -118,7 +119,7 @@ class RateLimitMiddleware:
         policy: RouteSpec = None,
         routes: Mapping[str, RouteSpec] | None = None,
         store: RateLimitStore | None = None,
-        key: KeyFunction | None = None,
+        caller: Caller | None = None,
         trusted_proxies: Iterable[str] | str = (),
         ipv6_prefix: int = 64,
         on_store_error: StoreErrorPolicy = "fail_open",
@@ -153,9 +154,9 @@ class RateLimitMiddleware:
                         f"two different policies are named {item.name!r}; give each its own name"
                     )
         self.store: RateLimitStore = store if store is not None else MemoryRateLimitStore()
-        if key is None:
-            key = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
-        self._key = key
+        if caller is None:
+            caller = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
+        self._caller = caller
         self.on_store_error = on_store_error
         shared = not isinstance(self.store, MemoryRateLimitStore)
         if shared and breaker is None:
@@ -207,7 +208,7 @@ class RateLimitMiddleware:
         if group is None:
             await self.app(scope, receive, send)
             return
-        client = self._key(scope)
+        client = self._caller(scope)
         if client is None:
             await self.app(scope, receive, send)
             return
