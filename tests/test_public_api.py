@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -236,3 +239,46 @@ def test_every_public_name_exists_and_is_documented(module: str) -> None:
 
 def test_the_top_level_stays_small() -> None:
     assert len(PUBLIC["prodkit"]) <= 40
+
+
+def _public_objects() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for module in PUBLIC:
+        imported = importlib.import_module(module)
+        for name in imported.__all__:
+            found.setdefault(id(getattr(imported, name)), f"{module}.{name}")
+    return found
+
+
+def _prodkit_classes(function: Any) -> Iterator[type]:
+    """The prodkit classes named in ``function``'s annotations (strings under PEP 563)."""
+    for annotation in inspect.get_annotations(function).values():
+        for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(annotation)):
+            value = function.__globals__.get(word)
+            if isinstance(value, type) and value.__module__.startswith("prodkit"):
+                yield value
+
+
+def _signatures(value: object) -> Iterator[tuple[str, object]]:
+    if inspect.isclass(value):
+        for attr, member in vars(value).items():
+            if not attr.startswith("_") or attr == "__init__":
+                if inspect.isfunction(member):
+                    yield f"{value.__qualname__}.{attr}", member
+    elif inspect.isfunction(value):
+        yield value.__qualname__, value
+
+
+def test_every_type_in_a_public_signature_is_public() -> None:
+    public = _public_objects()
+    hidden: set[str] = set()
+    for module in PUBLIC:
+        imported = importlib.import_module(module)
+        for name in imported.__all__:
+            for where, function in _signatures(getattr(imported, name)):
+                for cls in _prodkit_classes(function):
+                    if id(cls) not in public:
+                        hidden.add(f"{cls.__module__}.{cls.__qualname__} (in {where})")
+    assert not hidden, "types used in public signatures but not exported:\n" + "\n".join(
+        sorted(hidden)
+    )
