@@ -262,9 +262,9 @@ def _prodkit_classes(function: Any) -> Iterator[type]:
 def _signatures(value: object) -> Iterator[tuple[str, object]]:
     if inspect.isclass(value):
         for attr, member in vars(value).items():
-            if not attr.startswith("_") or attr == "__init__":
-                if inspect.isfunction(member):
-                    yield f"{value.__qualname__}.{attr}", member
+            public = not attr.startswith("_") or attr == "__init__"
+            if public and inspect.isfunction(member):
+                yield f"{value.__qualname__}.{attr}", member
     elif inspect.isfunction(value):
         yield value.__qualname__, value
 
