@@ -141,22 +141,6 @@ async def test_streaming_and_mounted_apps_pass_through(make_client: ClientFactor
     assert response.text == "abc"
 
 
-async def test_lifespan_passes_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        return None
-
-    await ErrorMiddleware(app)({"type": "lifespan"}, receive, send)
-    assert seen == ["lifespan"]
-
-
 async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> None:
     from starlette.applications import Starlette
     from starlette.requests import Request
