@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError, caller_from_header
-from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
+from prodkit.asgi import ASGIApp, Receive, Scope, Send
 from prodkit.cache import CacheMiddleware, CacheRule, MemoryCacheStore, ResponseCache, compute_etag
 from tests.apps import build_app
 from tests.cache.helpers import CountingApp
@@ -516,22 +516,6 @@ def test_bad_options_are_rejected(options: dict[str, Any], message: str) -> None
     options.setdefault("caller", None)
     with pytest.raises(ConfigurationError, match=message):
         CacheMiddleware(CountingApp(), registry=CollectorRegistry(), **options)
-
-
-async def test_lifespan_passes_through(registry: CollectorRegistry) -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        pass
-
-    await make_cache(app, registry)({"type": "lifespan"}, receive, send)
-    assert seen == ["lifespan"]
 
 
 async def test_value_order_of_a_repeated_parameter_is_part_of_the_key(

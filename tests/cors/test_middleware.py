@@ -238,26 +238,6 @@ async def test_an_overloaded_503_is_readable_cross_origin(make_client: ClientFac
     assert response.headers["access-control-allow-origin"] == "https://a.example.com"
 
 
-async def test_websocket_and_lifespan_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        raise AssertionError
-
-    middleware = cors(app)
-    for kind in ("lifespan", "websocket"):
-        await middleware(
-            {"type": kind, "headers": [(b"origin", b"https://evil.test")]}, receive, send
-        )
-    assert seen == ["lifespan", "websocket"]
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

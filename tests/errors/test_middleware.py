@@ -6,7 +6,7 @@ import pytest
 import structlog
 
 from prodkit import ErrorMiddleware, FieldError, Problem, RequestIdMiddleware
-from prodkit.asgi import Message, Receive, Scope, Send, problem_type
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, problem_type
 from tests.apps import SECRET_TEXT, build_app, mounted_starlette_app
 from tests.conftest import ClientFactory
 
@@ -141,22 +141,6 @@ async def test_streaming_and_mounted_apps_pass_through(make_client: ClientFactor
     assert response.text == "abc"
 
 
-async def test_lifespan_passes_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        return None
-
-    await ErrorMiddleware(app)({"type": "lifespan"}, receive, send)
-    assert seen == ["lifespan"]
-
-
 async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> None:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -192,3 +176,95 @@ async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> No
     assert [m for m in sent if m["type"] == "http.response.start" and m["status"] >= 500] == []
     assert [entry["event"] for entry in logs] == ["client disconnected before the response"]
     assert "prodkit.exception" not in scope
+
+
+def _plain_500(*chunks: bytes) -> ASGIApp:
+    """An app that answers a plain-text 500 in ``chunks``, as a framework's own handler does."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        start: Message = {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+        await send(start)
+        for index, chunk in enumerate(chunks):
+            more = index < len(chunks) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    return app
+
+
+async def test_a_plain_500_larger_than_hold_limit_goes_out_as_it_is(
+    make_client: ClientFactory,
+) -> None:
+    app = ErrorMiddleware(_plain_500(b"first ", b"second ", b"third"), hold_limit=8)
+    response = await make_client(app).get("/")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "text/plain"
+    assert response.text == "first second third"
+
+
+async def test_a_plain_500_within_hold_limit_is_replaced(make_client: ClientFactory) -> None:
+    app = ErrorMiddleware(_plain_500(b"first ", b"second"), hold_limit=12)
+    response = await make_client(app).get("/")
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "INTERNAL_ERROR"
+
+
+async def test_replace_server_errors_off_passes_a_plain_500(make_client: ClientFactory) -> None:
+    app = ErrorMiddleware(_plain_500(b"as sent"), replace_server_errors=False)
+    response = await make_client(app).get("/")
+    assert (response.status_code, response.text) == (500, "as sent")
+
+
+async def test_a_problem_500_from_the_app_is_not_replaced(make_client: ClientFactory) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await Problem(500, "APP_DEFINED", "the app's own problem").send(send)
+
+    response = await make_client(ErrorMiddleware(app)).get("/")
+    assert (response.status_code, response.json()["code"]) == (500, "APP_DEFINED")
+
+
+async def test_a_problem_raised_after_the_response_started_is_logged_and_re_raised() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise Problem(409, "TOO_LATE", "raised once the response had started")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(Problem):
+        await ErrorMiddleware(app)(
+            {"type": "http", "method": "GET", "path": "/late", "headers": []}, receive, send
+        )
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert [(e["event"], e["log_level"], e["path"]) for e in logs] == [
+        ("exception after the response started", "error", "/late")
+    ]
+
+
+async def test_an_unhandled_exception_is_left_in_the_scope_for_outer_layers() -> None:
+    failure = RuntimeError("boom")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise failure
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        return None
+
+    scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with structlog.testing.capture_logs() as logs:
+        await ErrorMiddleware(app)(scope, receive, send)
+    assert scope["prodkit.exception"] is failure
+    assert [(e["event"], e["log_level"], e["exc_type"]) for e in logs] == [
+        ("unhandled exception", "error", "RuntimeError")
+    ]

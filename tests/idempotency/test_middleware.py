@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -653,23 +652,6 @@ def test_bad_options_raise_configuration_error(options: dict[str, Any]) -> None:
 def test_store_must_implement_the_protocol() -> None:
     with pytest.raises(ConfigurationError, match="claim"):
         IdempotencyMiddleware(CountingApp(), store=object())  # type: ignore[arg-type]
-
-
-async def test_lifespan_and_websocket_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    middleware, _ = wrap(app)
-    noop: Callable[[], Awaitable[Message]] = asyncio.Queue[Message]().get
-
-    async def send(message: Message) -> None:
-        return None
-
-    await middleware({"type": "lifespan"}, noop, send)
-    await middleware({"type": "websocket", "path": "/ws", "headers": []}, noop, send)
-    assert seen == ["lifespan", "websocket"]
 
 
 @given(st.binary(max_size=300))

@@ -364,25 +364,6 @@ async def test_custom_logger_event_and_level_callable(make_client: ClientFactory
     assert (line["logger"], line["level"]) == ("myapp.http", "critical")
 
 
-async def test_websocket_and_lifespan_pass_through(logs: LogOutput) -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        return None
-
-    middleware = AccessLogMiddleware(app)
-    await middleware({"type": "lifespan"}, receive, send)
-    await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
-    assert seen == ["lifespan", "websocket"]
-    assert logs.events(EVENT) == []
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

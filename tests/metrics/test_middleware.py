@@ -242,25 +242,6 @@ async def test_two_middlewares_on_one_registry_share_the_collectors(
     assert count(registry, "GET", "__unmatched__", "200") == 2
 
 
-async def test_websocket_and_lifespan_pass_through(registry: CollectorRegistry) -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: Message) -> None:
-        return None
-
-    middleware = HTTPMetricsMiddleware(app, registry=registry)
-    await middleware({"type": "lifespan"}, receive, send)
-    await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
-    assert seen == ["lifespan", "websocket"]
-    assert series(registry, f"{DURATION}_count") == {}
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -229,25 +229,6 @@ async def test_decisions_are_counted(
     assert sample("error") == 0
 
 
-async def test_lifespan_and_websocket_pass_through(registry: CollectorRegistry) -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    middleware = limited(app, policy="1/minute", registry=registry)
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        raise AssertionError("nothing to send")
-
-    for kind in ("lifespan", "websocket", "websocket"):
-        await middleware({"type": kind, "path": "/", "client": ("1.2.3.4", 1)}, receive, send)
-    assert seen == ["lifespan", "websocket", "websocket"]
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

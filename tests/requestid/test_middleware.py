@@ -131,25 +131,6 @@ async def test_contextvars_are_reset_after_the_request(make_client: ClientFactor
     assert get_trace_id() is None
 
 
-async def test_websocket_and_lifespan_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    middleware = RequestIdMiddleware(app)
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        return None
-
-    await middleware({"type": "lifespan"}, receive, send)
-    await middleware({"type": "websocket", "headers": []}, receive, send)
-    assert seen == ["lifespan", "websocket"]
-
-
 def test_rejects_an_invalid_header_name() -> None:
     with pytest.raises(ConfigurationError, match="header_name"):
         RequestIdMiddleware(build_app("raw"), header_name="X Request ID")

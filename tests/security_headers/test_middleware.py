@@ -135,21 +135,3 @@ async def test_error_responses_get_the_headers_too(make_client: ClientFactory) -
 def test_configuration_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SecurityHeadersMiddleware(build_app("raw"), **options)  # type: ignore[arg-type]
-
-
-async def test_websocket_and_lifespan_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        raise AssertionError
-
-    middleware = SecurityHeadersMiddleware(app)
-    for kind in ("lifespan", "websocket"):
-        await middleware({"type": kind}, receive, send)
-    assert seen == ["lifespan", "websocket"]

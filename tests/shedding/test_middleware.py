@@ -134,26 +134,6 @@ async def test_a_cancelled_waiter_gives_no_slot_away(registry: CollectorRegistry
     assert middleware.in_flight == 0
 
 
-async def test_websocket_and_lifespan_pass_through(registry: CollectorRegistry) -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    middleware = ConcurrencyLimitMiddleware(app, max_concurrency=1, registry=registry)
-
-    async def receive() -> dict[str, str]:
-        return {"type": "lifespan.startup"}
-
-    async def send(message: object) -> None:
-        raise AssertionError("nothing to send")
-
-    for kind in ("lifespan", "websocket"):
-        await middleware({"type": kind, "path": "/"}, receive, send)
-    assert seen == ["lifespan", "websocket"]
-    assert middleware.in_flight == 0
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -15,6 +16,7 @@ from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
 _PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
+_SERVER_ERROR_DETAIL = "The server could not complete the request."
 
 
 class ErrorMiddleware:
@@ -61,86 +63,83 @@ class ErrorMiddleware:
             await self.app(scope, receive, send)
             return
 
-        started = False  # a response start reached the client
-        held: list[Message] = []  # a plain 500 kept back in case it is to be replaced
-        held_bytes = 0
-        replace = self.replace_server_errors
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started, held_bytes
-            if held:
-                held.append(message)
-                held_bytes += len(message.get("body", b""))
-                if held_bytes > self.hold_limit:
-                    await _flush()
-                return
-            if message["type"] == "http.response.start":
-                if (
-                    replace
-                    and message["status"] == 500
-                    and get_header(message.get("headers") or (), b"content-type") != _PROBLEM_TYPE
-                ):
-                    held.append(message)
-                    return
-                started = True
-            await send(message)
-
-        async def _flush() -> None:
-            nonlocal started
-            started = True
-            messages = held[:]
-            held.clear()
-            for message in messages:
-                await send(message)
-
+        responder = _Responder(send, self.replace_server_errors, self.hold_limit)
         watcher = ReceiveWatcher.shared(receive)
         try:
-            await self.app(scope, watcher, guarded_send)
+            await self.app(scope, watcher, responder)
         except Problem as problem:
-            if started:
-                self._log_late(scope, problem)
+            if responder.started:
+                _log(self.logger.error, "exception after the response started", scope, problem)
                 raise
             await problem.send(send)
             return
         except Exception as exc:
-            if watcher.disconnected and not started:
+            if watcher.disconnected and not responder.started:
                 # The client went away mid-request and the app gave up reading (Starlette's
                 # ClientDisconnect, say): nobody is left to answer, and it is not a server
                 # error. Outer layers record the request as 499 (client closed request).
-                self.logger.info(
-                    "client disconnected before the response",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    exc_type=type(exc).__name__,
-                )
+                _log(self.logger.info, "client disconnected before the response", scope, exc)
                 return
             scope[EXCEPTION_SCOPE_KEY] = exc
-            self.logger.exception(
-                "unhandled exception",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                exc_type=type(exc).__name__,
-            )
-            if started:
+            _log(self.logger.exception, "unhandled exception", scope, exc)
+            if responder.started:
                 raise
-            await send_problem(
-                send, 500, INTERNAL_ERROR, "The server could not complete the request."
-            )
+            await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
             return
-        if held:
+        if responder.held:
             # The framework answered a plain 500 itself (and logged its exception): keep the
             # contract that every server error is a problem.
-            await send_problem(
-                send, 500, INTERNAL_ERROR, "The server could not complete the request."
-            )
+            await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
 
-    def _log_late(self, scope: Scope, exc: BaseException) -> None:
-        self.logger.error(
-            "exception after the response started",
-            method=scope.get("method"),
-            path=scope.get("path"),
-            exc_type=type(exc).__name__,
-        )
+
+def _log(log: Callable[..., Any], event: str, scope: Scope, exc: BaseException) -> None:
+    """Log ``event`` about ``exc`` with the request's method and path, through ``log``."""
+    log(event, method=scope.get("method"), path=scope.get("path"), exc_type=type(exc).__name__)
+
+
+class _Responder:
+    """One request's way out: sends the app's messages on, or holds back a plain 500.
+
+    ``started`` says whether a response start reached the client (after which nothing of our
+    own may be sent); ``held`` is a non-problem 500 kept back in case it is to be replaced.
+    """
+
+    __slots__ = ("held", "held_bytes", "hold_limit", "replace", "send", "started")
+
+    def __init__(self, send: Send, replace: bool, hold_limit: int) -> None:
+        self.send = send
+        self.replace = replace
+        self.hold_limit = hold_limit
+        self.started = False
+        self.held: list[Message] = []
+        self.held_bytes = 0
+
+    async def __call__(self, message: Message) -> None:
+        held = self.held
+        if held:
+            held.append(message)
+            self.held_bytes += len(message.get("body", b""))
+            if self.held_bytes > self.hold_limit:
+                await self.flush()
+            return
+        if message["type"] == "http.response.start":
+            if (
+                self.replace
+                and message["status"] == 500
+                and get_header(message.get("headers") or (), b"content-type") != _PROBLEM_TYPE
+            ):
+                held.append(message)
+                return
+            self.started = True
+        await self.send(message)
+
+    async def flush(self) -> None:
+        """Send what was held back: the 500 is too large to replace, so it goes out as it is."""
+        self.started = True
+        messages = self.held[:]
+        self.held.clear()
+        for message in messages:
+            await self.send(message)
 
 
 __all__ = ["INTERNAL_ERROR", "ErrorMiddleware"]

@@ -1,0 +1,487 @@
+"""The contract every middleware prodkit exports keeps with the app it wraps.
+
+Each of the fourteen is wrapped around one real ASGI app and driven with plain ASGI calls:
+
+(a) a ``lifespan`` scope reaches the app and its start-up and shutdown messages come back
+    unchanged (``LifespanMiddleware`` answers lifespan itself, by design: its documented order
+    of hooks and the app's own lifespan is asserted instead);
+(b) a ``websocket`` scope reaches the app and the connect, accept, send and close messages
+    pass unchanged (``RequestIdMiddleware`` gives the connection an id, its documented change);
+(c) a streaming HTTP response of several ``more_body`` chunks reaches the client chunk by
+    chunk: each chunk is at the client before the app sends the next, complete and in order.
+
+A shared transcript records every message where it crosses a boundary: given by the server
+(``server>``), received by the app (``app<``), sent by the app (``app>``), received by the
+server (``server<``). Passing a message through unchanged and at once is then one exact
+property: every ``app<`` right after an equal ``server>``, every ``app>`` right before an
+equal ``server<``, and nothing else in between. A middleware that buffered a chunk, answered a
+message itself, sent something of its own or read ahead would break it.
+
+Beyond that, for (a) and (b): no metric changes (no request counted, no rate-limit decision,
+no in-flight gauge moved), nothing is logged (no access line), and middlewares that count
+requests in flight do not count the connection, while they do count an HTTP request.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import prodkit
+from prodkit import (
+    AccessLogMiddleware,
+    CacheMiddleware,
+    ConcurrencyLimitMiddleware,
+    CORSMiddleware,
+    ErrorMiddleware,
+    GracefulShutdownMiddleware,
+    HealthMiddleware,
+    HTTPMetricsMiddleware,
+    IdempotencyMiddleware,
+    LifespanMiddleware,
+    MetricsEndpointMiddleware,
+    RateLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    get_request_id,
+)
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
+from prodkit.cache import CacheRule, MemoryCacheStore
+from prodkit.idempotency import MemoryIdempotencyStore
+from prodkit.lifecycle import ShutdownCoordinator, ShutdownState
+from prodkit.ratelimit import MemoryRateLimitStore
+from prodkit.requestid._middleware import SCOPE_KEY
+from prodkit.testing import capture_logs
+
+Entry = tuple[str, Any]
+CHUNKS = (b"one ", b"two ", b"three ", b"four")
+
+
+@dataclass
+class Env:
+    """What one test's middleware is built with; fresh for every test."""
+
+    transcript: list[Entry] = field(default_factory=list)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Its own registry: its state gauge moving through a lifespan is its documented job.
+    coordinator: ShutdownCoordinator = field(
+        default_factory=lambda: ShutdownCoordinator(registry=CollectorRegistry())
+    )
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample in the registry, by name and labels."""
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if not sample.name.endswith("_created")  # a creation time, not a measurement
+        }
+
+
+def _lifespan_with_hooks(app: ASGIApp, env: Env) -> ASGIApp:
+    middleware = LifespanMiddleware(app, coordinator=env.coordinator)
+
+    async def opened() -> None:
+        env.transcript.append(("hook", "startup"))
+
+    async def closed() -> None:
+        env.transcript.append(("hook", "shutdown"))
+
+    middleware.add_hook(opened, closed)
+    return middleware
+
+
+@dataclass(frozen=True)
+class Case:
+    """One middleware: how to build it, and what it documents beyond passing through."""
+
+    build: Callable[[ASGIApp, Env], ASGIApp]
+    #: Requests it counts as in flight right now (``None``: it counts none).
+    in_flight: Callable[[Any, Env], int] | None = None
+    #: The HTTP request of (c): one the middleware handles and lets stream.
+    method: str = "GET"
+    path: str = "/stream"
+    #: Keys a websocket scope gains on its way to the app.
+    websocket_scope_adds: Mapping[str, object] = field(default_factory=dict)
+    #: The request id the app sees while a websocket is open.
+    websocket_request_id: str | None = None
+    #: The lifespan watches the coordinator: it is stopped once the lifespan ended.
+    stops_coordinator: bool = False
+    #: What it logs for an HTTP request (the capture's control: lifespan and websocket log none).
+    http_log_events: tuple[str, ...] = ()
+
+
+CASES: dict[str, Case] = {
+    "AccessLogMiddleware": Case(
+        lambda app, env: AccessLogMiddleware(app), http_log_events=("request completed",)
+    ),
+    "CORSMiddleware": Case(
+        # A hostile origin on the websocket (see _websocket_scope) is not CORS's to judge.
+        lambda app, env: CORSMiddleware(app, allow_origins="https://a.example.com")
+    ),
+    "CacheMiddleware": Case(
+        lambda app, env: CacheMiddleware(
+            app,
+            routes={"/items/{id}": CacheRule(ttl=60)},
+            store=MemoryCacheStore(),
+            registry=env.registry,
+        ),
+        # A write to a cached route invalidates it and streams; a stored read is held back
+        # until complete (test_recording_middlewares_answer_once_the_response_is_complete).
+        method="POST",
+        path="/items/1",
+    ),
+    "ConcurrencyLimitMiddleware": Case(
+        lambda app, env: ConcurrencyLimitMiddleware(app, max_concurrency=1, registry=env.registry),
+        in_flight=lambda middleware, env: int(middleware.in_flight),
+    ),
+    "ErrorMiddleware": Case(lambda app, env: ErrorMiddleware(app)),
+    "GracefulShutdownMiddleware": Case(
+        lambda app, env: GracefulShutdownMiddleware(app, coordinator=env.coordinator),
+        in_flight=lambda middleware, env: env.coordinator.in_flight,
+        stops_coordinator=True,
+    ),
+    "HTTPMetricsMiddleware": Case(
+        lambda app, env: HTTPMetricsMiddleware(app, registry=env.registry)
+    ),
+    "HealthMiddleware": Case(
+        lambda app, env: HealthMiddleware(app, coordinator=env.coordinator, registry=env.registry)
+    ),
+    "IdempotencyMiddleware": Case(
+        lambda app, env: IdempotencyMiddleware(
+            app, store=MemoryIdempotencyStore(), registry=env.registry
+        ),
+        # A POST without a key streams; one with a key is recorded, so held back until complete.
+        method="POST",
+    ),
+    "LifespanMiddleware": Case(_lifespan_with_hooks, stops_coordinator=True),
+    "MetricsEndpointMiddleware": Case(
+        lambda app, env: MetricsEndpointMiddleware(app, registry=env.registry)
+    ),
+    "RateLimitMiddleware": Case(
+        # One request a minute: a websocket or lifespan that spent it would show as a decision.
+        lambda app, env: RateLimitMiddleware(
+            app, policy="1/minute", store=MemoryRateLimitStore(), registry=env.registry
+        )
+    ),
+    "RequestIdMiddleware": Case(
+        lambda app, env: RequestIdMiddleware(app),
+        websocket_scope_adds={SCOPE_KEY: "ws-1"},
+        websocket_request_id="ws-1",
+    ),
+    "SecurityHeadersMiddleware": Case(lambda app, env: SecurityHeadersMiddleware(app)),
+}
+
+
+def _copy(message: Message) -> Message:
+    # A copy as it was when it crossed: a middleware may still change the dict afterwards.
+    return copy.deepcopy(message)
+
+
+class App:
+    """A real ASGI app for all three protocols that writes what it receives and sends."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.scopes: list[dict[str, Any]] = []
+        self.request_ids: list[str | None] = []
+        self.in_flight: list[int] = []
+        self.samples: list[object] = []
+        self.probe: Callable[[], int] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(dict(scope))
+        self.request_ids.append(get_request_id())
+        self.samples.append(self.env.samples())
+        if self.probe is not None:
+            self.in_flight.append(self.probe())
+        transcript = self.env.transcript
+
+        async def received() -> Message:
+            message = await receive()
+            transcript.append(("app<", _copy(message)))
+            return message
+
+        async def sent(message: Message) -> None:
+            transcript.append(("app>", _copy(message)))
+            await send(message)
+
+        if scope["type"] == "lifespan":
+            await self._lifespan(received, sent)
+        elif scope["type"] == "websocket":
+            await self._websocket(received, sent)
+        else:
+            await self._stream(received, sent)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _websocket(self, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept", "headers": [(b"x-app", b"accepted")]})
+        text = (await receive())["text"]
+        await send({"type": "websocket.send", "text": f"echo: {text}"})
+        await send({"type": "websocket.send", "bytes": b"\x00\x01"})
+        await send({"type": "websocket.close", "code": 1000, "reason": "done"})
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"x-app", b"streamed")],
+            }
+        )
+        for index, chunk in enumerate(CHUNKS):
+            more = index < len(CHUNKS) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+
+async def serve(app: ASGIApp, scope: Scope, incoming: Sequence[Message], env: Env) -> None:
+    """Play the server: hand out ``incoming`` one message per ``receive``, take what is sent."""
+    pending = list(incoming)
+
+    async def receive() -> Message:
+        # Past the script, a real server's next message is the client going away.
+        message = pending.pop(0) if pending else {"type": "http.disconnect"}
+        env.transcript.append(("server>", _copy(message)))
+        return message
+
+    async def send(message: Message) -> None:
+        env.transcript.append(("server<", _copy(message)))
+
+    await app(scope, receive, send)
+
+
+def passed_through(transcript: Sequence[Entry]) -> list[Entry]:
+    """The transcript of a middleware that passes every message on unchanged and at once."""
+    expected: list[Entry] = []
+    for side, message in transcript:
+        if side == "app<":
+            expected += [("server>", message), ("app<", message)]
+        elif side == "app>":
+            expected += [("app>", message), ("server<", message)]
+    return expected
+
+
+def _websocket_scope() -> Scope:
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"origin", b"https://evil.test"),
+            (b"x-request-id", b"ws-1"),
+        ],
+        "client": ("192.0.2.7", 50000),
+        "server": ("127.0.0.1", 8000),
+        "subprotocols": [],
+    }
+
+
+def _http_scope(method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("192.0.2.7", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+@dataclass
+class Subject:
+    """One case built around a fresh :class:`App`."""
+
+    case: Case
+    env: Env
+    app: App
+    middleware: ASGIApp
+
+
+@pytest.fixture(params=sorted(CASES))
+def subject(request: pytest.FixtureRequest) -> Subject:
+    case = CASES[request.param]
+    env = Env()
+    app = App(env)
+    middleware = case.build(app, env)
+    if case.in_flight is not None:
+        count = case.in_flight
+        app.probe = lambda: count(middleware, env)
+    return Subject(case, env, app, middleware)
+
+
+def test_every_exported_middleware_is_covered() -> None:
+    exported = {name for name in prodkit.__all__ if name.endswith("Middleware")}
+    assert exported == set(CASES)
+    assert len(CASES) == 14
+
+
+async def test_lifespan_reaches_the_app_unchanged(subject: Subject) -> None:
+    env, app = subject.env, subject.app
+    scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    before = env.samples()
+    with capture_logs() as logs:
+        await serve(
+            subject.middleware,
+            scope,
+            [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}],
+            env,
+        )
+    assert app.scopes == [scope]
+    if isinstance(subject.middleware, LifespanMiddleware):
+        # It is the server's counterpart: it runs its hooks around the app's own lifespan,
+        # drives that lifespan itself, and answers the server once each phase completed.
+        assert env.transcript == [
+            ("server>", {"type": "lifespan.startup"}),
+            ("hook", "startup"),
+            ("app<", {"type": "lifespan.startup"}),
+            ("app>", {"type": "lifespan.startup.complete"}),
+            ("server<", {"type": "lifespan.startup.complete"}),
+            ("server>", {"type": "lifespan.shutdown"}),
+            ("app<", {"type": "lifespan.shutdown"}),
+            ("app>", {"type": "lifespan.shutdown.complete"}),
+            ("hook", "shutdown"),
+            ("server<", {"type": "lifespan.shutdown.complete"}),
+        ]
+    else:
+        assert env.transcript == passed_through(env.transcript)
+        assert [side for side, _ in env.transcript].count("server<") == 2
+    if subject.case.in_flight is not None:
+        assert app.in_flight == [0]  # a lifespan is not a request in flight
+    if subject.case.stops_coordinator:
+        assert env.coordinator.state is ShutdownState.STOPPED
+    else:
+        assert env.coordinator.state is ShutdownState.RUNNING
+    assert app.samples == [before]
+    assert env.samples() == before
+    assert logs == []
+
+
+async def test_websocket_reaches_the_app_unchanged(subject: Subject) -> None:
+    env, app, case = subject.env, subject.app, subject.case
+    scope = _websocket_scope()
+    sent_scope = dict(scope)
+    before = env.samples()
+    with capture_logs() as logs:
+        await serve(
+            subject.middleware,
+            scope,
+            [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "ping"}],
+            env,
+        )
+    assert app.scopes == [{**sent_scope, **case.websocket_scope_adds}]
+    assert app.request_ids == [case.websocket_request_id]
+    assert get_request_id() is None
+    assert env.transcript == passed_through(env.transcript)
+    assert [message["type"] for side, message in env.transcript if side == "server<"] == [
+        "websocket.accept",
+        "websocket.send",
+        "websocket.send",
+        "websocket.close",
+    ]
+    if case.in_flight is not None:
+        assert app.in_flight == [0]  # a websocket is not a request in flight
+    assert app.samples == [before]
+    assert env.samples() == before
+    assert logs == []
+
+
+def _response_side(transcript: Sequence[Entry]) -> tuple[list[Entry], list[Message]]:
+    """The transcript with response starts reduced to their status, and the starts."""
+    starts: list[Message] = []
+    reduced: list[Entry] = []
+    for side, message in transcript:
+        if isinstance(message, dict) and message.get("type") == "http.response.start":
+            starts.append(message)
+            message = {"type": "http.response.start", "status": message["status"]}
+        reduced.append((side, message))
+    return reduced, starts
+
+
+async def test_a_streamed_response_reaches_the_client_chunk_by_chunk(subject: Subject) -> None:
+    env, app, case = subject.env, subject.app, subject.case
+    scope = _http_scope(case.method, case.path)
+    request: Message = {"type": "http.request", "body": b"{}", "more_body": False}
+    with capture_logs() as logs:
+        await serve(subject.middleware, scope, [request], env)
+    assert tuple(entry["event"] for entry in logs) == case.http_log_events
+    # Headers are the middlewares' to add (request id, security headers, RateLimit ...); the
+    # status, the app's own headers and every body message reach the client as sent.
+    transcript, starts = _response_side(env.transcript)
+    assert transcript == passed_through(transcript)
+    app_start, client_start = starts
+    assert set(app_start["headers"]) <= set(client_start["headers"])
+    bodies = [m for side, m in env.transcript if side == "server<" and m["type"].endswith("body")]
+    assert [(m["body"], m["more_body"]) for m in bodies] == [
+        (b"one ", True),
+        (b"two ", True),
+        (b"three ", True),
+        (b"four", False),
+    ]
+    if case.in_flight is not None:
+        assert app.in_flight == [1]  # the probe sees requests: a websocket's 0 means something
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "headers", "marker"),
+    [
+        ("CacheMiddleware", "GET", "/items/1", [], (b"x-cache", b"MISS")),
+        (
+            "IdempotencyMiddleware",
+            "POST",
+            "/stream",
+            [(b"idempotency-key", b'"k-1"')],
+            (b"idempotency-status", b"created"),
+        ),
+    ],
+)
+async def test_recording_middlewares_answer_once_the_response_is_complete(
+    name: str,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    marker: tuple[bytes, bytes],
+) -> None:
+    # What they store must be the whole response, so by design these two hold a response
+    # they record until its last chunk: it then reaches the client complete and in order.
+    env = Env()
+    middleware = CASES[name].build(App(env), env)
+    request: Message = {"type": "http.request", "body": b"{}", "more_body": False}
+    with capture_logs():
+        await serve(middleware, _http_scope(method, path, headers), [request], env)
+    sides = [side for side, _ in env.transcript]
+    last_chunk = len(sides) - 1 - sides[::-1].index("app>")
+    assert "server<" not in sides[:last_chunk]
+    to_client = [message for side, message in env.transcript if side == "server<"]
+    assert to_client[0]["status"] == 200
+    assert marker in to_client[0]["headers"]
+    assert b"".join(m["body"] for m in to_client[1:]) == b"".join(CHUNKS)
+    assert to_client[-1]["more_body"] is False
+    assert all(m["more_body"] for m in to_client[1:-1])
