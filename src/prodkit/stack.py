@@ -133,10 +133,6 @@ class Stack:
         coordinator: ShutdownCoordinator | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.layers: list[Layer] = []
-        for layer in layers:
-            self._check_new(layer)
-            self.layers.append(layer)
         self.settings = settings if settings is not None else StackSettings()
         self.coordinator = coordinator
         self.registry = registry
@@ -151,6 +147,10 @@ class Stack:
         self._lifespan: LifespanMiddleware | None = None
         self._app: ASGIApp = _not_built
         self._closed = False
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self._check_new(layer)
+            self.layers.append(layer)
 
     @classmethod
     def recommended(
@@ -266,7 +266,7 @@ class Stack:
 
     def _check_unbuilt(self) -> None:
         # A change after build() would silently not apply to the app being served.
-        if self._built:
+        if self._lifespan is not None:
             raise ConfigurationError("this stack is built: change its layers before build()")
 
     # -- the parts -----------------------------------------------------------------------------
@@ -285,7 +285,7 @@ class Stack:
         Before :meth:`build` the check is kept and registered when the stack is built.
         """
         self._checks.append((name, func, critical))
-        if self._built:
+        if self._lifespan is not None:
             self.health.add_check(name, func, critical=critical)
 
     async def aclose(self) -> None:
@@ -318,7 +318,7 @@ class Stack:
 
         A stack is built once: build another ``Stack`` for another app.
         """
-        if self._built:
+        if self._lifespan is not None:
             raise ConfigurationError("this stack is already built; make another for another app")
         built: dict[str, ASGIApp] = {}
         wrapped = app
