@@ -215,7 +215,8 @@ async def test_checks_added_before_and_after_build_are_served(
     async def down() -> None:
         raise RuntimeError("down")
 
-    stack.add_check("before", fine)
+    before = stack.add_check("before", fine)
+    assert before in stack.get("health").options["checks"]  # data until the stack is built
     stack.build(items)
     stack.add_check("after", down, critical=False)
     client = make_client(stack)

@@ -142,7 +142,6 @@ class Stack:
         self.redis: Any | None = None
         self._startup: list[Hook] = []
         self._closers: list[Hook] = []
-        self._checks: list[tuple[str, CheckFunc, bool]] = []
         self._built: dict[str, ASGIApp] = {}
         self._lifespan: LifespanMiddleware | None = None
         self._app: ASGIApp = _not_built
@@ -274,19 +273,29 @@ class Stack:
     def on_startup(self, hook: Hook) -> None:
         """Run ``hook`` at lifespan start-up (before the app's own start-up), in order added."""
         self._startup.append(hook)
+        if self._lifespan is not None:
+            self._lifespan.add_hook(hook, None)
 
     def on_close(self, hook: Hook) -> None:
         """Run ``hook`` in :meth:`aclose`; hooks run last added first."""
         self._closers.append(hook)
 
-    def add_check(self, name: str, func: CheckFunc, *, critical: bool = True) -> None:
+    def add_check(self, name: str, func: CheckFunc, *, critical: bool = True) -> HealthCheck:
         """Register a health check with the ``health`` layer (see :class:`HealthMiddleware`).
 
-        Before :meth:`build` the check is kept and registered when the stack is built.
+        Before :meth:`build` the check joins the layer's ``checks`` option; after, the built
+        middleware's checks. Returns the check.
         """
-        self._checks.append((name, func, critical))
         if self._lifespan is not None:
-            self.health.add_check(name, func, critical=critical)
+            return self.health.add_check(name, func, critical=critical)
+        layer = next((c for c in self.layers if c.middleware is HealthMiddleware), None)
+        if layer is None:
+            raise ConfigurationError("no health layer in this stack to add a check to")
+        timing = {k: v for k, v in layer.options.items() if k in ("timeout", "cache_ttl")}
+        check = HealthCheck(name, func, critical=critical, **timing)
+        options = {**layer.options, "checks": [*layer.options.get("checks", ()), check]}
+        self.replace(layer.name, Layer(layer.name, layer.middleware, options))
+        return check
 
     async def aclose(self) -> None:
         """Close every long-lived part (stores, then the Redis client) once.
@@ -331,8 +340,6 @@ class Stack:
         for hook in self._startup:
             lifespan.add_hook(hook, None)
         self._built, self._lifespan, self._app = built, lifespan, lifespan
-        for name, func, critical in self._checks:
-            self.health.add_check(name, func, critical=critical)
         return self
 
     @property
