@@ -43,7 +43,6 @@ def full_stack() -> ASGIApp:
     return recommended_stack(
         starlette_app(),
         StackSettings(rate_limit="1000000/second", max_concurrency=10_000),
-        configure_logs=False,
         cache_routes=cache,
         caller=caller_from_header("X-User-Id"),
     )

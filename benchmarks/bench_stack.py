@@ -17,7 +17,6 @@ def stack(*, cached: bool = False, logging: bool = True) -> ASGIApp:
     return recommended_stack(
         starlette_app(),
         StackSettings(rate_limit="1000000/second", max_concurrency=10_000),
-        configure_logs=False,
         cache_routes={"/items/{item_id}": CacheRule(ttl=60)} if cached else None,
         caller=caller_from_header("X-User-Id"),
     )

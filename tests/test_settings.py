@@ -59,3 +59,39 @@ def test_every_variable() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], mentions: str) -> None:
     with pytest.raises(ConfigurationError, match=mentions):
         StackSettings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("fields", "store"),
+    [
+        ({}, "memory"),
+        ({"database_url": "postgresql://db/app"}, "postgres"),
+        ({"database_url": "postgresql://db/app", "idempotency_store": "memory"}, "memory"),
+        ({"redis_url": "redis://cache/0", "idempotency_store": "redis"}, "redis"),
+    ],
+)
+def test_settings_built_in_code_choose_the_store_like_the_environment(
+    fields: dict[str, str], store: str
+) -> None:
+    settings = StackSettings(**fields)  # type: ignore[arg-type]  # the table's values are valid
+    assert settings.idempotency_store == store
+    environ = {"DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+    env = {name: fields[field] for name, field in environ.items() if field in fields}
+    if "idempotency_store" in fields:
+        env["IDEMPOTENCY_STORE"] = fields["idempotency_store"]
+    assert StackSettings.from_env(env) == settings
+
+
+@pytest.mark.parametrize(
+    ("fields", "mentions"),
+    [
+        ({"idempotency_store": "mongo"}, "idempotency_store"),
+        ({"idempotency_store": "postgres"}, "database_url"),
+        ({"idempotency_store": "redis"}, "redis_url"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"log_format": "xml"}, "log_format"),
+    ],
+)
+def test_contradictory_fields_name_the_field(fields: dict[str, object], mentions: str) -> None:
+    with pytest.raises(ConfigurationError, match=mentions):
+        StackSettings(**fields)  # type: ignore[arg-type]  # wrong on purpose

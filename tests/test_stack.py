@@ -1,18 +1,343 @@
-"""The recommended stack's composition: which stores the settings choose."""
+"""The recommended stack as data: its layer list, editing it, the parts it shares and closes."""
 
 from __future__ import annotations
 
+import logging
+import random
+import uuid
 from typing import Any
 
+import httpx
 import pytest
+import structlog
+from asgi_lifespan import LifespanManager
+from prometheus_client import CollectorRegistry
 
-from prodkit import ConfigurationError, StackSettings
+from prodkit import (
+    AccessLogMiddleware,
+    CacheMiddleware,
+    ConcurrencyLimitMiddleware,
+    ConfigurationError,
+    CORSMiddleware,
+    ErrorMiddleware,
+    GracefulShutdownMiddleware,
+    HealthMiddleware,
+    HTTPMetricsMiddleware,
+    IdempotencyMiddleware,
+    MetricsEndpointMiddleware,
+    RateLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    Stack,
+    StackSettings,
+    caller_from_header,
+    recommended_stack,
+)
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, set_header
+from prodkit.cache import CacheRule, MemoryCacheStore, RedisCacheStore
 from prodkit.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.stack import idempotency_store_for
+from prodkit.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
+from prodkit.stack import Layer, idempotency_store_for
+from tests.conftest import ClientFactory
+
+CACHE_ROUTES = {"/items/{item_id}": CacheRule(ttl=60, per_caller=True)}
+FULL = StackSettings(cors_origins=("https://app.example.com",))
+
+#: Every layer of the recommended stack, outermost first, and its middleware.
+RECOMMENDED = [
+    ("request_id", RequestIdMiddleware),
+    ("access_log", AccessLogMiddleware),
+    ("metrics", HTTPMetricsMiddleware),
+    ("metrics_endpoint", MetricsEndpointMiddleware),
+    ("security_headers", SecurityHeadersMiddleware),
+    ("cors", CORSMiddleware),
+    ("errors", ErrorMiddleware),
+    ("health", HealthMiddleware),
+    ("shutdown", GracefulShutdownMiddleware),
+    ("concurrency_limit", ConcurrencyLimitMiddleware),
+    ("rate_limit", RateLimitMiddleware),
+    ("idempotency", IdempotencyMiddleware),
+    ("cache", CacheMiddleware),
+]
+
+#: DESIGN.md, "Recommended order": request id → access log → metrics → CORS → errors →
+#: shutdown/health → concurrency limit → rate limit → idempotency → cache → app.
+DESIGN_ORDER = [
+    "request_id",
+    "access_log",
+    "metrics",
+    "cors",
+    "errors",
+    "health",
+    "shutdown",
+    "concurrency_limit",
+    "rate_limit",
+    "idempotency",
+    "cache",
+]
+
+
+async def items(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app under the stack: ``GET /items/{id}`` and ``POST /items`` answer ``{}``."""
+    if scope["type"] != "http":
+        return
+    status = 201 if scope["method"] == "POST" else 200
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class Tag:
+    """A layer of the test's own: sets ``X-Layer: <value>`` on the response start."""
+
+    def __init__(self, app: ASGIApp, *, value: str) -> None:
+        self.app = app
+        self.value = value.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def tagging(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                set_header(headers, b"x-layer", self.value)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, tagging)
+
+
+def recommended(settings: StackSettings = FULL, **options: Any) -> Stack:
+    options.setdefault("registry", CollectorRegistry())
+    options.setdefault("cache_routes", CACHE_ROUTES)
+    return Stack.recommended(settings, caller=caller_from_header("X-User-Id"), **options)
+
+
+def some_client() -> tuple[str, int]:
+    """A client address of the test's own: rate-limit counters in Redis are keyed by it."""
+    return (f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}", 4000)
+
+
+# -- the list -----------------------------------------------------------------------------------
+
+
+def test_the_recommended_layers_are_the_design_order() -> None:
+    stack = recommended()
+    assert [(layer.name, layer.middleware) for layer in stack.layers] == RECOMMENDED
+    assert [name for name in stack.names if name in DESIGN_ORDER] == DESIGN_ORDER
+
+
+def test_cors_and_cache_layers_only_when_configured() -> None:
+    names = recommended(StackSettings(), cache_routes=None).names
+    assert names == [name for name, _ in RECOMMENDED if name not in ("cors", "cache")]
+
+
+def test_layers_are_data_built_around_the_app_in_order() -> None:
+    stack = recommended().build(items)
+    assert isinstance(stack.lifespan.app, RequestIdMiddleware)
+    assert isinstance(stack.health, HealthMiddleware)
+    assert stack.get("rate_limit").options["policy"] == "6000/minute"
+    assert stack.get("idempotency").options["store"] is stack.idempotency_store
+
+
+async def test_insert_remove_and_replace_change_the_built_app(
+    make_client: ClientFactory,
+) -> None:
+    stack = recommended(StackSettings(rate_limit="1/minute"))
+    stack.insert_after("errors", Layer("inner_tag", Tag, {"value": "inner"}))
+    stack.insert_before("request_id", Layer("outer_tag", Tag, {"value": "outer"}))
+    assert stack.names[0] == "outer_tag"
+    assert stack.names[stack.index("errors") + 1] == "inner_tag"
+    removed = stack.remove("rate_limit")
+    assert removed.middleware is RateLimitMiddleware
+    old = stack.replace("inner_tag", Layer("inner_tag", Tag, {"value": "replaced"}))
+    assert old.options == {"value": "inner"}
+    client = make_client(stack.build(items), client=some_client())
+    responses = [await client.get("/items/1", headers={"X-User-Id": "u"}) for _ in range(3)]
+    # No rate limit any more: 1/minute would have answered the second request with a 429.
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    # The outermost tag writes last, so its value is the one the client sees.
+    assert responses[0].headers["x-layer"] == "outer"
+    assert responses[0].headers["x-request-id"]
+    stack_without_outer = recommended()
+    stack_without_outer.insert_after("errors", Layer("tag", Tag, {"value": "inner"}))
+    response = await make_client(stack_without_outer.build(items)).get("/items/2")
+    assert response.headers["x-layer"] == "inner"
+
+
+@pytest.mark.parametrize(
+    ("change", "mentions"),
+    [
+        (lambda s: s.remove("nope"), "no layer 'nope'"),
+        (lambda s: s.insert_after("nope", Layer("x", Tag)), "no layer 'nope'"),
+        (lambda s: s.insert_before("errors", Layer("cors", Tag)), "already in this stack"),
+        (lambda s: s.replace("errors", Layer("cors", Tag)), "already in this stack"),
+    ],
+)
+def test_bad_edits_say_what_is_wrong(change: Any, mentions: str) -> None:
+    stack = recommended()
+    before = list(stack.layers)
+    with pytest.raises(ConfigurationError, match=mentions):
+        change(stack)
+    assert stack.layers == before
+
+
+def test_a_built_stack_is_not_edited_or_built_again() -> None:
+    stack = recommended().build(items)
+    with pytest.raises(ConfigurationError, match="built"):
+        stack.remove("cache")
+    with pytest.raises(ConfigurationError, match="already built"):
+        stack.build(items)
+    assert stack.names == [name for name, _ in RECOMMENDED]
+
+
+async def test_an_unbuilt_stack_refuses_to_serve(make_client: ClientFactory) -> None:
+    with pytest.raises(ConfigurationError, match="build"):
+        await make_client(recommended()).get("/items/1")
+
+
+async def test_checks_added_before_and_after_build_are_served(
+    make_client: ClientFactory,
+) -> None:
+    key = "health-key-0123456789abcdef"
+    stack = recommended(StackSettings(health_key=key))
+
+    async def fine() -> None:
+        return None
+
+    async def down() -> None:
+        raise RuntimeError("down")
+
+    before = stack.add_check("before", fine)
+    assert before in stack.get("health").options["checks"]  # data until the stack is built
+    stack.build(items)
+    stack.add_check("after", down, critical=False)
+    client = make_client(stack)
+    report = (await client.get("/healthz", headers={"X-Health-Key": key})).json()
+    assert set(report["checks"]) == {"before", "after"}
+    assert (await client.get("/readyz")).status_code == 200  # "after" is not critical
+
+
+# -- the parts ----------------------------------------------------------------------------------
+
+
+async def test_one_redis_client_is_shared_by_every_redis_store(
+    redis_url: str, make_client: ClientFactory
+) -> None:
+    settings = StackSettings(redis_url=redis_url, idempotency_store="redis")
+    stack = recommended(settings)
+    assert isinstance(stack.rate_limit_store, RedisRateLimitStore)
+    assert isinstance(stack.idempotency_store, RedisIdempotencyStore)
+    assert stack.cache is not None
+    assert isinstance(stack.cache.store, RedisCacheStore)
+    assert stack.redis is not None
+    assert stack.rate_limit_store.client is stack.redis
+    assert stack.idempotency_store.client is stack.redis
+    assert stack.cache.store.client is stack.redis
+    redis_check = next(c for c in stack.get("health").options["checks"] if c.name == "redis")
+    assert not redis_check.critical  # the cache and the rate limiter fail open
+    client = make_client(stack.build(items), client=some_client())
+    user = {"X-User-Id": f"stack-{uuid.uuid4().hex[:8]}"}
+    headers = {**user, "Idempotency-Key": uuid.uuid4().hex}
+    first = await client.post("/items", headers=headers, json={})
+    again = await client.post("/items", headers=headers, json={})
+    assert (first.status_code, first.headers["idempotency-status"]) == (201, "created")
+    assert (again.status_code, again.headers["idempotency-status"]) == (201, "replayed")
+    assert "ratelimit" in first.headers
+    assert (await client.get("/items/1", headers=user)).headers["x-cache"] == "MISS"
+    await stack.aclose()
+
+
+def test_without_redis_every_store_is_in_memory() -> None:
+    stack = recommended(StackSettings())
+    assert stack.redis is None
+    assert isinstance(stack.rate_limit_store, MemoryRateLimitStore)
+    assert isinstance(stack.idempotency_store, MemoryIdempotencyStore)
+    assert stack.cache is not None
+    assert isinstance(stack.cache.store, MemoryCacheStore)
+
+
+async def redis_connections(redis_url: str, name: str) -> int:
+    import redis.asyncio as redis_asyncio
+
+    probe = redis_asyncio.Redis.from_url(redis_url)
+    try:
+        return sum(1 for entry in await probe.client_list() if entry.get("name") == name)
+    finally:
+        await probe.aclose()
+
+
+async def test_lifespan_shutdown_closes_everything_once(redis_url: str) -> None:
+    name = f"prodkit-stack-test-{uuid.uuid4().hex[:8]}"
+    settings = StackSettings(redis_url=f"{redis_url}?client_name={name}", idempotency_store="redis")
+    stack = recommended(settings)
+    closed: list[str] = []
+
+    async def close_spy() -> None:
+        closed.append("spy")
+
+    stack.on_close(close_spy)
+    stack.build(items)
+    async with LifespanManager(stack) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=some_client())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            assert (await http.get("/items/1", headers={"X-User-Id": "u"})).status_code == 200
+        assert await redis_connections(redis_url, name) >= 1
+        assert closed == []
+    assert closed == ["spy"]
+    assert await redis_connections(redis_url, name) == 0  # the one shared client is closed
+    await stack.aclose()
+    assert closed == ["spy"]
+
+
+async def test_aclose_runs_every_closer_and_raises_the_first_failure() -> None:
+    stack = Stack([Layer("errors", ErrorMiddleware)])
+    ran: list[str] = []
+
+    async def first() -> None:
+        ran.append("first")
+
+    async def broken() -> None:
+        ran.append("broken")
+        raise OSError("gone")
+
+    stack.on_close(first)
+    stack.on_close(broken)
+    with pytest.raises(OSError, match="gone"):
+        await stack.aclose()
+    assert ran == ["broken", "first"]  # last added first, and the failure stops nothing
+    await stack.aclose()
+    assert ran == ["broken", "first"]
+
+
+async def test_closers_is_aclose(make_client: ClientFactory) -> None:
+    stack = recommended(StackSettings()).build(items)
+    ran: list[str] = []
+
+    async def spy() -> None:
+        ran.append("spy")
+
+    stack.on_close(spy)
+    for close in stack.closers:
+        await close()
+    assert ran == ["spy"]
+
+
+def test_building_a_stack_leaves_logging_alone() -> None:
+    before = (structlog.get_config(), list(logging.getLogger().handlers), logging.getLogger().level)
+    recommended_stack(items, StackSettings(log_level="DEBUG", log_format="console"))
+    after = (structlog.get_config(), list(logging.getLogger().handlers), logging.getLogger().level)
+    assert after == before
+
+
+# -- which idempotency store ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -35,6 +360,13 @@ async def test_idempotency_store_for(environ: dict[str, str], expected: type[Any
     assert isinstance(store, expected)
     if isinstance(store, RedisIdempotencyStore):
         await store.aclose()
+
+
+def test_settings_built_in_code_choose_postgres_like_the_environment() -> None:
+    dsn = "postgresql://u@127.0.0.1/db"
+    store = idempotency_store_for(StackSettings(database_url=dsn))
+    assert isinstance(store, PostgresIdempotencyStore)
+    assert isinstance(recommended(StackSettings(database_url=dsn)).idempotency_store, type(store))
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         log_config=None,
+        # TRUSTED_PROXIES alone decides whether forwarding headers are believed (the stack's
+        # rate limiter and access log read them); uvicorn's own handling would trust 127.0.0.1.
+        proxy_headers=False,
         timeout_graceful_shutdown=None,
     )
 

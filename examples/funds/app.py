@@ -19,7 +19,7 @@ from starlette.routing import Route
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
-from prodkit import FieldError, Problem, caller_from_header
+from prodkit import FieldError, Problem, Stack, caller_from_header
 from prodkit.asgi import (
     ASGIApp,
     Message,
@@ -33,7 +33,7 @@ from prodkit.asgi import (
 from prodkit.cache import CacheRule
 from prodkit.metrics import business_counter
 from prodkit.settings import StackSettings as Settings
-from prodkit.stack import recommended_stack
+from prodkit.stack import Layer
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
 MAX_BODY = 64 * 1024
@@ -249,7 +249,8 @@ def create_starlette(settings: Settings, repository: Repository | None = None) -
 class FundCreationMetrics:
     """Count ``POST /api/funds`` outcomes in ``fund_creations_total``, replays included.
 
-    It sits outside the whole stack, so it sees what the client sees: the status, the
+    It sits just inside the HTTP metrics, outside everything that can answer or reject, so it
+    sees what the client sees: the status (a 429, 503 or 500 included), the
     ``Idempotency-Status`` the idempotency middleware set (a replay never reaches the handler),
     and the ``X-Model-Version`` of the fund (replayed with the stored response).
     """
@@ -281,18 +282,9 @@ class FundCreationMetrics:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(
-    settings: Settings | None = None, *, registry: CollectorRegistry | None = None
-) -> ASGIApp:
-    """The service: the Starlette app wrapped in prodkit's recommended stack."""
-    settings = settings or Settings.from_env()
-    starlette_app = create_starlette(settings)
-
-    async def repository_ready() -> None:
-        await starlette_app.state.repository.ping()
-
-    stack = recommended_stack(
-        starlette_app,
+def create_stack(settings: Settings, *, registry: CollectorRegistry | None = None) -> Stack:
+    """prodkit's recommended stack for the funds API, with the business counter in it (not built)."""
+    stack = Stack.recommended(
         settings,
         registry=registry,
         caller=caller_from_header("X-User-Id"),
@@ -306,7 +298,27 @@ def create_app(
         idempotency_routes=["/api/funds", "/api/funds/{fund_id}"],
         idempotency_stored_headers=["X-Model-Version"],
         cors_allow_headers=["X-User-Id"],
+        # A service configures the process's logging once, here; a library stack does not.
+        configure_logs=True,
     )
+    # Next to the HTTP metrics: counted once per request, whatever answers it.
+    stack.insert_after(
+        "metrics", Layer("fund_metrics", FundCreationMetrics, {"registry": registry})
+    )
+    return stack
+
+
+def create_app(
+    settings: Settings | None = None, *, registry: CollectorRegistry | None = None
+) -> Stack:
+    """The service: the Starlette app wrapped in prodkit's recommended stack."""
+    settings = settings or Settings.from_env()
+    starlette_app = create_starlette(settings)
+
+    async def repository_ready() -> None:
+        await starlette_app.state.repository.ping()
+
+    stack = create_stack(settings, registry=registry).build(starlette_app)
     if settings.database_url:
         stack.add_check("postgres", repository_ready, critical=True)
-    return FundCreationMetrics(stack, registry=registry)
+    return stack

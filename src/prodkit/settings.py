@@ -41,8 +41,9 @@ class StackSettings:
     Attributes:
         database_url: PostgreSQL DSN (``DATABASE_URL``): idempotency records in PostgreSQL.
         redis_url: Redis URL (``REDIS_URL``): response cache and rate-limit counters in Redis.
-        idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``; default
-            ``postgres`` when ``database_url`` is set, else ``memory``).
+        idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``); ``None``
+            (the default) chooses ``postgres`` when ``database_url`` is set, else ``memory``, so
+            after construction it always names the store.
         rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``); ``None`` means a generous default.
         trusted_proxies: IPs/CIDRs whose forwarding headers are honoured (``TRUSTED_PROXIES``).
         cors_origins: allowed origins (``CORS_ORIGINS``); ``https://*.example.com`` allows
@@ -52,11 +53,15 @@ class StackSettings:
         shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
         shutdown_timeout_seconds: hard deadline after the drain.
         log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
+
+    Raises :class:`~prodkit.ConfigurationError` when the fields contradict each other (a
+    PostgreSQL store without ``database_url``, say), whether built directly or from the
+    environment.
     """
 
     database_url: str | None = None
     redis_url: str | None = None
-    idempotency_store: IdempotencyStoreName = "memory"
+    idempotency_store: IdempotencyStoreName | None = None
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -67,6 +72,32 @@ class StackSettings:
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    def __post_init__(self) -> None:
+        store = self.idempotency_store
+        if store is None:
+            # Resolved here rather than in from_env, so settings built in code choose the same
+            # store as the same values read from the environment.
+            store = "postgres" if self.database_url else "memory"
+            object.__setattr__(self, "idempotency_store", store)
+        if store not in ("memory", "postgres", "redis"):
+            raise ConfigurationError(
+                f"IDEMPOTENCY_STORE={store!r} (idempotency_store): use memory, postgres or redis"
+            )
+        if store == "postgres" and not self.database_url:
+            raise ConfigurationError(
+                "IDEMPOTENCY_STORE=postgres needs DATABASE_URL (idempotency_store, database_url)"
+            )
+        if store == "redis" and not self.redis_url:
+            raise ConfigurationError(
+                "IDEMPOTENCY_STORE=redis needs REDIS_URL (idempotency_store, redis_url)"
+            )
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
+        if self.log_format not in ("json", "console"):
+            raise ConfigurationError(
+                f"LOG_FORMAT={self.log_format!r} (log_format): use json or console"
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
         """Read the settings from ``env`` (default ``os.environ``).
@@ -75,16 +106,9 @@ class StackSettings:
         """
         env = os.environ if env is None else env
         database_url = (env.get("DATABASE_URL") or "").strip() or None
-        store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or (
-            "postgres" if database_url else "memory"
-        )
-        if store not in ("memory", "postgres", "redis"):
-            raise ConfigurationError(f"IDEMPOTENCY_STORE={store!r}: use memory, postgres or redis")
+        # Unset: None, which __post_init__ resolves from DATABASE_URL (and checks).
+        store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or None
         redis_url = (env.get("REDIS_URL") or "").strip() or None
-        if store == "postgres" and not database_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
-        if store == "redis" and not redis_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
         raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
         max_concurrency: int | None = None
         if raw_concurrency:
@@ -94,15 +118,11 @@ class StackSettings:
                 raise ConfigurationError(
                     f"MAX_CONCURRENCY={raw_concurrency!r} is not a whole number"
                 ) from exc
-            if max_concurrency < 1:
-                raise ConfigurationError("MAX_CONCURRENCY must be at least 1")
         log_format = (env.get("LOG_FORMAT") or "json").strip().lower()
-        if log_format not in ("json", "console"):
-            raise ConfigurationError(f"LOG_FORMAT={log_format!r}: use json or console")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
-            idempotency_store=store,  # type: ignore[arg-type]  # checked above
+            idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
             cors_origins=_split(env.get("CORS_ORIGINS")),
@@ -111,7 +131,7 @@ class StackSettings:
             shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 0.0),
             shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0),
             log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
-            log_format=log_format,  # type: ignore[arg-type]  # checked above
+            log_format=log_format,  # type: ignore[arg-type]  # checked by __post_init__
         )
 
 

@@ -1,31 +1,39 @@
-"""The recommended stack: every prodkit middleware, composed in the right order.
+"""The recommended stack, as data: an ordered list of layers, built into an app.
 
-Outermost first, and why (see the design notes):
+A :class:`Stack` is a list of :class:`Layer` objects, outermost first, that a service can read,
+reorder, extend or trim before :meth:`Stack.build` wraps its app in them, plus the parts that
+live across requests (stores, one shared Redis client, the shutdown coordinator), built once and
+closed by one :meth:`Stack.aclose`. :meth:`Stack.recommended` returns prodkit's recommended list;
+:func:`recommended_stack` builds it around an app in one call.
 
-1. lifespan — opens and closes stores, installs the shutdown signal handling;
-2. request id — so every later log line, header and error carries it;
-3. access log, 4. metrics (and ``/metrics``) — outside everything that can reject, so a 429,
-   503 or 409 is logged and counted exactly once;
-5. security headers, 6. CORS — outside errors and limits, so a browser can read a 429 or 503;
-7. errors — every failure below becomes a problem;
-8. health (``/livez``, ``/readyz``, ``/healthz``) and graceful shutdown — probes answer before
-   shedding and rate limiting, so they are never throttled;
-9. concurrency limit, 10. rate limit;
-11. idempotency — outside the cache;
-12. response cache — safe methods only (when ``cache_routes`` are given);
-13. the app.
+The recommended order, outermost first, and why (see the design notes):
+
+- ``request_id`` — so every later log line, header and error carries it;
+- ``access_log``, ``metrics``, ``metrics_endpoint`` — outside everything that can reject, so a
+  429, 503 or 409 is logged and counted exactly once;
+- ``security_headers``, ``cors`` — outside errors and limits, so a browser can read a 429 or 503;
+- ``errors`` — every failure below becomes a problem;
+- ``health`` (``/livez``, ``/readyz``, ``/healthz``) and ``shutdown`` — probes answer before
+  shedding and rate limiting, so they are never throttled;
+- ``concurrency_limit``, ``rate_limit``;
+- ``idempotency`` — outside the cache;
+- ``cache`` — safe methods only (when ``cache_routes`` are given);
+- the app.
+
+The built stack sits in a :class:`~prodkit.lifecycle.LifespanMiddleware` that runs the start-up
+hooks (the PostgreSQL schema, say) and calls :meth:`Stack.aclose` at lifespan shutdown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.callers import Caller, caller_from_authorization
-from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.exceptions import ConfigurationError, require
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache import (
     CacheMiddleware,
@@ -35,62 +43,358 @@ from prodkit.cache import (
     RedisCacheStore,
     ResponseCache,
 )
-from prodkit.cors._middleware import DEFAULT_ALLOW_HEADERS, CORSMiddleware
-from prodkit.errors._middleware import ErrorMiddleware
-from prodkit.health._middleware import HealthCheck, HealthMiddleware, redis_check
+from prodkit.cors import DEFAULT_ALLOW_HEADERS, CORSMiddleware
+from prodkit.errors import ErrorMiddleware
+from prodkit.health import HealthCheck, HealthMiddleware, redis_check
 from prodkit.idempotency import (
+    DEFAULT_STORED_HEADERS,
+    IdempotencyMiddleware,
     IdempotencyStore,
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.idempotency._middleware import DEFAULT_STORED_HEADERS, IdempotencyMiddleware
-from prodkit.lifecycle._coordinator import ShutdownCoordinator
-from prodkit.lifecycle._drain import GracefulShutdownMiddleware
-from prodkit.lifecycle._lifespan import LifespanMiddleware
-from prodkit.logging._access import AccessLogMiddleware
-from prodkit.logging._config import configure_logging
-from prodkit.metrics._middleware import HTTPMetricsMiddleware, MetricsEndpointMiddleware
-from prodkit.ratelimit import MemoryRateLimitStore, RateLimitMiddleware, RateLimitStore
-from prodkit.requestid._middleware import RequestIdMiddleware
-from prodkit.security_headers._middleware import SecurityHeadersMiddleware
+from prodkit.lifecycle import GracefulShutdownMiddleware, LifespanMiddleware, ShutdownCoordinator
+from prodkit.logging import AccessLogMiddleware, configure_logging
+from prodkit.metrics import HTTPMetricsMiddleware, MetricsEndpointMiddleware
+from prodkit.ratelimit import (
+    MemoryRateLimitStore,
+    RateLimitMiddleware,
+    RateLimitStore,
+    RedisRateLimitStore,
+)
+from prodkit.requestid import RequestIdMiddleware
+from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
-from prodkit.shedding._middleware import ConcurrencyLimitMiddleware
+from prodkit.shedding import ConcurrencyLimitMiddleware
 
 #: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
 DEFAULT_RATE_LIMIT = "6000/minute"
 #: In-flight requests per process when ``MAX_CONCURRENCY`` is unset.
 DEFAULT_MAX_CONCURRENCY = 1000
 
+#: The shared Redis client's limits. Every Redis-backed part fails fast (the rate limiter and the
+#: cache fail open, idempotency answers 503): a stalled Redis must not hold requests.
+_REDIS_TIMEOUT = 0.5
+_REDIS_MAX_CONNECTIONS = 64
 
-@dataclass
-class Stack:
-    """The composed app and its parts, so a service can reach them (checks, hooks, stores).
+Hook = Callable[[], Awaitable[None]]
+CheckFunc = Callable[[], Awaitable[Any]]
 
-    A ``Stack`` is itself an ASGI app: serve it directly.
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One middleware of a :class:`Stack`, as data: ``middleware(app, **options)`` when built.
+
+    Arguments:
+        name: how the stack's methods find the layer (``"rate_limit"``); unique in a stack.
+        middleware: the middleware class, or any callable ``(app, **options) -> ASGI app``.
+        options: the keyword arguments passed to ``middleware`` after the app.
     """
 
-    app: ASGIApp
-    settings: StackSettings
-    coordinator: ShutdownCoordinator
-    lifespan: LifespanMiddleware
-    health: HealthMiddleware
-    idempotency_store: IdempotencyStore
-    rate_limit_store: RateLimitStore
-    cache: ResponseCache | None = None
-    registry: CollectorRegistry | None = None
-    closers: list[Callable[[], Any]] = field(default_factory=list)
+    name: str
+    middleware: Callable[..., ASGIApp]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """This layer around ``app``: ``middleware(app, **options)``."""
+        return self.middleware(app, **self.options)
+
+
+async def _not_built(scope: Scope, receive: Receive, send: Send) -> None:
+    raise ConfigurationError("call Stack.build(app) before serving the stack")
+
+
+class Stack:
+    """An ordered list of layers (outermost first) and the long-lived parts they share.
+
+    Edit :attr:`layers` (directly or with :meth:`insert_before`, :meth:`insert_after`,
+    :meth:`remove`, :meth:`replace`), then :meth:`build` it around an app. A built ``Stack`` is
+    itself an ASGI app: serve it directly. Its lifespan runs the start-up hooks and, at shutdown,
+    :meth:`aclose`; call :meth:`aclose` yourself when no lifespan runs (in tests, say).
+
+    Arguments:
+        layers: the layers, outermost first.
+        settings: the settings the layers were made from (kept for the service to read).
+        coordinator: the shutdown coordinator the lifespan installs (signal handling, drain).
+        registry: the Prometheus registry the layers record into (``None``: the global one).
+
+    Attributes set by :meth:`recommended` (``None`` otherwise): ``idempotency_store``,
+    ``rate_limit_store``, ``cache`` (a :class:`~prodkit.cache.ResponseCache`, when
+    ``cache_routes`` were given: ``await stack.cache.invalidate_tags([...])``) and ``redis``
+    (the one Redis client every Redis-backed store shares).
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[Layer] = (),
+        *,
+        settings: StackSettings | None = None,
+        coordinator: ShutdownCoordinator | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else StackSettings()
+        self.coordinator = coordinator
+        self.registry = registry
+        self.idempotency_store: IdempotencyStore | None = None
+        self.rate_limit_store: RateLimitStore | None = None
+        self.cache: ResponseCache | None = None
+        self.redis: Any | None = None
+        self._startup: list[Hook] = []
+        self._closers: list[Hook] = []
+        self._built: dict[str, ASGIApp] = {}
+        self._lifespan: LifespanMiddleware | None = None
+        self._app: ASGIApp = _not_built
+        self._closed = False
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self._check_new(layer)
+            self.layers.append(layer)
+
+    @classmethod
+    def recommended(
+        cls,
+        settings: StackSettings | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        caller: Caller = caller_from_authorization,
+        cache_routes: Mapping[str, CacheRule] | None = None,
+        idempotency_routes: Iterable[str] | None = None,
+        idempotency_stored_headers: Iterable[str] = (),
+        rate_limit_routes: Mapping[str, Any] | None = None,
+        cors_allow_headers: Sequence[str] = (),
+        health_checks: Iterable[HealthCheck] = (),
+        metrics_path: str = "/metrics",
+        access_log_exclude: Iterable[str] = (),
+        configure_logs: bool = False,
+    ) -> Stack:
+        """prodkit's recommended stack, not built yet: read or edit its layers, then :meth:`build`.
+
+        Its layers are named ``request_id``, ``access_log``, ``metrics``, ``metrics_endpoint``,
+        ``security_headers``, ``cors`` (when ``settings.cors_origins`` is set), ``errors``,
+        ``health``, ``shutdown``, ``concurrency_limit``, ``rate_limit``, ``idempotency`` and
+        ``cache`` (when ``cache_routes`` are given), outermost first.
+
+        Arguments:
+            settings: the stack's settings; ``None`` reads them from the environment
+                (:meth:`StackSettings.from_env`).
+            registry: the Prometheus registry for every metric (default: the global one).
+            caller: who is calling: scopes idempotency keys and ``per_caller`` cache entries
+                (default: a digest of ``Authorization``); the example passes
+                ``caller_from_header("X-User-Id")``.
+            cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
+            idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default
+                all).
+            idempotency_stored_headers: response headers replayed besides the default list.
+            rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
+            cors_allow_headers: request headers browsers may send besides the defaults.
+            health_checks: dependency checks for ``/readyz`` and ``/healthz``.
+            metrics_path: where ``/metrics`` is served.
+            access_log_exclude: paths not logged (e.g. ``["/livez"]``).
+            configure_logs: call :func:`configure_logging` with the settings' level and format;
+                off by default, because logging configuration is global to the process.
+        """
+        settings = StackSettings.from_env() if settings is None else settings
+        if configure_logs:
+            configure_logging(settings.log_level, settings.log_format)
+        coordinator = ShutdownCoordinator(
+            drain=settings.shutdown_drain_seconds,
+            timeout=settings.shutdown_timeout_seconds,
+            registry=registry,
+        )
+        stack = cls(settings=settings, coordinator=coordinator, registry=registry)
+        checks = [*health_checks, *_build_parts(stack, cache_routes)]
+        stack.layers += _outer_layers(stack, metrics_path, access_log_exclude, cors_allow_headers)
+        stack.layers += _inner_layers(
+            stack,
+            checks=checks,
+            caller=caller,
+            cache_routes=cache_routes,
+            idempotency_routes=idempotency_routes,
+            stored_headers=(*DEFAULT_STORED_HEADERS, *idempotency_stored_headers),
+            rate_limit_routes=rate_limit_routes,
+        )
+        return stack
+
+    # -- the list ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The layers' names, outermost first."""
+        return [layer.name for layer in self.layers]
+
+    def index(self, name: str) -> int:
+        """The position of the layer called ``name``; :class:`ConfigurationError` if absent."""
+        for position, layer in enumerate(self.layers):
+            if layer.name == name:
+                return position
+        raise ConfigurationError(f"no layer {name!r} in this stack; its layers are {self.names}")
+
+    def get(self, name: str) -> Layer:
+        """The layer called ``name`` (to read its options)."""
+        return self.layers[self.index(name)]
+
+    def insert_before(self, name: str, layer: Layer) -> None:
+        """Put ``layer`` just outside the layer called ``name``."""
+        self._check_new(layer)
+        self.layers.insert(self.index(name), layer)
+
+    def insert_after(self, name: str, layer: Layer) -> None:
+        """Put ``layer`` just inside the layer called ``name``."""
+        self._check_new(layer)
+        self.layers.insert(self.index(name) + 1, layer)
+
+    def remove(self, name: str) -> Layer:
+        """Take the layer called ``name`` out of the stack; returns it."""
+        self._check_unbuilt()
+        return self.layers.pop(self.index(name))
+
+    def replace(self, name: str, layer: Layer) -> Layer:
+        """Put ``layer`` where the layer called ``name`` is; returns the one it replaced."""
+        self._check_unbuilt()
+        position = self.index(name)
+        if layer.name != name and layer.name in self.names:
+            raise ConfigurationError(f"a layer named {layer.name!r} is already in this stack")
+        old, self.layers[position] = self.layers[position], layer
+        return old
+
+    def _check_new(self, layer: Layer) -> None:
+        self._check_unbuilt()
+        if any(existing.name == layer.name for existing in self.layers):
+            raise ConfigurationError(f"a layer named {layer.name!r} is already in this stack")
+
+    def _check_unbuilt(self) -> None:
+        # A change after build() would silently not apply to the app being served.
+        if self._lifespan is not None:
+            raise ConfigurationError("this stack is built: change its layers before build()")
+
+    # -- the parts -----------------------------------------------------------------------------
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run ``hook`` at lifespan start-up (before the app's own start-up), in order added."""
+        self._startup.append(hook)
+        if self._lifespan is not None:
+            self._lifespan.add_hook(hook, None)
+
+    def on_close(self, hook: Hook) -> None:
+        """Run ``hook`` in :meth:`aclose`; hooks run last added first."""
+        self._closers.append(hook)
+
+    def add_check(self, name: str, func: CheckFunc, *, critical: bool = True) -> HealthCheck:
+        """Register a health check with the ``health`` layer (see :class:`HealthMiddleware`).
+
+        Before :meth:`build` the check joins the layer's ``checks`` option; after, the built
+        middleware's checks. Returns the check.
+        """
+        if self._lifespan is not None:
+            return self.health.add_check(name, func, critical=critical)
+        layer = next((c for c in self.layers if c.middleware is HealthMiddleware), None)
+        if layer is None:
+            raise ConfigurationError("no health layer in this stack to add a check to")
+        timing = {k: v for k, v in layer.options.items() if k in ("timeout", "cache_ttl")}
+        check = HealthCheck(name, func, critical=critical, **timing)
+        options = {**layer.options, "checks": [*layer.options.get("checks", ()), check]}
+        self.replace(layer.name, Layer(layer.name, layer.middleware, options))
+        return check
+
+    async def aclose(self) -> None:
+        """Close every long-lived part (stores, then the Redis client) once.
+
+        The lifespan calls it at shutdown; later calls do nothing. Every closer runs even when
+        one fails; the first failure is raised at the end.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        failure: BaseException | None = None
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception as exc:  # the other parts must still close
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    @property
+    def closers(self) -> list[Hook]:
+        """``[self.aclose]``: kept for code written before :meth:`aclose`; call that instead."""
+        return [self.aclose]
+
+    # -- the app -------------------------------------------------------------------------------
+
+    def build(self, app: ASGIApp) -> Stack:
+        """Wrap ``app`` in the layers (the first outermost) and a lifespan; returns ``self``.
+
+        A stack is built once: build another ``Stack`` for another app.
+        """
+        if self._lifespan is not None:
+            raise ConfigurationError("this stack is already built; make another for another app")
+        built: dict[str, ASGIApp] = {}
+        wrapped = app
+        for layer in reversed(self.layers):
+            wrapped = built[layer.name] = layer.wrap(wrapped)
+        lifespan = LifespanMiddleware(wrapped, coordinator=self.coordinator)
+        # Registered first so it runs last at shutdown, after any hook added to the lifespan
+        # later, and also when a start-up hook fails.
+        lifespan.add_hook(None, self.aclose)
+        for hook in self._startup:
+            lifespan.add_hook(hook, None)
+        self._built, self._lifespan, self._app = built, lifespan, lifespan
+        return self
+
+    @property
+    def app(self) -> ASGIApp:
+        """The built app (the outermost layer inside the lifespan)."""
+        return self._app
+
+    @property
+    def lifespan(self) -> LifespanMiddleware:
+        """The built stack's lifespan middleware (to add start-up and shutdown hooks)."""
+        if self._lifespan is None:
+            raise ConfigurationError("the stack is not built yet: call build(app) first")
+        return self._lifespan
+
+    @property
+    def health(self) -> HealthMiddleware:
+        """The built health middleware (the first layer that is one)."""
+        for layer in self.layers:
+            middleware = self._built.get(layer.name)
+            if isinstance(middleware, HealthMiddleware):
+                return middleware
+        raise ConfigurationError("no built health layer: add one and call build(app) first")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-
-    def add_check(self, name: str, func: Any, *, critical: bool = True) -> HealthCheck:
-        """Register a health check (see :meth:`HealthMiddleware.add_check`)."""
-        return self.health.add_check(name, func, critical=critical)
+        await self._app(scope, receive, send)
 
 
-def idempotency_store_for(settings: StackSettings) -> IdempotencyStore:
-    """The idempotency store ``settings`` choose (memory, PostgreSQL or Redis); nothing connects yet."""
+def _redis_client(url: str) -> Any:
+    """A redis-py asyncio client for ``url`` with the stack's short timeouts and no retries.
+
+    Requests beyond the pool's size wait (up to the timeout) for a pooled connection instead of
+    failing; a failed call fails fast and each store's circuit breaker decides when to retry.
+    """
+    redis_asyncio: Any = require("redis.asyncio", "redis")
+    retry_module: Any = require("redis.asyncio.retry", "redis")
+    backoff: Any = require("redis.backoff", "redis")
+    pool = redis_asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=_REDIS_MAX_CONNECTIONS,
+        timeout=_REDIS_TIMEOUT,
+        socket_timeout=_REDIS_TIMEOUT,
+        socket_connect_timeout=_REDIS_TIMEOUT,
+        retry=retry_module.Retry(backoff.NoBackoff(), 0),
+    )
+    return redis_asyncio.Redis.from_pool(pool)
+
+
+def idempotency_store_for(settings: StackSettings, *, redis: Any | None = None) -> IdempotencyStore:
+    """The idempotency store ``settings`` choose (memory, PostgreSQL or Redis); nothing connects yet.
+
+    Arguments:
+        settings: names the store (``idempotency_store``) and where it lives.
+        redis: the Redis client to use for a Redis store (default: a client of its own, which
+            the store closes).
+    """
     if settings.idempotency_store == "postgres":
         if not settings.database_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
@@ -98,16 +402,128 @@ def idempotency_store_for(settings: StackSettings) -> IdempotencyStore:
     if settings.idempotency_store == "redis":
         if not settings.redis_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
-        return RedisIdempotencyStore(settings.redis_url)
+        return RedisIdempotencyStore(redis if redis is not None else settings.redis_url)
     return MemoryIdempotencyStore()
 
 
-def _rate_limit_store(settings: StackSettings) -> RateLimitStore:
+def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> list[HealthCheck]:
+    """Create the stack's long-lived parts once; returns the health checks they need."""
+    settings = stack.settings
+    checks: list[HealthCheck] = []
     if settings.redis_url:
-        from prodkit.ratelimit._redis import RedisRateLimitStore
+        stack.redis = client = _redis_client(settings.redis_url)
+        # Registered first so it closes last, after the stores that use it.
+        stack.on_close(client.aclose)
+        # The cache and the rate limiter fail open: a Redis outage degrades the service but
+        # does not make it unready.
+        checks.append(HealthCheck("redis", redis_check(client), critical=False))
+    stack.idempotency_store = idempotency_store_for(settings, redis=stack.redis)
+    stack.rate_limit_store = (
+        RedisRateLimitStore(stack.redis) if stack.redis is not None else MemoryRateLimitStore()
+    )
+    if cache_routes:
+        cache_store: CacheStore = (
+            RedisCacheStore(client=stack.redis) if stack.redis is not None else MemoryCacheStore()
+        )
+        stack.cache = ResponseCache(cache_store, registry=stack.registry)
+        stack.on_close(cache_store.aclose)
+    stack.on_close(stack.rate_limit_store.aclose)
+    stack.on_close(stack.idempotency_store.aclose)
+    if isinstance(stack.idempotency_store, PostgresIdempotencyStore):
+        stack.on_startup(stack.idempotency_store.ensure_schema)
+    return checks
 
-        return RedisRateLimitStore.from_url(settings.redis_url)
-    return MemoryRateLimitStore()
+
+def _outer_layers(
+    stack: Stack,
+    metrics_path: str,
+    access_log_exclude: Iterable[str],
+    cors_allow_headers: Sequence[str],
+) -> list[Layer]:
+    """From the request id down to the errors layer: what every response passes through."""
+    settings, registry = stack.settings, stack.registry
+    layers = [
+        Layer("request_id", RequestIdMiddleware),
+        Layer(
+            "access_log",
+            AccessLogMiddleware,
+            {"trusted_proxies": settings.trusted_proxies, "exclude_paths": access_log_exclude},
+        ),
+        Layer(
+            "metrics",
+            HTTPMetricsMiddleware,
+            {"registry": registry, "exclude_paths": (metrics_path,)},
+        ),
+        Layer(
+            "metrics_endpoint",
+            MetricsEndpointMiddleware,
+            {"path": metrics_path, "registry": registry},
+        ),
+        Layer("security_headers", SecurityHeadersMiddleware),
+    ]
+    if settings.cors_origins:
+        cors = {
+            "allow_origins": settings.cors_origins,
+            "allow_headers": [*DEFAULT_ALLOW_HEADERS, "Idempotency-Key", *cors_allow_headers],
+        }
+        layers.append(Layer("cors", CORSMiddleware, cors))
+    layers.append(Layer("errors", ErrorMiddleware))
+    return layers
+
+
+def _inner_layers(
+    stack: Stack,
+    *,
+    checks: list[HealthCheck],
+    caller: Caller,
+    cache_routes: Mapping[str, CacheRule] | None,
+    idempotency_routes: Iterable[str] | None,
+    stored_headers: Sequence[str],
+    rate_limit_routes: Mapping[str, Any] | None,
+) -> list[Layer]:
+    """From health down to the cache: what answers, sheds, limits, replays or caches."""
+    settings, registry = stack.settings, stack.registry
+    health = {
+        "coordinator": stack.coordinator,
+        "checks": checks,
+        "key": settings.health_key,
+        "registry": registry,
+    }
+    limit = {
+        "policy": settings.rate_limit or DEFAULT_RATE_LIMIT,
+        "routes": rate_limit_routes,
+        "store": stack.rate_limit_store,
+        "trusted_proxies": settings.trusted_proxies,
+        "registry": registry,
+    }
+    idempotency = {
+        "store": stack.idempotency_store,
+        "routes": idempotency_routes,
+        "caller": caller,
+        "stored_headers": stored_headers,
+        "registry": registry,
+    }
+    concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
+    layers = [
+        Layer("health", HealthMiddleware, health),
+        Layer("shutdown", GracefulShutdownMiddleware, {"coordinator": stack.coordinator}),
+        Layer(
+            "concurrency_limit",
+            ConcurrencyLimitMiddleware,
+            {"max_concurrency": concurrency, "registry": registry},
+        ),
+        Layer("rate_limit", RateLimitMiddleware, limit),
+        Layer("idempotency", IdempotencyMiddleware, idempotency),
+    ]
+    if cache_routes and stack.cache is not None:
+        cache = {
+            "routes": cache_routes,
+            "cache": stack.cache,
+            "caller": caller,
+            "registry": registry,
+        }
+        layers.append(Layer("cache", CacheMiddleware, cache))
+    return layers
 
 
 def recommended_stack(
@@ -124,132 +540,34 @@ def recommended_stack(
     health_checks: Iterable[HealthCheck] = (),
     metrics_path: str = "/metrics",
     access_log_exclude: Iterable[str] = (),
-    configure_logs: bool = True,
-    inner: Callable[[ASGIApp], ASGIApp] | None = None,
+    configure_logs: bool = False,
 ) -> Stack:
-    """Wrap ``app`` in prodkit's recommended stack, configured by ``settings``.
+    """Wrap ``app`` in prodkit's recommended stack: ``Stack.recommended(...).build(app)``.
 
-    Arguments:
-        app: the application (any ASGI app).
-        settings: the stack's settings; ``None`` reads them from the environment
-            (:meth:`StackSettings.from_env`).
-        registry: the Prometheus registry for every metric (default: the global one).
-        caller: who is calling: scopes idempotency keys and ``per_caller`` cache entries
-            (default: a digest of ``Authorization``); the example passes
-            ``caller_from_header("X-User-Id")``.
-        cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
-        idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default all).
-        idempotency_stored_headers: response headers replayed besides the default allow-list.
-        rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
-        cors_allow_headers: request headers browsers may send besides the defaults.
-        health_checks: dependency checks for ``/readyz`` and ``/healthz``.
-        metrics_path: where ``/metrics`` is served.
-        access_log_exclude: paths not logged (e.g. ``["/livez"]``).
-        configure_logs: call :func:`configure_logging` with the settings' level and format.
-        inner: wraps ``app`` first (innermost), e.g. with the response cache.
+    The arguments are :meth:`Stack.recommended`'s. To add, move or drop a layer, call that
+    instead, edit the list, then :meth:`Stack.build`.
     """
-    settings = StackSettings.from_env() if settings is None else settings
-    if configure_logs:
-        configure_logging(settings.log_level, settings.log_format)
-    coordinator = ShutdownCoordinator(
-        drain=settings.shutdown_drain_seconds,
-        timeout=settings.shutdown_timeout_seconds,
+    stack = Stack.recommended(
+        settings,
         registry=registry,
-    )
-    idempotency_store = idempotency_store_for(settings)
-    rate_limit_store = _rate_limit_store(settings)
-    closers: list[Callable[[], Any]] = []
-
-    wrapped = app if inner is None else inner(app)
-    cache: ResponseCache | None = None
-    if cache_routes:
-        cache_store: CacheStore = (
-            RedisCacheStore(settings.redis_url) if settings.redis_url else MemoryCacheStore()
-        )
-        cache = ResponseCache(cache_store, registry=registry)
-        wrapped = CacheMiddleware(
-            wrapped, routes=cache_routes, cache=cache, caller=caller, registry=registry
-        )
-    wrapped = IdempotencyMiddleware(
-        wrapped,
-        store=idempotency_store,
-        routes=idempotency_routes,
         caller=caller,
-        stored_headers=(*DEFAULT_STORED_HEADERS, *idempotency_stored_headers),
-        registry=registry,
+        cache_routes=cache_routes,
+        idempotency_routes=idempotency_routes,
+        idempotency_stored_headers=idempotency_stored_headers,
+        rate_limit_routes=rate_limit_routes,
+        cors_allow_headers=cors_allow_headers,
+        health_checks=health_checks,
+        metrics_path=metrics_path,
+        access_log_exclude=access_log_exclude,
+        configure_logs=configure_logs,
     )
-    wrapped = RateLimitMiddleware(
-        wrapped,
-        policy=settings.rate_limit or DEFAULT_RATE_LIMIT,
-        routes=rate_limit_routes,
-        store=rate_limit_store,
-        trusted_proxies=settings.trusted_proxies,
-        registry=registry,
-    )
-    wrapped = ConcurrencyLimitMiddleware(
-        wrapped,
-        max_concurrency=settings.max_concurrency or DEFAULT_MAX_CONCURRENCY,
-        registry=registry,
-    )
-    wrapped = GracefulShutdownMiddleware(wrapped, coordinator=coordinator)
-    health = HealthMiddleware(
-        wrapped,
-        coordinator=coordinator,
-        checks=list(health_checks),
-        key=settings.health_key,
-        registry=registry,
-    )
-    wrapped = ErrorMiddleware(health)
-    if settings.cors_origins:
-        wrapped = CORSMiddleware(
-            wrapped,
-            allow_origins=settings.cors_origins,
-            allow_headers=[*DEFAULT_ALLOW_HEADERS, "Idempotency-Key", *cors_allow_headers],
-        )
-    wrapped = SecurityHeadersMiddleware(wrapped)
-    wrapped = MetricsEndpointMiddleware(wrapped, path=metrics_path, registry=registry)
-    wrapped = HTTPMetricsMiddleware(wrapped, registry=registry, exclude_paths=(metrics_path,))
-    wrapped = AccessLogMiddleware(
-        wrapped, trusted_proxies=settings.trusted_proxies, exclude_paths=access_log_exclude
-    )
-    wrapped = RequestIdMiddleware(wrapped)
-    lifespan = LifespanMiddleware(wrapped, coordinator=coordinator)
-
-    if isinstance(idempotency_store, PostgresIdempotencyStore):
-        lifespan.add_hook(idempotency_store.ensure_schema, None)
-    stores: list[IdempotencyStore | RateLimitStore | CacheStore] = [
-        idempotency_store,
-        rate_limit_store,
-    ]
-    if cache is not None:
-        stores.append(cache.store)
-    for store in stores:
-        lifespan.add_hook(None, store.aclose)
-        closers.append(store.aclose)
-    if settings.redis_url:
-        client = getattr(rate_limit_store, "client", None)
-        if client is not None:
-            # Redis backs the cache and the rate limiter, which both fail open: a Redis outage
-            # degrades the service but does not make it unready.
-            health.add_check("redis", redis_check(lambda: client), critical=False)
-
-    return Stack(
-        app=lifespan,
-        settings=settings,
-        coordinator=coordinator,
-        lifespan=lifespan,
-        health=health,
-        idempotency_store=idempotency_store,
-        rate_limit_store=rate_limit_store,
-        cache=cache,
-        registry=registry,
-        closers=closers,
-    )
+    return stack.build(app)
 
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_RATE_LIMIT",
+    "Layer",
     "Stack",
     "idempotency_store_for",
     "recommended_stack",
