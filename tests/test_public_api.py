@@ -28,6 +28,7 @@ PUBLIC: dict[str, list[str]] = {
         "HTTPMetricsMiddleware",
         "HealthMiddleware",
         "IdempotencyMiddleware",
+        "Layer",
         "LifespanMiddleware",
         "MetricsEndpointMiddleware",
         "MissingDependencyError",
@@ -211,6 +212,7 @@ PUBLIC: dict[str, list[str]] = {
     "prodkit.stack": [
         "DEFAULT_MAX_CONCURRENCY",
         "DEFAULT_RATE_LIMIT",
+        "Layer",
         "Stack",
         "idempotency_store_for",
         "recommended_stack",

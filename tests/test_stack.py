@@ -317,7 +317,7 @@ async def test_aclose_runs_every_closer_and_raises_the_first_failure() -> None:
     assert ran == ["broken", "first"]
 
 
-async def test_closers_is_aclose(make_client: ClientFactory) -> None:
+async def test_aclose_runs_the_close_hooks_once() -> None:
     stack = recommended(StackSettings()).build(items)
     ran: list[str] = []
 
@@ -325,8 +325,8 @@ async def test_closers_is_aclose(make_client: ClientFactory) -> None:
         ran.append("spy")
 
     stack.on_close(spy)
-    for close in stack.closers:
-        await close()
+    await stack.aclose()
+    await stack.aclose()
     assert ran == ["spy"]
 
 

@@ -33,7 +33,7 @@ from prodkit.requestid import RequestIdMiddleware
 from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
 from prodkit.shedding import ConcurrencyLimitMiddleware
-from prodkit.stack import Stack, recommended_stack
+from prodkit.stack import Layer, Stack, recommended_stack
 
 __all__ = [
     "AccessLogMiddleware",
@@ -49,6 +49,7 @@ __all__ = [
     "HTTPMetricsMiddleware",
     "HealthMiddleware",
     "IdempotencyMiddleware",
+    "Layer",
     "LifespanMiddleware",
     "MetricsEndpointMiddleware",
     "MissingDependencyError",

@@ -315,11 +315,6 @@ class Stack:
         if failure is not None:
             raise failure
 
-    @property
-    def closers(self) -> list[Hook]:
-        """``[self.aclose]``: kept for code written before :meth:`aclose`; call that instead."""
-        return [self.aclose]
-
     # -- the app -------------------------------------------------------------------------------
 
     def build(self, app: ASGIApp) -> Stack:

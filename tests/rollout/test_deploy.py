@@ -28,8 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from prodkit import Stack, StackSettings, caller_from_header, recommended_stack
-from prodkit.asgi import ASGIApp
+from prodkit import Layer, Stack, StackSettings, caller_from_header
 from prodkit.cache import CacheRule
 from tests.conftest import unavailable
 
@@ -201,7 +200,7 @@ def test_every_query_uses_only_labels_those_metrics_have() -> None:
 # -- a real scrape --------------------------------------------------------------------------
 
 
-def build_app(registry: CollectorRegistry, redis_url: str) -> tuple[ASGIApp, Stack]:
+def build_app(registry: CollectorRegistry, redis_url: str) -> Stack:
     """The example's wiring on a small app: the real recommended stack, Redis-backed, plus
     the example's ``fund_creations_total``; ``/boom`` raises and ``/slow`` holds a slot."""
     from examples.funds.app import FundCreationMetrics
@@ -227,23 +226,24 @@ def build_app(registry: CollectorRegistry, redis_url: str) -> tuple[ASGIApp, Sta
             Route("/slow", slow),
         ]
     )
-    stack = recommended_stack(
-        router,
+    stack = Stack.recommended(
         StackSettings(redis_url=redis_url, rate_limit="1000/second", max_concurrency=1),
         registry=registry,
         caller=caller_from_header("X-User-Id"),
         cache_routes={"/api/funds/{fund_id}": CacheRule(ttl=5, per_caller=True)},
-        configure_logs=False,
     )
-    return FundCreationMetrics(stack, registry=registry), stack
+    stack.insert_after(
+        "metrics", Layer("fund_metrics", FundCreationMetrics, {"registry": registry})
+    )
+    return stack.build(router)
 
 
 async def test_a_real_scrape_exports_every_metric_the_dashboard_and_alerts_use(
     registry: CollectorRegistry, redis_url: str
 ) -> None:
-    app, stack = build_app(registry, redis_url)
+    stack = build_app(registry, redis_url)
     user = {"X-User-Id": f"deploy-{uuid.uuid4().hex[:8]}"}
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=stack)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         assert (await client.get("/api/funds/42", headers=user)).status_code == 200
         created = await client.post(
@@ -254,8 +254,7 @@ async def test_a_real_scrape_exports_every_metric_the_dashboard_and_alerts_use(
         shed = await asyncio.gather(client.get("/slow"), client.get("/slow"))
         assert sorted(r.status_code for r in shed) == [200, 503]  # max_concurrency=1
         page = await client.get("/metrics")
-    for close in stack.closers:  # no lifespan ran here: close the Redis stores by hand
-        await close()
+    await stack.aclose()  # no lifespan ran here: close the stores and the Redis client by hand
 
     exported: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(page.text):
