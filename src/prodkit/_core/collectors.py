@@ -27,6 +27,9 @@ DEFAULT_PREFIX = "prodkit_"
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
+#: The variable that puts prometheus-client in multiprocess mode (its documented switch).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 _lock = threading.Lock()
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
     weakref.WeakKeyDictionary()
@@ -285,6 +288,7 @@ def loop_gauge(
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "MULTIPROC_ENV",
     "LoopGauge",
     "LoopHistogram",
     "counter",
