@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +26,7 @@ from prodkit.metrics import HTTPMetricsMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 from tests.metrics.helpers import DURATION, count, series
+from tests.servers import server_env
 
 ROUTE = {
     "raw": "__unmatched__",
@@ -329,3 +334,61 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
     assert samples(ours) == samples(theirs)
     with pytest.raises(ConfigurationError):
         loop_gauge("h", "help", registry=ours)
+
+
+# One request through the middleware in a fresh interpreter, whose environment decides the mode
+# as it imports prometheus-client; it prints its pid and the kinds of collector chosen.
+_ONE_REQUEST = """
+import asyncio, os
+from prometheus_client import CollectorRegistry
+from prodkit.metrics import HTTPMetricsMiddleware
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+async def receive():
+    return {"type": "http.request", "body": b""}
+
+async def send(message):
+    pass
+
+middleware = HTTPMetricsMiddleware(app, registry=CollectorRegistry())
+scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
+asyncio.run(middleware(scope, receive, send))
+print(os.getpid(), type(middleware.duration).__name__, type(middleware.in_flight).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "duration", "in_flight"),
+    [
+        (None, "LoopHistogram", "LoopGauge"),
+        ("PROMETHEUS_MULTIPROC_DIR", "Histogram", "Gauge"),
+        # deprecated, but prometheus-client still switches to multiprocess mode on it
+        ("prometheus_multiproc_dir", "Histogram", "Gauge"),
+    ],
+)
+def test_multiprocess_mode_from_the_environment_chooses_the_collectors(
+    variable: str | None, duration: str, in_flight: str, tmp_path: Path
+) -> None:
+    env = server_env()
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
+    if variable is not None:
+        env[variable] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_REQUEST],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=60,
+    )
+    pid, *kinds = done.stdout.split()
+    assert kinds == [duration, in_flight]
+    files = set(os.listdir(tmp_path))
+    if variable is None:
+        assert files == set()
+    else:  # only prometheus-client's collectors write the files a scrape sums over workers
+        assert {f"histogram_{pid}.db", f"gauge_livesum_{pid}.db"} <= files
