@@ -22,7 +22,7 @@ from prodkit import RequestIdMiddleware
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
 from prodkit.logging._access import AccessLogMiddleware
 from prodkit.logging._config import configure_logging
-from prodkit.metrics._middleware import HTTPMetricsMiddleware
+from prodkit.metrics import HTTPMetricsMiddleware
 
 BASELINE = "starlette: bare"
 

@@ -420,7 +420,7 @@ async def test_recommended_stack_logs_and_counts_every_request_once(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from prodkit.metrics._middleware import HTTPMetricsMiddleware
+    from prodkit.metrics import HTTPMetricsMiddleware
 
     inner = ErrorMiddleware(build_app(framework))
 

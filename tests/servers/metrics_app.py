@@ -1,6 +1,6 @@
 """An app for real multi-worker servers: HTTP metrics, a business counter and ``/metrics``.
 
-Run by ``tests/metrics/test_middleware.py`` under ``uvicorn --workers 2`` with
+Run by ``tests/metrics/test_multiprocess.py`` under ``uvicorn --workers 2`` with
 ``PROMETHEUS_MULTIPROC_DIR`` set; every response says which worker process served it.
 """
 
@@ -13,11 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from prodkit.metrics._middleware import (
-    HTTPMetricsMiddleware,
-    MetricsEndpointMiddleware,
-    business_counter,
-)
+from prodkit.metrics import HTTPMetricsMiddleware, MetricsEndpointMiddleware, business_counter
 
 SCRAPE_TOKEN = "scrape"  # noqa: S105 - a test credential
 orders = business_counter("demo_orders_total", "Orders placed (test app).", ["status"])

@@ -9,13 +9,14 @@ that need the same metric in the same registry get the same collector instead of
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -26,6 +27,14 @@ from prodkit._core.exceptions import ConfigurationError
 DEFAULT_PREFIX = "prodkit_"
 
 M = TypeVar("M", bound=MetricWrapperBase)
+
+#: The variable that puts prometheus-client in multiprocess mode (its documented switch).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client still honours the deprecated lower-case spelling, so it counts here too.
+_LEGACY_MULTIPROC_ENV = "prometheus_multiproc_dir"
+# prometheus-client picks its value class once, when first imported (normally by the import
+# above): reading the environment here gives the same answer, and both ignore later changes.
+_MULTIPROCESS = MULTIPROC_ENV in os.environ or _LEGACY_MULTIPROC_ENV in os.environ
 
 _lock = threading.Lock()
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
@@ -241,8 +250,13 @@ def _new_series(
 
 
 def loop_metrics_ok() -> bool:
-    """Whether :class:`LoopHistogram` can be used: prometheus-client is not in multiprocess mode."""
-    return values.ValueClass is values.MutexValue
+    """Whether :class:`LoopHistogram` can be used: prometheus-client is not in multiprocess mode.
+
+    That mode is on when ``PROMETHEUS_MULTIPROC_DIR`` was set as the process imported
+    prometheus-client (the test prometheus-client documents and applies itself); only its own
+    metrics then write the files that a scrape sums over the workers.
+    """
+    return not _MULTIPROCESS
 
 
 def _registered(metric: LoopHistogram | LoopGauge, target: CollectorRegistry) -> object:
@@ -285,6 +299,7 @@ def loop_gauge(
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "MULTIPROC_ENV",
     "LoopGauge",
     "LoopHistogram",
     "counter",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from prodkit.metrics._middleware import (
-    DEFAULT_BUCKETS,
-    SIZE_BUCKETS,
+from prodkit.metrics._business import (
     BusinessMetrics,
-    HTTPMetricsMiddleware,
-    MetricsApp,
-    MetricsEndpointMiddleware,
     business_counter,
     business_gauge,
     business_histogram,
-    mark_process_dead,
-    remove_dead_process_files,
 )
+from prodkit.metrics._conventions import DEFAULT_BUCKETS, SIZE_BUCKETS
+from prodkit.metrics._endpoint import MetricsApp, MetricsEndpointMiddleware
+from prodkit.metrics._multiprocess import mark_process_dead, remove_dead_process_files
+from prodkit.metrics._recording import HTTPMetricsMiddleware
 
 __all__ = [
     "DEFAULT_BUCKETS",

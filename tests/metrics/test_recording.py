@@ -1,10 +1,9 @@
-"""HTTPMetricsMiddleware, the metrics endpoint and business metrics: real scraped samples."""
+"""HTTPMetricsMiddleware: real requests, then the samples its collectors expose."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import os
 import subprocess
 import sys
@@ -23,46 +22,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from prodkit import ConfigurationError, ErrorMiddleware
 from prodkit._core.collectors import loop_gauge, loop_histogram
 from prodkit.asgi import Message, Receive, Scope, Send
-from prodkit.metrics._middleware import (
-    BusinessMetrics,
-    HTTPMetricsMiddleware,
-    MetricsApp,
-    MetricsEndpointMiddleware,
-    business_counter,
-    business_gauge,
-    business_histogram,
-    remove_dead_process_files,
-)
+from prodkit.metrics import HTTPMetricsMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
-from tests.servers import free_port, run_server, server_env
+from tests.metrics.helpers import DURATION, count, series
+from tests.servers import server_env
 
-DURATION = "http_request_duration_seconds"
-TOKEN = "scrape-me"  # noqa: S105 - a test credential
 ROUTE = {
     "raw": "__unmatched__",
     "starlette": "/items/{item_id}",
     "fastapi": "/items/{item_id}",
     "litestar": "/items/{item_id}",
 }
-
-
-def series(
-    registry: CollectorRegistry, sample_name: str
-) -> dict[tuple[tuple[str, str], ...], float]:
-    """Every sample called ``sample_name``, keyed by its sorted labels."""
-    found: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == sample_name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
-def count(registry: CollectorRegistry, method: str, route: str, status: str) -> float | None:
-    return registry.get_sample_value(
-        f"{DURATION}_count", {"method": method, "route": route, "status_code": status}
-    )
 
 
 async def test_duration_is_labelled_with_the_route_template(
@@ -259,210 +230,6 @@ def test_configuration_errors(
         HTTPMetricsMiddleware(build_app("raw"), registry=registry, **options)
 
 
-# -- the /metrics endpoint -------------------------------------------------------------------
-
-
-def _stack(registry: CollectorRegistry, **options: Any) -> MetricsEndpointMiddleware:
-    app = HTTPMetricsMiddleware(build_app("starlette"), registry=registry)
-    return MetricsEndpointMiddleware(app, registry=registry, **options)
-
-
-async def test_metrics_endpoint_serves_text_and_is_not_measured(
-    make_client: ClientFactory, registry: CollectorRegistry
-) -> None:
-    client = make_client(HTTPMetricsMiddleware(_stack(registry), registry=registry))
-    await client.get("/items/1")
-    for _ in range(3):
-        response = await client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    families = {family.name: family for family in text_string_to_metric_families(response.text)}
-    assert set(families) >= {
-        "http_request_duration_seconds",
-        "http_requests_in_flight",
-        "http_request_size_bytes",
-        "http_response_size_bytes",
-        "http_exceptions",
-    }
-    routes = {s.labels.get("route") for s in families["http_request_duration_seconds"].samples}
-    assert routes == {"/items/{item_id}"}
-
-
-async def test_openmetrics_by_accept_and_gzip_when_asked(
-    make_client: ClientFactory, registry: CollectorRegistry
-) -> None:
-    client = make_client(_stack(registry))
-    await client.get("/items/1")
-    response = await client.get(
-        "/metrics",
-        headers={
-            "Accept": "application/openmetrics-text; version=1.0.0",
-            "Accept-Encoding": "gzip",
-        },
-    )
-    assert response.headers["content-type"].startswith("application/openmetrics-text")
-    assert response.headers["content-encoding"] == "gzip"
-    assert response.text.rstrip().endswith("# EOF")  # httpx decoded the gzip body
-    raw = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
-    assert "content-encoding" not in raw.headers
-    refused = await client.get("/metrics", headers={"Accept-Encoding": "gzip;q=0"})
-    assert "content-encoding" not in refused.headers
-
-
-async def test_gzip_body_is_valid(registry: CollectorRegistry) -> None:
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/metrics",
-        "headers": [(b"accept-encoding", b"br, gzip")],
-    }
-    business_counter("gz_probe_total", "probe", registry=registry).inc()
-    await MetricsApp(registry)(scope, receive, send)
-    assert b"gz_probe_total 1.0" in gzip.decompress(sent[1]["body"])
-
-
-async def test_bearer_token_protection(
-    make_client: ClientFactory, registry: CollectorRegistry
-) -> None:
-    client = make_client(_stack(registry, bearer_token=TOKEN))
-    missing = await client.get("/metrics")
-    assert missing.status_code == 401
-    assert missing.headers["www-authenticate"] == 'Bearer realm="metrics"'
-    assert missing.json()["code"] == "METRICS_UNAUTHORIZED"
-    wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401
-    basic = await client.get("/metrics", headers={"Authorization": "Basic c2NyYXBlLW1l"})
-    assert basic.status_code == 401
-    ok = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert ok.status_code == 200
-    assert (await client.get("/items/1")).status_code == 200  # the app is not protected
-
-
-async def test_allowed_clients(make_client: ClientFactory, registry: CollectorRegistry) -> None:
-    app = _stack(registry, allowed_clients=["10.0.0.0/8"])
-    inside = make_client(app, client=("10.1.2.3", 1234))
-    outside = make_client(app, client=("203.0.113.5", 1234))
-    assert (await inside.get("/metrics")).status_code == 200
-    forbidden = await outside.get("/metrics")
-    assert forbidden.status_code == 403
-    assert forbidden.json()["code"] == "METRICS_FORBIDDEN"
-
-
-async def test_only_get_and_head(make_client: ClientFactory, registry: CollectorRegistry) -> None:
-    client = make_client(_stack(registry))
-    response = await client.post("/metrics")
-    assert response.status_code == 405
-    assert response.headers["allow"] == "GET, HEAD"
-    assert response.json()["code"] == "METHOD_NOT_ALLOWED"
-    head = await client.head("/metrics")
-    assert head.status_code == 200
-    assert head.content == b""
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"bearer_token": ""}, "bearer_token"),
-        ({"bearer_token": "has space "}, "bearer_token"),
-        ({"allowed_clients": ["nope"]}, "allowed_clients"),
-        ({"multiprocess_dir": "/nonexistent/prodkit"}, "does not exist"),
-    ],
-)
-def test_metrics_app_configuration_errors(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        MetricsApp(CollectorRegistry(), **options)
-
-
-# -- business metrics -------------------------------------------------------------------------
-
-
-async def test_business_counter_for_the_example(
-    make_client: ClientFactory, registry: CollectorRegistry
-) -> None:
-    labels = ["status", "idempotency_status", "model_version"]
-    created = business_counter("fund_creations_total", "Funds created.", labels, registry=registry)
-    again = business_counter("fund_creations_total", "Funds created.", labels, registry=registry)
-    assert created is again
-    created.labels(status="201", idempotency_status="created", model_version="v3").inc()
-    again.labels(status="201", idempotency_status="replayed", model_version="v3").inc()
-    text = (await make_client(MetricsApp(registry)).get("/metrics")).text
-    samples = {
-        (s.labels["idempotency_status"], s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "fund_creations_total"
-    }
-    assert samples == {("created", 1.0), ("replayed", 1.0)}
-
-
-def test_business_metrics_prefix_kinds_and_errors(registry: CollectorRegistry) -> None:
-    metrics = BusinessMetrics(registry=registry, metric_prefix="funds_")
-    metrics.histogram("projection_seconds", "Projection time.", buckets=[0.1, 1.0]).observe(0.5)
-    metrics.gauge("open_rounds", "Rounds open.", ["stage"]).labels("seed").set(3)
-    business_histogram("h_seconds", "h", registry=registry).observe(1)
-    business_gauge("g_value", "g", registry=registry).set(2)
-    assert registry.get_sample_value("funds_projection_seconds_bucket", {"le": "1.0"}) == 1
-    assert registry.get_sample_value("funds_open_rounds", {"stage": "seed"}) == 3
-    assert registry.get_sample_value("g_value") == 2
-    with pytest.raises(ConfigurationError, match="not a Counter"):
-        metrics.counter("open_rounds", "clash")
-    with pytest.raises(ConfigurationError, match="bad-name"):
-        metrics.counter("bad-name", "invalid")
-    with pytest.raises(ConfigurationError, match="list of names"):
-        metrics.counter("one_total", "x", "status")
-    with pytest.raises(ConfigurationError, match="prefix"):
-        BusinessMetrics(metric_prefix="bad prefix")
-
-
-# -- multiprocess mode with real uvicorn workers ----------------------------------------------
-
-
-@pytest.mark.server
-async def test_multiprocess_mode_aggregates_real_uvicorn_workers(tmp_path: Path) -> None:
-    multiproc_dir = tmp_path / "prometheus"
-    multiproc_dir.mkdir()
-    port = free_port()
-    args = ["uvicorn", "tests.servers.metrics_app:app", "--host", "127.0.0.1"]
-    args += ["--port", str(port), "--workers", "2", "--log-level", "warning"]
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
-    with run_server(args, port=port, tmp_path=tmp_path, env=env) as server:
-        pids: set[str] = set()
-        sent = 0
-        limits = httpx.Limits(max_keepalive_connections=0)  # a new connection per request
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=20, limits=limits) as client:
-            for _ in range(10):  # bounded: stop as soon as both workers have answered
-                batch = [client.get(f"/items/{sent + i}") for i in range(20)]
-                responses = await asyncio.gather(*batch)
-                assert all(r.status_code == 200 for r in responses), server.output()
-                pids.update(r.text for r in responses)
-                sent += len(responses)
-                if len(pids) >= 2:
-                    break
-            assert len(pids) == 2, f"one worker served everything: {server.output()}"
-            unauthorized = await client.get("/metrics")
-            assert unauthorized.status_code == 401
-            scrape = await client.get("/metrics", headers={"Authorization": "Bearer scrape"})
-    assert scrape.status_code == 200
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(scrape.text)
-        for sample in family.samples
-    }
-    labels = (("method", "GET"), ("route", "/items/{item_id}"), ("status_code", "200"))
-    assert samples[(f"{DURATION}_count", labels)] == sent  # every worker's requests, one scrape
-    assert samples[("demo_orders_total", (("status", "created"),))] == sent
-    assert samples[("http_requests_in_flight", (("method", "GET"),))] == 0
-    assert not [key for key in samples if key[0].startswith(DURATION) and "/metrics" in str(key)]
-
-
 def test_names_taken_by_another_library_are_a_configuration_error() -> None:
     from prometheus_client import Histogram
 
@@ -473,34 +240,6 @@ def test_names_taken_by_another_library_are_a_configuration_error() -> None:
     HTTPMetricsMiddleware(
         build_app("raw"), registry=shared, metric_prefix="prodkit_"
     )  # the way out
-
-
-def _die_with_one_in_flight(directory: Path) -> int:
-    """Run a process that starts a request (in-flight gauge 1) and dies; return its pid."""
-    script = (
-        "import os\n"
-        "from prometheus_client import Gauge\n"
-        "g = Gauge('http_requests_in_flight', 'x', ['method'], multiprocess_mode='livesum')\n"
-        "g.labels('GET').inc()\n"
-        "print(os.getpid())\n"
-        "os._exit(0)\n"
-    )
-    env = {**server_env(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=60
-    )
-    return int(done.stdout)
-
-
-async def test_in_flight_of_a_killed_worker_is_dropped_at_scrape(
-    tmp_path: Path, make_client: ClientFactory
-) -> None:
-    pid = await asyncio.to_thread(_die_with_one_in_flight, tmp_path)
-    assert any(str(pid) in name for name in os.listdir(tmp_path))
-    response = await make_client(MetricsApp(multiprocess_dir=str(tmp_path))).get("/metrics")
-    assert 'http_requests_in_flight{method="GET"}' not in response.text
-    assert not any(str(pid) in name for name in os.listdir(tmp_path))
-    assert remove_dead_process_files(str(tmp_path)) == []
 
 
 async def test_exception_after_the_response_started_keeps_the_status(
@@ -518,30 +257,6 @@ async def test_exception_after_the_response_started_keeps_the_status(
     assert registry.get_sample_value("http_exceptions_total", labels) == 1
     sizes = {"method": "GET", "route": "__unmatched__"}
     assert registry.get_sample_value("http_response_size_bytes_sum", sizes) == 4
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    accept=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/;=.,-+ *", max_size=80)
-    | st.sampled_from(
-        [
-            "application/openmetrics-text; version=abc",
-            "text/plain; version=x.y",
-            "application/openmetrics-text; version=",
-        ]
-    ),
-    encoding=st.text(alphabet="gzipqdeflat=0.;, *", max_size=30),
-)
-async def test_any_accept_header_gets_an_exposition(accept: str, encoding: str) -> None:
-    registry = CollectorRegistry()
-    business_counter("probe_total", "probe", registry=registry).inc()
-    transport = httpx.ASGITransport(app=MetricsApp(registry))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        response = await client.get(
-            "/metrics", headers={"Accept": accept, "Accept-Encoding": encoding}
-        )
-    assert response.status_code == 200
-    assert "probe_total 1.0" in response.text
 
 
 async def test_exceptions_answered_by_an_inner_error_middleware_are_counted(
@@ -600,3 +315,61 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
     assert samples(ours) == samples(theirs)
     with pytest.raises(ConfigurationError):
         loop_gauge("h", "help", registry=ours)
+
+
+# One request through the middleware in a fresh interpreter, whose environment decides the mode
+# as it imports prometheus-client; it prints its pid and the kinds of collector chosen.
+_ONE_REQUEST = """
+import asyncio, os
+from prometheus_client import CollectorRegistry
+from prodkit.metrics import HTTPMetricsMiddleware
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+async def receive():
+    return {"type": "http.request", "body": b""}
+
+async def send(message):
+    pass
+
+middleware = HTTPMetricsMiddleware(app, registry=CollectorRegistry())
+scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
+asyncio.run(middleware(scope, receive, send))
+print(os.getpid(), type(middleware.duration).__name__, type(middleware.in_flight).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "duration", "in_flight"),
+    [
+        (None, "LoopHistogram", "LoopGauge"),
+        ("PROMETHEUS_MULTIPROC_DIR", "Histogram", "Gauge"),
+        # deprecated, but prometheus-client still switches to multiprocess mode on it
+        ("prometheus_multiproc_dir", "Histogram", "Gauge"),
+    ],
+)
+def test_multiprocess_mode_from_the_environment_chooses_the_collectors(
+    variable: str | None, duration: str, in_flight: str, tmp_path: Path
+) -> None:
+    env = server_env()
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
+    if variable is not None:
+        env[variable] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_REQUEST],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=60,
+    )
+    pid, *kinds = done.stdout.split()
+    assert kinds == [duration, in_flight]
+    files = set(os.listdir(tmp_path))
+    if variable is None:
+        assert files == set()
+    else:  # only prometheus-client's collectors write the files a scrape sums over workers
+        assert {f"histogram_{pid}.db", f"gauge_livesum_{pid}.db"} <= files

@@ -1,0 +1,229 @@
+"""Serving the Prometheus exposition: ``MetricsApp`` and ``MetricsEndpointMiddleware``."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hmac
+import ipaddress
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from prodkit._core.addresses import ClientAddressResolver
+from prodkit._core.collectors import MULTIPROC_ENV
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.headers import get_list_header, scope_header
+from prodkit._core.problems import send_problem
+from prodkit._core.routing import set_route_template
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
+from prodkit.metrics._multiprocess import multiprocess_registry, remove_dead_process_files
+
+METRICS_UNAUTHORIZED = "METRICS_UNAUTHORIZED"
+METRICS_FORBIDDEN = "METRICS_FORBIDDEN"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+
+
+class MetricsApp:
+    """An ASGI app that serves the Prometheus exposition (``GET /metrics``).
+
+    * Text format 0.0.4, or OpenMetrics when the scraper's ``Accept`` asks for it.
+    * gzip when ``Accept-Encoding`` allows it.
+    * Optional protection: a bearer token (``Authorization: Bearer <token>``; 401 problem
+      ``METRICS_UNAUTHORIZED`` otherwise) and/or client networks (403 ``METRICS_FORBIDDEN``).
+    * Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set (or ``multiprocess_dir`` is
+      given), every scrape aggregates all worker processes' files; ``registry`` is then not used.
+      The directory must be emptied before the server starts (see ``docs/metrics.md``).
+
+    Arguments:
+        registry: the registry to expose (default prometheus-client's ``REGISTRY``).
+        bearer_token: require this token (compared in constant time).
+        allowed_clients: addresses/networks allowed to scrape (empty: everyone).
+        client_resolver: finds the client address (default: no trusted proxies).
+        multiprocess_dir: the multiprocess directory; default ``$PROMETHEUS_MULTIPROC_DIR``.
+            Before each scrape, live-gauge files of processes that no longer exist are removed
+            (see :func:`remove_dead_process_files`).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        bearer_token: str | None = None,
+        allowed_clients: Iterable[str] = (),
+        client_resolver: ClientAddressResolver | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        from prometheus_client import REGISTRY
+
+        if bearer_token is not None and (not bearer_token or bearer_token != bearer_token.strip()):
+            raise ConfigurationError("bearer_token must be a non-empty string without spaces")
+        if isinstance(allowed_clients, str):
+            allowed_clients = [c for c in allowed_clients.split(",") if c.strip()]
+        networks = []
+        for entry in allowed_clients:
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"allowed_clients: {entry!r} is not an IP address or network"
+                ) from exc
+        self._networks = tuple(networks)
+        self._token = None if bearer_token is None else bearer_token.encode("utf-8")
+        self.client_resolver = client_resolver or ClientAddressResolver()
+        directory = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
+        if directory is not None:
+            self.registry = multiprocess_registry(directory)
+        else:
+            self.registry = registry if registry is not None else REGISTRY
+        self.multiprocess_dir = directory
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_problem(
+                send,
+                405,
+                METHOD_NOT_ALLOWED,
+                "The metrics endpoint answers GET and HEAD only.",
+                headers={"Allow": "GET, HEAD"},
+            )
+            return
+        if self._networks:
+            address = self.client_resolver.resolve_ip(scope)
+            if address is None or not any(address in net for net in self._networks):
+                await send_problem(
+                    send, 403, METRICS_FORBIDDEN, "This client may not read the metrics."
+                )
+                return
+        if self._token is not None and not _authorized(scope, self._token):
+            await send_problem(
+                send,
+                401,
+                METRICS_UNAUTHORIZED,
+                "The metrics endpoint needs a valid bearer token.",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+            return
+        encoder, content_type = _negotiate(scope_header(scope, b"accept"))
+        # Collection reads every metric (and, in multiprocess mode, every worker's files):
+        # off the event loop, so that a scrape never stalls requests.
+        body = await asyncio.to_thread(self._collect, encoder)
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"cache-control", b"no-store"),
+            (b"vary", b"Accept, Accept-Encoding"),
+        ]
+        if _accepts_gzip(scope):
+            body = gzip.compress(body, compresslevel=5)
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    def _collect(self, encoder: Any) -> bytes:
+        if self.multiprocess_dir is not None:
+            remove_dead_process_files(self.multiprocess_dir)
+        return bytes(encoder(self.registry))
+
+
+def _authorized(scope: Scope, token: bytes) -> bool:
+    value = scope_header(scope, b"authorization")
+    if value is None:
+        return False
+    scheme, _, credentials = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    return hmac.compare_digest(credentials.strip(), token)
+
+
+def _negotiate(accept: bytes | None) -> tuple[Any, str]:
+    """The exposition format for an ``Accept`` header; the text format for anything unusable."""
+    try:
+        return choose_encoder(accept.decode("latin-1") if accept else "")
+    except (TypeError, ValueError):  # e.g. "version=abc": prometheus-client cannot compare it
+        return choose_encoder("")
+
+
+def _accepts_gzip(scope: Scope) -> bool:
+    for member in get_list_header(scope.get("headers") or (), b"accept-encoding"):
+        coding, _, params = member.partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower()
+            if not quality.startswith("q="):
+                return True
+            try:
+                return float(quality[2:]) > 0.0
+            except ValueError:  # a malformed weight: serve uncompressed rather than fail
+                return False
+    return False
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class MetricsEndpointMiddleware:
+    """Serve :class:`MetricsApp` at ``path`` (``/metrics``) and pass everything else to ``app``.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        path: where the exposition is served.
+        registry, bearer_token, allowed_clients, client_resolver, multiprocess_dir: as for
+            :class:`MetricsApp`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str = "/metrics",
+        registry: CollectorRegistry | None = None,
+        bearer_token: str | None = None,
+        allowed_clients: Iterable[str] = (),
+        client_resolver: ClientAddressResolver | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ConfigurationError(f"path {path!r} must start with '/'")
+        self.app = app
+        self.path = path
+        self.metrics_app = MetricsApp(
+            registry,
+            bearer_token=bearer_token,
+            allowed_clients=allowed_clients,
+            client_resolver=client_resolver,
+            multiprocess_dir=multiprocess_dir,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            set_route_template(scope, self.path)
+            await self.metrics_app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+__all__ = [
+    "METHOD_NOT_ALLOWED",
+    "METRICS_FORBIDDEN",
+    "METRICS_UNAUTHORIZED",
+    "MetricsApp",
+    "MetricsEndpointMiddleware",
+]

@@ -1,0 +1,239 @@
+"""Recording Prometheus metrics for every HTTP request: ``HTTPMetricsMiddleware``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from prodkit._core.collectors import (
+    LoopGauge,
+    LoopHistogram,
+    counter,
+    gauge,
+    histogram,
+    loop_gauge,
+    loop_histogram,
+    loop_metrics_ok,
+)
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.observer import ReceiveWatcher, ResponseObserver
+from prodkit._core.outcome import (
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    PathFilter,
+    handled_error,
+    outcome_status,
+    resolve_route,
+)
+from prodkit._core.routing import RouteResolver, remember_root_path
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
+from prodkit.metrics._conventions import DEFAULT_BUCKETS, SIZE_BUCKETS, check_prefix
+
+_DURATION_HELP = "HTTP request duration in seconds, until the last body chunk was sent."
+_IN_FLIGHT_HELP = "HTTP requests being served."
+_REQUEST_SIZE_HELP = "HTTP request body bytes received."
+_RESPONSE_SIZE_HELP = "HTTP response body bytes sent."
+_EXCEPTIONS_HELP = "Exceptions raised by the app while serving HTTP requests, by type name."
+
+#: The label value of exception types beyond ``max_exception_types`` distinct names.
+OTHER_EXCEPTION = "other"
+
+
+class HTTPMetricsMiddleware:
+    """Record Prometheus metrics for every HTTP request, with labels that stay bounded.
+
+    Metrics (names stable; ``metric_prefix`` goes in front, none by default):
+
+    * ``http_request_duration_seconds{method,route,status_code}`` histogram, until the last
+      body chunk was sent (streamed responses are timed to their end);
+    * ``http_requests_in_flight{method}`` gauge;
+    * ``http_request_size_bytes{method,route}`` and ``http_response_size_bytes{method,route}``
+      histograms of the body bytes actually received and sent;
+    * ``http_exceptions_total{route,exception_type}``: exceptions raised by the app (type names
+      only, at most ``max_exception_types`` of them, then ``other``).
+
+    ``route`` is always the route template (``/api/funds/{id}``); every request that matched no
+    route shares :data:`~prodkit.UNMATCHED_ROUTE`, so scanning a million paths adds one series.
+    Methods outside the standard ones are counted as ``other``. An exception before the response
+    started is recorded as status 500 and re-raised; a client that went away before a response
+    as 499. ``lifespan`` and ``websocket`` pass straight through.
+
+    Arguments:
+        app: the ASGI app to wrap.
+        registry: where the metrics are registered (default: prometheus-client's ``REGISTRY``).
+        metric_prefix: put in front of every metric name (default none: the standard ``http_*`` names).
+        buckets: duration histogram buckets in seconds.
+        size_buckets: size histogram buckets in bytes.
+        exclude_paths: paths not measured (default ``/metrics``; ``/static/*`` for a prefix).
+        methods: methods kept as label values; others become ``other``.
+        route_resolver: a hook returning a request's route template.
+        max_exception_types: distinct ``exception_type`` values before ``other`` is used.
+    """
+
+    duration: Histogram | LoopHistogram
+    in_flight: Gauge | LoopGauge
+    request_size: Histogram | LoopHistogram
+    response_size: Histogram | LoopHistogram
+    exceptions: Counter
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = "",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        size_buckets: Sequence[float] = SIZE_BUCKETS,
+        exclude_paths: Iterable[str] = ("/metrics",),
+        methods: Iterable[str] = KNOWN_METHODS,
+        route_resolver: RouteResolver | None = None,
+        max_exception_types: int = 50,
+    ) -> None:
+        check_prefix(metric_prefix)
+        if not buckets or list(buckets) != sorted(buckets):
+            raise ConfigurationError("buckets must be a non-empty increasing list of seconds")
+        if not size_buckets or list(size_buckets) != sorted(size_buckets):
+            raise ConfigurationError("size_buckets must be a non-empty increasing list of bytes")
+        if max_exception_types < 1:
+            raise ConfigurationError("max_exception_types must be at least 1")
+        self.app = app
+        self.exclude_paths = PathFilter(exclude_paths)
+        self._excluding = bool(self.exclude_paths)
+        self.methods = frozenset(m.upper() for m in methods)
+        self.route_resolver = route_resolver
+        self.max_exception_types = max_exception_types
+        try:
+            self._create_collectors(registry, metric_prefix, buckets, size_buckets)
+        except ValueError as exc:  # another library registered the same names in this registry
+            raise ConfigurationError(
+                f"{exc}: pass registry= (a CollectorRegistry of prodkit's own) or metric_prefix="
+            ) from exc
+        # Label children cached per label tuple: .labels() validates and locks on every call.
+        self._durations: dict[tuple[str, str, int], Any] = {}
+        self._sizes: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._in_flight: dict[str, Any] = {}
+        self._exception_types: set[str] = set()
+
+    def _create_collectors(
+        self,
+        registry: CollectorRegistry | None,
+        metric_prefix: str,
+        buckets: Sequence[float],
+        size_buckets: Sequence[float],
+    ) -> None:
+        # Outside multiprocess mode the hot metrics take no lock and no validation per
+        # observation (see LoopHistogram); prodkit records them only from the event loop.
+        loop = loop_metrics_ok()
+        make_histogram = loop_histogram if loop else histogram
+        self.duration = make_histogram(
+            f"{metric_prefix}http_request_duration_seconds",
+            _DURATION_HELP,
+            ["method", "route", "status_code"],
+            registry=registry,
+            buckets=buckets,
+        )
+        in_flight_name = f"{metric_prefix}http_requests_in_flight"
+        self.in_flight = (
+            loop_gauge(in_flight_name, _IN_FLIGHT_HELP, ["method"], registry=registry)
+            if loop
+            # livesum: the requests in flight in the workers that are alive.
+            else gauge(
+                in_flight_name,
+                _IN_FLIGHT_HELP,
+                ["method"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+        )
+        self.request_size = make_histogram(
+            f"{metric_prefix}http_request_size_bytes",
+            _REQUEST_SIZE_HELP,
+            ["method", "route"],
+            registry=registry,
+            buckets=size_buckets,
+        )
+        self.response_size = make_histogram(
+            f"{metric_prefix}http_response_size_bytes",
+            _RESPONSE_SIZE_HELP,
+            ["method", "route"],
+            registry=registry,
+            buckets=size_buckets,
+        )
+        self.exceptions = counter(
+            f"{metric_prefix}http_exceptions_total",
+            _EXCEPTIONS_HELP,
+            ["route", "exception_type"],
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
+            await self.app(scope, receive, send)
+            return
+
+        method = scope["method"]
+        if method not in self.methods:
+            method = OTHER_METHOD
+        in_flight = self._in_flight.get(method)
+        if in_flight is None:
+            in_flight = self._in_flight[method] = self.in_flight.labels(method)
+        in_flight.inc()
+        start = time.perf_counter()
+        remember_root_path(scope)
+        observer = ResponseObserver.shared(send)
+        watcher = ReceiveWatcher.shared(receive)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, watcher, observer)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            in_flight.dec()
+            error = handled_error(scope, error)
+            self._record(
+                scope, method, start, observer, watcher.body_bytes, watcher.disconnected, error
+            )
+
+    def _record(
+        self,
+        scope: Scope,
+        method: str,
+        start: float,
+        observer: ResponseObserver,
+        received: int,
+        disconnected: bool,
+        error: BaseException | None,
+    ) -> None:
+        end = observer.finished_at or time.perf_counter()
+        status = outcome_status(observer, disconnected, error)
+        route = resolve_route(scope, self.app, status, self.route_resolver)
+        key = (method, route, status)
+        duration = self._durations.get(key)
+        if duration is None:
+            duration = self._durations[key] = self.duration.labels(method, route, str(status))
+        duration.observe(end - start)
+        sizes = self._sizes.get((method, route))
+        if sizes is None:
+            sizes = self._sizes[(method, route)] = (
+                self.request_size.labels(method, route),
+                self.response_size.labels(method, route),
+            )
+        sizes[0].observe(received)
+        sizes[1].observe(observer.body_bytes)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            name = type(error).__name__
+            if name not in self._exception_types:
+                if len(self._exception_types) >= self.max_exception_types:
+                    name = OTHER_EXCEPTION
+                else:
+                    self._exception_types.add(name)
+            self.exceptions.labels(route, name).inc()
+
+
+__all__ = ["OTHER_EXCEPTION", "HTTPMetricsMiddleware"]
