@@ -17,13 +17,9 @@ from hypothesis import strategies as st
 
 from prodkit import ConfigurationError, RequestIdMiddleware
 from prodkit.asgi import Receive, Scope, Send
-from prodkit.logging._config import (
-    REDACTED,
-    Redactor,
-    _direct_writer,
-    configure_logging,
-    parse_level,
-)
+from prodkit.logging._config import configure_logging, parse_level
+from prodkit.logging._direct import direct_writer
+from prodkit.logging._redaction import REDACTED, Redactor
 from prodkit.testing import capture_log_output, capture_logs
 from tests.conftest import ClientFactory
 from tests.servers import free_port, run_server
@@ -293,7 +289,7 @@ _SAFE_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
 def test_direct_access_lines_equal_structlog_lines(fields: dict[str, Any]) -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream=stream)
-    write = _direct_writer("prodkit.access", "warning")
+    write = direct_writer("prodkit.access", "warning")
     assert callable(write)
     write("request completed", dict(fields))
     structlog.get_logger("prodkit.access").warning("request completed", **fields)
@@ -304,14 +300,14 @@ def test_direct_access_lines_equal_structlog_lines(fields: dict[str, Any]) -> No
 
 def test_direct_access_lines_follow_the_configuration() -> None:
     configure_logging("warning", "json", stream=io.StringIO())
-    assert _direct_writer("prodkit.access", "info") is False  # filtered, as the logger would
-    assert callable(_direct_writer("prodkit.access", "error"))
+    assert direct_writer("prodkit.access", "info") is False  # filtered, as the logger would
+    assert callable(direct_writer("prodkit.access", "error"))
     with capture_logs() as captured:  # capture changes the processors in place
-        assert _direct_writer("prodkit.access", "error") is True
+        assert direct_writer("prodkit.access", "error") is True
         structlog.get_logger("prodkit.access").error("seen")
     assert [event["event"] for event in captured] == ["seen"]
     structlog.configure(processors=[structlog.processors.JSONRenderer()])
-    assert _direct_writer("prodkit.access", "error") is True  # someone else's configuration
+    assert direct_writer("prodkit.access", "error") is True  # someone else's configuration
     structlog.reset_defaults()
 
 
