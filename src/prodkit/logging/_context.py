@@ -30,6 +30,8 @@ def restore_contextvars(snapshot: ContextSnapshot) -> None:
     binds never leaks into the next request handled in the same context.
     """
     current = get_contextvars()
+    if not (current or snapshot):
+        return  # nothing bound before or during the request: the usual case, kept cheap
     added = [key for key in current if key not in snapshot]
     if added:
         unbind_contextvars(*added)
