@@ -22,13 +22,9 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
-from prodkit.logging._config import (
-    _HANDLER_FLAG,
-    LogFormat,
-    Redactor,
-    add_request_context,
-    configure_logging,
-)
+from prodkit.logging._config import HANDLER_FLAG, LogFormat, configure_logging
+from prodkit.logging._processors import add_request_context
+from prodkit.logging._redaction import Redactor
 
 _LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access")
 
@@ -126,7 +122,7 @@ def capture_log_output(
             cache_logger_on_first_use=saved_structlog["cache_logger_on_first_use"],
         )
         for handler in list(root.handlers):
-            if getattr(handler, _HANDLER_FLAG, False):
+            if getattr(handler, HANDLER_FLAG, False):
                 root.removeHandler(handler)
         root.handlers[:] = saved_root[0]
         root.setLevel(saved_root[1])

@@ -21,13 +21,10 @@ from prodkit._core.outcome import (
 )
 from prodkit._core.routing import RouteResolver, remember_root_path
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
-from prodkit.logging._config import (
-    Redactor,
-    _direct_writer,
-    get_logger,
-    restore_contextvars,
-    snapshot_contextvars,
-)
+from prodkit.logging._config import get_logger
+from prodkit.logging._context import restore_contextvars, snapshot_contextvars
+from prodkit.logging._direct import direct_writer
+from prodkit.logging._redaction import Redactor
 
 #: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
 _peer_text = lru_cache(maxsize=4096)(normalize_ip)
@@ -95,7 +92,7 @@ class AccessLogMiddleware:
         if isinstance(request_headers, str):
             raise ConfigurationError("request_headers takes a list of header names")
         self.app = app
-        # The default logger's lines may skip structlog's per-call wrapper (see emit_direct).
+        # The default logger's lines may skip structlog's per-call wrapper (see ``_direct``).
         self._direct_name = None if logger is not None else _LOGGER_NAME
         self.logger = logger if logger is not None else get_logger(_LOGGER_NAME)
         self.event = event
@@ -178,7 +175,7 @@ class AccessLogMiddleware:
         level = self._level_for(status)
         if error is not None and not isinstance(error, asyncio.CancelledError):
             level = "error"  # e.g. a stream that broke off after a 200 had been sent
-        direct = True if self._direct_name is None else _direct_writer(self._direct_name, level)
+        direct = True if self._direct_name is None else direct_writer(self._direct_name, level)
         if direct is False:
             return  # prodkit's logging configuration filters this level out: build nothing
         log: Any = None
