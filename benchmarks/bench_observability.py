@@ -20,8 +20,7 @@ from benchmarks.bench_core import starlette_app
 from benchmarks.harness import Case
 from prodkit import RequestIdMiddleware
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
-from prodkit.logging._access import AccessLogMiddleware
-from prodkit.logging._config import configure_logging
+from prodkit.logging import AccessLogMiddleware, configure_logging
 from prodkit.metrics import HTTPMetricsMiddleware
 
 BASELINE = "starlette: bare"

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from prodkit.asgi import ASGIApp
@@ -21,6 +22,11 @@ DATABASE_URL = os.environ.get(
     "PRODKIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# The suite asserts behaviour, never time: no hypothesis example fails for being slow on a
+# loaded machine.
+settings.register_profile("prodkit", deadline=None)
+settings.load_profile("prodkit")
 
 #: One id per test run: databases and Redis keys created by this run carry it.
 RUN_ID = uuid.uuid4().hex[:12]

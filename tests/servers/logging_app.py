@@ -15,8 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from prodkit import RequestIdMiddleware
-from prodkit.logging._access import AccessLogMiddleware
-from prodkit.logging._config import configure_logging
+from prodkit.logging import AccessLogMiddleware, configure_logging
 
 configure_logging()
 
