@@ -581,3 +581,11 @@ async def test_shutdown_middleware_alone_serves_again_after_a_second_startup(
             assert (await client.get("/ok")).status_code == 200
         assert coordinator.state is ShutdownState.STOPPED
 
+
+def test_defaults_match_the_stack_settings() -> None:
+    from prodkit.settings import StackSettings
+
+    coordinator = ShutdownCoordinator(registry=CollectorRegistry())
+    settings = StackSettings()
+    assert coordinator.drain == settings.shutdown_drain_seconds == 0.0
+    assert coordinator.timeout == settings.shutdown_timeout_seconds == 30.0

@@ -88,8 +88,8 @@ class ShutdownCoordinator:
     def __init__(
         self,
         *,
-        drain: float = 5.0,
-        timeout: float = 25.0,
+        drain: float = 0.0,
+        timeout: float = 30.0,
         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
         retry_after: int = 5,
         logger: Any | None = None,
