@@ -338,11 +338,12 @@ def test_uvloop_signal_handler_is_chained_after_the_drain(registry: CollectorReg
 
 
 @pytest.mark.usefixtures("restore_signals")
-def test_uvloop_started_again_after_startup_is_held_from_the_first_request(
-    registry: CollectorRegistry,
+@pytest.mark.parametrize("request_first", [False, True])
+def test_uvloop_started_again_after_startup_still_holds_the_signal(
+    registry: CollectorRegistry, request_first: bool
 ) -> None:
     # granian runs the loop once for lifespan start-up and again to serve; uvloop registers a
-    # fresh wakeup descriptor on every start, which the first request claims back.
+    # fresh wakeup descriptor on every start, which the coordinator claims back.
     uvloop = pytest.importorskip("uvloop")
     calls: list[str] = []
     loop = uvloop.new_event_loop()
@@ -353,8 +354,9 @@ def test_uvloop_started_again_after_startup_is_held_from_the_first_request(
         coordinator.install()
 
     async def serve() -> None:
-        record = coordinator.request_started({"type": "http", "method": "GET", "path": "/"})
-        coordinator.request_finished(record)
+        if request_first:
+            record = coordinator.request_started({"type": "http", "method": "GET", "path": "/"})
+            coordinator.request_finished(record)
         os.kill(os.getpid(), signal.SIGUSR2)
         await wait_for_state(coordinator, ShutdownState.DRAINING)
         assert calls == []

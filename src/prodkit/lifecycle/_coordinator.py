@@ -44,6 +44,10 @@ from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.types import Scope
 from prodkit.lifecycle._signals import SignalHold
 
+#: Loop passes after install() during which the wakeup descriptor is claimed back (see
+#: ShutdownCoordinator._claim_for): granian's lifespan run ends a handful of passes after it.
+_CLAIM_PASSES = 32
+
 
 class ShutdownState(enum.IntEnum):
     """Where the process is in its shutdown (the gauge ``…shutdown_state`` reports the value)."""
@@ -250,7 +254,19 @@ class ShutdownCoordinator:
         self._hold = SignalHold(self.signals, self._on_signal)
         self._hold.install(loop)
         self._reclaim = True
+        loop.call_soon(self._claim_for, _CLAIM_PASSES)
         self.logger.info("shutdown signals held for the drain", signals=names)
+
+    def _claim_for(self, passes: int) -> None:
+        # uvloop registers a fresh wakeup descriptor every time its loop starts running, and
+        # granian starts the loop once for lifespan start-up, then again to serve. Callbacks
+        # still queued when a run ends are the first to run in the next one, so claiming the
+        # descriptor back for the next few loop passes covers that restart without a timer.
+        if self._hold is None:
+            return
+        self._hold.claim()
+        if passes > 1 and self._loop is not None:
+            self._loop.call_soon(self._claim_for, passes - 1)
 
     def uninstall(self) -> None:
         """Give the signals back to the handlers that were in place before :meth:`install`."""
