@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,13 +47,17 @@ def restore_signals() -> Iterator[None]:
         signal.signal(sig, handler)
 
 
-async def wait_for_state(coordinator: ShutdownCoordinator, state: ShutdownState) -> None:
-    # Signals and timers move the state; there is no event to await for it.
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    # Signals, timers and loop callbacks move things on; there is no event to await for them.
     for _ in range(1000):
-        if coordinator.state is state:
+        if predicate():
             return
         await asyncio.sleep(0.005)
-    raise AssertionError(f"state stayed {coordinator.state.name}, expected {state.name}")
+    raise AssertionError(f"never happened: {what}")
+
+
+async def wait_for_state(coordinator: ShutdownCoordinator, state: ShutdownState) -> None:
+    await wait_until(lambda: coordinator.state is state, f"state {state.name}")
 
 
 @pytest.mark.parametrize(
@@ -299,13 +303,12 @@ async def test_loop_signal_handler_is_chained_after_the_drain(registry: Collecto
         await wait_for_state(coordinator, ShutdownState.DRAINING)
         assert calls == []
         await wait_for_state(coordinator, ShutdownState.STOPPING)
+        # The loop hears of the given-back signal through its wakeup descriptor, a turn later.
+        await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
         assert calls == ["server"]
         coordinator.stopped()
         os.kill(os.getpid(), signal.SIGUSR2)
-        for _ in range(1000):
-            if len(calls) == 2:
-                break
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: len(calls) >= 2, "the loop's handler ran again")
         assert calls == ["server", "server"]
     finally:
         loop.remove_signal_handler(signal.SIGUSR2)
@@ -326,11 +329,72 @@ def test_uvloop_signal_handler_is_chained_after_the_drain(registry: CollectorReg
         await wait_for_state(coordinator, ShutdownState.DRAINING)
         assert calls == []
         await wait_for_state(coordinator, ShutdownState.STOPPING)
+        await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
         assert calls == ["server"]
         coordinator.stopped()
         loop.remove_signal_handler(signal.SIGUSR2)
 
     uvloop.run(main())
+
+
+@pytest.mark.usefixtures("restore_signals")
+@pytest.mark.parametrize("request_first", [False, True])
+def test_uvloop_started_again_after_startup_still_holds_the_signal(
+    registry: CollectorRegistry, request_first: bool
+) -> None:
+    # granian runs the loop once for lifespan start-up and again to serve; uvloop registers a
+    # fresh wakeup descriptor on every start, which the coordinator claims back.
+    uvloop = pytest.importorskip("uvloop")
+    calls: list[str] = []
+    loop = uvloop.new_event_loop()
+    coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=0.05, timeout=5)
+
+    async def startup() -> None:
+        loop.add_signal_handler(signal.SIGUSR2, calls.append, "server")
+        coordinator.install()
+
+    async def serve() -> None:
+        if request_first:
+            record = coordinator.request_started({"type": "http", "method": "GET", "path": "/"})
+            coordinator.request_finished(record)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await wait_for_state(coordinator, ShutdownState.DRAINING)
+        assert calls == []
+        await wait_for_state(coordinator, ShutdownState.STOPPING)
+        await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
+        assert calls == ["server"]
+        coordinator.stopped()
+        loop.remove_signal_handler(signal.SIGUSR2)
+
+    try:
+        loop.run_until_complete(startup())
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+
+
+@pytest.mark.usefixtures("restore_signals")
+async def test_other_signals_reach_the_loop_while_the_shutdown_signals_are_held(
+    registry: CollectorRegistry,
+) -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[str] = []
+    loop.add_signal_handler(signal.SIGUSR1, calls.append, "reload")
+    loop.add_signal_handler(signal.SIGUSR2, calls.append, "stop")
+    try:
+        coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=30, timeout=60)
+        coordinator.install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await wait_until(lambda: calls == ["reload"], "the loop's SIGUSR1 handler ran")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await wait_for_state(coordinator, ShutdownState.DRAINING)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await wait_until(lambda: len(calls) >= 2, "the loop's SIGUSR1 handler ran again")
+        assert calls == ["reload", "reload"]  # SIGUSR2 still held
+        coordinator.stopped()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
 
 
 @pytest.mark.usefixtures("restore_signals")
@@ -483,3 +547,47 @@ async def test_shutdown_middleware_installs_at_the_apps_startup(
     async with LifespanManager(app):
         assert signal.getsignal(signal.SIGUSR1) == coordinator._on_signal
     assert coordinator.state is ShutdownState.STOPPED
+
+
+@pytest.mark.usefixtures("restore_signals")
+async def test_both_middlewares_install_the_signal_handling_once(
+    registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    calls: list[int] = []
+    server_handler = lambda signum, frame: calls.append(signum)  # noqa: E731
+    signal.signal(signal.SIGUSR1, server_handler)
+    events: list[str] = []
+    coordinator = make_coordinator(registry)
+    inner = GracefulShutdownMiddleware(starlette_with_lifespan(events), coordinator=coordinator)
+    lifespan = LifespanMiddleware(inner, coordinator=coordinator)
+    with capture_logs() as logs:
+        async with LifespanManager(lifespan):
+            assert signal.getsignal(signal.SIGUSR1) == coordinator._on_signal
+    held = [e for e in logs if e["event"] == "shutdown signals held for the drain"]
+    assert [e["signals"] for e in held] == [["SIGUSR1"]]
+    # Installed twice, the second install would have taken the first for the server's handler.
+    assert signal.getsignal(signal.SIGUSR1) == server_handler
+    os.kill(os.getpid(), signal.SIGUSR1)
+    await wait_until(lambda: calls == [signal.SIGUSR1], "the server's handler ran")
+
+
+async def test_shutdown_middleware_alone_serves_again_after_a_second_startup(
+    registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    coordinator = make_coordinator(registry)
+    app = GracefulShutdownMiddleware(starlette_with_lifespan([]), coordinator=coordinator)
+    client = make_client(app)
+    for _ in range(2):
+        async with LifespanManager(app):
+            # Served, not refused as after a shutdown.
+            assert (await client.get("/ok")).status_code == 200
+        assert coordinator.state is ShutdownState.STOPPED
+
+
+def test_defaults_match_the_stack_settings() -> None:
+    from prodkit.settings import StackSettings
+
+    coordinator = ShutdownCoordinator(registry=CollectorRegistry())
+    settings = StackSettings()
+    assert coordinator.drain == settings.shutdown_drain_seconds == 0.0
+    assert coordinator.timeout == settings.shutdown_timeout_seconds == 30.0

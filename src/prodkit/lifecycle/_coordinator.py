@@ -8,30 +8,30 @@ process. :class:`ShutdownCoordinator` puts itself in front of the server's own s
 1. SIGTERM / SIGINT: the state becomes ``DRAINING``; readiness answers 503 at once while every
    other request is still served normally (HTTP/1.x responses get ``Connection: close`` so
    clients reconnect elsewhere).
-2. After ``drain`` seconds the signal is handed to the handler the server had installed
-   (uvicorn's and gunicorn-uvicorn workers' ``signal.signal`` handler, or the asyncio loop
-   handler of hypercorn and granian), and the server stops as it always does: it closes its
-   listener and waits for in-flight requests. Requests that still reach the app get a fast
-   503 ``SHUTTING_DOWN``.
+2. After ``drain`` seconds the signal is given back to the server's own handling and raised
+   again (see :mod:`prodkit.lifecycle._signals`: a ``signal.signal`` handler such as
+   uvicorn's, or an event loop handler such as hypercorn's and granian's), and the server
+   stops as it always does: it closes its listener and waits for in-flight requests.
+   Requests that still reach the app get a fast 503 ``SHUTTING_DOWN``.
 3. At ``timeout`` seconds after the signal, requests still running are cancelled and logged,
    so the server can finish before the orchestrator's SIGKILL.
 
 One coordinator per process (each worker of a multi-process server has its own). It is shared
 by :class:`~prodkit.lifecycle.GracefulShutdownMiddleware` (tracks requests),
 :class:`~prodkit.health.HealthMiddleware` (readiness) and
-:class:`~prodkit.lifecycle.LifespanMiddleware` (installs the signal handling at start-up).
+:class:`~prodkit.lifecycle.LifespanMiddleware` (hooks around the app's lifespan). Its signal
+handling is installed in one place, :meth:`ShutdownCoordinator.install`, which both middlewares
+call when lifespan start-up completes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
-import gc
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -42,8 +42,11 @@ from prometheus_client import CollectorRegistry
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.types import Scope
+from prodkit.lifecycle._signals import SignalHold
 
-SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+#: Loop passes after install() during which the wakeup descriptor is claimed back (see
+#: ShutdownCoordinator._claim_for): granian's lifespan run ends a handful of passes after it.
+_CLAIM_PASSES = 32
 
 
 class ShutdownState(enum.IntEnum):
@@ -66,59 +69,6 @@ class InFlight:
     cancelled_at_deadline: bool = field(default=False)
 
 
-@dataclass(slots=True)
-class _Chained:
-    """A handler that was in place before ours, and how to give the signal back to it."""
-
-    kind: str  # "signal" (signal.signal) or "loop" (loop.add_signal_handler)
-    previous: Any  # the previous signal.signal handler, or the loop's (callback, args)
-
-
-def _is_loop_handler(handler: Any, loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``handler`` is the placeholder an event loop installs for its signal handlers."""
-    # asyncio installs a module-level no-op, uvloop a bound method of the loop itself.
-    return getattr(handler, "__name__", "") == "_sighandler_noop" or (
-        getattr(handler, "__self__", None) is loop
-    )
-
-
-def _loop_signal_callback(
-    loop: asyncio.AbstractEventLoop, sig: int
-) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
-    """The callback and arguments registered with ``loop.add_signal_handler(sig, ...)``.
-
-    Event loops have no public API to read a signal handler back. asyncio keeps them in
-    ``loop._signal_handlers`` as :class:`asyncio.Handle` objects; uvloop keeps the same
-    mapping in a C-level attribute and its handles expose nothing, but both are visible to
-    the garbage collector's referent traversal. ``None`` when neither layout is found.
-    """
-    handlers = getattr(loop, "_signal_handlers", None)
-    if not isinstance(handlers, dict):
-        handlers = next(
-            (
-                ref
-                for ref in gc.get_referents(loop)
-                if isinstance(ref, dict) and sig in ref and all(isinstance(k, int) for k in ref)
-            ),
-            None,
-        )
-    handle = handlers.get(sig) if handlers is not None else None
-    if handle is None:
-        return None
-    callback = getattr(handle, "_callback", None)
-    args = getattr(handle, "_args", None)
-    if callback is not None and isinstance(args, tuple):
-        return callback, args
-    refs = gc.get_referents(handle)
-    callables = [
-        r for r in refs if callable(r) and r is not loop and not isinstance(r, contextvars.Context)
-    ]
-    tuples = [r for r in refs if isinstance(r, tuple)]
-    if len(callables) == 1 and len(tuples) == 1:
-        return callables[0], tuples[0]
-    return None
-
-
 class ShutdownCoordinator:
     """Drive one process's graceful shutdown: readiness, drain, hand-over and hard deadline.
 
@@ -126,10 +76,13 @@ class ShutdownCoordinator:
         drain: seconds to keep serving normally after the signal while readiness answers 503,
             so load balancers stop routing here before the listener closes. Match it to the
             time your load balancer needs to notice (readiness ``periodSeconds`` x
-            ``failureThreshold``, plus endpoint propagation).
+            ``failureThreshold``, plus endpoint propagation). The default 0 hands the signal
+            on at once (readiness still turns 503 and the deadline still applies), the same
+            default as ``StackSettings.shutdown_drain_seconds``.
         timeout: seconds from the signal to the hard deadline at which requests still running
-            are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds``. Must be
-            at least ``drain``.
+            are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds`` (whose own
+            default, 30, equals this one and ``StackSettings.shutdown_timeout_seconds``: raise
+            the grace period). At least ``drain``.
         signals: the signals that start a drain (SIGTERM and SIGINT).
         retry_after: ``Retry-After`` seconds on 503 answers while shutting down.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.shutdown")``).
@@ -139,8 +92,8 @@ class ShutdownCoordinator:
     def __init__(
         self,
         *,
-        drain: float = 5.0,
-        timeout: float = 25.0,
+        drain: float = 0.0,
+        timeout: float = 30.0,
         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
         retry_after: int = 5,
         logger: Any | None = None,
@@ -171,9 +124,10 @@ class ShutdownCoordinator:
         self.logger = logger if logger is not None else structlog.get_logger("prodkit.shutdown")
         self._state = ShutdownState.RUNNING
         self._in_flight: set[InFlight] = set()
-        self._chained: dict[int, _Chained] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._hold: SignalHold | None = None
         self._installed = False
+        self._reclaim = False  # see request_started()
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.Event | None = None
         self._state_gauge = gauge(
@@ -240,6 +194,13 @@ class ShutdownCoordinator:
 
     def request_started(self, scope: Scope) -> InFlight:
         """Register a request (call :meth:`request_finished` in ``finally``)."""
+        if self._reclaim:
+            # The first request runs in the loop run that serves. A server that starts the
+            # loop once for lifespan start-up and again to serve (granian) on uvloop, which
+            # registers a fresh wakeup descriptor on every start, gets it claimed back here.
+            self._reclaim = False
+            if self._hold is not None:
+                self._hold.claim()
         try:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:
@@ -270,57 +231,50 @@ class ShutdownCoordinator:
     # -- signals ----------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Put the coordinator in front of the server's handlers for :attr:`signals`.
+        """Start a serving period: ready again, and the shutdown signals held for the drain.
 
-        Call from the running event loop after the server has installed its own handlers:
-        :class:`~prodkit.lifecycle.LifespanMiddleware` and
-        :class:`~prodkit.lifecycle.GracefulShutdownMiddleware` do so at lifespan
-        start-up. Idempotent. A handler the coordinator cannot chain to (a uvloop loop
-        handler, whose callback uvloop does not expose) is left in charge, with a warning.
+        The one place the coordinator's signal handling is installed. Call it from the running
+        event loop once the server has installed its own handlers (every server does so before
+        lifespan start-up): :class:`~prodkit.lifecycle.LifespanMiddleware` and
+        :class:`~prodkit.lifecycle.GracefulShutdownMiddleware` call it when lifespan start-up
+        completes, and when both are in the stack the second call does nothing. Idempotent
+        until :meth:`stopped` (or :meth:`uninstall`) ends the serving period. A coordinator
+        that stopped after an earlier lifespan is ready again (see :meth:`restart`).
         """
         loop = asyncio.get_running_loop()
         if self._installed:
             return
         self._installed = True
+        self.restart()
+        names = [signal.Signals(s).name for s in self.signals]
         if threading.current_thread() is not threading.main_thread():
-            self.logger.warning(
-                "shutdown signals not intercepted: not in the main thread",
-                signals=[signal.Signals(s).name for s in self.signals],
-            )
+            self.logger.warning("shutdown signals not held: not in the main thread", signals=names)
             return
         self._loop = loop
-        for sig in self.signals:
-            previous = signal.getsignal(sig)
-            if _is_loop_handler(previous, loop):
-                # The server used loop.add_signal_handler: the real handler lives in the loop,
-                # and the loop would still run it whatever signal.signal says.
-                found = _loop_signal_callback(loop, sig)
-                if found is None:
-                    self.logger.warning(
-                        "cannot chain to the event loop's signal handler; the server's own "
-                        "handling stays in charge and there is no drain",
-                        signal=signal.Signals(sig).name,
-                        loop=type(loop).__module__,
-                    )
-                    continue
-                loop.add_signal_handler(sig, self._on_loop_signal, sig)
-                self._chained[sig] = _Chained("loop", found)
-            else:
-                signal.signal(sig, self._on_signal)
-                self._chained[sig] = _Chained("signal", previous)
+        self._hold = SignalHold(self.signals, self._on_signal)
+        self._hold.install(loop)
+        self._reclaim = True
+        loop.call_soon(self._claim_for, _CLAIM_PASSES)
+        self.logger.info("shutdown signals held for the drain", signals=names)
+
+    def _claim_for(self, passes: int) -> None:
+        # uvloop registers a fresh wakeup descriptor every time its loop starts running, and
+        # granian starts the loop once for lifespan start-up, then again to serve. Callbacks
+        # still queued when a run ends are the first to run in the next one, so claiming the
+        # descriptor back for the next few loop passes covers that restart without a timer.
+        if self._hold is None:
+            return
+        self._hold.claim()
+        if passes > 1 and self._loop is not None:
+            self._loop.call_soon(self._claim_for, passes - 1)
 
     def uninstall(self) -> None:
         """Give the signals back to the handlers that were in place before :meth:`install`."""
-        loop = self._loop
-        for sig, chained in self._chained.items():
-            if chained.kind == "signal":
-                if signal.getsignal(sig) == self._on_signal:
-                    signal.signal(sig, chained.previous)
-            elif loop is not None and not loop.is_closed():
-                callback, args = chained.previous
-                loop.add_signal_handler(sig, callback, *args)
-        self._chained.clear()
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.give_back()
         self._installed = False
+        self._reclaim = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # A signal.signal handler runs between two bytecodes of the main thread, possibly in
@@ -330,9 +284,6 @@ class ShutdownCoordinator:
             self._chain(signum)
             return
         loop.call_soon_threadsafe(self.begin_shutdown, signum)
-
-    def _on_loop_signal(self, signum: int) -> None:
-        self.begin_shutdown(signum)
 
     def begin_shutdown(self, signum: int | None = None) -> None:
         """Start the drain as if ``signum`` had arrived (a second call stops the drain early).
@@ -374,21 +325,10 @@ class ShutdownCoordinator:
             self._chain(signum)
 
     def _chain(self, signum: int) -> None:
-        """Hand ``signum`` to the handler the server had installed before ours."""
-        chained = self._chained.get(signum)
-        if chained is None:
-            return
-        if chained.kind == "loop":
-            callback, args = chained.previous
-            callback(*args)
-            return
-        previous = chained.previous
-        if callable(previous):
-            previous(signum, None)
-        elif previous == signal.SIG_DFL:
-            # No server handler: re-deliver the signal to its default action (terminate).
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
+        """Hand ``signum`` to the server's own handler (the default action if it had none)."""
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.give_back(signum)
 
     def _deadline(self) -> None:
         leftover = [record for record in self._in_flight if not record.cancelled_at_deadline]

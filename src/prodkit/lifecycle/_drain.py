@@ -25,11 +25,12 @@ class GracefulShutdownMiddleware:
     * At the coordinator's hard deadline a request still running is cancelled; if its response
       had not started it is answered with the same 503, otherwise the connection is closed.
 
-    The lifespan scope passes through; the middleware only watches it, to install the
-    coordinator's signal handling once the app's start-up completed and to mark the process
-    stopping when ``lifespan.shutdown`` arrives. (Wrap an app that does not support lifespan
-    in :class:`~prodkit.lifecycle.LifespanMiddleware`, which installs it too.) WebSocket
-    connections pass through untouched.
+    The lifespan scope passes through; the middleware only watches it, to call
+    :meth:`ShutdownCoordinator.install` once the app's start-up completed and to mark the
+    process stopping when ``lifespan.shutdown`` arrives. (Wrap an app that does not support
+    lifespan in :class:`~prodkit.lifecycle.LifespanMiddleware`, which calls the same method;
+    with both, the signal handling is installed once.) WebSocket connections pass through
+    untouched.
 
     Arguments:
         app: the ASGI app to wrap.

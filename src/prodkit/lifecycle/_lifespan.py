@@ -22,8 +22,9 @@ class LifespanMiddleware:
 
     Start-up, in order: the registered hooks and contexts, in registration order; then the
     wrapped app's own lifespan (Starlette's ``lifespan=``, FastAPI's, Litestar's), if it has
-    one; then the coordinator's signal handling is installed (after the server installed its
-    own, which it always does before lifespan start-up). Shutdown runs the reverse: the app's
+    one; then :meth:`ShutdownCoordinator.install` puts the coordinator's signal handling in
+    place (after the server installed its own, which it always does before lifespan start-up;
+    once per serving period, whichever middleware calls it first). Shutdown runs the reverse: the app's
     lifespan shutdown, then the hooks' shutdown halves and the contexts' exits, last opened
     first. If a start-up step fails, what was opened is closed again and the server gets
     ``lifespan.startup.failed`` with the error.
@@ -107,7 +108,7 @@ class LifespanMiddleware:
             await send({"type": "lifespan.startup.failed", "message": str(exc) or repr(exc)})
             return
         if self.coordinator is not None:
-            self.coordinator.restart()
+            # A GracefulShutdownMiddleware inside may have installed it already: a no-op then.
             self.coordinator.install()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
