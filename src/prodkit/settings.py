@@ -51,7 +51,7 @@ class StackSettings:
         max_concurrency: requests in flight per process before shedding (``MAX_CONCURRENCY``).
         health_key: unlocks the detailed health report (``HEALTH_KEY``).
         shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
-        shutdown_timeout_seconds: hard deadline after the drain.
+        shutdown_timeout_seconds: hard deadline, counted from the signal (the drain included).
         log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
 
     Raises :class:`~prodkit.ConfigurationError` when the fields contradict each other (a
