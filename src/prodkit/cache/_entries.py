@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from prodkit._core.exceptions import BackendError
 from prodkit.cache._cache import ResponseCache
@@ -24,14 +25,25 @@ class Entries:
     """A request's entry: looked up (variants resolved, stale ones dropped) and stored.
 
     Remembers the last entries it decoded (see :class:`DecodedEntries`), so a repeated hit
-    neither parses nor copies the body.
+    neither parses nor copies the body. ``wall_clock`` dates entries and tells their age.
     """
 
-    __slots__ = ("cache", "decoded")
+    __slots__ = ("cache", "decoded", "wall_clock")
 
-    def __init__(self, cache: ResponseCache) -> None:
+    def __init__(self, cache: ResponseCache, wall_clock: Callable[[], float]) -> None:
         self.cache = cache
+        self.wall_clock = wall_clock
         self.decoded = DecodedEntries()
+
+    def age(self, entry: CachedResponse) -> int:
+        """Whole seconds since ``entry`` was generated (its ``Age``, RFC 9111 section 5.1)."""
+        return max(0, int(self.wall_clock() - entry.stored_at))
+
+    def usable(self, entry: CachedResponse | None, max_age: int | None) -> CachedResponse | None:
+        """``entry`` unless it is older than the request's ``max-age``."""
+        if entry is None or (max_age is not None and self.age(entry) > max_age):
+            return None
+        return entry
 
     async def lookup(self, request: CacheRequest) -> CachedResponse | None:
         """The fresh entry for ``request``, or ``None`` (raises ``BackendError``).

@@ -21,7 +21,7 @@ from prodkit.cache._entries import Entries, unreadable_versions
 from prodkit.cache._entry import CachedResponse
 from prodkit.cache._memory import MemoryCacheStore
 from prodkit.cache._request import CacheRequest, Outcome, OutcomeCounter
-from prodkit.cache._responder import age, fetch, miss_send, send_entry, usable
+from prodkit.cache._responder import fetch, miss_send, send_entry
 
 Flight = asyncio.Future["_Shared | None"]
 
@@ -37,12 +37,10 @@ class _Shared:
     fetched: bool  # computed by the app now (followers: "coalesced"), or read from the store
     vary_digest: str  # the leader's digest of the entry's Vary headers
 
-    def fits(self, request: CacheRequest, max_age: int | None) -> bool:
-        """Whether the entry answers ``request``: the same variant, and young enough."""
-        entry = self.entry
-        if entry.vary and request.vary_digest(entry.vary) != self.vary_digest:
-            return False
-        return max_age is None or age(entry) <= max_age
+    def fits(self, request: CacheRequest) -> bool:
+        """Whether the entry is the variant ``request`` selects."""
+        vary = self.entry.vary
+        return not vary or request.vary_digest(vary) == self.vary_digest
 
 
 @dataclass(slots=True)
@@ -107,10 +105,10 @@ class SingleFlight:
         if self._inline:
             # The lookup cannot suspend, so no read can join a flight before it answers:
             # a flight is only needed once it has missed.
-            entry = usable(await self.entries.lookup(request), max_age)
+            entry = self.entries.usable(await self.entries.lookup(request), max_age)
             if entry is not None:
                 self.count(request.route.template, "hit")
-                await send_entry(send, request, entry, hit=True)
+                await send_entry(send, request, entry, age=self.entries.age(entry))
                 return
         flight: Flight = asyncio.get_running_loop().create_future()
         self._flights[request.base] = (flight, self.cache.generation)
@@ -141,10 +139,19 @@ class SingleFlight:
                 shared = await asyncio.wait_for(asyncio.shield(flight), self.lock_lease)
             except TimeoutError:
                 shared = None  # the leader outlived the lease: compute rather than hang
-            if shared is not None and shared.fits(request, max_age):
-                hit = not shared.fetched
-                self.count(template, "hit" if hit else "coalesced")
-                await send_entry(send, request, shared.entry, hit=hit)
+            if (
+                shared is not None
+                and shared.fits(request)
+                and self.entries.usable(shared.entry, max_age) is not None
+            ):
+                if shared.fetched:
+                    self.count(template, "coalesced")
+                    await send_entry(send, request, shared.entry, age=None)
+                else:
+                    self.count(template, "hit")
+                    await send_entry(
+                        send, request, shared.entry, age=self.entries.age(shared.entry)
+                    )
                 return
         # Ask the app, and store nothing: the leader stores this key's entry.
         self.count(template, "miss")
@@ -180,7 +187,8 @@ class SingleFlight:
                 entry, outcome = found
                 _share(flight, request, entry, fetched=outcome == "coalesced")
                 self.count(template, outcome)
-                await send_entry(send, request, entry, hit=outcome == "hit")
+                age = self.entries.age(entry) if outcome == "hit" else None
+                await send_entry(send, request, entry, age=age)
                 return
             self.count(template, "miss")
             computed = await self._compute(request, receive, send, flight)
@@ -200,7 +208,7 @@ class SingleFlight:
         lease (``"coalesced"``); ``None`` when this read must compute it (raises ``BackendError``).
         """
         if not looked_up:
-            entry = usable(await self.entries.lookup(request), max_age)
+            entry = self.entries.usable(await self.entries.lookup(request), max_age)
             if entry is not None:
                 return entry, "hit"
         # Hold the lease, or wait for whoever holds it. Not when the last answer for the key
@@ -216,13 +224,13 @@ class SingleFlight:
                 # second computation there is harmless and not worth a read.)
                 if delay == _FIRST_POLL:
                     return None
-                entry = usable(await self.entries.lookup(request), max_age)
+                entry = self.entries.usable(await self.entries.lookup(request), max_age)
                 return None if entry is None else (entry, "coalesced")
             if time.monotonic() >= deadline:
                 return None  # the lease outlived us: compute rather than hang
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_POLL)
-            entry = usable(await self.entries.lookup(request), max_age)
+            entry = self.entries.usable(await self.entries.lookup(request), max_age)
             if entry is not None:
                 return entry, "coalesced"
         return None
@@ -238,6 +246,7 @@ class SingleFlight:
             send,
             max_body_bytes=self.max_body_bytes,
             versions=await self.entries.versions_before(request),
+            wall_clock=self.entries.wall_clock,
             on_entry=lambda entry: _share(flight, request, entry, fetched=True),
         )
 

@@ -8,7 +8,8 @@ and invalidating writes (``_invalidation``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +25,7 @@ from prodkit.cache._entry import delta_seconds
 from prodkit.cache._flight import SingleFlight
 from prodkit.cache._invalidation import Invalidation
 from prodkit.cache._request import CacheRequest, OutcomeCounter, RequestReader
-from prodkit.cache._responder import fetch, miss_send, send_entry, usable
+from prodkit.cache._responder import fetch, miss_send, send_entry
 from prodkit.cache._rules import CacheRule, Route, invalidation_routes, read_routes
 from prodkit.cache._store import CacheStore
 
@@ -81,6 +82,8 @@ class CacheMiddleware:
             read and refreshes the entry; turn off if clients could use it to load the app.
         honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache.
         registry, metric_prefix: metrics (default: those of ``cache``).
+        wall_clock: seconds since the epoch (default :func:`time.time`), for when a response
+            was stored and its ``Age``; tests inject one.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class CacheMiddleware:
         honor_no_store: bool = True,
         registry: CollectorRegistry | None = None,
         metric_prefix: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         cache = _response_cache(cache, store, registry, metric_prefix)
         _check_limits(max_body_bytes, lock_lease)
@@ -115,7 +119,7 @@ class CacheMiddleware:
         self._reads: RouteTable[Route] = RouteTable(reads)
         self._requests = RequestReader(caller, self.statuses)
         self._invalidation = Invalidation(cache, caller, writes)
-        self._entries = Entries(cache)
+        self._entries = Entries(cache, wall_clock)
         prefix = cache.metric_prefix if metric_prefix is None else metric_prefix
         self._count = OutcomeCounter(
             counter(
@@ -193,7 +197,7 @@ class CacheMiddleware:
             )
             return
         self._count(request.route.template, "hit")
-        await send_entry(send, request, entry, hit=True)
+        await send_entry(send, request, entry, age=self._entries.age(entry))
 
     async def _refresh(self, request: CacheRequest, receive: Receive, send: Send) -> None:
         """``Cache-Control: no-cache``: skip the read, call the app, store what it answers."""
@@ -209,6 +213,7 @@ class CacheMiddleware:
             send,
             max_body_bytes=self.max_body_bytes,
             versions=versions,
+            wall_clock=self._entries.wall_clock,
         )
         if entry is not None:  # an unstorable answer leaves the entry as it was
             await self._entries.store(request, entry)
@@ -224,12 +229,12 @@ class CacheMiddleware:
             self._count(template, "error")
             await self.app(request.scope, receive, miss_send(send))
             return
-        entry = usable(entry, max_age)
+        entry = self._entries.usable(entry, max_age)
         self._count(template, "miss" if entry is None else "hit")
         if entry is None:
             await self.app(request.scope, receive, miss_send(send))
         else:
-            await send_entry(send, request, entry, hit=True)
+            await send_entry(send, request, entry, age=self._entries.age(entry))
 
 
 def _response_cache(

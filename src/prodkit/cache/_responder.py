@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from prodkit._core.headers import get_header, get_list_header, message_headers, set_header
@@ -19,28 +18,18 @@ from prodkit.cache._entry import (
 from prodkit.cache._request import CacheRequest
 
 
-def age(entry: CachedResponse) -> int:
-    """Whole seconds since ``entry`` was generated (its ``Age``, RFC 9111 section 5.1)."""
-    return max(0, int(time.time() - entry.stored_at))
-
-
-def usable(entry: CachedResponse | None, max_age: int | None) -> CachedResponse | None:
-    """``entry`` unless it is older than the request's ``max-age``."""
-    if entry is None or (max_age is not None and age(entry) > max_age):
-        return None
-    return entry
-
-
 async def send_entry(
     send: Send,
     request: CacheRequest,
     entry: CachedResponse,
     *,
-    hit: bool,
+    age: int | None,
     routed: bool = False,
 ) -> None:
     """Answer from ``entry``: 200 with body (none for HEAD), or 304 for a matching ETag.
 
+    ``age``: the entry's ``Age`` on a hit (``X-Cache: HIT``); ``None`` for an entry the app
+    computed for this very request or for the read it followed (``X-Cache: MISS``).
     ``routed``: the app ran for this request (and recorded its route on the scope).
     """
     if not routed and entry.route is not None:
@@ -65,9 +54,11 @@ async def send_entry(
         ]
         status = entry.status
         body = b"" if request.head else entry.body
-    headers.append((b"x-cache", b"HIT" if hit else b"MISS"))
-    if hit:
-        headers.append((b"age", b"%d" % age(entry)))
+    if age is None:
+        headers.append((b"x-cache", b"MISS"))
+    else:
+        headers.append((b"x-cache", b"HIT"))
+        headers.append((b"age", b"%d" % age))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -109,14 +100,16 @@ async def fetch(
     *,
     max_body_bytes: int,
     versions: tuple[str, ...],
+    wall_clock: Callable[[], float],
     on_entry: Callable[[CachedResponse], None] | None = None,
 ) -> CachedResponse | None:
     """Run the app for ``request``; return its response as an entry if a cache may store it.
 
     ``versions`` are the tag versions read before the app ran (a write during the call leaves
-    the entry stale); ``on_entry`` sees the entry before the client does.
+    the entry stale); ``wall_clock`` dates the entry; ``on_entry`` sees the entry before the
+    client does.
     """
-    responder = _Responder(request, send, max_body_bytes, versions, on_entry)
+    responder = _Responder(request, send, max_body_bytes, versions, wall_clock, on_entry)
     await app(request.scope, receive, responder.send)
     return responder.entry
 
@@ -135,6 +128,7 @@ class _Responder:
         "start",
         "streaming",
         "versions",
+        "wall_clock",
     )
 
     def __init__(
@@ -143,12 +137,14 @@ class _Responder:
         send: Send,
         max_body_bytes: int,
         versions: tuple[str, ...],
+        wall_clock: Callable[[], float],
         on_entry: Callable[[CachedResponse], None] | None,
     ) -> None:
         self.request = request
         self.downstream = send
         self.max_body_bytes = max_body_bytes
         self.versions = versions
+        self.wall_clock = wall_clock
         self.on_entry = on_entry
         self.start: Message | None = None  # held back until the body is complete
         self.chunks: list[bytes] = []
@@ -191,7 +187,7 @@ class _Responder:
             self.entry = self._entry(start, b"".join(self.chunks))
             if self.on_entry is not None:
                 self.on_entry(self.entry)
-            await send_entry(self.downstream, self.request, self.entry, hit=False, routed=True)
+            await send_entry(self.downstream, self.request, self.entry, age=None, routed=True)
 
     def _entry(self, start: Message, body: bytes) -> CachedResponse:
         headers = message_headers(start)
@@ -200,7 +196,7 @@ class _Responder:
             headers=stored_headers(headers),
             body=body,
             etag=get_header(headers, b"etag") or compute_etag(body, headers),
-            stored_at=time.time(),
+            stored_at=self.wall_clock(),
             versions=self.versions,
             vary=tuple(sorted({n.lower() for n in get_list_header(headers, b"vary")})),
             route=_app_route(self.request.scope),
@@ -213,4 +209,4 @@ def _app_route(scope: Scope) -> str | None:
     return None if template == UNMATCHED_ROUTE else template
 
 
-__all__ = ["age", "fetch", "miss_send", "send_entry", "storable", "usable"]
+__all__ = ["fetch", "miss_send", "send_entry", "storable"]
