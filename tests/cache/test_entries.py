@@ -1,4 +1,4 @@
-"""Repeated hits on the memory and Redis stores: what a hit serves after the entry changes.
+"""Entries looked up on the memory and Redis stores: what a hit serves after the entry changes.
 
 A hit reuses what it worked out for the same URL and the same stored bytes before (the entry
 key, the decoded entry); these cases check that nothing reused outlives the entry it came from.
@@ -21,8 +21,7 @@ from prodkit.cache import (
     RedisCacheStore,
     ResponseCache,
 )
-from tests.cache.helpers import CountingApp
-from tests.cache.test_middleware import USER, make_cache
+from tests.cache.helpers import USER, CountingApp, make_cache
 from tests.conftest import ClientFactory
 
 
