@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prodkit._core.exceptions import BackendError
@@ -20,7 +21,7 @@ from prodkit.cache._cache import ResponseCache
 from prodkit.cache._entries import Entries, unreadable_versions
 from prodkit.cache._entry import CachedResponse
 from prodkit.cache._memory import MemoryCacheStore
-from prodkit.cache._request import CacheRequest, Outcome, OutcomeCounter
+from prodkit.cache._request import CacheRequest, Outcome
 from prodkit.cache._responder import fetch, miss_send, send_entry
 
 Flight = asyncio.Future["_Shared | None"]
@@ -58,7 +59,7 @@ class SingleFlight:
     Arguments:
         app: the wrapped ASGI app.
         entries: reads and writes entries.
-        count: counts each read's outcome.
+        count: counts a read's outcome, by route template.
         lock_lease: seconds a leader may compute before others stop waiting for it.
         max_body_bytes: larger responses are streamed through and not stored.
     """
@@ -78,7 +79,7 @@ class SingleFlight:
         self,
         app: ASGIApp,
         entries: Entries,
-        count: OutcomeCounter,
+        count: Callable[[str, Outcome], None],
         *,
         lock_lease: float,
         max_body_bytes: int,

@@ -121,7 +121,7 @@ class CacheMiddleware:
         self._invalidation = Invalidation(cache, caller, writes)
         self._entries = Entries(cache, wall_clock)
         prefix = cache.metric_prefix if metric_prefix is None else metric_prefix
-        self._count = OutcomeCounter(
+        outcomes = OutcomeCounter(
             counter(
                 f"{prefix}cache_requests_total",
                 "Requests to cached routes, by route template and outcome "
@@ -130,6 +130,7 @@ class CacheMiddleware:
                 registry=cache.registry if registry is None else registry,
             )
         )
+        self._count = outcomes.count  # a bound method: the cheapest call on every hit
         self._flight = SingleFlight(
             app, self._entries, self._count, lock_lease=lock_lease, max_body_bytes=max_body_bytes
         )

@@ -111,7 +111,13 @@ class RequestReader:
             caller_name = self.caller(scope)
         if rule.per_caller and caller_name is None:
             return "bypass"
-        base, tags = self._keys_of(route, scope, caller_name)
+        path: str = scope.get("path", "/")
+        query: bytes = scope.get("query_string", b"")
+        memo = (route.template, path, query, caller_name)
+        keys = self._keys.get(memo)
+        if keys is None:  # a URL not read lately: parse and hash it
+            keys = self._remember(memo, route.keys(path, query, caller_name))
+        base, tags = keys
         return CacheRequest(
             route=route,
             rule=rule,
@@ -125,17 +131,12 @@ class RequestReader:
             directives=cache_control(headers) if controls else _NO_DIRECTIVES,
         )
 
-    def _keys_of(self, route: Route, scope: Scope, caller_name: str | None) -> Keys:
-        path: str = scope.get("path", "/")
-        query: bytes = scope.get("query_string", b"")
-        memo = (route.template, path, query, caller_name)
-        keys = self._keys.get(memo)
-        if keys is None:
-            keys = route.keys(path, query, caller_name)
-            if len(path) + len(query) + (len(caller_name) if caller_name else 0) <= _MEMO_MAX_URL:
-                if len(self._keys) >= _MEMO_SIZE:
-                    self._keys.clear()
-                self._keys[memo] = keys
+    def _remember(self, memo: tuple[str, str, bytes, str | None], keys: Keys) -> Keys:
+        _, path, query, caller_name = memo
+        if len(path) + len(query) + (len(caller_name) if caller_name else 0) <= _MEMO_MAX_URL:
+            if len(self._keys) >= _MEMO_SIZE:
+                self._keys.clear()
+            self._keys[memo] = keys
         return keys
 
 
@@ -148,7 +149,7 @@ class OutcomeCounter:
         self._counter = counter
         self._children: dict[tuple[str, Outcome], Counter] = {}
 
-    def __call__(self, route: str, outcome: Outcome) -> None:
+    def count(self, route: str, outcome: Outcome) -> None:
         """Count one request to ``route`` with ``outcome``."""
         child = self._children.get((route, outcome))
         if child is None:
