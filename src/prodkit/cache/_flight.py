@@ -46,9 +46,8 @@ class _Shared:
 
 @dataclass(slots=True)
 class _Lease:
-    """A leader's lease in the store; ``held`` says whether it must be given back."""
+    """A leader's hold on its key's lease in the store; ``held``: it must be given back."""
 
-    key: str
     token: str = ""  # drawn only once a read has missed
     held: bool = False
 
@@ -173,10 +172,16 @@ class SingleFlight:
         ``looked_up``: the caller already looked the key up and found nothing usable.
         """
         template = request.route.template
-        lease = _Lease(request.lock_key)
+        lease = _Lease()
         try:
             try:
-                found = await self._find(request, lease, max_age, looked_up=looked_up)
+                entry = None
+                if not looked_up:
+                    entry = self.entries.usable(await self.entries.lookup(request), max_age)
+                outcome: Outcome = "hit"
+                if entry is None:
+                    entry = await self._wait_for_lease(request, lease, max_age)
+                    outcome = "coalesced"
             except BackendError:
                 # Compute without the store; versions that match nothing keep the answer out
                 # of it and spare a second doomed round trip to read them.
@@ -184,8 +189,7 @@ class SingleFlight:
                 self.count(template, "error")
                 await self._compute(request, receive, send, flight)
                 return
-            if found is not None:
-                entry, outcome = found
+            if entry is not None:
                 _share(flight, request, entry, fetched=outcome == "coalesced")
                 self.count(template, outcome)
                 age = self.entries.age(entry) if outcome == "hit" else None
@@ -200,40 +204,37 @@ class SingleFlight:
                 await self.entries.store(request, computed)
         finally:
             if lease.held:
-                await self.cache.release(lease.key, lease.token)
+                await self.cache.release(request.lock_key, lease.token)
 
-    async def _find(
-        self, request: CacheRequest, lease: _Lease, max_age: int | None, *, looked_up: bool
-    ) -> tuple[CachedResponse, Outcome] | None:
-        """The entry already stored (``"hit"``) or stored meanwhile by the worker holding the
-        lease (``"coalesced"``); ``None`` when this read must compute it (raises ``BackendError``).
+    async def _wait_for_lease(
+        self, request: CacheRequest, lease: _Lease, max_age: int | None
+    ) -> CachedResponse | None:
+        """Hold the key's lease, or wait for whoever holds it (raises ``BackendError``).
+
+        Returns the entry another worker stored meanwhile, or ``None`` when this read must
+        compute it: it holds the lease, the lease outlived the wait, or waiting is pointless.
         """
-        if not looked_up:
-            entry = self.entries.usable(await self.entries.lookup(request), max_age)
-            if entry is not None:
-                return entry, "hit"
-        # Hold the lease, or wait for whoever holds it. Not when the last answer for the key
-        # could not be stored: waiting would only queue the workers behind one another.
+        # Not when the last answer for the key could not be stored: waiting would only queue
+        # the workers behind one another.
         lease.token = os.urandom(16).hex()
         deadline = time.monotonic() + self.lock_lease
         delay = _FIRST_POLL
         while not request.unstorable:
-            if await self.cache.claim(lease.key, lease.token, self.lock_lease):
+            if await self.cache.claim(request.lock_key, lease.token, self.lock_lease):
                 lease.held = True
                 # After waiting, the holder before us may have stored the entry just before
                 # releasing. (On a first-try claim that window is one round trip wide; a
                 # second computation there is harmless and not worth a read.)
                 if delay == _FIRST_POLL:
                     return None
-                entry = self.entries.usable(await self.entries.lookup(request), max_age)
-                return None if entry is None else (entry, "coalesced")
+                return self.entries.usable(await self.entries.lookup(request), max_age)
             if time.monotonic() >= deadline:
                 return None  # the lease outlived us: compute rather than hang
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_POLL)
             entry = self.entries.usable(await self.entries.lookup(request), max_age)
             if entry is not None:
-                return entry, "coalesced"
+                return entry
         return None
 
     async def _compute(
