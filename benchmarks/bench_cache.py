@@ -4,13 +4,16 @@ Every case serves the same FastAPI endpoint ``GET /items/{item_id}`` (a small JS
 from a little CPU work, standing in for a database read). *hit* repeats one URL; *miss* sends
 a new ``X-User-Id`` on every request, and every cache keys by it, so each request misses and
 stores. Memory backends always; Redis ones when ``PRODKIT_TEST_REDIS_URL`` (default
-``redis://127.0.0.1:6379/0``) answers.
+``redis://127.0.0.1:6379/0``) answers. *redis unreachable* points prodkit's Redis store at a
+port that refuses connections: once the circuit breaker opens (within the warm-up), what a
+request pays for the dead store over the bare endpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,10 +54,10 @@ def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
     return app
 
 
-def prodkit_app(redis: bool) -> Callable[[], ASGIApp]:
+def prodkit_app(redis: bool, url: Callable[[], str] = lambda: REDIS_URL) -> Callable[[], ASGIApp]:
     def build() -> ASGIApp:
         store = (
-            RedisCacheStore(REDIS_URL, key_prefix=f"prodkit-bench:{RUN}:")
+            RedisCacheStore(url(), key_prefix=f"prodkit-bench:{RUN}:")
             if redis
             else MemoryCacheStore()
         )
@@ -129,12 +132,20 @@ def _redis_up() -> bool:
     return True
 
 
+def _refusing_url() -> str:
+    """A Redis URL on 127.0.0.1 where nothing listens: every connection is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def _unique_user(counter: int) -> Sequence[tuple[str, str]]:
     return [("X-User-Id", f"user-{RUN}-{counter}")]
 
 
 def cases() -> list[Case]:
-    """Bare endpoint, then hit and miss for prodkit, fastapi-cache2 and cashews."""
+    """Bare endpoint, hit and miss for prodkit, fastapi-cache2 and cashews, prodkit without Redis."""
     found = [Case("fastapi: bare endpoint", endpoint_app)]
     user = [("X-User-Id", "alice")]
     backends = [("memory", False)] + ([("redis", True)] if _redis_up() else [])
@@ -161,4 +172,12 @@ def cases() -> list[Case]:
                     baseline="fastapi: bare endpoint",
                 )
             )
+    found.append(
+        Case(
+            "prodkit redis unreachable: breaker open",
+            prodkit_app(True, _refusing_url),
+            headers=user,
+            baseline="fastapi: bare endpoint",
+        )
+    )
     return found

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+from prometheus_client import CollectorRegistry
+
+from prodkit.cache import RedisCacheStore, ResponseCache
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -11,3 +16,20 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     if request.param == "memory":
         return ("memory", "")
     return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+
+
+@pytest.fixture
+def redis_target(redis_url: str, redis_prefix: str) -> tuple[str, str]:
+    """The shared test Redis and this test's key prefix (resolved outside the event loop)."""
+    return redis_url, redis_prefix
+
+
+@pytest.fixture
+async def redis_cache(
+    redis_target: tuple[str, str], registry: CollectorRegistry
+) -> AsyncIterator[ResponseCache]:
+    """A ``ResponseCache`` over the shared test Redis, under this test's prefix."""
+    url, prefix = redis_target
+    cache = ResponseCache(RedisCacheStore(url, key_prefix=prefix), registry=registry)
+    yield cache
+    await cache.aclose()

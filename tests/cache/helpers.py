@@ -1,4 +1,6 @@
-"""A raw ASGI app for cache tests: counts calls, and has one path per caching situation.
+"""Helpers shared by the cache tests: a counting app, its routes, clocks and metric readers.
+
+``CountingApp`` is a raw ASGI app that counts calls and has one path per caching situation.
 
 GET paths:
 
@@ -17,8 +19,114 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
-from prodkit.asgi import Message, Receive, Scope, Send, get_header, read_body
+from prometheus_client import CollectorRegistry
+
+from prodkit import caller_from_header
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, get_header, read_body
+from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, Lookup
+
+ROUTES = {
+    "/items/{id}": CacheRule(ttl=60),
+    "/funds/{id}": CacheRule(ttl=60, per_caller=True, tags=("fund:{id}", "user:{caller}")),
+    "/funds/{id}/projection": CacheRule(ttl=300, per_caller=True, tags=("fund:{id}",)),
+    "/cookie": CacheRule(ttl=60),
+    "/nostore": CacheRule(ttl=60),
+    "/private": CacheRule(ttl=60),
+    "/nocache": CacheRule(ttl=60),
+    "/varystar": CacheRule(ttl=60),
+    "/missing": CacheRule(ttl=60),
+    "/lang": CacheRule(ttl=60),
+    "/etag": CacheRule(ttl=60),
+    "/big": CacheRule(ttl=60),
+}
+USER = {"X-User-Id": "alice"}
+T = TypeVar("T")
+
+
+def make_cache(app: ASGIApp, registry: CollectorRegistry, **options: Any) -> CacheMiddleware:
+    """A ``CacheMiddleware`` over ``app`` with :data:`ROUTES` and ``X-User-Id`` as the caller."""
+    options.setdefault("routes", ROUTES)
+    options.setdefault("caller", caller_from_header("X-User-Id"))
+    return CacheMiddleware(app, registry=registry, **options)
+
+
+def outcomes(registry: CollectorRegistry, route: str) -> dict[str, float]:
+    """``cache_requests_total`` of ``route`` by outcome, leaving out outcomes never counted."""
+    found: dict[str, float] = {}
+    for outcome in ("hit", "miss", "bypass", "error", "coalesced"):
+        value = registry.get_sample_value(
+            "prodkit_cache_requests_total", {"route": route, "outcome": outcome}
+        )
+        if value:
+            found[outcome] = value
+    return found
+
+
+def arrivals(app: ASGIApp, expected: int, gate: asyncio.Event) -> ASGIApp:
+    """Open ``gate`` once ``expected`` requests have reached ``app``."""
+    seen = 0
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == expected:
+            gate.set()
+        await app(scope, receive, send)
+
+    return wrapper
+
+
+class FakeClock:
+    """A clock that stands still until a test moves ``now``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore:
+    """A real store behind a counter: how many calls reached it, and how many were cancelled."""
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self.calls = 0
+        self.cancelled = 0
+
+    async def _count(self, call: Awaitable[T]) -> T:
+        self.calls += 1
+        try:
+            return await call
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def get(self, key: str, *, tags: Sequence[str] = ()) -> Lookup:
+        return await self._count(self.store.get(key, tags=tags))
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._count(self.store.set(key, value, ttl))
+
+    async def complete(
+        self, values: Sequence[tuple[str, bytes]], ttl: float, lock: str, token: str
+    ) -> None:
+        await self._count(self.store.complete(values, ttl, lock, token))
+
+    async def bump(self, tags: Sequence[str], ttl: float) -> None:
+        await self._count(self.store.bump(tags, ttl))
+
+    async def claim(self, key: str, token: str, lease: float) -> bool:
+        return await self._count(self.store.claim(key, token, lease))
+
+    async def release(self, key: str, token: str) -> bool:
+        return await self._count(self.store.release(key, token))
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
 
 
 class CountingApp:

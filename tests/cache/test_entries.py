@@ -1,86 +1,115 @@
-"""Cached response encoding, ETags and header parsing, checked on arbitrary input."""
+"""Entries looked up on the memory and Redis stores: what a hit serves after the entry changes.
+
+A hit reuses what it worked out for the same URL and the same stored bytes before (the entry
+key, the decoded entry); these cases check that nothing reused outlives the entry it came from.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
+from collections.abc import AsyncIterator
 
-from hypothesis import given
-from hypothesis import strategies as st
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
 
-from prodkit.cache import CachedResponse, compute_etag
-from prodkit.cache._entry import DecodedEntries, cache_control, etag_matches
-
-header_names = st.binary(min_size=1, max_size=20).map(lambda b: b.lower())
-headers = st.lists(st.tuples(header_names, st.binary(max_size=50)), max_size=8)
-
-
-@given(
-    status=st.integers(100, 599),
-    headers=headers,
-    body=st.binary(max_size=2000),
-    versions=st.lists(st.text(max_size=40), max_size=4),
-    vary=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1), max_size=3),
-    stored_at=st.floats(0, 2e9),
-    route=st.none() | st.text(max_size=40),
+from prodkit import HTTPMetricsMiddleware
+from prodkit.cache import (
+    CacheMiddleware,
+    CacheRule,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
 )
-def test_cached_responses_round_trip(
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    versions: list[str],
-    vary: list[str],
-    stored_at: float,
-    route: str | None,
+from tests.cache.helpers import USER, CountingApp, make_cache
+from tests.conftest import ClientFactory
+
+
+@pytest.fixture
+async def cache(
+    backend: tuple[str, str], registry: CollectorRegistry
+) -> AsyncIterator[ResponseCache]:
+    store = (
+        MemoryCacheStore()
+        if backend[0] == "memory"
+        else RedisCacheStore(backend[0], key_prefix=backend[1])
+    )
+    made = ResponseCache(store, registry=registry)
+    yield made
+    await made.aclose()
+
+
+def calls(response: httpx.Response) -> int:
+    return int(json.loads(response.content)["calls"])
+
+
+async def test_a_hit_after_a_refresh_serves_the_new_response(
+    cache: ResponseCache, registry: CollectorRegistry, make_client: ClientFactory
 ) -> None:
-    entry = CachedResponse(
-        status,
-        tuple(headers),
-        body,
-        compute_etag(body, headers),
-        stored_at,
-        tuple(versions),
-        tuple(vary),
-        route,
+    client = make_client(make_cache(CountingApp(), registry, cache=cache))
+    assert calls(await client.get("/items/1")) == 1
+    assert calls(await client.get("/items/1")) == 1
+    refreshed = await client.get("/items/1", headers={"Cache-Control": "no-cache"})
+    assert (refreshed.headers["x-cache"], calls(refreshed)) == ("MISS", 2)
+    hit = await client.get("/items/1")
+    assert (hit.headers["x-cache"], calls(hit)) == ("HIT", 2)
+    assert hit.headers["etag"] == refreshed.headers["etag"]
+    assert hit.headers["content-length"] == str(len(hit.content))
+
+
+async def test_a_hit_after_a_write_serves_the_new_response(
+    cache: ResponseCache, registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    client = make_client(make_cache(CountingApp(), registry, cache=cache))
+    for _ in range(2):
+        assert calls(await client.get("/funds/1", headers=USER)) == 1
+    assert (await client.patch("/funds/1", headers=USER)).status_code == 200
+    miss = await client.get("/funds/1", headers=USER)
+    hit = await client.get("/funds/1", headers=USER)
+    assert (miss.headers["x-cache"], calls(miss)) == ("MISS", 2)
+    assert (hit.headers["x-cache"], calls(hit)) == ("HIT", 2)
+
+
+async def test_repeated_hits_keep_urls_callers_and_variants_apart(
+    cache: ResponseCache, registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    client = make_client(make_cache(CountingApp(), registry, cache=cache))
+    requests = [
+        ("/items/1", {}),
+        ("/items/1?b=2&a=1", {}),
+        ("/items/2", {}),
+        ("/funds/1", {"X-User-Id": "alice"}),
+        ("/funds/1", {"X-User-Id": "bob"}),
+        ("/lang", {"Accept-Language": "de"}),
+        ("/lang", {"Accept-Language": "fr"}),
+    ]
+    first = [await client.get(url, headers=headers) for url, headers in requests]
+    assert [r.headers["x-cache"] for r in first] == ["MISS"] * len(requests)
+    for _ in range(3):
+        again = [await client.get(url, headers=headers) for url, headers in requests]
+        assert [r.headers["x-cache"] for r in again] == ["HIT"] * len(requests)
+        assert [r.content for r in again] == [r.content for r in first]
+    assert [r.content for r in first[-2:]] == [b"de", b"fr"]
+
+
+async def test_a_hit_is_counted_under_the_route_the_app_matched(
+    cache: ResponseCache, registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    """The app does not run on a hit; the metrics still see the template of its mounted route."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["item_id"]})
+
+    app = Starlette(routes=[Mount("/api", routes=[Route("/items/{item_id}", item)])])
+    cached = CacheMiddleware(
+        app, routes={"/api/items/{id}": CacheRule(ttl=60)}, cache=cache, registry=registry
     )
-    assert CachedResponse.decode(entry.encode()) == entry
-
-
-@given(body=st.binary(max_size=500), content_type=st.binary(max_size=40))
-def test_an_etag_matches_itself_weakly_and_strongly(body: bytes, content_type: bytes) -> None:
-    etag = compute_etag(body, [(b"content-type", content_type)])
-    assert etag_matches(etag, etag)
-    assert etag_matches(b"W/" + etag, etag)
-    assert etag_matches(b'"other", ' + etag, etag)
-    assert etag_matches(b"*", etag)
-    assert not etag_matches(b'"other"', etag)
-
-
-@given(value=st.binary(max_size=200), etag=st.binary(max_size=40))
-def test_hostile_if_none_match_and_cache_control_never_raise(value: bytes, etag: bytes) -> None:
-    etag_matches(value, b'"' + etag.replace(b'"', b"") + b'"')
-    cache_control([(b"cache-control", value)])
-
-
-def test_importing_the_cache_imports_no_driver() -> None:
-    code = "import sys, prodkit.cache; print(any(m.split('.')[0] == 'redis' for m in sys.modules))"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "False"
-
-
-def test_decoded_entries_are_reused_only_for_the_same_bytes_and_stay_bounded() -> None:
-    def encoded(body: bytes) -> bytes:
-        return CachedResponse(200, (), body, compute_etag(body), 1.0).encode()
-
-    decoded = DecodedEntries(max_entries=2, max_bytes=1000)
-    old = encoded(b"old")
-    assert decoded.decode("a", old).body == b"old"
-    assert decoded.decode("a", bytes(old)).body == b"old"  # equal bytes from another read
-    assert decoded.decode("a", encoded(b"new")).body == b"new"  # replaced under the same key
-    decoded.decode("b", encoded(b"b"))
-    decoded.decode("c", encoded(b"c"))
-    assert len(decoded) == 2
-    assert decoded.decode("d", encoded(b"x" * 2000)).body == b"x" * 2000  # too big to keep
-    assert len(decoded) == 2
+    client = make_client(HTTPMetricsMiddleware(cached, registry=registry))
+    responses = [await client.get("/api/items/7") for _ in range(3)]
+    assert [r.headers["x-cache"] for r in responses] == ["MISS", "HIT", "HIT"]
+    labels = {"method": "GET", "route": "/api/items/{item_id}", "status_code": "200"}
+    assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 3

@@ -12,14 +12,7 @@ from hypothesis import strategies as st
 
 from prodkit import ConfigurationError, MissingDependencyError
 from prodkit.cache import CacheStore, Lookup, MemoryCacheStore, RedisCacheStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.cache.helpers import FakeClock
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""One read's cache facts: whether it may use the cache, its keys, and what it asked for."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from prometheus_client import Counter
+
+from prodkit._core.callers import Caller
+from prodkit._core.headers import get_all_headers
+from prodkit._core.types import Scope
+from prodkit.cache._entry import cache_control
+from prodkit.cache._rules import CacheRule, Route
+
+Outcome = Literal["hit", "miss", "bypass", "error", "coalesced"]
+
+#: Request header fields the cache looks at.
+_READ_FIELDS = frozenset(
+    {b"authorization", b"cache-control", b"cookie", b"if-none-match", b"range"}
+)
+_NO_DIRECTIVES: Mapping[str, str] = MappingProxyType({})
+# Entry keys and tag keys of recent reads, so a repeated read does not parse and hash again;
+# long URLs (and callers) are not remembered, which bounds the memo's memory.
+_MEMO_SIZE = 4096
+_MEMO_MAX_URL = 256
+
+Keys = tuple[str, tuple[str, ...]]
+
+
+@dataclass(slots=True)
+class CacheRequest:
+    """Per-request cache facts (never stored on the middleware)."""
+
+    route: Route
+    rule: CacheRule
+    scope: Scope
+    base: str  # hex digest of method, route, path, query and caller
+    tags: tuple[str, ...]  # tag version keys, path tag first
+    if_none_match: bytes | None
+    statuses: frozenset[int]
+    ttl: float
+    head: bool
+    directives: Mapping[str, str]  # the request's Cache-Control
+    versions: tuple[str, ...] | None = None  # tag versions read before the app runs
+    unstorable: bool = False  # the last response for this key could not be stored
+    vary_values: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    @property
+    def entry_key(self) -> str:
+        """The store key of the entry (or of its vary record)."""
+        return "e:{" + self.base + "}"
+
+    @property
+    def lock_key(self) -> str:
+        """The store key of the single-flight lease."""
+        return "l:{" + self.base + "}"
+
+    def vary_digest(self, names: tuple[str, ...]) -> str:
+        """A digest of this request's values of the header fields ``names``."""
+        digest = self.vary_values.get(names)
+        if digest is None:
+            headers = self.scope.get("headers") or ()
+            h = hashlib.sha256()
+            for name in names:
+                h.update(b", ".join(get_all_headers(headers, name.encode("latin-1"))))
+                h.update(b"\0")
+            digest = h.hexdigest()[:32]
+            self.vary_values[names] = digest
+        return digest
+
+    def variant_key(self, names: tuple[str, ...]) -> str:
+        """The store key of the variant this request selects among ``names``."""
+        return self.entry_key + ":" + self.vary_digest(names)
+
+
+class RequestReader:
+    """Turns a scope on a cached route into a :class:`CacheRequest`, remembering recent keys."""
+
+    __slots__ = ("_keys", "caller", "statuses")
+
+    def __init__(self, caller: Caller | None, statuses: frozenset[int]) -> None:
+        self.caller = caller
+        self.statuses = statuses
+        self._keys: dict[tuple[str, str, bytes, str | None], Keys] = {}
+
+    def read(self, scope: Scope, route: Route) -> CacheRequest | Outcome:
+        """Return the request's cache facts, or ``"bypass"`` when it must not use the cache."""
+        rule = route.rule
+        if rule is None:  # pragma: no cover - read routes always have a rule
+            return "bypass"
+        headers = scope.get("headers") or ()
+        # One pass over the request headers for every field the cache reads.
+        found: dict[bytes, bytes] = {}
+        controls = False
+        for name, value in headers:
+            if name in _READ_FIELDS:
+                if name == b"cache-control":
+                    controls = True
+                elif name not in found:
+                    found[name] = value
+        if not rule.allow_credentials and (b"authorization" in found or b"cookie" in found):
+            return "bypass"
+        if b"range" in found:
+            return "bypass"  # partial content is not stored; let the app answer ranges
+        caller_name: str | None = None
+        if self.caller is not None and route.by_caller:  # the key or a tag names the caller
+            caller_name = self.caller(scope)
+        if rule.per_caller and caller_name is None:
+            return "bypass"
+        path: str = scope.get("path", "/")
+        query: bytes = scope.get("query_string", b"")
+        memo = (route.template, path, query, caller_name)
+        keys = self._keys.get(memo)
+        if keys is None:  # a URL not read lately: parse and hash it
+            keys = self._remember(memo, route.keys(path, query, caller_name))
+        base, tags = keys
+        return CacheRequest(
+            route=route,
+            rule=rule,
+            scope=scope,
+            base=base,
+            tags=tags,
+            if_none_match=found.get(b"if-none-match"),
+            statuses=rule.statuses if rule.statuses is not None else self.statuses,
+            ttl=rule.ttl,
+            head=scope.get("method") == "HEAD",
+            directives=cache_control(headers) if controls else _NO_DIRECTIVES,
+        )
+
+    def _remember(self, memo: tuple[str, str, bytes, str | None], keys: Keys) -> Keys:
+        _, path, query, caller_name = memo
+        if len(path) + len(query) + (len(caller_name) if caller_name else 0) <= _MEMO_MAX_URL:
+            if len(self._keys) >= _MEMO_SIZE:
+                self._keys.clear()
+            self._keys[memo] = keys
+        return keys
+
+
+class OutcomeCounter:
+    """``cache_requests_total{route, outcome}``, with its children kept once made."""
+
+    __slots__ = ("_children", "_counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, Outcome], Counter] = {}
+
+    def count(self, route: str, outcome: Outcome) -> None:
+        """Count one request to ``route`` with ``outcome``."""
+        child = self._children.get((route, outcome))
+        if child is None:
+            # labels() costs more than the rest of a hit; a child is created on first use, as
+            # before, so series that never happened are still not exported.
+            child = self._children[route, outcome] = self._counter.labels(route, outcome)
+        child.inc()
+
+
+__all__ = ["CacheRequest", "Outcome", "OutcomeCounter", "RequestReader"]

@@ -1,0 +1,86 @@
+"""Cached response encoding, ETags and header parsing, checked on arbitrary input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prodkit.cache import CachedResponse, compute_etag
+from prodkit.cache._entry import DecodedEntries, cache_control, etag_matches
+
+header_names = st.binary(min_size=1, max_size=20).map(lambda b: b.lower())
+headers = st.lists(st.tuples(header_names, st.binary(max_size=50)), max_size=8)
+
+
+@given(
+    status=st.integers(100, 599),
+    headers=headers,
+    body=st.binary(max_size=2000),
+    versions=st.lists(st.text(max_size=40), max_size=4),
+    vary=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1), max_size=3),
+    stored_at=st.floats(0, 2e9),
+    route=st.none() | st.text(max_size=40),
+)
+def test_cached_responses_round_trip(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    versions: list[str],
+    vary: list[str],
+    stored_at: float,
+    route: str | None,
+) -> None:
+    entry = CachedResponse(
+        status,
+        tuple(headers),
+        body,
+        compute_etag(body, headers),
+        stored_at,
+        tuple(versions),
+        tuple(vary),
+        route,
+    )
+    assert CachedResponse.decode(entry.encode()) == entry
+
+
+@given(body=st.binary(max_size=500), content_type=st.binary(max_size=40))
+def test_an_etag_matches_itself_weakly_and_strongly(body: bytes, content_type: bytes) -> None:
+    etag = compute_etag(body, [(b"content-type", content_type)])
+    assert etag_matches(etag, etag)
+    assert etag_matches(b"W/" + etag, etag)
+    assert etag_matches(b'"other", ' + etag, etag)
+    assert etag_matches(b"*", etag)
+    assert not etag_matches(b'"other"', etag)
+
+
+@given(value=st.binary(max_size=200), etag=st.binary(max_size=40))
+def test_hostile_if_none_match_and_cache_control_never_raise(value: bytes, etag: bytes) -> None:
+    etag_matches(value, b'"' + etag.replace(b'"', b"") + b'"')
+    cache_control([(b"cache-control", value)])
+
+
+def test_importing_the_cache_imports_no_driver() -> None:
+    code = "import sys, prodkit.cache; print(any(m.split('.')[0] == 'redis' for m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_decoded_entries_are_reused_only_for_the_same_bytes_and_stay_bounded() -> None:
+    def encoded(body: bytes) -> bytes:
+        return CachedResponse(200, (), body, compute_etag(body), 1.0).encode()
+
+    decoded = DecodedEntries(max_entries=2, max_bytes=1000)
+    old = encoded(b"old")
+    assert decoded.decode("a", old).body == b"old"
+    assert decoded.decode("a", bytes(old)).body == b"old"  # equal bytes from another read
+    assert decoded.decode("a", encoded(b"new")).body == b"new"  # replaced under the same key
+    decoded.decode("b", encoded(b"b"))
+    decoded.decode("c", encoded(b"c"))
+    assert len(decoded) == 2
+    assert decoded.decode("d", encoded(b"x" * 2000)).body == b"x" * 2000  # too big to keep
+    assert len(decoded) == 2
