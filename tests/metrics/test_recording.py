@@ -13,14 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from prodkit import ConfigurationError, ErrorMiddleware
-from prodkit._core.collectors import loop_gauge, loop_histogram
 from prodkit.asgi import Message, Receive, Scope, Send
 from prodkit.metrics import HTTPMetricsMiddleware
 from tests.apps import build_app
@@ -231,7 +226,6 @@ def test_configuration_errors(
 
 
 def test_names_taken_by_another_library_are_a_configuration_error() -> None:
-    from prometheus_client import Histogram
 
     shared = CollectorRegistry()
     Histogram("http_request_duration_seconds", "someone else's", registry=shared)
@@ -282,39 +276,6 @@ async def test_exceptions_answered_by_an_inner_error_middleware_are_counted(
         )
         == 1
     )
-
-
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
-@given(
-    values=st.lists(
-        st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.sampled_from([0.005, 64.0]),
-        max_size=40,
-    ),
-    labels=st.sampled_from([("GET", "/a"), ("POST", "/b")]),
-)
-def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
-    values: list[float], labels: tuple[str, str]
-) -> None:
-    ours, theirs = CollectorRegistry(), CollectorRegistry()
-    buckets = [0.005, 0.5, 64.0, 1024.0]
-    loop = loop_histogram("h", "help", ["m", "r"], registry=ours, buckets=buckets)
-    reference = Histogram("h", "help", ["m", "r"], registry=theirs, buckets=buckets)
-    for value in values:
-        loop.labels(*labels).observe(value)
-        reference.labels(*labels).observe(value)
-
-    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-        text = generate_latest(registry).decode()
-        return [
-            (sample.name, sample.labels, round(sample.value, 6))
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if not sample.name.endswith("_created")
-        ]
-
-    assert samples(ours) == samples(theirs)
-    with pytest.raises(ConfigurationError):
-        loop_gauge("h", "help", registry=ours)
 
 
 # One request through the middleware in a fresh interpreter, whose environment decides the mode

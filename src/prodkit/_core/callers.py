@@ -12,6 +12,8 @@ from collections.abc import Callable
 from prodkit._core.headers import scope_header
 from prodkit._core.types import Scope
 
+_DIGEST = b"sha256:"
+
 #: ``scope -> caller`` (``None``: the request names no caller).
 Caller = Callable[[Scope], str | None]
 
@@ -19,9 +21,9 @@ Caller = Callable[[Scope], str | None]
 def caller_from_header(name: str = "X-User-Id", *, max_length: int = 256) -> Caller:
     """Return a caller function that names the caller by request header ``name``.
 
-    An absent or empty header gives ``None``. A value longer than ``max_length`` bytes is
-    replaced by its SHA-256 digest, so that one request cannot make keys of any size while two
-    callers still never share one. Only sound when a trusted layer (an authenticating proxy, an
+    An absent or empty header gives ``None``. A value longer than ``max_length`` bytes (or one
+    that already looks like a digest) is replaced by ``sha256:`` and its SHA-256 digest, so
+    that one request cannot make keys of any size while two callers still never share one. Only sound when a trusted layer (an authenticating proxy, an
     earlier middleware) sets that header.
     """
     header = name.lower().encode("latin-1")
@@ -30,7 +32,7 @@ def caller_from_header(name: str = "X-User-Id", *, max_length: int = 256) -> Cal
         value = scope_header(scope, header)
         if not value:
             return None
-        if len(value) > max_length:
+        if len(value) > max_length or value.startswith(_DIGEST):
             return "sha256:" + hashlib.sha256(value).hexdigest()
         return value.decode("latin-1")
 
