@@ -10,19 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from hypothesis import given
-from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError, ErrorMiddleware, RequestIdMiddleware, caller_from_header
 from prodkit.asgi import ASGIApp, CircuitBreaker, Message, Receive, Scope, Send
 from prodkit.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
-from prodkit.idempotency._middleware import (
-    SCOPE_KEY,
-    IdempotencyMiddleware,
-    parse_idempotency_key,
-    request_fingerprint,
-)
+from prodkit.idempotency._middleware import SCOPE_KEY, IdempotencyMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 
@@ -670,45 +663,6 @@ async def test_lifespan_and_websocket_pass_through() -> None:
     await middleware({"type": "lifespan"}, noop, send)
     await middleware({"type": "websocket", "path": "/ws", "headers": []}, noop, send)
     assert seen == ["lifespan", "websocket"]
-
-
-@given(st.binary(max_size=300))
-def test_parse_never_raises_and_respects_the_cap(raw: bytes) -> None:
-    key = parse_idempotency_key(raw, 64)
-    assert key is None or 0 < len(key) <= 64
-
-
-@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1))
-def test_sf_string_round_trip(key: str) -> None:
-    serialised = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    assert parse_idempotency_key(serialised.encode(), 10_000) == key
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=10,
-)
-
-
-@given(st.dictionaries(st.text(max_size=5), json_values, max_size=5), st.randoms())
-def test_fingerprint_ignores_json_key_order_and_spacing(document: dict[str, Any], rnd: Any) -> None:
-    items = list(document.items())
-    rnd.shuffle(items)
-    scope: Scope = {
-        "method": "POST",
-        "path": "/a",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json; charset=utf-8")],
-    }
-    compact = json.dumps(document, separators=(",", ":")).encode()
-    spaced = json.dumps(dict(items), indent=2).encode()
-    assert request_fingerprint(scope, compact) == request_fingerprint(scope, spaced)
-    assert request_fingerprint(scope, compact) != request_fingerprint(
-        {**scope, "path": "/b"}, compact
-    )
 
 
 class CompletionFailingStore(MemoryIdempotencyStore):
