@@ -703,7 +703,10 @@ async def test_recording_is_tried_even_while_the_breaker_is_open(
     app = CountingApp()
     store = CompletionFailingStore()
     store.failing = False
-    breaker = CircuitBreaker("idem", failure_threshold=1, registry=CollectorRegistry())
+    clock = Clock()
+    breaker = CircuitBreaker(
+        "idem", failure_threshold=1, recovery_time=5, registry=CollectorRegistry(), clock=clock
+    )
     middleware, _ = wrap(app, store=store, breaker=breaker)
     client = make_client(middleware)
 
@@ -715,11 +718,20 @@ async def test_recording_is_tried_even_while_the_breaker_is_open(
     first = await post(client)
     assert first.status_code == 201
     assert "idempotency-stored" not in first.headers  # recorded despite the open breaker
+    record = await store.get(middleware.storage_key("", KEY))
+    assert record is not None
+    assert record.completed
     middleware.app = app
-    replay = await post(client)  # the breaker is open, so the claim fails closed (503) ...
-    assert replay.status_code in (201, 503)
-    if replay.status_code == 201:
-        assert replay.headers["idempotency-status"] == "replayed"
+    # The breaker stays open (its clock does not move), so the retry's claim fails closed ...
+    refused = await post(client)
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
+    # ... and once it lets a probe through, the record written under the open breaker replays.
+    clock.now += breaker.recovery_time
+    replay = await post(client)
+    assert replay.status_code == 201
+    assert replay.headers["idempotency-status"] == "replayed"
+    assert replay.content == first.content
     assert len(app.calls) == 1
 
 
