@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
 import secrets
@@ -26,16 +25,25 @@ from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
 from prodkit._core.observer import read_body, replay_receive
-from prodkit._core.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, send_problem
+from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.idempotency._keys import parse_idempotency_key, request_fingerprint, storage_key
 from prodkit.idempotency._memory import MemoryIdempotencyStore
+from prodkit.idempotency._responses import (
+    DEFAULT_STORED_HEADERS,
+    NEVER_STORED,
+    STATUS_HEADER,
+    STORED_HEADER,
+    is_prodkit_problem,
+    replay,
+    stored_response,
+    unstorable,
+)
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
     IdempotencyStore,
-    StoredResponse,
     check_durations,
 )
 
@@ -52,28 +60,8 @@ STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 #: Scope key holding ``"created"`` while the handler runs under a fresh claim.
 SCOPE_KEY = "prodkit.idempotency_status"
 
-#: Response headers recorded and replayed by default. ``Set-Cookie`` is never recorded.
-DEFAULT_STORED_HEADERS = (
-    "Cache-Control",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Location",
-    "Content-Type",
-    "ETag",
-    "Last-Modified",
-    "Link",
-    "Location",
-    "Vary",
-)
-_NEVER_STORED = frozenset(
-    {"set-cookie", "set-cookie2", "content-length", "transfer-encoding", "idempotency-status"}
-)
-
-_STATUS = b"idempotency-status"
-_STORED = b"idempotency-stored"
 #: Seconds one attempt to record a response may take (the breaker's timeout does not apply).
 COMPLETE_TIMEOUT = 5.0
-_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
 
 #: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
 OUTCOMES = ("created", "replayed", "mismatch", "in_progress", "error", "invalid")
@@ -178,7 +166,7 @@ class IdempotencyMiddleware:
                 "(MemoryIdempotencyStore, PostgresIdempotencyStore, RedisIdempotencyStore)"
             )
         stored = {name.lower() for name in stored_headers}
-        forbidden = stored & _NEVER_STORED
+        forbidden = stored & NEVER_STORED
         if forbidden:
             raise ConfigurationError(
                 f"stored_headers must not include {', '.join(sorted(forbidden))}: "
@@ -300,7 +288,7 @@ class IdempotencyMiddleware:
             await _ClaimedResponder(self, scope, send, store_key, owner).run(receive)
         elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
             self._outcomes["replayed"].inc()
-            await _replay(send, claim.response)
+            await replay(send, claim.response)
         elif claim.outcome is ClaimOutcome.MISMATCH:
             await self._reject(
                 send,
@@ -344,7 +332,12 @@ class IdempotencyMiddleware:
 
     async def _claim(self, store_key: str, fingerprint: bytes, owner: str) -> Claim | None:
         try:
-            return await self._guarded(
+            if self.breaker is None:
+                # Every request claims: without a breaker, no wrapper coroutine on the hot path.
+                return await self.store.claim(
+                    store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
+                )
+            return await self.breaker.call(
                 lambda: self.store.claim(
                     store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
                 )
@@ -402,10 +395,7 @@ class IdempotencyMiddleware:
     ) -> Literal["stored", "lost", "failed"]:
         """Record the response. The handler has run, so this is not skipped for an open
         breaker (which only protects new claims): it is tried once more after a failure."""
-        headers = tuple(
-            (name, value) for name, value in message_headers(start) if name in self._stored_headers
-        )
-        response = StoredResponse(int(start["status"]), headers, body)
+        response = stored_response(start, body, self._stored_headers)
         stored = False
         for attempt in (1, 2):
             try:
@@ -435,7 +425,7 @@ class _ClaimedResponder:
 
     The response is held back until it is complete, recorded while this request still owns the
     claim, then sent with ``Idempotency-Status: created``. A response that is not to be recorded
-    (see :meth:`_unstorable`) is sent as it comes, marked ``Idempotency-Stored: false``. When the
+    (see :func:`unstorable`) is sent as it comes, marked ``Idempotency-Stored: false``. When the
     handler is done the claim is released, unless the response is on record or may have to be:
     then a retry must not run the handler a second time.
     """
@@ -499,9 +489,11 @@ class _ClaimedResponder:
 
     async def _hold_start(self, message: Message) -> None:
         headers = message_headers(message)
-        set_header(headers, _STATUS, b"created")
+        set_header(headers, STATUS_HEADER, b"created")
         self.held.append(message)
-        reason = self._unstorable(int(message["status"]), headers)
+        reason = unstorable(
+            int(message["status"]), headers, store_server_errors=self.middleware.store_server_errors
+        )
         if reason is None:
             # A declared length over the cap need not be buffered to be refused.
             length = get_header(headers, b"content-length")
@@ -525,7 +517,7 @@ class _ClaimedResponder:
     async def _record(self) -> None:
         start = self.held[0]
         body = b"".join(m.get("body", b"") for m in self.held[1:])
-        if _is_prodkit_problem(start, body):
+        if is_prodkit_problem(start, body):
             await self.flush("prodkit problem responses are not recorded")
             return
         # The handler's effects happened: from here on, a cancellation (client gone, shutdown
@@ -538,21 +530,12 @@ class _ClaimedResponder:
         self.release_claim = outcome == "lost"
         await self.flush(None if outcome == "stored" else "the record could not be written")
 
-    def _unstorable(self, status: int, headers: list[tuple[bytes, bytes]]) -> str | None:
-        if status >= 500 and not self.middleware.store_server_errors:
-            return "server errors are not recorded"
-        if get_header(headers, b"retry-after") is not None:
-            return "responses asking to retry (Retry-After) are not recorded"
-        if status < 200:
-            return "informational responses are not recorded"
-        return None
-
     async def flush(self, reason: str | None) -> None:
         """Send what is held and pass the rest through; ``reason`` says why it is not recorded."""
         self.streaming = True
         held = self.held
         if held and reason is not None:
-            set_header(message_headers(held[0]), _STORED, b"false")
+            set_header(message_headers(held[0]), STORED_HEADER, b"false")
             self.middleware.logger.info(
                 "idempotent response not stored",
                 reason=reason,
@@ -562,25 +545,6 @@ class _ClaimedResponder:
         self.held = []
         for message in held:
             await self.send(message)
-
-
-def _is_prodkit_problem(start: Message, body: bytes) -> bool:
-    if get_header(start.get("headers") or (), b"content-type") != _PROBLEM_TYPE:
-        return False
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return False
-    kind = document.get("type") if isinstance(document, dict) else None
-    return isinstance(kind, str) and kind.startswith(PROBLEM_TYPE_PREFIX)
-
-
-async def _replay(send: Send, response: StoredResponse) -> None:
-    headers = response.raw_headers()
-    headers.append((b"content-length", str(len(response.body)).encode()))
-    headers.append((_STATUS, b"replayed"))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 
 __all__ = [
