@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import math
 import re
 import secrets
@@ -25,23 +23,27 @@ from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
-from prodkit._core.headers import (
-    get_all_headers,
-    get_header,
-    message_headers,
-    scope_header,
-    set_header,
-)
+from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
 from prodkit._core.observer import read_body, replay_receive
-from prodkit._core.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, send_problem
+from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.idempotency._keys import parse_idempotency_key, request_fingerprint, storage_key
 from prodkit.idempotency._memory import MemoryIdempotencyStore
+from prodkit.idempotency._responses import (
+    DEFAULT_STORED_HEADERS,
+    NEVER_STORED,
+    STATUS_HEADER,
+    STORED_HEADER,
+    is_prodkit_problem,
+    replay,
+    stored_response,
+    unstorable,
+)
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
     IdempotencyStore,
-    StoredResponse,
     check_durations,
 )
 
@@ -58,96 +60,11 @@ STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 #: Scope key holding ``"created"`` while the handler runs under a fresh claim.
 SCOPE_KEY = "prodkit.idempotency_status"
 
-#: Response headers recorded and replayed by default. ``Set-Cookie`` is never recorded.
-DEFAULT_STORED_HEADERS = (
-    "Cache-Control",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Location",
-    "Content-Type",
-    "ETag",
-    "Last-Modified",
-    "Link",
-    "Location",
-    "Vary",
-)
-_NEVER_STORED = frozenset(
-    {"set-cookie", "set-cookie2", "content-length", "transfer-encoding", "idempotency-status"}
-)
-
-_STATUS = b"idempotency-status"
-_STORED = b"idempotency-stored"
 #: Seconds one attempt to record a response may take (the breaker's timeout does not apply).
 COMPLETE_TIMEOUT = 5.0
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"\Z')
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~:/-]+\Z")
-_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
-_JSON_TYPE = re.compile(rb"\s*application/(?:[\w.+-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
 
 #: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
 OUTCOMES = ("created", "replayed", "mismatch", "in_progress", "error", "invalid")
-
-
-def parse_idempotency_key(value: bytes, max_length: int = 255) -> str | None:
-    """Return the key carried by an ``Idempotency-Key`` field value, or ``None`` if invalid.
-
-    The draft makes the field a structured-field String (RFC 8941 section 3.3.3):
-    ``"8e03978e-40d5-43e8-bc93-6894a57f9324"`` (with ``\\"`` and ``\\\\`` escapes). A bare
-    token of ``A-Z a-z 0-9 ! # $ % & ' * + . ^ _ ` | ~ : / -`` is accepted too, because many
-    clients send the UUID unquoted. The key must be 1 to ``max_length`` characters of
-    printable ASCII; parameters are not allowed.
-    """
-    try:
-        text = value.decode("ascii").strip(" \t")
-    except UnicodeDecodeError:
-        return None
-    found = _SF_STRING.match(text)
-    if found is not None:
-        key = re.sub(r"\\(.)", r"\1", found.group(1))
-    elif _TOKEN.match(text):
-        key = text
-    else:
-        return None
-    if not 0 < len(key) <= max_length:
-        return None
-    return key
-
-
-def _lp(*parts: bytes) -> bytes:
-    return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
-
-
-def canonical_body(body: bytes, content_type: bytes | None) -> tuple[bytes, bytes]:
-    """Return ``(kind, bytes)`` for fingerprinting: canonical JSON for JSON bodies, else raw.
-
-    JSON (``application/json`` or ``application/*+json``) is re-serialised with sorted keys
-    and no insignificant whitespace, so key order and formatting do not change the fingerprint.
-    A body that does not parse as JSON is taken as raw bytes.
-    """
-    if body and content_type is not None and _JSON_TYPE.match(content_type):
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):
-            return b"raw", body
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        # JSON may carry lone surrogates ("\\ud800"): keep them, a client's odd body is no 500.
-        return b"json", canonical.encode("utf-8", "surrogatepass")
-    return b"raw", body
-
-
-def request_fingerprint(scope: Scope, body: bytes) -> bytes:
-    """SHA-256 over the method, path, query string and (canonical) body, each length-prefixed."""
-    kind, canonical = canonical_body(body, scope_header(scope, b"content-type"))
-    path = (scope.get("root_path", "") + scope.get("path", "/")).encode("utf-8", "surrogateescape")
-    return hashlib.sha256(
-        _lp(
-            scope.get("method", "").encode("ascii"),
-            path,
-            bytes(scope.get("query_string", b"")),
-            kind,
-            canonical,
-        )
-    ).digest()
 
 
 class IdempotencyMiddleware:
@@ -249,7 +166,7 @@ class IdempotencyMiddleware:
                 "(MemoryIdempotencyStore, PostgresIdempotencyStore, RedisIdempotencyStore)"
             )
         stored = {name.lower() for name in stored_headers}
-        forbidden = stored & _NEVER_STORED
+        forbidden = stored & NEVER_STORED
         if forbidden:
             raise ConfigurationError(
                 f"stored_headers must not include {', '.join(sorted(forbidden))}: "
@@ -292,8 +209,7 @@ class IdempotencyMiddleware:
 
     def storage_key(self, caller: str, key: str) -> str:
         """The store key for ``key`` sent by ``caller``: a SHA-256 hex digest (64 characters)."""
-        parts = (self.namespace, caller, key)
-        return hashlib.sha256(_lp(*(p.encode("utf-8", "surrogatepass") for p in parts))).hexdigest()
+        return storage_key(self.namespace, caller, key)
 
     def _is_required(self, path: str) -> bool:
         if self._required_everywhere:
@@ -311,23 +227,23 @@ class IdempotencyMiddleware:
 
         values = get_all_headers(scope.get("headers") or (), self._header)
         if not values:
-            if self._is_required(path):
-                self._outcomes["invalid"].inc()
-                await send_problem(
-                    send,
-                    400,
-                    KEY_MISSING,
-                    "This operation requires an Idempotency-Key header; send a new unique key "
-                    "(a UUID) for each operation and the same key when retrying it.",
-                )
+            if not self._is_required(path):
+                await self.app(scope, receive, send)
                 return
-            await self.app(scope, receive, send)
+            await self._reject(
+                send,
+                "invalid",
+                400,
+                KEY_MISSING,
+                "This operation requires an Idempotency-Key header; send a new unique key "
+                "(a UUID) for each operation and the same key when retrying it.",
+            )
             return
         key = parse_idempotency_key(values[0], self.max_key_length) if len(values) == 1 else None
         if key is None:
-            self._outcomes["invalid"].inc()
-            await send_problem(
+            await self._reject(
                 send,
+                "invalid",
                 400,
                 KEY_INVALID,
                 "Send exactly one Idempotency-Key header whose value is a quoted string "
@@ -338,9 +254,9 @@ class IdempotencyMiddleware:
         body, complete = await read_body(receive, self.max_body_bytes)
         if not complete:
             if len(body) > self.max_body_bytes:
-                self._outcomes["invalid"].inc()
-                await send_problem(
+                await self._reject(
                     send,
+                    "invalid",
                     413,
                     BODY_TOO_LARGE,
                     f"Requests with an Idempotency-Key may carry at most "
@@ -350,29 +266,33 @@ class IdempotencyMiddleware:
 
         store_key = self.storage_key(self.caller(scope) or "", key)
         fingerprint = request_fingerprint(scope, body)
+        await self._answer(scope, replay_receive(body, receive), send, store_key, fingerprint)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, store_key: str, fingerprint: bytes
+    ) -> None:
+        """Claim the key, then run the handler, replay, or say why not."""
         owner = secrets.token_hex(16)
-        app_receive = replay_receive(body, receive)
-
         claim = await self._claim(store_key, fingerprint, owner)
-        if claim is None:
-            await self._store_failed(scope, app_receive, send)
-            return
-        if claim.outcome is ClaimOutcome.IN_PROGRESS and self.wait_timeout is not None:
+        if (
+            claim is not None
+            and claim.outcome is ClaimOutcome.IN_PROGRESS
+            and self.wait_timeout is not None
+        ):
             claim = await self._wait(store_key, fingerprint, owner, claim)
-            if claim is None:
-                await self._store_failed(scope, app_receive, send)
-                return
 
-        if claim.outcome is ClaimOutcome.ACQUIRED:
+        if claim is None:
+            await self._store_failed(scope, receive, send)
+        elif claim.outcome is ClaimOutcome.ACQUIRED:
             self._outcomes["created"].inc()
-            await self._run(scope, app_receive, send, store_key, owner)
+            await _ClaimedResponder(self, scope, send, store_key, owner).run(receive)
         elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
             self._outcomes["replayed"].inc()
-            await _replay(send, claim.response)
+            await replay(send, claim.response)
         elif claim.outcome is ClaimOutcome.MISMATCH:
-            self._outcomes["mismatch"].inc()
-            await send_problem(
+            await self._reject(
                 send,
+                "mismatch",
                 422,
                 KEY_REUSED,
                 "This Idempotency-Key was already used for a different request (method, path, "
@@ -380,16 +300,28 @@ class IdempotencyMiddleware:
                 "request unchanged to get its response.",
             )
         else:
-            self._outcomes["in_progress"].inc()
             retry_after = max(1, math.ceil(claim.retry_after or 1))
-            await send_problem(
+            await self._reject(
                 send,
+                "in_progress",
                 409,
                 IN_PROGRESS,
                 "A request with this Idempotency-Key is still being processed; retry later "
                 "with the same key to get its response.",
                 headers={"Retry-After": str(retry_after)},
             )
+
+    async def _reject(
+        self,
+        send: Send,
+        outcome: str,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._outcomes[outcome].inc()
+        await send_problem(send, status, code, detail, headers=headers)
 
     # -- store calls ------------------------------------------------------------------------
 
@@ -400,7 +332,12 @@ class IdempotencyMiddleware:
 
     async def _claim(self, store_key: str, fingerprint: bytes, owner: str) -> Claim | None:
         try:
-            return await self._guarded(
+            if self.breaker is None:
+                # Every request claims: without a breaker, no wrapper coroutine on the hot path.
+                return await self.store.claim(
+                    store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
+                )
+            return await self.breaker.call(
                 lambda: self.store.claim(
                     store_key, fingerprint, owner, lease=self.lease, ttl=self.ttl
                 )
@@ -453,114 +390,12 @@ class IdempotencyMiddleware:
             # The lease still expires: the key is only blocked until then.
             self.logger.warning("idempotency claim not released", error=str(exc))
 
-    # -- running the handler ----------------------------------------------------------------
-
-    async def _run(
-        self, scope: Scope, receive: Receive, send: Send, store_key: str, owner: str
-    ) -> None:
-        held: list[Message] = []  # the response, kept back until it is complete and recorded
-        held_size = 0
-        streaming = False  # the response goes straight through (not recorded)
-        recorded = False
-        hold_claim = False
-        limit = self.max_response_bytes
-
-        async def flush(reason: str | None) -> None:
-            nonlocal streaming
-            streaming = True
-            if held and reason is not None:
-                set_header(message_headers(held[0]), _STORED, b"false")
-                self.logger.info(
-                    "idempotent response not stored",
-                    reason=reason,
-                    path=scope.get("path"),
-                    status=held[0]["status"],
-                )
-            messages = held[:]
-            held.clear()
-            for message in messages:
-                await send(message)
-
-        async def capture(message: Message) -> None:
-            nonlocal held_size, recorded, hold_claim
-            if streaming:
-                await send(message)
-                return
-            kind = message["type"]
-            if kind == "http.response.start":
-                headers = message_headers(message)
-                set_header(headers, _STATUS, b"created")
-                held.append(message)
-                reason = self._unstorable(int(message["status"]), headers)
-                length = get_header(headers, b"content-length")
-                if (
-                    reason is None
-                    and length is not None
-                    and length.isdigit()
-                    and int(length) > limit
-                ):
-                    reason = "response body larger than max_response_bytes"
-                if reason is not None:
-                    await flush(reason)
-                return
-            if kind != "http.response.body" or not held:
-                await send(message)
-                return
-            chunk: bytes = message.get("body", b"")
-            held.append(message)
-            held_size += len(chunk)
-            if held_size > limit:
-                await flush("response body larger than max_response_bytes")
-                return
-            if message.get("more_body", False):
-                return
-            start = held[0]
-            response_body = b"".join(m.get("body", b"") for m in held[1:])
-            if _is_prodkit_problem(start, response_body):
-                await flush("prodkit problem responses are not recorded")
-                return
-            # The handler's effects happened: from here on, a cancellation (client gone, shutdown
-            # deadline) must not release the key for a retry to run the handler again.
-            hold_claim = True
-            outcome = await self._complete(store_key, owner, start, response_body)
-            recorded = outcome == "stored"
-            # The handler's effects happened: a record that could not be written keeps the key
-            # claimed (until the lease expires) rather than letting a retry run it again.
-            hold_claim = outcome == "failed"
-            await flush(None if recorded else "the record could not be written")
-
-        scope[SCOPE_KEY] = "created"
-        try:
-            await self.app(scope, receive, capture)
-        except BaseException:
-            held.clear()  # nothing reached the client: let the error handler answer cleanly
-            raise
-        finally:
-            if held:  # the app ended without finishing its response
-                with contextlib.suppress(Exception):
-                    await flush("incomplete response")
-            if not recorded and not hold_claim:
-                # Shielded so that a cancelled request still frees its key for the retry.
-                await asyncio.shield(self._release(store_key, owner))
-
-    def _unstorable(self, status: int, headers: list[tuple[bytes, bytes]]) -> str | None:
-        if status >= 500 and not self.store_server_errors:
-            return "server errors are not recorded"
-        if get_header(headers, b"retry-after") is not None:
-            return "responses asking to retry (Retry-After) are not recorded"
-        if status < 200:
-            return "informational responses are not recorded"
-        return None
-
     async def _complete(
         self, store_key: str, owner: str, start: Message, body: bytes
     ) -> Literal["stored", "lost", "failed"]:
         """Record the response. The handler has run, so this is not skipped for an open
         breaker (which only protects new claims): it is tried once more after a failure."""
-        headers = tuple(
-            (name, value) for name, value in message_headers(start) if name in self._stored_headers
-        )
-        response = StoredResponse(int(start["status"]), headers, body)
+        response = stored_response(start, body, self._stored_headers)
         stored = False
         for attempt in (1, 2):
             try:
@@ -585,23 +420,131 @@ class IdempotencyMiddleware:
         return "stored"
 
 
-def _is_prodkit_problem(start: Message, body: bytes) -> bool:
-    if get_header(start.get("headers") or (), b"content-type") != _PROBLEM_TYPE:
-        return False
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return False
-    kind = document.get("type") if isinstance(document, dict) else None
-    return isinstance(kind, str) and kind.startswith(PROBLEM_TYPE_PREFIX)
+class _ClaimedResponder:
+    """One request whose handler runs under a fresh claim: built per request, never shared.
 
+    The response is held back until it is complete, recorded while this request still owns the
+    claim, then sent with ``Idempotency-Status: created``. A response that is not to be recorded
+    (see :func:`unstorable`) is sent as it comes, marked ``Idempotency-Stored: false``. When the
+    handler is done the claim is released, unless the response is on record or may have to be:
+    then a retry must not run the handler a second time.
+    """
 
-async def _replay(send: Send, response: StoredResponse) -> None:
-    headers = response.raw_headers()
-    headers.append((b"content-length", str(len(response.body)).encode()))
-    headers.append((_STATUS, b"replayed"))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body, "more_body": False})
+    __slots__ = (
+        "held",
+        "held_size",
+        "middleware",
+        "owner",
+        "release_claim",
+        "scope",
+        "send",
+        "store_key",
+        "streaming",
+    )
+
+    def __init__(
+        self,
+        middleware: IdempotencyMiddleware,
+        scope: Scope,
+        send: Send,
+        store_key: str,
+        owner: str,
+    ) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.send = send
+        self.store_key = store_key
+        self.owner = owner
+        self.held: list[Message] = []  # the response, kept back until complete and recorded
+        self.held_size = 0
+        self.streaming = False  # the response goes straight through (not recorded)
+        self.release_claim = True
+
+    async def run(self, receive: Receive) -> None:
+        """Run the handler with :meth:`send_or_hold` as its ``send``; release the claim after."""
+        self.scope[SCOPE_KEY] = "created"
+        try:
+            await self.middleware.app(self.scope, receive, self.send_or_hold)
+        except BaseException:
+            self.held.clear()  # nothing reached the client: let the error handler answer cleanly
+            raise
+        finally:
+            if self.held:  # the app ended without finishing its response
+                with contextlib.suppress(Exception):
+                    await self.flush("incomplete response")
+            if self.release_claim:
+                # Shielded so that a cancelled request still frees its key for the retry.
+                await asyncio.shield(self.middleware._release(self.store_key, self.owner))
+
+    async def send_or_hold(self, message: Message) -> None:
+        """The handler's ``send``: hold the response back, or pass it through once streaming."""
+        if self.streaming:
+            await self.send(message)
+        elif message["type"] == "http.response.start":
+            await self._hold_start(message)
+        elif message["type"] == "http.response.body" and self.held:
+            await self._hold_body(message)
+        else:
+            await self.send(message)
+
+    async def _hold_start(self, message: Message) -> None:
+        headers = message_headers(message)
+        set_header(headers, STATUS_HEADER, b"created")
+        self.held.append(message)
+        reason = unstorable(
+            int(message["status"]), headers, store_server_errors=self.middleware.store_server_errors
+        )
+        if reason is None:
+            # A declared length over the cap need not be buffered to be refused.
+            length = get_header(headers, b"content-length")
+            if (
+                length is not None
+                and length.isdigit()
+                and int(length) > self.middleware.max_response_bytes
+            ):
+                reason = "response body larger than max_response_bytes"
+        if reason is not None:
+            await self.flush(reason)
+
+    async def _hold_body(self, message: Message) -> None:
+        self.held.append(message)
+        self.held_size += len(message.get("body", b""))
+        if self.held_size > self.middleware.max_response_bytes:
+            await self.flush("response body larger than max_response_bytes")
+        elif not message.get("more_body", False):
+            await self._record()
+
+    async def _record(self) -> None:
+        start = self.held[0]
+        body = b"".join(m.get("body", b"") for m in self.held[1:])
+        if is_prodkit_problem(start, body):
+            await self.flush("prodkit problem responses are not recorded")
+            return
+        # The handler's effects happened: from here on, a cancellation (client gone, shutdown
+        # deadline) must not release the key for a retry to run the handler again.
+        self.release_claim = False
+        outcome = await self.middleware._complete(self.store_key, self.owner, start, body)
+        # A record that could not be written ("failed") keeps the key claimed until the lease
+        # expires rather than letting a retry run the handler again; a "lost" claim is released
+        # (the store ignores it: the key has another owner by now).
+        self.release_claim = outcome == "lost"
+        await self.flush(None if outcome == "stored" else "the record could not be written")
+
+    async def flush(self, reason: str | None) -> None:
+        """Send what is held and pass the rest through; ``reason`` says why it is not recorded."""
+        self.streaming = True
+        held = self.held
+        if held and reason is not None:
+            set_header(message_headers(held[0]), STORED_HEADER, b"false")
+            self.middleware.logger.info(
+                "idempotent response not stored",
+                reason=reason,
+                path=self.scope.get("path"),
+                status=held[0]["status"],
+            )
+        self.held = []
+        for message in held:
+            await self.send(message)
 
 
 __all__ = [
@@ -614,7 +557,4 @@ __all__ = [
     "SCOPE_KEY",
     "STORE_UNAVAILABLE",
     "IdempotencyMiddleware",
-    "canonical_body",
-    "parse_idempotency_key",
-    "request_fingerprint",
 ]
