@@ -10,6 +10,7 @@ as :mod:`prodkit` itself. See ``docs/stack.md`` for a worked example.
 from __future__ import annotations
 
 from prodkit._core.addresses import ClientAddressResolver, normalize_ip, parse_ip
+from prodkit._core.body import read_body, replay_receive
 from prodkit._core.breaker import BreakerState, CircuitBreaker
 from prodkit._core.callers import Caller, caller_from_authorization, caller_from_header
 from prodkit._core.headers import (
@@ -23,7 +24,7 @@ from prodkit._core.headers import (
     set_default_header,
     set_header,
 )
-from prodkit._core.observer import ReceiveWatcher, ResponseObserver, read_body, replay_receive
+from prodkit._core.observer import ReceiveWatcher, ResponseObserver
 from prodkit._core.problems import (
     PROBLEM_CONTENT_TYPE,
     encode_problem,

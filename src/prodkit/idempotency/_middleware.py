@@ -19,12 +19,12 @@ from typing import Any, Literal, TypeVar
 import structlog
 from prometheus_client import CollectorRegistry
 
+from prodkit._core.body import read_body, replay_receive
 from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
-from prodkit._core.observer import read_body, replay_receive
 from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
