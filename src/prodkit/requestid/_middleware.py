@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable
 
-from prodkit._core.context import _request_id, _span_id, _trace_id
+from prodkit._core.context import request_id_var, span_id_var, trace_id_var
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import message_headers, set_header
 from prodkit._core.observer import ResponseObserver
@@ -130,23 +130,38 @@ class RequestIdMiddleware:
                     inbound = value
             elif key == b"traceparent" and traceparent is None:
                 traceparent = value
-        request_id: str | None = None
-        if inbound is not None:
-            try:
-                candidate = inbound.decode("ascii")
-            except UnicodeDecodeError:
-                candidate = ""
-            if candidate and self.validator(candidate):
-                request_id = candidate
-        if request_id is None:
-            request_id = self.generator()
+        request_id = self.generator() if inbound is None else self._accept(inbound)
         scope[SCOPE_KEY] = request_id
-
         trace = None
         if traceparent is not None:
             trace = parse_traceparent(traceparent.decode("latin-1"))
+        downstream = self._downstream(scope, send, request_id.encode("latin-1"))
 
-        header_value = request_id.encode("latin-1")
+        token = request_id_var.set(request_id)
+        trace_tokens = None
+        if trace is not None:
+            trace_tokens = (trace_id_var.set(trace[0]), span_id_var.set(trace[1]))
+        try:
+            await self.app(scope, receive, downstream)
+        finally:
+            if trace_tokens is not None:
+                span_id_var.reset(trace_tokens[1])
+                trace_id_var.reset(trace_tokens[0])
+            request_id_var.reset(token)
+
+    def _accept(self, inbound: bytes) -> str:
+        """The inbound id if it is ASCII and valid, else a new one."""
+        try:
+            candidate = inbound.decode("ascii")
+        except UnicodeDecodeError:
+            candidate = ""
+        if candidate and self.validator(candidate):
+            return candidate
+        return self.generator()
+
+    def _downstream(self, scope: Scope, send: Send, header_value: bytes) -> Send:
+        """``send`` with the id put on the response's start message."""
+        name = self._header
 
         def put_id(message: Message) -> None:
             set_header(message_headers(message), name, header_value)
@@ -156,27 +171,14 @@ class RequestIdMiddleware:
             # inside record the response through it instead of wrapping send again.
             observer = ResponseObserver.shared(send)
             observer.add_start_hook(put_id)
-            downstream: Send = observer
-        else:
+            return observer
 
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    put_id(message)
-                await send(message)
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                put_id(message)
+            await send(message)
 
-            downstream = send_with_id
-
-        token = _request_id.set(request_id)
-        trace_tokens = None
-        if trace is not None:
-            trace_tokens = (_trace_id.set(trace[0]), _span_id.set(trace[1]))
-        try:
-            await self.app(scope, receive, downstream)
-        finally:
-            if trace_tokens is not None:
-                _span_id.reset(trace_tokens[1])
-                _trace_id.reset(trace_tokens[0])
-            _request_id.reset(token)
+        return send_with_id
 
 
 __all__ = [
