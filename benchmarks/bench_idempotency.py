@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from benchmarks.harness import Case
+from prodkit import IdempotencyMiddleware
 from prodkit.asgi import ASGIApp, Receive, Scope, Send
 from prodkit.idempotency import (
     IdempotencyStore,
@@ -31,7 +32,6 @@ from prodkit.idempotency import (
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.idempotency._middleware import IdempotencyMiddleware
 
 DATABASE_URL = os.environ.get(
     "PRODKIT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -6,10 +6,9 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.bench_core import raw_app, starlette_app
 from benchmarks.harness import Case
+from prodkit import GracefulShutdownMiddleware, HealthMiddleware
 from prodkit.asgi import ASGIApp
-from prodkit.health._middleware import HealthMiddleware
-from prodkit.lifecycle._coordinator import ShutdownCoordinator
-from prodkit.lifecycle._drain import GracefulShutdownMiddleware
+from prodkit.lifecycle import ShutdownCoordinator
 
 
 async def _ping() -> None:

@@ -15,11 +15,10 @@ from urllib.parse import urlsplit
 
 from benchmarks.bench_core import starlette_app
 from benchmarks.harness import Case
+from prodkit import ConcurrencyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from prodkit.asgi import ASGIApp
-from prodkit.cors._middleware import DEFAULT_EXPOSE_HEADERS, CORSMiddleware
+from prodkit.cors import DEFAULT_EXPOSE_HEADERS
 from prodkit.ratelimit import RateLimitMiddleware
-from prodkit.security_headers._middleware import SecurityHeadersMiddleware
-from prodkit.shedding._middleware import ConcurrencyLimitMiddleware
 
 REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HUGE = "1000000000/day"
@@ -47,7 +46,7 @@ def prodkit_memory_route() -> ASGIApp:
 
 
 def prodkit_redis() -> ASGIApp:
-    from prodkit.ratelimit._redis import RedisRateLimitStore
+    from prodkit.ratelimit import RedisRateLimitStore
 
     store = RedisRateLimitStore.from_url(REDIS_URL, key_prefix=f"prodkit-bench:{uuid.uuid4().hex}:")
     return RateLimitMiddleware(starlette_app(), policy=HUGE, store=store)

@@ -19,7 +19,8 @@ from starlette.routing import Route
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
 from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
-from prodkit import FieldError, Problem, Stack, caller_from_header
+from prodkit import FieldError, Layer, Problem, Stack, caller_from_header
+from prodkit import StackSettings as Settings
 from prodkit.asgi import (
     ASGIApp,
     Message,
@@ -32,8 +33,6 @@ from prodkit.asgi import (
 )
 from prodkit.cache import CacheRule
 from prodkit.metrics import business_counter
-from prodkit.settings import StackSettings as Settings
-from prodkit.stack import Layer
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
 MAX_BODY = 64 * 1024
