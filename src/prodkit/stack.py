@@ -33,7 +33,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.callers import Caller, caller_from_authorization
-from prodkit._core.exceptions import ConfigurationError, require
+from prodkit._core.drivers import redis_client
+from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache import (
     CacheMiddleware,
@@ -72,11 +73,6 @@ from prodkit.shedding import ConcurrencyLimitMiddleware
 DEFAULT_RATE_LIMIT = "6000/minute"
 #: In-flight requests per process when ``MAX_CONCURRENCY`` is unset.
 DEFAULT_MAX_CONCURRENCY = 1000
-
-#: The shared Redis client's limits. Every Redis-backed part fails fast (the rate limiter and the
-#: cache fail open, idempotency answers 503): a stalled Redis must not hold requests.
-_REDIS_TIMEOUT = 0.5
-_REDIS_MAX_CONNECTIONS = 64
 
 Hook = Callable[[], Awaitable[None]]
 CheckFunc = Callable[[], Awaitable[Any]]
@@ -362,26 +358,6 @@ class Stack:
         await self._app(scope, receive, send)
 
 
-def _redis_client(url: str) -> Any:
-    """A redis-py asyncio client for ``url`` with the stack's short timeouts and no retries.
-
-    Requests beyond the pool's size wait (up to the timeout) for a pooled connection instead of
-    failing; a failed call fails fast and each store's circuit breaker decides when to retry.
-    """
-    redis_asyncio: Any = require("redis.asyncio", "redis")
-    retry_module: Any = require("redis.asyncio.retry", "redis")
-    backoff: Any = require("redis.backoff", "redis")
-    pool = redis_asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=_REDIS_MAX_CONNECTIONS,
-        timeout=_REDIS_TIMEOUT,
-        socket_timeout=_REDIS_TIMEOUT,
-        socket_connect_timeout=_REDIS_TIMEOUT,
-        retry=retry_module.Retry(backoff.NoBackoff(), 0),
-    )
-    return redis_asyncio.Redis.from_pool(pool)
-
-
 def idempotency_store_for(settings: StackSettings, *, redis: Any | None = None) -> IdempotencyStore:
     """The idempotency store ``settings`` choose (memory, PostgreSQL or Redis); nothing connects yet.
 
@@ -406,7 +382,10 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
     settings = stack.settings
     checks: list[HealthCheck] = []
     if settings.redis_url:
-        stack.redis = client = _redis_client(settings.redis_url)
+        # One client with short timeouts for every Redis-backed part, which all fail fast (the rate
+        # limiter and the cache fail open, idempotency answers 503): a stalled Redis must not
+        # hold requests.
+        stack.redis = client = redis_client(settings.redis_url)
         # Registered first so it closes last, after the stores that use it.
         stack.on_close(client.aclose)
         # The cache and the rate limiter fail open: a Redis outage degrades the service but

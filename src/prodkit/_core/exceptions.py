@@ -37,21 +37,10 @@ class BackendUnavailableError(BackendError):
     """The backend is known to be down (for instance an open circuit breaker); no call was made."""
 
 
-def require(module: str, extra: str) -> object:
-    """Import an optional driver lazily, or raise :class:`MissingDependencyError`."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(module.split(".")[0], extra) from exc
-
-
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "ConfigurationError",
     "MissingDependencyError",
     "ProdkitError",
-    "require",
 ]

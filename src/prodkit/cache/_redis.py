@@ -13,7 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from prodkit._core.exceptions import ConfigurationError, require
+from prodkit._core.drivers import redis_client
+from prodkit._core.exceptions import ConfigurationError
 from prodkit.cache._store import Lookup
 
 # Compare-and-delete: only the holder of the lease may release it (the lease may have run out
@@ -50,22 +51,20 @@ class RedisCacheStore:
         connect_timeout: float = 0.5,
         max_connections: int = 64,
     ) -> None:
-        if client is None and not url:
-            raise ConfigurationError(
-                "RedisCacheStore needs a url ('redis://host:6379/0') or a client"
-            )
         if socket_timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
         self.key_prefix = key_prefix
         self._owns_client = client is None
         if client is None:
-            redis_asyncio: Any = require("redis.asyncio", "redis")
-            client = redis_asyncio.Redis.from_url(
+            if not url:
+                raise ConfigurationError(
+                    "RedisCacheStore needs a url ('redis://host:6379/0') or a client"
+                )
+            client = redis_client(
                 url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
                 max_connections=max_connections,
-                retry_on_timeout=False,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
             )
         self._client = client
         # Cluster: no multi-key commands (MGET across slots fails), pipelines instead.

@@ -17,7 +17,8 @@ import re
 from importlib import resources
 from typing import Any
 
-from prodkit._core.exceptions import BackendError, ConfigurationError, require
+from prodkit._core.drivers import require
+from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prodkit._core.exceptions import BackendError, ConfigurationError, require
+from prodkit._core.drivers import require
+from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,

@@ -19,7 +19,8 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prodkit._core.exceptions import BackendError, require
+from prodkit._core.drivers import redis_client, require
+from prodkit._core.exceptions import BackendError
 from prodkit.ratelimit._policy import RateLimitPolicy
 from prodkit.ratelimit._store import RateLimitDecision, decision
 
@@ -95,18 +96,7 @@ class RedisRateLimitStore:
         connection instead of failing. The driver's own retries are turned off: a failed call
         fails fast and the circuit breaker decides when to try again.
         """
-        redis_asyncio: Any = require("redis.asyncio", "redis")
-        retry_module: Any = require("redis.asyncio.retry", "redis")
-        backoff: Any = require("redis.backoff", "redis")
-        pool = redis_asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=retry_module.Retry(backoff.NoBackoff(), 0),
-        )
-        client = redis_asyncio.Redis.from_pool(pool)
+        client = redis_client(url, max_connections=max_connections, socket_timeout=socket_timeout)
         return cls(client, key_prefix=key_prefix, clock=clock, owns_client=True)
 
     @property

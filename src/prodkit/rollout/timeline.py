@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prodkit._core.exceptions import require
+from prodkit._core.drivers import require
 
 
 def plot_timeline(record: dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:
@@ -19,7 +19,7 @@ def plot_timeline(record: dict[str, Any], path: str | Path, *, title: str | None
     marker for each step's verdict.
     """
     matplotlib = require("matplotlib", "plot")
-    matplotlib.use("Agg")  # type: ignore[attr-defined]
+    matplotlib.use("Agg")
     pyplot: Any = require("matplotlib.pyplot", "plot")
 
     observations = record.get("observations", [])
