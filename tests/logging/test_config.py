@@ -15,7 +15,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prodkit import ConfigurationError, RequestIdMiddleware
+from prodkit import ConfigurationError, RequestIdMiddleware, StackSettings
 from prodkit.asgi import Receive, Scope, Send
 from prodkit.logging._config import configure_logging, parse_level
 from prodkit.logging._redaction import REDACTED, Redactor
@@ -60,12 +60,23 @@ def test_lines_outside_a_request_have_no_request_id_and_a_true_timestamp() -> No
     assert before <= datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")) <= after
 
 
-def test_level_and_format_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_level_and_format_come_from_the_settings_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
     monkeypatch.setenv("LOG_FORMAT", "console")
+    ignored = io.StringIO()
+    with capture_log_output():  # only settings read the environment
+        configure_logging(stream=ignored, cache_loggers=False)
+        structlog.get_logger().info("shown", key="value")
+    assert json.loads(ignored.getvalue().splitlines()[0])["event"] == "shown"
+
+    settings = StackSettings.from_env()
     stream = io.StringIO()
     with capture_log_output():  # restores the previous setup afterwards
-        configure_logging(stream=stream, cache_loggers=False)
+        configure_logging(
+            settings.log_level, settings.log_format, stream=stream, cache_loggers=False
+        )
         structlog.get_logger().info("hidden")
         structlog.get_logger().warning("shown", key="value")
         logging.getLogger("other").info("hidden too")

@@ -11,7 +11,6 @@ bound with :func:`structlog.contextvars.bind_contextvars`. Secrets are redacted 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal, TextIO
@@ -98,8 +97,10 @@ def configure_logging(
     same processors through the root logger. Calling it again replaces the earlier setup.
 
     Arguments:
-        level: minimum level (name or number); default ``$LOG_LEVEL`` or ``info``.
-        format: ``"json"`` or ``"console"``; default ``$LOG_FORMAT`` or ``json``.
+        level: minimum level (name or number); default ``info``. prodkit reads no environment
+            variable here: pass ``StackSettings.from_env().log_level`` to follow ``LOG_LEVEL``.
+        format: ``"json"`` (default) or ``"console"`` (``StackSettings.log_format`` follows
+            ``LOG_FORMAT``).
         stream: where lines go (default ``sys.stdout``).
         redact: install :class:`Redactor` (default on), or pass a configured one.
         processors: extra processors, run after the standard ones and before redaction.
@@ -109,7 +110,7 @@ def configure_logging(
         cache_loggers: structlog's ``cache_logger_on_first_use`` (faster; loggers keep the
             configuration they first saw).
     """
-    level_value = parse_level(level if level is not None else os.environ.get("LOG_LEVEL", "info"))
+    level_value = parse_level("info" if level is None else level)
     chosen = _parse_format(format)
     output = stream if stream is not None else sys.stdout
     redactor = redact if isinstance(redact, Redactor) else (Redactor() if redact else None)
@@ -121,7 +122,7 @@ def configure_logging(
 
 
 def _parse_format(format: str | None) -> LogFormat:
-    chosen = (format or os.environ.get("LOG_FORMAT") or "json").strip().lower()
+    chosen = (format or "json").strip().lower()
     if chosen == "json":
         return "json"
     if chosen == "console":
