@@ -198,6 +198,9 @@ async def test_search_and_bad_queries(client: httpx.AsyncClient) -> None:
     )
     found = (await client.get("/api/funds", params={"q": "ocean"}, headers=as_user("u3"))).json()
     assert [item["name"] for item in found["items"]] == ["Ocean Ventures"]
+    # A blank q is no filter, on memory and on PostgreSQL alike (issue #16).
+    blank = (await client.get("/api/funds", params={"q": "    "}, headers=as_user("u3"))).json()
+    assert [item["name"] for item in blank["items"]] == ["Desert Capital", "Ocean Ventures"]
     for params in ({"limit": "0"}, {"limit": "abc"}, {"limit": "101"}, {"cursor": "%%%"}):
         response = await client.get("/api/funds", params=params, headers=as_user("u3"))
         assert response.status_code == 400, params
