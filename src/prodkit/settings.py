@@ -52,6 +52,8 @@ class StackSettings:
         health_key: unlocks the detailed health report (``HEALTH_KEY``).
         shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
         shutdown_timeout_seconds: hard deadline, counted from the signal (the drain included).
+        body_timeout_seconds: a request body that has not arrived this many seconds after its
+            headers gets a 408 (no environment variable: the default suits most services).
         log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
 
     Raises :class:`~prodkit.ConfigurationError` when the fields contradict each other (a
@@ -69,6 +71,7 @@ class StackSettings:
     health_key: str | None = None
     shutdown_drain_seconds: float = 0.0
     shutdown_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 10.0
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -93,6 +96,8 @@ class StackSettings:
             )
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
+        if not self.body_timeout_seconds > 0:
+            raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
         if self.log_format not in ("json", "console"):
             raise ConfigurationError(
                 f"LOG_FORMAT={self.log_format!r} (log_format): use json or console"

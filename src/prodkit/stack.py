@@ -15,6 +15,8 @@ The recommended order, outermost first, and why (see the design notes):
 - ``errors`` — every failure below becomes a problem;
 - ``health`` (``/livez``, ``/readyz``, ``/healthz``) and ``shutdown`` — probes answer before
   shedding and rate limiting, so they are never throttled;
+- ``request_timeout`` — a request body must arrive within ``body_timeout_seconds`` (else 408),
+  and is read before the limits below count the request, so slow clients cannot take every slot;
 - ``concurrency_limit``, ``rate_limit``;
 - ``idempotency`` — outside the cache;
 - ``cache`` — safe methods only (when ``cache_routes`` are given);
@@ -68,6 +70,7 @@ from prodkit.requestid import RequestIdMiddleware
 from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
 from prodkit.shedding import ConcurrencyLimitMiddleware
+from prodkit.timeouts import RequestTimeoutMiddleware
 
 #: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
 DEFAULT_RATE_LIMIT = "6000/minute"
@@ -481,6 +484,11 @@ def _inner_layers(
     layers = [
         Layer("health", HealthMiddleware, health),
         Layer("shutdown", GracefulShutdownMiddleware, {"coordinator": stack.coordinator}),
+        Layer(
+            "request_timeout",
+            RequestTimeoutMiddleware,
+            {"body_timeout": settings.body_timeout_seconds},
+        ),
         Layer(
             "concurrency_limit",
             ConcurrencyLimitMiddleware,
