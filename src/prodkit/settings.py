@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit.ratelimit import parse_rate
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
+
+_DATABASE_SCHEMES = ("postgresql://", "postgres://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -76,6 +80,7 @@ class StackSettings:
     log_format: Literal["json", "console"] = "json"
 
     def __post_init__(self) -> None:
+        self._check_urls()
         store = self.idempotency_store
         if store is None:
             # Resolved here rather than in from_env, so settings built in code choose the same
@@ -96,11 +101,31 @@ class StackSettings:
             )
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
+        if self.rate_limit is not None:
+            try:
+                parse_rate(self.rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"RATE_LIMIT (rate_limit): {exc}") from exc
         if not self.body_timeout_seconds > 0:
             raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
         if self.log_format not in ("json", "console"):
             raise ConfigurationError(
                 f"LOG_FORMAT={self.log_format!r} (log_format): use json or console"
+            )
+
+    def _check_urls(self) -> None:
+        # Checked here, not when the first connection is made: a malformed URL stops the start
+        # with the variable's name. The URL itself is never repeated, it may hold a password.
+        if self.database_url is not None and not self.database_url.lower().startswith(
+            _DATABASE_SCHEMES
+        ):
+            raise ConfigurationError(
+                "DATABASE_URL (database_url) must be a PostgreSQL URL: "
+                "postgresql://user:password@host:5432/dbname"
+            )
+        if self.redis_url is not None and not self.redis_url.lower().startswith(_REDIS_SCHEMES):
+            raise ConfigurationError(
+                "REDIS_URL (redis_url) must start with one of " + ", ".join(_REDIS_SCHEMES)
             )
 
     @classmethod
