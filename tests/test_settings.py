@@ -35,6 +35,8 @@ def test_every_variable() -> None:
     assert (settings.max_concurrency, settings.health_key) == (64, "k3y")
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
+    assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
+    assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
     assert (
         StackSettings.from_env(
             {"REDIS_URL": "redis://x", "IDEMPOTENCY_STORE": "Redis"}

@@ -45,6 +45,9 @@ class StackSettings:
     Attributes:
         database_url: PostgreSQL DSN (``DATABASE_URL``): idempotency records in PostgreSQL.
         redis_url: Redis URL (``REDIS_URL``): response cache and rate-limit counters in Redis.
+        redis_key_prefix: put in front of every key the stack's stores write in Redis
+            (``REDIS_KEY_PREFIX``, default ``prodkit:``; then ``cache:``, ``idem:`` or
+            ``ratelimit:``), so services or test runs sharing one Redis keep apart.
         idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``); ``None``
             (the default) chooses ``postgres`` when ``database_url`` is set, else ``memory``, so
             after construction it always names the store.
@@ -67,6 +70,7 @@ class StackSettings:
 
     database_url: str | None = None
     redis_url: str | None = None
+    redis_key_prefix: str = "prodkit:"
     idempotency_store: IdempotencyStoreName | None = None
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -139,6 +143,7 @@ class StackSettings:
         # Unset: None, which __post_init__ resolves from DATABASE_URL (and checks).
         store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or None
         redis_url = (env.get("REDIS_URL") or "").strip() or None
+        redis_key_prefix = (env.get("REDIS_KEY_PREFIX") or "").strip() or "prodkit:"
         raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
         max_concurrency: int | None = None
         if raw_concurrency:
@@ -152,6 +157,7 @@ class StackSettings:
         return cls(
             database_url=database_url,
             redis_url=redis_url,
+            redis_key_prefix=redis_key_prefix,
             idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),

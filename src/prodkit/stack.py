@@ -376,7 +376,10 @@ def idempotency_store_for(settings: StackSettings, *, redis: Any | None = None) 
     if settings.idempotency_store == "redis":
         if not settings.redis_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
-        return RedisIdempotencyStore(redis if redis is not None else settings.redis_url)
+        return RedisIdempotencyStore(
+            redis if redis is not None else settings.redis_url,
+            key_prefix=f"{settings.redis_key_prefix}idem:",
+        )
     return MemoryIdempotencyStore()
 
 
@@ -395,12 +398,17 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
         # does not make it unready.
         checks.append(HealthCheck("redis", redis_check(client), critical=False))
     stack.idempotency_store = idempotency_store_for(settings, redis=stack.redis)
+    prefix = settings.redis_key_prefix
     stack.rate_limit_store = (
-        RedisRateLimitStore(stack.redis) if stack.redis is not None else MemoryRateLimitStore()
+        RedisRateLimitStore(stack.redis, key_prefix=f"{prefix}ratelimit:")
+        if stack.redis is not None
+        else MemoryRateLimitStore()
     )
     if cache_routes:
         cache_store: CacheStore = (
-            RedisCacheStore(client=stack.redis) if stack.redis is not None else MemoryCacheStore()
+            RedisCacheStore(client=stack.redis, key_prefix=f"{prefix}cache:")
+            if stack.redis is not None
+            else MemoryCacheStore()
         )
         stack.cache = ResponseCache(cache_store, registry=stack.registry)
         stack.on_close(cache_store.aclose)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import RUN_ID, run_sync
 from tests.servers import ROOT, ServerProcess, free_port, run_server, server_env
 
 FUND: dict[str, Any] = {
@@ -50,10 +51,28 @@ def server(
         "HEALTH_KEY": HEALTH_KEY,
         "SHUTDOWN_DRAIN_SECONDS": "0.5",
         "LOG_LEVEL": "WARNING",
+        # This run's keys only, deleted when the module is done (the cache's tags live 24 h).
+        "REDIS_KEY_PREFIX": f"prodkit-test:{RUN_ID}:funds:",
     }
     args = ["examples.funds", "--port", str(port), "--workers", "2"]
-    with run_server(args, port=port, tmp_path=tmp_path_factory.mktemp("funds"), env=env) as running:
-        yield running
+    try:
+        with run_server(
+            args, port=port, tmp_path=tmp_path_factory.mktemp("funds"), env=env
+        ) as running:
+            yield running
+    finally:
+        run_sync(lambda: delete_keys(redis_url, env["REDIS_KEY_PREFIX"]))
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as redis_asyncio
+
+    client = redis_asyncio.Redis.from_url(url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=500):
+            await client.delete(key)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
