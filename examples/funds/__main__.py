@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        check_configuration(args.workers, os.environ)
+        settings = check_configuration(args.workers, os.environ)
     except ConfigurationError as exc:
         print(f"python -m examples.funds: {exc}", file=sys.stderr)
         raise SystemExit(STARTUP_FAILURE) from None
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         http="h11",
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        limit_concurrency=MAX_CONNECTIONS,
+        # Above the stack's own limit, so an excess request gets prodkit's 503 problem rather
+        # than uvicorn's plain-text one; idle connections count here too.
+        limit_concurrency=max(MAX_CONNECTIONS, 2 * (settings.max_concurrency or 0)),
     )
     try:
         status = serve(config)
