@@ -36,6 +36,7 @@ PUBLIC: dict[str, list[str]] = {
         "ProdkitError",
         "RateLimitMiddleware",
         "RequestIdMiddleware",
+        "RequestTimeoutMiddleware",
         "SecurityHeadersMiddleware",
         "Stack",
         "StackSettings",
@@ -221,6 +222,11 @@ PUBLIC: dict[str, list[str]] = {
         "LogOutput",
         "capture_log_output",
         "capture_logs",
+    ],
+    "prodkit.timeouts": [
+        "DEFAULT_BODY_TIMEOUT",
+        "REQUEST_TIMEOUT",
+        "RequestTimeoutMiddleware",
     ],
 }
 
