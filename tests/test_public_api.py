@@ -224,7 +224,9 @@ PUBLIC: dict[str, list[str]] = {
         "capture_logs",
     ],
     "prodkit.timeouts": [
+        "BODY_TOO_LARGE",
         "DEFAULT_BODY_TIMEOUT",
+        "DEFAULT_MAX_BODY_BYTES",
         "REQUEST_TIMEOUT",
         "RequestTimeoutMiddleware",
     ],

@@ -155,3 +155,45 @@ async def test_excluded_paths_are_neither_read_nor_bounded() -> None:
 def test_the_deadline_must_be_positive_seconds(timeout: object) -> None:
     with pytest.raises(ConfigurationError, match="body_timeout"):
         RequestTimeoutMiddleware(Echo(), body_timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("headers", "incoming"),
+    [
+        pytest.param([(b"content-length", b"11")], [], id="declared too large: nothing is read"),
+        pytest.param(
+            [(b"transfer-encoding", b"chunked")],
+            [chunk(b"123456", True), chunk(b"789012", True)],
+            id="found too large while reading",
+        ),
+    ],
+)
+async def test_a_body_larger_than_the_limit_is_a_413_and_is_never_buffered(
+    headers: list[tuple[bytes, bytes]], incoming: list[Message]
+) -> None:
+    app = Echo()
+    middleware = RequestTimeoutMiddleware(app, max_body_bytes=10)
+    queue = queue_of(*incoming, chunk(b"never read", False))
+    sent = await serve(middleware, http_scope(headers), queue)
+    assert app.called == 0
+    start, body = sent
+    assert start["status"] == 413
+    assert dict(start["headers"])[b"connection"] == b"close"
+    assert json.loads(body["body"])["code"] == "REQUEST_BODY_TOO_LARGE"
+    assert queue.qsize() == 1  # the rest of the body was left unread
+
+
+async def test_a_body_at_the_limit_reaches_the_app_whole() -> None:
+    app = Echo()
+    middleware = RequestTimeoutMiddleware(app, max_body_bytes=10)
+    incoming = queue_of(chunk(b"12345", True), chunk(b"67890", False))
+    sent = await serve(middleware, http_scope([(b"content-length", b"10")]), incoming)
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b"1234567890"
+    assert app.received[0] == chunk(b"1234567890", False)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_max_body_bytes_must_be_a_positive_whole_number(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        RequestTimeoutMiddleware(Echo(), max_body_bytes=value)  # type: ignore[arg-type]
