@@ -243,8 +243,13 @@ async def test_summary(client: httpx.AsyncClient) -> None:
     a = (await client.post("/api/funds", json={**FUND, "size": 100}, headers=as_user("u6"))).json()
     await client.post("/api/funds", json={**FUND, "size": 50}, headers=as_user("u6"))
     await client.delete(f"/api/funds/{a['id']}", headers=as_user("u6"))
+    # The summary is refreshed a moment after writes (at most about 1 s stale), and a refresh
+    # may land between the writes: wait for the state after all three, not just any one fund.
     summary = await eventually_json(
-        client, "/api/summary", "u6", lambda body: body["total_funds"] == 1
+        client,
+        "/api/summary",
+        "u6",
+        lambda body: body["total_funds"] == 1 and body["total_aum"] == 50,
     )
     assert summary["total_funds"] == 1
     assert summary["total_aum"] == 50
