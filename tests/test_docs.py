@@ -11,9 +11,11 @@ The rules a page follows (CONTRIBUTING.md repeats them for writers):
   in five may be a fragment.
 * A ```` ```text title="output" ```` block right after a python block is what that chain prints:
   the chain's standard output must match it (``...`` stands for any text, as in doctest).
-* A chain that names ``DATABASE_URL`` or ``REDIS_URL`` gets them from
-  ``PRODKIT_TEST_DATABASE_URL`` / ``PRODKIT_TEST_REDIS_URL`` (the local servers by default), and
-  is skipped without them (failed under ``CI=true``), as the other PostgreSQL and Redis tests.
+* A chain that names ``DATABASE_URL`` gets a database created for this test run on the
+  ``PRODKIT_TEST_DATABASE_URL`` server and dropped after it; one that names ``REDIS_URL`` gets
+  ``PRODKIT_TEST_REDIS_URL``. Without the server the chain is skipped (failed under
+  ``CI=true``), as the other PostgreSQL and Redis tests. A block that writes to Redis deletes
+  what it wrote.
 
 Blocks drive their app in-process (``httpx.ASGITransport``), so no server is needed; a page that
 shows a server command shows it as a shell block.
@@ -23,26 +25,22 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-
-from tests.conftest import DATABASE_URL, REDIS_URL, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTINUED = "# continued"
 FRAGMENT = "# fragment:"
 #: At most one block in this many may be a fragment.
 FRAGMENT_RATIO = 5
-#: The environment a chain must not inherit from the shell that runs the tests: what it needs
-#: it names, and the test provides.
-SERVICE_VARIABLES = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
+#: The variables a chain never inherits from the shell that runs the tests: a chain that names
+#: one gets it from the fixture (and is skipped, or failed under CI=true, without the service).
+SERVICE_FIXTURES = {"DATABASE_URL": "postgres_dsn", "REDIS_URL": "redis_url"}
 BLOCK_TIMEOUT_SECONDS = 120
 
 FENCE = re.compile(
@@ -58,8 +56,9 @@ class Chain:
     page: Path
     line: int
     code: str
-    expected_output: str | None = None
     lines: list[int] = field(default_factory=list)
+    #: What the chain's blocks print, one output block each (those that show one), in order.
+    outputs: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -95,30 +94,29 @@ def parse(page: Path) -> Page:
     blocks = 0
     fragments: list[str] = []
     previous: Chain | None = None  # the chain the last python block belongs to
-    previous_end = -1
+    last_fence = ("", -1)  # the language and the end of the fence before this one
     for match in FENCE.finditer(text):
-        info = match["info"].strip()
+        language = match["info"].strip().split(" ", 1)[0]
         line = text.count("\n", 0, match.start()) + 1
         code = _dedent(match["body"], match["indent"])
         first = code.lstrip("\n").split("\n", 1)[0].strip()
-        if info.split(" ", 1)[0] == "text" and 'title="output"' in info:
-            between = text[previous_end : match.start()]
-            if previous is None or between.strip():
+        after, last_fence = last_fence, (language, match.end())
+        if language == "text" and 'title="output"' in match["info"]:
+            if previous is None or after[0] != "python" or text[after[1] : match.start()].strip():
                 raise AssertionError(
-                    f"{_name(page)}:{line}: an output block must follow a python block"
+                    f"{_name(page)}:{line}: an output block must follow a runnable python block"
                 )
-            previous.expected_output = code
+            previous.outputs.append(code)
             continue
-        previous_end = match.end()
-        if info.split(" ", 1)[0] != "python":
-            previous = None
-            continue
+        if language != "python":
+            continue  # a shell, JSON or SQL block between two python blocks keeps the chain
         blocks += 1
         if first.startswith(FRAGMENT):
             if not first.removeprefix(FRAGMENT).strip():
                 raise AssertionError(f"{_name(page)}:{line}: say why it is a fragment")
             fragments.append(f"{_name(page)}:{line}")
             previous = None
+            last_fence = ("fragment", match.end())
         elif first.startswith(CONTINUED):
             if previous is None:
                 raise AssertionError(
@@ -127,7 +125,6 @@ def parse(page: Path) -> Page:
                 )
             previous.code += "\n" + code
             previous.lines.append(line)
-            previous.expected_output = None  # the output shown belongs to the whole chain
         else:
             previous = Chain(page, line, code, lines=[line])
             chains.append(previous)
@@ -166,7 +163,7 @@ def test_the_collector_follows_the_markers() -> None:
         "x = 1\n\n# continued\nprint(x)\n",
         "y = 2\n",
     ]
-    assert parsed.chains[0].expected_output == "1\n"
+    assert parsed.chains[0].outputs == ["1\n"]
     assert parsed.chains[0].lines == [1, 7]
 
 
@@ -181,30 +178,19 @@ def test_output_matching_reads_ellipsis_as_any_text() -> None:
     assert not _matches("a\n", "a\nb\n")
 
 
-def _reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
-        ):
-            return True
-    except OSError:
-        return False
-
-
-def _environment(code: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    for name, url in SERVICE_VARIABLES.items():
+def _environment(code: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_FIXTURES}
+    for name, fixture in SERVICE_FIXTURES.items():
         if name in code:
-            if not _reachable(url, 5432 if name == "DATABASE_URL" else 6379):
-                unavailable(f"{name} is not reachable at {url}")
-            env[name] = url
+            # A database created for this run and dropped after it: what a block writes to
+            # PostgreSQL goes with it.
+            env[name] = str(request.getfixturevalue(fixture))
     return env
 
 
 @pytest.mark.parametrize("chain", CHAINS, ids=[chain.id for chain in CHAINS])
-def test_block_runs_as_written(chain: Chain) -> None:
-    env = _environment(chain.code)
+def test_block_runs_as_written(chain: Chain, request: pytest.FixtureRequest) -> None:
+    env = _environment(chain.code, request)
     with tempfile.TemporaryDirectory(prefix="prodkit-docs-") as folder:
         result = subprocess.run(
             [sys.executable, "-c", chain.code],
@@ -217,7 +203,8 @@ def test_block_runs_as_written(chain: Chain) -> None:
         )
     where = f"{_name(chain.page)}, blocks at lines {chain.lines}"
     assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
-    if chain.expected_output is not None:
-        assert _matches(chain.expected_output, result.stdout), (
-            f"{where} printed:\n{result.stdout}\nbut the page shows:\n{chain.expected_output}"
+    if chain.outputs:
+        expected = "".join(chain.outputs)
+        assert _matches(expected, result.stdout), (
+            f"{where} printed:\n{result.stdout}\nbut the page shows:\n{expected}"
         )
