@@ -59,3 +59,37 @@ def test_every_public_name_is_importable_and_documented() -> None:
             and getattr(obj, "__module__", "").startswith("prodkit")
         ):
             assert obj.__doc__, f"prodkit.{name} has no docstring"
+
+
+PUBLIC_MODULES = (
+    "prodkit",
+    "prodkit.asgi",
+    "prodkit.stack",
+    "prodkit.settings",
+    "prodkit.requestid",
+    "prodkit.errors",
+    "prodkit.logging",
+    "prodkit.metrics",
+    "prodkit.health",
+    "prodkit.lifecycle",
+    "prodkit.shedding",
+    "prodkit.ratelimit",
+    "prodkit.cors",
+    "prodkit.security_headers",
+    "prodkit.idempotency",
+    "prodkit.cache",
+    "prodkit.testing",
+)
+
+
+def test_every_public_module_has_an_api_page_in_the_site() -> None:
+    import yaml
+
+    mkdocs = (ROOT / "mkdocs.yml").read_text()
+    # The config names Python objects with a YAML tag; only the nav matters here.
+    config = yaml.safe_load(mkdocs[mkdocs.index("\nnav:") :])
+    [reference] = [entry["API reference"] for entry in config["nav"] if "API reference" in entry]
+    pages = {name: path for entry in reference for name, path in entry.items()}
+    assert sorted(pages) == sorted(PUBLIC_MODULES)
+    for module, path in pages.items():
+        assert (ROOT / "docs" / path).read_text().count(f"::: {module}\n") == 1, path
