@@ -90,7 +90,8 @@ class CacheMiddleware:
         honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
             read and refreshes the entry; turn off if clients could use it to load the app.
         honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache.
-        registry, metric_prefix: metrics (default: those of ``cache``).
+        registry: the Prometheus registry (default: that of ``cache``).
+        metric_prefix: put in front of the metric names (default: that of ``cache``).
         wall_clock: seconds since the epoch (default :func:`time.time`), for when a response
             was stored and its ``Age``; tests inject one.
     """
