@@ -119,3 +119,11 @@ def test_packaging_metadata_says_asgi_and_takes_the_version_from_the_tag() -> No
     version = pyproject["tool"]["hatch"]["version"]
     assert version["source"] == "vcs"
     assert version["fallback-version"]  # a checkout without tags still installs
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    import prodkit
+
+    assert prodkit.__version__ == version("prodkit")
