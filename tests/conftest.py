@@ -65,7 +65,7 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(params=FRAMEWORKS)
 def framework(request: pytest.FixtureRequest) -> str:
-    """Each framework of the matrix: raw ASGI, Starlette, FastAPI, Litestar."""
+    """Each framework of the matrix: raw ASGI, Starlette, FastAPI, Litestar, Quart, Django."""
     return str(request.param)
 
 

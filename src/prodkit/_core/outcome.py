@@ -11,8 +11,8 @@ from prodkit._core.observer import ResponseObserver
 from prodkit._core.routing import (
     UNMATCHED_ROUTE,
     RouteResolver,
-    route_template,
     route_path,
+    route_template,
     route_template_before,
 )
 from prodkit._core.types import Scope

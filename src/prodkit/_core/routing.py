@@ -177,7 +177,9 @@ def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
     return partial
 
 
-def _template_of(route: Any, child: dict[str, Any], scope: dict[str, Any], depth: int) -> str | None:
+def _template_of(
+    route: Any, child: dict[str, Any], scope: dict[str, Any], depth: int
+) -> str | None:
     """The template below a route that matched: its own, or its mount's joined with the inner."""
     path_format = getattr(route, "path_format", None)
     if not isinstance(path_format, str):
@@ -213,16 +215,31 @@ def find_router(app: Any, max_depth: int = 32) -> Any | None:
 _Matcher = Callable[[Scope], str | None]
 
 
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
 def _litestar_matcher(app: Any) -> _Matcher:
     router = app.asgi_router
 
+    def routed(path: str, method: str | None) -> str | None:
+        try:
+            template = router.handle_routing(path=path, method=method)[4]
+        except Exception as exc:
+            return "" if type(exc).__name__ == "MethodNotAllowedException" else None
+        return normalise_template(template) if isinstance(template, str) else None
+
     def match(scope: Scope) -> str | None:
         path = route_path(scope).rstrip("/") or "/"
-        try:
-            template = router.handle_routing(path=path, method=scope.get("method"))[4]
-        except Exception:  # noqa: BLE001 - NotFound, MethodNotAllowed: no template to name
-            return None
-        return normalise_template(template) if isinstance(template, str) else None
+        method = None if scope.get("type") == "websocket" else scope.get("method", "GET")
+        template = routed(path, method)
+        if template != "":
+            return template
+        # 405: the route exists under another method; its template is still the label.
+        for other in _METHODS:
+            template = routed(path, other)
+            if template:
+                return template
+        return None
 
     return match
 
@@ -238,14 +255,14 @@ def _werkzeug_matcher(app: Any) -> _Matcher:
             rule, _ = adapter.match(
                 route_path(scope), method=method, return_rule=True, websocket=websocket
             )
-        except Exception as exc:  # noqa: BLE001 - werkzeug's routing answers by raising
+        except Exception as exc:
             allowed = getattr(exc, "valid_methods", None)
             if not allowed:
                 return None
             # 405: the route exists, under another method; its template is still the label.
             try:
                 rule, _ = adapter.match(route_path(scope), method=allowed[0], return_rule=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return None
         return normalise_template(rule.rule)
 
@@ -261,7 +278,7 @@ def _django_matcher(app: Any) -> _Matcher | None:
     def match(scope: Scope) -> str | None:
         try:
             found = resolve(route_path(scope))
-        except Exception:  # noqa: BLE001 - Resolver404: no route
+        except Exception:
             return None
         route = getattr(found, "route", None)
         return normalise_template(route) if isinstance(route, str) else None
@@ -413,8 +430,8 @@ __all__ = [
     "find_router",
     "normalise_template",
     "remember_root_path",
-    "route_template",
     "route_path",
+    "route_template",
     "route_template_before",
     "set_route_template",
 ]

@@ -214,7 +214,8 @@ class MetricsEndpointMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (
-            scope["path"] == self.path or (scope.get("root_path") and route_path(scope) == self.path)
+            scope["path"] == self.path
+            or (scope.get("root_path") and route_path(scope) == self.path)
         ):
             set_route_template(scope, self.path)
             await self.metrics_app(scope, receive, send)
