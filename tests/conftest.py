@@ -176,3 +176,28 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             await client.aclose()
 
     run_sync(cleanup)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``CI=true``, fail the run when Redis still holds a key carrying this run's id.
+
+    Every test writes its Redis keys under a prefix with :data:`RUN_ID` (``redis_prefix``, the
+    example's ``REDIS_KEY_PREFIX``) and deletes them; a key left behind is a leak to fix.
+    """
+    if not IN_CI:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        left = [key.decode() for key in client.scan_iter(match=f"*{RUN_ID}*", count=1000)]
+    except redis.RedisError:
+        return  # no Redis: the tests that needed it have already failed under CI
+    finally:
+        client.close()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            shown = ", ".join(sorted(left)[:10])
+            reporter.write_line(f"{len(left)} Redis key(s) of this run left behind: {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

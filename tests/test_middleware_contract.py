@@ -47,6 +47,7 @@ from prodkit import (
     MetricsEndpointMiddleware,
     RateLimitMiddleware,
     RequestIdMiddleware,
+    RequestTimeoutMiddleware,
     SecurityHeadersMiddleware,
     get_request_id,
 )
@@ -106,6 +107,8 @@ class Case:
     #: The HTTP request of (c): one the middleware handles and lets stream.
     method: str = "GET"
     path: str = "/stream"
+    #: Request headers of (c) beyond ``Host``.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
     #: Keys a websocket scope gains on its way to the app.
     websocket_scope_adds: Mapping[str, object] = field(default_factory=dict)
     #: The request id the app sees while a websocket is open.
@@ -173,6 +176,12 @@ CASES: dict[str, Case] = {
         lambda app, env: RequestIdMiddleware(app),
         websocket_scope_adds={SCOPE_KEY: "ws-1"},
         websocket_request_id="ws-1",
+    ),
+    "RequestTimeoutMiddleware": Case(
+        # A request with a body: it is read (within the deadline) before the app streams.
+        lambda app, env: RequestTimeoutMiddleware(app, body_timeout=30),
+        method="POST",
+        headers=((b"content-length", b"2"),),
     ),
     "SecurityHeadersMiddleware": Case(lambda app, env: SecurityHeadersMiddleware(app)),
 }
@@ -340,7 +349,7 @@ def subject(request: pytest.FixtureRequest) -> Subject:
 def test_every_exported_middleware_is_covered() -> None:
     exported = {name for name in prodkit.__all__ if name.endswith("Middleware")}
     assert exported == set(CASES)
-    assert len(CASES) == 14
+    assert len(CASES) == 15
 
 
 async def test_lifespan_reaches_the_app_unchanged(subject: Subject) -> None:
@@ -431,7 +440,7 @@ def _response_side(transcript: Sequence[Entry]) -> tuple[list[Entry], list[Messa
 
 async def test_a_streamed_response_reaches_the_client_chunk_by_chunk(subject: Subject) -> None:
     env, app, case = subject.env, subject.app, subject.case
-    scope = _http_scope(case.method, case.path)
+    scope = _http_scope(case.method, case.path, case.headers)
     request: Message = {"type": "http.request", "body": b"{}", "more_body": False}
     with capture_logs() as logs:
         await serve(subject.middleware, scope, [request], env)

@@ -36,6 +36,7 @@ PUBLIC: dict[str, list[str]] = {
         "ProdkitError",
         "RateLimitMiddleware",
         "RequestIdMiddleware",
+        "RequestTimeoutMiddleware",
         "SecurityHeadersMiddleware",
         "Stack",
         "StackSettings",
@@ -223,6 +224,13 @@ PUBLIC: dict[str, list[str]] = {
         "LogOutput",
         "capture_log_output",
         "capture_logs",
+    ],
+    "prodkit.timeouts": [
+        "BODY_TOO_LARGE",
+        "DEFAULT_BODY_TIMEOUT",
+        "DEFAULT_MAX_BODY_BYTES",
+        "REQUEST_TIMEOUT",
+        "RequestTimeoutMiddleware",
     ],
 }
 

@@ -35,6 +35,8 @@ def test_every_variable() -> None:
     assert (settings.max_concurrency, settings.health_key) == (64, "k3y")
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
+    assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
+    assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
     assert (
         StackSettings.from_env(
             {"REDIS_URL": "redis://x", "IDEMPOTENCY_STORE": "Redis"}
@@ -54,6 +56,12 @@ def test_every_variable() -> None:
         ({"SHUTDOWN_DRAIN_SECONDS": "soon"}, "SHUTDOWN_DRAIN_SECONDS"),
         ({"SHUTDOWN_TIMEOUT_SECONDS": "-1"}, "SHUTDOWN_TIMEOUT_SECONDS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        # Issue #16: a malformed URL or rate stops the start naming its variable.
+        ({"DATABASE_URL": "garbage"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://db/app"}, "DATABASE_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
+        ({"RATE_LIMIT": "0/minute"}, "RATE_LIMIT"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], mentions: str) -> None:
@@ -90,8 +98,19 @@ def test_settings_built_in_code_choose_the_store_like_the_environment(
         ({"idempotency_store": "redis"}, "redis_url"),
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"log_format": "xml"}, "log_format"),
+        ({"database_url": "db.example.com/app"}, "database_url"),
+        ({"redis_url": "cache:6379"}, "redis_url"),
+        ({"rate_limit": "fast"}, "rate_limit"),
+        ({"body_timeout_seconds": 0}, "body_timeout_seconds"),
     ],
 )
 def test_contradictory_fields_name_the_field(fields: dict[str, object], mentions: str) -> None:
     with pytest.raises(ConfigurationError, match=mentions):
         StackSettings(**fields)  # type: ignore[arg-type]  # wrong on purpose
+
+
+def test_a_malformed_database_url_is_not_repeated_in_the_error() -> None:
+    # The URL may carry a password: the message names the variable, not its value.
+    with pytest.raises(ConfigurationError, match="DATABASE_URL") as caught:
+        StackSettings.from_env({"DATABASE_URL": "pg://admin:s3cret@db/app"})
+    assert "s3cret" not in str(caught.value)

@@ -27,6 +27,7 @@ from prodkit import (
     MetricsEndpointMiddleware,
     RateLimitMiddleware,
     RequestIdMiddleware,
+    RequestTimeoutMiddleware,
     SecurityHeadersMiddleware,
     Stack,
     StackSettings,
@@ -58,6 +59,7 @@ RECOMMENDED = [
     ("errors", ErrorMiddleware),
     ("health", HealthMiddleware),
     ("shutdown", GracefulShutdownMiddleware),
+    ("request_timeout", RequestTimeoutMiddleware),
     ("concurrency_limit", ConcurrencyLimitMiddleware),
     ("rate_limit", RateLimitMiddleware),
     ("idempotency", IdempotencyMiddleware),
@@ -229,9 +231,11 @@ async def test_checks_added_before_and_after_build_are_served(
 
 
 async def test_one_redis_client_is_shared_by_every_redis_store(
-    redis_url: str, make_client: ClientFactory
+    redis_url: str, redis_prefix: str, make_client: ClientFactory
 ) -> None:
-    settings = StackSettings(redis_url=redis_url, idempotency_store="redis")
+    settings = StackSettings(
+        redis_url=redis_url, idempotency_store="redis", redis_key_prefix=redis_prefix
+    )
     stack = recommended(settings)
     assert isinstance(stack.rate_limit_store, RedisRateLimitStore)
     assert isinstance(stack.idempotency_store, RedisIdempotencyStore)
@@ -252,6 +256,12 @@ async def test_one_redis_client_is_shared_by_every_redis_store(
     assert (again.status_code, again.headers["idempotency-status"]) == (201, "replayed")
     assert "ratelimit" in first.headers
     assert (await client.get("/items/1", headers=user)).headers["x-cache"] == "MISS"
+    # Every key the stores wrote starts with redis_key_prefix (and the fixture deletes them).
+    assert stack.rate_limit_store.key_prefix == f"{redis_prefix}ratelimit:"
+    assert stack.cache.store.key_prefix == f"{redis_prefix}cache:"
+    written = [key async for key in stack.redis.scan_iter(match=f"{redis_prefix}*")]
+    assert any(key.startswith(f"{redis_prefix}idem:".encode()) for key in written)
+    assert any(key.startswith(f"{redis_prefix}cache:".encode()) for key in written)
     await stack.aclose()
 
 
@@ -274,9 +284,13 @@ async def redis_connections(redis_url: str, name: str) -> int:
         await probe.aclose()
 
 
-async def test_lifespan_shutdown_closes_everything_once(redis_url: str) -> None:
+async def test_lifespan_shutdown_closes_everything_once(redis_url: str, redis_prefix: str) -> None:
     name = f"prodkit-stack-test-{uuid.uuid4().hex[:8]}"
-    settings = StackSettings(redis_url=f"{redis_url}?client_name={name}", idempotency_store="redis")
+    settings = StackSettings(
+        redis_url=f"{redis_url}?client_name={name}",
+        idempotency_store="redis",
+        redis_key_prefix=redis_prefix,
+    )
     stack = recommended(settings)
     closed: list[str] = []
 

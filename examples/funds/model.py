@@ -68,8 +68,24 @@ def _text(value: Any, low: int, high: int) -> str | None:
     return value
 
 
+def pointer(*tokens: str | int) -> str:
+    """An RFC 6901 JSON pointer to ``tokens``: ``~`` is written ``~0`` and ``/`` is ``~1``."""
+    return "".join("/" + str(token).replace("~", "~0").replace("/", "~1") for token in tokens)
+
+
+def _unknown(data: dict[str, Any], known: frozenset[str], *at: str | int) -> list[FieldError]:
+    """One error per member of ``data`` that is not in ``known``, in a stable order."""
+    return [
+        FieldError(pointer(*at, key), "is not a known field") for key in sorted(data.keys() - known)
+    ]
+
+
+_FUND_FIELDS = frozenset({"name", "size", "description", "stages"})
+_STAGE_FIELDS = frozenset({"name", "months", "graduate", "exit"})
+
+
 def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], list[FieldError]]:
-    """Check a fund document; return the clean fields and the errors (JSON pointers).
+    """Check a fund document; return the clean fields and the errors (RFC 6901 JSON pointers).
 
     With ``partial`` (PATCH), absent fields are allowed and left out of the result.
     """
@@ -77,8 +93,7 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
     clean: dict[str, Any] = {}
     if not isinstance(data, dict):
         return clean, [FieldError("", "must be a JSON object")]
-    unknown = sorted(set(data) - {"name", "size", "description", "stages"})
-    errors.extend(FieldError(f"/{key}", "is not a known field") for key in unknown)
+    errors.extend(_unknown(data, _FUND_FIELDS))
 
     if "name" in data or not partial:
         name = _text(data.get("name"), 1, 200)
@@ -107,47 +122,45 @@ def validate_fund(data: Any, *, partial: bool = False) -> tuple[dict[str, Any], 
         if not isinstance(stages, list) or not 1 <= len(stages) <= 20:
             errors.append(FieldError("/stages", "must be a list of 1 to 20 stages"))
         else:
-            parsed: list[Stage] = []
-            for index, stage in enumerate(stages):
-                pointer = f"/stages/{index}"
-                if not isinstance(stage, dict):
-                    errors.append(FieldError(pointer, "must be an object"))
-                    continue
-                stage_errors = len(errors)
-                stage_name = _text(stage.get("name"), 1, 100)
-                if stage_name is None:
-                    errors.append(
-                        FieldError(f"{pointer}/name", "must be a string of 1 to 100 characters")
-                    )
-                raw_months = stage.get("months")
-                months = 0
-                if isinstance(raw_months, int) and not isinstance(raw_months, bool):
-                    months = raw_months
-                elif isinstance(raw_months, float) and raw_months.is_integer():
-                    months = int(raw_months)  # JSON has one number type: 12.0 is the integer 12
-                if not 1 <= months <= 240:
-                    errors.append(
-                        FieldError(f"{pointer}/months", "must be an integer from 1 to 240")
-                    )
-                graduate = _number(stage.get("graduate"))
-                exit_ = _number(stage.get("exit"))
-                if graduate is None or not 0 <= graduate <= 1:
-                    errors.append(FieldError(f"{pointer}/graduate", "must be a number from 0 to 1"))
-                if exit_ is None or not 0 <= exit_ <= 1:
-                    errors.append(FieldError(f"{pointer}/exit", "must be a number from 0 to 1"))
-                both_valid = (
-                    len(errors) == stage_errors and graduate is not None and exit_ is not None
-                )
-                if both_valid and graduate + exit_ > 1 + 1e-9:  # type: ignore[operator]
-                    errors.append(FieldError(pointer, "graduate + exit must not exceed 1"))
-                extra = sorted(set(stage) - {"name", "months", "graduate", "exit"})
-                errors.extend(
-                    FieldError(f"{pointer}/{key}", "is not a known field") for key in extra
-                )
-                if len(errors) == stage_errors:
-                    parsed.append(Stage(str(stage_name), months, graduate or 0.0, exit_ or 0.0))
-            clean["stages"] = tuple(parsed)
+            parsed = [_stage(index, stage, errors) for index, stage in enumerate(stages)]
+            clean["stages"] = tuple(stage for stage in parsed if stage is not None)
     return clean, errors
+
+
+def _months(raw: Any) -> int:
+    """The integer number of months in ``raw``, or 0 when it is not an integer."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)  # JSON has one number type: 12.0 is the integer 12
+    return 0
+
+
+def _stage(index: int, stage: Any, errors: list[FieldError]) -> Stage | None:
+    """Stage ``index`` if it is valid; otherwise ``None``, with its errors added to ``errors``."""
+    at = pointer("stages", index)
+    if not isinstance(stage, dict):
+        errors.append(FieldError(at, "must be an object"))
+        return None
+    before = len(errors)
+    stage_name = _text(stage.get("name"), 1, 100)
+    if stage_name is None:
+        errors.append(FieldError(f"{at}/name", "must be a string of 1 to 100 characters"))
+    months = _months(stage.get("months"))
+    if not 1 <= months <= 240:
+        errors.append(FieldError(f"{at}/months", "must be an integer from 1 to 240"))
+    graduate = _number(stage.get("graduate"))
+    exit_ = _number(stage.get("exit"))
+    if graduate is None or not 0 <= graduate <= 1:
+        errors.append(FieldError(f"{at}/graduate", "must be a number from 0 to 1"))
+    if exit_ is None or not 0 <= exit_ <= 1:
+        errors.append(FieldError(f"{at}/exit", "must be a number from 0 to 1"))
+    if len(errors) == before and graduate + exit_ > 1 + 1e-9:  # type: ignore[operator]
+        errors.append(FieldError(at, "graduate + exit must not exceed 1"))
+    errors.extend(_unknown(stage, _STAGE_FIELDS, "stages", index))
+    if len(errors) > before:
+        return None
+    return Stage(str(stage_name), months, graduate or 0.0, exit_ or 0.0)
 
 
 def require_valid(data: Any, *, partial: bool = False) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 from examples.funds.migrate import migrate
 from examples.funds.model import MODEL_VERSION, Stage, irr
-from examples.funds.repository import Fund, Page, Summary, decode_cursor, encode_cursor
+from examples.funds.repository import (
+    Fund,
+    Page,
+    Summary,
+    decode_cursor,
+    encode_cursor,
+    search_text,
+)
 from prodkit import MissingDependencyError
 
 T = TypeVar("T")
@@ -265,12 +272,13 @@ class PostgresRepository:
 def list_query(
     user_id: str, *, q: str | None, limit: int, cursor: str | None
 ) -> tuple[str, list[Any]]:
-    """The listing statement: newest first, keyset after ``cursor``, full-text ``q``.
+    """The listing statement: newest first, keyset after ``cursor``, full-text ``q`` (blank: none).
 
     Fetches ``limit + 1`` rows so the caller knows whether there is a next page.
     """
     where = ["user_id = $1", "deleted_at IS NULL"]
     args: list[Any] = [user_id]
+    q = search_text(q)
     if q:
         args.append(q)
         where.append(f"search @@ plainto_tsquery('simple', ${len(args)})")

@@ -119,6 +119,18 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def search_text(q: str | None) -> str | None:
+    """The search to run for ``q``, or ``None`` for no filter.
+
+    A blank ``q`` (``""``, ``"    "``) searches for nothing in particular, so it lists every
+    fund, on every repository: PostgreSQL's ``plainto_tsquery`` would otherwise match no row
+    while the in-memory search matched them all.
+    """
+    if q is None or not q.strip():
+        return None
+    return q
+
+
 def matches_query(fund: Fund, q: str) -> bool:
     """The in-memory stand-in for full-text search: every word appears in name or description."""
     text = f"{fund.name} {fund.description}".lower()
@@ -179,6 +191,7 @@ class InMemoryRepository:
 
     async def list(self, user_id: str, *, q: str | None, limit: int, cursor: str | None) -> Page:
         after = decode_cursor(cursor) if cursor else None
+        q = search_text(q)
         rows = [
             f
             for f in self.funds.values()

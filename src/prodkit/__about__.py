@@ -1,1 +1,10 @@
-__version__ = "0.1.0.dev0"
+"""The installed distribution's version: the git tag it was built from (see pyproject.toml)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("prodkit")
+except PackageNotFoundError:  # a source tree on the path without an installed distribution
+    __version__ = "0.1.0.dev0"

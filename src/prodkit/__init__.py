@@ -34,6 +34,7 @@ from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
 from prodkit.shedding import ConcurrencyLimitMiddleware
 from prodkit.stack import Layer, Stack, recommended_stack
+from prodkit.timeouts import RequestTimeoutMiddleware
 
 __all__ = [
     "AccessLogMiddleware",
@@ -57,6 +58,7 @@ __all__ = [
     "ProdkitError",
     "RateLimitMiddleware",
     "RequestIdMiddleware",
+    "RequestTimeoutMiddleware",
     "SecurityHeadersMiddleware",
     "Stack",
     "StackSettings",

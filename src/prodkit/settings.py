@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit.ratelimit import parse_rate
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
+
+_DATABASE_SCHEMES = ("postgresql://", "postgres://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -41,6 +45,9 @@ class StackSettings:
     Attributes:
         database_url: PostgreSQL DSN (``DATABASE_URL``): idempotency records in PostgreSQL.
         redis_url: Redis URL (``REDIS_URL``): response cache and rate-limit counters in Redis.
+        redis_key_prefix: put in front of every key the stack's stores write in Redis
+            (``REDIS_KEY_PREFIX``, default ``prodkit:``; then ``cache:``, ``idem:`` or
+            ``ratelimit:``), so services or test runs sharing one Redis keep apart.
         idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``); ``None``
             (the default) chooses ``postgres`` when ``database_url`` is set, else ``memory``, so
             after construction it always names the store.
@@ -52,6 +59,8 @@ class StackSettings:
         health_key: unlocks the detailed health report (``HEALTH_KEY``).
         shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
         shutdown_timeout_seconds: hard deadline, counted from the signal (the drain included).
+        body_timeout_seconds: a request body that has not arrived this many seconds after its
+            headers gets a 408 (no environment variable: the default suits most services).
         log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
 
     Raises :class:`~prodkit.ConfigurationError` when the fields contradict each other (a
@@ -61,6 +70,7 @@ class StackSettings:
 
     database_url: str | None = None
     redis_url: str | None = None
+    redis_key_prefix: str = "prodkit:"
     idempotency_store: IdempotencyStoreName | None = None
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -69,10 +79,12 @@ class StackSettings:
     health_key: str | None = None
     shutdown_drain_seconds: float = 0.0
     shutdown_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 10.0
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
     def __post_init__(self) -> None:
+        self._check_urls()
         store = self.idempotency_store
         if store is None:
             # Resolved here rather than in from_env, so settings built in code choose the same
@@ -93,9 +105,31 @@ class StackSettings:
             )
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
+        if self.rate_limit is not None:
+            try:
+                parse_rate(self.rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"RATE_LIMIT (rate_limit): {exc}") from exc
+        if not self.body_timeout_seconds > 0:
+            raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
         if self.log_format not in ("json", "console"):
             raise ConfigurationError(
                 f"LOG_FORMAT={self.log_format!r} (log_format): use json or console"
+            )
+
+    def _check_urls(self) -> None:
+        # Checked here, not when the first connection is made: a malformed URL stops the start
+        # with the variable's name. The URL itself is never repeated, it may hold a password.
+        if self.database_url is not None and not self.database_url.lower().startswith(
+            _DATABASE_SCHEMES
+        ):
+            raise ConfigurationError(
+                "DATABASE_URL (database_url) must be a PostgreSQL URL: "
+                "postgresql://user:password@host:5432/dbname"
+            )
+        if self.redis_url is not None and not self.redis_url.lower().startswith(_REDIS_SCHEMES):
+            raise ConfigurationError(
+                "REDIS_URL (redis_url) must start with one of " + ", ".join(_REDIS_SCHEMES)
             )
 
     @classmethod
@@ -109,6 +143,7 @@ class StackSettings:
         # Unset: None, which __post_init__ resolves from DATABASE_URL (and checks).
         store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or None
         redis_url = (env.get("REDIS_URL") or "").strip() or None
+        redis_key_prefix = (env.get("REDIS_KEY_PREFIX") or "").strip() or "prodkit:"
         raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
         max_concurrency: int | None = None
         if raw_concurrency:
@@ -122,6 +157,7 @@ class StackSettings:
         return cls(
             database_url=database_url,
             redis_url=redis_url,
+            redis_key_prefix=redis_key_prefix,
             idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),

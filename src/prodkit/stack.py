@@ -15,6 +15,8 @@ The recommended order, outermost first, and why (see the design notes):
 - ``errors`` — every failure below becomes a problem;
 - ``health`` (``/livez``, ``/readyz``, ``/healthz``) and ``shutdown`` — probes answer before
   shedding and rate limiting, so they are never throttled;
+- ``request_timeout`` — a request body must arrive within ``body_timeout_seconds`` (else 408),
+  and is read before the limits below count the request, so slow clients cannot take every slot;
 - ``concurrency_limit``, ``rate_limit``;
 - ``idempotency`` — outside the cache;
 - ``cache`` — safe methods only (when ``cache_routes`` are given);
@@ -68,6 +70,7 @@ from prodkit.requestid import RequestIdMiddleware
 from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
 from prodkit.shedding import ConcurrencyLimitMiddleware
+from prodkit.timeouts import RequestTimeoutMiddleware
 
 #: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
 DEFAULT_RATE_LIMIT = "6000/minute"
@@ -373,7 +376,10 @@ def idempotency_store_for(settings: StackSettings, *, redis: Any | None = None) 
     if settings.idempotency_store == "redis":
         if not settings.redis_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
-        return RedisIdempotencyStore(redis if redis is not None else settings.redis_url)
+        return RedisIdempotencyStore(
+            redis if redis is not None else settings.redis_url,
+            key_prefix=f"{settings.redis_key_prefix}idem:",
+        )
     return MemoryIdempotencyStore()
 
 
@@ -392,12 +398,17 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
         # does not make it unready.
         checks.append(HealthCheck("redis", redis_check(client), critical=False))
     stack.idempotency_store = idempotency_store_for(settings, redis=stack.redis)
+    prefix = settings.redis_key_prefix
     stack.rate_limit_store = (
-        RedisRateLimitStore(stack.redis) if stack.redis is not None else MemoryRateLimitStore()
+        RedisRateLimitStore(stack.redis, key_prefix=f"{prefix}ratelimit:")
+        if stack.redis is not None
+        else MemoryRateLimitStore()
     )
     if cache_routes:
         cache_store: CacheStore = (
-            RedisCacheStore(client=stack.redis) if stack.redis is not None else MemoryCacheStore()
+            RedisCacheStore(client=stack.redis, key_prefix=f"{prefix}cache:")
+            if stack.redis is not None
+            else MemoryCacheStore()
         )
         stack.cache = ResponseCache(cache_store, registry=stack.registry)
         stack.on_close(cache_store.aclose)
@@ -481,6 +492,11 @@ def _inner_layers(
     layers = [
         Layer("health", HealthMiddleware, health),
         Layer("shutdown", GracefulShutdownMiddleware, {"coordinator": stack.coordinator}),
+        Layer(
+            "request_timeout",
+            RequestTimeoutMiddleware,
+            {"body_timeout": settings.body_timeout_seconds},
+        ),
         Layer(
             "concurrency_limit",
             ConcurrencyLimitMiddleware,

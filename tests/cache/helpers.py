@@ -11,7 +11,8 @@ GET paths:
   in 16 chunks; ``/etag``: the app's own ETag
 * ``/lang``: ``Vary: Accept-Language``, body is the header's value
 
-Writes: ``PATCH``/``DELETE`` on any path answer 200 / 204; ``POST /fail`` answers 500.
+Writes: any other method on any path answers 200 (``DELETE``: 204); ``POST /fail`` answers 500;
+``?status=NNN`` on a write makes it answer ``NNN`` (a 303 after a ``POST``, say).
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class CountingApp:
         if method not in ("GET", "HEAD"):
             await read_body(receive)
             status = 500 if path == "/fail" else 204 if method == "DELETE" else 200
+            query = scope.get("query_string", b"").decode()
+            if query.startswith("status="):
+                status = int(query.removeprefix("status="))
             await _respond(send, status, b"" if status == 204 else b'{"ok":true}')
             return
         self.calls[path] += 1

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from email.utils import formatdate
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from prodkit.cache import CachedResponse, compute_etag
-from prodkit.cache._entry import DecodedEntries, cache_control, etag_matches
+from prodkit.cache._entry import (
+    DecodedEntries,
+    cache_control,
+    etag_matches,
+    freshness_lifetime,
+    http_date,
+)
 
 header_names = st.binary(min_size=1, max_size=20).map(lambda b: b.lower())
 headers = st.lists(st.tuples(header_names, st.binary(max_size=50)), max_size=8)
@@ -84,3 +92,63 @@ def test_decoded_entries_are_reused_only_for_the_same_bytes_and_stay_bounded() -
     assert len(decoded) == 2
     assert decoded.decode("d", encoded(b"x" * 2000)).body == b"x" * 2000  # too big to keep
     assert len(decoded) == 2
+
+
+NOW = 1_700_000_000.0
+
+
+def _date(at: float) -> bytes:
+    return formatdate(at, usegmt=True).encode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "lifetime"),
+    [
+        # Nothing said: the rule's TTL alone applies.
+        ([], None),
+        ([(b"cache-control", b"public")], None),
+        # RFC 9111 section 4.2.1: s-maxage, else max-age, else Expires - Date.
+        ([(b"cache-control", b"max-age=30")], 30.0),
+        ([(b"cache-control", b"max-age=0")], 0.0),
+        ([(b"cache-control", b"max-age=30, s-maxage=5")], 5.0),
+        ([(b"cache-control", b"s-maxage=30, max-age=0")], 30.0),
+        ([(b"expires", _date(NOW + 10))], 10.0),
+        ([(b"expires", _date(NOW + 10)), (b"date", _date(NOW - 100))], 110.0),
+        # Section 5.3: max-age and s-maxage win over Expires, whatever it says.
+        ([(b"expires", _date(NOW - 10)), (b"cache-control", b"max-age=30")], 30.0),
+        ([(b"expires", b"0"), (b"cache-control", b"s-maxage=7")], 7.0),
+        # An Expires in the past, Expires: 0 and an invalid date are already expired.
+        ([(b"expires", _date(NOW - 10))], 0.0),
+        ([(b"expires", b"0")], 0.0),
+        ([(b"expires", b"-1")], 0.0),
+        ([(b"expires", b"tomorrow")], 0.0),
+        # Of several Expires lines, the first is used (section 4.2.1).
+        ([(b"expires", _date(NOW + 10)), (b"expires", b"0")], 10.0),
+        # Invalid freshness information is stale (section 4.2.1 encourages it).
+        ([(b"cache-control", b"max-age=soon")], 0.0),
+        ([(b"cache-control", b"max-age")], 0.0),
+    ],
+)
+def test_freshness_lifetime_follows_rfc_9111(
+    headers: list[tuple[bytes, bytes]], lifetime: float | None
+) -> None:
+    assert freshness_lifetime(headers, NOW) == lifetime
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+        b"Sunday, 06-Nov-94 08:49:37 GMT",  # obsolete RFC 850 format
+        b"Sun Nov  6 08:49:37 1994",  # ANSI C asctime() format
+    ],
+)
+def test_http_dates_in_all_three_formats(value: bytes) -> None:
+    # RFC 9110 section 5.6.7: a recipient accepts all three.
+    assert http_date(value) == 784111777.0
+
+
+@given(st.binary(max_size=40))
+def test_any_expires_value_is_a_date_or_none(value: bytes) -> None:
+    parsed = http_date(value)
+    assert parsed is None or isinstance(parsed, float)

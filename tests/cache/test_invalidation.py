@@ -1,4 +1,4 @@
-"""Writes invalidate: a 2xx write makes the path's entries and its routes' tags stale."""
+"""Writes invalidate: a 2xx or 3xx write makes the path's entries and its routes' tags stale."""
 
 from __future__ import annotations
 
@@ -45,6 +45,42 @@ async def test_a_failed_write_invalidates_nothing(
     await client.get("/fail")
     assert (await client.post("/fail")).status_code == 500
     assert (await client.get("/fail")).headers["x-cache"] == "HIT"
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "invalidates"),
+    [
+        # RFC 9111 section 4.4: a non-error status (2xx or 3xx) to an unsafe method...
+        ("POST", 303, True),  # the POST-redirect-GET of a form
+        ("PUT", 301, True),
+        ("PATCH", 204, True),
+        # ... "including methods whose safety is unknown"
+        ("PURGE", 200, True),
+        ("FROBNICATE", 302, True),
+        # an error status changes nothing
+        ("POST", 400, False),
+        ("PURGE", 404, False),
+        ("DELETE", 500, False),
+        # safe methods (RFC 9110 section 9.2.1) never invalidate
+        ("OPTIONS", 200, False),
+        ("TRACE", 200, False),
+    ],
+)
+async def test_any_non_error_answer_to_an_unsafe_or_unknown_method_invalidates(
+    method: str,
+    status: int,
+    invalidates: bool,
+    make_client: ClientFactory,
+    registry: CollectorRegistry,
+) -> None:
+    app = CountingApp()
+    client = make_client(make_cache(app, registry))
+    await client.get("/items/1")
+    assert (await client.get("/items/1")).headers["x-cache"] == "HIT"
+    write = await client.request(method, f"/items/1?status={status}")
+    assert write.status_code == status
+    after = await client.get("/items/1")
+    assert after.headers["x-cache"] == ("MISS" if invalidates else "HIT")
 
 
 async def test_invalidate_tags_from_the_app(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
-from prodkit.cache import CacheMiddleware, CacheRule
+from prodkit.asgi import Receive, Scope, Send
+from prodkit.cache import CacheMiddleware, CacheRule, MemoryCacheStore
 from tests.apps import build_app
 from tests.cache.helpers import ROUTES, CountingApp, FakeClock, make_cache, outcomes
 from tests.conftest import ClientFactory
@@ -114,6 +117,102 @@ async def test_request_max_age_refuses_older_entries(
     assert too_old.headers["x-cache"] == "MISS"
     assert too_old.json()["calls"] == 2
     assert app.calls["/items/1"] == 2
+
+
+def _date(at: float) -> str:
+    return formatdate(at, usegmt=True)
+
+
+#: The app's freshness headers, made from the time it answers; then whether the cache stores
+#: the answer. RFC 9111 section 4.2.1 (freshness lifetime) and section 5.3 (Expires).
+FRESHNESS: list[tuple[Callable[[float], dict[str, str]], bool]] = [
+    (lambda now: {"Expires": _date(now - 10)}, False),  # in the past
+    (lambda now: {"Expires": "0"}, False),  # "0" is a time in the past
+    (lambda now: {"Expires": "next week"}, False),  # invalid dates too
+    (lambda now: {"Expires": _date(now + 30)}, True),
+    # max-age and s-maxage take precedence over Expires
+    (lambda now: {"Expires": _date(now - 10), "Cache-Control": "max-age=30"}, True),
+    (lambda now: {"Expires": "0", "Cache-Control": "s-maxage=30"}, True),
+    (lambda now: {"Expires": _date(now + 30), "Cache-Control": "max-age=0"}, False),
+    # Expires is counted from the response's Date, not from the cache's clock
+    (lambda now: {"Date": _date(now - 60), "Expires": _date(now - 30)}, True),
+    (lambda now: {"Cache-Control": "max-age=later"}, False),  # invalid: stale
+]
+
+
+class FreshnessApp:
+    """Answers 200 with ``headers(clock.now)``; ``calls`` counts its runs."""
+
+    def __init__(self, clock: FakeClock, headers: Callable[[float], dict[str, str]]) -> None:
+        self.clock = clock
+        self.headers = headers
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        made = self.headers(self.clock.now)
+        raw = [(k.lower().encode(), v.encode()) for k, v in made.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": b"fresh"})
+
+
+@pytest.mark.parametrize(("headers", "stored"), FRESHNESS)
+async def test_responses_already_stale_are_not_stored(
+    headers: Callable[[float], dict[str, str]],
+    stored: bool,
+    make_client: ClientFactory,
+    registry: CollectorRegistry,
+) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    app = FreshnessApp(clock, headers)
+    client = make_client(
+        make_cache(
+            app,
+            registry,
+            routes={"/doc": CacheRule(ttl=60)},
+            store=MemoryCacheStore(clock=clock),
+            wall_clock=clock,
+        )
+    )
+    assert (await client.get("/doc")).headers["x-cache"] == "MISS"
+    second = await client.get("/doc")
+    assert second.headers["x-cache"] == ("HIT" if stored else "MISS")
+    assert app.calls == (1 if stored else 2)
+
+
+@pytest.mark.parametrize(
+    ("headers", "lifetime"),
+    [
+        (lambda now: {"Expires": _date(now + 10)}, 10),  # shorter than the rule's 60 s
+        (lambda now: {"Expires": _date(now + 600)}, 60),  # never longer than the rule
+        (lambda now: {"Date": _date(now - 5), "Expires": _date(now + 5)}, 10),
+        (lambda now: {"Expires": _date(now + 10), "Cache-Control": "max-age=20"}, 20),
+    ],
+)
+async def test_expires_shortens_the_rules_ttl(
+    headers: Callable[[float], dict[str, str]],
+    lifetime: int,
+    make_client: ClientFactory,
+    registry: CollectorRegistry,
+) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    start = clock.now
+    app = FreshnessApp(clock, headers)
+    client = make_client(
+        make_cache(
+            app,
+            registry,
+            routes={"/doc": CacheRule(ttl=60)},
+            store=MemoryCacheStore(clock=clock),
+            wall_clock=clock,
+        )
+    )
+    await client.get("/doc")
+    clock.now = start + lifetime - 1
+    assert (await client.get("/doc")).headers["x-cache"] == "HIT"
+    clock.now = start + lifetime + 1
+    assert (await client.get("/doc")).headers["x-cache"] == "MISS"
+    assert app.calls == 2
 
 
 async def test_only_if_cached_answers_504_problem_on_a_miss(

@@ -198,6 +198,9 @@ async def test_search_and_bad_queries(client: httpx.AsyncClient) -> None:
     )
     found = (await client.get("/api/funds", params={"q": "ocean"}, headers=as_user("u3"))).json()
     assert [item["name"] for item in found["items"]] == ["Ocean Ventures"]
+    # A blank q is no filter, on memory and on PostgreSQL alike (issue #16).
+    blank = (await client.get("/api/funds", params={"q": "    "}, headers=as_user("u3"))).json()
+    assert [item["name"] for item in blank["items"]] == ["Desert Capital", "Ocean Ventures"]
     for params in ({"limit": "0"}, {"limit": "abc"}, {"limit": "101"}, {"cursor": "%%%"}):
         response = await client.get("/api/funds", params=params, headers=as_user("u3"))
         assert response.status_code == 400, params
@@ -240,8 +243,13 @@ async def test_summary(client: httpx.AsyncClient) -> None:
     a = (await client.post("/api/funds", json={**FUND, "size": 100}, headers=as_user("u6"))).json()
     await client.post("/api/funds", json={**FUND, "size": 50}, headers=as_user("u6"))
     await client.delete(f"/api/funds/{a['id']}", headers=as_user("u6"))
+    # The summary is refreshed a moment after writes (at most about 1 s stale), and a refresh
+    # may land between the writes: wait for the state after all three, not just any one fund.
     summary = await eventually_json(
-        client, "/api/summary", "u6", lambda body: body["total_funds"] == 1
+        client,
+        "/api/summary",
+        "u6",
+        lambda body: body["total_funds"] == 1 and body["total_aum"] == 50,
     )
     assert summary["total_funds"] == 1
     assert summary["total_aum"] == 50

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, free_port, run_server
+from tests.conftest import RUN_ID, run_sync
+from tests.servers import ROOT, ServerProcess, free_port, run_server, server_env
 
 FUND: dict[str, Any] = {
     "name": "Stack Fund",
@@ -48,10 +51,28 @@ def server(
         "HEALTH_KEY": HEALTH_KEY,
         "SHUTDOWN_DRAIN_SECONDS": "0.5",
         "LOG_LEVEL": "WARNING",
+        # This run's keys only, deleted when the module is done (the cache's tags live 24 h).
+        "REDIS_KEY_PREFIX": f"prodkit-test:{RUN_ID}:funds:",
     }
     args = ["examples.funds", "--port", str(port), "--workers", "2"]
-    with run_server(args, port=port, tmp_path=tmp_path_factory.mktemp("funds"), env=env) as running:
-        yield running
+    try:
+        with run_server(
+            args, port=port, tmp_path=tmp_path_factory.mktemp("funds"), env=env
+        ) as running:
+            yield running
+    finally:
+        run_sync(lambda: delete_keys(redis_url, env["REDIS_KEY_PREFIX"]))
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as redis_asyncio
+
+    client = redis_asyncio.Redis.from_url(url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=500):
+            await client.delete(key)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -225,6 +246,8 @@ async def test_sigterm_drains_without_dropping_requests(tmp_path: Path) -> None:
         "SHUTDOWN_DRAIN_SECONDS": "1.5",
         "SHUTDOWN_TIMEOUT_SECONDS": "20",
         "LOG_LEVEL": "WARNING",
+        # Two workers on memory storage: the test accepts that each has its own funds.
+        "ALLOW_PER_WORKER_DATA": "1",
     }
     with run_server(
         ["examples.funds", "--port", str(port), "--workers", "2"],
@@ -256,3 +279,121 @@ async def test_sigterm_drains_without_dropping_requests(tmp_path: Path) -> None:
             statuses = await asyncio.gather(*slow)
         assert all(status in (200, 404) for status in statuses), statuses
         assert server.wait(timeout=30) == 0
+
+
+# -- starts that must fail (issue #16) -------------------------------------------------------
+
+
+def start_example(tmp_path: Path, env: dict[str, str], workers: int = 2) -> tuple[int, str]:
+    """Run ``python -m examples.funds`` until it exits (bounded); its status and its stderr.
+
+    ``TMPDIR`` is the test's own folder, so whatever the start leaves there is this test's to see.
+    """
+    port = free_port()
+    completed = subprocess.run(
+        [sys.executable, "-m", "examples.funds", "--port", str(port), "--workers", str(workers)],
+        cwd=ROOT,
+        env=server_env({"TMPDIR": str(tmp_path), "LOG_LEVEL": "WARNING", **env}),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return completed.returncode, completed.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        # Several workers on memory storage would split the data between them.
+        ({}, "DATABASE_URL"),
+        (
+            {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "IDEMPOTENCY_STORE": "memory"},
+            "IDEMPOTENCY_STORE",
+        ),
+        ({"DATABASE_URL": "db.example.com:5432/funds"}, "DATABASE_URL"),
+        ({"ALLOW_PER_WORKER_DATA": "1", "RATE_LIMIT": "plenty"}, "RATE_LIMIT"),
+        ({"ALLOW_PER_WORKER_DATA": "1", "REDIS_URL": "cache:6379"}, "REDIS_URL"),
+        ({"ALLOW_PER_WORKER_DATA": "1", "MAX_CONCURRENCY": "many"}, "MAX_CONCURRENCY"),
+    ],
+)
+def test_a_wrong_configuration_stops_the_start_with_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    status, stderr = start_example(tmp_path, env)
+    assert status != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert variable in lines[0]
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.iterdir())  # no metrics folder made for a start that failed
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_fails_its_start_up_makes_the_start_fail(
+    tmp_path: Path, workers: int
+) -> None:
+    # A well-formed DATABASE_URL whose server is not there: only the worker's start-up finds out.
+    env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/absent"}
+    status, _ = start_example(tmp_path, env, workers=workers)
+    assert status != 0
+    assert not list(tmp_path.glob("prodkit-metrics-*"))  # removed at exit
+
+
+def test_several_workers_remove_their_metrics_folder_at_exit(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    port = free_port()
+    env = {"DATABASE_URL": postgres_dsn, "TMPDIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+    args = ["examples.funds", "--port", str(port), "--workers", "2"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with run_server(args, port=port, tmp_path=logs, env=env) as server:
+        assert httpx.get(f"{server.base_url}/livez", timeout=20).status_code == 200
+        assert len(list(tmp_path.glob("prodkit-metrics-*"))) == 1
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    assert not list(tmp_path.glob("prodkit-metrics-*"))
+
+
+# -- hostile clients against the example's server configuration (issue #16) -----------------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One worker on memory storage, 5 requests a minute, no trusted proxy."""
+    port = free_port()
+    env = {"RATE_LIMIT": "5/minute", "TRUSTED_PROXIES": "", "LOG_LEVEL": "WARNING"}
+    args = ["examples.funds", "--port", str(port)]
+    with run_server(
+        args, port=port, tmp_path=tmp_path_factory.mktemp("limited"), env=env
+    ) as running:
+        yield running
+
+
+async def test_rotating_forwarded_for_from_loopback_is_still_rate_limited(
+    limited: ServerProcess,
+) -> None:
+    # TRUSTED_PROXIES is empty, so no forwarding header may pick the client address: not
+    # prodkit's resolver, and not uvicorn's own proxy-header handling (off in the example).
+    caller = user()
+    async with httpx.AsyncClient(base_url=limited.base_url, timeout=20) as client:
+        statuses = [
+            (
+                await client.get(
+                    "/api/summary", headers={**caller, "X-Forwarded-For": f"203.0.113.{n}"}
+                )
+            ).status_code
+            for n in range(1, 11)
+        ]
+    assert statuses.count(200) <= 5
+    assert statuses.count(429) >= 5
+
+
+async def test_an_oversized_request_head_is_refused_before_the_app(limited: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=limited.base_url, timeout=20) as client:
+        try:
+            status = (await client.get("/livez", headers={"X-Big": "a" * 200_000})).status_code
+        except httpx.TransportError:  # the server may close before the client finished sending
+            status = 0
+        assert status in (0, 400, 431)
+        assert (await client.get("/livez")).status_code == 200  # and the server still serves

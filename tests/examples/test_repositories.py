@@ -93,6 +93,20 @@ async def test_search(repository: Repository) -> None:
     assert (await repository.list(owner, q="nothing", limit=10, cursor=None)).items == []
 
 
+@pytest.mark.parametrize("blank", ["", " ", "    ", "\t\n "])
+async def test_a_blank_search_is_no_filter_on_every_repository(
+    repository: Repository, blank: str
+) -> None:
+    # Issue #16: "    " listed every fund from memory and none from PostgreSQL.
+    owner = user()
+    await repository.create(owner, fields("Ocean Ventures"))
+    await repository.create(owner, fields("Desert Capital"))
+    everything = await repository.list(owner, q=None, limit=10, cursor=None)
+    searched = await repository.list(owner, q=blank, limit=10, cursor=None)
+    assert [f.id for f in searched.items] == [f.id for f in everything.items]
+    assert len(searched.items) == 2
+
+
 async def test_bad_cursor_is_a_400_problem(repository: Repository) -> None:
     with pytest.raises(Problem) as info:
         await repository.list(user(), q=None, limit=10, cursor="bm90LWEtY3Vyc29y")

@@ -225,6 +225,45 @@ def test_secret_query_values_never_survive(
     assert secret not in redactor.redact_text(f"GET /path?{query} HTTP/1.1")
 
 
+@settings(deadline=None)  # the suite asserts behaviour, never time (a busy machine is slow)
+@given(
+    st.sampled_from(
+        ["token", "Password", "api_key", "SIGNATURE", "access_token", "x-amz-signature"]
+    ),
+    st.data(),
+    SECRET,
+)
+def test_percent_encoded_secret_names_are_redacted(
+    name: str, data: st.DataObject, secret: str
+) -> None:
+    # The app decodes ?access%5Ftoken=... to access_token, so the log must read it that way too.
+    encoded = "".join(
+        f"%{ord(char):02{data.draw(st.sampled_from('xX'))}}" if data.draw(st.booleans()) else char
+        for char in name
+    )
+    query = f"page=2&{encoded}={secret}&sort=name"
+    redactor = Redactor()
+    assert secret not in redactor.redact_query(query)
+    assert secret not in redactor.redact_text(f"GET /path?{query} HTTP/1.1")
+    assert "page=2" in redactor.redact_query(query)
+
+
+@pytest.mark.parametrize(
+    ("query", "redacted"),
+    [
+        ("access%5Ftoken=s3cret", "access%5Ftoken=[REDACTED]"),  # the case of issue #16
+        ("%61ccess_token=s3cret", "%61ccess_token=[REDACTED]"),
+        ("ACCESS%2dTOKEN=s3cret", "ACCESS%2dTOKEN=[REDACTED]"),
+        ("access+token=visible", "access+token=visible"),  # decodes to "access token"
+        ("tokens=visible", "tokens=visible"),
+    ],
+)
+def test_encoded_query_names_are_read_as_the_app_reads_them(query: str, redacted: str) -> None:
+    redactor = Redactor()
+    assert redactor.redact_query(query) == redacted
+    assert redactor.redact_text(f"GET /p?{query} HTTP/1.1") == f"GET /p?{redacted} HTTP/1.1"
+
+
 def test_capture_logs_applies_redaction_and_request_context() -> None:
     token = structlog.contextvars.bind_contextvars(tenant="t1")
     try:

@@ -42,8 +42,9 @@ class CircuitBreaker:
             (``None``: no limit beyond the driver's own).
         failure_exceptions: exception types that count as backend failures; anything else
             (a bug, a cancellation) passes through without touching the breaker.
-        registry, metric_prefix: where the ``{metric_prefix}circuit_breaker_state`` gauge and
-            ``{metric_prefix}circuit_breaker_failures_total`` counter live.
+        registry: the Prometheus registry of the ``{metric_prefix}circuit_breaker_state`` gauge
+            and the ``{metric_prefix}circuit_breaker_failures_total`` counter.
+        metric_prefix: put in front of those metric names.
         clock: monotonic clock, replaceable in tests.
     """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -85,13 +86,18 @@ class Problem(ProdkitError):
         )
 
     async def send(self, send: Send, *, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        """Send this problem as a complete ASGI response."""
-        extra = [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
-        ]
-        await send_problem_body(
-            send, self.status, encode_problem(self.to_dict()), [*extra, *headers]
-        )
+        """Send this problem as a complete ASGI response.
+
+        Rendering cannot fail the response: if the members or headers cannot be rendered (a
+        value JSON cannot carry, a header that is not Latin-1), a minimal problem with the same
+        status and code is sent instead (:func:`fallback_problem`).
+        """
+        headers = list(headers)
+        try:
+            status, body, raw = render_problem(self, headers)
+        except Exception:
+            status, body, raw = fallback_problem(self.status, self.code)
+        await send_problem_body(send, status, body, raw)
 
 
 def problem_dict(
@@ -128,8 +134,72 @@ def problem_dict(
 
 
 def encode_problem(body: Mapping[str, Any]) -> bytes:
-    """Serialise problem members as compact UTF-8 JSON."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Serialise problem members as compact UTF-8 JSON.
+
+    Text that UTF-8 cannot carry (a lone surrogate from a client's JSON, quoted back in a
+    pointer) is written as ``\\uXXXX`` escapes instead, so the body is still valid JSON that
+    names the same characters. Values JSON has no form for (``NaN``, arbitrary objects) raise
+    ``ValueError`` or ``TypeError``; :meth:`Problem.send` and :func:`send_problem` then fall back
+    to :func:`fallback_problem`.
+    """
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+#: A header name or value that could split or end the header block (RFC 9110 section 5.5).
+_UNSAFE_HEADER = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}\Z")
+_FALLBACK_DETAIL = "The problem could not be rendered in full."
+
+
+def render_problem(
+    problem: Problem, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> tuple[int, bytes, RawHeaders]:
+    """The status, encoded body and headers of ``problem``; raises if any part cannot be sent.
+
+    ``headers`` are added after the problem's own. Header names and values must be Latin-1
+    text without control characters (``ValueError`` otherwise), so that nothing a problem
+    carries can split the response's header block.
+    """
+    raw: RawHeaders = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in problem.headers.items()
+    ]
+    raw.extend(headers)
+    for name, value in raw:
+        if _UNSAFE_HEADER.search(name) or _UNSAFE_HEADER.search(value):
+            raise ValueError(f"problem header {name!r} carries a control character")
+    return problem.status, encode_problem(problem.to_dict()), raw
+
+
+def fallback_problem(status: Any, code: Any) -> tuple[int, bytes, RawHeaders]:
+    """A minimal problem that cannot fail to render: for when the real one could not be.
+
+    It keeps ``status`` when it is a 4xx or 5xx and ``code`` when it is an UPPER_SNAKE string
+    (else 500 and ``INTERNAL_ERROR``), and carries the current request's ``request_id``; every
+    member is plain ASCII JSON. Returns the status, the body and no extra headers.
+    """
+    if not (type(status) is int and 400 <= status <= 599):
+        status = 500
+    if not (type(code) is str and _CODE.match(code)):
+        code = "INTERNAL_ERROR"
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    request_id = get_request_id()
+    body = {
+        "type": problem_type(code),
+        "title": title,
+        "status": status,
+        "detail": _FALLBACK_DETAIL,
+        "code": code,
+        "request_id": request_id if type(request_id) is str else None,
+    }
+    return status, json.dumps(body, separators=(",", ":")).encode("ascii"), []
 
 
 async def send_problem_body(
@@ -161,13 +231,19 @@ async def send_problem(
     """Answer with a problem+json response: the one way prodkit middlewares reject a request.
 
     ``headers`` are added as given (``{"Retry-After": "3"}``); ``request_id`` is filled from the
-    current request context.
+    current request context. Like :meth:`Problem.send`, it falls back to a minimal problem if
+    the members or headers cannot be rendered.
     """
-    body = encode_problem(
-        problem_dict(status, code, detail, title=title, errors=errors, extensions=extensions)
+    problem = Problem(
+        status,
+        code,
+        detail,
+        title=title,
+        errors=errors,
+        headers=headers,
+        extensions=extensions,
     )
-    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    await send_problem_body(send, status, body, extra)
+    await problem.send(send)
 
 
 __all__ = [
@@ -176,8 +252,10 @@ __all__ = [
     "FieldError",
     "Problem",
     "encode_problem",
+    "fallback_problem",
     "problem_dict",
     "problem_type",
+    "render_problem",
     "send_problem",
     "send_problem_body",
 ]

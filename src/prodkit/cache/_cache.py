@@ -51,7 +51,8 @@ class ResponseCache:
             in-process memory store, which cannot fail or hang).
         tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
             longest entry TTL (checked by the middleware).
-        registry, metric_prefix: where the ``{metric_prefix}cache_*`` metrics live.
+        registry: the Prometheus registry of the ``{metric_prefix}cache_*`` metrics.
+        metric_prefix: put in front of those metric names.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.cache")``).
     """
 

@@ -11,10 +11,9 @@ from prodkit.cache._entry import (
     UNSTORABLE_MARKER,
     CachedResponse,
     DecodedEntries,
-    cache_control,
     decode_vary_record,
-    delta_seconds,
     encode_vary_record,
+    freshness_lifetime,
 )
 from prodkit.cache._request import CacheRequest
 
@@ -116,12 +115,11 @@ def values(request: CacheRequest, entry: CachedResponse | None) -> Values:
     if entry is None:
         return [(request.entry_key, UNSTORABLE_MARKER)], min(request.ttl, 1.0)
     ttl = request.ttl
-    directives = cache_control(entry.headers)
-    for name in ("s-maxage", "max-age"):
-        limit = delta_seconds(directives.get(name))
-        if limit is not None:
-            ttl = min(ttl, float(limit))
-            break
+    # The response's own freshness (Cache-Control, else Expires) can shorten the rule's TTL,
+    # never lengthen it.
+    lifetime = freshness_lifetime(entry.headers, entry.stored_at)
+    if lifetime is not None:
+        ttl = min(ttl, lifetime)
     if ttl <= 0:
         return [], 0.0
     data = entry.encode()

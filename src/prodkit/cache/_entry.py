@@ -6,8 +6,10 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 from prodkit._core.headers import get_all_headers, get_header
 
@@ -202,6 +204,50 @@ def delta_seconds(value: str | None) -> int | None:
     return int(value)
 
 
+def http_date(value: bytes) -> float | None:
+    """An HTTP-date (RFC 9110 section 5.6.7, all three formats) as epoch seconds, else ``None``."""
+    try:
+        parsed = parsedate_to_datetime(value.decode("latin-1").strip())
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": HTTP dates are always GMT
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def freshness_lifetime(
+    headers: Iterable[tuple[bytes, bytes]],
+    generated_at: float,
+    directives: Mapping[str, str] | None = None,
+) -> float | None:
+    """How long a shared cache may use a response (RFC 9111 section 4.2.1), or ``None``.
+
+    ``s-maxage``, else ``max-age``, else ``Expires`` minus ``Date`` (or minus ``generated_at``
+    when the response has no valid ``Date``); ``None`` when the response says nothing, so the
+    rule's TTL alone applies. Invalid freshness information counts as already expired (0):
+    an ``Expires`` that is not an HTTP-date, ``Expires: 0`` included (section 5.3), and a
+    ``max-age`` that is not a number (section 4.2.1 encourages it). Of several ``Expires``
+    lines the first is used. ``directives`` are the response's ``Cache-Control`` if already
+    parsed.
+    """
+    headers = list(headers)
+    if directives is None:
+        directives = cache_control(headers)
+    for name in ("s-maxage", "max-age"):  # section 5.3: these take precedence over Expires
+        if name in directives:
+            seconds = delta_seconds(directives[name])
+            return 0.0 if seconds is None else float(seconds)
+    expires = get_header(headers, b"expires")
+    if expires is None:
+        return None
+    expires_at = http_date(expires)
+    if expires_at is None:
+        return 0.0
+    date = get_header(headers, b"date")
+    date_at = http_date(date) if date is not None else None
+    return max(0.0, expires_at - (generated_at if date_at is None else date_at))
+
+
 def etag_matches(if_none_match: bytes, etag: bytes) -> bool:
     """Whether ``If-None-Match`` matches ``etag`` by weak comparison (RFC 9110 section 13.1.2)."""
     if if_none_match.strip() == b"*":
@@ -221,5 +267,7 @@ __all__ = [
     "delta_seconds",
     "encode_vary_record",
     "etag_matches",
+    "freshness_lifetime",
+    "http_date",
     "stored_headers",
 ]

@@ -1,4 +1,4 @@
-"""Writes that invalidate: a 2xx write makes its path's entries and its routes' tags stale."""
+"""Writes that invalidate: a 2xx or 3xx write makes its path's entries and routes' tags stale."""
 
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ class Invalidation:
         return tags
 
     async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        """Call ``app`` for a write; invalidate before a 2xx response reaches the client."""
+        """Call ``app`` for a write; invalidate before a non-error response reaches the client."""
         tags = self.tags(scope, scope.get("path", "/"))
         await app(scope, receive, _InvalidatingSend(self.cache, tags, send).send)
 
 
 class _InvalidatingSend:
-    """One write's ``send``: invalidates once, when a 2xx response starts."""
+    """One write's ``send``: invalidates once, when a 2xx or 3xx response starts."""
 
     __slots__ = ("cache", "downstream", "started", "tags")
 
@@ -64,8 +64,9 @@ class _InvalidatingSend:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start" and not self.started:
             self.started = True
-            if 200 <= int(message["status"]) < 300:
-                # Before the client sees the response, so its next read cannot hit.
+            # RFC 9111 section 4.4: any non-error status, so a POST answered 303 See Other
+            # invalidates too. Before the client sees the response, so its next read misses.
+            if 200 <= int(message["status"]) < 400:
                 await self.cache.invalidate_tags(self.tags)
         await self.downstream(message)
 

@@ -32,7 +32,9 @@ from prodkit.cache._store import CacheStore
 #: Problem code of a ``Cache-Control: only-if-cached`` request that found nothing (504).
 NOT_CACHED = "NOT_CACHED"
 
-_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Safe methods (RFC 9110 section 9.2.1); every other method, unknown ones included, may
+#: change the resource, so its non-error response invalidates (RFC 9111 section 4.4).
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class CacheMiddleware:
@@ -53,9 +55,16 @@ class CacheMiddleware:
     with an owner token) lets one worker compute while the others poll for the entry; a waiter
     still waiting when the lease runs out calls the app itself.
 
-    Writes: a 2xx response to ``POST``/``PUT``/``PATCH``/``DELETE`` on a path that a cached
-    route (or an ``invalidate`` template) matches invalidates that path's entries and the
-    route's tags *before* the response reaches the client, so the client's next read misses.
+    Freshness (RFC 9111 section 4.2.1): an entry lives for the rule's ``ttl``, shortened by the
+    response's ``s-maxage``, else ``max-age``, else ``Expires`` (minus ``Date``); a response
+    already stale (``max-age=0``, an ``Expires`` in the past, ``Expires: 0`` or any invalid
+    date) is not stored. Entries are never revalidated: a stale entry is simply gone.
+
+    Writes (RFC 9111 section 4.4): a 2xx or 3xx response to any method that is not safe
+    (anything but ``GET``, ``HEAD``, ``OPTIONS`` and ``TRACE``, unknown methods included) on a
+    path that a cached route (or an ``invalidate`` template) matches invalidates that path's
+    entries and the route's tags *before* the response reaches the client, so the client's
+    next read misses.
 
     Store failures fail open: the request is served by the app, and the circuit breaker of the
     :class:`ResponseCache` turns a dead store into microseconds per request.
@@ -72,8 +81,8 @@ class CacheMiddleware:
         store: build a :class:`ResponseCache` over this store instead (default: memory).
         caller: returns the caller of a request (``None``: unknown), for ``per_caller`` routes
             and ``{caller}`` in tags; see :func:`caller_from_header`.
-        invalidate: ``{template: [tag templates]}``: tags that a 2xx write to a matching path
-            invalidates, in addition to the path itself and the tags of a cached route there.
+        invalidate: ``{template: [tag templates]}``: tags that a 2xx or 3xx write to a matching
+            path invalidates, in addition to the path itself and the tags of a cached route there.
         statuses: statuses stored (default 200 only).
         max_body_bytes: larger responses are streamed through and not stored.
         lock_lease: seconds one worker may compute a missing entry before others give up
@@ -81,7 +90,8 @@ class CacheMiddleware:
         honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
             read and refreshes the entry; turn off if clients could use it to load the app.
         honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache.
-        registry, metric_prefix: metrics (default: those of ``cache``).
+        registry: the Prometheus registry (default: that of ``cache``).
+        metric_prefix: put in front of the metric names (default: that of ``cache``).
         wall_clock: seconds since the epoch (default :func:`time.time`), for when a response
             was stored and its ``Age``; tests inject one.
     """
@@ -154,7 +164,7 @@ class CacheMiddleware:
             if matched is not None:
                 await self._read(scope, receive, send, matched[1])
                 return
-        elif method in _UNSAFE and self._invalidation.covers(path):
+        elif method not in _SAFE and self._invalidation.covers(path):
             await self._invalidation.run(self.app, scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -13,6 +13,7 @@ from prodkit.cache._entry import (
     cache_control,
     compute_etag,
     etag_matches,
+    freshness_lifetime,
     stored_headers,
 )
 from prodkit.cache._request import CacheRequest
@@ -74,8 +75,13 @@ def miss_send(send: Send) -> Send:
     return marked
 
 
-def storable(request: CacheRequest, status: int, headers: RawHeaders) -> bool:
-    """Whether RFC 9111 lets a shared cache store this response (section 3)."""
+def storable(request: CacheRequest, status: int, headers: RawHeaders, now: float) -> bool:
+    """Whether RFC 9111 lets a shared cache store this response (section 3).
+
+    A response already stale when it is generated (``max-age=0``, an ``Expires`` in the past
+    or not a date; :func:`freshness_lifetime`) is not stored: without revalidation it could
+    never be used.
+    """
     if status not in request.statuses:
         return False
     if get_header(headers, b"set-cookie") is not None:
@@ -83,9 +89,8 @@ def storable(request: CacheRequest, status: int, headers: RawHeaders) -> bool:
     directives = cache_control(headers)
     if {"no-store", "private", "no-cache"} & directives.keys():
         return False
-    if directives.get("s-maxage") == "0" or (
-        "s-maxage" not in directives and directives.get("max-age") == "0"
-    ):
+    lifetime = freshness_lifetime(headers, now, directives)
+    if lifetime is not None and lifetime <= 0:
         return False
     if "*" in get_list_header(headers, b"vary"):
         return False
@@ -159,7 +164,7 @@ class _Responder:
         kind = message["type"]
         if kind == "http.response.start":
             headers = message_headers(message)
-            if storable(self.request, int(message["status"]), headers):
+            if storable(self.request, int(message["status"]), headers, self.wall_clock()):
                 self.start = message
             else:
                 self.streaming = True

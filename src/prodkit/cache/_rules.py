@@ -22,7 +22,7 @@ class CacheRule:
     """How one route is cached.
 
     Arguments:
-        ttl: seconds an entry is kept (shortened by the response's ``s-maxage`` / ``max-age``).
+        ttl: seconds an entry is kept (shortened by the response's ``s-maxage``, ``max-age`` or ``Expires``).
         per_caller: key entries by the caller too (the middleware's ``caller``); a request
             whose caller is unknown is not cached.
         tags: tag templates stamped on every entry of the route, filled from the route's path

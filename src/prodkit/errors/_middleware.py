@@ -12,7 +12,14 @@ from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_header
 from prodkit._core.observer import ReceiveWatcher
 from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
-from prodkit._core.problems import PROBLEM_CONTENT_TYPE, Problem, send_problem
+from prodkit._core.problems import (
+    PROBLEM_CONTENT_TYPE,
+    Problem,
+    fallback_problem,
+    render_problem,
+    send_problem,
+    send_problem_body,
+)
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
@@ -33,6 +40,8 @@ class ErrorMiddleware:
     * If the response had already started, nothing more can be sent: the exception is logged
       and re-raised so that the server aborts the connection and the client sees a truncated
       response rather than a complete-looking one.
+    * The error path cannot fail: a :class:`Problem` whose members or headers cannot be
+      rendered is answered with a minimal problem of the same status and code (and logged).
     * Frameworks that catch exceptions themselves and answer a plain 500 (Starlette's
       ``ServerErrorMiddleware``, Litestar's default handler) are covered too: a 500 response
       that is not already problem+json is held back (up to ``hold_limit`` bytes) and replaced.
@@ -72,7 +81,7 @@ class ErrorMiddleware:
             if responder.started:
                 _log(self.logger.error, "exception after the response started", scope, problem)
                 raise
-            await problem.send(send)
+            await _send_problem(send, problem, self.logger)
             return
         except Exception as exc:
             if watcher.disconnected and not responder.started:
@@ -96,6 +105,25 @@ class ErrorMiddleware:
                 scope[EXCEPTION_SCOPE_KEY] = error
                 _log(self.logger.error, "unhandled exception", scope, error, exc_info=error)
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
+
+
+async def _send_problem(send: Send, problem: Problem, logger: Any) -> None:
+    """Send ``problem``, or a minimal problem if it cannot be rendered: the error path cannot fail.
+
+    A problem that cannot be rendered (members JSON cannot carry, a header that is not
+    Latin-1 text) is a bug in the code that raised it, so it is logged with the reason; the
+    client still gets a problem+json body with the status, code and request id.
+    """
+    try:
+        status, body, headers = render_problem(problem)
+    except Exception as exc:
+        logger.error(
+            "problem could not be rendered",
+            code=str(problem.code),
+            exc_type=type(exc).__name__,
+        )
+        status, body, headers = fallback_problem(problem.status, problem.code)
+    await send_problem_body(send, status, body, headers)
 
 
 def _log(

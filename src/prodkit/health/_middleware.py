@@ -198,10 +198,14 @@ class HealthMiddleware:
         checks: :class:`HealthCheck` objects (more with :meth:`add_check`).
         key: the secret that unlocks the detailed report, sent by callers in ``X-Health-Key``
             (compared in constant time). ``None``: the detail is never shown.
-        livez_path, readyz_path, healthz_path: where the endpoints answer.
-        timeout, cache_ttl: defaults for checks added with :meth:`add_check`.
+        livez_path: where liveness answers.
+        readyz_path: where readiness answers.
+        healthz_path: where the detailed report answers.
+        timeout: default timeout of checks added with :meth:`add_check`.
+        cache_ttl: default result lifetime of checks added with :meth:`add_check`.
         retry_after: ``Retry-After`` seconds on 503 answers.
-        registry, metric_prefix: where the ``{metric_prefix}health_check_*`` metrics go.
+        registry: the Prometheus registry of the ``{metric_prefix}health_check_*`` metrics.
+        metric_prefix: put in front of those metric names.
     """
 
     def __init__(

@@ -117,7 +117,8 @@ class IdempotencyMiddleware:
             idempotency (default: fail closed with 503 ``IDEMPOTENCY_STORE_UNAVAILABLE``).
         breaker: the :class:`~prodkit.CircuitBreaker` around store calls (one named
             ``idempotency-store`` is created, except for the memory store, which does no I/O).
-        registry, metric_prefix: where ``{metric_prefix}idempotency_requests_total{outcome}`` lives.
+        registry: the Prometheus registry of ``{metric_prefix}idempotency_requests_total{outcome}``.
+        metric_prefix: put in front of that metric name.
         logger: a structlog logger (default ``prodkit.idempotency``).
     """
 

@@ -86,7 +86,8 @@ class ShutdownCoordinator:
         signals: the signals that start a drain (SIGTERM and SIGINT).
         retry_after: ``Retry-After`` seconds on 503 answers while shutting down.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.shutdown")``).
-        registry, metric_prefix: where the ``{metric_prefix}shutdown_*`` metrics go.
+        registry: the Prometheus registry of the ``{metric_prefix}shutdown_*`` metrics.
+        metric_prefix: put in front of those metric names.
     """
 
     def __init__(

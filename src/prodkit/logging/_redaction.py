@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 from structlog.typing import EventDict, WrappedLogger
 
@@ -70,6 +71,22 @@ def _normalize(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def _name_pattern(name: str) -> str:
+    """A regex for query parameter ``name`` as it may appear in a URL.
+
+    ``-`` and ``_`` match each other, and every character may be percent-encoded
+    (``access%5Ftoken`` is ``access_token`` to the app that decodes it, so it is to us).
+    """
+    parts = []
+    for char in name:
+        if char in "-_":
+            parts.append("(?:[-_]|%2d|%5f)")
+        else:
+            codes = {f"%{ord(c):02x}" for c in (char.lower(), char.upper()) if ord(c) < 128}
+            parts.append("(?:" + "|".join([re.escape(char), *sorted(codes)]) + ")")
+    return "".join(parts)
+
+
 class Redactor:
     """A structlog processor that replaces secrets in an event with ``[REDACTED]``.
 
@@ -123,9 +140,7 @@ class Redactor:
         names = sorted({q.strip() for q in query_params if q.strip()}, key=len, reverse=True)
         alternatives = [r"\b(?:bearer|basic)\s+()[A-Za-z0-9._~+/=-]+"]
         if names:
-            joined = "|".join(
-                "[-_]".join(re.escape(part) for part in re.split(r"[-_]", name)) for name in names
-            )
+            joined = "|".join(_name_pattern(name) for name in names)
             alternatives.append(rf"(?:^|(?<=[?&;\s\"']))(?:{joined})=()[^&;\s\"'#]*")
         self._text = re.compile("|".join(alternatives), re.IGNORECASE)
         self._cache: dict[str, bool] = {}
@@ -144,7 +159,12 @@ class Redactor:
         return found
 
     def is_secret_param(self, name: str) -> bool:
-        """Whether query parameter ``name`` is secret."""
+        """Whether query parameter ``name`` is secret, read as the app reads it.
+
+        ``name`` is percent-decoded first (``access%5Ftoken`` is ``access_token``).
+        """
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
         return _normalize(name) in self._query_names or self.is_secret_key(name)
 
     def redact_text(self, text: str) -> str:

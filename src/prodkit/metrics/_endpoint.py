@@ -185,8 +185,11 @@ class MetricsEndpointMiddleware:
     Arguments:
         app: the ASGI app to wrap.
         path: where the exposition is served.
-        registry, bearer_token, allowed_clients, client_resolver, multiprocess_dir: as for
-            :class:`MetricsApp`.
+        registry: as for :class:`MetricsApp`.
+        bearer_token: as for :class:`MetricsApp`.
+        allowed_clients: as for :class:`MetricsApp`.
+        client_resolver: as for :class:`MetricsApp`.
+        multiprocess_dir: as for :class:`MetricsApp`.
     """
 
     def __init__(

@@ -109,7 +109,9 @@ class RateLimitMiddleware:
             with the memory store.
         exclude_paths: paths never limited (health probes and metrics by default).
         unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503.
-        registry, metric_prefix: where ``{metric_prefix}rate_limit_decisions_total{policy,decision}`` lives.
+        registry: the Prometheus registry of
+            ``{metric_prefix}rate_limit_decisions_total{policy,decision}``.
+        metric_prefix: put in front of that metric name.
     """
 
     def __init__(

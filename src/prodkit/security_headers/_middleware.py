@@ -34,8 +34,9 @@ class SecurityHeadersMiddleware:
         app: the ASGI app to wrap.
         hsts_max_age: ``Strict-Transport-Security`` ``max-age`` in seconds (one year), or
             ``None`` for no HSTS.
-        hsts_include_subdomains, hsts_preload: the HSTS directives (preload only if you have
-            submitted the domain to the preload list).
+        hsts_include_subdomains: the HSTS ``includeSubDomains`` directive.
+        hsts_preload: the HSTS ``preload`` directive (only if you have submitted the domain to
+            the preload list).
         hsts_https_only: send HSTS only over HTTPS (see above).
         content_type_options: ``X-Content-Type-Options`` (``nosniff``).
         referrer_policy: ``Referrer-Policy`` (``no-referrer``: an API has no reason to leak

@@ -45,7 +45,8 @@ class ConcurrencyLimitMiddleware:
         retry_after: the ``Retry-After`` seconds of a 503.
         exclude_paths: paths never counted or shed (health probes and metrics by default).
         route_resolver: optional hook for the ``endpoint`` label (see ``route_template_before``).
-        registry, metric_prefix: where ``{metric_prefix}capacity_rejections_total{endpoint}`` lives.
+        registry: the Prometheus registry of ``{metric_prefix}capacity_rejections_total{endpoint}``.
+        metric_prefix: put in front of that metric name.
     """
 
     def __init__(

@@ -1,0 +1,174 @@
+"""A request body must arrive within a deadline; until it has, the request is not let further in.
+
+A client that sends its headers and then dribbles or stalls its body would otherwise hold
+whatever the layers below hand out per request (a concurrency slot, a database connection, an
+idempotency claim) for as long as it likes. This layer reads the whole body first, bounded in
+time, and only then calls the app with the same bytes; past the deadline it answers 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.outcome import PathFilter
+from prodkit._core.problems import Problem
+from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+BODY_TOO_LARGE = "REQUEST_BODY_TOO_LARGE"
+
+#: Seconds a request body may take to arrive when nothing else is said.
+DEFAULT_BODY_TIMEOUT = 10.0
+#: The largest request body buffered when nothing else is said (nginx's default too).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+# HTTP/1.x says when there is no body (RFC 9112 §6.3): neither header, or a length of 0.
+# HTTP/2 and 3 may send a body without Content-Length, so those are always read.
+_HTTP1 = frozenset({"1.0", "1.1"})
+
+
+class RequestTimeoutMiddleware:
+    """Answer 408 when the request body has not arrived ``body_timeout`` seconds after its headers.
+
+    The body is read in full (honouring ``more_body``) before the app is called, and replayed to
+    the app as one message; the app's later ``receive`` calls go to the server, so it still
+    learns of a disconnect. Placed outside :class:`~prodkit.ConcurrencyLimitMiddleware` (as the
+    recommended stack does), a request counts against the concurrency limit only once its body
+    has arrived: slow uploads wait here, bounded by the deadline, and cannot take every slot.
+    Past the deadline the client gets a 408 ``application/problem+json`` with ``code``
+    ``REQUEST_TIMEOUT`` and ``Connection: close`` (the rest of its body is never read), and the
+    app is not called (RFC 9110 §15.5.9). A body larger than ``max_body_bytes`` (declared by
+    ``Content-Length`` or found while reading) is never buffered: the client gets a 413 problem
+    ``REQUEST_BODY_TOO_LARGE`` with ``Connection: close`` at once (RFC 9110 §15.5.14), so that
+    slow or large uploads cost at most that much memory each.
+
+    Requests that carry no body (HTTP/1.x without ``Content-Length`` or ``Transfer-Encoding``)
+    pass straight through, as do WebSocket connections and ``lifespan``. Buffering means the app
+    no longer streams uploads as they arrive: list streaming upload routes in ``exclude_paths``
+    (they are then neither buffered nor bounded here).
+
+    Arguments:
+        app: the ASGI app to wrap.
+        body_timeout: seconds the whole body may take to arrive, counted from when this layer
+            first sees the request (its headers have arrived by then).
+        max_body_bytes: the largest body read and buffered (default 1 MiB); larger is a 413.
+        exclude_paths: paths left alone (``/uploads/*`` for a prefix).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        exclude_paths: Iterable[str] = (),
+    ) -> None:
+        if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float):
+            raise ConfigurationError("body_timeout must be a number of seconds (e.g. 10)")
+        if not body_timeout > 0:
+            raise ConfigurationError("body_timeout must be more than 0 seconds")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise ConfigurationError("max_body_bytes must be a whole number of bytes")
+        if max_body_bytes < 1:
+            raise ConfigurationError("max_body_bytes must be at least 1")
+        self.app = app
+        self.body_timeout = float(body_timeout)
+        self.max_body_bytes = max_body_bytes
+        self._excluded = PathFilter(exclude_paths)
+        seconds = f"{self.body_timeout:g}"
+        self._timeout_problem = Problem(
+            408,
+            REQUEST_TIMEOUT,
+            f"the request body did not arrive within {seconds} seconds; send it faster or retry",
+            headers={"Connection": "close"},
+        )
+        self._too_large_problem = Problem(
+            413,
+            BODY_TOO_LARGE,
+            f"the request body is larger than {max_body_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._excluded:
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_length(scope)
+        if declared == 0:
+            await self.app(scope, receive, send)
+            return
+        if declared is not None and declared > self.max_body_bytes:
+            await self._too_large_problem.send(send)
+            return
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                messages = await _read_messages(receive, self.max_body_bytes)
+        except TimeoutError:
+            await self._timeout_problem.send(send)
+            return
+        if messages is None:
+            await self._too_large_problem.send(send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The body's declared length: 0 for none, ``None`` when unknown until it is read."""
+    length: int | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name == b"content-length" and length is None:
+            # The server has validated Content-Length; a value it let through that is not a
+            # number is read like a body of unknown length.
+            length = int(value) if value.strip().isdigit() else -1
+    if chunked or length == -1:
+        return None
+    if length is not None:
+        return length
+    # HTTP/1.x without either header has no body (RFC 9112 §6.3); HTTP/2 and 3 may have one.
+    return 0 if scope.get("http_version", "1.1") in _HTTP1 else None
+
+
+async def _read_messages(receive: Receive, limit: int) -> list[Message] | None:
+    """The body's messages, up to the last one (``more_body`` false) or a disconnect.
+
+    ``None`` once the body grows past ``limit`` bytes (nothing more is read).
+    """
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives the app what was read, as one message, then defers to the server."""
+    if messages[-1]["type"] == "http.request":
+        body = b"".join(m.get("body", b"") for m in messages)
+        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    else:  # the client went away mid-body: the app sees what came, then the disconnect
+        pending = messages
+    pending.reverse()
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+__all__ = [
+    "BODY_TOO_LARGE",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT",
+    "RequestTimeoutMiddleware",
+]
