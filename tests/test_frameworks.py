@@ -17,7 +17,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit import ErrorMiddleware, RequestIdMiddleware
+from prodkit import (
+    ErrorMiddleware,
+    HealthMiddleware,
+    MetricsEndpointMiddleware,
+    RequestIdMiddleware,
+)
 from prodkit.asgi import UNMATCHED_ROUTE, ASGIApp, Message, RouteResolver, Scope
 from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
 from prodkit.logging import AccessLogMiddleware
@@ -222,3 +227,33 @@ async def open_websocket(app: ASGIApp, path: str) -> list[Message]:
     await asyncio.wait_for(closed.wait(), 10)
     await asyncio.wait_for(task, 10)
     return sent
+
+
+# -- an app served under a root_path names its own paths (issue #14) --------------------------
+
+
+async def test_paths_are_matched_below_the_root_path(
+    registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    app = build_app("starlette")
+    app = HealthMiddleware(app)
+    app = MetricsEndpointMiddleware(app, registry=registry)
+    app = HTTPMetricsMiddleware(app, registry=registry, exclude_paths=["/metrics", "/items/*"])
+    app = AccessLogMiddleware(app, exclude_paths=["/livez"])
+    transport = httpx.ASGITransport(app=RequestIdMiddleware(app), root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        live = await client.get("/api/livez")
+        item = await client.get("/api/items/3")
+        exposition = await client.get("/api/metrics")
+    assert live.status_code == 200
+    assert live.json()["status"] == "pass"
+    assert item.status_code == 200
+    assert exposition.status_code == 200
+    assert "http_request_duration_seconds" in exposition.text
+    # /livez is not logged; /items/3 is logged but not measured, /livez is measured.
+    assert [line["path"] for line in logs.events("request completed")] == [
+        "/api/items/3",
+        "/api/metrics",
+    ]
+    assert counted(registry, "GET", "/livez", 200) == 1
+    assert counted(registry, "GET", "/items/{item_id}", 200) is None
