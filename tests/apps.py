@@ -8,23 +8,33 @@ Endpoints (every framework):
 * ``GET /stream?delay=S``: three body chunks ``a``, ``b``, ``c``, each after ``S`` seconds
 * ``POST /echo``: the request body back, with the request's content type
 * ``GET /slow?seconds=S``: sleeps, then 200 ``slept``
+* ``GET /sub/things/{thing_id}``: 200 ``thing``, served by the framework's way of composing an
+  app (a mounted app, an included router, a blueprint, an included URLconf)
+* WebSocket ``/ws``: accepts, sends ``hi`` and closes (not on Django, whose ASGI handler serves
+  HTTP only)
 
-The raw ASGI app has no router, so its route template is always the unmatched one.
+The raw ASGI app has no router: its route template is the unmatched one unless a resolver such
+as :func:`raw_route_resolver` names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 from fastapi import Request as FastAPIRequest  # module level: FastAPI resolves annotations here
+from fastapi import WebSocket as FastAPIWebSocket
 
 from prodkit import Problem, get_request_id
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, encode_problem, read_body
 
-FRAMEWORKS = ("raw", "starlette", "fastapi", "litestar")
+FRAMEWORKS = ("raw", "starlette", "fastapi", "litestar", "quart", "django")
+#: The frameworks of the ``framework`` fixture shared by every concern's tests. Quart and
+#: Django join it once each concern's per-framework expectations name them; the request-id and
+#: error tests and ``tests/test_frameworks.py`` run all of :data:`FRAMEWORKS` already.
+SHARED_MATRIX = ("raw", "starlette", "fastapi", "litestar")
 SECRET_TEXT = "database password is hunter2"  # noqa: S105 - a fake secret that must not leak
 
 
@@ -54,6 +64,25 @@ async def _send_body(send: Send, status: int, body: bytes, content_type: bytes) 
     await send({"type": "http.response.body", "body": body})
 
 
+async def _raw_websocket(receive: Receive, send: Send) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "hi"})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+def raw_route_resolver(scope: Scope) -> str | None:
+    """The raw app's route templates, the way its users would name them (see the docs)."""
+    path: str = scope["path"]
+    if path.startswith("/items/") and path.count("/") == 2:
+        return "/items/{item_id}"
+    if path.startswith("/sub/things/") and path.count("/") == 3:
+        return "/sub/things/{thing_id}"
+    if path in ("/boom", "/problem", "/stream", "/echo", "/slow", "/ws"):
+        return path
+    return None
+
+
 def raw_app() -> ASGIApp:
     """A router-less ASGI callable serving the standard endpoints."""
 
@@ -67,6 +96,9 @@ def raw_app() -> ASGIApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         path: str = scope["path"]
+        if scope["type"] == "websocket":
+            await _raw_websocket(receive, send)
+            return
         query = scope.get("query_string", b"").decode()
         if path.startswith("/items/"):
             body = json.dumps({"id": path[len("/items/") :], "request_id": get_request_id()})
@@ -95,6 +127,8 @@ def raw_app() -> ASGIApp:
         elif path == "/slow":
             await asyncio.sleep(_query_float(query, "seconds"))
             await _send_body(send, 200, b"slept", b"text/plain")
+        elif path.startswith("/sub/things/"):
+            await _send_body(send, 200, b"thing", b"text/plain")
         else:
             await _send_body(send, 404, b"not found", b"text/plain")
 
@@ -109,7 +143,8 @@ def starlette_app() -> ASGIApp:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route, WebSocketRoute
+    from starlette.websockets import WebSocket
 
     async def item(request: Request) -> Response:
         return JSONResponse({"id": request.path_params["item_id"], "request_id": get_request_id()})
@@ -137,6 +172,14 @@ def starlette_app() -> ASGIApp:
         await asyncio.sleep(float(request.query_params.get("seconds", "0")))
         return PlainTextResponse("slept")
 
+    async def thing(request: Request) -> Response:
+        return PlainTextResponse("thing")
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
     return Starlette(
         routes=[
             Route("/items/{item_id}", item),
@@ -145,6 +188,8 @@ def starlette_app() -> ASGIApp:
             Route("/stream", stream),
             Route("/echo", echo, methods=["POST"]),
             Route("/slow", slow),
+            Mount("/sub", app=Starlette(routes=[Route("/things/{thing_id}", thing)])),
+            WebSocketRoute("/ws", ws),
         ]
     )
 
@@ -213,7 +258,20 @@ def fastapi_app() -> ASGIApp:
         await asyncio.sleep(seconds)
         return PlainTextResponse("slept")
 
+    @router.websocket("/ws")
+    async def ws(websocket: FastAPIWebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    sub = APIRouter()
+
+    @sub.get("/things/{thing_id}", response_class=PlainTextResponse)
+    async def thing(thing_id: str) -> str:
+        return "thing"
+
     app.include_router(router)
+    app.include_router(sub, prefix="/sub")
     return app
 
 
@@ -222,7 +280,7 @@ def fastapi_app() -> ASGIApp:
 
 def litestar_app() -> ASGIApp:
     """The standard endpoints on Litestar (Problem rendered by an exception handler)."""
-    from litestar import Litestar, MediaType, Request, get, post
+    from litestar import Litestar, MediaType, Request, Router, WebSocket, get, post, websocket
     from litestar.response import Response, Stream
 
     @get("/items/{item_id:str}")
@@ -258,6 +316,16 @@ def litestar_app() -> ASGIApp:
         await asyncio.sleep(seconds)
         return "slept"
 
+    @get("/things/{thing_id:str}", media_type=MediaType.TEXT)
+    async def thing(thing_id: str) -> str:
+        return "thing"
+
+    @websocket("/ws")
+    async def ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        await socket.send_text("hi")
+        await socket.close()
+
     def render_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
         return Response(
             encode_problem(exc.to_dict()),
@@ -267,12 +335,199 @@ def litestar_app() -> ASGIApp:
         )
 
     return Litestar(  # type: ignore[return-value]  # Litestar types its scope more narrowly
-        route_handlers=[item, boom, problem, stream, echo, slow],
+        route_handlers=[
+            item,
+            boom,
+            problem,
+            stream,
+            echo,
+            slow,
+            ws,
+            Router("/sub", route_handlers=[thing]),
+        ],
         exception_handlers={Problem: render_problem},
         logging_config=None,
         # The annotations are strings (PEP 563) naming these locally imported types.
-        signature_namespace={"Stream": Stream, "Response": Response, "Request": Request},
+        signature_namespace={
+            "Stream": Stream,
+            "Response": Response,
+            "Request": Request,
+            "WebSocket": WebSocket,
+        },
     )
+
+
+# -- Quart ---------------------------------------------------------------------------------------
+
+
+def quart_app() -> ASGIApp:
+    """The standard endpoints on Quart (exceptions propagate to prodkit's ErrorMiddleware)."""
+    from quart import Blueprint, Quart, Response, request, websocket
+
+    app = Quart("prodkit_tests")
+    # Quart answers an exception with its own HTML 500 unless told to let it through.
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.get("/items/<item_id>")
+    async def item(item_id: str) -> dict[str, Any]:
+        return {"id": item_id, "request_id": get_request_id()}
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError(SECRET_TEXT)
+
+    @app.get("/problem")
+    async def problem() -> str:
+        raise _problem()
+
+    @app.get("/stream")
+    async def stream() -> Response:
+        delay = float(request.args.get("delay", "0"))
+
+        async def chunks() -> Any:
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
+                yield chunk
+
+        return Response(chunks(), content_type="text/plain")
+
+    @app.post("/echo")
+    async def echo() -> Response:
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        return Response(await request.get_data(), content_type=content_type)
+
+    @app.get("/slow")
+    async def slow() -> Response:
+        await asyncio.sleep(float(request.args.get("seconds", "0")))
+        return Response("slept", content_type="text/plain")
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await websocket.accept()
+        await websocket.send("hi")
+        await websocket.close(1000)
+
+    sub = Blueprint("sub", "prodkit_tests_sub", url_prefix="/sub")
+
+    @sub.get("/things/<thing_id>")
+    async def thing(thing_id: str) -> Response:
+        return Response("thing", content_type="text/plain")
+
+    app.register_blueprint(sub)
+    return app  # type: ignore[return-value]  # Quart types its scope more narrowly
+
+
+# -- Django ----------------------------------------------------------------------------------------
+
+
+class DjangoProblemMiddleware:
+    """A Django middleware that answers a raised :class:`prodkit.Problem` with itself.
+
+    Django turns every exception into its own 500 page (and logs it through ``django.request``),
+    so a problem must be rendered inside Django, as Litestar's exception handler does above.
+    """
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    async def __call__(self, request: Any) -> Any:
+        return await self.get_response(request)
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """Render a Problem; leave any other exception to Django (logged, then a 500)."""
+        if not isinstance(exception, Problem):
+            return None
+        from django.http import HttpResponse  # type: ignore[import-untyped]
+
+        response = HttpResponse(
+            encode_problem(exception.to_dict()),
+            status=exception.status,
+            content_type="application/problem+json",
+        )
+        for name, value in exception.headers.items():
+            response[name] = value
+        return response
+
+
+class _DjangoURLConf:
+    """The URLconf of :func:`django_app`: Django reads ``urlpatterns`` from it."""
+
+    urlpatterns: ClassVar[list[Any]] = []
+
+
+def _django_urlpatterns() -> list[Any]:
+    from django.http import (
+        HttpRequest,
+        HttpResponse,
+        JsonResponse,
+        StreamingHttpResponse,
+    )
+    from django.urls import include, path  # type: ignore[import-untyped]
+
+    async def item(request: HttpRequest, item_id: str) -> HttpResponse:
+        return JsonResponse({"id": item_id, "request_id": get_request_id()})
+
+    async def boom(request: HttpRequest) -> HttpResponse:
+        raise RuntimeError(SECRET_TEXT)
+
+    async def problem(request: HttpRequest) -> HttpResponse:
+        raise _problem()
+
+    async def stream(request: HttpRequest) -> HttpResponse:
+        delay = float(request.GET.get("delay", "0"))
+
+        async def chunks() -> Any:
+            for chunk in (b"a", b"b", b"c"):
+                await asyncio.sleep(delay)
+                yield chunk
+
+        return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+    async def echo(request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        return HttpResponse(request.body, content_type=content_type)
+
+    async def slow(request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(float(request.GET.get("seconds", "0")))
+        return HttpResponse(b"slept", content_type="text/plain")
+
+    async def thing(request: HttpRequest, thing_id: str) -> HttpResponse:
+        return HttpResponse(b"thing", content_type="text/plain")
+
+    return [
+        path("items/<str:item_id>", item),
+        path("boom", boom),
+        path("problem", problem),
+        path("stream", stream),
+        path("echo", echo),
+        path("slow", slow),
+        path("sub/", include([path("things/<str:thing_id>", thing)])),
+    ]
+
+
+def django_app() -> ASGIApp:
+    """The standard endpoints on Django's ASGI handler (settings configured once per process)."""
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.core.handlers.asgi import ASGIHandler  # type: ignore[import-untyped]
+
+    if not settings.configured:
+        _DjangoURLConf.urlpatterns = _django_urlpatterns()
+        settings.configure(
+            DEBUG=False,
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF=_DjangoURLConf,
+            MIDDLEWARE=["tests.apps.DjangoProblemMiddleware"],
+            SECRET_KEY="prodkit-tests-only",  # noqa: S106 - a test-only key
+        )
+        import django  # type: ignore[import-untyped]
+
+        django.setup()
+    return ASGIHandler()  # type: ignore[no-any-return]
 
 
 _BUILDERS = {
@@ -280,6 +535,8 @@ _BUILDERS = {
     "starlette": starlette_app,
     "fastapi": fastapi_app,
     "litestar": litestar_app,
+    "quart": quart_app,
+    "django": django_app,
 }
 
 

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from prodkit import ConfigurationError
-from prodkit._core.routing import remember_root_path
+from prodkit._core.outcome import PathFilter, resolve_route
+from prodkit._core.routing import normalise_template, remember_root_path, route_path
 from prodkit.asgi import (
     UNMATCHED_ROUTE,
     ASGIApp,
@@ -106,3 +107,145 @@ def test_route_table_matches_templates() -> None:
 def test_route_table_rejects_bad_templates(bad: str) -> None:
     with pytest.raises(ConfigurationError):
         RouteTable({bad: 1})
+
+
+# -- issue #14: the template the user wrote, on every framework -------------------------------
+
+
+def fastapi_routers_app() -> ASGIApp:
+    """Prefixed, nested and mounted FastAPI routers, as most FastAPI apps are built."""
+    from fastapi import APIRouter, FastAPI
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def ok(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    items, users, nested = APIRouter(), APIRouter(), APIRouter()
+    items.add_api_route("/", ok, methods=["GET"])
+    items.add_api_route("/{item_id}", ok, methods=["GET"])
+    users.add_api_route("/", ok, methods=["GET"])
+    nested.add_api_route("/deep/{deep_id}", ok, methods=["GET"])
+    items.include_router(nested, prefix="/nested")
+    items.mount("/files", Starlette(routes=[Route("/{name}", ok)]))
+    app = FastAPI()
+    app.include_router(items, prefix="/api/v1/items")
+    app.include_router(users, prefix="/api/v1/users")
+    return app
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/api/v1/items/", "/api/v1/items/"),
+        ("/api/v1/users/", "/api/v1/users/"),
+        ("/api/v1/items/5", "/api/v1/items/{item_id}"),
+        ("/api/v1/items/nested/deep/3", "/api/v1/items/nested/deep/{deep_id}"),
+        ("/api/v1/items/files/a.txt", "/api/v1/items/files/{name}"),
+        ("/api/v2/items/", UNMATCHED_ROUTE),
+    ],
+)
+async def test_fastapi_included_routers_keep_their_prefixes(path: str, template: str) -> None:
+    before, after = await fetch(fastapi_routers_app(), path)
+    assert after == template
+    assert before == template
+
+
+def starlette_mounts_and_hosts_app() -> ASGIApp:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Host, Mount, Route
+
+    async def ok(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def static(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("file")(scope, receive, send)
+
+    return Starlette(
+        routes=[
+            Mount("/static", app=static),
+            Host("api.example.com", app=Starlette(routes=[Route("/v/{version}", ok)])),
+        ]
+    )
+
+
+async def test_a_mounted_app_that_is_not_a_router_is_labelled_by_its_mount() -> None:
+    assert await fetch(starlette_mounts_and_hosts_app(), "/static/css/site.css") == (
+        "/static/{path}",
+        "/static/{path}",
+    )
+
+
+async def test_a_host_route_adds_no_label_of_its_own() -> None:
+    seen: list[tuple[str, str]] = []
+    transport = httpx.ASGITransport(app=recorder(starlette_mounts_and_hosts_app(), seen))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.example.com") as c:
+        assert (await c.get("/v/2")).status_code == 200
+    assert seen == [("/v/{version}", "/v/{version}")]
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi", "litestar", "quart", "django"])
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/items/42", "/items/{item_id}"),
+        ("/sub/things/7", "/sub/things/{thing_id}"),
+        ("/definitely/not/here", UNMATCHED_ROUTE),
+    ],
+)
+async def test_every_framework_gives_the_same_label(
+    framework: str, path: str, template: str
+) -> None:
+    """One label syntax: the path from the app's root, parameters as ``{name}``."""
+    before, _ = await fetch(build_app(framework), path)
+    assert before == template
+    seen: list[str] = []
+    app = build_app(framework)
+
+    async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+        remember_root_path(scope)
+        await app(scope, receive, send)
+        seen.append(resolve_route(scope, app, 200, None))
+
+    transport = httpx.ASGITransport(app=recorded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.get(path)
+    assert seen == [template]
+
+
+@pytest.mark.parametrize(
+    ("written", "label"),
+    [
+        ("/items/{item_id:int}", "/items/{item_id}"),  # Starlette, Litestar
+        ("/items/<int:item_id>", "/items/{item_id}"),  # werkzeug (Quart, Flask)
+        ("items/<str:item_id>/", "/items/{item_id}/"),  # Django path()
+        ("^items/(?P<item_id>[0-9]{4})/$", "/items/{item_id}/"),  # Django re_path()
+        ("/static/{path}", "/static/{path}"),
+    ],
+)
+def test_normalise_template(written: str, label: str) -> None:
+    assert normalise_template(written) == label
+
+
+@pytest.mark.parametrize(
+    ("root_path", "path", "seen"),
+    [
+        ("", "/health", "/health"),
+        ("/api", "/api/health", "/health"),
+        ("/api", "/api", "/"),
+        ("/api", "/other", "/other"),  # a server that did not prefix the path
+    ],
+)
+def test_route_path_is_below_the_root_path(root_path: str, path: str, seen: str) -> None:
+    assert route_path({"type": "http", "path": path, "root_path": root_path}) == seen
+
+
+def test_exclude_paths_match_below_the_root_path() -> None:
+    paths = PathFilter(["/health", "/static/*"])
+    assert paths.excludes({"path": "/api/health", "root_path": "/api"})
+    assert paths.excludes({"path": "/api/static/a.css", "root_path": "/api"})
+    assert paths.excludes({"path": "/health", "root_path": ""})
+    assert not paths.excludes({"path": "/api/healthz", "root_path": "/api"})
+    assert not paths.excludes({"path": "/api/health", "root_path": ""})

@@ -15,7 +15,7 @@ from prodkit import (
     get_request_id,
     get_trace_id,
 )
-from prodkit.asgi import Receive, Scope, Send, send_problem
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, send_problem
 from prodkit.requestid import generate_request_id, is_valid_request_id, parse_traceparent
 from tests.apps import build_app
 from tests.conftest import ClientFactory
@@ -181,3 +181,70 @@ def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     os.close(write_end)
     assert len(child_id) == 32
     assert child_id != generate_request_id()
+
+
+# -- WebSocket handshakes (issue #14) and a middleware wrapped twice (issue #16) --------------
+
+
+async def handshake(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> list[Message]:
+    """Drive one WebSocket handshake through ``app``; return what reached the server."""
+    scope: Scope = {"type": "websocket", "path": "/ws", "headers": headers, "root_path": ""}
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_id_on_a_websocket_accept() -> None:
+    async def accepting(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(b"x-app", b"1")]})
+        await send({"type": "websocket.close", "code": 1000})
+
+    sent = await handshake(RequestIdMiddleware(accepting), [(b"x-request-id", b"ws-7")])
+    assert sent[0] == {
+        "type": "websocket.accept",
+        "headers": [(b"x-app", b"1"), (b"x-request-id", b"ws-7")],
+    }
+    assert sent[1] == {"type": "websocket.close", "code": 1000}
+
+
+async def test_id_on_a_websocket_denial_response() -> None:
+    async def denying(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 403,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    sent = await handshake(RequestIdMiddleware(denying), [])
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 403
+    assert len(headers[b"x-request-id"]) == 32
+    assert sent[1] == {"type": "websocket.http.response.body", "body": b"no"}
+
+
+async def test_wrapped_twice_one_id_in_header_and_problem_body(
+    make_client: ClientFactory,
+) -> None:
+    app = RequestIdMiddleware(RequestIdMiddleware(ErrorMiddleware(build_app("starlette"))))
+    response = await make_client(app).get("/boom")
+    assert response.status_code == 500
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert response.headers.get_list("x-request-id") == [response.json()["request_id"]]
+
+
+async def test_wrapped_twice_one_id_seen_by_the_app(make_client: ClientFactory) -> None:
+    app = RequestIdMiddleware(RequestIdMiddleware(build_app("starlette")))
+    response = await make_client(app).get("/items/1")
+    assert response.json()["request_id"] == response.headers["x-request-id"]

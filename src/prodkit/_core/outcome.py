@@ -11,6 +11,7 @@ from prodkit._core.observer import ResponseObserver
 from prodkit._core.routing import (
     UNMATCHED_ROUTE,
     RouteResolver,
+    route_path,
     route_template,
     route_template_before,
 )
@@ -56,6 +57,17 @@ class PathFilter:
 
     def __contains__(self, path: str) -> bool:
         return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+    def excludes(self, scope: Scope) -> bool:
+        """Whether the request's path is one of these, as the app sees it or in full.
+
+        An app served under a ``root_path`` (``/api``) names its own paths (``/health``), which
+        ASGI gives as ``/api/health``: both spellings are left alone.
+        """
+        path: str = scope["path"]
+        if path in self:
+            return True
+        return bool(scope.get("root_path")) and route_path(scope) in self
 
 
 def outcome_status(

@@ -2,12 +2,24 @@
 
 Metrics, logs and per-route options need the *template* of a request's route
 (``/api/funds/{id}``), never the raw path, whose values are unbounded. Frameworks record the
-matched route on the scope while they route; this module reads those records duck-typed:
+matched route on the scope while they route, or can be asked to match a path; this module does
+both duck-typed, and picks the framework by the type of the app (``type(app).__module__``), so
+prodkit imports none of them:
 
 * Starlette and FastAPI set ``scope["route"]`` (``path_format``) and ``scope["router"]``;
-  mounted routers and sub-apps are walked from the top router to join the templates;
-* Litestar sets ``scope["path_template"]``;
-* a user hook can answer first, for anything else.
+  mounted routers, ``Host`` routes and FastAPI's included routers are walked from the top router
+  to join the templates (FastAPI's through its public ``fastapi.routing.iter_route_contexts``);
+* Litestar sets ``scope["path_template"]`` and is asked (``asgi_router.handle_routing``) for
+  requests rejected before routing;
+* Quart's werkzeug ``url_map`` and Django's ``django.urls.resolve`` are asked to match the path;
+* a user hook (:data:`RouteResolver`) answers first, for anything else.
+
+**One label syntax everywhere**: the path the app declared, from its root, with every parameter
+written ``{name}`` (converters dropped): Starlette's ``/items/{item_id:int}``, Litestar's
+``/items/{item_id:int}``, Quart's ``/items/<int:item_id>`` and Django's ``items/<int:item_id>/``
+are ``/items/{item_id}``, ``/items/{item_id}``, ``/items/{item_id}`` and ``/items/{item_id}/``.
+A mounted app that is not a router is labelled by its mount, ``/static/{path}``. A hook's answer
+is used as it is.
 
 Requests that matched no route share one template, :data:`UNMATCHED_ROUTE`, so a 404 flood adds
 one metric series, not one per path.
@@ -16,6 +28,7 @@ one metric series, not one per path.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -31,6 +44,27 @@ RouteResolver = Callable[[Scope], str | None]
 _ORIGINAL_ROOT_PATH = "prodkit.root_path"
 _FULL = 2  # starlette.routing.Match.FULL, compared by value to stay import-free
 _PARTIAL = 1
+# Converters in a framework's own syntax: Starlette/Litestar ``{id:int}``, werkzeug and Django
+# ``<int:id>``, Django's regular expressions ``(?P<id>[0-9]+)``.
+_BRACED = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*):[^{}]*}")
+_ANGLED = re.compile(r"<(?:[^<>:]*:)?([A-Za-z_][A-Za-z0-9_]*)>")
+_REGEX_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>(?:[^()]|\([^()]*\))*\)")
+
+
+def normalise_template(template: str) -> str:
+    """Write a framework's route template in prodkit's label syntax: ``/a/{name}``.
+
+    Converters are dropped (``{id:int}``, ``<int:id>`` and ``(?P<id>...)`` become ``{id}``),
+    regular-expression anchors removed, and a leading ``/`` added.
+    """
+    if "{" in template:
+        template = _BRACED.sub(r"{\1}", template)
+    if "<" in template:
+        template = _REGEX_GROUP.sub(r"{\1}", template)
+        template = _ANGLED.sub(r"{\1}", template)
+    if template[:1] == "^" or template[-1:] == "$":
+        template = template.removeprefix("^").removesuffix("$").removesuffix("\\Z")
+    return template if template[:1] == "/" else "/" + template
 
 
 def set_route_template(scope: Scope, template: str) -> None:
@@ -47,12 +81,27 @@ def remember_root_path(scope: Scope) -> None:
     scope.setdefault(_ORIGINAL_ROOT_PATH, scope.get("root_path", ""))
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's ``root_path``: what the app's own routes match.
+
+    ASGI puts the full path in ``path``; an app mounted under ``root_path="/api"`` declares
+    ``/health`` and sees ``/api/health``. Options that take paths (``exclude_paths``, health and
+    metrics paths) compare this.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get(_ORIGINAL_ROOT_PATH) or scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :] or "/"
+    return path
+
+
 def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
     """Return the route template of a request that the app has routed.
 
     Call it after the app has run (or at least started its response). Order: the user's
     ``resolver``, Litestar's ``path_template``, Starlette/FastAPI's route records; otherwise
-    :data:`UNMATCHED_ROUTE`.
+    :data:`UNMATCHED_ROUTE` (frameworks that leave no record, Quart and Django, are matched by
+    :func:`route_template_before`).
     """
     if resolver is not None:
         found = resolver(scope)
@@ -60,12 +109,16 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
             return found
     template = scope.get("path_template")
     if isinstance(template, str) and template:
-        return template
+        return normalise_template(template) if ":" in template else template
     route = scope.get("route")
     if route is not None:
         path_format = getattr(route, "path_format", None)
         root_path = scope.get("root_path", "")
-        if isinstance(path_format, str) and root_path == scope.get(_ORIGINAL_ROOT_PATH, root_path):
+        if (
+            isinstance(path_format, str)
+            and root_path == scope.get(_ORIGINAL_ROOT_PATH, root_path)
+            and route.__class__.__module__ != "fastapi.routing"
+        ):
             return path_format
         router = scope.get("router")
         if router is not None:
@@ -88,13 +141,25 @@ def _routing_scope(scope: Scope) -> dict[str, Any]:
     }
 
 
+def _routes_of(router: Any) -> list[Any]:
+    """A router's routes, with FastAPI's included routers flattened by FastAPI's public helper."""
+    routes = getattr(router, "routes", None)
+    if not routes:
+        return []
+    if any(type(route).__module__ == "fastapi.routing" for route in routes):
+        fastapi_routing = sys.modules.get("fastapi.routing")
+        flatten = getattr(fastapi_routing, "iter_route_contexts", None)
+        if flatten is not None:
+            return list(flatten(routes))
+    return list(routes)
+
+
 def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
     """Match ``scope`` against a Starlette-style router's routes, descending into mounts."""
-    routes = getattr(router, "routes", None)
-    if not routes or depth > 16:
+    if depth > 16:
         return None
     partial: str | None = None
-    for route in routes:
+    for route in _routes_of(router):
         try:
             match, child = route.matches(scope)
         except Exception:  # noqa: S112 - a foreign route type must never break a request
@@ -102,14 +167,7 @@ def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
         level = getattr(match, "value", match)
         if level not in (_FULL, _PARTIAL):
             continue
-        path_format = getattr(route, "path_format", None)
-        if not isinstance(path_format, str):
-            continue
-        template: str | None = path_format
-        if "root_path" in child:  # a Mount: its path_format ends in "/{path}"
-            inner = _walk(route, {**scope, **child}, depth + 1)
-            prefix = path_format.removesuffix("/{path}").rstrip("/")
-            template = None if inner is None else prefix + inner
+        template = _template_of(route, child, scope, depth)
         if template is None:
             continue
         if level == _FULL:
@@ -117,6 +175,27 @@ def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
         if partial is None:
             partial = template
     return partial
+
+
+def _template_of(
+    route: Any, child: dict[str, Any], scope: dict[str, Any], depth: int
+) -> str | None:
+    """The template below a route that matched: its own, or its mount's joined with the inner."""
+    path_format = getattr(route, "path_format", None)
+    if not isinstance(path_format, str):
+        # A Host route adds no path of its own: the label is the path below it.
+        if getattr(route, "host_format", None) is None:
+            return None
+        return _walk(route, {**scope, **child}, depth + 1)
+    if "root_path" not in child:
+        return path_format
+    # A Mount: its path_format ends in "/{path}". A router below is walked; any other app
+    # (static files, a raw ASGI app) answers the whole mount, which is its template.
+    if not getattr(route, "routes", None):
+        return path_format
+    inner = _walk(route, {**scope, **child}, depth + 1)
+    prefix = path_format.removesuffix("/{path}").rstrip("/")
+    return None if inner is None else prefix + inner
 
 
 def find_router(app: Any, max_depth: int = 32) -> Any | None:
@@ -131,22 +210,132 @@ def find_router(app: Any, max_depth: int = 32) -> Any | None:
     return None
 
 
-def route_template_before(scope: Scope, app: Any, resolver: RouteResolver | None = None) -> str:
-    """Return the route template of a request before the app runs (for rejections).
+# -- asking a framework to match a path (before routing, or when it leaves no record) ---------
 
-    Uses the user ``resolver`` first, then walks a Starlette-style router found below ``app``;
-    otherwise :data:`UNMATCHED_ROUTE`.
+_Matcher = Callable[[Scope], str | None]
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def _litestar_matcher(app: Any) -> _Matcher:
+    router = app.asgi_router
+
+    def routed(path: str, method: str | None) -> str | None:
+        try:
+            template = router.handle_routing(path=path, method=method)[4]
+        except Exception as exc:
+            return "" if type(exc).__name__ == "MethodNotAllowedException" else None
+        return normalise_template(template) if isinstance(template, str) else None
+
+    def match(scope: Scope) -> str | None:
+        path = route_path(scope).rstrip("/") or "/"
+        method = None if scope.get("type") == "websocket" else scope.get("method", "GET")
+        template = routed(path, method)
+        if template != "":
+            return template
+        # 405: the route exists under another method; its template is still the label.
+        for other in _METHODS:
+            template = routed(path, other)
+            if template:
+                return template
+        return None
+
+    return match
+
+
+def _werkzeug_matcher(app: Any) -> _Matcher:
+    url_map = app.url_map
+
+    def match(scope: Scope) -> str | None:
+        adapter = url_map.bind("localhost", url_scheme=scope.get("scheme", "http"))
+        websocket = scope.get("type") == "websocket"
+        method = None if websocket else scope.get("method", "GET")
+        try:
+            rule, _ = adapter.match(
+                route_path(scope), method=method, return_rule=True, websocket=websocket
+            )
+        except Exception as exc:
+            allowed = getattr(exc, "valid_methods", None)
+            if not allowed:
+                return None
+            # 405: the route exists, under another method; its template is still the label.
+            try:
+                rule, _ = adapter.match(route_path(scope), method=allowed[0], return_rule=True)
+            except Exception:
+                return None
+        return normalise_template(rule.rule)
+
+    return match
+
+
+def _django_matcher(app: Any) -> _Matcher | None:
+    urls = sys.modules.get("django.urls")
+    resolve = getattr(urls, "resolve", None)
+    if resolve is None:
+        return None
+
+    def match(scope: Scope) -> str | None:
+        try:
+            found = resolve(route_path(scope))
+        except Exception:
+            return None
+        route = getattr(found, "route", None)
+        return normalise_template(route) if isinstance(route, str) else None
+
+    return match
+
+
+def _starlette_matcher(router: Any) -> _Matcher:
+    def match(scope: Scope) -> str | None:
+        return _walk(router, _routing_scope(scope))
+
+    return match
+
+
+def _no_match(scope: Scope) -> None:
+    return None
+
+
+def _matcher_for(app: Any, max_depth: int = 32) -> _Matcher:
+    """Find the framework below a chain of middlewares (``.app`` links) by its type's module."""
+    current = app
+    for _ in range(max_depth):
+        if current is None:
+            break
+        package = type(current).__module__.partition(".")[0]
+        if package == "litestar" and hasattr(current, "asgi_router"):
+            return _litestar_matcher(current)
+        if package in ("quart", "flask") and hasattr(current, "url_map"):
+            return _werkzeug_matcher(current)
+        if package == "django":
+            return _django_matcher(current) or _no_match
+        if getattr(current, "routes", None) is not None:
+            return _starlette_matcher(current)
+        current = getattr(current, "app", None)
+    return _no_match
+
+
+# Apps live as long as the process; the key holds its app so that its id is never reused.
+_MATCHERS: dict[int, tuple[Any, _Matcher]] = {}
+
+
+def route_template_before(scope: Scope, app: Any, resolver: RouteResolver | None = None) -> str:
+    """Return the route template of a request from its path, without running the app.
+
+    For rejections (429, 503, replays) and for frameworks that record no route on the scope.
+    Uses the user ``resolver`` first, then asks the framework found below ``app`` (Starlette,
+    FastAPI, Litestar, Quart, Django) to match the path; otherwise :data:`UNMATCHED_ROUTE`.
     """
     if resolver is not None:
         found = resolver(scope)
         if found is not None:
             return found
-    router = find_router(app)
-    if router is not None:
-        template = _walk(router, _routing_scope(scope))
-        if template is not None:
-            return template
-    return UNMATCHED_ROUTE
+    entry = _MATCHERS.get(id(app))
+    if entry is None:
+        entry = _MATCHERS[id(app)] = (app, _matcher_for(app))
+    template = entry[1](scope)
+    return UNMATCHED_ROUTE if template is None else template
 
 
 # -- templates matched by prodkit itself, for per-route options -----------------------------
@@ -239,7 +428,9 @@ __all__ = [
     "RouteTable",
     "compile_template",
     "find_router",
+    "normalise_template",
     "remember_root_path",
+    "route_path",
     "route_template",
     "route_template_before",
     "set_route_template",

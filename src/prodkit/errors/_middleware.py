@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -96,8 +97,13 @@ class ErrorMiddleware:
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
             return
         if responder.held:
-            # The framework answered a plain 500 itself (and logged its exception): keep the
-            # contract that every server error is a problem.
+            # The framework answered a plain 500 itself: keep the contract that every server
+            # error is a problem. Frameworks that swallow the exception (Litestar) send that 500
+            # while handling it, so the responder saw it; log it here, once, as if raised.
+            error = responder.exception
+            if error is not None:
+                scope[EXCEPTION_SCOPE_KEY] = error
+                _log(self.logger.error, "unhandled exception", scope, error, exc_info=error)
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
 
 
@@ -120,19 +126,28 @@ async def _send_problem(send: Send, problem: Problem, logger: Any) -> None:
     await send_problem_body(send, status, body, headers)
 
 
-def _log(log: Callable[..., Any], event: str, scope: Scope, exc: BaseException) -> None:
+def _log(
+    log: Callable[..., Any], event: str, scope: Scope, exc: BaseException, **extra: Any
+) -> None:
     """Log ``event`` about ``exc`` with the request's method and path, through ``log``."""
-    log(event, method=scope.get("method"), path=scope.get("path"), exc_type=type(exc).__name__)
+    log(
+        event,
+        method=scope.get("method"),
+        path=scope.get("path"),
+        exc_type=type(exc).__name__,
+        **extra,
+    )
 
 
 class _Responder:
     """One request's way out: sends the app's messages on, or holds back a plain 500.
 
     ``started`` says whether a response start reached the client (after which nothing of our
-    own may be sent); ``held`` is a non-problem 500 kept back in case it is to be replaced.
+    own may be sent); ``held`` is a non-problem 500 kept back in case it is to be replaced, and
+    ``exception`` the one being handled when it was sent, if any.
     """
 
-    __slots__ = ("held", "held_bytes", "hold_limit", "replace", "send", "started")
+    __slots__ = ("exception", "held", "held_bytes", "hold_limit", "replace", "send", "started")
 
     def __init__(self, send: Send, replace: bool, hold_limit: int) -> None:
         self.send = send
@@ -141,6 +156,7 @@ class _Responder:
         self.started = False
         self.held: list[Message] = []
         self.held_bytes = 0
+        self.exception: BaseException | None = None
 
     async def __call__(self, message: Message) -> None:
         held = self.held
@@ -157,6 +173,7 @@ class _Responder:
                 and get_header(message.get("headers") or (), b"content-type") != _PROBLEM_TYPE
             ):
                 held.append(message)
+                self.exception = sys.exception()
                 return
             self.started = True
         await self.send(message)

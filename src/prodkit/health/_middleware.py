@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from prodkit._core.collectors import DEFAULT_PREFIX, gauge, histogram
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import scope_header
-from prodkit._core.routing import set_route_template
+from prodkit._core.routing import route_path, set_route_template
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 
 CheckFunc = Callable[[], Awaitable[Any]]
@@ -285,11 +285,16 @@ class HealthMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        name = self._paths.get(scope["path"])
+        path = scope["path"]
+        name = self._paths.get(path)
+        if name is None and scope.get("root_path"):
+            # Served under a root_path, the app's own /readyz arrives as /api/readyz.
+            path = route_path(scope)
+            name = self._paths.get(path)
         if name is None:
             await self.app(scope, receive, send)
             return
-        set_route_template(scope, scope["path"])
+        set_route_template(scope, path)
         if name == "livez":
             status, body = 200, {"status": "pass"}
         elif name == "readyz":

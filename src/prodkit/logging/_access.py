@@ -133,7 +133,7 @@ class AccessLogMiddleware:
         return lambda status: by_status.get(status, "error")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
+        if scope["type"] != "http" or (self._excluding and self.exclude_paths.excludes(scope)):
             await self.app(scope, receive, send)
             return
 

@@ -18,7 +18,7 @@ from prodkit._core.collectors import MULTIPROC_ENV
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_list_header, scope_header
 from prodkit._core.problems import send_problem
-from prodkit._core.routing import set_route_template
+from prodkit._core.routing import route_path, set_route_template
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.metrics._multiprocess import multiprocess_registry, remove_dead_process_files
 
@@ -216,7 +216,10 @@ class MetricsEndpointMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
+        if scope["type"] == "http" and (
+            scope["path"] == self.path
+            or (scope.get("root_path") and route_path(scope) == self.path)
+        ):
             set_route_template(scope, self.path)
             await self.metrics_app(scope, receive, send)
             return

@@ -171,7 +171,7 @@ class HTTPMetricsMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._excluding and scope["path"] in self.exclude_paths):
+        if scope["type"] != "http" or (self._excluding and self.exclude_paths.excludes(scope)):
             await self.app(scope, receive, send)
             return
 

@@ -102,7 +102,7 @@ class ConcurrencyLimitMiddleware:
         return len(self._waiters)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._excluded:
+        if scope["type"] != "http" or self._excluded.excludes(scope):
             await self.app(scope, receive, send)
             return
         if self._in_flight < self.max_concurrency and not self._waiters:

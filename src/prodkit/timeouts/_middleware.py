@@ -92,7 +92,7 @@ class RequestTimeoutMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._excluded:
+        if scope["type"] != "http" or self._excluded.excludes(scope):
             await self.app(scope, receive, send)
             return
         declared = _declared_length(scope)

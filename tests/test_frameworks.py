@@ -1,0 +1,259 @@
+"""Every framework by every case, through the recommended order of layers (issue #14).
+
+Each row builds a fresh app (see :mod:`tests.apps`) wrapped in request id → access log →
+metrics → errors → rate limit → idempotency, sends one case's requests, and checks what an
+operator reads: the route label in ``/metrics``, the access log line, and the headers. The raw
+ASGI app has no router: it names its routes with a resolver (``raw_route_resolver``), the hook
+the docs show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prodkit import (
+    ErrorMiddleware,
+    HealthMiddleware,
+    MetricsEndpointMiddleware,
+    RequestIdMiddleware,
+)
+from prodkit.asgi import UNMATCHED_ROUTE, ASGIApp, Message, RouteResolver, Scope
+from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
+from prodkit.logging import AccessLogMiddleware
+from prodkit.metrics import HTTPMetricsMiddleware
+from prodkit.ratelimit import RateLimitMiddleware
+from prodkit.testing import LogOutput, capture_log_output
+from tests.apps import FRAMEWORKS, SECRET_TEXT, build_app, raw_route_resolver
+
+DURATION_COUNT = "http_request_duration_seconds_count"
+
+
+@pytest.fixture
+def logs() -> Iterator[LogOutput]:
+    with capture_log_output() as output:
+        yield output
+
+
+def stacked(framework: str, registry: CollectorRegistry) -> ASGIApp:
+    resolver: RouteResolver | None = raw_route_resolver if framework == "raw" else None
+    app = build_app(framework)
+    app = IdempotencyMiddleware(app, store=MemoryIdempotencyStore(), registry=registry)
+    # One request a minute on the items: the second is refused before any router runs.
+    app = RateLimitMiddleware(app, routes={"/items/{item_id}": "1/minute"}, registry=registry)
+    app = ErrorMiddleware(app)
+    app = HTTPMetricsMiddleware(app, registry=registry, route_resolver=resolver)
+    app = AccessLogMiddleware(app, route_resolver=resolver)
+    return RequestIdMiddleware(app)
+
+
+def counted(registry: CollectorRegistry, method: str, route: str, status: int) -> float | None:
+    labels = {"method": method, "route": route, "status_code": str(status)}
+    return registry.get_sample_value(DURATION_COUNT, labels)
+
+
+def access_line(logs: LogOutput, response: httpx.Response) -> dict[str, Any]:
+    [line] = [
+        entry
+        for entry in logs.events("request completed")
+        if entry["request_id"] == response.headers["x-request-id"]
+    ]
+    return line
+
+
+def check(
+    registry: CollectorRegistry,
+    logs: LogOutput,
+    response: httpx.Response,
+    route: str,
+    status: int,
+) -> None:
+    """The response, its metric sample and its access log line agree on status and route."""
+    assert response.status_code == status
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32
+    assert counted(registry, response.request.method, route, status) == 1
+    line = access_line(logs, response)
+    assert line["route"] == route
+    assert line["status"] == status
+    assert line["path"] == response.request.url.path
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry(auto_describe=True)
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def client(framework: str, registry: CollectorRegistry) -> Any:
+    transport = httpx.ASGITransport(app=stacked(framework, registry), client=("127.0.0.1", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as made:
+        yield made
+
+
+async def test_routed_200_is_labelled_with_the_template(
+    client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    response = await client.get("/items/42")
+    check(registry, logs, response, "/items/{item_id}", 200)
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_404_is_unmatched(
+    client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    response = await client.get("/no/such/path")
+    check(registry, logs, response, UNMATCHED_ROUTE, 404)
+
+
+async def test_429_before_routing_keeps_the_template(
+    client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    await client.get("/items/1")
+    refused = await client.get("/items/2")
+    check(registry, logs, refused, "/items/{item_id}", 429)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_idempotent_replay_keeps_the_template(
+    client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    headers = {"Idempotency-Key": "key-1", "Content-Type": "text/plain"}
+    first = await client.post("/echo", content=b"payload", headers=headers)
+    again = await client.post("/echo", content=b"payload", headers=headers)
+    assert first.headers["idempotency-status"] == "created"
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.content == first.content == b"payload"
+    assert again.headers["x-request-id"] != first.headers["x-request-id"]
+    assert counted(registry, "POST", "/echo", 200) == 2
+    assert access_line(logs, again)["route"] == "/echo"
+
+
+async def test_raised_exception_is_one_problem_and_one_log_line(
+    framework: str, client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    response = await client.get("/boom")
+    check(registry, logs, response, "/boom", 500)
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "INTERNAL_ERROR"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert SECRET_TEXT not in response.text
+    # Django answers the exception itself and logs it through ``django.request``; every other
+    # framework lets prodkit's ErrorMiddleware see it (Litestar while answering it).
+    event = "Internal Server Error: /boom" if framework == "django" else "unhandled exception"
+    [logged] = [
+        entry
+        for entry in logs.events()
+        if entry.get("level") == "error" and entry["event"] != "request completed"
+    ]
+    assert logged["event"] == event
+    assert logged["request_id"] == response.headers["x-request-id"]
+    [raised] = logged["exception"]  # the traceback, as structured data
+    assert raised["exc_type"] == "RuntimeError"
+    assert raised["frames"]
+
+
+async def test_prefixed_sub_application_keeps_its_prefix(
+    client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    response = await client.get("/sub/things/7")
+    check(registry, logs, response, "/sub/things/{thing_id}", 200)
+    assert response.text == "thing"
+
+
+async def test_websocket_handshake_carries_the_request_id(
+    framework: str, registry: CollectorRegistry
+) -> None:
+    if framework == "django":
+        pytest.skip("Django's ASGI handler serves HTTP only")
+    sent = await open_websocket(stacked(framework, registry), "/ws")
+    [accept] = [message for message in sent if message["type"] == "websocket.accept"]
+    headers = dict(accept["headers"])
+    assert len(headers[b"x-request-id"]) == 32
+    assert {"type": "websocket.send", "text": "hi"} in [
+        {key: message[key] for key in ("type", "text")}
+        for message in sent
+        if message["type"] == "websocket.send"
+    ]
+
+
+async def open_websocket(app: ASGIApp, path: str) -> list[Message]:
+    """Connect, then read what the app sends until it closes the socket."""
+    scope: Scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}},
+    }
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    await inbox.put({"type": "websocket.connect"})
+    sent: list[Message] = []
+    closed = asyncio.Event()
+
+    async def receive() -> Message:
+        return await inbox.get()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "websocket.close":
+            await inbox.put({"type": "websocket.disconnect", "code": 1000})
+            closed.set()
+
+    async def serve() -> None:
+        await app(scope, receive, send)
+
+    task = asyncio.create_task(serve())
+    # Bounded, so that a socket left open fails the test rather than hanging it.
+    await asyncio.wait_for(closed.wait(), 10)
+    await asyncio.wait_for(task, 10)
+    return sent
+
+
+# -- an app served under a root_path names its own paths (issue #14) --------------------------
+
+
+async def test_paths_are_matched_below_the_root_path(
+    registry: CollectorRegistry, logs: LogOutput
+) -> None:
+    app = build_app("starlette")
+    app = HealthMiddleware(app)
+    app = MetricsEndpointMiddleware(app, registry=registry)
+    app = HTTPMetricsMiddleware(app, registry=registry, exclude_paths=["/metrics", "/items/*"])
+    app = AccessLogMiddleware(app, exclude_paths=["/livez"])
+    transport = httpx.ASGITransport(app=RequestIdMiddleware(app), root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        live = await client.get("/api/livez")
+        item = await client.get("/api/items/3")
+        exposition = await client.get("/api/metrics")
+    assert live.status_code == 200
+    assert live.json()["status"] == "pass"
+    assert item.status_code == 200
+    assert exposition.status_code == 200
+    assert "http_request_duration_seconds" in exposition.text
+    # /livez is not logged; /items/3 is logged but not measured, /livez is measured.
+    assert [line["path"] for line in logs.events("request completed")] == [
+        "/api/items/3",
+        "/api/metrics",
+    ]
+    assert counted(registry, "GET", "/livez", 200) == 1
+    assert counted(registry, "GET", "/items/{item_id}", 200) is None
