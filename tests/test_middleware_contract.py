@@ -113,6 +113,8 @@ class Case:
     websocket_scope_adds: Mapping[str, object] = field(default_factory=dict)
     #: The request id the app sees while a websocket is open.
     websocket_request_id: str | None = None
+    #: Headers it adds to the handshake's ``websocket.accept`` (the request id does).
+    websocket_accept_adds: tuple[tuple[bytes, bytes], ...] = ()
     #: The lifespan watches the coordinator: it is stopped once the lifespan ended.
     stops_coordinator: bool = False
     #: What it logs for an HTTP request (the capture's control: lifespan and websocket log none).
@@ -176,6 +178,7 @@ CASES: dict[str, Case] = {
         lambda app, env: RequestIdMiddleware(app),
         websocket_scope_adds={SCOPE_KEY: "ws-1"},
         websocket_request_id="ws-1",
+        websocket_accept_adds=((b"x-request-id", b"ws-1"),),
     ),
     "RequestTimeoutMiddleware": Case(
         # A request with a body: it is read (within the deadline) before the app streams.
@@ -412,7 +415,12 @@ async def test_websocket_reaches_the_app_unchanged(subject: Subject) -> None:
     assert app.scopes == [{**sent_scope, **case.websocket_scope_adds}]
     assert app.request_ids == [case.websocket_request_id]
     assert get_request_id() is None
-    assert env.transcript == passed_through(env.transcript)
+    expected = passed_through(env.transcript)
+    for index, (side, message) in enumerate(expected):
+        if side == "server<" and message["type"] == "websocket.accept":
+            headers = [*message.get("headers", []), *case.websocket_accept_adds]
+            expected[index] = (side, {**message, "headers": headers})
+    assert env.transcript == expected
     assert [message["type"] for side, message in env.transcript if side == "server<"] == [
         "websocket.accept",
         "websocket.send",
