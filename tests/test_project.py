@@ -79,6 +79,7 @@ PUBLIC_MODULES = (
     "prodkit.security_headers",
     "prodkit.idempotency",
     "prodkit.cache",
+    "prodkit.timeouts",
     "prodkit.testing",
 )
 
