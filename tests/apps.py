@@ -31,10 +31,6 @@ from prodkit import Problem, get_request_id
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, encode_problem, read_body
 
 FRAMEWORKS = ("raw", "starlette", "fastapi", "litestar", "quart", "django")
-#: The frameworks of the ``framework`` fixture shared by every concern's tests. Quart and
-#: Django join it once each concern's per-framework expectations name them; the request-id and
-#: error tests and ``tests/test_frameworks.py`` run all of :data:`FRAMEWORKS` already.
-SHARED_MATRIX = ("raw", "starlette", "fastapi", "litestar")
 SECRET_TEXT = "database password is hunter2"  # noqa: S105 - a fake secret that must not leak
 
 

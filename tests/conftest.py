@@ -15,7 +15,7 @@ from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from prodkit.asgi import ASGIApp
-from tests.apps import SHARED_MATRIX, build_app
+from tests.apps import FRAMEWORKS, build_app
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATABASE_URL = os.environ.get(
@@ -63,9 +63,9 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(params=SHARED_MATRIX)
+@pytest.fixture(params=FRAMEWORKS)
 def framework(request: pytest.FixtureRequest) -> str:
-    """Each framework of the shared matrix (:data:`tests.apps.SHARED_MATRIX`)."""
+    """Each framework of the matrix (:data:`tests.apps.FRAMEWORKS`), Quart and Django included."""
     return str(request.param)
 
 

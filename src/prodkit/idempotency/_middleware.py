@@ -489,7 +489,10 @@ class _ClaimedResponder:
             await self.send(message)
 
     async def _hold_start(self, message: Message) -> None:
+        # ASGI wants lower-case names, but Django's handler sends "Content-Type": what is
+        # recorded and checked below must not depend on the case an app chose.
         headers = message_headers(message)
+        headers[:] = [(name.lower(), value) for name, value in headers]
         set_header(headers, STATUS_HEADER, b"created")
         self.held.append(message)
         reason = unstorable(
