@@ -24,6 +24,7 @@ from prodkit import (
     RequestIdMiddleware,
 )
 from prodkit.asgi import UNMATCHED_ROUTE, ASGIApp, Message, RouteResolver, Scope
+from prodkit.cache import CacheMiddleware, CacheRule, MemoryCacheStore
 from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
 from prodkit.logging import AccessLogMiddleware
 from prodkit.metrics import HTTPMetricsMiddleware
@@ -257,3 +258,87 @@ async def test_paths_are_matched_below_the_root_path(
     ]
     assert counted(registry, "GET", "/livez", 200) == 1
     assert counted(registry, "GET", "/items/{item_id}", 200) is None
+
+
+# Per-route options are written as the app declares its routes, also under a root_path. The raw
+# app routes on the full path, so it is not served under one.
+ROOTED = [framework for framework in FRAMEWORKS if framework != "raw"]
+
+
+def rooted_client(app: ASGIApp) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, root_path="/api", client=("127.0.0.1", 5000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.mark.parametrize("framework", ROOTED)
+async def test_cache_routes_are_matched_below_the_root_path(
+    framework: str, registry: CollectorRegistry
+) -> None:
+    cache = CacheMiddleware(
+        build_app(framework),
+        store=MemoryCacheStore(),
+        routes={"/items/{item_id}": CacheRule(ttl=60, tags=("items", "item:{item_id}"))},
+        invalidate={"/echo": ["items"]},
+        registry=registry,
+    )
+    async with rooted_client(RequestIdMiddleware(cache)) as client:
+        first = await client.get("/api/items/3")
+        hit = await client.get("/api/items/3")
+        # The tag filled from the path below the root_path reaches the entry.
+        await cache.invalidate_tags(["item:3"])
+        after_tag = await client.get("/api/items/3")
+        # A write to a template declared below the root_path invalidates the route's tags.
+        write = await client.post("/api/echo", content=b"x", headers={"Content-Type": "text/plain"})
+        after_write = await client.get("/api/items/3")
+        other = await client.get("/api/items/4")
+    assert first.status_code == 200
+    assert first.json()["id"] == "3"
+    assert first.headers["x-cache"] == "MISS"
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.content == first.content
+    assert after_tag.headers["x-cache"] == "MISS"
+    assert after_tag.json()["request_id"] != first.json()["request_id"]
+    assert write.status_code == 200
+    assert after_write.headers["x-cache"] == "MISS"
+    assert other.headers["x-cache"] == "MISS"
+    assert other.json()["id"] == "4"
+    labels = {"route": "/items/{item_id}", "outcome": "hit"}
+    assert registry.get_sample_value("prodkit_cache_requests_total", labels) == 1
+
+
+@pytest.mark.parametrize("framework", ROOTED)
+async def test_idempotency_routes_are_matched_below_the_root_path(framework: str) -> None:
+    app = IdempotencyMiddleware(
+        build_app(framework),
+        store=MemoryIdempotencyStore(),
+        routes=["/echo"],
+        required=["/echo"],
+        registry=CollectorRegistry(),
+    )
+    headers = {"Content-Type": "text/plain"}
+    keyed = {**headers, "Idempotency-Key": "key-1"}
+    async with rooted_client(RequestIdMiddleware(app)) as client:
+        missing = await client.post("/api/echo", content=b"payload", headers=headers)
+        first = await client.post("/api/echo", content=b"payload", headers=keyed)
+        again = await client.post("/api/echo", content=b"payload", headers=keyed)
+    assert missing.status_code == 400
+    assert missing.json()["code"] == "IDEMPOTENCY_KEY_MISSING"
+    assert first.headers["idempotency-status"] == "created"
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.content == first.content == b"payload"
+
+
+@pytest.mark.parametrize("framework", ROOTED)
+async def test_rate_limit_routes_are_matched_below_the_root_path(
+    framework: str, registry: CollectorRegistry
+) -> None:
+    app = RateLimitMiddleware(
+        build_app(framework), routes={"/items/{item_id}": "1/minute"}, registry=registry
+    )
+    async with rooted_client(RequestIdMiddleware(app)) as client:
+        allowed = await client.get("/api/items/1")
+        refused = await client.get("/api/items/2")
+        elsewhere = await client.get("/api/echo")
+    assert allowed.status_code == 200
+    assert refused.status_code == 429
+    assert elsewhere.status_code != 429

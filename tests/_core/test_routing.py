@@ -249,3 +249,22 @@ def test_exclude_paths_match_below_the_root_path() -> None:
     assert paths.excludes({"path": "/health", "root_path": ""})
     assert not paths.excludes({"path": "/api/healthz", "root_path": "/api"})
     assert not paths.excludes({"path": "/api/health", "root_path": ""})
+
+
+@pytest.mark.parametrize(
+    ("root_path", "path", "found"),
+    [
+        ("", "/funds/1", "/funds/{id}"),
+        ("/api", "/api/funds/1", "/funds/{id}"),  # the app's own spelling, below the root_path
+        ("/api", "/api/health", "/api/health"),  # the full spelling is tried first
+        ("/api", "/api", None),
+        ("", "/api/funds/1", None),  # no root_path: nothing is stripped
+        ("/api", "/other/funds/1", None),  # a path outside the root_path is taken whole
+    ],
+)
+def test_route_table_matches_a_request_below_its_root_path(
+    root_path: str, path: str, found: str | None
+) -> None:
+    table = RouteTable({"/funds/{id}": 1, "/api/health": 2, "/health": 3})
+    matched = table.match_request({"type": "http", "path": path, "root_path": root_path})
+    assert (None if matched is None else matched[0]) == found

@@ -81,18 +81,23 @@ def remember_root_path(scope: Scope) -> None:
     scope.setdefault(_ORIGINAL_ROOT_PATH, scope.get("root_path", ""))
 
 
+def served_root(scope: Scope) -> str:
+    """The ``root_path`` that :func:`route_path` strips from the path (``""``: none)."""
+    path: str = scope["path"]
+    root_path: str = scope.get(_ORIGINAL_ROOT_PATH) or scope.get("root_path", "")
+    return root_path if root_path and path.startswith(root_path) else ""
+
+
 def route_path(scope: Scope) -> str:
     """The request's path below the app's ``root_path``: what the app's own routes match.
 
     ASGI puts the full path in ``path``; an app mounted under ``root_path="/api"`` declares
     ``/health`` and sees ``/api/health``. Options that take paths (``exclude_paths``, health and
-    metrics paths) compare this.
+    metrics paths, the ``routes`` of rate limits, idempotency and the cache) compare this.
     """
     path: str = scope["path"]
-    root_path: str = scope.get(_ORIGINAL_ROOT_PATH) or scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
-        return path[len(root_path) :] or "/"
-    return path
+    root_path = served_root(scope)
+    return path[len(root_path) :] or "/" if root_path else path
 
 
 def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
@@ -421,6 +426,21 @@ class RouteTable(Generic[T]):
                 return template, value
         return None
 
+    def match_request(self, scope: Scope) -> tuple[str, T] | None:
+        """Like :meth:`match`, for a request: its full path, else its path below ``root_path``.
+
+        An app served under ``root_path="/api"`` declares ``/funds/{id}`` and receives
+        ``/api/funds/1``; both spellings of a template match, the full one first (as
+        ``exclude_paths`` do), so a table written either way keeps working.
+        """
+        path: str = scope["path"]
+        found = self.match(path)
+        if found is None and scope.get("root_path"):
+            below = route_path(scope)
+            if below is not path:
+                found = self.match(below)
+        return found
+
 
 __all__ = [
     "UNMATCHED_ROUTE",
@@ -433,5 +453,6 @@ __all__ = [
     "route_path",
     "route_template",
     "route_template_before",
+    "served_root",
     "set_route_template",
 ]

@@ -17,7 +17,7 @@ from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.problems import send_problem
-from prodkit._core.routing import RouteTable
+from prodkit._core.routing import RouteTable, served_root
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache
 from prodkit.cache._entries import Entries
@@ -129,6 +129,9 @@ class CacheMiddleware:
         self._reads: RouteTable[Route] = RouteTable(reads)
         self._requests = RequestReader(caller, self.statuses)
         self._invalidation = Invalidation(cache, caller, writes)
+        self._routes = (reads, writes)
+        # The same routes for an app served under a root_path, by root_path (one per mount).
+        self._rooted: dict[str, tuple[RouteTable[Route], Invalidation]] = {}
         self._entries = Entries(cache, wall_clock)
         prefix = cache.metric_prefix if metric_prefix is None else metric_prefix
         outcomes = OutcomeCounter(
@@ -160,14 +163,53 @@ class CacheMiddleware:
         method = scope.get("method", "GET")
         path: str = scope.get("path", "/")
         if method in ("GET", "HEAD"):
-            matched = self._reads.match(path)
-            if matched is not None:
-                await self._read(scope, receive, send, matched[1])
+            route = self._read_route(scope, path)
+            if route is not None:
+                await self._read(scope, receive, send, route)
                 return
-        elif method not in _SAFE and self._invalidation.covers(path):
-            await self._invalidation.run(self.app, scope, receive, send)
-            return
+        elif method not in _SAFE:
+            invalidation = self._invalidation_of(scope, path)
+            if invalidation is not None:
+                await invalidation.run(self.app, scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _read_route(self, scope: Scope, path: str) -> Route | None:
+        """The cached route a read's path matches, in full or below the ``root_path``."""
+        matched = self._reads.match(path)
+        if matched is None and scope.get("root_path"):
+            root = served_root(scope)
+            if root:
+                matched = self._under(root)[0].match(path[len(root) :] or "/")
+        return None if matched is None else matched[1]
+
+    def _invalidation_of(self, scope: Scope, path: str) -> Invalidation | None:
+        """What a write to ``path`` invalidates, in full or below the ``root_path``."""
+        if self._invalidation.covers(path):
+            return self._invalidation
+        root = served_root(scope) if scope.get("root_path") else ""
+        if root:
+            rooted = self._under(root)[1]
+            if rooted.covers(path[len(root) :] or "/"):
+                return rooted
+        return None
+
+    def _under(self, root_path: str) -> tuple[RouteTable[Route], Invalidation]:
+        """The routes of an app served under ``root_path``, which declares them below it.
+
+        They match the path below ``root_path`` (``/funds/1``), as the app's router does, and
+        fill tags from the full path (``/api/funds/1``) that reads and writes arrive with.
+        """
+        found = self._rooted.get(root_path)
+        if found is None:
+            reads, writes = (
+                [(template, route.under(root_path)) for template, route in routes]
+                for routes in self._routes
+            )
+            found = (RouteTable(reads), Invalidation(self.cache, self.caller, writes))
+            if len(self._rooted) < 16:  # a root_path is set by the server or a mount: few
+                self._rooted[root_path] = found
+        return found
 
     async def _read(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         """A read of a cached route: what its ``Cache-Control`` asks for, else single flight."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlencode
 
 from prodkit._core.callers import Caller
@@ -57,6 +57,11 @@ class Route:
         by_caller = self.rule is not None and self.rule.per_caller
         by_caller = by_caller or any("caller" in _TAG_FIELD.findall(tag) for tag in self.tags)
         object.__setattr__(self, "by_caller", by_caller)
+
+    def under(self, root_path: str) -> Route:
+        """This route in an app served under ``root_path``: the same template and key prefix,
+        but tags are filled from the full path the request arrives with (``/api/funds/1``)."""
+        return replace(self, pattern=re.compile(re.escape(root_path) + self.pattern.pattern))
 
     def keys(self, path: str, query: bytes, caller_name: str | None) -> tuple[str, tuple[str, ...]]:
         """The entry key's hash and the tag version keys of a read (path tag first)."""

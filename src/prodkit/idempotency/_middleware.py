@@ -212,23 +212,22 @@ class IdempotencyMiddleware:
         """The store key for ``key`` sent by ``caller``: a SHA-256 hex digest (64 characters)."""
         return storage_key(self.namespace, caller, key)
 
-    def _is_required(self, path: str) -> bool:
+    def _is_required(self, scope: Scope) -> bool:
         if self._required_everywhere:
             return True
-        return self._required is not None and self._required.match(path) is not None
+        return self._required is not None and self._required.match_request(scope) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in self.methods:
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "/")
-        if self._routes is not None and self._routes.match(path) is None:
+        if self._routes is not None and self._routes.match_request(scope) is None:
             await self.app(scope, receive, send)
             return
 
         values = get_all_headers(scope.get("headers") or (), self._header)
         if not values:
-            if not self._is_required(path):
+            if not self._is_required(scope):
                 await self.app(scope, receive, send)
                 return
             await self._reject(

@@ -15,7 +15,7 @@ from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import message_headers
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem, send_problem
-from prodkit._core.routing import RouteTable, route_path
+from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.ratelimit._memory import MemoryRateLimitStore
 from prodkit.ratelimit._policy import RateLimitPolicy, ceil_seconds, to_policy
@@ -204,9 +204,7 @@ class RateLimitMiddleware:
             return
         group = self._default
         if self._routes is not None:
-            found = self._routes.match(scope["path"])
-            if found is None and scope.get("root_path"):
-                found = self._routes.match(route_path(scope))
+            found = self._routes.match_request(scope)
             if found is not None:
                 group = found[1]
         if group is None:
