@@ -114,7 +114,8 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
             return found
     template = scope.get("path_template")
     if isinstance(template, str) and template:
-        return normalise_template(template) if ":" in template else template
+        template = normalise_template(template) if ":" in template else template
+        return _mount_prefix(scope) + template
     route = scope.get("route")
     if route is not None:
         path_format = getattr(route, "path_format", None)
@@ -134,6 +135,19 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
         if isinstance(path_format, str) and not path_format.endswith("{path}"):
             return path_format
     return UNMATCHED_ROUTE
+
+
+def _mount_prefix(scope: Scope) -> str:
+    """The path a router mounted the app at, between the original and the current root_path.
+
+    Litestar's ``path_template`` is relative to the Litestar app; mounted inside Starlette
+    (``Mount("/v1", litestar_app)``) its label still starts at the outer app's root.
+    """
+    root_path: str = scope.get("root_path", "")
+    original: str = scope.get(_ORIGINAL_ROOT_PATH, root_path)
+    if root_path != original and root_path.startswith(original):
+        return root_path[len(original) :].rstrip("/")
+    return ""
 
 
 def _routing_scope(scope: Scope) -> dict[str, Any]:
@@ -194,12 +208,17 @@ def _template_of(
         return _walk(route, {**scope, **child}, depth + 1)
     if "root_path" not in child:
         return path_format
-    # A Mount: its path_format ends in "/{path}". A router below is walked; any other app
-    # (static files, a raw ASGI app) answers the whole mount, which is its template.
-    if not getattr(route, "routes", None):
-        return path_format
-    inner = _walk(route, {**scope, **child}, depth + 1)
+    # A Mount: its path_format ends in "/{path}". An app of another framework (Litestar, Quart,
+    # Django) is asked to match the path below the mount; a Starlette router below is walked;
+    # any other app (static files, a raw ASGI app) answers the whole mount, its template.
     prefix = path_format.removesuffix("/{path}").rstrip("/")
+    foreign = _framework_matcher(getattr(route, "app", None))
+    if foreign is not None:
+        inner = foreign({**scope, **child})
+    elif getattr(route, "routes", None):
+        inner = _walk(route, {**scope, **child}, depth + 1)
+    else:
+        return path_format
     return None if inner is None else prefix + inner
 
 
@@ -302,19 +321,34 @@ def _no_match(scope: Scope) -> None:
     return None
 
 
+def _framework_matcher(app: Any) -> _Matcher | None:
+    """The matcher of a Litestar, Quart (or Flask) or Django app, by its type's module."""
+    package = type(app).__module__.partition(".")[0]
+    if package == "litestar" and hasattr(app, "asgi_router"):
+        return _remembered(app, _litestar_matcher)
+    if package in ("quart", "flask") and hasattr(app, "url_map"):
+        return _remembered(app, _werkzeug_matcher)
+    if package == "django":
+        return _remembered(app, lambda found: _django_matcher(found) or _no_match)
+    return None
+
+
+def _remembered(app: Any, make: Callable[[Any], _Matcher]) -> _Matcher:
+    entry = _FRAMEWORK_MATCHERS.get(id(app))
+    if entry is None:
+        entry = _FRAMEWORK_MATCHERS[id(app)] = (app, make(app))
+    return entry[1]
+
+
 def _matcher_for(app: Any, max_depth: int = 32) -> _Matcher:
     """Find the framework below a chain of middlewares (``.app`` links) by its type's module."""
     current = app
     for _ in range(max_depth):
         if current is None:
             break
-        package = type(current).__module__.partition(".")[0]
-        if package == "litestar" and hasattr(current, "asgi_router"):
-            return _litestar_matcher(current)
-        if package in ("quart", "flask") and hasattr(current, "url_map"):
-            return _werkzeug_matcher(current)
-        if package == "django":
-            return _django_matcher(current) or _no_match
+        found = _framework_matcher(current)
+        if found is not None:
+            return found
         if getattr(current, "routes", None) is not None:
             return _starlette_matcher(current)
         current = getattr(current, "app", None)
@@ -323,6 +357,7 @@ def _matcher_for(app: Any, max_depth: int = 32) -> _Matcher:
 
 # Apps live as long as the process; the key holds its app so that its id is never reused.
 _MATCHERS: dict[int, tuple[Any, _Matcher]] = {}
+_FRAMEWORK_MATCHERS: dict[int, tuple[Any, _Matcher]] = {}
 
 
 def route_template_before(scope: Scope, app: Any, resolver: RouteResolver | None = None) -> str:
