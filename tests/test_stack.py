@@ -43,6 +43,7 @@ from prodkit.idempotency import (
 )
 from prodkit.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
 from prodkit.stack import Layer, idempotency_store_for
+from prodkit.testing import capture_log_output
 from tests.conftest import ClientFactory
 
 CACHE_ROUTES = {"/items/{item_id}": CacheRule(ttl=60, per_caller=True)}
@@ -390,3 +391,44 @@ def test_settings_built_in_code_choose_postgres_like_the_environment() -> None:
 def test_idempotency_store_for_rejects_incomplete_settings(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError, match="IDEMPOTENCY_STORE"):
         idempotency_store_for(StackSettings.from_env(environ))
+
+
+# -- one route resolver for every layer that labels by route ------------------------------------
+
+
+def items_resolver(scope: Scope) -> str | None:
+    """The raw ``items`` app's templates, as the raw-ASGI docs page writes them."""
+    path: str = scope["path"]
+    return "/items/{item_id}" if path.startswith("/items/") and path.count("/") == 2 else None
+
+
+def test_route_resolver_reaches_every_layer_that_labels_by_route() -> None:
+    stack = recommended(route_resolver=items_resolver)
+    takes = {"access_log", "metrics", "concurrency_limit"}
+    for layer in stack.layers:
+        expected = items_resolver if layer.name in takes else None
+        assert layer.options.get("route_resolver") is expected, layer.name
+    assert "route_resolver" not in recommended().get("metrics").options
+
+
+async def test_route_resolver_names_a_raw_apps_routes_in_metrics_and_logs() -> None:
+    registry = CollectorRegistry()
+    app = recommended_stack(
+        items, StackSettings(), registry=registry, route_resolver=items_resolver
+    )
+    transport = httpx.ASGITransport(app=app, client=some_client())
+    try:
+        with capture_log_output() as logs:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                found = await client.get("/items/7")
+                other = await client.get("/elsewhere")
+    finally:
+        await app.aclose()
+    assert found.status_code == other.status_code == 200
+    count = "http_request_duration_seconds_count"
+    labels = {"method": "GET", "route": "/items/{item_id}", "status_code": "200"}
+    assert registry.get_sample_value(count, labels) == 1
+    unmatched = {**labels, "route": "__unmatched__"}
+    assert registry.get_sample_value(count, unmatched) == 1
+    routes = [line["route"] for line in logs.events("request completed")]
+    assert routes == ["/items/{item_id}", "__unmatched__"]

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.drivers import redis_client
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.routing import RouteResolver
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache import (
     CacheMiddleware,
@@ -166,6 +167,7 @@ class Stack:
         metrics_path: str = "/metrics",
         access_log_exclude: Iterable[str] = (),
         configure_logs: bool = False,
+        route_resolver: RouteResolver | None = None,
     ) -> Stack:
         """prodkit's recommended stack, not built yet: read or edit its layers, then :meth:`build`.
 
@@ -192,6 +194,9 @@ class Stack:
             access_log_exclude: paths not logged (e.g. ``["/livez"]``).
             configure_logs: call :func:`configure_logging` with the settings' level and format;
                 off by default, because logging configuration is global to the process.
+            route_resolver: names a request's route template (``scope -> str | None``) for
+                every layer that labels by route (access log, metrics, concurrency limit);
+                for apps prodkit cannot ask, such as a raw ASGI callable.
         """
         settings = StackSettings.from_env() if settings is None else settings
         if configure_logs:
@@ -213,6 +218,8 @@ class Stack:
             stored_headers=(*DEFAULT_STORED_HEADERS, *idempotency_stored_headers),
             rate_limit_routes=rate_limit_routes,
         )
+        if route_resolver is not None:
+            _resolve_routes_with(stack, route_resolver)
         return stack
 
     # -- the list ------------------------------------------------------------------------------
@@ -516,6 +523,18 @@ def _inner_layers(
     return layers
 
 
+# The layers whose middleware takes ``route_resolver=``: every one that labels by route.
+_LABELLED = frozenset({AccessLogMiddleware, HTTPMetricsMiddleware, ConcurrencyLimitMiddleware})
+
+
+def _resolve_routes_with(stack: Stack, route_resolver: RouteResolver) -> None:
+    """Give ``route_resolver`` to every layer that labels by route."""
+    for layer in list(stack.layers):
+        if layer.middleware in _LABELLED:
+            options = {**layer.options, "route_resolver": route_resolver}
+            stack.replace(layer.name, Layer(layer.name, layer.middleware, options))
+
+
 def recommended_stack(
     app: ASGIApp,
     settings: StackSettings | None = None,
@@ -531,6 +550,7 @@ def recommended_stack(
     metrics_path: str = "/metrics",
     access_log_exclude: Iterable[str] = (),
     configure_logs: bool = False,
+    route_resolver: RouteResolver | None = None,
 ) -> Stack:
     """Wrap ``app`` in prodkit's recommended stack: ``Stack.recommended(...).build(app)``.
 
@@ -550,6 +570,7 @@ def recommended_stack(
         metrics_path=metrics_path,
         access_log_exclude=access_log_exclude,
         configure_logs=configure_logs,
+        route_resolver=route_resolver,
     )
     return stack.build(app)
 
