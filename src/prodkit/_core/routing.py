@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from prodkit._core.exceptions import ConfigurationError
@@ -160,17 +160,35 @@ def _routing_scope(scope: Scope) -> dict[str, Any]:
     }
 
 
-def _routes_of(router: Any) -> list[Any]:
-    """A router's routes, with FastAPI's included routers flattened by FastAPI's public helper."""
+def _routes_of(router: Any) -> Sequence[Any]:
+    """A router's routes, with FastAPI's included routers flattened by FastAPI's public helper.
+
+    Flattening costs time in the number of routes, on every request: the result is kept per
+    router, and made again when its route list is another list or has another length (routes
+    are added, by ``include_router`` or ``add_route``, not swapped one for one).
+    """
     routes = getattr(router, "routes", None)
     if not routes:
-        return []
+        return ()
+    kept = _FLATTENED.get(id(router))
+    if kept is not None and kept[1] is routes and kept[2] == len(routes):
+        return kept[3]
+    flattened: Sequence[Any] = routes
     if any(type(route).__module__ == "fastapi.routing" for route in routes):
         fastapi_routing = sys.modules.get("fastapi.routing")
         flatten = getattr(fastapi_routing, "iter_route_contexts", None)
         if flatten is not None:
-            return list(flatten(routes))
-    return list(routes)
+            flattened = tuple(flatten(routes))
+    if len(_FLATTENED) >= _FLATTENED_MAX:
+        _FLATTENED.clear()
+    _FLATTENED[id(router)] = (router, routes, len(routes), flattened)
+    return flattened
+
+
+# Per router: (router, its route list, that list's length, the flattened routes). The router is
+# held so that its id is never reused while the entry lives.
+_FLATTENED: dict[int, tuple[Any, Any, int, Sequence[Any]]] = {}
+_FLATTENED_MAX = 256
 
 
 def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
