@@ -139,6 +139,8 @@ class AccessLogMiddleware:
 
         start = time.perf_counter()
         remember_root_path(scope)
+        # Read now: a framework mounted below may rewrite the shared scope's path (Litestar does).
+        path = scope.get("path")
         saved = snapshot_contextvars()
         observer = ResponseObserver.shared(send)
         watcher = ReceiveWatcher.shared(receive)
@@ -151,13 +153,14 @@ class AccessLogMiddleware:
         finally:
             error = handled_error(scope, error)
             try:
-                self._log(scope, observer, start, watcher.disconnected, error)
+                self._log(scope, path, observer, start, watcher.disconnected, error)
             finally:
                 restore_contextvars(saved)
 
     def _log(
         self,
         scope: Scope,
+        path: str | None,
         observer: ResponseObserver,
         start: float,
         disconnected: bool,
@@ -187,7 +190,7 @@ class AccessLogMiddleware:
             "request_id": get_request_id(),
             "method": scope.get("method"),
             "route": resolve_route(scope, self.app, status, self.route_resolver),
-            "path": scope.get("path"),
+            "path": path,
             "status": status,
             "duration": round(end - start, 6),
             "bytes": observer.body_bytes,
