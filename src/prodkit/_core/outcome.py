@@ -20,6 +20,8 @@ from prodkit._core.types import Scope
 #: Where :class:`~prodkit.ErrorMiddleware` leaves the exception it answered, for the outer
 #: access log and metrics (which then report the exception without seeing it raised).
 EXCEPTION_SCOPE_KEY = "prodkit.exception"
+# The route a finished request was labelled with, by the resolver and status that chose it.
+_ROUTE_KEY = "prodkit.route"
 
 #: The methods kept as they are in labels; any other becomes :data:`OTHER_METHOD`.
 KNOWN_METHODS = frozenset(
@@ -92,9 +94,15 @@ def resolve_route(scope: Scope, app: Any, status: int, resolver: RouteResolver |
 
     A request that an inner middleware rejected (429, 503 ...) never reached the router, so its
     template is found by matching the router below ``app``; a 404 is not looked up again, so that
-    a flood of unknown paths costs no routing work twice.
+    a flood of unknown paths costs no routing work twice. The answer is kept on the scope: the
+    access log and the metrics label the same request, and the second asks no router again
+    (walking FastAPI's included routers costs more than the rest of both layers).
     """
+    known = scope.get(_ROUTE_KEY)
+    if known is not None and known[0] is resolver and known[1] == status:
+        return str(known[2])
     template = route_template(scope, resolver)
     if template == UNMATCHED_ROUTE and status != 404:
-        return route_template_before(scope, app, resolver)
+        template = route_template_before(scope, app, resolver)
+    scope[_ROUTE_KEY] = (resolver, status, template)
     return template
