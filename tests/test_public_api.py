@@ -128,9 +128,11 @@ PUBLIC: dict[str, list[str]] = {
     "prodkit.idempotency": [
         "BODY_TOO_LARGE",
         "Claim",
+        "ClaimLost",
         "ClaimOutcome",
         "DEFAULT_STORED_HEADERS",
         "IN_PROGRESS",
+        "IdempotencyClaim",
         "IdempotencyMiddleware",
         "IdempotencyRecord",
         "IdempotencyStore",
@@ -142,6 +144,8 @@ PUBLIC: dict[str, list[str]] = {
         "RedisIdempotencyStore",
         "STORE_UNAVAILABLE",
         "StoredResponse",
+        "TransactionalIdempotencyStore",
+        "current_claim",
         "schema_sql",
     ],
     "prodkit.lifecycle": [

@@ -18,7 +18,13 @@ from starlette.routing import Route
 
 from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
-from examples.funds.repository import MAX_PAGE, InMemoryRepository, Repository
+from examples.funds.repository import (
+    MAX_PAGE,
+    BeforeCommit,
+    Fund,
+    InMemoryRepository,
+    Repository,
+)
 from prodkit import FieldError, Layer, Problem, Stack, caller_from_header
 from prodkit import StackSettings as Settings
 from prodkit.asgi import (
@@ -32,6 +38,7 @@ from prodkit.asgi import (
     problem_dict,
 )
 from prodkit.cache import CacheRule
+from prodkit.idempotency import current_claim
 from prodkit.metrics import business_counter
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:-]{1,64}\Z")
@@ -106,15 +113,44 @@ def not_found(fund_id: str) -> Problem:
     return Problem(404, "NOT_FOUND", f"no fund {fund_id!r} for this caller")
 
 
-async def create_fund(request: Request) -> Response:
-    user = user_id(request)
-    fields = require_valid(await json_body(request))
-    fund = await repo(request).create(user, fields)
+def recorded_with(request: Request, respond: Callable[[Fund], Response]) -> BeforeCommit:
+    """Record ``respond(fund)`` as the idempotent response in the write's own transaction.
+
+    With the PostgreSQL idempotency store, the record commits with the fund: a worker killed at
+    any instant leaves both (a retry replays) or neither (a retry runs once). Other stores keep
+    their records elsewhere; the middleware then records the response after the handler.
+    """
+    claim = current_claim(request.scope)
+
+    async def before_commit(connection: Any, fund: Fund) -> None:
+        if claim is not None:
+            response = respond(fund)
+            await claim.complete_in(
+                connection, response.status_code, response.raw_headers, bytes(response.body)
+            )
+
+    return before_commit
+
+
+def fund_created(fund: Fund) -> Response:
     return JSONResponse(
         fund.to_json(),
         status_code=201,
         headers={"Location": f"/api/funds/{fund.id}", "X-Model-Version": fund.model_version},
     )
+
+
+def fund_shown(fund: Fund) -> Response:
+    return JSONResponse(fund.to_json())
+
+
+async def create_fund(request: Request) -> Response:
+    user = user_id(request)
+    fields = require_valid(await json_body(request))
+    fund = await repo(request).create(
+        user, fields, before_commit=recorded_with(request, fund_created)
+    )
+    return fund_created(fund)
 
 
 async def get_fund(request: Request) -> Response:
@@ -130,10 +166,12 @@ async def update_fund(request: Request) -> Response:
     user = user_id(request)
     fund_id = request.path_params["fund_id"]
     fields = require_valid(await json_body(request), partial=True)
-    fund = await repo(request).update(user, fund_id, fields)
+    fund = await repo(request).update(
+        user, fund_id, fields, before_commit=recorded_with(request, fund_shown)
+    )
     if fund is None:
         raise not_found(fund_id)
-    return JSONResponse(fund.to_json())
+    return fund_shown(fund)
 
 
 async def delete_fund(request: Request) -> Response:

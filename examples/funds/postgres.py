@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from examples.funds.migrate import migrate
 from examples.funds.model import MODEL_VERSION, Stage, irr
 from examples.funds.repository import (
+    BeforeCommit,
     Fund,
     Page,
     Summary,
@@ -136,22 +137,40 @@ class PostgresRepository:
                 log.warning("read failed on a broken connection; retrying once")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def create(self, user_id: str, fields: dict[str, Any]) -> Fund:
+    async def _write(
+        self, sql: str, args: list[Any], before_commit: BeforeCommit | None
+    ) -> Fund | None:
+        """Run one ``… RETURNING`` write and ``before_commit`` in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(sql, *args)
+            fund = None if row is None else _fund(row)
+            if fund is not None and before_commit is not None:
+                await before_commit(conn, fund)
+        if fund is not None:
+            self._dirty.set()
+        return fund
+
+    async def create(
+        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+    ) -> Fund:
         stages: tuple[Stage, ...] = fields["stages"]
-        row = await self.pool.fetchrow(
+        fund = await self._write(
             f"INSERT INTO funds (id, user_id, name, description, size, stages, irr, model_version)"
             f" VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) RETURNING {COLUMNS}",
-            uuid.uuid4(),
-            user_id,
-            fields["name"],
-            fields.get("description", ""),
-            fields["size"],
-            _stages_json(stages),
-            irr(stages),
-            MODEL_VERSION,
+            [
+                uuid.uuid4(),
+                user_id,
+                fields["name"],
+                fields.get("description", ""),
+                fields["size"],
+                _stages_json(stages),
+                irr(stages),
+                MODEL_VERSION,
+            ],
+            before_commit,
         )
-        self._dirty.set()
-        return _fund(row)
+        assert fund is not None  # an INSERT … RETURNING returns its row
+        return fund
 
     async def get(self, user_id: str, fund_id: str) -> Fund | None:
         key = _uuid(fund_id)
@@ -166,7 +185,14 @@ class PostgresRepository:
         )
         return None if row is None else _fund(row)
 
-    async def update(self, user_id: str, fund_id: str, fields: dict[str, Any]) -> Fund | None:
+    async def update(
+        self,
+        user_id: str,
+        fund_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+    ) -> Fund | None:
         key = _uuid(fund_id)
         if key is None:
             return None
@@ -184,14 +210,12 @@ class PostgresRepository:
             values.append(MODEL_VERSION)
             assignments.append(f"model_version = ${len(values)}")
         assignments.append("updated_at = now()")
-        row = await self.pool.fetchrow(
+        return await self._write(
             f"UPDATE funds SET {', '.join(assignments)}"
             f" WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING {COLUMNS}",
-            *values,
+            values,
+            before_commit,
         )
-        if row is not None:
-            self._dirty.set()
-        return None if row is None else _fund(row)
 
     async def delete(self, user_id: str, fund_id: str) -> bool:
         key = _uuid(fund_id)

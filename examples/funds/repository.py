@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -73,12 +74,30 @@ class Summary:
         }
 
 
-class Repository(Protocol):
-    """What the service needs from storage; in-memory and PostgreSQL implement it."""
+#: Run inside a write's transaction, with its connection and the written fund, before the commit.
+BeforeCommit = Callable[[Any, Fund], Awaitable[None]]
 
-    async def create(self, user_id: str, fields: dict[str, Any]) -> Fund: ...
+
+class Repository(Protocol):
+    """What the service needs from storage; in-memory and PostgreSQL implement it.
+
+    ``before_commit`` runs inside the write's database transaction, so that what it writes
+    (the idempotency record) commits with the fund or not at all. A repository without
+    transactions (the in-memory one, whose data dies with the process) does not call it.
+    """
+
+    async def create(
+        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+    ) -> Fund: ...
     async def get(self, user_id: str, fund_id: str) -> Fund | None: ...
-    async def update(self, user_id: str, fund_id: str, fields: dict[str, Any]) -> Fund | None: ...
+    async def update(
+        self,
+        user_id: str,
+        fund_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+    ) -> Fund | None: ...
     async def delete(self, user_id: str, fund_id: str) -> bool: ...
     async def list(
         self, user_id: str, *, q: str | None, limit: int, cursor: str | None
@@ -144,7 +163,9 @@ class InMemoryRepository:
     funds: dict[str, Fund] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def create(self, user_id: str, fields: dict[str, Any]) -> Fund:
+    async def create(
+        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+    ) -> Fund:
         stamp = now()
         fund = Fund(
             id=str(uuid.uuid4()),
@@ -168,7 +189,14 @@ class InMemoryRepository:
             return None
         return fund
 
-    async def update(self, user_id: str, fund_id: str, fields: dict[str, Any]) -> Fund | None:
+    async def update(
+        self,
+        user_id: str,
+        fund_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+    ) -> Fund | None:
         async with self._lock:
             fund = await self.get(user_id, fund_id)
             if fund is None:

@@ -6,6 +6,7 @@ Issue #16. The run is reproducible: a fixed seed and a bounded number of example
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -28,6 +29,9 @@ schema = schemathesis.openapi.from_asgi(
 )
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._~+/*:-]{1,255}")
+
+
 @schema.hook
 def map_case(context: HookContext, case: schemathesis.Case[Any]) -> schemathesis.Case[Any]:
     """Keep positive cases valid where the schema cannot say what valid is.
@@ -38,8 +42,9 @@ def map_case(context: HookContext, case: schemathesis.Case[Any]) -> schemathesis
     * ``graduate + exit <= 1`` spans two fields, which JSON Schema cannot express: a stage the
       schema allows may still be rejected (a documented 422), so ``exit`` is lowered to fit.
     * Each case is a new operation, but generated ``Idempotency-Key`` values repeat across
-      cases ("0", "00"...), and reusing a key for another body is rightly a 422
-      (``IDEMPOTENCY_KEY_REUSED``): each positive case gets a fresh key.
+      cases ("0", "00"...), and reusing a key for another request is rightly a 422
+      (``IDEMPOTENCY_KEY_REUSED``): each case with a well-formed key (negative cases too)
+      gets a fresh one; a malformed key is left to be refused.
     * A ``cursor`` is opaque: only one the service issued is valid (else a documented 400
       ``INVALID_CURSOR``), and none can be generated, so positive cases go without.
     * NUL characters: PostgreSQL cannot store them, so text with NUL is a 422 (or a 400 in
@@ -48,10 +53,17 @@ def map_case(context: HookContext, case: schemathesis.Case[Any]) -> schemathesis
       this test's to change). Positive cases go without NUL until it does.
     """
     meta = case.meta
+    key = case.headers.get("Idempotency-Key") if case.headers else None
+    if (
+        case.headers
+        and key is not None
+        and (_PLAIN_KEY.fullmatch(key) or (meta and meta.generation.mode.is_positive))
+    ):
+        # Responses with a key, 4xx included, are recorded: a key generated again for another
+        # operation (or the same path with an undeclared method) would rightly be a 422.
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     if meta is None or not meta.generation.mode.is_positive:
         return case
-    if case.headers and "Idempotency-Key" in case.headers:
-        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     if case.query:
         case.query.pop("cursor", None)
         case.query = _without_nul(case.query)

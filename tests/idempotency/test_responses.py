@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from prodkit.asgi import Message
 from prodkit.idempotency import StoredResponse
 from prodkit.idempotency._responses import (
-    is_prodkit_problem,
     replay,
     stored_response,
     unstorable,
@@ -25,6 +22,9 @@ from prodkit.idempotency._responses import (
         (500, [], True, True),  # unless told to record server errors
         (429, [(b"retry-after", b"3")], False, False),  # the server asked for a retry
         (103, [], False, False),  # informational, not the answer
+        (429, [], False, False),  # too many requests: come back later, even without Retry-After
+        (408, [], False, False),  # the request timed out: it may well succeed when resent
+        (409, [], False, True),  # a conflict the handler decided is its answer
     ],
 )
 def test_what_is_recorded(
@@ -35,27 +35,6 @@ def test_what_is_recorded(
 ) -> None:
     reason = unstorable(status, headers, store_server_errors=store_server_errors)
     assert (reason is None) is recorded
-
-
-@pytest.mark.parametrize(
-    ("content_type", "problem_type", "expected"),
-    [
-        (b"application/problem+json", "urn:prodkit:problem:rate-limited", True),
-        (b"application/problem+json", "https://example.com/problems/out-of-stock", False),
-        (b"application/json", "urn:prodkit:problem:rate-limited", False),
-    ],
-)
-def test_only_prodkits_own_problems_are_recognised(
-    content_type: bytes, problem_type: str, expected: bool
-) -> None:
-    start: Message = {
-        "type": "http.response.start",
-        "status": 429,
-        "headers": [(b"content-type", content_type)],
-    }
-    body = json.dumps({"type": problem_type, "status": 429}).encode()
-    assert is_prodkit_problem(start, body) is expected
-    assert is_prodkit_problem(start, b"not json") is False
 
 
 async def test_a_record_keeps_allow_listed_headers_and_replays_with_framing() -> None:

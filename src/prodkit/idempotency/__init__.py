@@ -6,6 +6,7 @@ package imports neither asyncpg nor redis.
 
 from __future__ import annotations
 
+from prodkit.idempotency._claims import ClaimLost, IdempotencyClaim, current_claim
 from prodkit.idempotency._memory import MemoryIdempotencyStore
 from prodkit.idempotency._middleware import (
     BODY_TOO_LARGE,
@@ -25,6 +26,7 @@ from prodkit.idempotency._store import (
     IdempotencyRecord,
     IdempotencyStore,
     StoredResponse,
+    TransactionalIdempotencyStore,
 )
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "KEY_REUSED",
     "STORE_UNAVAILABLE",
     "Claim",
+    "ClaimLost",
     "ClaimOutcome",
+    "IdempotencyClaim",
     "IdempotencyMiddleware",
     "IdempotencyRecord",
     "IdempotencyStore",
@@ -44,5 +48,7 @@ __all__ = [
     "PostgresIdempotencyStore",
     "RedisIdempotencyStore",
     "StoredResponse",
+    "TransactionalIdempotencyStore",
+    "current_claim",
     "schema_sql",
 ]

@@ -25,9 +25,10 @@ from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
-from prodkit._core.problems import send_problem
+from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.idempotency._claims import CLAIM_SCOPE_KEY, IN_PROGRESS, IdempotencyClaim
 from prodkit.idempotency._keys import parse_idempotency_key, request_fingerprint, storage_key
 from prodkit.idempotency._memory import MemoryIdempotencyStore
 from prodkit.idempotency._responses import (
@@ -35,7 +36,6 @@ from prodkit.idempotency._responses import (
     NEVER_STORED,
     STATUS_HEADER,
     STORED_HEADER,
-    is_prodkit_problem,
     replay,
     stored_response,
     unstorable,
@@ -54,7 +54,6 @@ KEY_MISSING = "IDEMPOTENCY_KEY_MISSING"
 KEY_INVALID = "IDEMPOTENCY_KEY_INVALID"
 BODY_TOO_LARGE = "IDEMPOTENCY_BODY_TOO_LARGE"
 KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
-IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
 #: Scope key holding ``"created"`` while the handler runs under a fresh claim.
@@ -285,7 +284,10 @@ class IdempotencyMiddleware:
             await self._store_failed(scope, receive, send)
         elif claim.outcome is ClaimOutcome.ACQUIRED:
             self._outcomes["created"].inc()
-            await _ClaimedResponder(self, scope, send, store_key, owner).run(receive)
+            held = IdempotencyClaim(
+                self.store, store_key, owner, ttl=self.ttl, stored_headers=self._stored_headers
+            )
+            await _ClaimedResponder(self, scope, send, store_key, owner, held).run(receive)
         elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
             self._outcomes["replayed"].inc()
             await replay(send, claim.response)
@@ -425,12 +427,15 @@ class _ClaimedResponder:
 
     The response is held back until it is complete, recorded while this request still owns the
     claim, then sent with ``Idempotency-Status: created``. A response that is not to be recorded
-    (see :func:`unstorable`) is sent as it comes, marked ``Idempotency-Stored: false``. When the
-    handler is done the claim is released, unless the response is on record or may have to be:
-    then a retry must not run the handler a second time.
+    (see :func:`unstorable`) is sent marked ``Idempotency-Stored: false``; a server error is held
+    until the handler returns, since a framework's error layer sends a plain 500 for a
+    :class:`~prodkit.Problem` before re-raising it, and the problem is what the client gets and
+    what is recorded. When the handler is done the claim is released, unless the response is on
+    record or may have to be: then a retry must not run the handler a second time.
     """
 
     __slots__ = (
+        "claim",
         "held",
         "held_size",
         "middleware",
@@ -440,6 +445,7 @@ class _ClaimedResponder:
         "send",
         "store_key",
         "streaming",
+        "unrecorded",
     )
 
     def __init__(
@@ -449,29 +455,43 @@ class _ClaimedResponder:
         send: Send,
         store_key: str,
         owner: str,
+        claim: IdempotencyClaim,
     ) -> None:
         self.middleware = middleware
         self.scope = scope
         self.send = send
         self.store_key = store_key
         self.owner = owner
+        self.claim = claim
         self.held: list[Message] = []  # the response, kept back until complete and recorded
         self.held_size = 0
         self.streaming = False  # the response goes straight through (not recorded)
+        self.unrecorded: str | None = None  # why the held response is not to be recorded
         self.release_claim = True
 
     async def run(self, receive: Receive) -> None:
         """Run the handler with :meth:`send_or_hold` as its ``send``; release the claim after."""
         self.scope[SCOPE_KEY] = "created"
+        self.scope[CLAIM_SCOPE_KEY] = self.claim
         try:
-            await self.middleware.app(self.scope, receive, self.send_or_hold)
+            try:
+                await self.middleware.app(self.scope, receive, self.send_or_hold)
+            except Problem as problem:
+                if self.streaming:
+                    raise  # part of a response reached the client: nothing else can be sent
+                # The handler's answer (what an outer ErrorMiddleware would send), recorded
+                # like any response, in place of a framework's plain 500 if one was held.
+                self.held.clear()
+                self.held_size = 0
+                self.unrecorded = None
+                await problem.send(self.send_or_hold)
         except BaseException:
             self.held.clear()  # nothing reached the client: let the error handler answer cleanly
             raise
         finally:
-            if self.held:  # the app ended without finishing its response
+            if self.held:  # a server error, or the app ended without finishing its response
                 with contextlib.suppress(Exception):
-                    await self.flush("incomplete response")
+                    await self.flush(self.unrecorded or "incomplete response")
             if self.release_claim:
                 # Shielded so that a cancelled request still frees its key for the retry.
                 await asyncio.shield(self.middleware._release(self.store_key, self.owner))
@@ -494,8 +514,23 @@ class _ClaimedResponder:
         headers[:] = [(name.lower(), value) for name, value in headers]
         set_header(headers, STATUS_HEADER, b"created")
         self.held.append(message)
+        status = int(message["status"])
+        recorded = self.claim.response
+        if recorded is not None:
+            # Recorded in the handler's own transaction, committed with its writes.
+            self.release_claim = False
+            if recorded.status != status:
+                self.middleware.logger.warning(
+                    "idempotent response differs from the one recorded in the transaction",
+                    detail="a retry replays the recorded one",
+                    path=self.scope.get("path"),
+                    status=status,
+                    recorded_status=recorded.status,
+                )
+            await self.flush(None)
+            return
         reason = unstorable(
-            int(message["status"]), headers, store_server_errors=self.middleware.store_server_errors
+            status, headers, store_server_errors=self.middleware.store_server_errors
         )
         if reason is None:
             # A declared length over the cap need not be buffered to be refused.
@@ -506,23 +541,22 @@ class _ClaimedResponder:
                 and int(length) > self.middleware.max_response_bytes
             ):
                 reason = "response body larger than max_response_bytes"
-        if reason is not None:
+        if reason is not None and status >= 500:
+            self.unrecorded = reason  # held until the handler returns (or raises a Problem)
+        elif reason is not None:
             await self.flush(reason)
 
     async def _hold_body(self, message: Message) -> None:
         self.held.append(message)
         self.held_size += len(message.get("body", b""))
         if self.held_size > self.middleware.max_response_bytes:
-            await self.flush("response body larger than max_response_bytes")
-        elif not message.get("more_body", False):
+            await self.flush(self.unrecorded or "response body larger than max_response_bytes")
+        elif not message.get("more_body", False) and self.unrecorded is None:
             await self._record()
 
     async def _record(self) -> None:
         start = self.held[0]
         body = b"".join(m.get("body", b"") for m in self.held[1:])
-        if is_prodkit_problem(start, body):
-            await self.flush("prodkit problem responses are not recorded")
-            return
         # The handler's effects happened: from here on, a cancellation (client gone, shutdown
         # deadline) must not release the key for a retry to run the handler again.
         self.release_claim = False

@@ -221,6 +221,36 @@ class PostgresIdempotencyStore:
         )
         return str(result).endswith(" 1")
 
+    async def complete_in(
+        self, connection: Any, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """Record ``response`` on ``connection``, inside the transaction the caller holds there.
+
+        The record commits with the caller's own writes, or not at all: a process that dies
+        before the commit leaves the claim in progress (a retry runs the handler once the lease
+        ends, and finds none of its writes), one that dies after leaves the record (a retry
+        replays it). ``connection`` is an asyncpg connection to the database that holds
+        :attr:`table`. Returns ``False`` when ``owner`` lost the claim (its lease ran out and
+        another request took the key over): the caller must then roll back. Database errors
+        are the caller's transaction's and propagate unchanged.
+        """
+        if not connection.is_in_transaction():
+            raise ConfigurationError(
+                "complete_in needs a connection inside a transaction "
+                "(async with connection.transaction(): ...)"
+            )
+        result = await connection.execute(
+            self._complete_sql,
+            key,
+            owner,
+            float(ttl),
+            float(self.clock_offset),
+            response.status,
+            _encode_headers(response.headers),
+            response.body,
+        )
+        return str(result).endswith(" 1")
+
     async def release(self, key: str, owner: str) -> bool:
         """See :meth:`IdempotencyStore.release`."""
         result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.types import RawHeaders
@@ -122,6 +122,27 @@ class IdempotencyStore(Protocol):
         ...
 
 
+@runtime_checkable
+class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
+    """A store whose records can be completed inside the application's own database transaction.
+
+    :class:`PostgresIdempotencyStore` is one: :meth:`complete_in` writes the record on a
+    connection the handler passes (the same database as the store's table), so the handler's
+    work and the record commit together or not at all. Used through
+    :meth:`IdempotencyClaim.complete_in`.
+    """
+
+    async def complete_in(
+        self, connection: Any, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """Like :meth:`IdempotencyStore.complete`, as one statement on ``connection``.
+
+        ``connection`` must be inside a transaction; nothing is committed here. Returns
+        ``False`` when ``owner`` no longer holds the claim (the caller must then roll back).
+        """
+        ...
+
+
 def check_durations(lease: float, ttl: float) -> None:
     """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
     if lease <= 0 or ttl <= 0:
@@ -136,5 +157,6 @@ __all__ = [
     "IdempotencyRecord",
     "IdempotencyStore",
     "StoredResponse",
+    "TransactionalIdempotencyStore",
     "check_durations",
 ]

@@ -1,0 +1,133 @@
+"""The claim a keyed request holds while its handler runs, as the handler sees it.
+
+A handler that writes to the database holding a :class:`PostgresIdempotencyStore`'s table can
+commit its work and the idempotency record in one transaction with
+:meth:`IdempotencyClaim.complete_in`; see ``docs/idempotency.md`` ("Exactly once through
+crashes").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prodkit._core.problems import Problem
+from prodkit._core.types import Scope
+from prodkit.idempotency._responses import stored_response
+from prodkit.idempotency._store import (
+    IdempotencyStore,
+    StoredResponse,
+    TransactionalIdempotencyStore,
+)
+
+#: Scope key holding the request's :class:`IdempotencyClaim` while its handler runs.
+CLAIM_SCOPE_KEY = "prodkit.idempotency_claim"
+
+#: The problem code of :class:`ClaimLost` (the same as a retry that finds the key in progress).
+IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+
+Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+
+
+class ClaimLost(Problem):
+    """Raised by :meth:`IdempotencyClaim.complete_in` when the request no longer owns its key.
+
+    The handler outlived its lease and a retry took the key over (and runs, or ran, the
+    handler itself). Let it propagate out of the transaction so that this request's writes
+    roll back: the client gets ``409 IDEMPOTENCY_REQUEST_IN_PROGRESS`` with ``Retry-After: 1``,
+    and its retry replays the other request's response.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            IN_PROGRESS,
+            "This request's Idempotency-Key was taken over by a retry while it ran, so its "
+            "work was rolled back; retry with the same key to get the retry's response.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class IdempotencyClaim:
+    """The idempotency key a request holds while its handler runs (see :func:`current_claim`).
+
+    Attributes:
+        completed: whether :meth:`complete_in` recorded the response in the handler's
+            transaction (the middleware then does not record it again).
+        response: the response recorded by :meth:`complete_in`, if any.
+    """
+
+    __slots__ = ("_owner", "_store", "_store_key", "_stored_headers", "_ttl", "response")
+
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        store_key: str,
+        owner: str,
+        *,
+        ttl: float,
+        stored_headers: frozenset[bytes],
+    ) -> None:
+        self._store = store
+        self._store_key = store_key
+        self._owner = owner
+        self._ttl = ttl
+        self._stored_headers = stored_headers
+        self.response: StoredResponse | None = None
+
+    @property
+    def completed(self) -> bool:
+        """Whether the response was recorded in the handler's transaction."""
+        return self.response is not None
+
+    @property
+    def transactional(self) -> bool:
+        """Whether the store can record in the handler's transaction (PostgreSQL can)."""
+        return isinstance(self._store, TransactionalIdempotencyStore)
+
+    async def complete_in(
+        self, connection: Any, status: int, headers: Headers, body: bytes
+    ) -> bool:
+        """Record the response in ``connection``'s open transaction, before the handler commits.
+
+        Call it after the handler's writes and before its commit, with exactly the status,
+        headers and body the handler then returns: the record (status, body and the
+        middleware's ``stored_headers``) commits with the writes, so a crash at any instant
+        leaves either neither (a retry runs the handler) or both (a retry replays).
+
+        Returns ``False``, doing nothing, when the store keeps its records elsewhere (memory,
+        Redis): the middleware then records the response after the handler, as usual.
+
+        Raises:
+            ClaimLost: this request lost its key to a retry; let it propagate so that the
+                transaction rolls back.
+            ConfigurationError: ``connection`` is not inside a transaction.
+        """
+        store = self._store
+        if not isinstance(store, TransactionalIdempotencyStore):
+            return False
+        if isinstance(headers, Mapping):
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        else:
+            raw = [(k.lower(), v) for k, v in headers]
+        start = {"type": "http.response.start", "status": status, "headers": raw}
+        response = stored_response(start, body, self._stored_headers)
+        if not await store.complete_in(
+            connection, self._store_key, self._owner, response, ttl=self._ttl
+        ):
+            raise ClaimLost()
+        self.response = response
+        return True
+
+
+def current_claim(scope: Scope) -> IdempotencyClaim | None:
+    """The claim of the request ``scope`` belongs to, while its handler runs under one.
+
+    ``None`` for a request without an ``Idempotency-Key`` (or outside the configured methods
+    and routes), and for a handler run by ``fail_open`` while the store is down.
+    """
+    claim = scope.get(CLAIM_SCOPE_KEY)
+    return claim if isinstance(claim, IdempotencyClaim) else None
+
+
+__all__ = ["CLAIM_SCOPE_KEY", "ClaimLost", "IdempotencyClaim", "current_claim"]
