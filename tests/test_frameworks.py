@@ -142,6 +142,31 @@ async def test_idempotent_replay_keeps_the_template(
     assert access_line(logs, again)["route"] == "/echo"
 
 
+async def test_a_raised_problem_is_recorded_and_replayed(framework: str) -> None:
+    # Issue #15: Starlette and FastAPI send a plain 500 before re-raising, Litestar, Quart and
+    # Django render the problem in the framework (tests/apps.py): the client gets the 409
+    # either way, and a retry with the key gets the same 409 replayed without the handler.
+    app = IdempotencyMiddleware(
+        build_app(framework),
+        store=MemoryIdempotencyStore(),
+        methods=("GET",),
+        registry=CollectorRegistry(),
+    )
+    transport = httpx.ASGITransport(app=RequestIdMiddleware(ErrorMiddleware(app)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        headers = {"Idempotency-Key": "problem-1"}
+        first = await client.get("/problem", headers=headers)
+        again = await client.get("/problem", headers=headers)
+    assert first.status_code == 409
+    assert first.headers["content-type"] == "application/problem+json"
+    assert first.json()["code"] == "DEMO_CONFLICT"
+    assert first.headers["idempotency-status"] == "created"
+    assert "idempotency-stored" not in first.headers
+    assert again.status_code == 409
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.content == first.content
+
+
 async def test_raised_exception_is_one_problem_and_one_log_line(
     framework: str, client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
 ) -> None:

@@ -11,7 +11,13 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from prodkit import ConfigurationError, ErrorMiddleware, RequestIdMiddleware, caller_from_header
+from prodkit import (
+    ConfigurationError,
+    ErrorMiddleware,
+    Problem,
+    RequestIdMiddleware,
+    caller_from_header,
+)
 from prodkit.asgi import ASGIApp, CircuitBreaker, Message, Receive, Scope, Send
 from prodkit.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from prodkit.idempotency._middleware import SCOPE_KEY, IdempotencyMiddleware
@@ -499,9 +505,9 @@ async def test_an_exception_releases_the_claim(make_client: ClientFactory) -> No
         [(b"content-type", b"text/plain"), (b"retry-after", b"5")],
         [(b"content-type", b"application/problem+json")],
     ],
-    ids=["retry-after", "prodkit-problem"],
+    ids=["retry-after", "429-without-retry-after"],
 )
-async def test_transient_and_prodkit_responses_are_not_recorded(
+async def test_transient_responses_are_not_recorded(
     headers: list[tuple[bytes, bytes]], make_client: ClientFactory
 ) -> None:
     problem = json.dumps({"type": "urn:prodkit:problem:rate-limited", "status": 429}).encode()
@@ -513,6 +519,75 @@ async def test_transient_and_prodkit_responses_are_not_recorded(
     assert first.headers["idempotency-stored"] == "false"
     await post(client)
     assert len(app.calls) == 2
+    assert len(store) == 0
+
+
+class ProblemApp:
+    """Raises a 422 problem, optionally after sending a plain 500 as Starlette's
+    ``ServerErrorMiddleware`` does before it re-raises."""
+
+    def __init__(self, *, plain_500_first: bool = False, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.plain_500_first = plain_500_first
+        self.error = error or Problem(422, "FUND_INVALID", "size must be positive")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        if self.plain_500_first:
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": b"Internal Server Error"})
+        raise self.error
+
+
+@pytest.mark.parametrize("plain_500_first", [False, True], ids=["raised", "after-a-plain-500"])
+async def test_a_raised_problem_is_recorded_and_replayed(
+    plain_500_first: bool, make_client: ClientFactory
+) -> None:
+    app = ProblemApp(plain_500_first=plain_500_first)
+    registry = CollectorRegistry()
+    middleware, store = wrap(app, registry=registry)
+    client = make_client(RequestIdMiddleware(ErrorMiddleware(middleware)))
+    first = await post(client)
+    assert first.status_code == 422
+    assert first.headers["content-type"] == "application/problem+json"
+    assert first.headers["idempotency-status"] == "created"
+    assert "idempotency-stored" not in first.headers
+    assert first.json()["code"] == "FUND_INVALID"
+    assert first.json()["request_id"] == first.headers["x-request-id"]
+    again = await post(client)
+    assert again.status_code == 422
+    assert again.headers["idempotency-status"] == "replayed"
+    assert again.content == first.content
+    assert app.calls == 1
+    assert len(store) == 1
+    assert sample(registry, "created") == 1
+    assert sample(registry, "replayed") == 1
+
+
+async def test_a_plain_500_then_an_exception_is_one_unrecorded_problem(
+    make_client: ClientFactory,
+) -> None:
+    app = ProblemApp(plain_500_first=True, error=RuntimeError("boom"))
+    middleware, store = wrap(app)
+    client = make_client(ErrorMiddleware(middleware))
+    failed = await post(client)
+    assert failed.status_code == 500
+    assert failed.json()["code"] == "INTERNAL_ERROR"
+    assert len(store) == 0  # released: the retry runs
+    await post(client)
+    assert app.calls == 2
+
+
+async def test_a_plain_500_without_an_exception_is_sent_unrecorded(
+    make_client: ClientFactory,
+) -> None:
+    app = CountingApp(status=500, headers=[(b"content-type", b"text/plain")], chunks=[b"down"])
+    middleware, store = wrap(app)
+    client = make_client(middleware)
+    failed = await post(client)
+    assert (failed.status_code, failed.content) == (500, b"down")
+    assert failed.headers["idempotency-stored"] == "false"
     assert len(store) == 0
 
 
