@@ -25,6 +25,7 @@ def test_every_variable() -> None:
             "HEALTH_KEY": "k3y",
             "SHUTDOWN_DRAIN_SECONDS": "5",
             "SHUTDOWN_TIMEOUT_SECONDS": "25.5",
+            "IDEMPOTENCY_LEASE_SECONDS": "2.5",
             "LOG_LEVEL": "debug",
             "LOG_FORMAT": "console",
         }
@@ -35,6 +36,7 @@ def test_every_variable() -> None:
     assert (settings.max_concurrency, settings.health_key) == (64, "k3y")
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
+    assert settings.idempotency_lease_seconds == 2.5
     assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
     assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
     assert (
@@ -56,6 +58,8 @@ def test_every_variable() -> None:
         ({"SHUTDOWN_DRAIN_SECONDS": "soon"}, "SHUTDOWN_DRAIN_SECONDS"),
         ({"SHUTDOWN_TIMEOUT_SECONDS": "-1"}, "SHUTDOWN_TIMEOUT_SECONDS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"IDEMPOTENCY_LEASE_SECONDS": "0"}, "IDEMPOTENCY_LEASE_SECONDS"),
+        ({"IDEMPOTENCY_LEASE_SECONDS": "a minute"}, "IDEMPOTENCY_LEASE_SECONDS"),
         # Issue #16: a malformed URL or rate stops the start naming its variable.
         ({"DATABASE_URL": "garbage"}, "DATABASE_URL"),
         ({"DATABASE_URL": "mysql://db/app"}, "DATABASE_URL"),

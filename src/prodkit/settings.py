@@ -51,6 +51,10 @@ class StackSettings:
         idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``); ``None``
             (the default) chooses ``postgres`` when ``database_url`` is set, else ``memory``, so
             after construction it always names the store.
+        idempotency_lease_seconds: how long a request's claim on its ``Idempotency-Key``
+            protects its handler (``IDEMPOTENCY_LEASE_SECONDS``, default 60): a retry gets 409
+            until then, and runs the handler once it is over, if the first request's process
+            died. Set it above your slowest handler.
         rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``); ``None`` means a generous default.
         trusted_proxies: IPs/CIDRs whose forwarding headers are honoured (``TRUSTED_PROXIES``).
         cors_origins: allowed origins (``CORS_ORIGINS``); ``https://*.example.com`` allows
@@ -72,6 +76,7 @@ class StackSettings:
     redis_url: str | None = None
     redis_key_prefix: str = "prodkit:"
     idempotency_store: IdempotencyStoreName | None = None
+    idempotency_lease_seconds: float = 60.0
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -102,6 +107,10 @@ class StackSettings:
         if store == "redis" and not self.redis_url:
             raise ConfigurationError(
                 "IDEMPOTENCY_STORE=redis needs REDIS_URL (idempotency_store, redis_url)"
+            )
+        if not self.idempotency_lease_seconds > 0:
+            raise ConfigurationError(
+                "IDEMPOTENCY_LEASE_SECONDS (idempotency_lease_seconds) must be positive"
             )
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
@@ -159,6 +168,7 @@ class StackSettings:
             redis_url=redis_url,
             redis_key_prefix=redis_key_prefix,
             idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
+            idempotency_lease_seconds=_number(env, "IDEMPOTENCY_LEASE_SECONDS", 60.0),
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
             cors_origins=_split(env.get("CORS_ORIGINS")),

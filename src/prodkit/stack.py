@@ -493,6 +493,7 @@ def _inner_layers(
         "routes": idempotency_routes,
         "caller": caller,
         "stored_headers": stored_headers,
+        "lease": settings.idempotency_lease_seconds,
         "registry": registry,
     }
     concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
