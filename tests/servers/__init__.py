@@ -83,6 +83,25 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A private ``redis-server`` on 127.0.0.1:``port`` (never the shared one), for tests that
+    pause (SIGSTOP), resume or kill it; stopped by its own PID."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 10, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused server still dies when killed
+            process.kill()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def run_server(
     args: Sequence[str],
     *,
