@@ -76,9 +76,12 @@ class IdempotencyMiddleware:
 
     * claimed: the app runs; a complete response is buffered (up to ``max_response_bytes``),
       recorded if its owner still holds the claim, and sent with ``Idempotency-Status:
-      created``. A 5xx, a response with ``Retry-After``, a prodkit problem, an exception or an
-      oversize body is not recorded and the claim is released, so a retry runs again
-      (``Idempotency-Stored: false`` says so);
+      created``. A :class:`~prodkit.Problem` the app raises is rendered here and recorded like
+      any response (4xx included). A 5xx, a 408 or 429, a response with ``Retry-After``, any
+      other exception or an oversize body is not recorded and the claim is released, so a
+      retry runs again (``Idempotency-Stored: false`` says so). A handler that writes to the
+      store's PostgreSQL database can record its response in its own transaction
+      (:func:`current_claim`, :meth:`IdempotencyClaim.complete_in`);
     * completed with the same fingerprint: the recorded status, allow-listed headers and body
       are replayed with ``Idempotency-Status: replayed``; the app does not run;
     * in progress: 409 ``IDEMPOTENCY_REQUEST_IN_PROGRESS`` with ``Retry-After`` (or, with
