@@ -149,9 +149,9 @@ class Load:
     def seen(self, phase: str, wanted: Callable[[Answer], bool]) -> set[str]:
         return {a.operation for a in self.answers if a.phase == phase and wanted(a)}
 
-    async def until(self, phase: str, wanted: Callable[[Answer], bool], timeout: float) -> None:
+    async def until(self, phase: str, wanted: Callable[[Answer], bool], within: float) -> None:
         """Wait until every operation has had an answer ``wanted`` in ``phase`` (bounded)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while self.seen(phase, wanted) != set(OPERATIONS):
             if time.monotonic() > deadline:
                 missing = set(OPERATIONS) - self.seen(phase, wanted)
@@ -216,7 +216,7 @@ async def test_a_postgres_partition_is_answered_503_never_500(
                 load = Load(http)
                 clients = [asyncio.create_task(load.client(i)) for i in range(CLIENTS)]
                 try:
-                    await load.until("before", served, timeout=30)
+                    await load.until("before", served, within=30)
 
                     proxy.cut()
                     load.phase = "cut"
@@ -224,12 +224,12 @@ async def test_a_postgres_partition_is_answered_503_never_500(
                     assert (await probe.get("/livez")).status_code == 200
                     # Every endpoint that needs the database says so, each within the bounds
                     # of the pool's timeouts (the HTTP client's 30 s would report a hang).
-                    await load.until("cut", unavailable, timeout=60)
+                    await load.until("cut", unavailable, within=60)
 
                     proxy.restore()
                     load.phase = "restored"
                     await readyz_turns(probe, 200, within=bound + SLACK)
-                    await load.until("restored", served, timeout=30)
+                    await load.until("restored", served, within=30)
                 finally:
                     load.stop.set()
                     await asyncio.gather(*clients)
@@ -242,6 +242,7 @@ async def test_a_postgres_partition_is_answered_503_never_500(
         if answer.status == 503:
             assert answer.content_type == "application/problem+json", answer
             assert answer.code == "DEPENDENCY_UNAVAILABLE", answer
-            assert answer.retry_after is not None and int(answer.retry_after) >= 1, answer
+            assert answer.retry_after is not None, answer
+            assert int(answer.retry_after) >= 1, answer
     assert "unhandled exception" not in output
     assert health_transitions(output) == ["health check failing", "health check passing again"]

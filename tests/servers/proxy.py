@@ -36,7 +36,6 @@ class TcpProxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
-        self.accepted = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy")
         self._server: asyncio.Server | None = None
@@ -127,8 +126,8 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None and self._open is not None
-        self.accepted += 1
+        assert task is not None
+        assert self._open is not None
         self._tasks.add(task)
         self._transports.add(writer.transport)
         upstream: asyncio.StreamWriter | None = None
