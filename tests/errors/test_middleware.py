@@ -8,6 +8,7 @@ import pytest
 import structlog
 
 from prodkit import (
+    AccessLogMiddleware,
     BackendError,
     BackendUnavailableError,
     ConfigurationError,
@@ -418,23 +419,20 @@ async def test_unavailable_after_the_response_started_is_still_re_raised() -> No
     assert [m["type"] for m in sent] == ["http.response.start"]
 
 
-async def test_an_unavailable_answer_is_not_left_for_the_access_log_as_an_error() -> None:
+async def test_the_access_log_records_an_unavailable_answer_at_its_status_level(
+    make_client: ClientFactory,
+) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise BackendError("store down")
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
-    with structlog.testing.capture_logs():
-        await ErrorMiddleware(app)(scope, receive, send)
-    assert sent[0]["status"] == 503
-    assert "prodkit.exception" not in scope
+    # 5xx at warning here: an exception left for the access log would force "error".
+    logged = AccessLogMiddleware(ErrorMiddleware(app), levels={5: "warning"})
+    with structlog.testing.capture_logs() as logs:
+        response = await make_client(logged).get("/api/funds")
+    assert response.status_code == 503
+    (line,) = [e for e in logs if e["event"] == "request completed"]
+    assert (line["status"], line["log_level"]) == (503, "warning")
+    assert "exc_type" not in line
 
 
 @pytest.mark.parametrize(
