@@ -111,6 +111,7 @@ PUBLIC: dict[str, list[str]] = {
         "OriginMatcher",
     ],
     "prodkit.errors": [
+        "DEPENDENCY_UNAVAILABLE",
         "ErrorMiddleware",
         "FieldError",
         "INTERNAL_ERROR",

@@ -342,6 +342,28 @@ def create_stack(settings: Settings, *, registry: CollectorRegistry | None = Non
     stack.insert_after(
         "metrics", Layer("fund_metrics", FundCreationMetrics, {"registry": registry})
     )
+    # A database that cannot be reached is an outage, not a bug: 503 DEPENDENCY_UNAVAILABLE
+    # with Retry-After, never 500. What asyncpg raises when the server is cut off, refuses,
+    # restarts or is full; OSError and TimeoutError for the socket and the bounded waits.
+    unavailable: list[type[BaseException]] = [OSError, TimeoutError]
+    if settings.database_url:
+        try:
+            import asyncpg
+        except ImportError:  # reported, with the extra to install, when the pool opens
+            pass
+        else:
+            unavailable += [
+                asyncpg.PostgresConnectionError,
+                asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError,
+                asyncpg.CrashShutdownError,
+                asyncpg.TooManyConnectionsError,
+            ]
+    errors = stack.get("errors")
+    stack.replace(
+        "errors",
+        Layer("errors", errors.middleware, {**errors.options, "unavailable": unavailable}),
+    )
     return stack
 
 
@@ -357,5 +379,9 @@ def create_app(
 
     stack = create_stack(settings, registry=registry).build(starlette_app)
     if settings.database_url:
-        stack.add_check("postgres", repository_ready, critical=True)
+        # /readyz turns 503 within cache_ttl + timeout (1.5 s) of the database going away,
+        # and 200 again within that of it answering (docs/health.md).
+        stack.health.add_check(
+            "postgres", repository_ready, critical=True, timeout=1.0, cache_ttl=0.5
+        )
     return stack

@@ -30,6 +30,21 @@ log = logging.getLogger("examples.funds.postgres")
 COLUMNS = "id, user_id, name, description, size, stages, irr, model_version, created_at, updated_at, deleted_at"
 #: Arbitrary constant naming the summary-refresh lock, so that one worker refreshes at a time.
 REFRESH_LOCK_ID = 0x73756D6D  # "summ"
+#: Seconds to open a connection (TCP, TLS, authentication). asyncpg's default is 60: with the
+#: database unreachable, a request waiting for a new connection would hang that long before
+#: its 503.
+CONNECT_TIMEOUT = 2.0
+#: The server's bound on every statement (``statement_timeout``, milliseconds). The queries
+#: here are indexed look-ups and small writes; 2 s is far above what they take.
+STATEMENT_TIMEOUT_MS = 2000
+#: The client gives up on a command this long after the server's own bound
+#: (``command_timeout``): then the server, not the network, was too slow to answer. Over a
+#: dead connection asyncpg then waits up to ``command_timeout`` again for its cancel request,
+#: so a request fails within about twice that.
+COMMAND_TIMEOUT_MARGIN = 0.5
+#: The bound on a migration statement at start-up (milliseconds): building an index on a large
+#: table, or waiting for another worker's migration lock, takes longer than a request may.
+MIGRATION_TIMEOUT_MS = 300_000
 
 
 def _fund(row: Any) -> Fund:
@@ -91,30 +106,51 @@ class PostgresRepository:
         *,
         min_size: int = 2,
         max_size: int = 10,
-        statement_timeout_ms: int = 5000,
+        statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+        connect_timeout: float = CONNECT_TIMEOUT,
         summary_interval: float = 1.0,
         apply_migrations: bool = True,
     ) -> PostgresRepository:
-        """Open the pool, apply migrations and start the summary refresher."""
+        """Open the pool, apply migrations and start the summary refresher.
+
+        Every wait on the database is bounded, so that an unreachable database costs a request
+        seconds, not minutes: opening a connection by ``connect_timeout``, a statement by
+        ``statement_timeout_ms`` on the server and that plus ``COMMAND_TIMEOUT_MARGIN`` on the
+        client. The errors asyncpg raises then (``TimeoutError``, ``OSError``, its connection
+        errors) are the ones the service answers with 503 ``DEPENDENCY_UNAVAILABLE``.
+        """
         try:
             import asyncpg
         except ImportError as exc:
             raise MissingDependencyError("asyncpg", "postgres") from exc
+        if apply_migrations:
+            # A connection of its own, with bounds for schema work rather than for requests.
+            conn = await asyncpg.connect(
+                dsn,
+                timeout=connect_timeout,
+                command_timeout=MIGRATION_TIMEOUT_MS / 1000 + COMMAND_TIMEOUT_MARGIN,
+                server_settings={
+                    "statement_timeout": str(MIGRATION_TIMEOUT_MS),
+                    "application_name": "prodkit-funds-migrate",
+                },
+            )
+            try:
+                applied = await migrate(conn)
+            finally:
+                await conn.close()
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            command_timeout=statement_timeout_ms / 1000 + 1,
+            timeout=connect_timeout,
+            command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN,
             server_settings={
                 "statement_timeout": str(statement_timeout_ms),
                 "application_name": "prodkit-funds",
             },
         )
-        if apply_migrations:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("applied migrations: %s", ", ".join(applied))
         repository = cls(pool, summary_interval=summary_interval)
         repository.start()
         return repository

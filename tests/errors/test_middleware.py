@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import structlog
 
-from prodkit import ErrorMiddleware, FieldError, Problem, RequestIdMiddleware
+from prodkit import (
+    AccessLogMiddleware,
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    ErrorMiddleware,
+    FieldError,
+    Problem,
+    RequestIdMiddleware,
+)
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, problem_type
 from tests.apps import FRAMEWORKS, SECRET_TEXT, build_app, mounted_starlette_app
 from tests.conftest import ClientFactory
@@ -270,3 +281,171 @@ async def test_an_unhandled_exception_is_left_in_the_scope_for_outer_layers() ->
     assert [(e["event"], e["log_level"], e["exc_type"]) for e in logs] == [
         ("unhandled exception", "error", "RuntimeError")
     ]
+
+
+# -- a dependency that is unavailable: 503 DEPENDENCY_UNAVAILABLE -----------------------------
+
+
+class PoolTimeout(TimeoutError):
+    """Stands for a driver's own timeout class (asyncpg raises TimeoutError subclasses)."""
+
+
+def _raise_from(cause: BaseException) -> None:
+    raise RuntimeError("the repository failed") from cause
+
+
+def _raise_while_handling(context: BaseException) -> None:
+    try:
+        raise context
+    except type(context):
+        raise RuntimeError("a bug in the except block")  # noqa: B904 - the implicit context is the point
+
+
+def _raised(make: Any) -> BaseException:
+    """The exception ``make()`` raises, with its cause or context as Python links them."""
+    try:
+        make()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("make() did not raise")
+
+
+def _throw(exc: BaseException) -> Any:
+    def make() -> None:
+        raise exc
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make", "unavailable", "status"),
+    [
+        # prodkit's own BackendError (a store down, an open breaker) always means unavailable.
+        (_throw(BackendError("redis: ConnectionError")), (), 503),
+        (_throw(BackendUnavailableError("breaker open")), (), 503),
+        # The classes given, and their subclasses.
+        (_throw(OSError("connection refused")), (OSError,), 503),
+        (_throw(ConnectionRefusedError("refused")), (OSError,), 503),
+        (_throw(PoolTimeout()), (TimeoutError,), 503),
+        # Not listed: an unhandled exception as before.
+        (_throw(OSError("connection refused")), (), 500),
+        (_throw(ValueError("bad")), (OSError, TimeoutError), 500),
+        # Raised from one (``raise ... from exc``): the app wrapped the driver's error.
+        (lambda: _raise_from(TimeoutError()), (TimeoutError,), 503),
+        (lambda: _raise_from(RuntimeError("x")), (TimeoutError,), 500),
+        # Raised while handling one, without ``from``: a bug in the handler stays a 500.
+        (lambda: _raise_while_handling(OSError("refused")), (OSError,), 500),
+        # A task group whose every task lost the database; not if one of them hit a bug.
+        (_throw(ExceptionGroup("both", [OSError(), TimeoutError()])), (OSError,), 503),
+        (_throw(ExceptionGroup("one", [OSError(), ValueError()])), (OSError,), 500),
+    ],
+)
+async def test_unavailable_dependencies_are_503_with_retry_after(
+    make: Any,
+    unavailable: tuple[type[BaseException], ...],
+    status: int,
+    make_client: ClientFactory,
+) -> None:
+    failure = _raised(make)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise failure
+
+    middleware = ErrorMiddleware(app, unavailable=unavailable, unavailable_retry_after=3)
+    client = make_client(RequestIdMiddleware(middleware))
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get("/api/funds", headers={"X-Request-ID": "outage-1"})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    if status == 500:
+        assert body["code"] == "INTERNAL_ERROR"
+        assert "retry-after" not in response.headers
+        assert [e["event"] for e in logs] == ["unhandled exception"]
+        return
+    assert response.headers["retry-after"] == "3"
+    assert response.headers["cache-control"] == "no-store"
+    assert body == {
+        "type": problem_type("DEPENDENCY_UNAVAILABLE"),
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "A service this request depends on is unavailable; retry in 3 s.",
+        "code": "DEPENDENCY_UNAVAILABLE",
+        "request_id": "outage-1",
+    }
+    # One warning, no traceback: an outage is not a bug in the code.
+    assert [(e["event"], e["log_level"], e["path"]) for e in logs] == [
+        ("dependency unavailable", "warning", "/api/funds")
+    ]
+    assert logs[0]["exc_type"] == type(failure).__name__
+    assert "exc_info" not in logs[0]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_unavailable_through_each_framework(
+    framework: str, make_client: ClientFactory
+) -> None:
+    # /boom raises RuntimeError: declared unavailable here, it is answered 503 whether the
+    # framework lets it through (Starlette re-raises after its own 500, which is held back) or
+    # answers it itself while handling it (Litestar). Django answers and logs it on its own and
+    # never shows prodkit the exception: its plain 500 becomes INTERNAL_ERROR.
+    app = ErrorMiddleware(build_app(framework), unavailable=[RuntimeError])
+    with structlog.testing.capture_logs():
+        response = await make_client(app).get("/boom")
+    expected = (500, "INTERNAL_ERROR") if framework == "django" else (503, "DEPENDENCY_UNAVAILABLE")
+    assert (response.status_code, response.json()["code"]) == expected
+    assert SECRET_TEXT not in response.text
+    if framework != "django":
+        assert response.headers["retry-after"] == "2"  # the default
+
+
+async def test_unavailable_after_the_response_started_is_still_re_raised() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise OSError("connection lost mid-stream")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with structlog.testing.capture_logs(), pytest.raises(OSError, match="mid-stream"):
+        await ErrorMiddleware(app, unavailable=[OSError])(
+            {"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send
+        )
+    assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+async def test_the_access_log_records_an_unavailable_answer_at_its_status_level(
+    make_client: ClientFactory,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise BackendError("store down")
+
+    # 5xx at warning here: an exception left for the access log would force "error".
+    logged = AccessLogMiddleware(ErrorMiddleware(app), levels={5: "warning"})
+    with structlog.testing.capture_logs() as logs:
+        response = await make_client(logged).get("/api/funds")
+    assert response.status_code == 503
+    (line,) = [e for e in logs if e["event"] == "request completed"]
+    assert (line["status"], line["log_level"]) == (503, "warning")
+    assert "exc_type" not in line
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"unavailable": OSError}, "a list of exception classes"),
+        ({"unavailable": ["OSError"]}, "not an exception class"),
+        ({"unavailable": [OSError()]}, "not an exception class"),
+        ({"unavailable_retry_after": 0}, "from 1 to 60"),
+        ({"unavailable_retry_after": 61}, "from 1 to 60"),
+        ({"unavailable_retry_after": 1.5}, "from 1 to 60"),
+    ],
+)
+def test_invalid_unavailable_options_are_rejected(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ErrorMiddleware(build_app("starlette"), **options)

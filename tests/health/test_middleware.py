@@ -1,8 +1,8 @@
 """HealthMiddleware: liveness, readiness, the keyed detailed report, timeouts, caching.
 
 Readiness against real dependencies: a throwaway ``redis-server`` that the test kills and
-restarts by PID, and the shared PostgreSQL reached through a TCP proxy in the test process
-that the test stops and starts (the shared servers are never stopped).
+restarts by PID, and the shared PostgreSQL reached through a TCP proxy that the test cuts and
+restores, as a network partition would (the shared servers are never stopped).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
@@ -28,6 +29,7 @@ from prodkit.lifecycle._coordinator import ShutdownCoordinator
 from tests.apps import raw_app
 from tests.conftest import ClientFactory
 from tests.servers import HOST, free_port
+from tests.servers.proxy import TcpProxy
 
 KEY = "k" * 24
 
@@ -224,6 +226,81 @@ def test_duplicate_check_names_are_rejected(registry: CollectorRegistry) -> None
         middleware.add_check("db", passing)
 
 
+async def test_a_check_that_does_not_stop_when_cancelled_still_fails_at_its_timeout(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    # Like asyncpg cancelling a query over a dead connection: told to stop, it first waits for
+    # an answer that does not come. Readiness must not wait with it.
+    release = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.shield(release.wait())
+            stopped.set()
+
+    middleware = health(raw_app(), registry)
+    middleware.add_check("db", stubborn, timeout=0.05)
+    client = make_client(middleware)
+    async with asyncio.timeout(10):  # the probe is answered; before, it hung with the check
+        ready = await client.get("/readyz", headers={"X-Health-Key": KEY})
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["db"]["error"] == "timed out after 0.05s"
+    assert not stopped.is_set()  # left to finish in the background, not awaited
+    release.set()
+    async with asyncio.timeout(10):
+        await stopped.wait()
+
+
+async def test_a_check_that_raises_instead_of_returning_an_awaitable_fails(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    def broken() -> Any:
+        raise LookupError("no pool configured")
+
+    middleware = health(raw_app(), registry)
+    middleware.add_check("db", broken)
+    response = await make_client(middleware).get("/readyz", headers={"X-Health-Key": KEY})
+    assert response.status_code == 503
+    assert response.json()["checks"]["db"]["error"] == "LookupError: no pool configured"
+
+
+async def test_failing_and_passing_again_are_logged_once_each(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    up = {"db": True}
+
+    async def flips() -> None:
+        if not up["db"]:
+            raise ConnectionRefusedError("connection refused to 10.0.0.5:5432")
+
+    middleware = health(raw_app(), registry)  # cache_ttl=0: every probe runs the check
+    middleware.add_check("db", flips)
+    middleware.add_check("cache", failing, critical=False)
+    client = make_client(middleware)
+    states = [True, True, False, False, False, True, True, False, True]
+    with structlog.testing.capture_logs() as logs:
+        for state in states:
+            up["db"] = state
+            expected = 200 if state else 503
+            assert (await client.get("/healthz")).status_code == expected
+    db = [e for e in logs if e["check"] == "db"]
+    assert [(e["event"], e["log_level"]) for e in db] == [
+        ("health check failing", "warning"),
+        ("health check passing again", "warning"),
+        ("health check failing", "warning"),
+        ("health check passing again", "warning"),
+    ]
+    assert db[0]["error"] == "ConnectionRefusedError: connection refused to 10.0.0.5:5432"
+    assert db[0]["critical"] is True
+    assert db[1]["failed_for"] >= 0
+    # Failing from its first run on: logged once, as failing, and never again while it fails.
+    cache = [(e["event"], e["critical"]) for e in logs if e["check"] == "cache"]
+    assert cache == [("health check failing", False)]
+
+
 # -- real dependencies ----------------------------------------------------------------------
 
 
@@ -254,10 +331,13 @@ def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def wait_for_status(client: httpx.AsyncClient, path: str, status: int) -> None:
+    """Poll ``path`` until it answers ``status``: 10 s at most, a probe that hangs included."""
     # The dependency changes outside this process: poll, as a real probe does.
-    for _ in range(500):
-        if (await client.get(path)).status_code == status:
-            return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+            if (await client.get(path)).status_code == status:
+                return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{path} never answered {status}")
 
@@ -295,58 +375,15 @@ async def test_readiness_follows_a_real_redis(
         await redis.aclose()
 
 
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 that can be stopped (dropping every connection) and restarted."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, HOST, self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:
-            self._writers.difference_update((writer, up_writer))
-
-
 @pytest.fixture
-async def postgres_proxy(postgres_dsn: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+def postgres_proxy(postgres_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
     parts = urlsplit(postgres_dsn)
-    proxy = TcpProxy((parts.hostname or HOST, parts.port or 5432))
-    await proxy.start()
-    auth = parts.netloc.rpartition("@")[0]
-    netloc = f"{auth}@{HOST}:{proxy.port}" if auth else f"{HOST}:{proxy.port}"
-    try:
-        yield proxy, urlunsplit(parts._replace(netloc=netloc))
-    finally:
-        await proxy.stop()
+    with TcpProxy((parts.hostname or HOST, parts.port or 5432)) as proxy:
+        yield proxy, proxy.dsn(postgres_dsn)
 
 
 @pytest.mark.postgres
-async def test_readiness_follows_a_real_postgres(
+async def test_readiness_follows_a_real_postgres_through_a_partition(
     postgres_proxy: tuple[TcpProxy, str],
     make_client: ClientFactory,
     registry: CollectorRegistry,
@@ -354,21 +391,30 @@ async def test_readiness_follows_a_real_postgres(
     app = raw_app()
     asyncpg = pytest.importorskip("asyncpg")
     proxy, dsn = postgres_proxy
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=1)
+    # A long command_timeout: asyncpg then takes 30 s to give up on a query cancelled over the
+    # cut connection. The check's own timeout (1 s) must decide readiness, not that.
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=1, command_timeout=30)
     middleware = health(app, registry)
     middleware.add_check("postgres", postgres_check(lambda: pool), timeout=1)
     http = make_client(middleware)
     try:
-        await wait_for_status(http, "/readyz", 200)
-        await proxy.stop()
-        await wait_for_status(http, "/readyz", 503)
-        assert (await http.get("/livez")).status_code == 200
-        await proxy.start()
-        await wait_for_status(http, "/readyz", 200)
+        with structlog.testing.capture_logs() as logs:
+            await wait_for_status(http, "/readyz", 200)
+            proxy.cut()
+            await wait_for_status(http, "/readyz", 503)
+            assert (await http.get("/livez")).status_code == 200
+            detail = (await http.get("/healthz", headers={"X-Health-Key": KEY})).json()
+            assert detail["checks"]["postgres"]["error"] == "timed out after 1s"
+            proxy.restore()
+            await wait_for_status(http, "/readyz", 200)
         detail = (await http.get("/healthz", headers={"X-Health-Key": KEY})).json()
         assert detail["checks"]["postgres"]["status"] == "pass"
+        assert [(e["event"], e["check"]) for e in logs] == [
+            ("health check failing", "postgres"),
+            ("health check passing again", "postgres"),
+        ]
     finally:
-        await proxy.stop()
+        proxy.restore()
         pool.terminate()
 
 

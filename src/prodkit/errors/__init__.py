@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from prodkit._core.problems import PROBLEM_CONTENT_TYPE, FieldError, Problem
-from prodkit.errors._middleware import INTERNAL_ERROR, ErrorMiddleware
+from prodkit.errors._middleware import DEPENDENCY_UNAVAILABLE, INTERNAL_ERROR, ErrorMiddleware
 
-__all__ = ["INTERNAL_ERROR", "PROBLEM_CONTENT_TYPE", "ErrorMiddleware", "FieldError", "Problem"]
+__all__ = [
+    "DEPENDENCY_UNAVAILABLE",
+    "INTERNAL_ERROR",
+    "PROBLEM_CONTENT_TYPE",
+    "ErrorMiddleware",
+    "FieldError",
+    "Problem",
+]

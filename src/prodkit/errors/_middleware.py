@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
-from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import get_header
 from prodkit._core.observer import ReceiveWatcher
 from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
@@ -23,13 +23,24 @@ from prodkit._core.problems import (
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
+#: The code of the 503 answering an exception that means a dependency is unavailable.
+DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 _PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
 _SERVER_ERROR_DETAIL = "The server could not complete the request."
+#: How far ``__cause__`` links are followed to find an unavailable dependency.
+_MAX_CAUSES = 8
 
 
 class ErrorMiddleware:
     """Answer unhandled exceptions with a 500 problem and raised :class:`Problem` with itself.
 
+    * An exception that means a dependency is unavailable (an instance of one of the
+      ``unavailable`` classes or of prodkit's :class:`~prodkit.BackendError`, raised itself, as
+      the explicit cause — ``raise ... from`` — of what was raised, or as every member of an
+      exception group) is answered with a 503 problem, code ``DEPENDENCY_UNAVAILABLE``, and
+      ``Retry-After: unavailable_retry_after``. It is logged as a warning
+      (``dependency unavailable``, with the exception's type, no traceback): the outage is
+      not a bug in the code, and a traceback per request would bury the lines that are.
     * No stack trace or exception text reaches the client; the body has ``code``
       ``INTERNAL_ERROR`` and the ``request_id`` to quote to support.
     * The exception is logged once (``unhandled exception``, with the traceback) through
@@ -50,6 +61,11 @@ class ErrorMiddleware:
         app: the ASGI app to wrap.
         replace_server_errors: replace non-problem 500 responses by a problem (default on).
         hold_limit: bytes of a 500 response body held back for replacement.
+        unavailable: exception classes that mean a dependency (a database, a cache, another
+            service) is unavailable, besides :class:`~prodkit.BackendError` which always does:
+            a driver's connection and timeout errors, ``OSError``, ``TimeoutError``. prodkit
+            imports no driver; pass its classes.
+        unavailable_retry_after: ``Retry-After`` seconds of the 503 (1 to 60).
         logger: a structlog logger (default ``structlog.get_logger("prodkit.errors")``).
     """
 
@@ -59,13 +75,36 @@ class ErrorMiddleware:
         *,
         replace_server_errors: bool = True,
         hold_limit: int = 64 * 1024,
+        unavailable: Iterable[type[BaseException]] = (),
+        unavailable_retry_after: int = 2,
         logger: Any | None = None,
     ) -> None:
         if hold_limit < 0:
             raise ConfigurationError("hold_limit must be zero or a positive number of bytes")
+        if isinstance(unavailable, type):
+            raise ConfigurationError(
+                "unavailable takes a list of exception classes, not one class: "
+                f"unavailable=[{unavailable.__name__}]"
+            )
+        kinds = tuple(unavailable)
+        for kind in kinds:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise ConfigurationError(
+                    f"unavailable: {kind!r} is not an exception class; pass classes such as "
+                    "OSError or TimeoutError"
+                )
+        if type(unavailable_retry_after) is not int or not 1 <= unavailable_retry_after <= 60:
+            raise ConfigurationError("unavailable_retry_after must be whole seconds from 1 to 60")
         self.app = app
         self.replace_server_errors = replace_server_errors
         self.hold_limit = hold_limit
+        self.unavailable: tuple[type[BaseException], ...] = (BackendError, *kinds)
+        self.unavailable_retry_after = unavailable_retry_after
+        self._unavailable_headers = {"Retry-After": str(unavailable_retry_after)}
+        self._unavailable_detail = (
+            "A service this request depends on is unavailable; "
+            f"retry in {unavailable_retry_after} s."
+        )
         self.logger = logger if logger is not None else structlog.get_logger("prodkit.errors")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,6 +129,9 @@ class ErrorMiddleware:
                 # error. Outer layers record the request as 499 (client closed request).
                 _log(self.logger.info, "client disconnected before the response", scope, exc)
                 return
+            if not responder.started and _caused_by(exc, self.unavailable):
+                await self._send_unavailable(send, scope, exc)
+                return
             scope[EXCEPTION_SCOPE_KEY] = exc
             _log(self.logger.exception, "unhandled exception", scope, exc)
             if responder.started:
@@ -101,10 +143,47 @@ class ErrorMiddleware:
             # error is a problem. Frameworks that swallow the exception (Litestar) send that 500
             # while handling it, so the responder saw it; log it here, once, as if raised.
             error = responder.exception
+            if error is not None and _caused_by(error, self.unavailable):
+                await self._send_unavailable(send, scope, error)
+                return
             if error is not None:
                 scope[EXCEPTION_SCOPE_KEY] = error
                 _log(self.logger.error, "unhandled exception", scope, error, exc_info=error)
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
+
+    async def _send_unavailable(self, send: Send, scope: Scope, exc: BaseException) -> None:
+        # Not left on the scope for the access log: like any 503 prodkit answers, this is an
+        # expected outcome, logged at the level of its status rather than as an error.
+        _log(self.logger.warning, "dependency unavailable", scope, exc, error=_text(exc))
+        await send_problem(
+            send,
+            503,
+            DEPENDENCY_UNAVAILABLE,
+            self._unavailable_detail,
+            headers=self._unavailable_headers,
+        )
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` means a dependency is unavailable: it is one of ``kinds``, was raised
+    from one (``__cause__``, never the implicit ``__context__``: a bug in an ``except`` block
+    stays a bug), or is an exception group whose every member is."""
+    error: BaseException | None = exc
+    for _ in range(_MAX_CAUSES):
+        if error is None:
+            return False
+        if isinstance(error, kinds):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            return all(_caused_by(member, kinds) for member in error.exceptions)
+        error = error.__cause__
+    return False
+
+
+def _text(exc: BaseException) -> str:
+    """The exception's message, bounded: a driver's text can be long."""
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 async def _send_problem(send: Send, problem: Problem, logger: Any) -> None:
@@ -187,4 +266,4 @@ class _Responder:
             await self.send(message)
 
 
-__all__ = ["INTERNAL_ERROR", "ErrorMiddleware"]
+__all__ = ["DEPENDENCY_UNAVAILABLE", "INTERNAL_ERROR", "ErrorMiddleware"]

@@ -9,6 +9,10 @@
 
 Checks run with a timeout, concurrently, and their results are cached for ``cache_ttl``
 seconds; concurrent probes share one in-flight check, so probes cannot overload a dependency.
+A run ends at its timeout even when the check does not stop when told to (a driver cancelling
+a query over a dead connection), so readiness follows a dependency within ``cache_ttl`` +
+``timeout``. A check going from passing to failing, and back, is logged once each (a warning
+on the ``prodkit.health`` logger), not once per probe.
 Every answer is JSON with ``Cache-Control: no-store``; 503 answers carry ``Retry-After``.
 """
 
@@ -23,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, gauge, histogram
@@ -118,8 +123,21 @@ class CheckResult:
 class HealthCheck:
     """One named dependency check with its timeout, result cache and shared in-flight run.
 
+    A run ends ``timeout`` seconds after it started, failed, even if the check function does
+    not stop when cancelled (asyncpg, for one, waits for the server to acknowledge a cancelled
+    query, which over a dead connection takes its own ``command_timeout``): the function is
+    cancelled and left to finish in the background. So every probe that arrives more than
+    ``cache_ttl`` seconds after a dependency stopped answering gets a failing result within
+    ``timeout`` seconds.
+
+    When a run fails after the check passed (or on its first run), one warning
+    ``health check failing`` is logged (structlog logger ``prodkit.health``, with ``check``,
+    ``critical`` and ``error``); when a run passes after failing, one warning
+    ``health check passing again`` (with ``failed_for``, the seconds since the first failing
+    run). Runs that do not change the outcome log nothing.
+
     Arguments:
-        name: how the check appears in reports and metrics (``postgres``, ``redis``...).
+        name: how the check appears in reports, metrics and logs (``postgres``, ``redis``...).
         func: an async callable that returns normally when the dependency is healthy and
             raises (or takes longer than ``timeout``) when it is not.
         critical: whether a failure makes the process not ready.
@@ -149,7 +167,10 @@ class HealthCheck:
         self.cache_ttl = cache_ttl
         self._last: CheckResult | None = None
         self._last_at = 0.0
+        self._failing_since: float | None = None
         self._running: asyncio.Future[CheckResult] | None = None
+        # Runs that outlived their timeout, kept referenced until they finish by themselves.
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     def cached(self) -> CheckResult | None:
         """The last result while it is fresh (younger than ``cache_ttl``), else ``None``."""
@@ -172,20 +193,62 @@ class HealthCheck:
     async def _run(self) -> CheckResult:
         started = time.monotonic()
         error: str | None = None
+        call: asyncio.Future[Any]
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.func()
-        except TimeoutError:
+            call = asyncio.ensure_future(self.func())
+        except Exception as exc:  # a plain callable that raised instead of returning an awaitable
+            call = asyncio.get_running_loop().create_future()
+            call.set_exception(exc)
+        try:
+            done, _ = await asyncio.wait((call,), timeout=self.timeout)
+        except BaseException:
+            call.cancel()
+            raise
+        if not done:
+            # Not awaited after cancelling: a function that takes its time to stop must not
+            # hold readiness (nor the probes waiting for this run) past the timeout.
+            call.cancel()
+            self._abandoned.add(call)
+            call.add_done_callback(self._forget)
             error = f"timed out after {self.timeout}s"
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        elif call.cancelled():
+            error = "cancelled"
+        elif (failure := call.exception()) is not None:
+            error = f"{type(failure).__name__}: {failure}"
         finished = time.monotonic()
         result = CheckResult(
             self.name, error is None, self.critical, finished - started, time.time(), error
         )
+        self._report_change(result, finished)
         self._last = result
         self._last_at = finished
         return result
+
+    def _forget(self, call: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved, so asyncio does not report it as never retrieved
+
+    def _report_change(self, result: CheckResult, now: float) -> None:
+        """Log the two transitions, failing and passing again; nothing for a repeat."""
+        previous = self._last
+        if not result.ok and (previous is None or previous.ok):
+            self._failing_since = now
+            structlog.get_logger("prodkit.health").warning(
+                "health check failing",
+                check=self.name,
+                critical=self.critical,
+                error=result.error,
+            )
+        elif result.ok and previous is not None and not previous.ok:
+            since = self._failing_since if self._failing_since is not None else now
+            self._failing_since = None
+            structlog.get_logger("prodkit.health").warning(
+                "health check passing again",
+                check=self.name,
+                critical=self.critical,
+                failed_for=round(now - since, 3),
+            )
 
 
 class HealthMiddleware:
