@@ -167,6 +167,8 @@ class PostgresRepository:
             try:
                 async with self.pool.acquire() as conn:
                     return await func(conn)
+            except TimeoutError:
+                raise  # the database is slow or unreachable, not one connection broken
             except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
                 if attempt == 2:
                     raise
