@@ -253,7 +253,7 @@ class ResponseCache:
         """Write pending invalidations every ``retry_interval`` until none is left."""
         while self._pending:
             await asyncio.sleep(self.retry_interval)
-            if self._replaying:
+            if self._replaying or not self._pending:  # a read is at it, or has done it
                 continue
             try:
                 await self._replay(probe=True)
@@ -266,6 +266,8 @@ class ResponseCache:
         ``probe``: go to the store even while the breaker is open (a background attempt).
         """
         written = dict(self._pending)
+        if not written:
+            return True
         keys = sorted(written)
 
         async def bump() -> None:
@@ -290,7 +292,7 @@ class ResponseCache:
             self._flushing = False
         if self._pending:
             return False
-        self.logger.warning("cache invalidations written", tags=len(keys))
+        self.logger.warning("cache invalidations written", count=len(keys))
         return True
 
     async def aclose(self) -> None:
@@ -305,7 +307,10 @@ class ResponseCache:
             if retrier.get_loop() is asyncio.get_running_loop():
                 await asyncio.wait({retrier})
         if self._pending and not self._replaying:
-            await self._replay(probe=True)
+            try:
+                await self._replay(probe=True)
+            except Exception:  # not a store failure (those are handled): still close the store
+                self.logger.exception("cache invalidation retry failed")
         if self._pending:
             self.logger.error(
                 "cache invalidations lost",
