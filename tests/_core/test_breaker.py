@@ -1,4 +1,5 @@
-"""CircuitBreaker: opens after failures, fails fast while open, one half-open probe."""
+"""CircuitBreaker: opens after failures, fails fast while open, one half-open probe, two log
+lines per outage (opened, closed), and background probes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from prodkit import BackendError, BackendUnavailableError, ConfigurationError
 from prodkit.asgi import BreakerState, CircuitBreaker
+from prodkit.testing import capture_logs
 
 
 class Clock:
@@ -133,6 +135,153 @@ async def test_success_resets_the_count_and_bugs_pass_through(registry: Collecto
     with pytest.raises(KeyError):
         await cb.call(bug)
     assert state(cb) is BreakerState.CLOSED
+
+
+async def test_timeout_counts_whatever_the_failure_exceptions(
+    registry: CollectorRegistry,
+) -> None:
+    cb = CircuitBreaker(
+        "slow", failure_threshold=1, timeout=0.01, failure_exceptions=(OSError,), registry=registry
+    )
+
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(BackendError, match="timed out") as info:
+        await cb.call(hang)
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert state(cb) is BreakerState.OPEN
+
+
+async def test_by_default_a_backend_that_is_back_is_used_again_within_a_second(
+    registry: CollectorRegistry,
+) -> None:
+    clock = Clock()
+    cb = CircuitBreaker("redis", registry=registry, clock=clock)  # default recovery_time
+    for _ in range(cb.failure_threshold):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+    with pytest.raises(BackendUnavailableError):
+        await cb.call(ok)
+    clock.now += 1.0
+    assert await cb.call(ok) == "ok"  # the half-open probe: the backend answers
+    assert state(cb) is BreakerState.CLOSED
+
+
+async def test_logs_one_warning_when_it_opens_and_one_when_it_closes(
+    registry: CollectorRegistry,
+) -> None:
+    clock = Clock()
+    cb = breaker(registry, clock)
+    with capture_logs() as events:
+        for _ in range(3):
+            with pytest.raises(BackendError):
+                await cb.call(fail)
+        for _ in range(10):  # refused while open: counted, not logged
+            with pytest.raises(BackendUnavailableError):
+                await cb.call(ok)
+        for _ in range(3):  # probes that fail reopen it silently
+            clock.now += cb.recovery_time
+            with pytest.raises(BackendError):
+                await cb.call(fail)
+        clock.now += cb.recovery_time
+        assert await cb.call(ok) == "ok"
+        for _ in range(5):  # closed: nothing more to say
+            await cb.call(ok)
+    assert [(e["event"], e["log_level"], e["breaker"]) for e in events] == [
+        ("circuit breaker opened", "warning", "redis"),
+        ("circuit breaker closed", "warning", "redis"),
+    ]
+    opened, closed = events
+    assert (opened["failures"], opened["error"]) == (3, "refused")
+    assert closed["down_seconds"] == 4 * cb.recovery_time  # on the test's clock
+
+
+async def test_a_custom_logger_gets_the_lines(registry: CollectorRegistry) -> None:
+    lines: list[tuple[str, dict[str, object]]] = []
+
+    class Logger:
+        def warning(self, event: str, **fields: object) -> None:
+            lines.append((event, fields))
+
+    cb = CircuitBreaker("db", failure_threshold=1, registry=registry, logger=Logger())
+    with pytest.raises(BackendError):
+        await cb.call(fail)
+    assert [(event, fields["breaker"]) for event, fields in lines] == [
+        ("circuit breaker opened", "db")
+    ]
+
+
+async def test_probe_tries_an_open_backend_and_success_closes_it(
+    registry: CollectorRegistry,
+) -> None:
+    clock = Clock()
+    cb = breaker(registry, clock)
+    for _ in range(3):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+    assert await cb.probe(ok) == "ok"  # long before recovery_time
+    assert state(cb) is BreakerState.CLOSED
+    assert await cb.call(ok) == "ok"
+
+
+async def test_a_failed_probe_keeps_it_open_for_another_recovery_time(
+    registry: CollectorRegistry,
+) -> None:
+    clock = Clock()
+    cb = breaker(registry, clock)
+    for _ in range(3):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+    clock.now = 4.0
+    with pytest.raises(BackendError) as info:
+        await cb.probe(fail)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    clock.now = 5.0  # recovery_time after the first opening, not after the probe
+    assert state(cb) is BreakerState.OPEN
+    clock.now = 9.0
+    assert state(cb) is BreakerState.HALF_OPEN
+    assert (
+        registry.get_sample_value("prodkit_circuit_breaker_failures_total", {"breaker": "redis"})
+        == 4
+    )
+
+
+async def test_probe_leaves_the_half_open_slot_alone(registry: CollectorRegistry) -> None:
+    clock = Clock()
+    cb = breaker(registry, clock)
+    for _ in range(3):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+    clock.now = 5.0
+    release = asyncio.Event()
+
+    async def slow_probe() -> str:
+        await release.wait()
+        return "ok"
+
+    held = asyncio.create_task(cb.call(slow_probe))  # takes the half-open slot
+    await asyncio.sleep(0)
+    with pytest.raises(BackendError):
+        await cb.probe(fail)  # a background probe fails meanwhile
+    with pytest.raises(BackendUnavailableError):
+        await cb.call(ok)  # the slot is still taken
+    release.set()
+    assert await held == "ok"
+    assert state(cb) is BreakerState.CLOSED
+
+
+async def test_probe_failures_of_a_closed_breaker_count_towards_the_threshold(
+    registry: CollectorRegistry,
+) -> None:
+    cb = breaker(registry, Clock())
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            await cb.probe(fail)
+    assert state(cb) is BreakerState.CLOSED
+    with pytest.raises(BackendError):
+        await cb.call(fail)
+    assert state(cb) is BreakerState.OPEN
 
 
 @pytest.mark.parametrize(

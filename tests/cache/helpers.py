@@ -18,9 +18,13 @@ Writes: any other method on any path answers 200 (``DELETE``: 204); ``POST /fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -28,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from prodkit import caller_from_header
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, get_header, read_body
 from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, Lookup
+from tests.servers import HOST, wait_for_port
 
 ROUTES = {
     "/items/{id}": CacheRule(ttl=60),
@@ -45,6 +50,34 @@ ROUTES = {
 }
 USER = {"X-User-Id": "alice"}
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def throwaway_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A private redis-server on 127.0.0.1 (never the shared one), stopped by its PID."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 10, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a paused server must not outlive the test
+            process.kill()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def paused(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """SIGSTOP our own redis-server for the block, SIGCONT after it (whatever happens)."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def make_cache(app: ASGIApp, registry: CollectorRegistry, **options: Any) -> CacheMiddleware:

@@ -9,36 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit.asgi import BreakerState, CircuitBreaker
 from prodkit.cache import RedisCacheStore, ResponseCache
-from tests.cache.helpers import CountingApp, CountingStore, FakeClock, make_cache, outcomes
+from tests.cache.helpers import (
+    CountingApp,
+    CountingStore,
+    FakeClock,
+    make_cache,
+    outcomes,
+    throwaway_redis,
+)
 from tests.conftest import ClientFactory
-from tests.servers import HOST, free_port, wait_for_port
+from tests.servers import HOST, free_port
 
 pytestmark = pytest.mark.redis
-
-
-@contextlib.contextmanager
-def throwaway_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A private redis-server on 127.0.0.1 (never the shared one), stopped by its PID."""
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, 10, process)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
 
 
 async def test_redis_stopped_mid_run_fails_open_and_stops_calling_it(

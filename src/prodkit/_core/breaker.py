@@ -4,7 +4,12 @@ Without it, every request that touches a refused or black-holed Redis waits for 
 command timeout. With it, after ``failure_threshold`` consecutive failures the breaker *opens*
 and calls fail at once with :class:`~prodkit.BackendUnavailableError`; after
 ``recovery_time`` seconds it is *half-open* and lets exactly one probe call through: success
-closes it, failure opens it again for another ``recovery_time``.
+closes it, failure opens it again for another ``recovery_time``. So once the dependency is
+back, the first call made ``recovery_time`` (0.5 s by default) or more after the last failure
+uses it again. :meth:`CircuitBreaker.probe` lets a background job try sooner.
+
+A breaker logs one warning when it opens (``circuit breaker opened``) and one when it closes
+again (``circuit breaker closed``), never one per refused call.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
@@ -35,9 +41,12 @@ class CircuitBreaker:
     """Guard calls to one backend; see the module docstring for the state machine.
 
     Arguments:
-        name: the backend's name, used as the ``breaker`` metric label (``"redis-cache"``).
+        name: the backend's name, used as the ``breaker`` metric label (``"redis-cache"``) and
+            in the log lines.
         failure_threshold: consecutive failures that open the breaker.
-        recovery_time: seconds the breaker stays open before a half-open probe.
+        recovery_time: seconds the breaker stays open before a half-open probe. It bounds how
+            long a backend that is back stays unused (while requests keep coming); each probe
+            of a black-holed backend holds one call for up to ``timeout``.
         timeout: seconds a guarded call may take before it counts as a failure
             (``None``: no limit beyond the driver's own).
         failure_exceptions: exception types that count as backend failures; anything else
@@ -46,6 +55,8 @@ class CircuitBreaker:
             and the ``{metric_prefix}circuit_breaker_failures_total`` counter.
         metric_prefix: put in front of those metric names.
         clock: monotonic clock, replaceable in tests.
+        logger: a structlog logger for the opened and closed warnings (default
+            ``structlog.get_logger("prodkit.breaker")``).
     """
 
     def __init__(
@@ -53,12 +64,13 @@ class CircuitBreaker:
         name: str,
         *,
         failure_threshold: int = 5,
-        recovery_time: float = 5.0,
+        recovery_time: float = 0.5,
         timeout: float | None = 1.0,
         failure_exceptions: tuple[type[BaseException], ...] = (Exception,),
         registry: CollectorRegistry | None = None,
         metric_prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.monotonic,
+        logger: Any | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ConfigurationError("failure_threshold must be at least 1")
@@ -71,10 +83,12 @@ class CircuitBreaker:
         self.recovery_time = recovery_time
         self.timeout = timeout
         self.failure_exceptions = failure_exceptions
+        self.logger: Any = logger if logger is not None else structlog.get_logger("prodkit.breaker")
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
-        self._opened_at = 0.0
+        self._opened_at = 0.0  # the last time it opened (again)
+        self._down_since = 0.0  # the time it opened after being closed
         self._probing = False
         self._state_gauge = gauge(
             f"{metric_prefix}circuit_breaker_state",
@@ -122,20 +136,50 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
-        """Report a successful call: the breaker closes and the failure count resets."""
-        self._failures = 0
-        self._probing = False
-        if self._state is not BreakerState.CLOSED:
-            self._set(BreakerState.CLOSED)
+        """Report a successful call: the breaker closes and the failure count resets.
 
-    def record_failure(self) -> None:
-        """Report a failed call: a probe's failure or enough consecutive ones open the breaker."""
+        Closing a breaker that was open or half-open logs ``circuit breaker closed``
+        (warning, with ``breaker`` and ``down_seconds``).
+        """
+        self._probing = False
+        self._close()
+
+    def record_failure(self, error: BaseException | None = None) -> None:
+        """Report a failed call: a probe's failure or enough consecutive ones open the breaker.
+
+        Opening a closed breaker logs ``circuit breaker opened`` (warning, with ``breaker``,
+        ``failures`` and ``error``, the failure's text when given); a failed probe reopens it
+        silently.
+        """
         self._failures_total.inc()
         self._failures += 1
         if self._probing or self._failures >= self.failure_threshold:
             self._probing = False
-            self._opened_at = self._clock()
-            self._set(BreakerState.OPEN)
+            self._open(error)
+
+    def _close(self) -> None:
+        self._failures = 0
+        if self._state is not BreakerState.CLOSED:
+            self._set(BreakerState.CLOSED)
+            self.logger.warning(
+                "circuit breaker closed",
+                breaker=self.name,
+                down_seconds=round(max(0.0, self._clock() - self._down_since), 3),
+            )
+
+    def _open(self, error: BaseException | None) -> None:
+        """Open (or keep open) for another ``recovery_time``; log only if it was closed."""
+        self._opened_at = self._clock()
+        if self._state is BreakerState.CLOSED:
+            self._down_since = self._opened_at
+            self.logger.warning(
+                "circuit breaker opened",
+                breaker=self.name,
+                failures=self._failures,
+                error=_describe(error),
+                probe_in_seconds=self.recovery_time,
+            )
+        self._set(BreakerState.OPEN)
 
     async def call(self, func: Callable[[], Awaitable[T]]) -> T:
         """Run ``func()`` through the breaker, with the timeout.
@@ -150,26 +194,73 @@ class CircuitBreaker:
             if self.timeout is None:
                 result = await func()
             else:
-                async with asyncio.timeout(self.timeout):
-                    result = await func()
-        except TimeoutError as exc:
-            self.record_failure()
-            raise BackendError(f"{self.name}: call timed out after {self.timeout}s") from exc
-        except asyncio.CancelledError:
-            # The caller went away; that says nothing about the backend, but a probe slot
-            # must not stay taken forever.
-            self._probing = False
-            raise
-        except self.failure_exceptions as exc:
-            self.record_failure()
+                # Inline rather than through _timed: one frame less on every guarded call.
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        result = await func()
+                except TimeoutError as exc:
+                    raise _Timeout(f"{self.name}: call timed out after {self.timeout}s") from exc
+        except BaseException as exc:
+            if not self._counts(exc):
+                # A bug or a cancellation says nothing about the backend, but a probe slot
+                # must not stay taken forever.
+                self._probing = False
+                raise
+            self.record_failure(exc)
             if isinstance(exc, BackendError):
                 raise
             raise BackendError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            self._probing = False
-            raise
         self.record_success()
         return result
+
+    async def probe(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` now, whatever the state, with the timeout: a background check.
+
+        For a job that no request waits on (retrying a write, say): it may try an open
+        breaker's backend sooner than ``recovery_time``. Success closes the breaker; failure
+        counts like a call's and keeps an open breaker open for another ``recovery_time``.
+        It neither takes nor frees the half-open slot of :meth:`call`. Raises
+        :class:`~prodkit.BackendError` (the cause chained) when the call fails or times out.
+        """
+        try:
+            result = await self._timed(func)
+        except BaseException as exc:
+            if not self._counts(exc):
+                raise
+            self._failures_total.inc()
+            self._failures += 1
+            if self._state is not BreakerState.CLOSED or self._failures >= self.failure_threshold:
+                self._open(exc)
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        self._close()
+        return result
+
+    def _counts(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a backend failure (a timeout always is; a cancellation never)."""
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        return isinstance(exc, (_Timeout, *self.failure_exceptions))
+
+    async def _timed(self, func: Callable[[], Awaitable[T]]) -> T:
+        if self.timeout is None:
+            return await func()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await func()
+        except TimeoutError as exc:
+            raise _Timeout(f"{self.name}: call timed out after {self.timeout}s") from exc
+
+
+class _Timeout(BackendError):
+    """A guarded call outlived the breaker's timeout (a backend failure, whatever the filter)."""
+
+
+def _describe(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    return str(error) or type(error).__name__
 
 
 __all__ = ["BreakerState", "CircuitBreaker"]

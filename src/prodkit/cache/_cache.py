@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
@@ -12,8 +13,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.breaker import CircuitBreaker
-from prodkit._core.collectors import DEFAULT_PREFIX, counter
-from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
+from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
 from prodkit.cache._memory import MemoryCacheStore
 from prodkit.cache._store import CacheStore, Lookup
 
@@ -21,12 +22,23 @@ T = TypeVar("T")
 
 _READABLE_TAG = re.compile(r"[!-~]{1,200}\Z")  # printable ASCII, no spaces, short
 
+#: Tags that every entry of a cache whose store can fail carries, one per sixteenth of the
+#: entry keys (so that, on Redis Cluster, reads of different entries spread over 16 keys).
+#: Bumping all of them makes every entry stale: the answer when the record of pending
+#: invalidations overflows. Their ``f:`` keys cannot collide with a tag's ``t:`` key.
+FLUSH_KEYS = tuple(f"f:{digit}" for digit in "0123456789abcdef")
+
 
 def tag_key(tag: str) -> str:
     """The store key of a tag's version: readable when the tag is short and plain, else hashed."""
     if _READABLE_TAG.match(tag):
         return "t:" + tag
     return "t:#" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def flush_key(base: str) -> str:
+    """The flush tag (one of :data:`FLUSH_KEYS`) of the entry whose hex key hash is ``base``."""
+    return FLUSH_KEYS[int(base[0], 16)]
 
 
 class ResponseCache:
@@ -44,13 +56,25 @@ class ResponseCache:
     black-holed Redis) calls fail at once, the cache *fails open* (requests are served by the
     app) and a half-open probe checks for recovery every ``recovery_time`` seconds.
 
+    An invalidation that cannot reach the store is not dropped: its tags are kept *pending* in
+    this process and written again every ``retry_interval`` seconds in the background (even
+    while the breaker is open, as a probe that no request waits for). While any are pending,
+    this process reads nothing from the store (every read fails open to the app), so it never
+    serves an entry that a pending invalidation covers; the first read that finds the store
+    reachable again writes them first. At most ``max_pending`` tags are kept: beyond that the
+    record is replaced by a *flush* that makes every entry stale once written.
+
     Arguments:
         store: where entries live (default: a :class:`~prodkit.cache.MemoryCacheStore`).
         breaker: the circuit breaker for store calls (default: named ``"cache"``, opens after 3
-            consecutive failures, 0.25 s per call, probes again after 5 s; none for the
+            consecutive failures, 0.25 s per call, probes again after 0.5 s; none for the
             in-process memory store, which cannot fail or hang).
         tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
             longest entry TTL (checked by the middleware).
+        retry_interval: seconds between two background attempts to write pending
+            invalidations.
+        max_pending: most tags kept pending in this process before the record is replaced by
+            a flush of every entry.
         registry: the Prometheus registry of the ``{metric_prefix}cache_*`` metrics.
         metric_prefix: put in front of those metric names.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.cache")``).
@@ -62,12 +86,18 @@ class ResponseCache:
         *,
         breaker: CircuitBreaker | None = None,
         tag_ttl: float = 24 * 3600.0,
+        retry_interval: float = 0.1,
+        max_pending: int = 10_000,
         registry: CollectorRegistry | None = None,
         metric_prefix: str = DEFAULT_PREFIX,
         logger: object | None = None,
     ) -> None:
         if tag_ttl <= 0:
             raise ConfigurationError("tag_ttl must be a positive number of seconds")
+        if retry_interval <= 0:
+            raise ConfigurationError("retry_interval must be a positive number of seconds")
+        if max_pending < 1:
+            raise ConfigurationError("max_pending must be at least 1")
         if store is not None and not isinstance(store, CacheStore):
             raise ConfigurationError(
                 "store must implement prodkit.cache.CacheStore "
@@ -81,12 +111,13 @@ class ResponseCache:
             self.breaker = CircuitBreaker(
                 "cache",
                 failure_threshold=3,
-                recovery_time=5.0,
                 timeout=0.25,
                 registry=registry,
                 metric_prefix=metric_prefix,
             )
         self.tag_ttl = tag_ttl
+        self.retry_interval = retry_interval
+        self.max_pending = max_pending
         self.registry = registry
         self.metric_prefix = metric_prefix
         self.logger: structlog.typing.FilteringBoundLogger = (
@@ -98,6 +129,29 @@ class ResponseCache:
             ["outcome"],
             registry=registry,
         )
+        self._pending_gauge = gauge(
+            f"{metric_prefix}cache_pending_invalidations",
+            "Tags whose invalidation has not reached the cache store yet (retried).",
+            registry=registry,
+        )
+        # Tag keys whose new version has not reached the store, each with the number of the
+        # failed invalidation that last wanted it (a replay that started before a later
+        # failure must not clear that one).
+        self._pending: dict[str, int] = {}
+        self._failed_writes = 0
+        self._flushing = False  # the record overflowed: FLUSH_KEYS stand for every tag
+        self._replaying = False  # one replay at a time
+        self._retrier: asyncio.Task[None] | None = None
+
+    @property
+    def flushable(self) -> bool:
+        """Whether entries carry a flush tag: the store can fail, so invalidations can pend."""
+        return self.breaker is not None
+
+    @property
+    def pending_invalidations(self) -> int:
+        """How many tag keys this process still has to write to the store (0 normally)."""
+        return len(self._pending)
 
     async def _call(self, func: Callable[[], Awaitable[T]]) -> T:
         if self.breaker is None:  # an in-process store cannot be down or slow
@@ -105,7 +159,13 @@ class ResponseCache:
         return await self.breaker.call(func)
 
     async def get(self, key: str, tags: Sequence[str]) -> Lookup:
-        """Read ``key`` and tag versions through the breaker (raises ``BackendError``)."""
+        """Read ``key`` and tag versions through the breaker (raises ``BackendError``).
+
+        While invalidations are pending, writes them first, or raises
+        ``BackendUnavailableError`` rather than read what they would have made stale.
+        """
+        if self._pending:  # an outage left invalidations behind: nothing to read before them
+            await self._settle()
         if self.breaker is None:  # every hit comes here: no closure, no extra frame
             return await self.store.get(key, tags=tags)
         return await self.breaker.call(lambda: self.store.get(key, tags=tags))
@@ -133,8 +193,9 @@ class ResponseCache:
         """Make every entry carrying one of ``tags`` stale, in every process sharing the store.
 
         One pipelined write of new tag versions; no ``KEYS``, no ``SCAN``, no per-entry work.
-        Returns ``False`` (and logs ``cache invalidation failed``) when the store is unreachable:
-        entries then live until their TTL, which bounds how stale they can get.
+        Returns ``False`` when the store is unreachable: the tags are then kept pending and
+        written in the background as soon as it answers (see the class docstring), and this
+        process serves nothing from the store until they are.
         """
         keys = sorted({tag_key(tag) for tag in tags})
         if not keys:
@@ -145,14 +206,119 @@ class ResponseCache:
             await self._call(lambda: self.store.bump(keys, self.tag_ttl))
         except BackendError as exc:
             self._invalidations.labels("error").inc()
-            self.logger.warning("cache invalidation failed", tags=keys, error=str(exc))
+            self._defer(keys, exc)
             return False
         self._invalidations.labels("ok").inc()
         return True
 
+    def _defer(self, keys: list[str], error: BackendError) -> None:
+        """Keep ``keys`` pending (or the flush, past ``max_pending``) and make sure of a retrier."""
+        self._failed_writes += 1
+        was_empty = not self._pending
+        before = len(self._pending)
+        targets: Sequence[str] = keys
+        if self._flushing:
+            targets = FLUSH_KEYS  # a flush is pending already: it covers these tags too
+        elif before + sum(1 for key in keys if key not in self._pending) > self.max_pending:
+            self._flushing = True
+            self._pending.clear()
+            targets = FLUSH_KEYS
+            self.logger.error(
+                "cache invalidations overflowed",
+                pending=before + len(keys),
+                max_pending=self.max_pending,
+                detail="every cached entry will be made stale once the store answers",
+            )
+        for key in targets:
+            self._pending[key] = self._failed_writes
+        self._pending_gauge.inc(len(self._pending) - before)
+        if was_empty:
+            self.logger.warning(
+                "cache invalidations pending",
+                tags=keys,
+                error=str(error),
+                retry_interval=self.retry_interval,
+            )
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _settle(self) -> None:
+        """Before a read while invalidations are pending: write them, or fail the read open."""
+        if self._replaying or not await self._replay(probe=False):
+            raise BackendUnavailableError(
+                "cache: invalidations are pending; reading now could serve stale entries"
+            )
+
+    async def _retry(self) -> None:
+        """Write pending invalidations every ``retry_interval`` until none is left."""
+        while self._pending:
+            await asyncio.sleep(self.retry_interval)
+            if self._replaying or not self._pending:  # a read is at it, or has done it
+                continue
+            try:
+                await self._replay(probe=True)
+            except Exception:  # a bug must not end the retries; BackendError is handled
+                self.logger.exception("cache invalidation retry failed")
+
+    async def _replay(self, *, probe: bool) -> bool:
+        """Write every pending tag key in one pipeline; ``True`` when none is left.
+
+        ``probe``: go to the store even while the breaker is open (a background attempt).
+        """
+        written = dict(self._pending)
+        if not written:
+            return True
+        keys = sorted(written)
+
+        async def bump() -> None:
+            await self.store.bump(keys, self.tag_ttl)
+
+        self._replaying = True
+        try:
+            if probe and self.breaker is not None:
+                await self.breaker.probe(bump)
+            else:
+                await self._call(bump)
+        except BackendError:
+            return False
+        finally:
+            self._replaying = False
+        before = len(self._pending)
+        for key, number in written.items():
+            if self._pending.get(key) == number:  # not wanted again by a later failure
+                del self._pending[key]
+        self._pending_gauge.dec(before - len(self._pending))
+        if self._flushing and not any(key in self._pending for key in FLUSH_KEYS):
+            self._flushing = False
+        if self._pending:
+            return False
+        self.logger.warning("cache invalidations written", count=len(keys))
+        return True
+
     async def aclose(self) -> None:
-        """Close the store."""
+        """Stop the retries, try pending invalidations once more, then close the store.
+
+        Invalidations still pending then are lost (entries they cover live until their TTL):
+        logged as ``cache invalidations lost``.
+        """
+        retrier, self._retrier = self._retrier, None
+        if retrier is not None and not retrier.done():
+            retrier.cancel()
+            if retrier.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait({retrier})
+        if self._pending and not self._replaying:
+            try:
+                await self._replay(probe=True)
+            except Exception:  # not a store failure (those are handled): still close the store
+                self.logger.exception("cache invalidation retry failed")
+        if self._pending:
+            self.logger.error(
+                "cache invalidations lost",
+                count=len(self._pending),
+                tags=sorted(self._pending)[:20],
+                detail="entries they cover live until their TTL",
+            )
         await self.store.aclose()
 
 
-__all__ = ["ResponseCache", "tag_key"]
+__all__ = ["FLUSH_KEYS", "ResponseCache", "flush_key", "tag_key"]

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode
 from prodkit._core.callers import Caller
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.routing import compile_template
-from prodkit.cache._cache import ResponseCache, tag_key
+from prodkit.cache._cache import ResponseCache, flush_key, tag_key
 
 _TAG_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 _EMPTY_PART = (0).to_bytes(8, "big")  # an empty query, length-prefixed
@@ -48,6 +48,7 @@ class Route:
     pattern: re.Pattern[str]
     rule: CacheRule | None
     tags: tuple[str, ...]  # tag templates bumped by a write / stamped on an entry
+    flush: bool = False  # entries also carry a flush tag (the cache's store can fail)
     key_prefix: bytes = field(init=False)  # the template's part of every entry key
     by_caller: bool = field(init=False)  # the caller is part of the key or of a tag
 
@@ -64,7 +65,7 @@ class Route:
         return replace(self, pattern=re.compile(re.escape(root_path) + self.pattern.pattern))
 
     def keys(self, path: str, query: bytes, caller_name: str | None) -> tuple[str, tuple[str, ...]]:
-        """The entry key's hash and the tag version keys of a read (path tag first)."""
+        """The entry key's hash and the tag version keys of a read (path tag first, flush tag last)."""
         tags = (self.render_tags(path, caller_name) or ()) if self.tags else ()
         raw_path = path.encode("utf-8", "surrogatepass")
         # length-prefixed, so no choice of path or query can imitate another split
@@ -85,6 +86,8 @@ class Route:
         else:
             parts.append(b"-")
         base = hashlib.sha256(b"".join(parts)).hexdigest()[:40]
+        if self.flush:
+            return base, (tag_key("path:" + path), *(tag_key(t) for t in tags), flush_key(base))
         return base, (tag_key("path:" + path), *(tag_key(t) for t in tags))
 
     def render_tags(self, path: str, caller_name: str | None) -> tuple[str, ...] | None:
@@ -129,9 +132,8 @@ def read_routes(
         if isinstance(rule.tags, str):
             raise ConfigurationError(f"routes[{template!r}]: tags must be a list of strings")
         check_tags(template, rule.tags, caller)
-        reads.append(
-            (template, Route(template, compile_template(template), rule, tuple(rule.tags)))
-        )
+        route = Route(template, compile_template(template), rule, tuple(rule.tags), cache.flushable)
+        reads.append((template, route))
     return reads
 
 
