@@ -418,7 +418,8 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
             else MemoryCacheStore()
         )
         stack.cache = ResponseCache(cache_store, registry=stack.registry)
-        stack.on_close(cache_store.aclose)
+        # The cache closes its store after a last try of pending invalidations.
+        stack.on_close(stack.cache.aclose)
     stack.on_close(stack.rate_limit_store.aclose)
     stack.on_close(stack.idempotency_store.aclose)
     if isinstance(stack.idempotency_store, PostgresIdempotencyStore):

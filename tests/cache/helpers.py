@@ -32,7 +32,6 @@ from prometheus_client import CollectorRegistry
 from prodkit import caller_from_header
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, get_header, read_body
 from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, Lookup
-from tests.servers import HOST, wait_for_port
 
 ROUTES = {
     "/items/{id}": CacheRule(ttl=60),
@@ -50,24 +49,6 @@ ROUTES = {
 }
 USER = {"X-User-Id": "alice"}
 T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def throwaway_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A private redis-server on 127.0.0.1 (never the shared one), stopped by its PID."""
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, 10, process)
-        yield process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)  # a paused server must not outlive the test
-            process.kill()
-        process.wait(timeout=10)
 
 
 @contextlib.contextmanager

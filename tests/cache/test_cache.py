@@ -21,10 +21,9 @@ from tests.cache.helpers import (
     FakeClock,
     make_cache,
     outcomes,
-    throwaway_redis,
 )
 from tests.conftest import ClientFactory
-from tests.servers import HOST, free_port
+from tests.servers import HOST, free_port, redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -42,7 +41,7 @@ async def test_redis_stopped_mid_run_fails_open_and_stops_calling_it(
         registry=registry,
         clock=clock,
     )
-    with throwaway_redis(port) as server:
+    with redis_server(port) as server:
         store = CountingStore(
             RedisCacheStore(f"redis://{HOST}:{port}/0", socket_timeout=0.25, connect_timeout=0.25)
         )
@@ -65,7 +64,7 @@ async def test_redis_stopped_mid_run_fails_open_and_stops_calling_it(
         assert app.calls == {"/items/1": 11, "/items/0": 10, "/items/2": 10, "/items/3": 10}
 
     # Redis comes back: after recovery_time one probe closes the breaker again.
-    with throwaway_redis(port):
+    with redis_server(port):
         clock.now += 5
         response = await client.get("/items/7")
         assert response.headers["x-cache"] == "MISS"

@@ -27,8 +27,8 @@ from prodkit.asgi import BreakerState, CircuitBreaker, Receive, Scope, Send, rea
 from prodkit.cache import CacheMiddleware, CacheRule, RedisCacheStore, ResponseCache
 from prodkit.cache._cache import FLUSH_KEYS
 from prodkit.testing import capture_logs
-from tests.cache.helpers import FakeClock, outcomes, paused, throwaway_redis
-from tests.servers import HOST, free_port
+from tests.cache.helpers import FakeClock, outcomes, paused
+from tests.servers import HOST, free_port, redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -83,9 +83,9 @@ class Worker:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
-    with throwaway_redis(port) as process:
+    with redis_server(port) as process:
         yield process, f"redis://{HOST}:{port}/0"
 
 
@@ -94,10 +94,10 @@ WorkerFactory = Callable[..., Worker]
 
 @pytest.fixture
 async def workers(
-    redis_server: tuple[subprocess.Popen[bytes], str],
+    own_redis: tuple[subprocess.Popen[bytes], str],
 ) -> AsyncIterator[WorkerFactory]:
     """Build workers over one ``ItemsApp`` and the throwaway Redis; all closed at teardown."""
-    _, url = redis_server
+    _, url = own_redis
     app = ItemsApp()
     prefix = f"outage:{uuid.uuid4().hex[:8]}:"
     made: list[Worker] = []
@@ -149,9 +149,9 @@ async def drained(worker: Worker, polls: int = 30) -> bool:
 
 
 async def test_a_delete_during_the_pause_is_never_followed_by_a_stale_hit(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     clock = FakeClock()  # the half-open probe comes when the test moves the clock
     breaker = CircuitBreaker("cache", failure_threshold=3, timeout=0.25, clock=clock)
     # No background retries: the first read after the outage must write the record itself.
@@ -183,9 +183,9 @@ async def test_a_delete_during_the_pause_is_never_followed_by_a_stale_hit(
 
 
 async def test_a_patch_during_the_pause_serves_the_new_name_in_every_worker(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     first = workers()  # default breaker and background retries
     other = workers()
     assert (await cached(first))["name"] == "item 1"
@@ -207,9 +207,9 @@ async def test_a_patch_during_the_pause_serves_the_new_name_in_every_worker(
 
 
 async def test_reads_while_invalidations_are_pending_never_hit(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     first = workers()
     await cached(first)
     with paused(process):
@@ -225,9 +225,9 @@ async def test_reads_while_invalidations_are_pending_never_hit(
 
 
 async def test_the_breaker_uses_redis_again_within_a_second_and_logs_once_each_way(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     worker = workers()  # the default breaker, on the real clock
     await cached(worker, "2")
     with capture_logs() as events:
@@ -252,9 +252,9 @@ async def test_the_breaker_uses_redis_again_within_a_second_and_logs_once_each_w
 
 
 async def test_an_overflowing_record_flushes_every_entry_in_every_worker(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     first = workers(max_pending=2)
     other = workers()
     for item in ("1", "8", "9"):  # 8 and 9: entries that no write touches
@@ -280,9 +280,9 @@ async def test_an_overflowing_record_flushes_every_entry_in_every_worker(
 
 
 async def test_invalidations_still_pending_at_close_are_logged_as_lost(
-    redis_server: tuple[subprocess.Popen[bytes], str], registry: CollectorRegistry
+    own_redis: tuple[subprocess.Popen[bytes], str], registry: CollectorRegistry
 ) -> None:
-    process, url = redis_server
+    process, url = own_redis
     cache = ResponseCache(
         RedisCacheStore(url, key_prefix="lost:", socket_timeout=0.5), registry=registry
     )
@@ -296,9 +296,9 @@ async def test_invalidations_still_pending_at_close_are_logged_as_lost(
 
 
 async def test_outcomes_count_pending_reads_as_errors(
-    redis_server: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
 ) -> None:
-    process, _ = redis_server
+    process, _ = own_redis
     first = workers(retry_interval=3600)
     await cached(first)
     with paused(process):

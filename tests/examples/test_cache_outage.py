@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cache.helpers import paused, throwaway_redis
-from tests.servers import HOST, ServerProcess, free_port, run_server
+from tests.cache.helpers import paused
+from tests.servers import HOST, ServerProcess, free_port, redis_server, run_server
 
 FUND: dict[str, Any] = {
     "name": "Outage Fund",
@@ -51,10 +51,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     args = ["examples.funds", "--port", str(port), "--workers", "1"]
     tmp_path: Path = tmp_path_factory.mktemp("cache-outage")
     with (
-        throwaway_redis(redis_port) as redis_server,
+        redis_server(redis_port) as redis,
         run_server(args, port=port, tmp_path=tmp_path, env=env) as server,
     ):
-        yield server, redis_server
+        yield server, redis
 
 
 @pytest.fixture
@@ -127,12 +127,12 @@ async def open_cache_breaker(http: httpx.AsyncClient, url: str, headers: dict[st
 async def test_a_delete_while_redis_is_paused_is_never_followed_by_the_deleted_fund(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
-    server, redis_server = stack
+    server, redis = stack
     since = len(server.output())
     headers = caller()
     url = await cached_fund(http, headers)
     control = await cached_fund(http, headers)  # a fund no write touches
-    with paused(redis_server):
+    with paused(redis):
         await open_cache_breaker(http, url, headers)
         assert (await http.delete(url, headers=headers)).status_code == 204
     await cache_back(http, control, headers)
@@ -152,12 +152,12 @@ async def test_a_delete_while_redis_is_paused_is_never_followed_by_the_deleted_f
 async def test_a_patch_while_redis_is_paused_is_served_with_the_new_name(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
-    server, redis_server = stack
+    server, redis = stack
     since = len(server.output())
     headers = caller()
     url = await cached_fund(http, headers)
     control = await cached_fund(http, headers)
-    with paused(redis_server):
+    with paused(redis):
         await open_cache_breaker(http, url, headers)
         patched = await http.patch(url, json={"name": "Renamed"}, headers=headers)
         assert (patched.status_code, patched.json()["name"]) == (200, "Renamed")

@@ -663,7 +663,9 @@ async def test_open_breaker_answers_503_without_calling_the_store(
     make_client: ClientFactory,
 ) -> None:
     registry = CollectorRegistry()
-    breaker = CircuitBreaker("idempotency-store", failure_threshold=1, registry=registry)
+    breaker = CircuitBreaker(
+        "idempotency-store", failure_threshold=1, recovery_time=5, registry=registry
+    )
     store = unreachable_store()
     middleware, _ = wrap(CountingApp(), store=store, breaker=breaker, registry=registry)
     client = make_client(middleware)
@@ -673,7 +675,7 @@ async def test_open_breaker_answers_503_without_calling_the_store(
     finally:
         await store.aclose()
     assert first.status_code == second.status_code == 503
-    assert second.headers["retry-after"] == "5"
+    assert second.headers["retry-after"] == "5"  # the breaker's recovery_time
     rejections = registry.get_sample_value(
         "prodkit_circuit_breaker_rejections_total", {"breaker": "idempotency-store"}
     )

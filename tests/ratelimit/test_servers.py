@@ -84,7 +84,7 @@ async def _wait_for_workers(base_url: str, workers: int) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_redis(
+def redis_server(
     tmp_path: Path, port: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A private redis-server on a free loopback port, stopped by its own PID."""
@@ -143,7 +143,7 @@ async def test_redis_dying_mid_test_fails_open_and_stops_calling_it(tmp_path: Pa
     # during the test, however slowly the machine runs it. (The latency this buys is measured
     # by benchmarks/ratelimit_servers.py, not asserted here.)
     breaker = CircuitBreaker("rate-limit", timeout=0.5, clock=lambda: 0.0, registry=registry)
-    with throwaway_redis(tmp_path) as (process, url):
+    with redis_server(tmp_path) as (process, url):
         store = RedisRateLimitStore.from_url(url)
         app = RateLimitMiddleware(
             build_app("raw"), policy="5/minute", store=store, breaker=breaker, registry=registry
@@ -194,7 +194,7 @@ async def test_redis_down_fails_closed_with_a_503_problem(tmp_path: Path) -> Non
     from prodkit.ratelimit._redis import RedisRateLimitStore
 
     registry = CollectorRegistry()
-    with throwaway_redis(tmp_path) as (process, url):
+    with redis_server(tmp_path) as (process, url):
         store = RedisRateLimitStore.from_url(url)
         app = RateLimitMiddleware(
             build_app("raw"),
@@ -230,7 +230,7 @@ async def test_the_shared_store_is_used_again_once_redis_is_back(tmp_path: Path)
     now = [0.0]
     breaker = CircuitBreaker("rate-limit", clock=lambda: now[0], registry=registry)
     port = free_port()
-    with throwaway_redis(tmp_path, port) as (process, url):
+    with redis_server(tmp_path, port) as (process, url):
         store = RedisRateLimitStore.from_url(url)
         app = RateLimitMiddleware(
             build_app("raw"), policy="10/minute", store=store, breaker=breaker, registry=registry
@@ -249,7 +249,7 @@ async def test_the_shared_store_is_used_again_once_redis_is_back(tmp_path: Path)
                 )
                 == 1
             )
-            with throwaway_redis(tmp_path, port):  # Redis is back (empty: no persistence)
+            with redis_server(tmp_path, port):  # Redis is back (empty: no persistence)
                 now[0] += breaker.recovery_time  # the breaker may probe again
                 back = await client.get("/items/1")
                 again = await client.get("/items/1")
