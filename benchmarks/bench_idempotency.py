@@ -3,7 +3,11 @@
 Cases against a bare raw ASGI app answering ``201`` JSON to ``POST /api/funds``:
 
 * ``first``: a new key on every request (claim, run, record);
-* ``replay``: the same key every time (one claim answered from the record).
+* ``replay``: the same key every time (one claim answered from the record);
+* ``full``: a new key on every request to a memory store already at its bound (10,000 records:
+  the oldest 1% claims still in progress, the rest completed), so every claim evicts the
+  oldest completed record; and the same claim and completion called on the store directly,
+  without the middleware (``store only``), for the store's own cost per claim at capacity.
 
 Stores: memory always; Redis and PostgreSQL when reachable at ``PRODKIT_BENCH_REDIS_URL`` /
 ``PRODKIT_BENCH_DATABASE_URL`` (defaults: the local test services; the PostgreSQL cases use
@@ -17,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +35,7 @@ from prodkit.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
+    StoredResponse,
 )
 
 DATABASE_URL = os.environ.get(
@@ -38,6 +43,11 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("PRODKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BODY = b'{"name":"Seed fund","size":1000000}'
+FULL = 10_000  #: the bound of the memory store in the ``full`` cases (the default)
+TTL = 24 * 3600.0  #: the middleware's default ttl: no record expires during a run
+RECORDED = StoredResponse(
+    201, ((b"content-type", b"application/json"),), b'{"id":42,"name":"Seed fund"}'
+)
 RUN = uuid.uuid4().hex[:8]
 
 
@@ -71,17 +81,17 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
-class SchemaFirst:
-    """Create the PostgreSQL table on the first request (the harness builds apps synchronously)."""
+class SetUpFirst:
+    """Run ``setup`` before the first request (the harness builds apps synchronously)."""
 
-    def __init__(self, app: ASGIApp, store: PostgresIdempotencyStore) -> None:
+    def __init__(self, app: ASGIApp, setup: Callable[[], Awaitable[object]]) -> None:
         self.app = app
-        self.store = store
+        self.setup = setup
         self.ready = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.ready:
-            await self.store.ensure_schema()
+            await self.setup()
             self.ready = True
         await self.app(scope, receive, send)
 
@@ -91,10 +101,39 @@ def prodkit_app(make_store: Callable[[], IdempotencyStore]) -> Callable[[], ASGI
         store = make_store()
         app: ASGIApp = IdempotencyMiddleware(bare_app(), store=store, registry=CollectorRegistry())
         if isinstance(store, PostgresIdempotencyStore):
-            app = SchemaFirst(app, store)
+            app = SetUpFirst(app, store.ensure_schema)
+        if isinstance(store, MemoryIdempotencyStore) and store.max_entries == FULL:
+            app = SetUpFirst(app, lambda: fill(store))
         return app
 
     return factory
+
+
+async def fill(store: MemoryIdempotencyStore) -> None:
+    """Bring a memory store to its bound: the oldest 1% claims in progress, the rest completed."""
+    running = store.max_entries // 100
+    for index in range(store.max_entries):
+        key = f"{RUN}-fill-{index}"
+        await store.claim(key, b"fp", key, lease=TTL, ttl=TTL)
+        if index >= running:
+            await store.complete(key, key, RECORDED, ttl=TTL)
+
+
+def store_only_app() -> ASGIApp:
+    """The bare app behind a claim and a completion on a full memory store, no middleware."""
+    store = MemoryIdempotencyStore(max_entries=FULL)
+    inner = bare_app()
+    counter = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal counter
+        counter += 1
+        key = f"{RUN}-direct-{counter}"
+        await store.claim(key, b"fp", key, lease=60.0, ttl=TTL)
+        await store.complete(key, key, RECORDED, ttl=TTL)
+        await inner(scope, receive, send)
+
+    return SetUpFirst(app, lambda: fill(store))
 
 
 def peer_app(backend: str) -> Callable[[], ASGIApp]:
@@ -152,7 +191,7 @@ def post_case(name: str, app: Callable[[], ASGIApp], *, first: bool) -> Case:
 
 
 def cases() -> list[Case]:
-    """Bare app, then first execution and replay per store and for the peer."""
+    """Bare app, then first execution and replay per store (and full, for memory) and the peer."""
     stores: list[tuple[str, Callable[[], IdempotencyStore]]] = [
         ("memory", lambda: MemoryIdempotencyStore(max_entries=1_000_000)),
     ]
@@ -190,6 +229,21 @@ def cases() -> list[Case]:
     for label, make_store in stores:
         result.append(post_case(f"prodkit {label}: first", prodkit_app(make_store), first=True))
         result.append(post_case(f"prodkit {label}: replay", prodkit_app(make_store), first=False))
+        if label == "memory":
+            full = prodkit_app(lambda: MemoryIdempotencyStore(max_entries=FULL))
+            result.append(post_case("prodkit memory, full (10k): first", full, first=True))
+            result.append(
+                Case(
+                    "memory store, full (10k): store only",
+                    store_only_app,
+                    method="POST",
+                    path="/api/funds",
+                    body=BODY,
+                    headers=[("content-type", "application/json")],
+                    baseline="bare POST",
+                    expect_status=201,
+                )
+            )
     try:
         import idempotency_header_middleware  # noqa: F401 - only probing
     except ImportError:

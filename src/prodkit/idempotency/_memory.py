@@ -22,6 +22,8 @@ class _Entry:
     owner: str | None
     lease_until: float
     expires_at: float
+    #: The ttl that set ``expires_at``: names the expiry queue that holds the record.
+    ttl: float
     response: StoredResponse | None
 
 
@@ -37,7 +39,24 @@ class MemoryIdempotencyStore:
             then the oldest *completed* ones; in-progress claims are never evicted (if all
             records are in progress a claim fails with :class:`~prodkit.BackendError`,
             which the middleware answers per its failure policy).
-        clock: seconds, monotonic; replaceable in tests to move time.
+        clock: seconds, monotonic; replaceable in tests to move time. It must never go
+            backwards (see below).
+
+    Making room without scanning: besides the dict by key, every record sits in one *expiry
+    queue*, the queue of the ttl that set its expiry, in the order its expiry was set; and a
+    completed record also sits in the *completed queue*, in the order of completion. Records
+    of one queue share a ttl, so with a clock that never goes backwards a queue is in expiry
+    order and its expired records are at its head. A claim on a full store drops the expired
+    head of every expiry queue (so every expired record, as a scan would), then, while still
+    full, the head of the completed queue: the oldest completed record, live by then. The
+    cost is one look per expiry queue plus one per record dropped (each record is dropped
+    once), so ``claim``, ``complete``, ``release`` and ``get`` are amortised O(1) when the
+    records hold a bounded number of distinct ttls (``IdempotencyMiddleware`` writes one).
+    A caller giving each claim its own ttl gets one queue per record and the scan back.
+
+    A clock that steps back breaks only the eviction order: an expired record may then sit
+    behind a live head and survive a claim that evicts a live completed record instead.
+    It is still never replayed, because every read checks the record's own expiry.
     """
 
     def __init__(
@@ -47,30 +66,55 @@ class MemoryIdempotencyStore:
             raise ConfigurationError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: dict[str, _Entry] = {}
+        self._expiry: dict[float, OrderedDict[str, _Entry]] = {}
+        self._completed: OrderedDict[str, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _enqueue(self, key: str, entry: _Entry) -> None:
+        queue = self._expiry.get(entry.ttl)
+        if queue is None:
+            queue = self._expiry[entry.ttl] = OrderedDict()
+        queue[key] = entry
+
+    def _dequeue(self, key: str, entry: _Entry) -> None:
+        queue = self._expiry[entry.ttl]
+        del queue[key]
+        if not queue:
+            del self._expiry[entry.ttl]
+
+    def _drop(self, key: str, entry: _Entry) -> None:
+        del self._entries[key]
+        self._dequeue(key, entry)
+        if entry.response is not None:
+            del self._completed[key]
+
     def _live(self, key: str, now: float) -> _Entry | None:
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= now:
-            del self._entries[key]
+            self._drop(key, entry)
             return None
         return entry
 
     def _make_room(self, now: float) -> None:
         if len(self._entries) < self.max_entries:
             return
-        for key in [k for k, e in self._entries.items() if e.expires_at <= now]:
-            del self._entries[key]
+        for queue in list(self._expiry.values()):
+            while queue:
+                key, entry = next(iter(queue.items()))
+                if entry.expires_at > now:
+                    break
+                self._drop(key, entry)
         while len(self._entries) >= self.max_entries:
-            victim = next((k for k, e in self._entries.items() if e.response is not None), None)
-            if victim is None:
+            if not self._completed:
                 raise BackendError(
                     f"memory idempotency store is full ({self.max_entries} requests in progress)"
                 )
-            del self._entries[victim]
+            key, entry = self._completed.popitem(last=False)
+            del self._entries[key]
+            self._dequeue(key, entry)
 
     async def claim(
         self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
@@ -85,9 +129,11 @@ class MemoryIdempotencyStore:
                 return Claim(ClaimOutcome.COMPLETED, response=entry.response)
             if entry.lease_until > now:
                 return Claim(ClaimOutcome.IN_PROGRESS, retry_after=entry.lease_until - now)
-            del self._entries[key]
+            self._drop(key, entry)
         self._make_room(now)
-        self._entries[key] = _Entry(fingerprint, owner, now + lease, now + ttl, None)
+        entry = _Entry(fingerprint, owner, now + lease, now + ttl, ttl, None)
+        self._entries[key] = entry
+        self._enqueue(key, entry)
         return Claim(ClaimOutcome.ACQUIRED)
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
@@ -96,10 +142,16 @@ class MemoryIdempotencyStore:
         entry = self._live(key, now)
         if entry is None or entry.response is not None or entry.owner != owner:
             return False
+        if ttl == entry.ttl:
+            self._expiry[ttl].move_to_end(key)
+        else:
+            self._dequeue(key, entry)
+            entry.ttl = ttl
+            self._enqueue(key, entry)
         entry.owner = None
         entry.response = response
         entry.expires_at = now + ttl
-        self._entries.move_to_end(key)
+        self._completed[key] = entry
         return True
 
     async def release(self, key: str, owner: str) -> bool:
@@ -107,7 +159,7 @@ class MemoryIdempotencyStore:
         entry = self._live(key, self._clock())
         if entry is None or entry.response is not None or entry.owner != owner:
             return False
-        del self._entries[key]
+        self._drop(key, entry)
         return True
 
     async def get(self, key: str) -> IdempotencyRecord | None:
