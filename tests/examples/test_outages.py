@@ -7,7 +7,8 @@ a network partition — and later restored. Throughout, every answer is a 2xx or
 problem ``DEPENDENCY_UNAVAILABLE`` with ``Retry-After``, never a 500; ``/readyz`` turns 503 and
 back within the bound docs/health.md gives (the postgres check's ``cache_ttl`` + ``timeout``,
 polled, with slack for a loaded machine); and the server logs the postgres check failing once
-and passing again once.
+and passing again once. It runs with the memory and with the PostgreSQL idempotency store
+(then a keyed create whose claim cannot be made is a 503 ``IDEMPOTENCY_STORE_UNAVAILABLE``).
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ class Load:
         if operation == "get":
             return await self.http.get(f"/api/funds/{some}", headers=headers)
         if operation == "create":
-            return await self.http.post("/api/funds", json=FUND, headers=headers)
+            # Every other create carries a key: with the PostgreSQL idempotency store the key's
+            # claim needs the database too.
+            keyed = {**headers, "Idempotency-Key": uuid.uuid4().hex} if step % 4 < 2 else headers
+            return await self.http.post("/api/funds", json=FUND, headers=keyed)
         if operation == "update":
             body = {"name": f"renamed {step}"}
             return await self.http.patch(f"/api/funds/{some}", json=body, headers=headers)
@@ -192,8 +196,9 @@ def health_transitions(output: str) -> list[str]:
     return events
 
 
+@pytest.mark.parametrize("idempotency_store", ["memory", "postgres"])
 async def test_a_postgres_partition_is_answered_503_never_500(
-    outage_dsn: str, tmp_path: Path
+    outage_dsn: str, tmp_path: Path, idempotency_store: str
 ) -> None:
     bound = readiness_bound(outage_dsn)
     target = urlsplit(outage_dsn)
@@ -201,7 +206,7 @@ async def test_a_postgres_partition_is_answered_503_never_500(
         port = free_port()
         env = {
             "DATABASE_URL": proxy.dsn(outage_dsn),
-            "IDEMPOTENCY_STORE": "memory",
+            "IDEMPOTENCY_STORE": idempotency_store,
             "RATE_LIMIT": "100000/second",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
@@ -236,12 +241,15 @@ async def test_a_postgres_partition_is_answered_503_never_500(
             output = server.output()
 
     assert load.failures == []
+    codes = {"DEPENDENCY_UNAVAILABLE"}
+    if idempotency_store == "postgres":  # a keyed request whose claim could not be made
+        codes.add("IDEMPOTENCY_STORE_UNAVAILABLE")
     wrong = [a for a in load.answers if not (served(a) or a.status == 503)]
     assert wrong == [], Counter((a.operation, a.status) for a in wrong)
     for answer in load.answers:
         if answer.status == 503:
             assert answer.content_type == "application/problem+json", answer
-            assert answer.code == "DEPENDENCY_UNAVAILABLE", answer
+            assert answer.code in codes, answer
             assert answer.retry_after is not None, answer
             assert int(answer.retry_after) >= 1, answer
     assert "unhandled exception" not in output
