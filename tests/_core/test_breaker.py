@@ -271,6 +271,33 @@ async def test_probe_leaves_the_half_open_slot_alone(registry: CollectorRegistry
     assert state(cb) is BreakerState.CLOSED
 
 
+async def test_once_a_probe_closed_it_one_failure_does_not_reopen_it(
+    registry: CollectorRegistry,
+) -> None:
+    clock = Clock()
+    cb = breaker(registry, clock)
+    for _ in range(3):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+    clock.now = 5.0
+    release = asyncio.Event()
+
+    async def slow_failure() -> None:
+        await release.wait()
+        raise ConnectionResetError("reset")
+
+    held = asyncio.create_task(cb.call(slow_failure))  # takes the half-open slot
+    await asyncio.sleep(0)
+    assert await cb.probe(ok) == "ok"  # the backend is back: closed
+    release.set()
+    with pytest.raises(BackendError):
+        await held  # an ordinary failure now, one of the threshold's three
+    assert state(cb) is BreakerState.CLOSED
+    with pytest.raises(BackendError):
+        await cb.call(fail)
+    assert state(cb) is BreakerState.CLOSED
+
+
 async def test_probe_failures_of_a_closed_breaker_count_towards_the_threshold(
     registry: CollectorRegistry,
 ) -> None:

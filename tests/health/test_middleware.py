@@ -24,7 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp
-from prodkit.health._middleware import HealthCheck, HealthMiddleware, postgres_check, redis_check
+from prodkit.health._middleware import (
+    MAX_ABANDONED,
+    HealthCheck,
+    HealthMiddleware,
+    postgres_check,
+    redis_check,
+)
 from prodkit.lifecycle._coordinator import ShutdownCoordinator
 from tests.apps import raw_app
 from tests.conftest import ClientFactory
@@ -233,8 +239,10 @@ async def test_a_check_that_does_not_stop_when_cancelled_still_fails_at_its_time
     # an answer that does not come. Readiness must not wait with it.
     release = asyncio.Event()
     stopped = asyncio.Event()
+    calls = []
 
     async def stubborn() -> None:
+        calls.append(1)
         try:
             await asyncio.sleep(30)
         finally:
@@ -249,6 +257,11 @@ async def test_a_check_that_does_not_stop_when_cancelled_still_fails_at_its_time
     assert ready.status_code == 503
     assert ready.json()["checks"]["db"]["error"] == "timed out after 0.05s"
     assert not stopped.is_set()  # left to finish in the background, not awaited
+    for _ in range(MAX_ABANDONED + 2):
+        again = await client.get("/readyz", headers={"X-Health-Key": KEY})
+        assert again.status_code == 503
+    assert "have not stopped" in again.json()["checks"]["db"]["error"]
+    assert len(calls) == MAX_ABANDONED  # no more calls piled on those that will not stop
     release.set()
     async with asyncio.timeout(10):
         await stopped.wait()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit import ErrorMiddleware
+from prodkit import ErrorMiddleware, Problem
 from prodkit.asgi import Receive, Scope, Send, read_body
 from prodkit.idempotency import (
     ClaimLost,
@@ -196,3 +196,83 @@ def test_claim_lost_is_a_retryable_409() -> None:
         "IDEMPOTENCY_REQUEST_IN_PROGRESS",
         {"Retry-After": "1"},
     )
+
+
+def starlette_orders(pool: Any, fail_with: Exception | None) -> Any:
+    """A Starlette app whose handler records its 201 in the transaction, then fails in it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def create(request: Request) -> Response:
+        claim = current_claim(request.scope)
+        assert claim is not None
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
+            response = JSONResponse({"ok": True}, status_code=201)
+            await claim.complete_in(conn, 201, response.raw_headers, bytes(response.body))
+            if fail_with is not None:
+                raise fail_with  # before the commit: the order and the record roll back
+        return response
+
+    return Starlette(routes=[Route("/orders", create, methods=["POST"])])
+
+
+async def test_a_failure_after_complete_in_rolls_back_and_frees_the_key(
+    pool: Any, store: PostgresIdempotencyStore
+) -> None:
+    # Starlette sends its plain 500 before re-raising: the middleware must not take it for the
+    # response recorded in the (rolled back) transaction and keep the key for the whole lease.
+    app = starlette_orders(pool, RuntimeError("failed before the commit"))
+    middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
+    async with client_for(middleware) as client:
+        failed = await post(client)
+        assert failed.status_code == 500
+        assert failed.json()["code"] == "INTERNAL_ERROR"
+        assert await pool.fetchval(f"SELECT count(*) FROM {store.table}") == 0  # noqa: S608
+        app.router.routes.clear()
+        app.router.routes.extend(starlette_ok(pool).router.routes)
+        retried = await post(client)
+    assert (retried.status_code, retried.headers["idempotency-status"]) == (201, "created")
+    assert await orders(pool) == 1
+
+
+def starlette_ok(pool: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def create(request: Request) -> Response:
+        await pool.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
+        return JSONResponse({"ok": True}, status_code=201)
+
+    return Starlette(routes=[Route("/orders", create, methods=["POST"])])
+
+
+async def test_a_problem_raised_after_complete_in_is_what_is_recorded(
+    pool: Any, store: PostgresIdempotencyStore
+) -> None:
+    app = starlette_orders(pool, Problem(409, "ORDER_CONFLICT", "the basket changed"))
+    middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
+    async with client_for(middleware) as client:
+        first = await post(client)
+        again = await post(client)
+    assert (first.status_code, first.headers["idempotency-status"]) == (409, "created")
+    assert first.json()["code"] == "ORDER_CONFLICT"
+    assert (again.status_code, again.headers["idempotency-status"]) == (409, "replayed")
+    assert again.content == first.content
+    assert await orders(pool) == 0
+
+
+async def test_complete_in_leaves_what_is_not_recorded_to_the_middleware(
+    pool: Any, store: PostgresIdempotencyStore
+) -> None:
+    from prodkit.idempotency import IdempotencyClaim
+
+    claim = IdempotencyClaim(store, "k", "owner", ttl=60, stored_headers=frozenset())
+    async with pool.acquire() as conn, conn.transaction():
+        assert not await claim.complete_in(conn, 503, [(b"retry-after", b"1")], b"busy")
+        assert not await claim.complete_in(conn, 429, {}, b"slow down")
+    assert not claim.completed

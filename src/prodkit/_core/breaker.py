@@ -141,7 +141,6 @@ class CircuitBreaker:
         Closing a breaker that was open or half-open logs ``circuit breaker closed``
         (warning, with ``breaker`` and ``down_seconds``).
         """
-        self._probing = False
         self._close()
 
     def record_failure(self, error: BaseException | None = None) -> None:
@@ -158,6 +157,9 @@ class CircuitBreaker:
             self._open(error)
 
     def _close(self) -> None:
+        # A half-open probe still in flight when a background probe closed the breaker is an
+        # ordinary call from then on: its failure counts towards the threshold like any other.
+        self._probing = False
         self._failures = 0
         if self._state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)

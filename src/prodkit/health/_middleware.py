@@ -120,6 +120,11 @@ class CheckResult:
         }
 
 
+#: Runs of one check left behind at their timeout (not stopped when cancelled) before the
+#: check fails without calling its function again.
+MAX_ABANDONED = 4
+
+
 class HealthCheck:
     """One named dependency check with its timeout, result cache and shared in-flight run.
 
@@ -193,6 +198,23 @@ class HealthCheck:
     async def _run(self) -> CheckResult:
         started = time.monotonic()
         error: str | None = None
+        if len(self._abandoned) >= MAX_ABANDONED:
+            # A dependency that does not even let cancelled calls go is not sent more of them.
+            error = f"{len(self._abandoned)} runs abandoned after {self.timeout}s have not stopped"
+        else:
+            error = await self._call()
+        finished = time.monotonic()
+        result = CheckResult(
+            self.name, error is None, self.critical, finished - started, time.time(), error
+        )
+        self._report_change(result, finished)
+        self._last = result
+        self._last_at = finished
+        return result
+
+    async def _call(self) -> str | None:
+        """Run the check function once, within the timeout; the error text, or ``None``."""
+        error: str | None = None
         call: asyncio.Future[Any]
         try:
             call = asyncio.ensure_future(self.func())
@@ -215,14 +237,7 @@ class HealthCheck:
             error = "cancelled"
         elif (failure := call.exception()) is not None:
             error = f"{type(failure).__name__}: {failure}"
-        finished = time.monotonic()
-        result = CheckResult(
-            self.name, error is None, self.critical, finished - started, time.time(), error
-        )
-        self._report_change(result, finished)
-        self._last = result
-        self._last_at = finished
-        return result
+        return error
 
     def _forget(self, call: asyncio.Future[Any]) -> None:
         self._abandoned.discard(call)

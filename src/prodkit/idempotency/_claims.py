@@ -13,7 +13,7 @@ from typing import Any
 
 from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
-from prodkit.idempotency._responses import stored_response
+from prodkit.idempotency._responses import stored_response, unstorable
 from prodkit.idempotency._store import (
     IdempotencyStore,
     StoredResponse,
@@ -57,7 +57,16 @@ class IdempotencyClaim:
         response: the response recorded by :meth:`complete_in`, if any.
     """
 
-    __slots__ = ("_owner", "_store", "_store_key", "_stored_headers", "_ttl", "response")
+    __slots__ = (
+        "_max_response_bytes",
+        "_owner",
+        "_store",
+        "_store_key",
+        "_store_server_errors",
+        "_stored_headers",
+        "_ttl",
+        "response",
+    )
 
     def __init__(
         self,
@@ -67,12 +76,16 @@ class IdempotencyClaim:
         *,
         ttl: float,
         stored_headers: frozenset[bytes],
+        store_server_errors: bool = False,
+        max_response_bytes: int = 1024 * 1024,
     ) -> None:
         self._store = store
         self._store_key = store_key
         self._owner = owner
         self._ttl = ttl
         self._stored_headers = stored_headers
+        self._store_server_errors = store_server_errors
+        self._max_response_bytes = max_response_bytes
         self.response: StoredResponse | None = None
 
     @property
@@ -96,7 +109,9 @@ class IdempotencyClaim:
         leaves either neither (a retry runs the handler) or both (a retry replays).
 
         Returns ``False``, doing nothing, when the store keeps its records elsewhere (memory,
-        Redis): the middleware then records the response after the handler, as usual.
+        Redis), or when the middleware would not record this response (a 5xx, a 408 or 429, a
+        ``Retry-After``, a body over ``max_response_bytes``): the middleware then deals with
+        the response after the handler, as usual.
 
         Raises:
             ClaimLost: this request lost its key to a retry; let it propagate so that the
@@ -110,6 +125,11 @@ class IdempotencyClaim:
             raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         else:
             raw = [(k.lower(), v) for k, v in headers]
+        if (
+            unstorable(status, raw, store_server_errors=self._store_server_errors) is not None
+            or len(body) > self._max_response_bytes
+        ):
+            return False
         start = {"type": "http.response.start", "status": status, "headers": raw}
         response = stored_response(start, body, self._stored_headers)
         if not await store.complete_in(

@@ -288,7 +288,13 @@ class IdempotencyMiddleware:
         elif claim.outcome is ClaimOutcome.ACQUIRED:
             self._outcomes["created"].inc()
             held = IdempotencyClaim(
-                self.store, store_key, owner, ttl=self.ttl, stored_headers=self._stored_headers
+                self.store,
+                store_key,
+                owner,
+                ttl=self.ttl,
+                stored_headers=self._stored_headers,
+                store_server_errors=self.store_server_errors,
+                max_response_bytes=self.max_response_bytes,
             )
             await _ClaimedResponder(self, scope, send, store_key, owner, held).run(receive)
         elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
@@ -519,19 +525,15 @@ class _ClaimedResponder:
         self.held.append(message)
         status = int(message["status"])
         recorded = self.claim.response
-        if recorded is not None:
+        if recorded is not None and recorded.status == status:
             # Recorded in the handler's own transaction, committed with its writes.
             self.release_claim = False
-            if recorded.status != status:
-                self.middleware.logger.warning(
-                    "idempotent response differs from the one recorded in the transaction",
-                    detail="a retry replays the recorded one",
-                    path=self.scope.get("path"),
-                    status=status,
-                    recorded_status=recorded.status,
-                )
             await self.flush(None)
             return
+        # Otherwise (no record, or a record the handler's transaction may have rolled back: a
+        # framework's 500, a problem raised before the commit) the response takes the usual
+        # way, and the claim is released or completed as usual: both are conditional on the
+        # record still being in progress, so a committed record is never touched.
         reason = unstorable(
             status, headers, store_server_errors=self.middleware.store_server_errors
         )
