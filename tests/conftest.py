@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -118,26 +119,31 @@ def postgres_server_dsn() -> str:
     return DATABASE_URL
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn(postgres_server_dsn: str) -> Iterator[str]:
-    """DSN of a database created for this test run and dropped after it."""
+@contextlib.contextmanager
+def fresh_database(server_dsn: str, name: str) -> Iterator[str]:
+    """Create the database ``name`` on the server of ``server_dsn``; its DSN, dropped after."""
     import asyncpg
 
-    name = f"prodkit_test_{RUN_ID}"
-
     async def run(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_dsn, timeout=5)
+        conn = await asyncpg.connect(server_dsn, timeout=5)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
     run_sync(lambda: run(f'CREATE DATABASE "{name}"'))
-    base, _, _ = postgres_server_dsn.rpartition("/")
+    base, _, _ = server_dsn.rpartition("/")
     try:
         yield f"{base}/{name}"
     finally:
         run_sync(lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server_dsn: str) -> Iterator[str]:
+    """DSN of a database created for this test run and dropped after it."""
+    with fresh_database(postgres_server_dsn, f"prodkit_test_{RUN_ID}") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,20 @@ class Example:
         self.tmp_path = tmp_path
         self.stack = contextlib.ExitStack()
 
-    def start(self) -> ServerProcess:
+    async def start(self) -> ServerProcess:
+        """A new worker process, once it answers ``/readyz`` with 200."""
         port = free_port()
         args = ["examples.funds", "--port", str(port), "--workers", "1"]
-        return self.stack.enter_context(
+        server = self.stack.enter_context(
             run_server(args, port=port, tmp_path=self.tmp_path, env=self.env)
         )
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+            for _ in range(100):  # bounded: 10 s
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        return server
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"the example did not become ready:\n{server.output()}")
 
     def close(self) -> None:
         self.stack.close()
@@ -87,22 +96,46 @@ async def db(postgres_dsn: str) -> AsyncIterator[Any]:
         await conn.close()
 
 
-async def ready(server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-        for _ in range(100):  # bounded: 10 s
+@dataclass(frozen=True)
+class Keyed:
+    """One keyed request of a caller of its own, sent as often as a client retries it."""
+
+    method: str
+    path: str
+    body: Any
+    user: str = field(default_factory=lambda: f"crash-{uuid.uuid4().hex[:8]}")
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def send(self, server: ServerProcess) -> httpx.Response:
+        headers = {"X-User-Id": self.user, "Idempotency-Key": self.key}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            return await client.request(self.method, self.path, json=self.body, headers=headers)
+
+    def in_flight(self, server: ServerProcess) -> asyncio.Task[httpx.Response | None]:
+        """Sent in the background; it may never be answered (the worker dies)."""
+
+        async def attempt() -> httpx.Response | None:
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the example did not become ready:\n{server.output()}")
+                return await self.send(server)
+            return None
+
+        return asyncio.create_task(attempt())
+
+    async def retry_until_run(self, server: ServerProcess) -> httpx.Response:
+        """Retry as a client would: 409 while the dead worker's lease lasts, then the answer."""
+        started = time.monotonic()
+        for _ in range(100):  # bounded: the lease is 2 s, each 409 says how long to wait
+            response = await self.send(server)
+            if response.status_code != 409:
+                return response
+            assert response.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+            assert 1 <= int(response.headers["retry-after"]) <= LEASE
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"still 409 after {time.monotonic() - started:.1f} s")
 
 
-async def send(
-    server: ServerProcess, method: str, path: str, user: str, key: str, body: Any
-) -> httpx.Response:
-    headers = {"X-User-Id": user, "Idempotency-Key": key}
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        return await client.request(method, path, json=body, headers=headers)
+def create() -> Keyed:
+    return Keyed("POST", "/api/funds", FUND)
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -137,6 +170,18 @@ async def locked(dsn: str, sql: str) -> AsyncIterator[None]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def stopped_at(
+    db: Any, dsn: str, server: ServerProcess, request: Keyed, statement: str
+) -> AsyncIterator[asyncio.Task[httpx.Response | None]]:
+    """Send ``request`` while ``funds`` is locked; the block runs once the worker's
+    ``statement`` waits for that lock, which is released when the block ends."""
+    async with locked(dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
+        sent = request.in_flight(server)
+        await until(lambda: waiting_on_a_lock(db, statement), f"{statement} waits")
+        yield sent
+
+
 def kill(server: ServerProcess) -> None:
     server.signal(signal.SIGKILL)
     server.wait(timeout=10)
@@ -146,32 +191,6 @@ async def funds_of(db: Any, user: str) -> list[Any]:
     return list(await db.fetch("SELECT id, name, updated_at FROM funds WHERE user_id = $1", user))
 
 
-async def retry_until_run(
-    server: ServerProcess, method: str, path: str, user: str, key: str, body: Any
-) -> httpx.Response:
-    """Retry as a client would: 409 while the dead worker's lease lasts, then the answer."""
-    started = time.monotonic()
-    for _ in range(100):  # bounded: the lease is 2 s, each 409 says how long to wait
-        response = await send(server, method, path, user, key, body)
-        if response.status_code != 409:
-            return response
-        assert response.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
-        assert 1 <= int(response.headers["retry-after"]) <= LEASE
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"still 409 after {time.monotonic() - started:.1f} s")
-
-
-def in_flight(server: ServerProcess, method: str, path: str, user: str, key: str, body: Any) -> Any:
-    """The keyed request, sent in the background; it may never be answered (the worker dies)."""
-
-    async def attempt() -> httpx.Response | None:
-        with contextlib.suppress(httpx.TransportError):
-            return await send(server, method, path, user, key, body)
-        return None
-
-    return asyncio.create_task(attempt())
-
-
 # -- POST /api/funds on the PostgreSQL store -----------------------------------------------------
 
 
@@ -179,12 +198,9 @@ def in_flight(server: ServerProcess, method: str, path: str, user: str, key: str
 async def test_killed_before_the_commit_the_retry_creates_one_fund(
     example: Example, db: Any, postgres_dsn: str, freeze: bool
 ) -> None:
-    server = example.start()
-    await ready(server)
-    user, key = f"crash-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    async with locked(postgres_dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
-        request = in_flight(server, "POST", "/api/funds", user, key, FUND)
-        await until(lambda: waiting_on_a_lock(db, "INSERT INTO funds"), "the INSERT waits")
+    server = await example.start()
+    request = create()
+    async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
         if freeze:
             # The issue's sequence: frozen, the lock released (the INSERT runs server-side),
             # then killed. The commit would need the frozen worker to send it.
@@ -194,56 +210,51 @@ async def test_killed_before_the_commit_the_retry_creates_one_fund(
     if freeze:
         await asyncio.sleep(0.2)
         kill(server)
-    assert await request is None
-    assert await funds_of(db, user) == []
+    assert await sent is None
+    assert await funds_of(db, request.user) == []
 
-    server = example.start()
-    await ready(server)
-    created = await retry_until_run(server, "POST", "/api/funds", user, key, FUND)
+    server = await example.start()
+    created = await request.retry_until_run(server)
     assert created.status_code == 201
     assert created.headers["idempotency-status"] == "created"
-    [fund] = await funds_of(db, user)
+    [fund] = await funds_of(db, request.user)
     assert created.json()["id"] == str(fund["id"])
-    replayed = await send(server, "POST", "/api/funds", user, key, FUND)
+    replayed = await request.send(server)
     assert replayed.headers["idempotency-status"] == "replayed"
     assert replayed.content == created.content
-    assert len(await funds_of(db, user)) == 1
+    assert len(await funds_of(db, request.user)) == 1
 
 
 async def test_killed_while_recording_the_retry_creates_one_fund(
     example: Example, db: Any, postgres_dsn: str
 ) -> None:
-    server = example.start()
-    await ready(server)
-    user, key = f"crash-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    server = await example.start()
+    request = create()
     # The claim is written before the INSERT waits: then its row is held and the INSERT let
     # go, so that the worker stops at the record's completion, its fund not committed.
     records = locked(
         postgres_dsn, "SELECT 1 FROM prodkit_idempotency WHERE status IS NULL FOR UPDATE"
     )
-    async with locked(postgres_dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
-        request = in_flight(server, "POST", "/api/funds", user, key, FUND)
-        await until(lambda: waiting_on_a_lock(db, "INSERT INTO funds"), "the INSERT waits")
+    async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
         await records.__aenter__()
     try:
         await until(lambda: waiting_on_a_lock(db, "UPDATE prodkit_idempotency"), "the record waits")
         kill(server)
     finally:
         await records.__aexit__(None, None, None)
-    assert await request is None
-    await until(lambda: _no_backend_left(db), "the dead worker's transaction is gone")
-    assert await funds_of(db, user) == []
+    assert await sent is None
+    await until(lambda: no_transaction_left(db), "the dead worker's transaction is gone")
+    assert await funds_of(db, request.user) == []
 
-    server = example.start()
-    await ready(server)
-    created = await retry_until_run(server, "POST", "/api/funds", user, key, FUND)
+    server = await example.start()
+    created = await request.retry_until_run(server)
     assert (created.status_code, created.headers["idempotency-status"]) == (201, "created")
-    replayed = await send(server, "POST", "/api/funds", user, key, FUND)
+    replayed = await request.send(server)
     assert replayed.content == created.content
-    assert len(await funds_of(db, user)) == 1
+    assert len(await funds_of(db, request.user)) == 1
 
 
-async def _no_backend_left(db: Any) -> bool:
+async def no_transaction_left(db: Any) -> bool:
     count = await db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
         " AND state = 'idle in transaction'",
@@ -255,76 +266,64 @@ async def _no_backend_left(db: Any) -> bool:
 async def test_killed_right_after_the_commit_the_retry_replays(
     example: Example, db: Any, postgres_dsn: str
 ) -> None:
-    server = example.start()
-    await ready(server)
-    user, key = f"crash-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    async with locked(postgres_dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
-        request = in_flight(server, "POST", "/api/funds", user, key, FUND)
-        await until(lambda: waiting_on_a_lock(db, "INSERT INTO funds"), "the INSERT waits")
+    server = await example.start()
+    request = create()
+    async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
+        pass
 
     async def committed() -> bool:
-        return bool(await funds_of(db, user))
+        return bool(await funds_of(db, request.user))
 
     await until(committed, "the fund is committed")
     server.signal(signal.SIGSTOP)  # the worker may or may not have answered yet
     kill(server)
-    await request  # answered or not: the outcome below is the same
+    await sent  # answered or not: the outcome below is the same
 
-    server = example.start()
-    await ready(server)
-    replayed = await send(server, "POST", "/api/funds", user, key, FUND)
+    server = await example.start()
+    replayed = await request.send(server)
     assert replayed.status_code == 201
     assert replayed.headers["idempotency-status"] == "replayed"
-    [fund] = await funds_of(db, user)
+    [fund] = await funds_of(db, request.user)
     assert replayed.json()["id"] == str(fund["id"])
 
 
 # -- PATCH /api/funds/{id} on the PostgreSQL store -----------------------------------------------
 
 
-async def create_fund(server: ServerProcess, user: str) -> str:
-    created = await send(server, "POST", "/api/funds", user, uuid.uuid4().hex, FUND)
-    assert created.status_code == 201
-    return str(created.json()["id"])
-
-
 @pytest.mark.parametrize("point", ["before-the-commit", "after-the-commit"])
 async def test_a_killed_patch_is_applied_once_and_replayed(
     example: Example, db: Any, postgres_dsn: str, point: str
 ) -> None:
-    server = example.start()
-    await ready(server)
-    user, key = f"crash-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    fund_id = await create_fund(server, user)
-    change = {"name": "Renamed Fund"}
-    path = f"/api/funds/{fund_id}"
-    async with locked(postgres_dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
-        request = in_flight(server, "PATCH", path, user, key, change)
-        await until(lambda: waiting_on_a_lock(db, "UPDATE funds"), "the UPDATE waits")
+    server = await example.start()
+    creation = create()
+    created = await creation.send(server)
+    assert created.status_code == 201
+    path = f"/api/funds/{created.json()['id']}"
+    request = Keyed("PATCH", path, {"name": "Renamed Fund"}, user=creation.user)
+    async with stopped_at(db, postgres_dsn, server, request, "UPDATE funds") as sent:
         if point == "before-the-commit":
             kill(server)
     if point == "after-the-commit":
 
         async def renamed() -> bool:
-            return bool((await funds_of(db, user))[0]["name"] == "Renamed Fund")
+            return bool((await funds_of(db, request.user))[0]["name"] == "Renamed Fund")
 
         await until(renamed, "the rename is committed")
         kill(server)
-    await request
-    [before] = await funds_of(db, user)
+    await sent
+    [before] = await funds_of(db, request.user)
     assert before["name"] == ("Crash Fund" if point == "before-the-commit" else "Renamed Fund")
 
-    server = example.start()
-    await ready(server)
-    answer = await retry_until_run(server, "PATCH", path, user, key, change)
+    server = await example.start()
+    answer = await request.retry_until_run(server)
     assert answer.status_code == 200
     expected = "created" if point == "before-the-commit" else "replayed"
     assert answer.headers["idempotency-status"] == expected
-    [after] = await funds_of(db, user)
+    [after] = await funds_of(db, request.user)
     assert after["name"] == answer.json()["name"] == "Renamed Fund"
     # Applied once: the row's last update is the one the (replayed) response describes.
     assert answer.json()["updated_at"] == after["updated_at"].isoformat()
-    again = await send(server, "PATCH", path, user, key, change)
+    again = await request.send(server)
     assert again.headers["idempotency-status"] == "replayed"
     assert again.content == answer.content
 
@@ -333,7 +332,7 @@ async def test_a_killed_patch_is_applied_once_and_replayed(
 
 
 async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the_lease(
-    example: Example, db: Any, postgres_dsn: str, tmp_path: Path
+    example: Example, db: Any, postgres_dsn: str
 ) -> None:
     port = free_port()
     with redis_server(port) as redis:
@@ -344,29 +343,25 @@ async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the
                 "REDIS_KEY_PREFIX": f"prodkit-test:{RUN_ID}:crash:",
             }
         )
-        server = example.start()
-        await ready(server)
-        user, key = f"crash-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-        async with locked(postgres_dsn, "LOCK TABLE funds IN EXCLUSIVE MODE"):
-            request = in_flight(server, "POST", "/api/funds", user, key, FUND)
-            await until(lambda: waiting_on_a_lock(db, "INSERT INTO funds"), "the INSERT waits")
+        server = await example.start()
+        request = create()
+        async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
             redis.send_signal(signal.SIGSTOP)  # claimed in Redis; the record will wait
         try:
 
             async def committed() -> bool:
-                return bool(await funds_of(db, user))
+                return bool(await funds_of(db, request.user))
 
             await until(committed, "the fund is committed")
             kill(server)
         finally:
             redis.send_signal(signal.SIGCONT)
-        await request
-        assert len(await funds_of(db, user)) == 1
+        await sent
+        assert len(await funds_of(db, request.user)) == 1
 
-        server = example.start()
-        await ready(server)
+        server = await example.start()
         # The claim outlives the worker for the lease (409s), then the handler runs again.
-        again = await retry_until_run(server, "POST", "/api/funds", user, key, FUND)
+        again = await request.retry_until_run(server)
         assert again.status_code == 201
         assert again.headers["idempotency-status"] == "created"
-        assert len(await funds_of(db, user)) == 2
+        assert len(await funds_of(db, request.user)) == 2

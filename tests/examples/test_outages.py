@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from examples.funds.app import create_app
 from prodkit import StackSettings
-from tests.conftest import RUN_ID, run_sync
+from tests.conftest import RUN_ID, fresh_database
 from tests.servers import HOST, free_port, run_server
 from tests.servers.proxy import TcpProxy
 
@@ -51,23 +51,8 @@ SLACK = 1.5
 @pytest.fixture(scope="module")
 def outage_dsn(postgres_server_dsn: str) -> Iterator[str]:
     """A database of this module's own, dropped afterwards: bytes held in the cut may land late."""
-    import asyncpg
-
-    name = f"prodkit_test_{RUN_ID}_outages"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_dsn, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run_sync(lambda: run(f'CREATE DATABASE "{name}"'))
-    base, _, _ = postgres_server_dsn.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        run_sync(lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(postgres_server_dsn, f"prodkit_test_{RUN_ID}_outages") as dsn:
+        yield dsn
 
 
 def readiness_bound(dsn: str) -> float:

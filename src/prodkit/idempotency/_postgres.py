@@ -209,8 +209,15 @@ class PostgresIdempotencyStore:
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
         """See :meth:`IdempotencyStore.complete`."""
         result = await self._run(
-            "execute",
-            self._complete_sql,
+            "execute", self._complete_sql, *self._complete_args(key, owner, response, ttl)
+        )
+        return str(result).endswith(" 1")
+
+    def _complete_args(
+        self, key: str, owner: str, response: StoredResponse, ttl: float
+    ) -> tuple[Any, ...]:
+        """The parameters of the completion statement, in its order."""
+        return (
             key,
             owner,
             float(ttl),
@@ -219,7 +226,6 @@ class PostgresIdempotencyStore:
             _encode_headers(response.headers),
             response.body,
         )
-        return str(result).endswith(" 1")
 
     async def complete_in(
         self, connection: Any, key: str, owner: str, response: StoredResponse, *, ttl: float
@@ -240,14 +246,7 @@ class PostgresIdempotencyStore:
                 "(async with connection.transaction(): ...)"
             )
         result = await connection.execute(
-            self._complete_sql,
-            key,
-            owner,
-            float(ttl),
-            float(self.clock_offset),
-            response.status,
-            _encode_headers(response.headers),
-            response.body,
+            self._complete_sql, *self._complete_args(key, owner, response, ttl)
         )
         return str(result).endswith(" 1")
 
