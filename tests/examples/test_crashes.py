@@ -8,9 +8,10 @@ a new one and retries with the same key. What it asserts is what a client and an
 the fund rows, the retry's status, ``Idempotency-Status`` and body.
 
 With the PostgreSQL store the record commits in the handler's transaction, so every crash
-leaves one fund and a replay. With a store that cannot join the transaction (Redis), a crash
-between the commit and the record leaves a claim in progress: retries get 409 until the lease
-ends, then run the handler again — the documented limit (``docs/idempotency.md``).
+leaves one fund and a replay. With a store that cannot join the transaction, a crash between
+the commit and the record runs the handler again — the documented limits
+(``docs/idempotency.md``): with Redis once the lease ends (409 until then), with the memory
+store at once (the records died with the process).
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ async def test_a_killed_patch_is_applied_once_and_replayed(
     assert again.content == answer.content
 
 
-# -- a store that cannot join the transaction ----------------------------------------------------
+# -- stores that cannot join the transaction ---------------------------------------------------
 
 
 async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the_lease(
@@ -365,3 +366,26 @@ async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the
         assert again.status_code == 201
         assert again.headers["idempotency-status"] == "created"
         assert len(await funds_of(db, request.user)) == 2
+
+
+async def test_with_the_memory_store_a_restart_forgets_every_key(
+    example: Example, db: Any, postgres_dsn: str
+) -> None:
+    example.env["IDEMPOTENCY_STORE"] = "memory"
+    server = await example.start()
+    request = create()
+    async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
+        pass
+
+    async def committed() -> bool:
+        return bool(await funds_of(db, request.user))
+
+    await until(committed, "the fund is committed")
+    kill(server)
+    await sent
+
+    server = await example.start()
+    # The records died with the process: no 409, the retry runs the handler again at once.
+    again = await request.send(server)
+    assert (again.status_code, again.headers["idempotency-status"]) == (201, "created")
+    assert len(await funds_of(db, request.user)) == 2
