@@ -218,10 +218,12 @@ async def test_checks_added_before_and_after_build_are_served(
     async def down() -> None:
         raise RuntimeError("down")
 
-    before = stack.add_check("before", fine)
+    before = stack.add_check("before", fine, timeout=0.5)
     assert before in stack.get("health").options["checks"]  # data until the stack is built
+    assert (before.timeout, before.cache_ttl) == (0.5, 1.0)  # the layer's cache_ttl
     stack.build(items)
-    stack.add_check("after", down, critical=False)
+    after = stack.add_check("after", down, critical=False, cache_ttl=0.25)
+    assert (after.timeout, after.cache_ttl) == (2.0, 0.25)
     client = make_client(stack)
     report = (await client.get("/healthz", headers={"X-Health-Key": key})).json()
     assert set(report["checks"]) == {"before", "after"}

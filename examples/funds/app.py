@@ -381,7 +381,5 @@ def create_app(
     if settings.database_url:
         # /readyz turns 503 within cache_ttl + timeout (1.5 s) of the database going away,
         # and 200 again within that of it answering (docs/health.md).
-        stack.health.add_check(
-            "postgres", repository_ready, critical=True, timeout=1.0, cache_ttl=0.5
-        )
+        stack.add_check("postgres", repository_ready, critical=True, timeout=1.0, cache_ttl=0.5)
     return stack

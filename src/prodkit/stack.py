@@ -286,18 +286,34 @@ class Stack:
         """Run ``hook`` in :meth:`aclose`; hooks run last added first."""
         self._closers.append(hook)
 
-    def add_check(self, name: str, func: CheckFunc, *, critical: bool = True) -> HealthCheck:
+    def add_check(
+        self,
+        name: str,
+        func: CheckFunc,
+        *,
+        critical: bool = True,
+        timeout: float | None = None,
+        cache_ttl: float | None = None,
+    ) -> HealthCheck:
         """Register a health check with the ``health`` layer (see :class:`HealthMiddleware`).
 
-        Before :meth:`build` the check joins the layer's ``checks`` option; after, the built
-        middleware's checks. Returns the check.
+        ``timeout`` and ``cache_ttl`` default to the layer's; together they bound how fast
+        readiness follows the dependency (``docs/health.md``). Before :meth:`build` the check
+        joins the layer's ``checks`` option; after, the built middleware's checks. Returns the
+        check.
         """
         if self._lifespan is not None:
-            return self.health.add_check(name, func, critical=critical)
+            return self.health.add_check(
+                name, func, critical=critical, timeout=timeout, cache_ttl=cache_ttl
+            )
         layer = next((c for c in self.layers if c.middleware is HealthMiddleware), None)
         if layer is None:
             raise ConfigurationError("no health layer in this stack to add a check to")
         timing = {k: v for k, v in layer.options.items() if k in ("timeout", "cache_ttl")}
+        if timeout is not None:
+            timing["timeout"] = timeout
+        if cache_ttl is not None:
+            timing["cache_ttl"] = cache_ttl
         check = HealthCheck(name, func, critical=critical, **timing)
         options = {**layer.options, "checks": [*layer.options.get("checks", ()), check]}
         self.replace(layer.name, Layer(layer.name, layer.middleware, options))
