@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,6 +42,10 @@ STATEMENT_TIMEOUT_MS = 2000
 #: dead connection asyncpg then waits up to ``command_timeout`` again for its cancel request,
 #: so a request fails within about twice that.
 COMMAND_TIMEOUT_MARGIN = 0.5
+#: The most one repository call may take, waiting for a pool connection included: whatever
+#: the database or the network does (a cancel request that cannot get through, a rollback on
+#: a silent connection), a request gets its 503 by then.
+CALL_TIMEOUT = 6.0
 #: The bound on a migration statement at start-up (milliseconds): building an index on a large
 #: table, or waiting for another worker's migration lock, takes longer than a request may.
 MIGRATION_TIMEOUT_MS = 300_000
@@ -160,12 +164,25 @@ class PostgresRepository:
         if self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_loop(), name="fund-summaries")
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pool connection (in a transaction if asked) for at most ``CALL_TIMEOUT`` seconds."""
+        async with (
+            asyncio.timeout(CALL_TIMEOUT),
+            self.pool.acquire(timeout=CALL_TIMEOUT) as conn,
+        ):
+            if not transaction:
+                yield conn
+                return
+            async with conn.transaction():
+                yield conn
+
     async def _read(self, func: Callable[[Any], Awaitable[T]]) -> T:
         import asyncpg
 
         for attempt in (1, 2):
             try:
-                async with self.pool.acquire() as conn:
+                async with self._connection() as conn:
                     return await func(conn)
             except TimeoutError:
                 raise  # the database is slow or unreachable, not one connection broken
@@ -179,7 +196,7 @@ class PostgresRepository:
         self, sql: str, args: list[Any], before_commit: BeforeCommit | None
     ) -> Fund | None:
         """Run one ``… RETURNING`` write and ``before_commit`` in one transaction."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection(transaction=True) as conn:
             row = await conn.fetchrow(sql, *args)
             fund = None if row is None else _fund(row)
             if fund is not None and before_commit is not None:
@@ -259,12 +276,13 @@ class PostgresRepository:
         key = _uuid(fund_id)
         if key is None:
             return False
-        status = await self.pool.execute(
-            "UPDATE funds SET deleted_at = now(), updated_at = now()"
-            " WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
-            key,
-            user_id,
-        )
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE funds SET deleted_at = now(), updated_at = now()"
+                " WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+                key,
+                user_id,
+            )
         deleted = bool(status == "UPDATE 1")
         if deleted:
             self._dirty.set()
@@ -308,14 +326,24 @@ class PostgresRepository:
         return True
 
     async def _refresh_loop(self) -> None:
+        failing = False  # one warning when refreshing starts failing, one when it works again
         while True:
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 if not await self.refresh_summaries():
                     self._dirty.set()  # someone else is refreshing: try again next round
+                elif failing:
+                    failing = False
+                    log.warning("fund_summaries refreshed again")
             except Exception:
-                log.exception("refreshing fund_summaries failed; will retry")
+                if not failing:
+                    failing = True
+                    log.warning(
+                        "refreshing fund_summaries failed; retrying every %s s",
+                        self.summary_interval,
+                        exc_info=True,
+                    )
                 self._dirty.set()
             await asyncio.sleep(self.summary_interval)
 

@@ -26,6 +26,16 @@ from prodkit.idempotency._store import (
     StoredResponse,
 )
 
+#: ``asyncpg.create_pool`` options of a pool the store makes from a DSN (``pool_options``
+#: override them): no named prepared statements (PgBouncer), and bounded waits — asyncpg's
+#: defaults wait 60 s to connect and forever for a command, and a call the circuit breaker
+#: gave up on still holds its connection until the driver lets go of it.
+DEFAULT_POOL_OPTIONS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "timeout": 2.0,
+    "command_timeout": 5.0,
+}
+
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}(\.[a-z_][a-z0-9_]{0,40})?\Z")
 
 
@@ -64,8 +74,8 @@ class PostgresIdempotencyStore:
     Arguments:
         pool: an ``asyncpg`` pool (or anything with ``fetchrow``/``fetch``/``execute`` and
             ``acquire``), or a DSN string: a pool is then created on first use (with
-            ``statement_cache_size=0`` unless ``pool_options`` say otherwise) and closed by
-            :meth:`close`.
+            ``statement_cache_size=0``, a 2 s connect timeout and a 5 s command timeout, unless
+            ``pool_options`` say otherwise) and closed by :meth:`aclose`.
         table: the table name (``schema.table`` allowed), created by :meth:`ensure_schema`.
         pool_options: keyword arguments for ``asyncpg.create_pool`` when ``pool`` is a DSN.
         clock_offset: seconds added to the database clock; for tests that need time to pass.
@@ -88,7 +98,7 @@ class PostgresIdempotencyStore:
         if isinstance(pool, str):
             require("asyncpg", "postgres")
             self._dsn = pool
-            self._pool_options = {"statement_cache_size": 0, **(pool_options or {})}
+            self._pool_options = {**DEFAULT_POOL_OPTIONS, **(pool_options or {})}
         else:
             self._pool = pool
             self._pool_options = {}
