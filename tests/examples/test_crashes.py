@@ -122,12 +122,18 @@ class Keyed:
 
         return asyncio.create_task(attempt())
 
-    async def retry_until_run(self, server: ServerProcess) -> httpx.Response:
-        """Retry as a client would: 409 while the dead worker's lease lasts, then the answer."""
+    async def retry_until_run(
+        self, server: ServerProcess, *, conflicts: int | None = None
+    ) -> httpx.Response:
+        """Retry as a client would: 409 while the dead worker's lease lasts, then the answer.
+
+        ``conflicts=1`` asserts that the first retry got a 409 (sent while the lease lasts).
+        """
         started = time.monotonic()
-        for _ in range(100):  # bounded: the lease is 2 s, each 409 says how long to wait
+        for attempt in range(100):  # bounded: the lease is 2 s, each 409 says how long to wait
             response = await self.send(server)
             if response.status_code != 409:
+                assert conflicts is None or attempt >= conflicts, "no 409 while the lease lasted"
                 return response
             assert response.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
             assert 1 <= int(response.headers["retry-after"]) <= LEASE
@@ -195,11 +201,26 @@ async def funds_of(db: Any, user: str) -> list[Any]:
 # -- POST /api/funds on the PostgreSQL store -----------------------------------------------------
 
 
+@pytest.fixture(params=["postgres", "redis"])
+def store(request: pytest.FixtureRequest, example: Example) -> str:
+    """The idempotency store the example runs on (Redis: the shared server, a fresh prefix)."""
+    if request.param == "redis":
+        example.env.update(
+            {
+                "IDEMPOTENCY_STORE": "redis",
+                "REDIS_URL": request.getfixturevalue("redis_url"),
+                "REDIS_KEY_PREFIX": request.getfixturevalue("redis_prefix"),
+            }
+        )
+    return str(request.param)
+
+
 @pytest.mark.parametrize("freeze", [False, True], ids=["killed", "frozen-then-killed"])
 async def test_killed_before_the_commit_the_retry_creates_one_fund(
-    example: Example, db: Any, postgres_dsn: str, freeze: bool
+    example: Example, db: Any, postgres_dsn: str, freeze: bool, store: str
 ) -> None:
     server = await example.start()
+    standby = await example.start()  # another worker, where the client's retries land
     request = create()
     async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
         if freeze:
@@ -214,13 +235,12 @@ async def test_killed_before_the_commit_the_retry_creates_one_fund(
     assert await sent is None
     assert await funds_of(db, request.user) == []
 
-    server = await example.start()
-    created = await request.retry_until_run(server)
+    created = await request.retry_until_run(standby, conflicts=1)
     assert created.status_code == 201
     assert created.headers["idempotency-status"] == "created"
     [fund] = await funds_of(db, request.user)
     assert created.json()["id"] == str(fund["id"])
-    replayed = await request.send(server)
+    replayed = await request.send(standby)
     assert replayed.headers["idempotency-status"] == "replayed"
     assert replayed.content == created.content
     assert len(await funds_of(db, request.user)) == 1
@@ -230,6 +250,7 @@ async def test_killed_while_recording_the_retry_creates_one_fund(
     example: Example, db: Any, postgres_dsn: str
 ) -> None:
     server = await example.start()
+    standby = await example.start()
     request = create()
     # The claim is written before the INSERT waits: then its row is held and the INSERT let
     # go, so that the worker stops at the record's completion, its fund not committed.
@@ -247,10 +268,9 @@ async def test_killed_while_recording_the_retry_creates_one_fund(
     await until(lambda: no_transaction_left(db), "the dead worker's transaction is gone")
     assert await funds_of(db, request.user) == []
 
-    server = await example.start()
-    created = await request.retry_until_run(server)
+    created = await request.retry_until_run(standby, conflicts=1)
     assert (created.status_code, created.headers["idempotency-status"]) == (201, "created")
-    replayed = await request.send(server)
+    replayed = await request.send(standby)
     assert replayed.content == created.content
     assert len(await funds_of(db, request.user)) == 1
 
@@ -345,6 +365,7 @@ async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the
             }
         )
         server = await example.start()
+        standby = await example.start()
         request = create()
         async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
             redis.send_signal(signal.SIGSTOP)  # claimed in Redis; the record will wait
@@ -360,9 +381,8 @@ async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the
         await sent
         assert len(await funds_of(db, request.user)) == 1
 
-        server = await example.start()
         # The claim outlives the worker for the lease (409s), then the handler runs again.
-        again = await request.retry_until_run(server)
+        again = await request.retry_until_run(standby, conflicts=1)
         assert again.status_code == 201
         assert again.headers["idempotency-status"] == "created"
         assert len(await funds_of(db, request.user)) == 2
