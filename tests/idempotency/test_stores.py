@@ -8,6 +8,7 @@ change an outcome.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -454,3 +455,20 @@ def test_stateful_contract(backend: str, request: pytest.FixtureRequest) -> None
     run_state_machine_as_test(
         machine, settings=settings(max_examples=examples, stateful_step_count=12, deadline=None)
     )
+
+
+async def test_a_store_made_from_a_dsn_gives_up_on_a_silent_server() -> None:
+    # A listening socket that never answers: the TCP connect succeeds, PostgreSQL's start-up
+    # never does. asyncpg's default would wait 60 s; the store's pool gives up after 2 s.
+    pytest.importorskip("asyncpg")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        store = PostgresIdempotencyStore(f"postgresql://postgres@127.0.0.1:{port}/test")
+        try:
+            async with asyncio.timeout(10):  # bounded: a hang fails the test, not the run
+                with pytest.raises(BackendError, match="cannot connect"):
+                    await store.claim("k", b"f", "owner", lease=5, ttl=10)
+        finally:
+            await store.aclose()

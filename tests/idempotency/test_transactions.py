@@ -275,4 +275,41 @@ async def test_complete_in_leaves_what_is_not_recorded_to_the_middleware(
     async with pool.acquire() as conn, conn.transaction():
         assert not await claim.complete_in(conn, 503, [(b"retry-after", b"1")], b"busy")
         assert not await claim.complete_in(conn, 429, {}, b"slow down")
+        assert not await claim.complete_in(conn, 408, {}, b"too slow")
+        assert not await claim.complete_in(conn, 200, {"Retry-After": "3"}, b"come back")
+    small = IdempotencyClaim(
+        store, "k", "owner", ttl=60, stored_headers=frozenset(), max_response_bytes=4
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        assert not await small.complete_in(conn, 201, {}, b"12345")
     assert not claim.completed
+
+
+async def test_a_committed_record_is_what_retries_get_whatever_the_handler_does_next(
+    pool: Any, store: PostgresIdempotencyStore
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def create(request: Request) -> Response:
+        claim = current_claim(request.scope)
+        assert claim is not None
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
+            response = JSONResponse({"ok": True}, status_code=201)
+            await claim.complete_in(conn, 201, response.raw_headers, bytes(response.body))
+        # Committed; then the handler fails (a bug, a call after the commit).
+        raise Problem(409, "TOO_LATE", "after the commit")
+
+    app = Starlette(routes=[Route("/orders", create, methods=["POST"])])
+    middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
+    async with client_for(middleware) as client:
+        first = await post(client)
+        again = await post(client)
+    assert first.status_code == 409
+    assert first.headers["idempotency-stored"] == "false"  # this answer is not the record
+    assert (again.status_code, again.headers["idempotency-status"]) == (201, "replayed")
+    assert again.json() == {"ok": True}
+    assert await orders(pool) == 1
