@@ -378,6 +378,8 @@ async def test_unavailable_dependencies_are_503_with_retry_after(
         ("dependency unavailable", "warning", "/api/funds")
     ]
     assert logs[0]["exc_type"] == type(failure).__name__
+    assert logs[0]["method"] == "GET"
+    assert "error" in logs[0]  # the exception's message
     assert "exc_info" not in logs[0]
 
 
