@@ -34,6 +34,13 @@ def state(cb: CircuitBreaker) -> BreakerState:
     return cb.state
 
 
+async def trip(cb: CircuitBreaker) -> None:
+    """Open ``cb`` with as many failed calls as its threshold."""
+    for _ in range(cb.failure_threshold):
+        with pytest.raises(BackendError):
+            await cb.call(fail)
+
+
 def breaker(registry: CollectorRegistry, clock: Clock) -> CircuitBreaker:
     return CircuitBreaker(
         "redis", failure_threshold=3, recovery_time=5.0, registry=registry, clock=clock
@@ -72,9 +79,7 @@ async def test_opens_after_threshold_and_fails_fast(registry: CollectorRegistry)
 async def test_half_open_admits_one_probe(registry: CollectorRegistry) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     clock.now = 5.0
     assert state(cb) is BreakerState.HALF_OPEN
     release = asyncio.Event()
@@ -96,9 +101,7 @@ async def test_half_open_admits_one_probe(registry: CollectorRegistry) -> None:
 async def test_failed_probe_reopens(registry: CollectorRegistry) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     clock.now = 5.0
     with pytest.raises(BackendError):
         await cb.call(fail)
@@ -220,9 +223,7 @@ async def test_probe_tries_an_open_backend_and_success_closes_it(
 ) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     assert await cb.probe(ok) == "ok"  # long before recovery_time
     assert state(cb) is BreakerState.CLOSED
     assert await cb.call(ok) == "ok"
@@ -233,9 +234,7 @@ async def test_a_failed_probe_keeps_it_open_for_another_recovery_time(
 ) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     clock.now = 4.0
     with pytest.raises(BackendError) as info:
         await cb.probe(fail)
@@ -253,9 +252,7 @@ async def test_a_failed_probe_keeps_it_open_for_another_recovery_time(
 async def test_probe_leaves_the_half_open_slot_alone(registry: CollectorRegistry) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     clock.now = 5.0
     release = asyncio.Event()
 
@@ -279,9 +276,7 @@ async def test_once_a_probe_closed_it_one_failure_does_not_reopen_it(
 ) -> None:
     clock = Clock()
     cb = breaker(registry, clock)
-    for _ in range(3):
-        with pytest.raises(BackendError):
-            await cb.call(fail)
+    await trip(cb)
     clock.now = 5.0
     release = asyncio.Event()
 

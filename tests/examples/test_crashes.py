@@ -194,6 +194,10 @@ def kill(server: ServerProcess) -> None:
     server.wait(timeout=10)
 
 
+async def has_funds(db: Any, user: str) -> bool:
+    return bool(await funds_of(db, user))
+
+
 async def funds_of(db: Any, user: str) -> list[Any]:
     return list(await db.fetch("SELECT id, name, updated_at FROM funds WHERE user_id = $1", user))
 
@@ -291,11 +295,7 @@ async def test_killed_right_after_the_commit_the_retry_replays(
     request = create()
     async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
         pass
-
-    async def committed() -> bool:
-        return bool(await funds_of(db, request.user))
-
-    await until(committed, "the fund is committed")
+    await until(lambda: has_funds(db, request.user), "the fund is committed")
     server.signal(signal.SIGSTOP)  # the worker may or may not have answered yet
     kill(server)
     await sent  # answered or not: the outcome below is the same
@@ -370,11 +370,7 @@ async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the
         async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
             redis.send_signal(signal.SIGSTOP)  # claimed in Redis; the record will wait
         try:
-
-            async def committed() -> bool:
-                return bool(await funds_of(db, request.user))
-
-            await until(committed, "the fund is committed")
+            await until(lambda: has_funds(db, request.user), "the fund is committed")
             kill(server)
         finally:
             redis.send_signal(signal.SIGCONT)
@@ -396,11 +392,7 @@ async def test_with_the_memory_store_a_restart_forgets_every_key(
     request = create()
     async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
         pass
-
-    async def committed() -> bool:
-        return bool(await funds_of(db, request.user))
-
-    await until(committed, "the fund is committed")
+    await until(lambda: has_funds(db, request.user), "the fund is committed")
     kill(server)
     await sent
 

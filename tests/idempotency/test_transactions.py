@@ -198,8 +198,11 @@ def test_claim_lost_is_a_retryable_409() -> None:
     )
 
 
-def starlette_orders(pool: Any, fail_with: Exception | None) -> Any:
-    """A Starlette app whose handler records its 201 in the transaction, then fails in it."""
+def starlette_orders(
+    pool: Any, *, raise_inside: Exception | None = None, raise_after: Exception | None = None
+) -> Any:
+    """A Starlette app whose handler records its 201 in the order's transaction, then may
+    raise ``raise_inside`` before the commit or ``raise_after`` after it."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -212,8 +215,10 @@ def starlette_orders(pool: Any, fail_with: Exception | None) -> Any:
             await conn.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
             response = JSONResponse({"ok": True}, status_code=201)
             await claim.complete_in(conn, 201, response.raw_headers, bytes(response.body))
-            if fail_with is not None:
-                raise fail_with  # before the commit: the order and the record roll back
+            if raise_inside is not None:
+                raise raise_inside  # the order and the record roll back
+        if raise_after is not None:
+            raise raise_after  # committed: a bug, or a call after the commit that failed
         return response
 
     return Starlette(routes=[Route("/orders", create, methods=["POST"])])
@@ -224,37 +229,23 @@ async def test_a_failure_after_complete_in_rolls_back_and_frees_the_key(
 ) -> None:
     # Starlette sends its plain 500 before re-raising: the middleware must not take it for the
     # response recorded in the (rolled back) transaction and keep the key for the whole lease.
-    app = starlette_orders(pool, RuntimeError("failed before the commit"))
+    app = starlette_orders(pool, raise_inside=RuntimeError("failed before the commit"))
     middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
     async with client_for(middleware) as client:
         failed = await post(client)
         assert failed.status_code == 500
         assert failed.json()["code"] == "INTERNAL_ERROR"
         assert await pool.fetchval(f"SELECT count(*) FROM {store.table}") == 0  # noqa: S608
-        app.router.routes.clear()
-        app.router.routes.extend(starlette_ok(pool).router.routes)
+        app.router.routes[:] = starlette_orders(pool).router.routes
         retried = await post(client)
     assert (retried.status_code, retried.headers["idempotency-status"]) == (201, "created")
     assert await orders(pool) == 1
 
 
-def starlette_ok(pool: Any) -> Any:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def create(request: Request) -> Response:
-        await pool.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
-        return JSONResponse({"ok": True}, status_code=201)
-
-    return Starlette(routes=[Route("/orders", create, methods=["POST"])])
-
-
 async def test_a_problem_raised_after_complete_in_is_what_is_recorded(
     pool: Any, store: PostgresIdempotencyStore
 ) -> None:
-    app = starlette_orders(pool, Problem(409, "ORDER_CONFLICT", "the basket changed"))
+    app = starlette_orders(pool, raise_inside=Problem(409, "ORDER_CONFLICT", "basket changed"))
     middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
     async with client_for(middleware) as client:
         first = await post(client)
@@ -288,22 +279,7 @@ async def test_complete_in_leaves_what_is_not_recorded_to_the_middleware(
 async def test_a_committed_record_is_what_retries_get_whatever_the_handler_does_next(
     pool: Any, store: PostgresIdempotencyStore
 ) -> None:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def create(request: Request) -> Response:
-        claim = current_claim(request.scope)
-        assert claim is not None
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO orders (id) VALUES ($1)", uuid.uuid4())
-            response = JSONResponse({"ok": True}, status_code=201)
-            await claim.complete_in(conn, 201, response.raw_headers, bytes(response.body))
-        # Committed; then the handler fails (a bug, a call after the commit).
-        raise Problem(409, "TOO_LATE", "after the commit")
-
-    app = Starlette(routes=[Route("/orders", create, methods=["POST"])])
+    app = starlette_orders(pool, raise_after=Problem(409, "TOO_LATE", "after the commit"))
     middleware = IdempotencyMiddleware(app, store=store, registry=CollectorRegistry())
     async with client_for(middleware) as client:
         first = await post(client)
