@@ -262,15 +262,18 @@ async def test_complete_in_leaves_what_is_not_recorded_to_the_middleware(
 ) -> None:
     from prodkit.idempotency import IdempotencyClaim
 
-    claim = IdempotencyClaim(store, "k", "owner", ttl=60, stored_headers=frozenset())
+    def middleware(**options: Any) -> IdempotencyMiddleware:
+        return IdempotencyMiddleware(
+            OrderApp(pool, store.table), store=store, registry=CollectorRegistry(), **options
+        )
+
+    claim = IdempotencyClaim(middleware(), "k", "owner")
     async with pool.acquire() as conn, conn.transaction():
         assert not await claim.complete_in(conn, 503, [(b"retry-after", b"1")], b"busy")
         assert not await claim.complete_in(conn, 429, {}, b"slow down")
         assert not await claim.complete_in(conn, 408, {}, b"too slow")
         assert not await claim.complete_in(conn, 200, {"Retry-After": "3"}, b"come back")
-    small = IdempotencyClaim(
-        store, "k", "owner", ttl=60, stored_headers=frozenset(), max_response_bytes=4
-    )
+    small = IdempotencyClaim(middleware(max_response_bytes=4), "k", "owner")
     async with pool.acquire() as conn, conn.transaction():
         assert not await small.complete_in(conn, 201, {}, b"12345")
     assert not claim.completed

@@ -9,16 +9,15 @@ crashes").
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
 from prodkit.idempotency._responses import stored_response, unstorable
-from prodkit.idempotency._store import (
-    IdempotencyStore,
-    StoredResponse,
-    TransactionalIdempotencyStore,
-)
+from prodkit.idempotency._store import StoredResponse, TransactionalIdempotencyStore
+
+if TYPE_CHECKING:
+    from prodkit.idempotency._middleware import IdempotencyMiddleware
 
 #: Scope key holding the request's :class:`IdempotencyClaim` while its handler runs.
 CLAIM_SCOPE_KEY = "prodkit.idempotency_claim"
@@ -57,46 +56,19 @@ class IdempotencyClaim:
         response: the response recorded by :meth:`complete_in`, if any.
     """
 
-    __slots__ = (
-        "_max_response_bytes",
-        "_owner",
-        "_store",
-        "_store_key",
-        "_store_server_errors",
-        "_stored_headers",
-        "_ttl",
-        "response",
-    )
+    __slots__ = ("_middleware", "_owner", "_store_key", "response")
 
-    def __init__(
-        self,
-        store: IdempotencyStore,
-        store_key: str,
-        owner: str,
-        *,
-        ttl: float,
-        stored_headers: frozenset[bytes],
-        store_server_errors: bool = False,
-        max_response_bytes: int = 1024 * 1024,
-    ) -> None:
-        self._store = store
+    def __init__(self, middleware: IdempotencyMiddleware, store_key: str, owner: str) -> None:
+        # The store, the ttl and what is recorded are the middleware's: read from it, not copied.
+        self._middleware = middleware
         self._store_key = store_key
         self._owner = owner
-        self._ttl = ttl
-        self._stored_headers = stored_headers
-        self._store_server_errors = store_server_errors
-        self._max_response_bytes = max_response_bytes
         self.response: StoredResponse | None = None
 
     @property
     def completed(self) -> bool:
         """Whether the response was recorded in the handler's transaction."""
         return self.response is not None
-
-    @property
-    def transactional(self) -> bool:
-        """Whether the store can record in the handler's transaction (PostgreSQL can)."""
-        return isinstance(self._store, TransactionalIdempotencyStore)
 
     async def complete_in(
         self, connection: Any, status: int, headers: Headers, body: bytes
@@ -118,7 +90,8 @@ class IdempotencyClaim:
                 transaction rolls back.
             ConfigurationError: ``connection`` is not inside a transaction.
         """
-        store = self._store
+        middleware = self._middleware
+        store = middleware.store
         if not isinstance(store, TransactionalIdempotencyStore):
             return False
         if isinstance(headers, Mapping):
@@ -126,14 +99,14 @@ class IdempotencyClaim:
         else:
             raw = [(k.lower(), v) for k, v in headers]
         if (
-            unstorable(status, raw, store_server_errors=self._store_server_errors) is not None
-            or len(body) > self._max_response_bytes
+            unstorable(status, raw, store_server_errors=middleware.store_server_errors) is not None
+            or len(body) > middleware.max_response_bytes
         ):
             return False
         start = {"type": "http.response.start", "status": status, "headers": raw}
-        response = stored_response(start, body, self._stored_headers)
+        response = stored_response(start, body, middleware._stored_headers)
         if not await store.complete_in(
-            connection, self._store_key, self._owner, response, ttl=self._ttl
+            connection, self._store_key, self._owner, response, ttl=middleware.ttl
         ):
             raise ClaimLost()
         self.response = response

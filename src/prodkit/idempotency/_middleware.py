@@ -287,16 +287,8 @@ class IdempotencyMiddleware:
             await self._store_failed(scope, receive, send)
         elif claim.outcome is ClaimOutcome.ACQUIRED:
             self._outcomes["created"].inc()
-            held = IdempotencyClaim(
-                self.store,
-                store_key,
-                owner,
-                ttl=self.ttl,
-                stored_headers=self._stored_headers,
-                store_server_errors=self.store_server_errors,
-                max_response_bytes=self.max_response_bytes,
-            )
-            await _ClaimedResponder(self, scope, send, store_key, owner, held).run(receive)
+            held = IdempotencyClaim(self, store_key, owner)
+            await _ClaimedResponder(self, scope, send, held).run(receive)
         elif claim.outcome is ClaimOutcome.COMPLETED and claim.response is not None:
             self._outcomes["replayed"].inc()
             await replay(send, claim.response)
@@ -448,11 +440,9 @@ class _ClaimedResponder:
         "held",
         "held_size",
         "middleware",
-        "owner",
         "release_claim",
         "scope",
         "send",
-        "store_key",
         "streaming",
         "unrecorded",
     )
@@ -462,16 +452,12 @@ class _ClaimedResponder:
         middleware: IdempotencyMiddleware,
         scope: Scope,
         send: Send,
-        store_key: str,
-        owner: str,
         claim: IdempotencyClaim,
     ) -> None:
         self.middleware = middleware
         self.scope = scope
         self.send = send
-        self.store_key = store_key
-        self.owner = owner
-        self.claim = claim
+        self.claim = claim  # the store key and owner token this request holds
         self.held: list[Message] = []  # the response, kept back until complete and recorded
         self.held_size = 0
         self.streaming = False  # the response goes straight through (not recorded)
@@ -503,7 +489,8 @@ class _ClaimedResponder:
                     await self.flush(self.unrecorded or "incomplete response")
             if self.release_claim:
                 # Shielded so that a cancelled request still frees its key for the retry.
-                await asyncio.shield(self.middleware._release(self.store_key, self.owner))
+                claim = self.claim
+                await asyncio.shield(self.middleware._release(claim._store_key, claim._owner))
 
     async def send_or_hold(self, message: Message) -> None:
         """The handler's ``send``: hold the response back, or pass it through once streaming."""
@@ -565,7 +552,8 @@ class _ClaimedResponder:
         # The handler's effects happened: from here on, a cancellation (client gone, shutdown
         # deadline) must not release the key for a retry to run the handler again.
         self.release_claim = False
-        outcome = await self.middleware._complete(self.store_key, self.owner, start, body)
+        claim = self.claim
+        outcome = await self.middleware._complete(claim._store_key, claim._owner, start, body)
         # A record that could not be written ("failed") keeps the key claimed until the lease
         # expires rather than letting a retry run the handler again; a "lost" claim is released
         # (the store ignores it: the key has another owner by now).
