@@ -169,7 +169,7 @@ class PostgresRepository:
         """A pool connection (in a transaction if asked) for at most ``CALL_TIMEOUT`` seconds."""
         async with (
             asyncio.timeout(CALL_TIMEOUT),
-            self.pool.acquire(timeout=CALL_TIMEOUT) as conn,
+            self.pool.acquire() as conn,  # the wait for it included in the bound above
         ):
             if not transaction:
                 yield conn

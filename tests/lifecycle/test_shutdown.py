@@ -290,6 +290,22 @@ async def test_signal_handler_is_chained_after_the_drain(registry: CollectorRegi
     assert calls == [signal.SIGUSR1, signal.SIGUSR1]
 
 
+async def drain_then_hand_back(
+    registry: CollectorRegistry, calls: list[str]
+) -> ShutdownCoordinator:
+    """SIGUSR2 to this process: the coordinator drains, then the loop's own handler runs."""
+    coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=0.05, timeout=5)
+    coordinator.install()
+    os.kill(os.getpid(), signal.SIGUSR2)
+    await wait_for_state(coordinator, ShutdownState.DRAINING)
+    assert calls == []
+    await wait_for_state(coordinator, ShutdownState.STOPPING)
+    # The loop hears of the given-back signal through its wakeup descriptor, a turn later.
+    await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
+    assert calls == ["server"]
+    return coordinator
+
+
 @pytest.mark.usefixtures("restore_signals")
 async def test_loop_signal_handler_is_chained_after_the_drain(registry: CollectorRegistry) -> None:
     # hypercorn and granian register their handler with loop.add_signal_handler.
@@ -297,15 +313,7 @@ async def test_loop_signal_handler_is_chained_after_the_drain(registry: Collecto
     calls: list[str] = []
     loop.add_signal_handler(signal.SIGUSR2, calls.append, "server")
     try:
-        coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=0.05, timeout=5)
-        coordinator.install()
-        os.kill(os.getpid(), signal.SIGUSR2)
-        await wait_for_state(coordinator, ShutdownState.DRAINING)
-        assert calls == []
-        await wait_for_state(coordinator, ShutdownState.STOPPING)
-        # The loop hears of the given-back signal through its wakeup descriptor, a turn later.
-        await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
-        assert calls == ["server"]
+        coordinator = await drain_then_hand_back(registry, calls)
         coordinator.stopped()
         os.kill(os.getpid(), signal.SIGUSR2)
         await wait_until(lambda: len(calls) >= 2, "the loop's handler ran again")
@@ -323,14 +331,7 @@ def test_uvloop_signal_handler_is_chained_after_the_drain(registry: CollectorReg
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR2, calls.append, "server")
-        coordinator = make_coordinator(registry, signals=(signal.SIGUSR2,), drain=0.05, timeout=5)
-        coordinator.install()
-        os.kill(os.getpid(), signal.SIGUSR2)
-        await wait_for_state(coordinator, ShutdownState.DRAINING)
-        assert calls == []
-        await wait_for_state(coordinator, ShutdownState.STOPPING)
-        await wait_until(lambda: len(calls) >= 1, "the loop's handler ran")
-        assert calls == ["server"]
+        coordinator = await drain_then_hand_back(registry, calls)
         coordinator.stopped()
         loop.remove_signal_handler(signal.SIGUSR2)
 

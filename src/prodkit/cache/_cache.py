@@ -214,7 +214,6 @@ class ResponseCache:
     def _defer(self, keys: list[str], error: BackendError) -> None:
         """Keep ``keys`` pending (or the flush, past ``max_pending``) and make sure of a retrier."""
         self._failed_writes += 1
-        was_empty = not self._pending
         before = len(self._pending)
         targets: Sequence[str] = keys
         if self._flushing:
@@ -232,7 +231,7 @@ class ResponseCache:
         for key in targets:
             self._pending[key] = self._failed_writes
         self._pending_gauge.inc(len(self._pending) - before)
-        if was_empty:
+        if not before:
             self.logger.warning(
                 "cache invalidations pending",
                 tags=keys,

@@ -197,7 +197,7 @@ class HealthCheck:
 
     async def _run(self) -> CheckResult:
         started = time.monotonic()
-        error: str | None = None
+        error: str | None
         if len(self._abandoned) >= MAX_ABANDONED:
             # A dependency that does not even let cancelled calls go is not sent more of them.
             error = f"{len(self._abandoned)} runs abandoned after {self.timeout}s have not stopped"
@@ -256,8 +256,7 @@ class HealthCheck:
                 error=result.error,
             )
         elif result.ok and previous is not None and not previous.ok:
-            since = self._failing_since if self._failing_since is not None else now
-            self._failing_since = None
+            since, self._failing_since = self._failing_since or now, None  # set when it failed
             structlog.get_logger("prodkit.health").warning(
                 "health check passing again",
                 check=self.name,

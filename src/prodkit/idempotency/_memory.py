@@ -112,9 +112,7 @@ class MemoryIdempotencyStore:
                 raise BackendError(
                     f"memory idempotency store is full ({self.max_entries} requests in progress)"
                 )
-            key, entry = self._completed.popitem(last=False)
-            del self._entries[key]
-            self._dequeue(key, entry)
+            self._drop(*next(iter(self._completed.items())))  # the oldest completed
 
     async def claim(
         self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
