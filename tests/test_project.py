@@ -127,4 +127,40 @@ def test_the_version_is_the_installed_distributions() -> None:
 
     import prodkit
 
-    assert prodkit.__version__ == version("prodkit")
+    assert prodkit.__version__ == version("prodkit-asgi")
+
+
+def _install_lines() -> list[tuple[str, str]]:
+    # Every `pip install …` line of the README, the docs, the contributor guide and the
+    # messages prodkit prints (a missing extra names the install line to run).
+    sources = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    sources += sorted((ROOT / "src" / "prodkit").rglob("*.py"))
+    lines = []
+    for path in sources:
+        for line in path.read_text().splitlines():
+            if re.search(r"\bpip install\b", line) and "-e " not in line:
+                lines.append((path.relative_to(ROOT).as_posix(), line))
+    return lines
+
+
+def test_every_install_line_names_the_distribution_in_pyproject() -> None:
+    # The import name is `prodkit`; the distribution is not (`prodkit` on the package index is
+    # another project), so `pip install prodkit` would install someone else's code.
+    import tomllib
+
+    import prodkit.__about__
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert name != "prodkit"
+    assert prodkit.__about__.DISTRIBUTION == name
+    lines = _install_lines()
+    assert len(lines) >= 4  # the getting-started page alone has four
+    wrong = []
+    for where, line in lines:
+        for target in re.findall(r"pip install(?: -\w+)* ['\"]?([A-Za-z0-9_.\-]+)", line):
+            if target.startswith("prodkit") and target != name:
+                wrong.append((where, line.strip()))
+    assert wrong == [], f"install lines must say {name!r}"
+    # Extras that name the package itself (`all`, `dev`) use the same name.
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.findall(r'"prodkit\[', pyproject) == []

@@ -197,5 +197,5 @@ def test_redis_store_names_the_extra_when_redis_is_missing(
     import sys
 
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
-    with pytest.raises(MissingDependencyError, match=r"prodkit\[redis\]"):
+    with pytest.raises(MissingDependencyError, match=r"prodkit-asgi\[redis\]"):
         RedisCacheStore("redis://127.0.0.1:1/0")

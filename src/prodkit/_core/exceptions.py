@@ -20,7 +20,7 @@ class MissingDependencyError(ProdkitError, ImportError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(
-            f"{package!r} is not installed; install it with: pip install 'prodkit[{extra}]'"
+            f"{package!r} is not installed; install it with: pip install 'prodkit-asgi[{extra}]'"
         )
         self.package = package
         self.extra = extra
