@@ -152,7 +152,7 @@ def test_every_install_line_names_the_distribution_in_pyproject() -> None:
 
     name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
     assert name != "prodkit"
-    assert prodkit.__about__.DISTRIBUTION == name
+    assert name == prodkit.__about__.DISTRIBUTION
     lines = _install_lines()
     assert len(lines) >= 4  # the getting-started page alone has four
     wrong = []

@@ -173,6 +173,8 @@ PUBLIC: dict[str, list[str]] = {
         "BusinessMetrics",
         "DEFAULT_BUCKETS",
         "HTTPMetricsMiddleware",
+        "HTTP_REQUEST_DURATION",
+        "HTTP_REQUEST_DURATION_LABELS",
         "MetricsApp",
         "MetricsEndpointMiddleware",
         "SIZE_BUCKETS",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prodkit import ConfigurationError
-from prodkit._core.collectors import loop_gauge, loop_histogram
+from prodkit._core.collectors import counter, histogram, loop_gauge, loop_histogram
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
@@ -43,3 +46,44 @@ def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
     assert samples(ours) == samples(theirs)
     with pytest.raises(ConfigurationError):
         loop_gauge("h", "help", registry=ours)
+
+
+@pytest.mark.parametrize(
+    ("make", "again"),
+    [
+        # A second component asking for one name with other label names (say, a tenant label
+        # added on one side only) would record into series the first never reads.
+        (
+            lambda r: counter("c_total", "help", ["route"], registry=r),
+            lambda r: counter("c_total", "help", ["route", "tenant"], registry=r),
+        ),
+        (
+            lambda r: histogram("h", "help", ["route"], registry=r, buckets=[0.1, 1.0]),
+            lambda r: histogram("h", "help", ["route"], registry=r, buckets=[0.1, 2.0]),
+        ),
+        (
+            lambda r: loop_histogram("lh", "help", ["m"], registry=r, buckets=[0.1, 1.0]),
+            lambda r: loop_histogram("lh", "help", ["m", "r"], registry=r, buckets=[0.1, 1.0]),
+        ),
+        (
+            lambda r: loop_gauge("g", "help", ["m"], registry=r),
+            lambda r: loop_gauge("g", "help", [], registry=r),
+        ),
+    ],
+)
+def test_get_or_create_refuses_another_label_set_or_buckets(make: Any, again: Any) -> None:
+    registry = CollectorRegistry()
+    make(registry)
+    with pytest.raises(ConfigurationError, match="already registered with labels"):
+        again(registry)
+
+
+def test_get_or_create_returns_the_same_collector_for_the_same_shape() -> None:
+    registry = CollectorRegistry()
+    first = histogram("h", "help", ["route"], registry=registry, buckets=[0.1, 1.0])
+    # The same bounds written with the implicit +Inf are the same buckets.
+    again = histogram("h", "help", ["route"], registry=registry, buckets=[0.1, 1.0, math.inf])
+    assert again is first
+    assert counter("c_total", "help", ["a"], registry=registry) is counter(
+        "c_total", "help", ["a"], registry=registry
+    )

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit.metrics import HTTP_REQUEST_DURATION, HTTP_REQUEST_DURATION_LABELS
 from prodkit.rollout import (
     CommandRouter,
     HAProxyRouter,
@@ -64,6 +65,39 @@ def test_window_is_the_delta_of_two_real_scrapes() -> None:
     assert stats.error_ratio == pytest.approx(0.1)
     # 10 % of requests in the (0.1, 0.25] bucket: p99 interpolates to 0.1 + 0.15 * 0.9.
     assert stats.latency_quantile == pytest.approx(0.235)
+
+
+def test_a_label_added_to_the_http_metrics_leaves_the_decision_unchanged() -> None:
+    # The rollout reads the histogram through the schema the metrics concern publishes, and
+    # sums over labels it does not know: split the same traffic over a tenant label (100 and
+    # 5 requests in two series of one (method, route, status_code)) and nothing changes.
+    plain, histogram = _registry()
+    tenants = CollectorRegistry()
+    by_tenant = Histogram(
+        HTTP_REQUEST_DURATION,
+        "HTTP request duration in seconds.",
+        [*HTTP_REQUEST_DURATION_LABELS, "tenant"],
+        registry=tenants,
+    )
+    scrapes = []
+    for registry in (plain, tenants):
+        scrapes.append(parse_scrape(generate_latest(registry).decode()))
+    traffic = [("acme", "200", 0.02)] * 100 + [("zeta", "200", 0.02)] * 5
+    traffic += [("acme", "500", 0.3)] * 4 + [("zeta", "500", 0.3)] * 2
+    for tenant, status, seconds in traffic:
+        histogram.labels("GET", "/api/work", status).observe(seconds)
+        by_tenant.labels("GET", "/api/work", status, tenant).observe(seconds)
+    windows = [
+        window_stats(parse_scrape(generate_latest(registry).decode()).delta(before))
+        for registry, before in zip((plain, tenants), scrapes, strict=True)
+    ]
+
+    assert windows[0] == windows[1]
+    assert windows[1].requests == 111
+    assert windows[1].errors == 6
+    baseline = WindowStats(1000, 0, 0.02)
+    assert judge(windows[1], baseline, POLICY) == judge(windows[0], baseline, POLICY)
+    assert judge(windows[1], baseline, POLICY).result == "fail"
 
 
 def test_a_restarted_process_counts_from_zero_like_prometheus_rate() -> None:

@@ -37,30 +37,61 @@ _LEGACY_MULTIPROC_ENV = "prometheus_multiproc_dir"
 _MULTIPROCESS = MULTIPROC_ENV in os.environ or _LEGACY_MULTIPROC_ENV in os.environ
 
 _lock = threading.Lock()
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]] = (
-    weakref.WeakKeyDictionary()
-)
+# Per registry: name -> (collector, the label names and buckets it was made with).
+_by_registry: weakref.WeakKeyDictionary[
+    CollectorRegistry, dict[str, tuple[object, tuple[object, ...]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _shape(labelnames: Sequence[str], buckets: Sequence[float] | None = None) -> tuple[object, ...]:
+    # What a caller asks of a collector beyond its name: its label names and, for a histogram,
+    # its bucket bounds (``+Inf`` added, as both histogram kinds do).
+    if buckets is None:
+        return (tuple(labelnames),)
+    bounds = [float(b) for b in buckets]
+    if bounds and bounds[-1] != math.inf:
+        bounds.append(math.inf)
+    return (tuple(labelnames), tuple(bounds))
 
 
 def _get_or_create(
     kind: type[Any],
     name: str,
     registry: CollectorRegistry | None,
+    shape: tuple[object, ...],
     create: Callable[[CollectorRegistry], object],
 ) -> Any:
-    """The collector ``name`` in ``registry``, made (and registered) by ``create`` first."""
+    """The collector ``name`` in ``registry``, made (and registered) by ``create`` first.
+
+    A second caller gets the same collector only if it asks for the same kind, label names and
+    buckets: otherwise its observations would land in series it does not expect (or fail on
+    the first ``labels()`` call, far from the cause), so it is refused here with a
+    :class:`ConfigurationError`.
+    """
     target = REGISTRY if registry is None else registry
     with _lock:
         known = _by_registry.setdefault(target, {})
-        metric = known.get(name)
-        if metric is None:
-            metric = known[name] = create(target)
+        found = known.get(name)
+        if found is None:
+            found = known[name] = (create(target), shape)
+    metric, registered_shape = found
     if not isinstance(metric, kind):
         raise ConfigurationError(
             f"metric {name!r} is already registered as a {type(metric).__name__}, "
             f"not a {kind.__name__}; choose another prefix"
         )
+    if registered_shape != shape:
+        raise ConfigurationError(
+            f"metric {name!r} is already registered with "
+            f"{_describe(registered_shape)}, not {_describe(shape)}: use the same ones, another "
+            "metric_prefix, or a registry of its own"
+        )
     return metric
+
+
+def _describe(shape: tuple[object, ...]) -> str:
+    described = f"labels {shape[0]}"
+    return described if len(shape) == 1 else f"{described}, buckets {shape[1]}"
 
 
 def get_metric(
@@ -73,10 +104,12 @@ def get_metric(
     **kwargs: object,
 ) -> M:
     """Return the collector ``name`` of ``kind`` in ``registry``, creating it on first use."""
+    buckets = kwargs.get("buckets")
     return _get_or_create(  # type: ignore[no-any-return]
         kind,
         name,
         registry,
+        _shape(labelnames, buckets if isinstance(buckets, Sequence) else None),
         lambda target: kind(name, documentation, labelnames=labelnames, registry=target, **kwargs),  # type: ignore[arg-type]
     )
 
@@ -277,6 +310,7 @@ def loop_histogram(
         LoopHistogram,
         name,
         registry,
+        _shape(labelnames, buckets),
         lambda target: _registered(LoopHistogram(name, documentation, labelnames, buckets), target),
     )
 
@@ -293,6 +327,7 @@ def loop_gauge(
         LoopGauge,
         name,
         registry,
+        _shape(labelnames),
         lambda target: _registered(LoopGauge(name, documentation, labelnames), target),
     )
 

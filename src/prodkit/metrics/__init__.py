@@ -8,13 +8,20 @@ from prodkit.metrics._business import (
     business_gauge,
     business_histogram,
 )
-from prodkit.metrics._conventions import DEFAULT_BUCKETS, SIZE_BUCKETS
+from prodkit.metrics._conventions import (
+    DEFAULT_BUCKETS,
+    HTTP_REQUEST_DURATION,
+    HTTP_REQUEST_DURATION_LABELS,
+    SIZE_BUCKETS,
+)
 from prodkit.metrics._endpoint import MetricsApp, MetricsEndpointMiddleware
 from prodkit.metrics._multiprocess import mark_process_dead, remove_dead_process_files
 from prodkit.metrics._recording import HTTPMetricsMiddleware
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "HTTP_REQUEST_DURATION",
+    "HTTP_REQUEST_DURATION_LABELS",
     "SIZE_BUCKETS",
     "BusinessMetrics",
     "HTTPMetricsMiddleware",

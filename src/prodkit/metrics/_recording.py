@@ -31,7 +31,20 @@ from prodkit._core.outcome import (
 )
 from prodkit._core.routing import RouteResolver, remember_root_path
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
-from prodkit.metrics._conventions import DEFAULT_BUCKETS, SIZE_BUCKETS, check_prefix
+from prodkit.metrics._conventions import (
+    DEFAULT_BUCKETS,
+    HTTP_EXCEPTIONS,
+    HTTP_EXCEPTIONS_LABELS,
+    HTTP_REQUEST_DURATION,
+    HTTP_REQUEST_DURATION_LABELS,
+    HTTP_REQUEST_SIZE,
+    HTTP_REQUESTS_IN_FLIGHT,
+    HTTP_REQUESTS_IN_FLIGHT_LABELS,
+    HTTP_RESPONSE_SIZE,
+    HTTP_SIZE_LABELS,
+    SIZE_BUCKETS,
+    check_prefix,
+)
 
 _DURATION_HELP = "HTTP request duration in seconds, until the last body chunk was sent."
 _IN_FLIGHT_HELP = "HTTP requests being served."
@@ -130,43 +143,45 @@ class HTTPMetricsMiddleware:
         loop = loop_metrics_ok()
         make_histogram = loop_histogram if loop else histogram
         self.duration = make_histogram(
-            f"{metric_prefix}http_request_duration_seconds",
+            f"{metric_prefix}{HTTP_REQUEST_DURATION}",
             _DURATION_HELP,
-            ["method", "route", "status_code"],
+            HTTP_REQUEST_DURATION_LABELS,
             registry=registry,
             buckets=buckets,
         )
-        in_flight_name = f"{metric_prefix}http_requests_in_flight"
+        in_flight_name = f"{metric_prefix}{HTTP_REQUESTS_IN_FLIGHT}"
         self.in_flight = (
-            loop_gauge(in_flight_name, _IN_FLIGHT_HELP, ["method"], registry=registry)
+            loop_gauge(
+                in_flight_name, _IN_FLIGHT_HELP, HTTP_REQUESTS_IN_FLIGHT_LABELS, registry=registry
+            )
             if loop
             # livesum: the requests in flight in the workers that are alive.
             else gauge(
                 in_flight_name,
                 _IN_FLIGHT_HELP,
-                ["method"],
+                HTTP_REQUESTS_IN_FLIGHT_LABELS,
                 registry=registry,
                 multiprocess_mode="livesum",
             )
         )
         self.request_size = make_histogram(
-            f"{metric_prefix}http_request_size_bytes",
+            f"{metric_prefix}{HTTP_REQUEST_SIZE}",
             _REQUEST_SIZE_HELP,
-            ["method", "route"],
+            HTTP_SIZE_LABELS,
             registry=registry,
             buckets=size_buckets,
         )
         self.response_size = make_histogram(
-            f"{metric_prefix}http_response_size_bytes",
+            f"{metric_prefix}{HTTP_RESPONSE_SIZE}",
             _RESPONSE_SIZE_HELP,
-            ["method", "route"],
+            HTTP_SIZE_LABELS,
             registry=registry,
             buckets=size_buckets,
         )
         self.exceptions = counter(
-            f"{metric_prefix}http_exceptions_total",
+            f"{metric_prefix}{HTTP_EXCEPTIONS}",
             _EXCEPTIONS_HELP,
-            ["route", "exception_type"],
+            HTTP_EXCEPTIONS_LABELS,
             registry=registry,
         )
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from prodkit._core.exceptions import ProdkitError
+from prodkit.metrics import HTTP_REQUEST_DURATION, HTTP_REQUEST_DURATION_LABELS
 
-#: The request histogram the rollout reads (see prodkit's metrics middleware).
-DEFAULT_HISTOGRAM = "http_request_duration_seconds"
+#: The request histogram the rollout reads (published by prodkit's metrics concern).
+DEFAULT_HISTOGRAM = HTTP_REQUEST_DURATION
 #: Routes that are not user traffic: probes and the scrape itself are left out of the verdict.
 DEFAULT_EXCLUDED_ROUTES = ("/metrics", "/livez", "/readyz", "/healthz")
 
@@ -39,8 +40,8 @@ class Series:
     buckets: Mapping[float, float] = field(default_factory=dict)
 
 
-#: ``(method, route, status_code)`` -> series.
-SeriesKey = tuple[str, str, str]
+#: ``(method, route, status_code)`` -> series (the histogram's published label names, in order).
+SeriesKey = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Scrape:
 def parse_scrape(text: str, histogram: str = DEFAULT_HISTOGRAM) -> Scrape:
     """Parse a Prometheus text exposition and keep the series of ``histogram``.
 
+    Series are keyed by the published labels (``method``, ``route``, ``status_code``); series
+    that differ only in labels the rollout does not know (a tenant, a region) are summed, as
+    ``sum by (method, route, status_code, le)`` would, so a label added to the metrics never
+    changes the numbers a decision is made on.
+
     Raises :class:`ScrapeError` when the text is not valid exposition format. A page without
     the histogram parses to an empty scrape (a process that has served nothing yet).
     """
@@ -87,15 +93,13 @@ def parse_scrape(text: str, histogram: str = DEFAULT_HISTOGRAM) -> Scrape:
             continue
         for sample in family.samples:
             labels = sample.labels
-            key = (
-                labels.get("method", ""),
-                labels.get("route", ""),
-                labels.get("status_code", ""),
-            )
+            key = tuple(labels.get(name, "") for name in HTTP_REQUEST_DURATION_LABELS)
             if sample.name == f"{histogram}_count":
-                counts[key] = float(sample.value)
+                counts[key] = counts.get(key, 0.0) + float(sample.value)
             elif sample.name == f"{histogram}_bucket":
-                buckets.setdefault(key, {})[float(labels["le"])] = float(sample.value)
+                series = buckets.setdefault(key, {})
+                le = float(labels["le"])
+                series[le] = series.get(le, 0.0) + float(sample.value)
     keys = set(counts) | set(buckets)
     return Scrape(
         {
