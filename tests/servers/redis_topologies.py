@@ -1,0 +1,202 @@
+"""Real Redis topologies for tests, from the ``redis-server`` binary on loopback ports.
+
+A Redis Cluster (three primaries, three replicas) and a Sentinel group (one primary, one
+replica, three Sentinels), each in a temporary directory, every process stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.servers import HOST, free_port, wait_for_port
+
+#: How long a topology may take to form before the fixture gives up.
+FORM_TIMEOUT = 30.0
+
+
+def redis_binaries_missing() -> str | None:
+    """Why the topologies cannot be started here, or ``None``."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not on PATH"
+    return None
+
+
+def cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    """``redis-cli -p port args…``: its output (raises on a non-zero exit)."""
+    return subprocess.run(
+        ["redis-cli", "-h", HOST, "-p", str(port), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    ).stdout
+
+
+@dataclass
+class Topology:
+    """Running ``redis-server`` processes by port, and the URL that reaches them."""
+
+    url: str = ""
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the server on ``port`` (a crashed node)."""
+        process = self.processes[port]
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+def _start(topology: Topology, port: int, args: list[str], log: Path) -> None:
+    with log.open("ab") as out:
+        topology.processes[port] = subprocess.Popen(
+            ["redis-server", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+    wait_for_port(port, 10, topology.processes[port])
+
+
+def _until(check: object, what: str) -> None:
+    deadline = time.monotonic() + FORM_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.SubprocessError):
+            if check():  # type: ignore[operator]
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} within {FORM_TIMEOUT}s")
+
+
+def _synced(replication: str) -> bool:
+    return "role:master" in replication or "master_link_status:up" in replication
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp_path: Path, *, node_timeout_ms: int = 1000) -> Iterator[Topology]:
+    """Three primaries and three replicas; ``url`` is ``redis+cluster://`` with every node."""
+    topology = Topology()
+    ports = [free_port() for _ in range(6)]
+    try:
+        for port in ports:
+            folder = tmp_path / f"cluster-{port}"
+            folder.mkdir()
+            _start(
+                topology,
+                port,
+                [
+                    "--port", str(port), "--bind", HOST, "--dir", str(folder),
+                    "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    # The bus port is the data port + 10000 unless given: ephemeral ports are
+                    # too high for that.
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                ],
+                folder / "redis.log",
+            )  # fmt: skip
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"{HOST}:{p}" for p in ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _until(
+            lambda: all("cluster_state:ok" in cli(p, "cluster", "info") for p in ports),
+            "the cluster did not form",
+        )
+        # A replica can only take over once it has synced with its primary.
+        _until(
+            lambda: all(_synced(cli(p, "info", "replication")) for p in ports),
+            "the replicas did not sync",
+        )
+        topology.url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
+        yield topology
+    finally:
+        topology.stop()
+
+
+@dataclass
+class SentinelGroup(Topology):
+    """A Sentinel group: the primary's and the replica's ports, and the service name."""
+
+    primary: int = 0
+    replica: int = 0
+    sentinels: list[int] = field(default_factory=list)
+    service: str = "prodkit"
+
+    def current_primary(self) -> int:
+        """The port the Sentinels now name as the primary."""
+        reply = cli(self.sentinels[0], "sentinel", "get-master-addr-by-name", self.service)
+        return int(reply.split()[1])
+
+
+@contextlib.contextmanager
+def redis_sentinel(tmp_path: Path, *, down_after_ms: int = 1000) -> Iterator[SentinelGroup]:
+    """One primary, one replica and three Sentinels; ``url`` is ``redis+sentinel://…/prodkit``."""
+    group = SentinelGroup(primary=free_port(), replica=free_port())
+    group.sentinels = [free_port() for _ in range(3)]
+    common = ["--bind", HOST, "--save", "", "--appendonly", "no"]
+    try:
+        for port, extra in (
+            (group.primary, []),
+            (group.replica, ["--replicaof", HOST, str(group.primary)]),
+        ):
+            folder = tmp_path / f"data-{port}"
+            folder.mkdir()
+            _start(
+                group,
+                port,
+                ["--port", str(port), "--dir", str(folder), *common, *extra],
+                folder / "redis.log",
+            )
+        _until(
+            lambda: _synced(cli(group.replica, "info", "replication")),
+            "the replica did not sync",
+        )
+        for port in group.sentinels:
+            folder = tmp_path / f"sentinel-{port}"
+            folder.mkdir()
+            config = folder / "sentinel.conf"
+            config.write_text(
+                f"port {port}\nbind {HOST}\ndir {folder}\n"
+                f"sentinel monitor {group.service} {HOST} {group.primary} 2\n"
+                f"sentinel down-after-milliseconds {group.service} {down_after_ms}\n"
+                f"sentinel failover-timeout {group.service} 5000\n"
+                f"sentinel parallel-syncs {group.service} 1\n"
+            )
+            _start(group, port, [str(config), "--sentinel"], folder / "sentinel.log")
+        _until(
+            lambda: all(
+                "num-other-sentinels\n2" in cli(p, "sentinel", "master", group.service)
+                for p in group.sentinels
+            ),
+            "the Sentinels did not find each other",
+        )
+        nodes = ",".join(f"{HOST}:{p}" for p in group.sentinels)
+        group.url = f"redis+sentinel://{nodes}/{group.service}"
+        yield group
+    finally:
+        group.stop()
