@@ -194,6 +194,7 @@ PUBLIC: dict[str, list[str]] = {
         "RateLimitStore",
         "RedisRateLimitStore",
         "parse_rate",
+        "route_policy_name",
     ],
     "prodkit.requestid": [
         "RequestIdMiddleware",
