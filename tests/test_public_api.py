@@ -196,6 +196,7 @@ PUBLIC: dict[str, list[str]] = {
         "RateLimitStore",
         "RedisRateLimitStore",
         "parse_rate",
+        "route_policy_name",
     ],
     "prodkit.requestid": [
         "RequestIdMiddleware",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from prodkit import ConfigurationError, StackSettings
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prodkit import ConfigurationError, HealthMiddleware, StackSettings
+from tests.apps import build_app
 
 
 def test_empty_environment_is_the_in_memory_default() -> None:
@@ -22,7 +26,7 @@ def test_every_variable() -> None:
             "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1",
             "CORS_ORIGINS": "https://app.example.com,https://*.example.com",
             "MAX_CONCURRENCY": "64",
-            "HEALTH_KEY": "k3y",
+            "HEALTH_KEY": "k3y-k3y-k3y-k3y-k3y",
             "SHUTDOWN_DRAIN_SECONDS": "5",
             "SHUTDOWN_TIMEOUT_SECONDS": "25.5",
             "IDEMPOTENCY_LEASE_SECONDS": "2.5",
@@ -33,7 +37,7 @@ def test_every_variable() -> None:
     assert settings.idempotency_store == "postgres"  # DATABASE_URL set, store not named
     assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
     assert settings.cors_origins == ("https://app.example.com", "https://*.example.com")
-    assert (settings.max_concurrency, settings.health_key) == (64, "k3y")
+    assert (settings.max_concurrency, settings.health_key) == (64, "k3y-k3y-k3y-k3y-k3y")
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
     assert settings.idempotency_lease_seconds == 2.5
@@ -47,30 +51,99 @@ def test_every_variable() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("env", "mentions"),
-    [
-        ({"IDEMPOTENCY_STORE": "mongo"}, "IDEMPOTENCY_STORE"),
-        ({"IDEMPOTENCY_STORE": "postgres"}, "DATABASE_URL"),
-        ({"IDEMPOTENCY_STORE": "redis"}, "REDIS_URL"),
-        ({"MAX_CONCURRENCY": "lots"}, "MAX_CONCURRENCY"),
-        ({"MAX_CONCURRENCY": "0"}, "MAX_CONCURRENCY"),
-        ({"SHUTDOWN_DRAIN_SECONDS": "soon"}, "SHUTDOWN_DRAIN_SECONDS"),
-        ({"SHUTDOWN_TIMEOUT_SECONDS": "-1"}, "SHUTDOWN_TIMEOUT_SECONDS"),
-        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-        ({"IDEMPOTENCY_LEASE_SECONDS": "0"}, "IDEMPOTENCY_LEASE_SECONDS"),
-        ({"IDEMPOTENCY_LEASE_SECONDS": "a minute"}, "IDEMPOTENCY_LEASE_SECONDS"),
-        # Issue #16: a malformed URL or rate stops the start naming its variable.
-        ({"DATABASE_URL": "garbage"}, "DATABASE_URL"),
-        ({"DATABASE_URL": "mysql://db/app"}, "DATABASE_URL"),
-        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
-        ({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
-        ({"RATE_LIMIT": "0/minute"}, "RATE_LIMIT"),
-    ],
-)
-def test_bad_values_name_the_variable(env: dict[str, str], mentions: str) -> None:
-    with pytest.raises(ConfigurationError, match=mentions):
-        StackSettings.from_env(env)
+#: A wrong value of every variable from_env reads: the message starts with the variable and
+#: ends with what to write instead.
+BAD_VALUES = [
+    ("DATABASE_URL", "garbage", "postgresql://user:password@host:5432/dbname"),
+    ("DATABASE_URL", "mysql://db/app", "postgresql://user:password@host:5432/dbname"),
+    ("REDIS_URL", "localhost:6379", "redis://, rediss://"),
+    ("REDIS_KEY_PREFIX", "my app", "e.g. 'billing:'"),
+    ("REDIS_KEY_PREFIX", "{app}:", "e.g. 'billing:'"),
+    ("IDEMPOTENCY_STORE", "mongo", "use memory, postgres or redis"),
+    ("IDEMPOTENCY_STORE", "postgres", "needs DATABASE_URL"),
+    ("IDEMPOTENCY_STORE", "redis", "needs REDIS_URL"),
+    ("IDEMPOTENCY_LEASE_SECONDS", "0", "e.g. 60"),
+    ("IDEMPOTENCY_LEASE_SECONDS", "a minute", "write one such as 30 or 2.5"),
+    ("IDEMPOTENCY_LEASE_SECONDS", "nan", "write one such as 30 or 2.5"),
+    ("RATE_LIMIT", "lots", "for example '100/minute'"),
+    ("RATE_LIMIT", "0/minute", "at least 1"),
+    ("TRUSTED_PROXIES", "10.0.0.0/33", "examples: '10.0.0.1', '10.0.0.0/8'"),
+    ("TRUSTED_PROXIES", "10.0.0.1, proxy.internal", "examples: '10.0.0.1', '10.0.0.0/8'"),
+    ("CORS_ORIGINS", "https://app.example.com/", "e.g. 'https://app.example.com'"),
+    ("CORS_ORIGINS", "https://*.com", "'https://*.example.com'"),
+    ("MAX_CONCURRENCY", "lots", "e.g. 100"),
+    ("MAX_CONCURRENCY", "0", "e.g. 100"),
+    ("HEALTH_KEY", "short", "at least 16"),
+    ("HEALTH_KEY", "a-long-enough-key-but-with-a-newline\n", "printable characters only"),
+    ("SHUTDOWN_DRAIN_SECONDS", "soon", "write one such as 30 or 2.5"),
+    ("SHUTDOWN_DRAIN_SECONDS", "-1", "e.g. 5, or 0"),
+    ("SHUTDOWN_DRAIN_SECONDS", "40", "at least SHUTDOWN_DRAIN_SECONDS (40.0)"),
+    ("SHUTDOWN_TIMEOUT_SECONDS", "0", "e.g. 30"),
+    ("SHUTDOWN_TIMEOUT_SECONDS", "inf", "write one such as 30 or 2.5"),
+    ("LOG_LEVEL", "verbose", "use one of debug, info, warning, error, critical"),
+    ("LOG_FORMAT", "xml", "use json or console"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "remedy"), BAD_VALUES)
+def test_from_env_names_the_variable_and_what_to_write(
+    variable: str, value: str, remedy: str
+) -> None:
+    # Issue 22: HEALTH_KEY=short and LOG_LEVEL=verbose passed from_env and failed at build()
+    # with messages that named an option, not the variable.
+    with pytest.raises(ConfigurationError) as caught:
+        StackSettings.from_env({variable: value})
+    message = str(caught.value)
+    if variable.startswith("SHUTDOWN") and value == "40":  # a drain longer than the timeout
+        variable = "SHUTDOWN_TIMEOUT_SECONDS"
+    assert message.startswith(variable), message
+    assert remedy in message
+
+
+def test_the_table_covers_every_variable_from_env_reads() -> None:
+    read: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, key: str, default: object = None) -> Any:
+            read.add(key)
+            return super().get(key, default)
+
+    StackSettings.from_env(Recording())
+    assert read == {variable for variable, _, _ in BAD_VALUES}
+
+
+def test_a_log_level_message_reads_as_the_variable_was_written() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        StackSettings.from_env({"LOG_LEVEL": "verbose"})
+    assert str(caught.value) == (
+        "LOG_LEVEL='verbose' (log_level) is not a level: "
+        "use one of debug, info, warning, error, critical"
+    )
+    assert StackSettings.from_env({"LOG_LEVEL": " Warn "}).log_level == "WARN"
+
+
+def test_a_bad_health_key_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ConfigurationError, match="5 characters long") as caught:
+        StackSettings.from_env({"HEALTH_KEY": "s3cr3"})
+    assert "s3cr3" not in str(caught.value)
+
+
+@pytest.mark.parametrize("length", [15, 16])
+def test_settings_and_the_health_layer_agree_on_the_shortest_key(length: int) -> None:
+    key = "k" * length
+    try:
+        HealthMiddleware(build_app("raw"), key=key, registry=CollectorRegistry())
+    except ConfigurationError:
+        layer_accepts = False
+    else:
+        layer_accepts = True
+    try:
+        StackSettings(health_key=key)
+    except ConfigurationError:
+        settings_accept = False
+    else:
+        settings_accept = True
+    assert settings_accept == layer_accepts == (length >= 16)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +179,12 @@ def test_settings_built_in_code_choose_the_store_like_the_environment(
         ({"redis_url": "cache:6379"}, "redis_url"),
         ({"rate_limit": "fast"}, "rate_limit"),
         ({"body_timeout_seconds": 0}, "body_timeout_seconds"),
+        ({"health_key": "short"}, "health_key"),
+        ({"log_level": "verbose"}, "log_level"),
+        ({"trusted_proxies": ("10.0.0.0/33",)}, "trusted_proxies"),
+        ({"cors_origins": ("app.example.com",)}, "cors_origins"),
+        ({"redis_key_prefix": "a b"}, "redis_key_prefix"),
+        ({"shutdown_drain_seconds": 40.0}, "shutdown_timeout_seconds"),
     ],
 )
 def test_contradictory_fields_name_the_field(fields: dict[str, object], mentions: str) -> None:

@@ -277,6 +277,75 @@ def test_without_redis_every_store_is_in_memory() -> None:
     assert isinstance(stack.cache.store, MemoryCacheStore)
 
 
+# -- one caller for every layer (issue 22) ------------------------------------------------------
+
+A, B = ("192.0.2.1", 1000), ("198.51.100.9", 1000)
+
+
+@pytest.mark.parametrize(
+    ("caller", "first", "second", "shared"),
+    [
+        # The default: quotas per client address; a client inventing credentials gets no more.
+        (None, (A, "k1"), (A, "k2"), True),
+        (None, (A, "k1"), (B, "k1"), False),
+        # caller=: one quota per caller, wherever it calls from.
+        ("X-Api-Key", (A, "k1"), (A, "k2"), False),
+        ("X-Api-Key", (A, "k1"), (B, "k1"), True),
+        # A request naming no caller is limited by its address.
+        ("X-Api-Key", (A, None), (A, None), True),
+        ("X-Api-Key", (A, None), (B, None), False),
+    ],
+)
+async def test_the_stacks_caller_scopes_rate_limits_too(
+    make_client: ClientFactory,
+    caller: str | None,
+    first: tuple[tuple[str, int], str | None],
+    second: tuple[tuple[str, int], str | None],
+    shared: bool,
+) -> None:
+    options: dict[str, Any] = {"registry": CollectorRegistry()}
+    if caller is not None:
+        options["caller"] = caller_from_header(caller)
+    stack = Stack.recommended(StackSettings(rate_limit="1/minute"), **options).build(items)
+
+    async def status(address: tuple[str, int], key: str | None) -> int:
+        headers = {} if key is None else {"X-Api-Key": key, "Authorization": f"Bearer {key}"}
+        return (
+            await make_client(stack, client=address).get("/items/1", headers=headers)
+        ).status_code
+
+    try:
+        assert await status(*first) == 200
+        assert await status(*second) == (429 if shared else 200)
+    finally:
+        await stack.aclose()
+
+
+async def test_by_default_idempotency_keys_are_scoped_by_authorization(
+    make_client: ClientFactory,
+) -> None:
+    stack = recommended_stack(items, StackSettings(), registry=CollectorRegistry())
+    client = make_client(stack)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    try:
+        answers = [
+            await client.post("/items", json={}, headers={**key, "Authorization": who})
+            for who in ("Bearer a", "Bearer b", "Bearer a")
+        ]
+    finally:
+        await stack.aclose()
+    statuses = [answer.headers["idempotency-status"] for answer in answers]
+    assert statuses == ["created", "created", "replayed"]
+
+
+def test_recommended_stack_takes_exactly_the_options_of_stack_recommended() -> None:
+    import inspect
+
+    app, *options = inspect.signature(recommended_stack).parameters.values()
+    assert (app.name, app.kind) == ("app", inspect.Parameter.POSITIONAL_ONLY)
+    assert options == list(inspect.signature(Stack.recommended).parameters.values())
+
+
 async def redis_connections(redis_url: str, name: str) -> int:
     import redis.asyncio as redis_asyncio
 

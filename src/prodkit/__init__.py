@@ -36,6 +36,19 @@ from prodkit.shedding import ConcurrencyLimitMiddleware
 from prodkit.stack import Layer, Stack, recommended_stack
 from prodkit.timeouts import RequestTimeoutMiddleware
 
+# The exceptions are defined in private modules but raised to, caught and pickled by users:
+# tracebacks and pickles name them where users import them from (``prodkit.ConfigurationError``).
+for _public in (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    MissingDependencyError,
+    Problem,
+    ProdkitError,
+):
+    _public.__module__ = __name__
+del _public
+
 __all__ = [
     "AccessLogMiddleware",
     "BackendError",

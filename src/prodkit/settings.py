@@ -7,18 +7,29 @@ the same way.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from prodkit._core.addresses import ClientAddressResolver
 from prodkit._core.exceptions import ConfigurationError
+from prodkit.cors import OriginMatcher
 from prodkit.ratelimit import parse_rate
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
 
 _DATABASE_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
+#: ``LOG_LEVEL`` values, any case (``warn`` too, as :func:`~prodkit.configure_logging` takes it).
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# HealthMiddleware refuses a shorter key; tests/test_settings.py checks the two agree.
+_MIN_HEALTH_KEY = 16
+# Braces would make a Redis Cluster hash tag of the prefix, putting every key in one slot.
+_KEY_PREFIX = re.compile(r"[^\s{}]*\Z")
+_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -31,10 +42,12 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         return default
     try:
         value = float(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from exc
-    if value < 0:
-        raise ConfigurationError(f"{name}={raw!r} must not be negative")
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a number of seconds: write one such as 30 or 2.5"
+        )
     return value
 
 
@@ -65,11 +78,13 @@ class StackSettings:
         shutdown_timeout_seconds: hard deadline, counted from the signal (the drain included).
         body_timeout_seconds: a request body that has not arrived this many seconds after its
             headers gets a 408 (no environment variable: the default suits most services).
-        log_level, log_format: ``LOG_LEVEL``, ``LOG_FORMAT`` (``json`` or ``console``).
+        log_level, log_format: ``LOG_LEVEL`` (``debug``, ``info``, ``warning``, ``error`` or
+            ``critical``, any case; kept upper-case), ``LOG_FORMAT`` (``json`` or ``console``).
 
-    Raises :class:`~prodkit.ConfigurationError` when the fields contradict each other (a
-    PostgreSQL store without ``database_url``, say), whether built directly or from the
-    environment.
+    Raises :class:`~prodkit.ConfigurationError` when a field is malformed (a proxy that is not
+    a network, a ``health_key`` shorter than 16 characters) or the fields contradict each other
+    (a PostgreSQL store without ``database_url``, say), whether built directly or from the
+    environment: the layers built from valid settings accept them.
     """
 
     database_url: str | None = None
@@ -89,7 +104,38 @@ class StackSettings:
     log_format: Literal["json", "console"] = "json"
 
     def __post_init__(self) -> None:
+        # Each message names the variable, the field, what is wrong and what to write instead.
         self._check_urls()
+        if not isinstance(self.redis_key_prefix, str) or not _KEY_PREFIX.match(
+            self.redis_key_prefix
+        ):
+            raise ConfigurationError(
+                f"REDIS_KEY_PREFIX={self.redis_key_prefix!r} (redis_key_prefix) may not hold "
+                "spaces or braces: write letters, digits and ':', e.g. 'billing:'"
+            )
+        self._check_idempotency()
+        if self.max_concurrency is not None and (
+            isinstance(self.max_concurrency, bool)
+            or not isinstance(self.max_concurrency, int)
+            or self.max_concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"MAX_CONCURRENCY={self.max_concurrency!r} (max_concurrency) must be at least 1: "
+                "write the requests in flight per process before shedding, e.g. 100"
+            )
+        if self.rate_limit is not None:
+            try:
+                parse_rate(self.rate_limit)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"RATE_LIMIT (rate_limit): {exc}") from exc
+        self._check_addresses()
+        self._check_health_key()
+        self._check_shutdown()
+        if not self.body_timeout_seconds > 0:
+            raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
+        self._check_logging()
+
+    def _check_idempotency(self) -> None:
         store = self.idempotency_store
         if store is None:
             # Resolved here rather than in from_env, so settings built in code choose the same
@@ -110,17 +156,64 @@ class StackSettings:
             )
         if not self.idempotency_lease_seconds > 0:
             raise ConfigurationError(
-                "IDEMPOTENCY_LEASE_SECONDS (idempotency_lease_seconds) must be positive"
+                f"IDEMPOTENCY_LEASE_SECONDS={self.idempotency_lease_seconds!r} "
+                "(idempotency_lease_seconds) must be more than 0 seconds: set it above your "
+                "slowest handler, e.g. 60"
             )
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ConfigurationError("MAX_CONCURRENCY (max_concurrency) must be at least 1")
-        if self.rate_limit is not None:
-            try:
-                parse_rate(self.rate_limit)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"RATE_LIMIT (rate_limit): {exc}") from exc
-        if not self.body_timeout_seconds > 0:
-            raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
+
+    def _check_addresses(self) -> None:
+        # The validators of the layers that take these, so the rules are written once.
+        try:
+            ClientAddressResolver(self.trusted_proxies)
+        except ConfigurationError as exc:
+            problem = str(exc).removeprefix("trusted_proxies: ")
+            raise ConfigurationError(f"TRUSTED_PROXIES (trusted_proxies): {problem}") from exc
+        try:
+            OriginMatcher(self.cors_origins)
+        except ConfigurationError as exc:
+            problem = str(exc).removeprefix("allow_origins: ")
+            raise ConfigurationError(f"CORS_ORIGINS (cors_origins): {problem}") from exc
+
+    def _check_health_key(self) -> None:
+        # The key is a secret: messages say what is wrong with it, never what it is.
+        key = self.health_key
+        if key is None:
+            return
+        if len(key) < _MIN_HEALTH_KEY:
+            raise ConfigurationError(
+                f"HEALTH_KEY (health_key) is {len(key)} characters long: use at least "
+                f"{_MIN_HEALTH_KEY}, a random one such as {_MAKE_A_KEY} prints, or leave it "
+                "unset to hide the detailed report"
+            )
+        if key != key.strip() or not key.isprintable():
+            raise ConfigurationError(
+                "HEALTH_KEY (health_key) has spaces at an end or control characters, which no "
+                "X-Health-Key header can carry: write printable characters only, such as "
+                f"{_MAKE_A_KEY} prints"
+            )
+
+    def _check_shutdown(self) -> None:
+        drain, timeout = self.shutdown_drain_seconds, self.shutdown_timeout_seconds
+        if not drain >= 0:
+            raise ConfigurationError(
+                f"SHUTDOWN_DRAIN_SECONDS={drain!r} (shutdown_drain_seconds) must not be "
+                "negative: write the seconds to keep serving after SIGTERM, e.g. 5, or 0"
+            )
+        if not (timeout > 0 and timeout >= drain):
+            raise ConfigurationError(
+                f"SHUTDOWN_TIMEOUT_SECONDS={timeout!r} (shutdown_timeout_seconds) must be more "
+                f"than 0 and at least SHUTDOWN_DRAIN_SECONDS ({drain!r}): it counts from the "
+                "signal and includes the drain, e.g. 30"
+            )
+
+    def _check_logging(self) -> None:
+        level = self.log_level
+        if not isinstance(level, str) or level.strip().lower() not in (*_LOG_LEVELS, "warn"):
+            raise ConfigurationError(
+                f"LOG_LEVEL={level!r} (log_level) is not a level: use one of "
+                + ", ".join(_LOG_LEVELS)
+            )
+        object.__setattr__(self, "log_level", level.strip().upper())
         if self.log_format not in ("json", "console"):
             raise ConfigurationError(
                 f"LOG_FORMAT={self.log_format!r} (log_format): use json or console"
@@ -145,7 +238,11 @@ class StackSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
         """Read the settings from ``env`` (default ``os.environ``).
 
-        Raises :class:`~prodkit.ConfigurationError` naming the variable that is wrong.
+        Every variable is checked here, not when the stack is built: a wrong one raises
+        :class:`~prodkit.ConfigurationError` naming the variable, what is wrong with its value
+        and what to write instead (``LOG_LEVEL='verbose' (log_level) is not a level: use one
+        of debug, info, warning, error, critical``). Secrets (the URLs, ``HEALTH_KEY``) are
+        never repeated.
         """
         env = os.environ if env is None else env
         database_url = (env.get("DATABASE_URL") or "").strip() or None
@@ -160,7 +257,8 @@ class StackSettings:
                 max_concurrency = int(raw_concurrency)
             except ValueError as exc:
                 raise ConfigurationError(
-                    f"MAX_CONCURRENCY={raw_concurrency!r} is not a whole number"
+                    f"MAX_CONCURRENCY={raw_concurrency!r} is not a whole number: write the "
+                    "requests in flight per process before shedding, e.g. 100"
                 ) from exc
         log_format = (env.get("LOG_FORMAT") or "json").strip().lower()
         return cls(
@@ -176,7 +274,7 @@ class StackSettings:
             health_key=(env.get("HEALTH_KEY") or "") or None,
             shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 0.0),
             shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0),
-            log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
+            log_level=(env.get("LOG_LEVEL") or "").strip() or "INFO",
             log_format=log_format,  # type: ignore[arg-type]  # checked by __post_init__
         )
 

@@ -28,9 +28,10 @@ hooks (the PostgreSQL schema, say) and calls :meth:`Stack.aclose` at lifespan sh
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from prometheus_client import CollectorRegistry
 
@@ -80,6 +81,7 @@ DEFAULT_MAX_CONCURRENCY = 1000
 
 Hook = Callable[[], Awaitable[None]]
 CheckFunc = Callable[[], Awaitable[Any]]
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class Stack:
         settings: StackSettings | None = None,
         *,
         registry: CollectorRegistry | None = None,
-        caller: Caller = caller_from_authorization,
+        caller: Caller | None = None,
         cache_routes: Mapping[str, CacheRule] | None = None,
         idempotency_routes: Iterable[str] | None = None,
         idempotency_stored_headers: Iterable[str] = (),
@@ -180,9 +182,14 @@ class Stack:
             settings: the stack's settings; ``None`` reads them from the environment
                 (:meth:`StackSettings.from_env`).
             registry: the Prometheus registry for every metric (default: the global one).
-            caller: who is calling: scopes idempotency keys and ``per_caller`` cache entries
-                (default: a digest of ``Authorization``); the example passes
-                ``caller_from_header("X-User-Id")``.
+            caller: who is calling, as a layer before the stack has authenticated it (the
+                example passes ``caller_from_header("X-User-Id")``): scopes idempotency keys,
+                ``per_caller`` cache entries and rate-limit quotas (one quota per caller,
+                wherever it calls from; a request it names no caller for is limited by its
+                client address). Default: idempotency keys and cache entries are scoped by a
+                digest of ``Authorization`` (:func:`~prodkit.caller_from_authorization`) and
+                quotas are per client address, because a client could invent a fresh
+                ``Authorization`` per request to get a fresh quota.
             cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
             idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default
                 all).
@@ -484,7 +491,7 @@ def _inner_layers(
     stack: Stack,
     *,
     checks: list[HealthCheck],
-    caller: Caller,
+    caller: Caller | None,
     cache_routes: Mapping[str, CacheRule] | None,
     idempotency_routes: Iterable[str] | None,
     stored_headers: Sequence[str],
@@ -502,13 +509,15 @@ def _inner_layers(
         "policy": settings.rate_limit or DEFAULT_RATE_LIMIT,
         "routes": rate_limit_routes,
         "store": stack.rate_limit_store,
+        "caller": caller,
         "trusted_proxies": settings.trusted_proxies,
         "registry": registry,
     }
+    scope_by = caller_from_authorization if caller is None else caller
     idempotency = {
         "store": stack.idempotency_store,
         "routes": idempotency_routes,
-        "caller": caller,
+        "caller": scope_by,
         "stored_headers": stored_headers,
         "lease": settings.idempotency_lease_seconds,
         "registry": registry,
@@ -534,7 +543,7 @@ def _inner_layers(
         cache = {
             "routes": cache_routes,
             "cache": stack.cache,
-            "caller": caller,
+            "caller": scope_by,
             "registry": registry,
         }
         layers.append(Layer("cache", CacheMiddleware, cache))
@@ -553,44 +562,34 @@ def _resolve_routes_with(stack: Stack, route_resolver: RouteResolver) -> None:
             stack.replace(layer.name, Layer(layer.name, layer.middleware, options))
 
 
-def recommended_stack(
-    app: ASGIApp,
-    settings: StackSettings | None = None,
-    *,
-    registry: CollectorRegistry | None = None,
-    caller: Caller = caller_from_authorization,
-    cache_routes: Mapping[str, CacheRule] | None = None,
-    idempotency_routes: Iterable[str] | None = None,
-    idempotency_stored_headers: Iterable[str] = (),
-    rate_limit_routes: Mapping[str, Any] | None = None,
-    cors_allow_headers: Sequence[str] = (),
-    health_checks: Iterable[HealthCheck] = (),
-    metrics_path: str = "/metrics",
-    access_log_exclude: Iterable[str] = (),
-    configure_logs: bool = False,
-    route_resolver: RouteResolver | None = None,
-) -> Stack:
+def _with_app_and_options_of(
+    recommended: Callable[P, Stack],
+) -> Callable[[Callable[..., Stack]], Callable[Concatenate[ASGIApp, P], Stack]]:
+    """Type a function as ``(app, /, <recommended's arguments>) -> Stack``, written once.
+
+    A wrong option is then a type error where the stack is made (as with Starlette's
+    ``Middleware``), and ``inspect.signature`` (``help()``, editors) shows every option.
+    """
+
+    def sign(function: Callable[..., Stack]) -> Callable[Concatenate[ASGIApp, P], Stack]:
+        options = inspect.signature(recommended).parameters.values()
+        app = inspect.Parameter("app", inspect.Parameter.POSITIONAL_ONLY, annotation="ASGIApp")
+        vars(function)["__signature__"] = inspect.Signature(
+            [app, *options], return_annotation="Stack"
+        )
+        return function
+
+    return sign
+
+
+@_with_app_and_options_of(Stack.recommended)
+def recommended_stack(app: ASGIApp, /, *args: Any, **options: Any) -> Stack:
     """Wrap ``app`` in prodkit's recommended stack: ``Stack.recommended(...).build(app)``.
 
-    The arguments are :meth:`Stack.recommended`'s. To add, move or drop a layer, call that
-    instead, edit the list, then :meth:`Stack.build`.
+    The arguments after ``app`` are :meth:`Stack.recommended`'s. To add, move or drop a layer,
+    call that instead, edit the list, then :meth:`Stack.build`.
     """
-    stack = Stack.recommended(
-        settings,
-        registry=registry,
-        caller=caller,
-        cache_routes=cache_routes,
-        idempotency_routes=idempotency_routes,
-        idempotency_stored_headers=idempotency_stored_headers,
-        rate_limit_routes=rate_limit_routes,
-        cors_allow_headers=cors_allow_headers,
-        health_checks=health_checks,
-        metrics_path=metrics_path,
-        access_log_exclude=access_log_exclude,
-        configure_logs=configure_logs,
-        route_resolver=route_resolver,
-    )
-    return stack.build(app)
+    return Stack.recommended(*args, **options).build(app)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from prodkit import ConfigurationError
+from prodkit import ConfigurationError, caller_from_header
 from prodkit.asgi import Message, Receive, Scope, Send
 from prodkit.ratelimit import (
     MemoryRateLimitStore,
@@ -196,19 +196,111 @@ async def test_string_route_policies_are_named_after_the_route(
     assert "ratelimit" not in (await make_client(app).get("/other")).headers
 
 
-async def test_custom_key_function(make_client: ClientFactory, registry: CollectorRegistry) -> None:
-    def by_user(scope: Scope) -> str | None:
-        for name, value in scope["headers"]:
-            if name == b"x-user-id":
-                return "user:" + bytes(value).decode()
-        return None  # anonymous requests are not limited here
+LONG = "/api/v1/organisations/{organisation_id}/projects/{project_id}/"
 
-    client = make_client(limited(policy="1/minute", caller=by_user, registry=registry))
-    assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 200
-    assert (await client.get("/items/1", headers={"X-User-Id": "a"})).status_code == 429
-    assert (await client.get("/items/1", headers={"X-User-Id": "b"})).status_code == 200
-    assert (await client.get("/items/1")).status_code == 200
-    assert (await client.get("/items/1")).status_code == 200
+
+@pytest.mark.parametrize(
+    ("routes", "first", "second"),
+    [
+        # Issue 21: route policies were named after the route cleaned and cut to 64 characters.
+        ({"/api/login": "1/minute", "/api_login": "1/minute"}, "/api/login", "/api_login"),
+        ({"/api/login": "1/minute", "/api/login/": "1/minute"}, "/api/login", "/api/login/"),
+        (
+            {LONG + "members": "1/minute", LONG + "invoices": "1/minute"},
+            LONG.format(organisation_id=1, project_id=2) + "members",
+            LONG.format(organisation_id=1, project_id=2) + "invoices",
+        ),
+        # A route's second policy was "-2" after its name: the name of route `/a-2`.
+        ({"/a": ["5/minute", "1/minute"], "/a-2": "1/minute"}, "/a", "/a-2"),
+    ],
+)
+async def test_routes_whose_names_looked_alike_keep_separate_quotas(
+    make_client: ClientFactory,
+    registry: CollectorRegistry,
+    routes: dict[str, RouteSpec],
+    first: str,
+    second: str,
+) -> None:
+    app = RateLimitMiddleware(build_app("raw"), routes=routes, registry=registry)
+    client = make_client(app)
+    assert (await client.get(first)).status_code == 404
+    assert (await client.get(first)).status_code == 429
+    answer = await client.get(second)
+    assert answer.status_code == 404
+    assert SF_ITEM.findall(answer.headers["ratelimit"])[-1][1] == "0"
+
+
+async def test_routes_whose_names_looked_alike_may_have_different_rates(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    # This raised "two different policies are named 'route:api_login'" at start-up.
+    app = RateLimitMiddleware(
+        build_app("raw"),
+        routes={"/api/login": "5/minute", "/api_login": "10/minute"},
+        registry=registry,
+    )
+    client = make_client(app)
+    assert (await client.get("/api/login")).headers["ratelimit-policy"] == (
+        '"route:api_login";q=5;w=60'
+    )
+    assert (await client.get("/api_login")).headers["ratelimit-policy"] == (
+        '"route:api_login:b42879bfd7c4b740";q=10;w=60'
+    )
+
+
+def test_two_policies_that_share_a_name_are_named_with_their_routes() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RateLimitMiddleware(
+            build_app("raw"),
+            routes={"/a": RateLimitPolicy(1, 60, "x"), "/b": RateLimitPolicy(2, 60, "x")},
+        )
+    assert str(caught.value) == (
+        "two different policies are named 'x' and would count in one quota: 1 per 60 s "
+        "(route '/a') and 2 per 60 s (route '/b'); give each its own name, or pass one "
+        "RateLimitPolicy object to share a quota"
+    )
+
+
+A, B = "192.0.2.1", "198.51.100.9"
+
+
+@pytest.mark.parametrize(
+    ("caller", "first", "second", "shared"),
+    [
+        # The default: by client address, whatever the request says about itself.
+        (None, (A, "k1"), (A, "k2"), True),
+        (None, (A, "k1"), (B, "k1"), False),
+        # Issue 22: with a caller, each caller has one quota wherever it calls from.
+        ("X-Api-Key", (A, "k1"), (A, "k2"), False),
+        ("X-Api-Key", (A, "k1"), (B, "k1"), True),
+        # A request that names no caller is limited by its address (it was not limited).
+        ("X-Api-Key", (A, None), (A, None), True),
+        ("X-Api-Key", (A, None), (B, None), False),
+        ("X-Api-Key", (A, "k1"), (A, None), False),
+        # A caller named like an address does not spend that address's quota.
+        ("X-Api-Key", (A, None), (B, A), False),
+    ],
+)
+async def test_quotas_are_per_caller_else_per_client_address(
+    make_client: ClientFactory,
+    registry: CollectorRegistry,
+    caller: str | None,
+    first: tuple[str, str | None],
+    second: tuple[str, str | None],
+    shared: bool,
+) -> None:
+    options: dict[str, object] = {"policy": "1/minute", "registry": registry}
+    if caller is not None:
+        options["caller"] = caller_from_header(caller)
+    app = limited(**options)
+
+    async def status(address: str, key: str | None) -> int:
+        headers = {} if key is None else {"X-Api-Key": key}
+        client = make_client(app, client=(address, 1000))
+        return (await client.get("/items/1", headers=headers)).status_code
+
+    assert await status(*first) == 200
+    assert await status(*second) == (429 if shared else 200)
 
 
 async def test_decisions_are_counted(

@@ -1,4 +1,4 @@
-"""parse_rate and RateLimitPolicy: the RATE_LIMIT forms, validation, header text."""
+"""parse_rate, RateLimitPolicy and route_policy_name: RATE_LIMIT forms, validation, names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prodkit import ConfigurationError
-from prodkit.ratelimit import RateLimitPolicy, parse_rate
+from prodkit.ratelimit import RateLimitPolicy, RedisRateLimitStore, parse_rate, route_policy_name
 from prodkit.ratelimit._policy import RATE_UNITS
 
 
@@ -92,3 +92,48 @@ def test_policy_header_is_the_drafts_structured_field() -> None:
 def test_policy_validation(quota: int, window: int, name: str) -> None:
     with pytest.raises(ConfigurationError):
         RateLimitPolicy(quota, window, name)
+
+
+# Route templates as people write them, and as they could be written: parameters, wildcards,
+# trailing and doubled slashes, underscores that cleaning would turn into the same name as a
+# slash, lengths around the 64-character limit, non-ASCII.
+_SEGMENT = st.text(alphabet="abz09._-", min_size=1, max_size=12)
+_PLAIN = st.lists(_SEGMENT, min_size=1, max_size=8).map(lambda parts: "/" + "/".join(parts))
+_ANY = st.text(alphabet="ab_-./{}*:é ", max_size=90).map(lambda text: "/" + text)
+_TEMPLATE = st.one_of(_PLAIN, _ANY, _PLAIN.map(lambda t: t * 4))
+
+
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [
+        # Plain templates keep the names (and so the Redis keys) they had before.
+        ("/api/login", "route:api_login"),
+        ("/api/v1.2/export-all", "route:api_v1.2_export-all"),
+        # Anything else carries a digest of the exact template after a second colon.
+        ("/api_login", "route:api_login:b42879bfd7c4b740"),
+        ("/api/login/", "route:api_login:87905a86c57ce5a7"),
+        ("/api/funds/{id}", "route:api_funds_id:2d42bee84295f5b9"),
+        ("/", "route:root:8a5edab282632443"),
+    ],
+)
+def test_route_policy_names_read_as_the_route(template: str, name: str) -> None:
+    assert route_policy_name(template) == name
+    assert route_policy_name(template, 1) == name + ":2"
+
+
+@given(first=_TEMPLATE, second=_TEMPLATE, indices=st.tuples(st.integers(0, 3), st.integers(0, 3)))
+def test_distinct_routes_never_share_a_policy_name_or_a_store_key(
+    first: str, second: str, indices: tuple[int, int]
+) -> None:
+    # Issue 21: names were the route cleaned and cut to 64 characters, so `/api/login` and
+    # `/api_login` (or two long templates alike in their first 58 characters) shared a quota.
+    import redis.asyncio
+
+    store = RedisRateLimitStore(redis.asyncio.Redis(), key_prefix="app:rl:")
+    names = [route_policy_name(first, indices[0]), route_policy_name(second, indices[1])]
+    keys = [store.redis_key("192.0.2.1", RateLimitPolicy(1, 60, name)) for name in names]
+    if (first, indices[0]) == (second, indices[1]):
+        assert names[0] == names[1]
+    else:
+        assert names[0] != names[1]
+        assert keys[0] != keys[1]

@@ -1,4 +1,8 @@
-"""prodkit's exception hierarchy: one base error, configuration and backend errors below it."""
+"""prodkit's exception hierarchy: one base error, configuration and backend errors below it.
+
+They are public as ``prodkit.ConfigurationError`` and so on, and name themselves so (in
+tracebacks, reprs and pickles): ``prodkit/__init__.py`` sets their ``__module__``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ class MissingDependencyError(ProdkitError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+    def __reduce__(self) -> tuple[type[MissingDependencyError], tuple[str, str]]:
+        # Rebuilt from its arguments (the default would pass the message as ``package``), so
+        # it crosses process boundaries like the other errors.
+        return type(self), (self.package, self.extra)
 
 
 class BackendError(ProdkitError):

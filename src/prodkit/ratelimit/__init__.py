@@ -13,7 +13,7 @@ from prodkit.ratelimit._middleware import (
     RATE_LIMITED,
     RateLimitMiddleware,
 )
-from prodkit.ratelimit._policy import RateLimitPolicy, parse_rate
+from prodkit.ratelimit._policy import RateLimitPolicy, parse_rate, route_policy_name
 from prodkit.ratelimit._redis import RedisRateLimitStore
 from prodkit.ratelimit._store import RateLimitDecision, RateLimitStore
 
@@ -29,4 +29,5 @@ __all__ = [
     "RateLimitStore",
     "RedisRateLimitStore",
     "parse_rate",
+    "route_policy_name",
 ]

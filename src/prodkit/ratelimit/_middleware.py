@@ -18,7 +18,12 @@ from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.ratelimit._memory import MemoryRateLimitStore
-from prodkit.ratelimit._policy import RateLimitPolicy, ceil_seconds, to_policy
+from prodkit.ratelimit._policy import (
+    RateLimitPolicy,
+    ceil_seconds,
+    route_policy_name,
+    to_policy,
+)
 from prodkit.ratelimit._store import RateLimitDecision, RateLimitStore
 
 RATE_LIMITED = "RATE_LIMITED"
@@ -35,24 +40,67 @@ PolicySpec = RateLimitPolicy | str
 RouteSpec = PolicySpec | Sequence[PolicySpec] | None
 
 
-def _policies(value: RouteSpec, where: str) -> tuple[RateLimitPolicy, ...]:
-    """Policies from an option; strings are named ``default`` (global) or after the route."""
+def _policies(value: RouteSpec, where: str | None) -> tuple[RateLimitPolicy, ...]:
+    """Policies from an option (``where``: the route template, ``None`` for the global one).
+
+    Strings are named ``default``, ``default-2`` ... (global) or after the route (see
+    :func:`route_policy_name`).
+    """
     if value is None:
         return ()
-    base = "default" if where == "policy" else _route_name(where)
     items = [value] if isinstance(value, RateLimitPolicy | str) else list(value)
     return tuple(
-        to_policy(item, base if index == 0 else f"{base[:60]}-{index + 1}")
+        to_policy(
+            item,
+            route_policy_name(where, index)
+            if where is not None
+            else ("default" if index == 0 else f"default-{index + 1}"),
+        )
         for index, item in enumerate(items)
     )
 
 
-def _route_name(template: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in "_.:-" else "_" for ch in template.strip("/"))
-    return f"route:{cleaned or 'root'}"[:64]
+def _origin(where: str | None) -> str:
+    return "the global policy" if where is None else f"route {where!r}"
 
 
-def _address_key(resolver: ClientAddressResolver) -> Caller:
+def _describe(policy: RateLimitPolicy) -> str:
+    return f"{policy.quota} per {policy.window} s"
+
+
+def _check_names(
+    global_policies: tuple[RateLimitPolicy, ...],
+    own: Mapping[str, tuple[RateLimitPolicy, ...]],
+) -> dict[str, RateLimitPolicy]:
+    """Refuse two different policies under one name (one store key); return them by name."""
+    places: list[tuple[str | None, tuple[RateLimitPolicy, ...]]] = [(None, global_policies)]
+    places += own.items()
+    for where, group in places:
+        together = group if where is None else (*global_policies, *group)
+        names = [item.name for item in together]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            applier = "policy=" if where is None else f"route {where!r}"
+            raise ConfigurationError(
+                f"{applier} applies several policies named {repeated[0]!r}: the "
+                "policies checked together (the global ones and a route's own) need distinct names"
+            )
+    known: dict[str, tuple[RateLimitPolicy, str | None]] = {}
+    for where, group in places:
+        for item in group:
+            first = known.setdefault(item.name, (item, where))
+            if first[0] == item:
+                continue
+            raise ConfigurationError(
+                f"two different policies are named {item.name!r} and would count in one "
+                f"quota: {_describe(first[0])} ({_origin(first[1])}) and {_describe(item)} "
+                f"({_origin(where)}); give each its own name, or pass one RateLimitPolicy "
+                "object to share a quota"
+            )
+    return {name: item for name, (item, _) in known.items()}
+
+
+def _address_key(resolver: ClientAddressResolver) -> Callable[[Scope], str]:
     """The resolver's ``key``, memoised by peer address when no forwarding header counts."""
     if resolver.trusts_any:
         return resolver.key
@@ -69,6 +117,21 @@ def _address_key(resolver: ClientAddressResolver) -> Caller:
                 known.clear()
             known[client[0]] = found
         return found
+
+    return key
+
+
+def _caller_key(caller: Caller, address: Callable[[Scope], str]) -> Callable[[Scope], str]:
+    """Key by ``caller``, or by client address for a request that names no caller.
+
+    Callers are kept apart from addresses by the ``caller:`` in front: a client cannot send a
+    caller name such as ``203.0.113.7`` to spend another address's quota. An address never
+    starts with ``caller:``.
+    """
+
+    def key(scope: Scope) -> str:
+        name = caller(scope)
+        return address(scope) if name is None else "caller:" + name
 
     return key
 
@@ -90,17 +153,22 @@ class RateLimitMiddleware:
             ``"100/minute"``, or several), applied to every request; ``None`` for none.
         routes: per-route policies by route template (``{"/api/login": "5/minute"}``), applied
             in addition to the global one; a route mapped to ``None`` is not limited at all.
-            A policy given as a string is named after its route (``route:api_login``). The
+            A policy given as a string is named after its route (``route:api_login``; see
+            :func:`~prodkit.ratelimit.route_policy_name`), so two routes never share one. The
             same :class:`RateLimitPolicy` object on several routes is one shared quota.
         store: where counters live: :class:`~prodkit.ratelimit.MemoryRateLimitStore`
             (default, per process) or :class:`~prodkit.ratelimit.RedisRateLimitStore`.
-        caller: names who is calling (see :mod:`prodkit.asgi`'s caller functions), or ``None``
-            to not limit the request. Default: the
-            client address from ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``,
-            IPv6 grouped by prefix, IPv4-mapped IPv6 as IPv4.
+        caller: who is calling (``scope -> str | None``, such as
+            :func:`~prodkit.caller_from_header`): each caller gets its own quota, wherever it
+            calls from. A request it names no caller for (``None``) is limited by its client
+            address, as without ``caller``. Only pass a caller that an earlier layer has
+            authenticated: a client that may name itself freely gets a fresh quota per name.
         trusted_proxies: addresses/CIDRs (or a comma-separated string, as in
-            ``TRUSTED_PROXIES``) whose forwarding headers are believed by the default caller.
-        ipv6_prefix: the default caller's IPv6 grouping (64; 56 for providers that hand out /56).
+            ``TRUSTED_PROXIES``) whose forwarding headers are believed when finding the client
+            address: without ``caller``, or when it names nobody. The address comes from
+            ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``, IPv6 grouped by
+            prefix, IPv4-mapped IPv6 as IPv4.
+        ipv6_prefix: the client address's IPv6 grouping (64; 56 for providers that hand out /56).
         on_store_error: ``"fail_open"`` (default: decide with a per-process memory store,
             so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
             ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
@@ -136,29 +204,20 @@ class RateLimitMiddleware:
         if unavailable_retry_after < 1:
             raise ConfigurationError("unavailable_retry_after must be at least 1 second")
         self.app = app
-        self._global = _policies(policy, "policy")
+        self._global = _policies(policy, None)
+        own = {template: _policies(value, template) for template, value in (routes or {}).items()}
         route_policies = {
-            template: (*self._global, *_policies(value, template)) if value is not None else ()
+            template: (*self._global, *own[template]) if value is not None else ()
             for template, value in (routes or {}).items()
         }
         if not self._global and not any(route_policies.values()):
             raise ConfigurationError(
                 "RateLimitMiddleware needs a policy (e.g. policy='100/minute') or routes"
             )
-        known: dict[str, RateLimitPolicy] = {}
-        for group in (self._global, *route_policies.values()):
-            names = [p.name for p in group]
-            if len(set(names)) != len(names):
-                raise ConfigurationError(f"policies applied together need distinct names: {names}")
-            for item in group:
-                if known.setdefault(item.name, item) != item:
-                    raise ConfigurationError(
-                        f"two different policies are named {item.name!r}; give each its own name"
-                    )
+        known = _check_names(self._global, own)
         self.store: RateLimitStore = store if store is not None else MemoryRateLimitStore()
-        if caller is None:
-            caller = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
-        self._caller = caller
+        address = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
+        self._key = address if caller is None else _caller_key(caller, address)
         self.on_store_error = on_store_error
         shared = not isinstance(self.store, MemoryRateLimitStore)
         if shared and breaker is None:
@@ -210,11 +269,7 @@ class RateLimitMiddleware:
         if group is None:
             await self.app(scope, receive, send)
             return
-        client = self._caller(scope)
-        if client is None:
-            await self.app(scope, receive, send)
-            return
-
+        client = self._key(scope)
         take = self._take
         state = b""
         for limit in group.limits:

@@ -13,6 +13,7 @@ seconds until the quota resets (see :class:`~prodkit.ratelimit.RateLimitDecision
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ RATE_UNITS: dict[str, int] = {
 
 _RATE = re.compile(r"\s*(\d+)\s*(?:/|per)\s*(\d+)?\s*([a-z]+?)s?\s*\Z", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+# A route named as it reads: ``/``-separated segments of letters, digits, ``.`` and ``-``.
+_PLAIN_ROUTE = re.compile(r"(?:/[A-Za-z0-9.-]+)+\Z")
+_WORDS = re.compile(r"[A-Za-z0-9.-]+")
+# Room kept at the end of a route's name for the ``:N`` of its second and later policies.
+_INDEX_ROOM = 4
 # A float error of a few nanoseconds must not turn 12 into 13 when rounding seconds up.
 _CEIL_SLACK = 1e-6
 
@@ -116,6 +122,30 @@ def to_policy(value: RateLimitPolicy | str, name: str = "default") -> RateLimitP
     )
 
 
+def route_policy_name(template: str, index: int = 0) -> str:
+    """The name of a policy given as a string for route ``template`` (``index``: its position).
+
+    Two different templates, or two positions, never get the same name, so they never share a
+    quota or a store key:
+
+    * a plain template, ``/``-separated segments of letters, digits, ``.`` and ``-``, at most
+      55 characters long, reads as it is, ``_`` standing for ``/``: ``/api/login`` is
+      ``route:api_login`` (only ``/api/login`` can give that name);
+    * any other template (``/api/funds/{id}``, ``/api_login``, ``/a/``, ``/``, a long one) is
+      its words cut to 37 characters, a colon and 16 hex digits of the SHA-256 of the exact
+      template: ``route:api_funds_id:5f1c…``. The second colon keeps these apart from plain
+      names;
+    * the second and later policies of a route add ``:2``, ``:3`` ... (a decimal number, never
+      16 hex digits, so never mistaken for a digest).
+    """
+    readable = "_".join(_WORDS.findall(template))
+    name = f"route:{readable}"
+    if not _PLAIN_ROUTE.match(template) or len(name) > 64 - _INDEX_ROOM:
+        digest = hashlib.sha256(template.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f"route:{readable[:37] or 'root'}:{digest}"
+    return name if index == 0 else f"{name}:{index + 1}"
+
+
 def ceil_seconds(seconds: float) -> int:
     """Whole seconds, rounded up, never negative (for ``t`` and ``Retry-After``)."""
     if seconds <= 0:
@@ -123,4 +153,11 @@ def ceil_seconds(seconds: float) -> int:
     return math.ceil(seconds - _CEIL_SLACK)
 
 
-__all__ = ["RATE_UNITS", "RateLimitPolicy", "ceil_seconds", "parse_rate", "to_policy"]
+__all__ = [
+    "RATE_UNITS",
+    "RateLimitPolicy",
+    "ceil_seconds",
+    "parse_rate",
+    "route_policy_name",
+    "to_policy",
+]
