@@ -198,6 +198,36 @@ async def test_json_key_order_and_whitespace_do_not_matter(make_client: ClientFa
 
 
 @pytest.mark.parametrize(
+    ("first", "retry", "replayed"),
+    [
+        # Issue 21, item 2: beyond double precision (an 18-decimal token amount), a changed
+        # amount was replayed as the first one's success instead of a 422.
+        (b'{"amount": 1.000000000000000001}', b'{"amount": 1.000000000000000002}', False),
+        (b'{"amount": 9007199254740993.0}', b'{"amount": 9007199254740992.0}', False),
+        # ... and one amount written two ways was a 422.
+        (b'{"amount": 1000000}', b'{"amount": 1e6}', True),
+        (b'{"amount": 1000000.0}', b'{"amount": 10E+5}', True),
+    ],
+)
+async def test_json_numbers_compare_by_exact_value(
+    first: bytes, retry: bytes, replayed: bool, make_client: ClientFactory
+) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    client = make_client(middleware)
+    headers = {"Content-Type": "application/json"}
+    assert (await post(client, content=first, headers=headers)).status_code == 201
+    again = await post(client, content=retry, headers=headers)
+    if replayed:
+        assert again.status_code == 201
+        assert again.headers["idempotency-status"] == "replayed"
+    else:
+        assert again.status_code == 422
+        assert again.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert app.calls == [first]
+
+
+@pytest.mark.parametrize(
     ("path", "body"),
     [
         ("/api/funds", {"name": "B"}),  # same endpoint, another body
