@@ -168,6 +168,7 @@ def new_keys(label: str) -> Callable[[int], Sequence[tuple[str, str]]]:
     def headers(counter: int) -> Sequence[tuple[str, str]]:
         return [
             ("content-type", "application/json"),
+            ("authorization", "Bearer bench"),
             ("idempotency-key", f"{RUN}-{label}-{counter}"),
         ]
 
@@ -176,7 +177,11 @@ def new_keys(label: str) -> Callable[[int], Sequence[tuple[str, str]]]:
 
 def post_case(name: str, app: Callable[[], ASGIApp], *, first: bool) -> Case:
     label = "".join(c if c.isalnum() else "-" for c in name)
-    fixed = [("content-type", "application/json"), ("idempotency-key", f"{RUN}-{label}")]
+    fixed = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer bench"),
+        ("idempotency-key", f"{RUN}-{label}"),
+    ]
     return Case(
         name,
         app,

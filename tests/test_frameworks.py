@@ -131,7 +131,11 @@ async def test_429_before_routing_keeps_the_template(
 async def test_idempotent_replay_keeps_the_template(
     client: httpx.AsyncClient, registry: CollectorRegistry, logs: LogOutput
 ) -> None:
-    headers = {"Idempotency-Key": "key-1", "Content-Type": "text/plain"}
+    headers = {
+        "Idempotency-Key": "key-1",
+        "Content-Type": "text/plain",
+        "Authorization": "Bearer t",
+    }
     first = await client.post("/echo", content=b"payload", headers=headers)
     again = await client.post("/echo", content=b"payload", headers=headers)
     assert first.headers["idempotency-status"] == "created"
@@ -154,7 +158,7 @@ async def test_a_raised_problem_is_recorded_and_replayed(framework: str) -> None
     )
     transport = httpx.ASGITransport(app=RequestIdMiddleware(ErrorMiddleware(app)))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        headers = {"Idempotency-Key": "problem-1"}
+        headers = {"Idempotency-Key": "problem-1", "Authorization": "Bearer t"}
         first = await client.get("/problem", headers=headers)
         again = await client.get("/problem", headers=headers)
     assert first.status_code == 409
@@ -341,7 +345,7 @@ async def test_idempotency_routes_are_matched_below_the_root_path(framework: str
         registry=CollectorRegistry(),
     )
     headers = {"Content-Type": "text/plain"}
-    keyed = {**headers, "Idempotency-Key": "key-1"}
+    keyed = {**headers, "Idempotency-Key": "key-1", "Authorization": "Bearer t"}
     async with rooted_client(RequestIdMiddleware(app)) as client:
         missing = await client.post("/api/echo", content=b"payload", headers=headers)
         first = await client.post("/api/echo", content=b"payload", headers=keyed)

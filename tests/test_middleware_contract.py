@@ -478,7 +478,7 @@ async def test_a_streamed_response_reaches_the_client_chunk_by_chunk(subject: Su
             "IdempotencyMiddleware",
             "POST",
             "/stream",
-            [(b"idempotency-key", b'"k-1"')],
+            [(b"idempotency-key", b'"k-1"'), (b"authorization", b"Bearer t")],
             (b"idempotency-status", b"created"),
         ),
     ],

@@ -128,6 +128,7 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "prodkit.idempotency": [
         "BODY_TOO_LARGE",
+        "CALLER_UNKNOWN",
         "Claim",
         "ClaimLost",
         "ClaimOutcome",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -19,12 +22,20 @@ from prodkit import (
     caller_from_header,
 )
 from prodkit.asgi import ASGIApp, CircuitBreaker, Message, Receive, Scope, Send
-from prodkit.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
+from prodkit.idempotency import (
+    MemoryIdempotencyStore,
+    PostgresIdempotencyStore,
+    RedisIdempotencyStore,
+)
 from prodkit.idempotency._middleware import SCOPE_KEY, IdempotencyMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
+#: The credentials the tests' client sends: the default caller is a digest of them.
+AUTHORIZATION = "Bearer alice-token"
+AUTH = {"Authorization": AUTHORIZATION}
+ALICE = hashlib.sha256(AUTHORIZATION.encode()).hexdigest()  # caller_from_authorization's name
 
 
 class Clock:
@@ -105,7 +116,7 @@ async def post(
     content: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    sent = dict(headers or {})
+    sent = {"Authorization": AUTHORIZATION, **(headers or {})}
     if key is not None:
         sent["Idempotency-Key"] = key
     if content is not None:
@@ -160,12 +171,9 @@ async def test_replay_carries_the_replaying_requests_id(make_client: ClientFacto
 async def test_replays_on_every_framework(framework: str, make_client: ClientFactory) -> None:
     middleware, _ = wrap(build_app(framework))
     client = make_client(middleware)
-    first = await client.post(
-        "/echo", content=b"payload", headers={"Idempotency-Key": KEY, "Content-Type": "text/plain"}
-    )
-    again = await client.post(
-        "/echo", content=b"payload", headers={"Idempotency-Key": KEY, "Content-Type": "text/plain"}
-    )
+    headers = {"Idempotency-Key": KEY, "Content-Type": "text/plain", "Authorization": AUTHORIZATION}
+    first = await client.post("/echo", content=b"payload", headers=headers)
+    again = await client.post("/echo", content=b"payload", headers=headers)
     # (FastAPI's /echo in tests/apps.py answers 422 itself: its local Request annotation does
     # not resolve; a 4xx is recorded and replayed like any other final answer.)
     assert first.status_code == again.status_code
@@ -187,6 +195,36 @@ async def test_json_key_order_and_whitespace_do_not_matter(make_client: ClientFa
     assert len(app.calls) == 1
     # ... and the app received the exact bytes that were sent, not the canonical form.
     assert app.calls == [b'{"name": "A", "size": 10}']
+
+
+@pytest.mark.parametrize(
+    ("first", "retry", "replayed"),
+    [
+        # Issue 21, item 2: beyond double precision (an 18-decimal token amount), a changed
+        # amount was replayed as the first one's success instead of a 422.
+        (b'{"amount": 1.000000000000000001}', b'{"amount": 1.000000000000000002}', False),
+        (b'{"amount": 9007199254740993.0}', b'{"amount": 9007199254740992.0}', False),
+        # ... and one amount written two ways was a 422.
+        (b'{"amount": 1000000}', b'{"amount": 1e6}', True),
+        (b'{"amount": 1000000.0}', b'{"amount": 10E+5}', True),
+    ],
+)
+async def test_json_numbers_compare_by_exact_value(
+    first: bytes, retry: bytes, replayed: bool, make_client: ClientFactory
+) -> None:
+    app = CountingApp()
+    middleware, _ = wrap(app)
+    client = make_client(middleware)
+    headers = {"Content-Type": "application/json"}
+    assert (await post(client, content=first, headers=headers)).status_code == 201
+    again = await post(client, content=retry, headers=headers)
+    if replayed:
+        assert again.status_code == 201
+        assert again.headers["idempotency-status"] == "replayed"
+    else:
+        assert again.status_code == 422
+        assert again.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert app.calls == [first]
 
 
 @pytest.mark.parametrize(
@@ -242,6 +280,201 @@ async def test_default_caller_is_the_authorization_credential(make_client: Clien
     assert len(app.calls) == 2
 
 
+# -- unknown callers: never one scope shared by everyone without credentials --------------------
+
+
+class StoreUnderTest:
+    """A real store and a count of the records it holds (memory, PostgreSQL or Redis)."""
+
+    def __init__(self, store: Any, count: Callable[[], Awaitable[int]]) -> None:
+        self.store = store
+        self.count = count
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+async def real_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnderTest]:
+    """Each backend, empty: its own PostgreSQL table or Redis key prefix."""
+    if request.param == "memory":
+        memory = MemoryIdempotencyStore()
+
+        async def count_memory() -> int:
+            return len(memory)
+
+        yield StoreUnderTest(memory, count_memory)
+    elif request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        table = f"idem_{uuid.uuid4().hex[:12]}"
+        postgres = PostgresIdempotencyStore(
+            dsn, table=table, pool_options={"min_size": 1, "max_size": 2}
+        )
+        await postgres.ensure_schema()
+
+        async def count_rows() -> int:
+            import asyncpg
+
+            conn = await asyncpg.connect(dsn)
+            try:
+                return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            finally:
+                await conn.close()
+
+        yield StoreUnderTest(postgres, count_rows)
+        await postgres.aclose()
+    else:
+        import redis.asyncio as redis_asyncio
+
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        redis_store = RedisIdempotencyStore(url, key_prefix=prefix)
+        client = redis_asyncio.Redis.from_url(url)
+
+        async def count_keys() -> int:
+            return len([key async for key in client.scan_iter(match=f"{prefix}*", count=500)])
+
+        yield StoreUnderTest(redis_store, count_keys)
+        await client.aclose()
+        await redis_store.aclose()
+
+
+class OrderApp:
+    """Places an order for the session cookie's user, or answers 401 without a session (the
+    way an app that authenticates by cookie does)."""
+
+    def __init__(self) -> None:
+        self.orders: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        cookie = dict(scope["headers"]).get(b"cookie", b"")
+        user = cookie.removeprefix(b"session=").decode()
+        if not user:
+            await Problem(401, "UNAUTHENTICATED", "log in first").send(send)
+            return
+        self.orders.append(user)
+        body = json.dumps({"order": len(self.orders), "for": user}).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_cookie_users_never_get_each_others_response_by_default(
+    real_store: StoreUnderTest, make_client: ClientFactory
+) -> None:
+    # Issue 21, item 1: with the default caller (the Authorization header), two users
+    # authenticated by cookie shared the empty caller, and Bob got Alice's confirmation.
+    app = OrderApp()
+    registry = CollectorRegistry()
+    middleware, _ = wrap(app, store=real_store.store, registry=registry)
+    client = make_client(middleware)
+    alice = await client.post(
+        "/orders",
+        json={"item": "book"},
+        headers={"Cookie": "session=alice", "Idempotency-Key": "order-1"},
+    )
+    bob = await client.post(
+        "/orders",
+        json={"item": "book"},
+        headers={"Cookie": "session=bob", "Idempotency-Key": "order-1"},
+    )
+    for response in (alice, bob):
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "IDEMPOTENCY_CALLER_UNKNOWN"
+        assert "credentials" in response.json()["detail"]
+        assert "caller=" in response.json()["detail"]
+        assert "idempotency-status" not in response.headers
+    assert app.orders == []  # neither ran: refused, not run unprotected
+    assert await real_store.count() == 0
+    assert sample(registry, "caller_unknown") == 2
+    # Named by a header the authentication layer sets, each user gets their own order.
+    middleware, _ = wrap(app, store=real_store.store, caller=caller_from_header("X-User-Id"))
+    client = make_client(middleware)
+    for user in ("alice", "bob"):
+        headers = {"Cookie": f"session={user}", "X-User-Id": user, "Idempotency-Key": "order-1"}
+        placed = await client.post("/orders", json={"item": "book"}, headers=headers)
+        assert placed.headers["idempotency-status"] == "created"
+        assert placed.json()["for"] == user
+    assert app.orders == ["alice", "bob"]
+
+
+async def test_anonymous_requests_leave_no_record(
+    real_store: StoreUnderTest, make_client: ClientFactory
+) -> None:
+    # Issue 21, item 1: each unauthenticated keyed request left its 401 on record for 24 h.
+    app = OrderApp()
+    middleware, _ = wrap(app, store=real_store.store)
+    client = make_client(middleware)
+    for number in range(20):
+        response = await client.post(
+            "/orders", json={}, headers={"Idempotency-Key": f"anonymous-{number}"}
+        )
+        assert response.status_code == 400
+        assert response.json()["code"] == "IDEMPOTENCY_CALLER_UNKNOWN"
+    assert await real_store.count() == 0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_failures_are_not_recorded(
+    status: int, real_store: StoreUnderTest, make_client: ClientFactory
+) -> None:
+    # An authentication failure answers the credentials, not the operation: the claim is
+    # released, so the retry with credentials the app accepts runs the operation.
+    app = CountingApp()
+    app.statuses = [status, 201]
+    middleware, _ = wrap(app, store=real_store.store)
+    client = make_client(middleware)
+    refused = await post(client, headers={"Authorization": "Bearer expired"})
+    assert refused.status_code == status
+    assert refused.headers["idempotency-stored"] == "false"
+    assert await real_store.count() == 0
+    retried = await post(client, headers={"Authorization": "Bearer expired"})
+    assert retried.status_code == 201
+    assert retried.headers["idempotency-status"] == "created"
+    assert len(app.calls) == 2
+
+
+async def test_an_empty_caller_is_an_unknown_caller(make_client: ClientFactory) -> None:
+    app = CountingApp()
+    middleware, store = wrap(app, caller=lambda scope: "")
+    response = await post(make_client(middleware))
+    assert response.status_code == 400
+    assert response.json()["code"] == "IDEMPOTENCY_CALLER_UNKNOWN"
+    assert app.calls == []
+    assert len(store) == 0
+
+
+async def test_unknown_callers_can_be_run_without_idempotency(make_client: ClientFactory) -> None:
+    app = OrderApp()
+    registry = CollectorRegistry()
+    middleware, store = wrap(app, unknown_caller="ignore_key", registry=registry)
+    client = make_client(middleware)
+    anonymous = {"Idempotency-Key": "order-1"}
+    refused = await client.post("/orders", json={}, headers=anonymous)
+    assert refused.status_code == 401  # the app's own answer to a request without credentials
+    assert refused.json()["code"] == "UNAUTHENTICATED"
+    for _ in range(2):
+        placed = await client.post(
+            "/orders", json={}, headers={**anonymous, "Cookie": "session=alice"}
+        )
+        assert placed.status_code == 201
+        assert "idempotency-status" not in placed.headers  # the key was not honoured
+    assert app.orders == ["alice", "alice"]
+    assert len(store) == 0
+    assert sample(registry, "caller_unknown") == 3
+    # A request with credentials is still idempotent.
+    for _ in range(2):
+        await client.post(
+            "/orders", json={}, headers={**anonymous, **AUTH, "Cookie": "session=bob"}
+        )
+    assert app.orders == ["alice", "alice", "bob"]
+
+
 async def test_body_in_many_chunks_reaches_the_app_unchanged() -> None:
     app = CountingApp()
     middleware, _ = wrap(app)
@@ -256,6 +489,7 @@ async def test_body_in_many_chunks_reaches_the_app_unchanged() -> None:
             "root_path": "",
             "query_string": b"",
             "headers": [
+                (b"authorization", AUTHORIZATION.encode()),
                 (b"idempotency-key", f'"{KEY}"'.encode()),
                 (b"content-type", b"application/json"),
             ],
@@ -302,7 +536,11 @@ async def test_key_syntax(raw: bytes, valid: bool, make_client: ClientFactory) -
     app = CountingApp()
     middleware, store = wrap(app)
     client = make_client(middleware)
-    response = await client.post("/api/funds", json={}, headers=[(b"idempotency-key", raw)])
+    response = await client.post(
+        "/api/funds",
+        json={},
+        headers=[(b"authorization", AUTHORIZATION.encode()), (b"idempotency-key", raw)],
+    )
     if valid:
         assert response.status_code == 201
         assert len(store) == 1
@@ -346,10 +584,10 @@ async def test_only_configured_methods_and_routes(make_client: ClientFactory) ->
     client = make_client(middleware)
     await post(client, "/api/unlisted")
     await post(client, "/api/unlisted")
-    await client.put("/api/funds", json={}, headers={"Idempotency-Key": KEY})
+    await client.put("/api/funds", json={}, headers={"Idempotency-Key": KEY, **AUTH})
     assert len(app.calls) == 3
     assert len(store) == 0
-    patch = await client.patch("/api/funds/7", json={}, headers={"Idempotency-Key": KEY})
+    patch = await client.patch("/api/funds/7", json={}, headers={"Idempotency-Key": KEY, **AUTH})
     assert patch.headers["idempotency-status"] == "created"
 
 
@@ -438,7 +676,7 @@ async def test_a_cancelled_request_releases_its_claim() -> None:
         "method": "POST",
         "path": "/api/funds",
         "query_string": b"",
-        "headers": [(b"idempotency-key", KEY.encode())],
+        "headers": [(b"authorization", AUTHORIZATION.encode()), (b"idempotency-key", KEY.encode())],
     }
 
     async def receive() -> Message:
@@ -713,6 +951,7 @@ async def test_a_full_memory_store_fails_closed(make_client: ClientFactory) -> N
         {"max_key_length": 0},
         {"wait_timeout": 0},
         {"routes": ["no-slash"]},
+        {"unknown_caller": "share"},
     ],
 )
 def test_bad_options_raise_configuration_error(options: dict[str, Any]) -> None:
@@ -778,7 +1017,7 @@ async def test_recording_is_tried_even_while_the_breaker_is_open(
     first = await post(client)
     assert first.status_code == 201
     assert "idempotency-stored" not in first.headers  # recorded despite the open breaker
-    record = await store.get(middleware.storage_key("", KEY))
+    record = await store.get(middleware.storage_key(ALICE, KEY))
     assert record is not None
     assert record.completed
     middleware.app = app
@@ -819,7 +1058,11 @@ async def test_a_request_cancelled_while_recording_keeps_the_key_claimed(
         "method": "POST",
         "path": "/api/funds",
         "query_string": b"",
-        "headers": [(b"idempotency-key", KEY.encode()), (b"content-type", b"application/json")],
+        "headers": [
+            (b"authorization", AUTHORIZATION.encode()),
+            (b"idempotency-key", KEY.encode()),
+            (b"content-type", b"application/json"),
+        ],
     }
 
     async def receive() -> Message:

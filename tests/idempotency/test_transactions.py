@@ -97,7 +97,8 @@ def client_for(app: Any) -> httpx.AsyncClient:
 
 
 async def post(client: httpx.AsyncClient, key: str = "order-1") -> httpx.Response:
-    return await client.post("/orders", json={"item": "book"}, headers={"Idempotency-Key": key})
+    headers = {"Idempotency-Key": key, "Authorization": "Bearer t"}
+    return await client.post("/orders", json={"item": "book"}, headers=headers)
 
 
 async def orders(pool: Any) -> int:

@@ -10,6 +10,7 @@ from prodkit.idempotency._claims import ClaimLost, IdempotencyClaim, current_cla
 from prodkit.idempotency._memory import MemoryIdempotencyStore
 from prodkit.idempotency._middleware import (
     BODY_TOO_LARGE,
+    CALLER_UNKNOWN,
     DEFAULT_STORED_HEADERS,
     IN_PROGRESS,
     KEY_INVALID,
@@ -31,6 +32,7 @@ from prodkit.idempotency._store import (
 
 __all__ = [
     "BODY_TOO_LARGE",
+    "CALLER_UNKNOWN",
     "DEFAULT_STORED_HEADERS",
     "IN_PROGRESS",
     "KEY_INVALID",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from operator import itemgetter
 
 from prodkit._core.headers import scope_header
 from prodkit._core.types import Scope
@@ -55,19 +56,116 @@ def storage_key(namespace: str, caller: str, key: str) -> str:
     return hashlib.sha256(_lp(*(p.encode("utf-8", "surrogatepass") for p in parts))).hexdigest()
 
 
+#: Zeros a whole number may end in and still be written out in full (``10**20`` is); beyond,
+#: it is written ``1e+21``. Keeps a client's ``1e999999`` from becoming a million zeros.
+_MAX_ZEROS = 20
+#: Digits of an exponent that is worked out; a longer exponent (``1e123456789012345678901``,
+#: no real number) leaves the number compared by its text, which may only tell equal values
+#: apart, never merge different ones. Also keeps ``int()`` far below Python's digit limit.
+_MAX_EXPONENT_DIGITS = 20
+
+
+class _Text(str):
+    """Canonical JSON text of a number, an object or an array, already written."""
+
+    __slots__ = ()
+
+
+_ZERO = _Text("0")
+
+
+def _canonical_number(text: str) -> _Text:
+    """The exact decimal value of the JSON number ``text``, written one way only.
+
+    ``1e6``, ``1000000.0``, ``10e5`` and ``1E+6`` give ``1000000``; ``-0`` gives ``0``; ``0.5``
+    and ``5e-1`` give ``0.5``. The form is Python's ``repr`` of a float, applied to the exact
+    value: a whole number in full (up to 20 trailing zeros), other numbers positional from
+    ``0.0001`` to below ``1e16`` and ``1.5e-05`` beyond. Linear in ``len(text)``: nothing is
+    converted to ``int`` but an exponent of at most 20 digits.
+    """
+    negative = text.startswith("-")
+    mantissa, _, exponent = text.lstrip("-").lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    if not digits:
+        return _ZERO
+    significand = digits.rstrip("0")
+    exponent_digits = exponent.lstrip("+-").lstrip("0")
+    if len(exponent_digits) > _MAX_EXPONENT_DIGITS:
+        return _Text(text)
+    power = int(exponent_digits or "0")
+    if exponent.startswith("-"):
+        power = -power
+    power += len(digits) - len(significand) - len(fraction)
+    # The value is significand * 10**power; ``point`` digits of it come before the point.
+    point = len(significand) + power
+    if 0 <= power <= _MAX_ZEROS:
+        written = significand + "0" * power
+    elif power < 0 and -3 <= point <= 16:
+        if point > 0:
+            written = significand[:point] + "." + significand[point:]
+        else:
+            written = "0." + "0" * -point + significand
+    else:
+        head = significand[0] + ("." + significand[1:] if len(significand) > 1 else "")
+        written = f"{head}e{point - 1:+03d}"
+    return _Text("-" + written if negative else written)
+
+
+def _canonical_integer(text: str) -> _Text:
+    # An integer's text is its canonical form but for "-0" and a run of more than 20 zeros.
+    if text == "-0" or text.endswith("0" * (_MAX_ZEROS + 1)):
+        return _canonical_number(text)
+    return _Text(text)
+
+
+_name = itemgetter(0)
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _member(value: object) -> str:
+    if type(value) is str:
+        return _encode_string(value)
+    if isinstance(value, _Text):
+        return value
+    if type(value) is list:
+        return "[" + ",".join([_member(item) for item in value]) + "]"
+    return "null" if value is None else "true" if value else "false"
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Text:
+    # Called by the parser for each object, innermost first, so its members are mostly
+    # written already. Sorted by name; a name given twice keeps both members, in order.
+    pairs.sort(key=_name)
+    return _Text(
+        "{" + ",".join([_encode_string(name) + ":" + _member(value) for name, value in pairs]) + "}"
+    )
+
+
 def canonical_body(body: bytes, content_type: bytes | None) -> tuple[bytes, bytes]:
     """Return ``(kind, bytes)`` for fingerprinting: canonical JSON for JSON bodies, else raw.
 
-    JSON (``application/json`` or ``application/*+json``) is re-serialised with sorted keys
-    and no insignificant whitespace, so key order and formatting do not change the fingerprint.
-    A body that does not parse as JSON is taken as raw bytes.
+    JSON (``application/json`` or ``application/*+json``) is re-serialised with members sorted
+    by name and no insignificant whitespace, so member order and formatting do not change the
+    fingerprint, and every number is written from its exact decimal value
+    (:func:`_canonical_number`): ``1e6`` and ``1000000.0`` are one number,
+    ``1.000000000000000001`` and ``1.000000000000000002`` two. A member name given twice keeps
+    both members, in order. A body that does not parse as JSON (or is nested too deep to) is
+    taken as raw bytes.
     """
     if body and content_type is not None and _JSON_TYPE.match(content_type):
         try:
-            document = json.loads(body)
+            canonical = _member(
+                json.loads(
+                    body,
+                    parse_int=_canonical_integer,
+                    parse_float=_canonical_number,
+                    parse_constant=_Text,
+                    object_pairs_hook=_object,
+                )
+            )
         except (ValueError, RecursionError):
             return b"raw", body
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         # JSON may carry lone surrogates ("\\ud800"): keep them, a client's odd body is no 500.
         return b"json", canonical.encode("utf-8", "surrogatepass")
     return b"raw", body

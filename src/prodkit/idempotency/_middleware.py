@@ -54,6 +54,7 @@ KEY_MISSING = "IDEMPOTENCY_KEY_MISSING"
 KEY_INVALID = "IDEMPOTENCY_KEY_INVALID"
 BODY_TOO_LARGE = "IDEMPOTENCY_BODY_TOO_LARGE"
 KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+CALLER_UNKNOWN = "IDEMPOTENCY_CALLER_UNKNOWN"
 STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
 #: Scope key holding ``"created"`` while the handler runs under a fresh claim.
@@ -63,7 +64,18 @@ SCOPE_KEY = "prodkit.idempotency_status"
 COMPLETE_TIMEOUT = 5.0
 
 #: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
-OUTCOMES = ("created", "replayed", "mismatch", "in_progress", "error", "invalid")
+OUTCOMES = (
+    "created",
+    "replayed",
+    "mismatch",
+    "in_progress",
+    "error",
+    "invalid",
+    "caller_unknown",
+)
+
+#: What ``unknown_caller`` may say to do with a keyed request whose caller is unknown.
+UnknownCaller = Literal["refuse", "ignore_key"]
 
 
 class IdempotencyMiddleware:
@@ -77,9 +89,9 @@ class IdempotencyMiddleware:
     * claimed: the app runs; a complete response is buffered (up to ``max_response_bytes``),
       recorded if its owner still holds the claim, and sent with ``Idempotency-Status:
       created``. A :class:`~prodkit.Problem` the app raises is rendered here and recorded like
-      any response (4xx included). A 5xx, a 408 or 429, a response with ``Retry-After``, any
-      other exception or an oversize body is not recorded and the claim is released, so a
-      retry runs again (``Idempotency-Stored: false`` says so). A handler that writes to the
+      any response (4xx included). A 5xx, a 401 or 403, a 408 or 429, a response with
+      ``Retry-After``, any other exception or an oversize body is not recorded and the claim
+      is released, so a retry runs again (``Idempotency-Stored: false`` says so). A handler that writes to the
       store's PostgreSQL database can record its response in its own transaction
       (:func:`current_claim`, :meth:`IdempotencyClaim.complete_in`);
     * completed with the same fingerprint: the recorded status, allow-listed headers and body
@@ -89,7 +101,10 @@ class IdempotencyMiddleware:
     * a different fingerprint: 422 ``IDEMPOTENCY_KEY_REUSED``; nothing changes.
 
     Keys are scoped by ``caller(scope)`` (and ``namespace``), so one caller's key never
-    reaches another caller's response.
+    reaches another caller's response. A keyed request whose caller is unknown (``caller``
+    returns ``None`` or ``""``) is refused with 400 ``IDEMPOTENCY_CALLER_UNKNOWN`` before
+    anything is stored or run: it has no scope of its own, and a scope shared by every unknown
+    caller would hand one client another's response.
 
     Arguments:
         app: the ASGI app to wrap.
@@ -99,8 +114,14 @@ class IdempotencyMiddleware:
             ``None``: every route.
         required: ``True`` to reject requests without a key (400 ``IDEMPOTENCY_KEY_MISSING``)
             on every honoured route, or the templates where it is required.
-        caller: ``scope -> str`` naming the caller keys belong to
-            (default :func:`caller_from_authorization`; see :func:`caller_from_header`).
+        caller: ``scope -> str | None`` naming the caller keys belong to
+            (default :func:`caller_from_authorization`; with cookie or session
+            authentication, pass one that names the user, such as :func:`caller_from_header`
+            over a header your authentication layer sets).
+        unknown_caller: what a keyed request whose caller is unknown gets: ``"refuse"``
+            (400 ``IDEMPOTENCY_CALLER_UNKNOWN``), or ``"ignore_key"``: the app runs it as if
+            it had no key (nothing claimed or recorded; a retry runs it again), for apps whose
+            keyed routes answer unknown callers themselves (a 401).
         namespace: mixed into every stored key, to share one store between services.
         header_name: the request header carrying the key.
         max_key_length: longest accepted key, in characters (the draft's examples use UUIDs).
@@ -133,6 +154,7 @@ class IdempotencyMiddleware:
         routes: Iterable[str] | None = None,
         required: bool | Iterable[str] = False,
         caller: Caller = caller_from_authorization,
+        unknown_caller: UnknownCaller = "refuse",
         namespace: str = "",
         header_name: str = "Idempotency-Key",
         max_key_length: int = 255,
@@ -161,6 +183,10 @@ class IdempotencyMiddleware:
         if max_body_bytes < 0 or max_response_bytes < 0:
             raise ConfigurationError("max_body_bytes and max_response_bytes must be >= 0 bytes")
         check_durations(lease, ttl)
+        if unknown_caller not in ("refuse", "ignore_key"):
+            raise ConfigurationError(
+                f"unknown_caller must be 'refuse' or 'ignore_key', not {unknown_caller!r}"
+            )
         if wait_timeout is not None and wait_timeout <= 0:
             raise ConfigurationError("wait_timeout must be positive seconds, or None")
         if not isinstance(store, IdempotencyStore):
@@ -184,6 +210,7 @@ class IdempotencyMiddleware:
             None if isinstance(required, bool) else RouteTable(dict.fromkeys(required, True))
         )
         self.caller = caller
+        self.unknown_caller = unknown_caller
         self.namespace = namespace
         self._header = header_name.lower().encode("latin-1")
         self.max_key_length = max_key_length
@@ -252,6 +279,25 @@ class IdempotencyMiddleware:
                 f'("...") or token of 1 to {self.max_key_length} printable ASCII characters.',
             )
             return
+        caller = self.caller(scope)
+        if not caller:
+            # Never a scope shared by all unknown callers: two cookie-authenticated users
+            # sending the same key would get each other's responses.
+            self._outcomes["caller_unknown"].inc()
+            if self.unknown_caller == "ignore_key":
+                await self.app(scope, receive, send)
+                return
+            await send_problem(
+                send,
+                400,
+                CALLER_UNKNOWN,
+                "This request carries an Idempotency-Key but no credentials that say whose key "
+                "it is, so it was not run: send it with your credentials. (If the service "
+                "authenticates by cookie or session, its operator passes caller= to "
+                "IdempotencyMiddleware, such as caller_from_header('X-User-Id') over a header "
+                "the authentication layer sets.)",
+            )
+            return
 
         body, complete = await read_body(receive, self.max_body_bytes)
         if not complete:
@@ -266,7 +312,7 @@ class IdempotencyMiddleware:
                 )
             return  # otherwise the client went away before sending its body
 
-        store_key = self.storage_key(self.caller(scope) or "", key)
+        store_key = self.storage_key(caller, key)
         fingerprint = request_fingerprint(scope, body)
         await self._answer(scope, replay_receive(body, receive), send, store_key, fingerprint)
 
@@ -579,6 +625,7 @@ class _ClaimedResponder:
 
 __all__ = [
     "BODY_TOO_LARGE",
+    "CALLER_UNKNOWN",
     "DEFAULT_STORED_HEADERS",
     "IN_PROGRESS",
     "KEY_INVALID",

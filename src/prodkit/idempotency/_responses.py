@@ -35,6 +35,9 @@ STATUS_HEADER = b"idempotency-status"
 STORED_HEADER = b"idempotency-stored"
 #: Statuses that ask the client to come back later, with or without ``Retry-After``.
 TRANSIENT = frozenset({408, 429})
+#: Statuses that answer the request's credentials, not its operation: a retry with other
+#: credentials must run it.
+AUTH_FAILURES = frozenset({401, 403})
 
 
 def unstorable(
@@ -49,6 +52,8 @@ def unstorable(
         return "informational responses are not recorded"
     if status in TRANSIENT:
         return "responses asking to retry (408, 429) are not recorded"
+    if status in AUTH_FAILURES:
+        return "authentication and authorisation failures (401, 403) are not recorded"
     return None
 
 
@@ -72,6 +77,7 @@ async def replay(send: Send, response: StoredResponse) -> None:
 
 
 __all__ = [
+    "AUTH_FAILURES",
     "DEFAULT_STORED_HEADERS",
     "NEVER_STORED",
     "STATUS_HEADER",
