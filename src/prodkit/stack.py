@@ -6,7 +6,7 @@ live across requests (stores, one shared Redis client, the shutdown coordinator)
 closed by one :meth:`Stack.aclose`. :meth:`Stack.recommended` returns prodkit's recommended list;
 :func:`recommended_stack` builds it around an app in one call.
 
-The recommended order, outermost first, and why (see the design notes):
+The recommended order, outermost first, and why (``docs/stack.md`` says more):
 
 - ``request_id`` — so every later log line, header and error carries it;
 - ``access_log``, ``metrics``, ``metrics_endpoint`` — outside everything that can reject, so a
@@ -175,8 +175,8 @@ class Stack:
 
         Its layers are named ``request_id``, ``access_log``, ``metrics``, ``metrics_endpoint``,
         ``security_headers``, ``cors`` (when ``settings.cors_origins`` is set), ``errors``,
-        ``health``, ``shutdown``, ``concurrency_limit``, ``rate_limit``, ``idempotency`` and
-        ``cache`` (when ``cache_routes`` are given), outermost first.
+        ``health``, ``shutdown``, ``request_timeout``, ``concurrency_limit``, ``rate_limit``,
+        ``idempotency`` and ``cache`` (when ``cache_routes`` are given), outermost first.
 
         Arguments:
             settings: the stack's settings; ``None`` reads them from the environment
@@ -189,7 +189,9 @@ class Stack:
                 client address). Default: idempotency keys and cache entries are scoped by a
                 digest of ``Authorization`` (:func:`~prodkit.caller_from_authorization`) and
                 quotas are per client address, because a client could invent a fresh
-                ``Authorization`` per request to get a fresh quota.
+                ``Authorization`` per request to get a fresh quota. A keyed request whose
+                caller is ``None`` is refused (``400 IDEMPOTENCY_CALLER_UNKNOWN``), so two
+                unidentified callers never share a key.
             cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
             idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default
                 all).

@@ -173,8 +173,8 @@ class RateLimitMiddleware:
             so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
             ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
         breaker: circuit breaker around a shared store's calls (default: one named
-            ``rate-limit``, opening after 5 failures for 5 s, 0.5 s call timeout); not used
-            with the memory store.
+            ``rate-limit``: it opens after 5 consecutive failures and probes again after
+            0.5 s; each call times out after 0.5 s); not used with the memory store.
         exclude_paths: paths never limited (health probes and metrics by default).
         unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503.
         registry: the Prometheus registry of
