@@ -56,7 +56,8 @@ def test_every_variable() -> None:
 BAD_VALUES = [
     ("DATABASE_URL", "garbage", "postgresql://user:password@host:5432/dbname"),
     ("DATABASE_URL", "mysql://db/app", "postgresql://user:password@host:5432/dbname"),
-    ("REDIS_URL", "localhost:6379", "redis://, rediss://"),
+    ("REDIS_URL", "localhost:6379", "redis+cluster://[user:password@]host:port[,host:port…]"),
+    ("REDIS_URL", "redis+sentinel://127.0.0.1:26379", "names no service"),
     ("REDIS_KEY_PREFIX", "my app", "e.g. 'billing:'"),
     ("REDIS_KEY_PREFIX", "{app}:", "e.g. 'billing:'"),
     ("IDEMPOTENCY_STORE", "mongo", "use memory, postgres or redis"),
@@ -176,7 +177,7 @@ def test_settings_built_in_code_choose_the_store_like_the_environment(
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"log_format": "xml"}, "log_format"),
         ({"database_url": "db.example.com/app"}, "database_url"),
-        ({"redis_url": "cache:6379"}, "redis_url"),
+        ({"redis_url": "cache:6379"}, "REDIS_URL"),
         ({"rate_limit": "fast"}, "rate_limit"),
         ({"body_timeout_seconds": 0}, "body_timeout_seconds"),
         ({"health_key": "short"}, "health_key"),

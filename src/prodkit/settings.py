@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prodkit._core.addresses import ClientAddressResolver
+from prodkit._core.drivers import parse_redis_url
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.cors import OriginMatcher
 from prodkit.ratelimit import parse_rate
@@ -22,7 +23,6 @@ from prodkit.ratelimit import parse_rate
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
 
 _DATABASE_SCHEMES = ("postgresql://", "postgres://")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")
 #: ``LOG_LEVEL`` values, any case (``warn`` too, as :func:`~prodkit.configure_logging` takes it).
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # HealthMiddleware refuses a shorter key; tests/test_settings.py checks the two agree.
@@ -229,10 +229,9 @@ class StackSettings:
                 "DATABASE_URL (database_url) must be a PostgreSQL URL: "
                 "postgresql://user:password@host:5432/dbname"
             )
-        if self.redis_url is not None and not self.redis_url.lower().startswith(_REDIS_SCHEMES):
-            raise ConfigurationError(
-                "REDIS_URL (redis_url) must start with one of " + ", ".join(_REDIS_SCHEMES)
-            )
+        if self.redis_url is not None:
+            # The same reading the client is built from: a URL accepted here connects.
+            parse_redis_url(self.redis_url, setting="REDIS_URL")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
