@@ -129,7 +129,9 @@ async def test_plain_500_from_the_app_becomes_a_problem(make_client: ClientFacto
     assert SECRET_TEXT not in response.text
 
 
-async def test_other_5xx_and_successes_pass_untouched(make_client: ClientFactory) -> None:
+async def test_other_5xx_and_successes_pass_untouched_without_conversion(
+    make_client: ClientFactory,
+) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         status = 503 if scope["path"] == "/busy" else 200
         await send(
@@ -141,10 +143,16 @@ async def test_other_5xx_and_successes_pass_untouched(make_client: ClientFactory
         )
         await send({"type": "http.response.body", "body": b"as sent"})
 
-    client = make_client(ErrorMiddleware(app))
+    client = make_client(ErrorMiddleware(app, convert_framework_errors=False))
     for path, status in (("/busy", 503), ("/ok", 200)):
         response = await client.get(path)
         assert (response.status_code, response.text) == (status, "as sent")
+    # By default the 503 is a problem that keeps the text; the 200 is untouched either way.
+    client = make_client(ErrorMiddleware(app))
+    busy, ok = await client.get("/busy"), await client.get("/ok")
+    assert busy.status_code == 503
+    assert (busy.json()["code"], busy.json()["detail"]) == ("SERVICE_UNAVAILABLE", "as sent")
+    assert (ok.status_code, ok.headers["content-type"], ok.text) == (200, "text/plain", "as sent")
 
 
 async def test_streaming_and_mounted_apps_pass_through(make_client: ClientFactory) -> None:
