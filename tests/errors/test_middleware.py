@@ -247,6 +247,24 @@ async def test_a_problem_500_from_the_app_is_not_replaced(make_client: ClientFac
     assert (response.status_code, response.json()["code"]) == (500, "APP_DEFINED")
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        (b"content-type", b"application/problem+json; charset=utf-8"),
+        (b"Content-Type", b"application/problem+json"),  # as Django writes its header names
+    ],
+)
+async def test_a_problem_500_is_recognised_by_its_media_type(
+    content_type: tuple[bytes, bytes], make_client: ClientFactory
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": [content_type]})
+        await send({"type": "http.response.body", "body": b'{"code":"APP_DEFINED"}'})
+
+    response = await make_client(ErrorMiddleware(app)).get("/")
+    assert (response.status_code, response.json()) == (500, {"code": "APP_DEFINED"})
+
+
 async def test_a_problem_raised_after_the_response_started_is_logged_and_re_raised() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
