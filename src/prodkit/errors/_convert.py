@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from prodkit._core.problems import FieldError, Problem, encode_problem
+from prodkit._core.problems import FieldError, encode_problem, problem_dict
 from prodkit._core.types import RawHeaders
 
 #: The ``code`` of a converted response, by status: the status's RFC 9110 reason phrase in
@@ -159,7 +159,7 @@ def convert(
     code = VALIDATION_FAILED if errors else code_for(status)
     if detail is None and errors:
         detail = _VALIDATION_DETAIL
-    encoded = encode_problem(Problem(status, code, detail, errors=errors).to_dict())
+    encoded = encode_problem(problem_dict(status, code, detail, errors=errors))
     kept = [(name, value) for name, value in headers if name.lower() not in _BODY_HEADERS]
     raw: RawHeaders = [
         *_PROBLEM_HEADERS,
