@@ -323,6 +323,19 @@ async def test_an_app_that_returns_mid_body_is_sent_what_it_sent() -> None:
     ]
 
 
+async def test_an_error_sent_as_a_file_passes_as_it_is() -> None:
+    # ASGI's path-send extension: the server sends the file; there is no body to read here.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": TEXT})
+        await send({"type": "http.response.pathsend", "path": "/srv/404.txt"})
+
+    sent = await call(ErrorMiddleware(app))
+    assert [(m["type"], m.get("status")) for m in sent] == [
+        ("http.response.start", 404),
+        ("http.response.pathsend", None),
+    ]
+
+
 async def test_the_recommended_stack_converts_and_keeps_the_apps_own_json(
     make_client: ClientFactory,
 ) -> None:

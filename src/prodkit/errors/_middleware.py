@@ -277,14 +277,14 @@ class _Responder:
         held = self.held
         if held:
             held.append(message)
-            if message["type"] != "http.response.body":
-                await self.flush()  # trailers, a file to send: not a body we can read
-                return
             self.held_bytes += len(message.get("body", b""))
             if self.held_bytes > self.hold_limit:
                 await self.flush()
-            elif self.converting and not message.get("more_body", False):
-                await self._convert()
+            elif self.converting:
+                if message["type"] != "http.response.body":
+                    await self.flush()  # a file to send, say: not a body that can be read
+                elif not message.get("more_body", False):
+                    await self._convert()
             return
         if message["type"] == "http.response.start":
             if message["status"] >= 400 and self._hold(message):
