@@ -33,6 +33,24 @@ def starlette_app() -> ASGIApp:
     return Starlette(routes=[Route("/items/{item_id}", item)])
 
 
+def streaming_app() -> ASGIApp:
+    """A 200 sent in 16 body chunks: what the errors layer costs per chunk of a success."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        for _ in range(15):
+            await send({"type": "http.response.body", "body": b"x" * 64, "more_body": True})
+        await send({"type": "http.response.body", "body": b"x" * 64})
+
+    return app
+
+
 def cases() -> list[Case]:
     """The foundation's cases."""
     return [
@@ -41,6 +59,12 @@ def cases() -> list[Case]:
             "raw: request id + errors",
             lambda: RequestIdMiddleware(ErrorMiddleware(raw_app())),
             baseline="raw: bare",
+        ),
+        Case("raw: bare, 16-chunk stream", streaming_app),
+        Case(
+            "raw: request id + errors, 16-chunk stream",
+            lambda: RequestIdMiddleware(ErrorMiddleware(streaming_app())),
+            baseline="raw: bare, 16-chunk stream",
         ),
         Case("starlette: bare", starlette_app),
         Case(
@@ -58,5 +82,15 @@ def cases() -> list[Case]:
             lambda: RequestIdMiddleware(ErrorMiddleware(starlette_app())),
             headers=[("X-Request-ID", "0123456789abcdef")],
             baseline="starlette: bare",
+        ),
+        # The error path: Starlette's own text/plain 404, which the errors layer turns into a
+        # problem: the figure includes reading and rendering the body.
+        Case("starlette: bare, 404", starlette_app, path="/nope", expect_status=404),
+        Case(
+            "starlette: request id + errors, 404",
+            lambda: RequestIdMiddleware(ErrorMiddleware(starlette_app())),
+            path="/nope",
+            expect_status=404,
+            baseline="starlette: bare, 404",
         ),
     ]

@@ -10,6 +10,11 @@ Endpoints (every framework):
 * ``GET /slow?seconds=S``: sleeps, then 200 ``slept``
 * ``GET /sub/things/{thing_id}``: 200 ``thing``, served by the framework's way of composing an
   app (a mounted app, an included router, a blueprint, an included URLconf)
+* ``GET /forbidden``: 403 with the detail ``not yours``, refused the framework's own way (its
+  ``HTTPException``, ``abort``, ``PermissionDenied``; plain text on the raw app)
+* ``GET /echo``: 405 with ``Allow: POST``, answered by the framework's router
+* ``POST /validate`` (FastAPI and Litestar, which validate request bodies): a :class:`Fund`
+  ``{"name", "size", "stages": [{"months"}]}`` back as ``{"name": ...}``
 * WebSocket ``/ws``: accepts, sends ``hi`` and closes (not on Django, whose ASGI handler serves
   HTTP only)
 
@@ -21,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
 from urllib.parse import parse_qs
 
 from fastapi import Request as FastAPIRequest  # module level: FastAPI resolves annotations here
@@ -32,6 +38,23 @@ from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, encode_problem,
 
 FRAMEWORKS = ("raw", "starlette", "fastapi", "litestar", "quart", "django")
 SECRET_TEXT = "database password is hunter2"  # noqa: S105 - a fake secret that must not leak
+FORBIDDEN_DETAIL = "not yours"
+
+
+@dataclass
+class Stage:
+    """A stage of :class:`Fund`: FastAPI and Litestar validate it in ``POST /validate``."""
+
+    months: int
+
+
+@dataclass
+class Fund:
+    """The body ``POST /validate`` takes (module level: the frameworks resolve it here)."""
+
+    name: str
+    size: int
+    stages: list[Stage] = field(default_factory=list)
 
 
 def _query_float(query: str, name: str) -> float:
@@ -46,7 +69,13 @@ def _problem() -> Problem:
 # -- raw ASGI ---------------------------------------------------------------------------------
 
 
-async def _send_body(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def _send_body(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -54,6 +83,7 @@ async def _send_body(send: Send, status: int, body: bytes, content_type: bytes) 
             "headers": [
                 (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
+                *(extra or ()),
             ],
         }
     )
@@ -74,7 +104,7 @@ def raw_route_resolver(scope: Scope) -> str | None:
         return "/items/{item_id}"
     if path.startswith("/sub/things/") and path.count("/") == 3:
         return "/sub/things/{thing_id}"
-    if path in ("/boom", "/problem", "/stream", "/echo", "/slow", "/ws"):
+    if path in ("/boom", "/problem", "/stream", "/echo", "/slow", "/ws", "/forbidden"):
         return path
     return None
 
@@ -120,6 +150,12 @@ def raw_app() -> ASGIApp:
             body_bytes, _ = await read_body(receive)
             content_type = dict(scope["headers"]).get(b"content-type", b"application/octet-stream")
             await _send_body(send, 200, body_bytes, content_type)
+        elif path == "/echo":
+            await _send_body(
+                send, 405, b"Method Not Allowed", b"text/plain", extra=[(b"allow", b"POST")]
+            )
+        elif path == "/forbidden":
+            await _send_body(send, 403, FORBIDDEN_DETAIL.encode(), b"text/plain")
         elif path == "/slow":
             await asyncio.sleep(_query_float(query, "seconds"))
             await _send_body(send, 200, b"slept", b"text/plain")
@@ -137,6 +173,7 @@ def raw_app() -> ASGIApp:
 def starlette_app() -> ASGIApp:
     """The standard endpoints on Starlette."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Mount, Route, WebSocketRoute
@@ -171,6 +208,9 @@ def starlette_app() -> ASGIApp:
     async def thing(request: Request) -> Response:
         return PlainTextResponse("thing")
 
+    async def forbidden(request: Request) -> Response:
+        raise HTTPException(403, FORBIDDEN_DETAIL)
+
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.send_text("hi")
@@ -180,6 +220,7 @@ def starlette_app() -> ASGIApp:
         routes=[
             Route("/items/{item_id}", item),
             Route("/boom", boom),
+            Route("/forbidden", forbidden),
             Route("/problem", problem),
             Route("/stream", stream),
             Route("/echo", echo, methods=["POST"]),
@@ -218,7 +259,7 @@ def mounted_starlette_app() -> ASGIApp:
 
 def fastapi_app() -> ASGIApp:
     """The standard endpoints on FastAPI."""
-    from fastapi import APIRouter, FastAPI
+    from fastapi import APIRouter, FastAPI, HTTPException
     from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
     app = FastAPI()
@@ -235,6 +276,14 @@ def fastapi_app() -> ASGIApp:
     @router.get("/problem")
     async def problem() -> None:
         raise _problem()
+
+    @router.get("/forbidden")
+    async def forbidden() -> None:
+        raise HTTPException(403, detail=FORBIDDEN_DETAIL)
+
+    @router.post("/validate")
+    async def validate(fund: Fund) -> dict[str, Any]:
+        return {"name": fund.name}
 
     @router.get("/stream")
     async def stream(delay: float = 0.0) -> StreamingResponse:
@@ -277,6 +326,9 @@ def fastapi_app() -> ASGIApp:
 def litestar_app() -> ASGIApp:
     """The standard endpoints on Litestar (Problem rendered by an exception handler)."""
     from litestar import Litestar, MediaType, Request, Router, WebSocket, get, post, websocket
+    from litestar.enums import RequestEncodingType
+    from litestar.exceptions import PermissionDeniedException
+    from litestar.params import Body
     from litestar.response import Response, Stream
 
     @get("/items/{item_id:str}")
@@ -290,6 +342,16 @@ def litestar_app() -> ASGIApp:
     @get("/problem")
     async def problem() -> None:
         raise _problem()
+
+    @get("/forbidden")
+    async def forbidden() -> None:
+        raise PermissionDeniedException(detail=FORBIDDEN_DETAIL)
+
+    @post("/validate", status_code=200)
+    async def validate(
+        data: Annotated[Fund, Body(media_type=RequestEncodingType.JSON)],
+    ) -> dict[str, Any]:
+        return {"name": data.name}
 
     @get("/stream")
     async def stream(delay: float = 0.0) -> Stream:
@@ -335,6 +397,8 @@ def litestar_app() -> ASGIApp:
             item,
             boom,
             problem,
+            forbidden,
+            validate,
             stream,
             echo,
             slow,
@@ -349,6 +413,8 @@ def litestar_app() -> ASGIApp:
             "Response": Response,
             "Request": Request,
             "WebSocket": WebSocket,
+            "Body": Body,
+            "RequestEncodingType": RequestEncodingType,
         },
     )
 
@@ -358,7 +424,7 @@ def litestar_app() -> ASGIApp:
 
 def quart_app() -> ASGIApp:
     """The standard endpoints on Quart (exceptions propagate to prodkit's ErrorMiddleware)."""
-    from quart import Blueprint, Quart, Response, request, websocket
+    from quart import Blueprint, Quart, Response, abort, request, websocket
 
     app = Quart("prodkit_tests")
     # Quart answers an exception with its own HTML 500 unless told to let it through.
@@ -375,6 +441,10 @@ def quart_app() -> ASGIApp:
     @app.get("/problem")
     async def problem() -> str:
         raise _problem()
+
+    @app.get("/forbidden")
+    async def forbidden() -> str:
+        abort(403, FORBIDDEN_DETAIL)
 
     @app.get("/stream")
     async def stream() -> Response:
@@ -455,9 +525,11 @@ class _DjangoURLConf:
 
 
 def _django_urlpatterns() -> list[Any]:
+    from django.core.exceptions import PermissionDenied  # type: ignore[import-untyped]
     from django.http import (
         HttpRequest,
         HttpResponse,
+        HttpResponseNotAllowed,
         JsonResponse,
         StreamingHttpResponse,
     )
@@ -472,6 +544,9 @@ def _django_urlpatterns() -> list[Any]:
     async def problem(request: HttpRequest) -> HttpResponse:
         raise _problem()
 
+    async def forbidden(request: HttpRequest) -> HttpResponse:
+        raise PermissionDenied(FORBIDDEN_DETAIL)
+
     async def stream(request: HttpRequest) -> HttpResponse:
         delay = float(request.GET.get("delay", "0"))
 
@@ -484,7 +559,7 @@ def _django_urlpatterns() -> list[Any]:
 
     async def echo(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
-            return HttpResponse(status=405)
+            return HttpResponseNotAllowed(["POST"])
         content_type = request.headers.get("content-type", "application/octet-stream")
         return HttpResponse(request.body, content_type=content_type)
 
@@ -499,6 +574,7 @@ def _django_urlpatterns() -> list[Any]:
         path("items/<str:item_id>", item),
         path("boom", boom),
         path("problem", problem),
+        path("forbidden", forbidden),
         path("stream", stream),
         path("echo", echo),
         path("slow", slow),

@@ -23,14 +23,20 @@ from prodkit import (
     MetricsEndpointMiddleware,
     RequestIdMiddleware,
 )
-from prodkit.asgi import UNMATCHED_ROUTE, ASGIApp, Message, RouteResolver, Scope
+from prodkit.asgi import UNMATCHED_ROUTE, ASGIApp, Message, RouteResolver, Scope, problem_type
 from prodkit.cache import CacheMiddleware, CacheRule, MemoryCacheStore
 from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
 from prodkit.logging import AccessLogMiddleware
 from prodkit.metrics import HTTPMetricsMiddleware
 from prodkit.ratelimit import RateLimitMiddleware
 from prodkit.testing import LogOutput, capture_log_output
-from tests.apps import FRAMEWORKS, SECRET_TEXT, build_app, raw_route_resolver
+from tests.apps import (
+    FORBIDDEN_DETAIL,
+    FRAMEWORKS,
+    SECRET_TEXT,
+    build_app,
+    raw_route_resolver,
+)
 
 DURATION_COUNT = "http_request_duration_seconds_count"
 
@@ -115,6 +121,75 @@ async def test_404_is_unmatched(
 ) -> None:
     response = await client.get("/no/such/path")
     check(registry, logs, response, UNMATCHED_ROUTE, 404)
+
+
+# -- one error shape: the framework's own errors become problems (issue #22) --------------------
+
+
+def problem_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The problem ``response`` carries: its status, code, type and request id checked."""
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert (body["status"], body["code"], body["type"]) == (status, code, problem_type(code))
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def test_unknown_route_is_a_404_problem(framework: str, client: httpx.AsyncClient) -> None:
+    # Starlette and the raw app answer in text, FastAPI and Litestar in JSON, Quart and Django
+    # in HTML: the text is the detail; a page is not scraped, its detail is the status's own.
+    body = problem_of(await client.get("/no/such/path"), 404, "NOT_FOUND")
+    assert body["detail"] == ("not found" if framework == "raw" else "Not Found")
+
+
+async def test_wrong_method_is_a_405_problem_that_keeps_allow(client: httpx.AsyncClient) -> None:
+    response = await client.get("/echo")
+    body = problem_of(response, 405, "METHOD_NOT_ALLOWED")
+    assert body["detail"] == "Method Not Allowed"
+    assert "POST" in response.headers["allow"]
+
+
+async def test_a_framework_403_keeps_its_detail(framework: str, client: httpx.AsyncClient) -> None:
+    body = problem_of(await client.get("/forbidden"), 403, "FORBIDDEN")
+    # Quart and Django render the refusal as an HTML page: not scraped for its text.
+    html = framework in ("quart", "django")
+    assert body["detail"] == ("Forbidden" if html else FORBIDDEN_DETAIL)
+
+
+@pytest.mark.parametrize(
+    ("framework", "status", "errors"),
+    [
+        # FastAPI reports every field, located from the body: ["body", "stages", 0, "months"].
+        (
+            "fastapi",
+            422,
+            [
+                ("/size", "Input should be a valid integer, unable to parse string as an integer"),
+                (
+                    "/stages/0/months",
+                    "Input should be a valid integer, unable to parse string as an integer",
+                ),
+            ],
+        ),
+        # Litestar reports the first, with a dotted key: "size", then "stages[0].months".
+        ("litestar", 400, [("/size", "Expected `int`, got `str`")]),
+    ],
+)
+async def test_validation_errors_become_pointers(
+    framework: str, status: int, errors: list[tuple[str, str]], client: httpx.AsyncClient
+) -> None:
+    invalid = {"name": "seed", "size": "big", "stages": [{"months": "six"}]}
+    body = problem_of(await client.post("/validate", json=invalid), status, "VALIDATION_FAILED")
+    assert [(error["pointer"], error["detail"]) for error in body["errors"]] == errors
+    assert "big" not in str(body["errors"])  # the input itself is not echoed
+    nested = {"name": "seed", "size": 1, "stages": [{"months": "six"}]}
+    body = problem_of(await client.post("/validate", json=nested), status, "VALIDATION_FAILED")
+    assert body["errors"][0]["pointer"] == "/stages/0/months"
+    query = problem_of(await client.get("/stream?delay=soon"), status, "VALIDATION_FAILED")
+    assert [error["pointer"] for error in query["errors"]] == ["/query/delay"]
+    valid = await client.post("/validate", json={"name": "seed", "size": 1})
+    assert (valid.status_code, valid.json()) == (200, {"name": "seed"})
 
 
 async def test_429_before_routing_keeps_the_template(

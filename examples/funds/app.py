@@ -11,7 +11,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,9 +32,7 @@ from prodkit.asgi import (
     Receive,
     Scope,
     Send,
-    encode_problem,
     get_header,
-    problem_dict,
 )
 from prodkit.cache import CacheRule
 from prodkit.idempotency import current_claim
@@ -223,19 +220,6 @@ async def openapi_document(request: Request) -> Response:
     return JSONResponse(openapi())
 
 
-async def http_problem(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 answered as problems, like everything else."""
-    assert isinstance(exc, HTTPException)
-    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-    body = problem_dict(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), exc.detail)
-    return Response(
-        encode_problem(body),
-        status_code=exc.status_code,
-        media_type="application/problem+json",
-        headers=exc.headers,
-    )
-
-
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -275,9 +259,9 @@ def create_starlette(settings: Settings, repository: Repository | None = None) -
         Route("/api/summary", summary, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
     ]
-    app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_problem}
-    )
+    # Starlette's own 404 and 405 become NOT_FOUND and METHOD_NOT_ALLOWED problems in the
+    # stack's errors layer: no exception handler of the app's own.
+    app = Starlette(routes=routes, lifespan=lifespan)
     # The in-memory default needs no start-up, so the app also works without lifespan events.
     app.state.repository = repository or InMemoryRepository()
     return app

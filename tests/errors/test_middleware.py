@@ -129,7 +129,9 @@ async def test_plain_500_from_the_app_becomes_a_problem(make_client: ClientFacto
     assert SECRET_TEXT not in response.text
 
 
-async def test_other_5xx_and_successes_pass_untouched(make_client: ClientFactory) -> None:
+async def test_other_5xx_and_successes_pass_untouched_without_conversion(
+    make_client: ClientFactory,
+) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         status = 503 if scope["path"] == "/busy" else 200
         await send(
@@ -141,10 +143,16 @@ async def test_other_5xx_and_successes_pass_untouched(make_client: ClientFactory
         )
         await send({"type": "http.response.body", "body": b"as sent"})
 
-    client = make_client(ErrorMiddleware(app))
+    client = make_client(ErrorMiddleware(app, convert_framework_errors=False))
     for path, status in (("/busy", 503), ("/ok", 200)):
         response = await client.get(path)
         assert (response.status_code, response.text) == (status, "as sent")
+    # By default the 503 is a problem that keeps the text; the 200 is untouched either way.
+    client = make_client(ErrorMiddleware(app))
+    busy, ok = await client.get("/busy"), await client.get("/ok")
+    assert busy.status_code == 503
+    assert (busy.json()["code"], busy.json()["detail"]) == ("SERVICE_UNAVAILABLE", "as sent")
+    assert (ok.status_code, ok.headers["content-type"], ok.text) == (200, "text/plain", "as sent")
 
 
 async def test_streaming_and_mounted_apps_pass_through(make_client: ClientFactory) -> None:
@@ -237,6 +245,24 @@ async def test_a_problem_500_from_the_app_is_not_replaced(make_client: ClientFac
 
     response = await make_client(ErrorMiddleware(app)).get("/")
     assert (response.status_code, response.json()["code"]) == (500, "APP_DEFINED")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        (b"content-type", b"application/problem+json; charset=utf-8"),
+        (b"Content-Type", b"application/problem+json"),  # as Django writes its header names
+    ],
+)
+async def test_a_problem_500_is_recognised_by_its_media_type(
+    content_type: tuple[bytes, bytes], make_client: ClientFactory
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": [content_type]})
+        await send({"type": "http.response.body", "body": b'{"code":"APP_DEFINED"}'})
+
+    response = await make_client(ErrorMiddleware(app)).get("/")
+    assert (response.status_code, response.json()) == (500, {"code": "APP_DEFINED"})
 
 
 async def test_a_problem_raised_after_the_response_started_is_logged_and_re_raised() -> None:

@@ -9,11 +9,9 @@ from typing import Any
 import structlog
 
 from prodkit._core.exceptions import BackendError, ConfigurationError
-from prodkit._core.headers import get_header
 from prodkit._core.observer import ReceiveWatcher
 from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
 from prodkit._core.problems import (
-    PROBLEM_CONTENT_TYPE,
     Problem,
     fallback_problem,
     render_problem,
@@ -21,11 +19,11 @@ from prodkit._core.problems import (
     send_problem_body,
 )
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit.errors._convert import body_kind, convert, header, is_problem
 
 INTERNAL_ERROR = "INTERNAL_ERROR"
 #: The code of the 503 answering an exception that means a dependency is unavailable.
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
-_PROBLEM_TYPE = PROBLEM_CONTENT_TYPE.encode()
 _SERVER_ERROR_DETAIL = "The server could not complete the request."
 #: How far ``__cause__`` links are followed to find an unavailable dependency.
 _MAX_CAUSES = 8
@@ -56,11 +54,22 @@ class ErrorMiddleware:
     * Frameworks that catch exceptions themselves and answer a plain 500 (Starlette's
       ``ServerErrorMiddleware``, Litestar's default handler) are covered too: a 500 response
       that is not already problem+json is held back (up to ``hold_limit`` bytes) and replaced.
+    * A framework's own answer to any other error (404 for an unknown route, 405, a failed
+      validation, an ``HTTPException``) becomes a problem with the same status, a ``code``
+      derived from it, the framework's detail when it is text, its validation errors as
+      ``errors[].pointer`` and the ``request_id``. Plain text and HTML are always converted;
+      JSON only when it is exactly FastAPI's ``{"detail": ...}`` or Litestar's
+      ``{"status_code", "detail", "extra"}`` shape, so JSON the app wrote in a shape of its
+      own passes as it is. Headers are kept but those describing the replaced body. Only
+      4xx/5xx responses are read (up to ``hold_limit`` bytes; a larger body passes as it is);
+      responses to ``HEAD`` have no body to convert and pass too.
 
     Arguments:
         app: the ASGI app to wrap.
         replace_server_errors: replace non-problem 500 responses by a problem (default on).
-        hold_limit: bytes of a 500 response body held back for replacement.
+        convert_framework_errors: convert the framework's other 4xx/5xx error responses into
+            problems (default on: one error shape whatever answered).
+        hold_limit: bytes of an error response body held back for replacement or conversion.
         unavailable: exception classes that mean a dependency (a database, a cache, another
             service) is unavailable, besides :class:`~prodkit.BackendError` which always does:
             a driver's connection and timeout errors, ``OSError``, ``TimeoutError``. prodkit
@@ -74,6 +83,7 @@ class ErrorMiddleware:
         app: ASGIApp,
         *,
         replace_server_errors: bool = True,
+        convert_framework_errors: bool = True,
         hold_limit: int = 64 * 1024,
         unavailable: Iterable[type[BaseException]] = (),
         unavailable_retry_after: int = 2,
@@ -97,6 +107,7 @@ class ErrorMiddleware:
             raise ConfigurationError("unavailable_retry_after must be whole seconds from 1 to 60")
         self.app = app
         self.replace_server_errors = replace_server_errors
+        self.convert_framework_errors = convert_framework_errors
         self.hold_limit = hold_limit
         self.unavailable: tuple[type[BaseException], ...] = (BackendError, *kinds)
         self.unavailable_retry_after = unavailable_retry_after
@@ -112,7 +123,13 @@ class ErrorMiddleware:
             await self.app(scope, receive, send)
             return
 
-        responder = _Responder(send, self.replace_server_errors, self.hold_limit)
+        responder = _Responder(
+            send,
+            self.replace_server_errors,
+            # A response to HEAD has no body: there is nothing to read or to convert.
+            self.convert_framework_errors and scope.get("method") != "HEAD",
+            self.hold_limit,
+        )
         watcher = ReceiveWatcher.shared(receive)
         try:
             await self.app(scope, watcher, responder)
@@ -138,7 +155,10 @@ class ErrorMiddleware:
                 raise
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
             return
-        if responder.held:
+        if responder.converting:
+            # The app returned before the end of an error body it was sending: as sent.
+            await responder.flush()
+        elif responder.held:
             # The framework answered a plain 500 itself: keep the contract that every server
             # error is a problem. Frameworks that swallow the exception (Litestar) send that 500
             # while handling it, so the responder saw it; log it here, once, as if raised.
@@ -219,20 +239,36 @@ def _log(
 
 
 class _Responder:
-    """One request's way out: sends the app's messages on, or holds back a plain 500.
+    """One request's way out: sends the app's messages on, or holds back an error response.
 
     ``started`` says whether a response start reached the client (after which nothing of our
-    own may be sent); ``held`` is a non-problem 500 kept back in case it is to be replaced, and
-    ``exception`` the one being handled when it was sent, if any.
+    own may be sent). ``held`` is an error response kept back: a non-problem 500, to be
+    replaced once the app returns (``exception`` is the one being handled when it was sent,
+    if any), or another 4xx/5xx being ``converting``, rewritten when its last body part
+    arrives. Success responses go straight through: one status comparison per response.
     """
 
-    __slots__ = ("exception", "held", "held_bytes", "hold_limit", "replace", "send", "started")
+    __slots__ = (
+        "convert",
+        "converting",
+        "exception",
+        "held",
+        "held_bytes",
+        "hold_limit",
+        "kind",
+        "replace",
+        "send",
+        "started",
+    )
 
-    def __init__(self, send: Send, replace: bool, hold_limit: int) -> None:
+    def __init__(self, send: Send, replace: bool, convert: bool, hold_limit: int) -> None:
         self.send = send
         self.replace = replace
+        self.convert = convert
         self.hold_limit = hold_limit
         self.started = False
+        self.converting = False
+        self.kind = ""
         self.held: list[Message] = []
         self.held_bytes = 0
         self.exception: BaseException | None = None
@@ -244,22 +280,65 @@ class _Responder:
             self.held_bytes += len(message.get("body", b""))
             if self.held_bytes > self.hold_limit:
                 await self.flush()
+            elif self.converting:
+                if message["type"] != "http.response.body":
+                    await self.flush()  # a file to send, say: not a body that can be read
+                elif not message.get("more_body", False):
+                    await self._convert()
             return
         if message["type"] == "http.response.start":
-            if (
-                self.replace
-                and message["status"] == 500
-                and get_header(message.get("headers") or (), b"content-type") != _PROBLEM_TYPE
-            ):
+            if message["status"] >= 400 and self._hold(message):
                 held.append(message)
-                self.exception = sys.exception()
                 return
             self.started = True
         await self.send(message)
 
-    async def flush(self) -> None:
-        """Send what was held back: the 500 is too large to replace, so it goes out as it is."""
+    def _hold(self, message: Message) -> bool:
+        """Whether the error response ``message`` starts is to be held back, and why."""
+        status = message["status"]
+        headers = message.get("headers") or ()
+        content_type = header(headers, b"content-type")
+        if status == 500:
+            if self.replace and not is_problem(content_type):
+                self.exception = sys.exception()
+                return True
+            return False
+        if not self.convert or status > 599 or message.get("trailers"):
+            return False
+        kind = body_kind(content_type)
+        if kind is None:
+            return False
+        encoding = header(headers, b"content-encoding")
+        if encoding is not None and encoding.strip().lower() != b"identity":
+            return False  # a compressed body cannot be read here
+        length = header(headers, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.hold_limit):
+            return False
+        self.kind = kind
+        self.converting = True
+        return True
+
+    async def _convert(self) -> None:
+        """Send the held error response as a problem, or as it is if it is the app's own."""
+        start, *parts = self.held
+        body = b"".join(part.get("body", b"") for part in parts)
+        problem = convert(start["status"], start.get("headers") or (), body, self.kind)
+        if problem is None:
+            await self.flush()
+            return
+        headers, encoded = problem
+        self.held.clear()
+        self.converting = False
         self.started = True
+        await self.send(
+            {"type": "http.response.start", "status": start["status"], "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": encoded, "more_body": False})
+
+    async def flush(self) -> None:
+        """Send what was held back as it is: too large, unreadable, or the app's own."""
+        self.started = True
+        self.converting = False
         messages = self.held[:]
         self.held.clear()
         for message in messages:
