@@ -54,7 +54,7 @@ class Rendered:
 
     The pages are docs/reference/*.md, one ``::: module`` each. A role links only to an object
     they show: a link to anything else (a private helper) would point nowhere. A role whose path
-    does not name a shown object (``~prodkit.ShutdownCoordinator`` for
+    names no object at all (``~prodkit.ShutdownCoordinator`` for
     ``prodkit.lifecycle.ShutdownCoordinator``) links to the one shown object of that name, if
     there is exactly one, and is inline code otherwise.
     """
@@ -93,13 +93,13 @@ class Rendered:
         """The canonical path of the shown object ``path`` names, if there is one."""
         try:
             found = self.package.modules_collection.get_member(path)
-            canonical = (found.final_target if isinstance(found, Alias) else found).canonical_path
+            target = found.final_target if isinstance(found, Alias) else found
         except (KeyError, AliasResolutionError):
-            canonical = None
-        if canonical in self.paths:
-            return canonical
-        same_name = self.by_name.get(path.rsplit(".", 1)[-1], set())
-        return next(iter(same_name)) if len(same_name) == 1 else None
+            # No such object: a path written wrong, linked to the one shown object of its name.
+            same_name = self.by_name.get(path.rsplit(".", 1)[-1], set())
+            return next(iter(same_name)) if len(same_name) == 1 else None
+        # An object that exists but is not shown (a private helper) gets no link.
+        return target.canonical_path if target.canonical_path in self.paths else None
 
 
 def _link_target(obj: Object, name: str) -> str | None:
