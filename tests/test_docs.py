@@ -23,15 +23,28 @@ shows a server command shows it as a shell block.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import html
+import http.server
+import importlib.util
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTINUED = "# continued"
@@ -208,3 +221,267 @@ def test_block_runs_as_written(chain: Chain, request: pytest.FixtureRequest) -> 
         assert _matches(expected, result.stdout), (
             f"{where} printed:\n{result.stdout}\nbut the page shows:\n{expected}"
         )
+
+
+# -- The built site: pictures that render, reference pages without reStructuredText ------------
+#
+# The site is built once per run (``mkdocs build --strict`` into a temporary folder) and read
+# the way a reader gets it: the pictures in a real headless browser with no network beyond
+# loopback, the reference pages as HTML.
+
+#: The diagrams, as pictures on their pages (Markdown source -> picture).
+DIAGRAMS = {"index.md": "img/request-path.svg", "shutdown.md": "img/shutdown-sequence.svg"}
+#: The picture of a request's path, whose layer ids follow the recommended stack.
+REQUEST_PATH = ROOT / "docs" / DIAGRAMS["index.md"]
+#: Layers the request-path picture leaves out: ``/metrics`` is answered there, off the path.
+NOT_DRAWN = {"metrics_endpoint"}
+SITE_BUILD_TIMEOUT_SECONDS = 300
+BROWSER_TIMEOUT_SECONDS = 120
+#: The browsers tried, Debian's package first (``apt-get install chromium``; .ci/run does).
+BROWSERS = ("chromium", "chromium-browser")
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<src>[^)\s]+)")
+#: A Sphinx role or a literal-block marker left as text in the HTML.
+RESTRUCTUREDTEXT = re.compile(
+    r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const|type):(?:<code>|`)|<p>[^<]*::</p>"
+)
+PRODKIT_PAGE = ROOT / "docs" / "reference" / "prodkit.md"
+
+
+def _url(page: Path) -> str:
+    """Where mkdocs puts a page (``shutdown.md`` -> ``shutdown/index.html``)."""
+    path = page.relative_to(ROOT / "docs").with_suffix("")
+    folder = path.parent if path.name == "index" else path
+    return "/" + str(folder / "index.html").removeprefix("./")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documentation as ``mkdocs build --strict`` writes it, in a temporary folder."""
+    folder = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=SITE_BUILD_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr}"
+    return folder
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the test reports what the browser saw, not every file it fetched
+
+
+#: Runs in the browser once every page (each in its own frame) has loaded: what each page's
+#: article shows, as JSON in ``<pre id="result">``.
+PROBE_SCRIPT = """
+addEventListener("load", () => {
+  const pages = [...document.querySelectorAll("iframe")].map((frame) => {
+    const article = frame.contentDocument.querySelector("article");
+    return {
+      page: frame.getAttribute("src"),
+      images: [...article.querySelectorAll("img")].map((img) => {
+        const box = img.getBoundingClientRect();
+        return {src: img.getAttribute("src"), loaded: img.complete && img.naturalWidth > 0,
+                width: box.width, height: box.height};
+      }),
+      mermaid: article.querySelectorAll(".mermaid").length > 0
+        || /\\bflowchart\\b|\\bsequenceDiagram\\b/.test(article.innerText),
+    };
+  });
+  document.getElementById("result").textContent = JSON.stringify(pages);
+});
+"""
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        if found := shutil.which(name):
+            return found
+    unavailable(f"no headless browser ({' or '.join(BROWSERS)}): apt-get install chromium")
+    raise AssertionError("unreachable")  # unavailable() skips or fails
+
+
+def _render(site: Path, urls: list[str]) -> list[dict[str, Any]]:
+    """Open ``urls`` of ``site`` in headless Chromium, served on loopback; what each shows."""
+    browser = _browser()
+    frames = "".join(f'<iframe src="{url}" width="1200" height="900"></iframe>' for url in urls)
+    probe = f'<!doctype html><meta charset="utf-8">{frames}<pre id="result"></pre>'
+    (site / "_probe.html").write_text(f"{probe}<script>{PROBE_SCRIPT}</script>")
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=server.serve_forever, name="docs-site", daemon=True)
+    serving.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="prodkit-browser-") as profile:
+            command = [
+                browser,
+                "--headless",
+                "--no-sandbox",  # root in CI; the pages are our own
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                # Every host name fails to resolve: the site must render from loopback alone,
+                # and the browser reaches nothing else (a web font, a CDN).
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,1000",
+                "--dump-dom",
+                f"http://127.0.0.1:{server.server_port}/_probe.html",
+            ]
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # its helper processes are stopped with it
+            )
+            try:
+                dom, errors = process.communicate(timeout=BROWSER_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                pytest.fail(f"{browser} did not finish within {BROWSER_TIMEOUT_SECONDS} s")
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join()
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
+    assert found is not None, f"{browser} showed no page (exit {process.returncode}):\n{errors}"
+    assert found[1], f"the pages did not finish loading in {browser}:\n{errors}"
+    result: list[dict[str, Any]] = json.loads(html.unescape(found[1]))
+    return result
+
+
+def test_docs_draw_no_mermaid() -> None:
+    # Mermaid renders in the browser from a script on a CDN: offline, or without the script,
+    # the reader sees the diagram's source. Pictures are SVG files in docs/img.
+    for page in pages():
+        assert "```mermaid" not in page.read_text(), (
+            f"{_name(page)}: draw the diagram as an SVG file in docs/img instead of Mermaid"
+        )
+
+
+def test_pictures_render_in_a_browser_without_the_network(site: Path) -> None:
+    sources = sorted((ROOT / "docs").rglob("*.md"))
+    expected = {
+        _url(page): {Path(src).name for src in IMAGE.findall(page.read_text())} for page in sources
+    }
+    for page, picture in DIAGRAMS.items():
+        expected[_url(ROOT / "docs" / page)].add(Path(picture).name)
+    urls = sorted(url for url, images in expected.items() if images)
+    shown = {entry["page"]: entry for entry in _render(site, urls)}
+    for url in urls:
+        assert not shown[url]["mermaid"], f"{url} shows Mermaid source instead of a picture"
+        images = {Path(image["src"]).name: image for image in shown[url]["images"]}
+        for name in sorted(expected[url]):
+            assert name in images, f"{url} shows no picture {name}"
+            image = images[name]
+            assert image["loaded"], f"{url}: {name} did not load"
+            assert image["width"] > 0, f"{url}: {name} is shown 0 px wide"
+            assert image["height"] > 0, f"{url}: {name} is shown 0 px high"
+
+
+def test_the_request_path_picture_follows_the_recommended_stack() -> None:
+    # The picture draws each layer as a group with id "layer-<name>", in the order a request
+    # meets them: it must say what Stack.recommended() builds, every optional layer on.
+    from prodkit import Stack, StackSettings
+    from prodkit.cache import CacheRule
+
+    drawn = re.findall(r'\bid="layer-([a-z_]+)"', REQUEST_PATH.read_text())
+    stack = Stack.recommended(
+        StackSettings(cors_origins=("https://app.example.com",)),
+        registry=CollectorRegistry(),
+        cache_routes={"/items/{item_id}": CacheRule(ttl=60)},
+    )
+    asyncio.run(stack.aclose())
+    assert drawn == [name for name in stack.names if name not in NOT_DRAWN]
+
+
+def _members(page: Path) -> list[str]:
+    """The ``members:`` list of a reference page's ``::: module`` options."""
+    text = page.read_text()
+    assert "members:" in text, f"{_name(page)} lists no members: in its ::: options"
+    options = text.split("members:", 1)[1]
+    return re.findall(r"^\s+- (\w+)\s*$", options, re.MULTILINE)
+
+
+def test_the_prodkit_reference_page_lists_every_name_middlewares_first() -> None:
+    import prodkit
+    from prodkit import LifespanMiddleware, Stack, StackSettings
+    from prodkit.cache import CacheRule
+
+    listed = _members(PRODKIT_PAGE)
+    assert len(listed) == len(set(listed)), "a name is listed twice"
+    assert set(listed) == set(prodkit.__all__) - {"__version__"}, "list every public name once"
+    # The middlewares first, outermost first as the recommended stack (every optional layer
+    # on) has them, then the lifespan that Stack.build puts around them all.
+    stack = Stack.recommended(
+        StackSettings(cors_origins=("https://app.example.com",)),
+        registry=CollectorRegistry(),
+        cache_routes={"/items/{item_id}": CacheRule(ttl=60)},
+    )
+    asyncio.run(stack.aclose())
+    in_stack = [layer.middleware for layer in stack.layers]
+    middlewares = [*dict.fromkeys(in_stack), LifespanMiddleware]
+    assert listed[: len(middlewares)] == [middleware.__name__ for middleware in middlewares]
+
+
+def test_the_prodkit_reference_page_shows_its_list_in_order(site: Path) -> None:
+    shown = re.findall(
+        r'<h2 id="prodkit\.(\w+)"', (site / "reference/prodkit/index.html").read_text()
+    )
+    assert shown == _members(PRODKIT_PAGE)
+
+
+def test_reference_pages_show_no_restructuredtext(site: Path) -> None:
+    left = [
+        f"{page.relative_to(site)}: {match[0]}"
+        for page in sorted((site / "reference").rglob("*.html"))
+        for match in RESTRUCTUREDTEXT.finditer(page.read_text())
+    ]
+    assert not left, "reStructuredText shown as text:\n" + "\n".join(left)
+
+
+def test_reference_roles_are_links_and_literal_blocks_are_code(site: Path) -> None:
+    stack_page = (site / "reference/prodkit.stack/index.html").read_text()
+    # :meth:`build` in Stack's docstring: a link to the method, shown as Sphinx shows it.
+    assert re.search(
+        r'<a [^>]*href="#prodkit\.stack\.Stack\.build"[^>]*><code>build\(\)</code>', stack_page
+    )
+    # LifespanMiddleware's "Example::" and its indented block: "Example:" and Python code.
+    prodkit_page = (site / "reference/prodkit/index.html").read_text()
+    example = prodkit_page.split("<p>Example:</p>", 1)[1][:400]
+    assert '<div class="highlight">' in example
+    assert '<span class="n">lifespan</span>' in example
+
+
+def _extension() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "sphinx_roles", ROOT / "docs" / "_ext" / "sphinx_roles.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_literal_blocks_become_fenced_code() -> None:
+    text = (
+        "Example::\n\n    app = Stack()\n    await app.aclose()\n\nAfter.\n\n"
+        'Fields ::\n\n    RateLimit-Policy: "default";q=100;w=60\n\n'
+        "Arguments:\n    a: one::\n\n        x = 1\n"
+    )
+    assert _extension().literal_blocks(text) == (
+        "Example:\n\n```python\napp = Stack()\nawait app.aclose()\n```\n\nAfter.\n\n"
+        'Fields\n\n```text\nRateLimit-Policy: "default";q=100;w=60\n```\n\n'
+        "Arguments:\n    a: one:\n\n    ```python\n    x = 1\n    ```\n"
+    )
