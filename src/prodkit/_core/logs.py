@@ -173,6 +173,8 @@ def unconfigured_writer(name: str, level: str) -> LineWriter | None:
             for processor in _UNCONFIGURED_CHAIN:
                 line = processor(named, level, line)
             stream = sys.stdout  # read per line: a test or a daemon may swap it
+            if stream is None:  # pythonw, a closed console: nowhere to write
+                return
             with _write_lock:
                 stream.write(line + "\n")
                 stream.flush()

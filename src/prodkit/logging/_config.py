@@ -98,7 +98,8 @@ def configure_logging(
         format: ``"json"`` (default) or ``"console"`` (``StackSettings.log_format`` follows
             ``LOG_FORMAT``).
         stream: where lines go (default ``sys.stdout``).
-        redact: install :class:`Redactor` (default on), or pass a configured one.
+        redact: install :class:`Redactor` (default on), or pass a configured one. prodkit's
+            own lines are redacted before they reach structlog whatever this says.
         processors: extra processors, run after the standard ones and before redaction.
         uvicorn_access_log: keep uvicorn's own access log (off by default:
             :class:`~prodkit.logging.AccessLogMiddleware` writes a better one,
