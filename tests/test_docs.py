@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import unavailable
+from tests.servers import free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTINUED = "# continued"
@@ -485,3 +487,187 @@ def test_literal_blocks_become_fenced_code() -> None:
         'Fields\n\n```text\nRateLimit-Policy: "default";q=100;w=60\n```\n\n'
         "Arguments:\n    a: one:\n\n    ```python\n    x = 1\n    ```\n"
     )
+
+
+# -- Quickstarts: one JSON access line per request, and no secret in any output ----------------
+# Issue 21 item 5 and issue 22 item 2. Every quickstart (README, the index, getting started, the
+# framework pages) is run with a secret planted in every request (``Authorization: Bearer``,
+# ``?api_key=``) and a route added that fails the way an HTTP client does, with that secret in
+# its message and in a local variable; Rich is installed (Litestar depends on it), so a renderer
+# of frames' locals would show it. Everything the program writes, stdout and stderr, is searched.
+
+#: The pages whose python blocks are quickstarts.
+QUICKSTART_PAGES = ("README.md", "docs/index.md", "docs/getting-started.md", "docs/frameworks/")
+#: The planted secret: a fake live key that must never reach any output.
+PLANTED = "sk_live_planted-fake-secret-42"
+#: The requests each quickstart gets: an ordinary one, the failing route, a 404.
+PROBED_PATHS = ("/items/1", "/charge", "/nowhere")
+#: A framework page's own demo driver, left out: the probe sends its own requests.
+DEMO_DRIVER = re.compile(r"^asyncio\.run\(main\(\)\)\n", re.MULTILINE)
+
+#: Appended to a quickstart: a route that fails like ``raise_for_status()`` on a refused call,
+#: added through the framework's own API (a raw ASGI app is wrapped instead).
+FAILING_ROUTE = f"""
+# -- added by tests/test_docs.py ------------------------------------------------------------
+import httpx as _httpx
+
+_SECRET = {PLANTED!r}
+
+
+def _call_upstream():
+    upstream_key = _SECRET  # a local variable: only a renderer of frames' locals shows it
+    url = f"https://api.example.com/v1/charges?api_key={{upstream_key}}"
+    _httpx.Response(401, request=_httpx.Request("GET", url)).raise_for_status()
+
+
+def _add_failing_route(top):
+    holder, inner = None, top
+    while type(inner).__module__.startswith("prodkit"):  # the stack, then its layers
+        holder, inner = inner, inner.app
+    family = type(inner).__module__.split(".")[0]
+    if family in ("starlette", "fastapi"):
+        from starlette.routing import Route
+
+        async def charge(request):
+            _call_upstream()
+
+        inner.router.routes.insert(0, Route("/charge", charge))
+    elif family == "litestar":
+        from litestar import get
+
+        @get("/charge")
+        async def charge() -> None:
+            _call_upstream()
+
+        inner.register(charge)
+    elif family == "quart":
+        async def charge():
+            _call_upstream()
+
+        inner.add_url_rule("/charge", "charge", charge)
+    elif family == "django":
+        from django.urls import get_resolver, path
+
+        async def charge(request):
+            _call_upstream()
+
+        get_resolver().url_patterns.append(path("charge", charge))
+    else:  # a raw ASGI callable: fail in its place
+        async def failing(scope, receive, send):
+            if scope["type"] == "http" and scope["path"] == "/charge":
+                _call_upstream()
+            await inner(scope, receive, send)
+
+        holder.app = failing
+
+
+_add_failing_route(app)
+"""
+
+#: Appended after :data:`FAILING_ROUTE` to drive the quickstart in-process.
+IN_PROCESS_REQUESTS = f"""
+import asyncio as _asyncio
+import sys as _sys
+
+
+async def _probe():
+    transport = _httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    headers = {{"Authorization": f"Bearer {{_SECRET}}"}}
+    statuses = []
+    async with _httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for path in {PROBED_PATHS!r}:
+            response = await client.get(f"{{path}}?api_key={{_SECRET}}", headers=headers)
+            statuses.append(response.status_code)
+    print("probe statuses:", *statuses, file=_sys.stderr)
+    if hasattr(app, "aclose"):
+        await app.aclose()
+
+
+_asyncio.run(_probe())
+"""
+
+QUICKSTARTS = [chain for chain in CHAINS if _name(chain.page).startswith(QUICKSTART_PAGES)]
+
+
+def _access_lines(output: str) -> list[dict[str, object]]:
+    """The access lines in ``output``; every line that mentions one must be a JSON line."""
+    lines = [line for line in output.splitlines() if "request completed" in line]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"an access line that is not JSON: {line!r}") from None
+    return parsed
+
+
+def test_every_quickstart_page_is_probed() -> None:
+    pages = {_name(chain.page) for chain in QUICKSTARTS}
+    assert {"README.md", "docs/index.md", "docs/getting-started.md"} <= pages
+    assert len([page for page in pages if page.startswith("docs/frameworks/")]) >= 6
+
+
+@pytest.mark.parametrize("chain", QUICKSTARTS, ids=[chain.id for chain in QUICKSTARTS])
+def test_quickstart_writes_one_json_access_line_per_request_and_no_secret(
+    chain: Chain, request: pytest.FixtureRequest
+) -> None:
+    code = DEMO_DRIVER.sub("", chain.code) + FAILING_ROUTE + IN_PROCESS_REQUESTS
+    env = _environment(code, request)
+    with tempfile.TemporaryDirectory(prefix="prodkit-quickstart-") as folder:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT_SECONDS,
+            check=False,
+        )
+    where = f"{_name(chain.page)}, blocks at lines {chain.lines}"
+    assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
+    output = result.stdout + result.stderr
+    assert PLANTED not in output, f"{where} wrote the secret:\n{output}"
+    assert "upstream_key" not in output, f"{where} rendered a frame's locals:\n{output}"
+    [statuses] = [
+        [int(s) for s in line.split()[2:]]
+        for line in result.stderr.splitlines()
+        if line.startswith("probe statuses:")
+    ]
+    assert statuses[1] == 500
+    access = _access_lines(output)
+    assert [(line["path"], line["status"]) for line in access] == list(
+        zip(PROBED_PATHS, statuses, strict=True)
+    ), f"{where}: not one access line per request:\n{output}"
+    # The failure was logged once, with its traceback, redacted.
+    assert "api_key=[REDACTED]" in output
+    assert "HTTPStatusError" in output
+
+
+@pytest.mark.server
+def test_the_index_quickstart_under_uvicorn_writes_one_json_access_line_per_request(
+    tmp_path: Path,
+) -> None:
+    # The quickstart served as the page says (`uvicorn main:app`): uvicorn's own access line
+    # (raw query string included) must not double prodkit's.
+    [chain] = [chain for chain in QUICKSTARTS if _name(chain.page) == "docs/index.md"]
+    (tmp_path / "main.py").write_text(chain.code + FAILING_ROUTE)
+    port = free_port()
+    args = ["uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    with run_server(args, port=port, tmp_path=tmp_path, env=env) as server:
+        headers = {"Authorization": f"Bearer {PLANTED}"}
+        statuses = [
+            httpx.get(
+                f"{server.base_url}{path}?api_key={PLANTED}", headers=headers, timeout=20
+            ).status_code
+            for path in PROBED_PATHS
+        ]
+    output = server.output()
+    assert PLANTED not in output
+    assert "upstream_key" not in output
+    assert statuses[1] == 500
+    access = _access_lines(output)
+    assert [(line["path"], line["status"]) for line in access] == list(
+        zip(PROBED_PATHS, statuses, strict=True)
+    )
+    assert not [line for line in output.splitlines() if '"GET /' in line]  # uvicorn's own

@@ -265,9 +265,9 @@ async def test_raised_exception_is_one_problem_and_one_log_line(
     ]
     assert logged["event"] == event
     assert logged["request_id"] == response.headers["x-request-id"]
-    [raised] = logged["exception"]  # the traceback, as structured data
-    assert raised["exc_type"] == "RuntimeError"
-    assert raised["frames"]
+    # The traceback as Python prints it (redacted, never with local variables).
+    assert logged["exception"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError" in logged["exception"]
 
 
 async def test_prefixed_sub_application_keeps_its_prefix(

@@ -22,9 +22,9 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
+from prodkit._core.logs import add_request_context
+from prodkit._core.redaction import Redactor
 from prodkit.logging._config import HANDLER_FLAG, LogFormat, configure_logging
-from prodkit.logging._processors import add_request_context
-from prodkit.logging._redaction import Redactor
 
 _LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access")
 

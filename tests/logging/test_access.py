@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError, ErrorMiddleware, RequestIdMiddleware
 from prodkit.asgi import (
@@ -23,6 +24,8 @@ from prodkit.asgi import (
     Send,
     send_problem,
 )
+from prodkit.cache import CacheMiddleware, CacheRule
+from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
 from prodkit.logging._access import AccessLogMiddleware
 from prodkit.testing import LogOutput, capture_log_output
 from tests.apps import build_app
@@ -422,8 +425,6 @@ async def test_cached_loggers_write_every_line(make_client: ClientFactory) -> No
 async def test_recommended_stack_logs_and_counts_every_request_once(
     framework: str, make_client: ClientFactory, logs: LogOutput
 ) -> None:
-    from prometheus_client import CollectorRegistry
-
     from prodkit.metrics import HTTPMetricsMiddleware
 
     inner = ErrorMiddleware(build_app(framework))
@@ -461,3 +462,61 @@ async def test_recommended_stack_logs_and_counts_every_request_once(
         if sample.name == "http_request_duration_seconds_count"
     )
     assert counted == len(statuses)
+
+
+async def test_the_line_says_whether_a_response_was_replayed_or_cached(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    # Issue 22, item 8: a replay and a creation, a hit and a miss, must not read the same.
+    # The real idempotency and cache layers, read only through the headers they answer with.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json")]
+        status = 201 if scope["method"] == "POST" else 200
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    registry = CollectorRegistry()
+    cached = CacheMiddleware(app, routes={"/items/{id}": CacheRule(ttl=60)}, registry=registry)
+    idempotent = IdempotencyMiddleware(cached, store=MemoryIdempotencyStore(), registry=registry)
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(idempotent)))
+    key = {"Idempotency-Key": "order-1"}
+    responses = [
+        await client.post("/orders", json={"n": 1}, headers=key),
+        await client.post("/orders", json={"n": 1}, headers=key),
+        await client.get("/items/1"),
+        await client.get("/items/1"),
+        await client.get("/other"),
+    ]
+    assert [r.headers.get("idempotency-status") for r in responses[:2]] == [
+        "created",
+        "replayed",
+    ]
+    assert [r.headers.get("x-cache") for r in responses[2:4]] == ["MISS", "HIT"]
+    lines = logs.events(EVENT)
+    assert [line.get("idempotency_status") for line in lines] == [
+        "created",
+        "replayed",
+        None,
+        None,
+        None,
+    ]
+    assert [line.get("cache") for line in lines] == [None, None, "MISS", "HIT", None]
+
+
+async def test_without_any_logging_setup_the_line_is_json_on_stdout(
+    make_client: ClientFactory, unconfigured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 22, item 2: structlog's defaults would print a console line (with Rich, a
+    # traceback with local variables): prodkit's own line is one JSON line whatever the setup.
+    client = make_client(RequestIdMiddleware(AccessLogMiddleware(build_app("starlette"))))
+    await client.get("/items/7?token=s3cret&page=2", headers={"X-Request-ID": "bare-1"})
+    await client.get("/items/8", headers={"X-Request-ID": "bare-2"})
+    out = capsys.readouterr().out
+    lines = [json.loads(text) for text in out.splitlines()]
+    assert [(line["event"], line["request_id"]) for line in lines] == [
+        (EVENT, "bare-1"),
+        (EVENT, "bare-2"),
+    ]
+    assert lines[0]["query"] == "token=[REDACTED]&page=2"
+    assert {"timestamp", "level", "logger", "pid", "hostname", "route"} <= set(lines[0])
+    assert "s3cret" not in out

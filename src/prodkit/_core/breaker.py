@@ -20,11 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
+from prodkit._core.logs import safe_logger
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class CircuitBreaker:
         self.recovery_time = recovery_time
         self.timeout = timeout
         self.failure_exceptions = failure_exceptions
-        self.logger: Any = logger if logger is not None else structlog.get_logger("prodkit.breaker")
+        self.logger = safe_logger("prodkit.breaker", logger)
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0

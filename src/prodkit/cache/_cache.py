@@ -9,12 +9,12 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit.cache._memory import MemoryCacheStore
 from prodkit.cache._store import CacheStore, Lookup
 
@@ -120,9 +120,7 @@ class ResponseCache:
         self.max_pending = max_pending
         self.registry = registry
         self.metric_prefix = metric_prefix
-        self.logger: structlog.typing.FilteringBoundLogger = (
-            logger if logger is not None else structlog.get_logger("prodkit.cache")  # type: ignore[assignment]
-        )
+        self.logger = safe_logger("prodkit.cache", logger)
         self._invalidations = counter(
             f"{metric_prefix}cache_invalidations_total",
             "Tag invalidations of the response cache, by outcome (ok, error).",

@@ -6,9 +6,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import structlog
-
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit._core.observer import ReceiveWatcher
 from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
 from prodkit._core.problems import (
@@ -116,7 +115,7 @@ class ErrorMiddleware:
             "A service this request depends on is unavailable; "
             f"retry in {unavailable_retry_after} s."
         )
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.errors")
+        self.logger = safe_logger("prodkit.errors", logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, gauge, histogram
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import scope_header
+from prodkit._core.logs import safe_logger
 from prodkit._core.routing import route_path, set_route_template
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 
@@ -249,7 +249,7 @@ class HealthCheck:
         previous = self._last
         if not result.ok and (previous is None or previous.ok):
             self._failing_since = now
-            structlog.get_logger("prodkit.health").warning(
+            safe_logger("prodkit.health").warning(
                 "health check failing",
                 check=self.name,
                 critical=self.critical,
@@ -257,7 +257,7 @@ class HealthCheck:
             )
         elif result.ok and previous is not None and not previous.ok:
             since, self._failing_since = self._failing_since or now, None  # set when it failed
-            structlog.get_logger("prodkit.health").warning(
+            safe_logger("prodkit.health").warning(
                 "health check passing again",
                 check=self.name,
                 critical=self.critical,

@@ -16,7 +16,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Literal, TypeVar
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.body import read_body, replay_receive
@@ -25,6 +24,7 @@ from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
+from prodkit._core.logs import safe_logger
 from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
@@ -228,7 +228,7 @@ class IdempotencyMiddleware:
             )
         # The memory store does no I/O: it gets no breaker (and no timeout) unless given one.
         self.breaker = breaker
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self.logger = safe_logger("prodkit.idempotency", logger)
         requests_total = counter(
             f"{metric_prefix}idempotency_requests_total",
             "Requests with an idempotency key, by outcome.",

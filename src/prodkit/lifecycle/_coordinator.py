@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit._core.types import Scope
 from prodkit.lifecycle._signals import SignalHold
 
@@ -122,7 +122,7 @@ class ShutdownCoordinator:
         self.timeout = float(timeout)
         self.signals = signals
         self.retry_after = retry_after
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.shutdown")
+        self.logger = safe_logger("prodkit.shutdown", logger)
         self._state = ShutdownState.RUNNING
         self._in_flight: set[InFlight] = set()
         self._loop: asyncio.AbstractEventLoop | None = None

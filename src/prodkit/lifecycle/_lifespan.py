@@ -7,9 +7,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.lifecycle._coordinator import ShutdownCoordinator
 
@@ -54,7 +53,7 @@ class LifespanMiddleware:
     ) -> None:
         self.app = app
         self.coordinator = coordinator
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.lifespan")
+        self.logger = safe_logger("prodkit.lifespan", logger)
         self._steps: list[tuple[Hook | None, Hook | None, ContextFactory | None]] = []
 
     def add_hook(self, startup: Hook | None = None, shutdown: Hook | None = None) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from prodkit.logging._access import DEFAULT_LEVELS, AccessLogMiddleware
-from prodkit.logging._config import LogFormat, configure_logging, get_logger
-from prodkit.logging._redaction import (
+from prodkit._core.redaction import (
     DEFAULT_REDACT_HEADERS,
     DEFAULT_REDACT_KEYS,
     DEFAULT_REDACT_QUERY_PARAMS,
     REDACTED,
     Redactor,
 )
+from prodkit.logging._access import DEFAULT_LEVELS, AccessLogMiddleware
+from prodkit.logging._config import LogFormat, configure_logging, get_logger
 
 __all__ = [
     "DEFAULT_LEVELS",

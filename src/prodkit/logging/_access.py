@@ -19,17 +19,22 @@ from prodkit._core.outcome import (
     outcome_status,
     resolve_route,
 )
+from prodkit._core.redaction import Redactor
 from prodkit._core.routing import RouteResolver, remember_root_path
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.logging._config import get_logger
 from prodkit.logging._context import restore_contextvars, snapshot_contextvars
 from prodkit.logging._direct import direct_writer
-from prodkit.logging._redaction import Redactor
 
 #: The canonical text of a peer address (IPv4-mapped IPv6 becomes IPv4), cached.
 _peer_text = lru_cache(maxsize=4096)(normalize_ip)
 
 _LOGGER_NAME = "prodkit.access"
+#: The response headers of the outcome fields: ``Idempotency-Status: created|replayed`` and
+#: ``X-Cache: HIT|MISS`` (the header contract every layer follows; this room reads the headers
+#: the client gets, not another room's code).
+_IDEMPOTENCY_STATUS = b"idempotency-status"
+_CACHE_STATUS = b"x-cache"
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
 #: Log level by status class (first digit): 1xx-3xx info, 4xx warning, 5xx error.
@@ -43,7 +48,13 @@ class AccessLogMiddleware:
     ``path``, ``query`` (secret parameters redacted, only when there is one), ``status``,
     ``duration`` (seconds, until the last body chunk was sent), ``bytes`` (response body bytes
     the server accepted) and ``client`` (through :class:`~prodkit.ClientAddressResolver`), plus
-    whatever the app bound with :func:`structlog.contextvars.bind_contextvars` meanwhile.
+    whatever the app bound with :func:`structlog.contextvars.bind_contextvars` meanwhile. When
+    the response says so: ``idempotency_status`` (``created`` or ``replayed``, from its
+    ``Idempotency-Status`` header) and ``cache`` (``HIT`` or ``MISS``, from ``X-Cache``).
+
+    The line is written through structlog with only safe values (the query and headers
+    redacted, the exception by its type): under any structlog configuration, and as a JSON line
+    while structlog is not configured at all.
 
     * Place it outside the middlewares that can reject (rate limit, shedding, idempotency):
       their 429/503/409 are logged like any response.
@@ -203,6 +214,13 @@ class AccessLogMiddleware:
             fields["headers"] = self._headers(scope)
         if error is not None:
             fields["exc_type"] = type(error).__name__
+        for name, value in observer.headers:
+            # What an idempotency layer and a cache answered (their response headers, as the
+            # client sees them): a replay and a cache hit must not read like a fresh response.
+            if name == _IDEMPOTENCY_STATUS:
+                fields["idempotency_status"] = value.decode("latin-1")
+            elif name == _CACHE_STATUS:
+                fields["cache"] = value.decode("latin-1")
         if isinstance(direct, bool):
             log(self.event, **fields)
         else:

@@ -4,8 +4,8 @@
 write the same lines: JSON (or a console format) with an ISO-8601 UTC ``timestamp``, ``level``,
 ``logger``, ``pid``, ``hostname``, the current ``request_id`` and ``trace_id`` and whatever was
 bound with :func:`structlog.contextvars.bind_contextvars`. Secrets are redacted by
-:class:`~prodkit.logging.Redactor`. The processors live in ``_processors``, redaction in
-``_redaction``; this module only puts them together.
+:class:`~prodkit.logging.Redactor`. The processors live in ``_processors`` and the core
+(``_core.logs``, ``_core.redaction``); this module only puts them together.
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ import structlog
 from structlog.typing import Processor
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.logs import JSONRenderer
+from prodkit._core.redaction import Redactor
 from prodkit.logging._direct import Installation, remember
-from prodkit.logging._processors import (
-    JSONRenderer,
-    drop_color_message,
-    only_with_exceptions,
-    shared_processors,
-)
-from prodkit.logging._redaction import Redactor
+from prodkit.logging._processors import drop_color_message, shared_processors
 
 LogFormat = Literal["json", "console"]
 
@@ -92,7 +88,7 @@ def configure_logging(
     Every line has ``timestamp`` (ISO 8601, UTC), ``level``, ``event``, ``logger``, ``pid``,
     ``hostname``, ``request_id`` and ``trace_id`` (when a request is in progress) and the
     values bound with :func:`structlog.contextvars.bind_contextvars`. Exceptions are rendered
-    as structured tracebacks (JSON) or plain text (console), never with local variables.
+    as ``exception``: the traceback as Python prints it, redacted, never with local variables.
     Standard-library records (uvicorn, asyncpg, your own ``logging`` calls) are rendered by the
     same processors through the root logger. Calling it again replaces the earlier setup.
 
@@ -102,7 +98,8 @@ def configure_logging(
         format: ``"json"`` (default) or ``"console"`` (``StackSettings.log_format`` follows
             ``LOG_FORMAT``).
         stream: where lines go (default ``sys.stdout``).
-        redact: install :class:`Redactor` (default on), or pass a configured one.
+        redact: install :class:`Redactor` (default on), or pass a configured one. prodkit's
+            own lines are redacted before they reach structlog whatever this says.
         processors: extra processors, run after the standard ones and before redaction.
         uvicorn_access_log: keep uvicorn's own access log (off by default:
             :class:`~prodkit.logging.AccessLogMiddleware` writes a better one,
@@ -115,9 +112,9 @@ def configure_logging(
     output = stream if stream is not None else sys.stdout
     redactor = redact if isinstance(redact, Redactor) else (Redactor() if redact else None)
     shared = shared_processors(redactor, processors)
-    exceptions, renderer = _rendering(chosen, output)
-    _configure_structlog([*shared, *exceptions, renderer], level_value, output, cache_loggers)
-    _install_root_handler(shared, [*exceptions, renderer], level_value, output)
+    renderer = _renderer(chosen, output)
+    _configure_structlog([*shared, renderer], level_value, output, cache_loggers)
+    _install_root_handler(shared, renderer, level_value, output)
     _route_server_loggers(keep_access_log=uvicorn_access_log)
 
 
@@ -130,17 +127,13 @@ def _parse_format(format: str | None) -> LogFormat:
     raise ConfigurationError(f"log format {chosen!r} is unknown; use 'json' or 'console'")
 
 
-def _rendering(chosen: LogFormat, output: TextIO) -> tuple[list[Processor], Processor]:
-    """The exception processors and the renderer that end both chains."""
+def _renderer(chosen: LogFormat, output: TextIO) -> Processor:
+    """The renderer that ends both chains (exceptions are text by then, see ``_processors``)."""
     if chosen == "console":
-        console = structlog.dev.ConsoleRenderer(
+        return structlog.dev.ConsoleRenderer(
             colors=output.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-        return [], console
-    structured = structlog.processors.ExceptionRenderer(
-        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-    )
-    return [only_with_exceptions(structured)], JSONRenderer()
+    return JSONRenderer()
 
 
 def _configure_structlog(
@@ -164,12 +157,12 @@ def _configure_structlog(
 
 
 def _install_root_handler(
-    shared: list[Processor], rendering: list[Processor], level: int, output: TextIO
+    shared: list[Processor], renderer: Processor, level: int, output: TextIO
 ) -> None:
     """Render standard-library records with the same processors, replacing our old handler."""
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, drop_color_message, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(output)
     handler.setFormatter(formatter)

@@ -10,14 +10,15 @@ the caller logs the usual way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 from structlog.typing import Processor
 
+from prodkit._core.logs import LineWriter, unconfigured_writer
+
 #: ``write(event, fields)``: puts the event through the configured processors and writes it.
-DirectWriter = Callable[[str, dict[str, Any]], None]
+DirectWriter = LineWriter
 
 #: How many recent installations are remembered (an earlier one comes back into force when
 #: ``prodkit.testing.capture_log_output`` puts the previous configuration back).
@@ -95,9 +96,14 @@ def direct_writer(name: str, level: str) -> DirectWriter | bool:
     ``write(event, fields)`` that puts ``fields`` and ``event`` through the configured
     processors and writes the line exactly as ``get_logger(name).<level>(event, **fields)``
     would, minus structlog's per-call wrapper (a context copy and keyword repacking, which
-    cost about as much as the processors). ``fields`` is consumed. Otherwise this returns
-    ``True`` (log the usual way), or ``False`` when that configuration filters ``level`` out.
+    cost about as much as the processors). ``fields`` is consumed. While structlog is not
+    configured at all, the writer of prodkit's default JSON lines
+    (:func:`prodkit._core.logs.unconfigured_writer`). Otherwise this returns ``True`` (log the
+    usual way), or ``False`` when the configuration filters ``level`` out.
     """
+    if not structlog.is_configured():
+        # Nobody configured structlog: prodkit's lines are JSON all the same (``_core.logs``).
+        return unconfigured_writer(name, level) or False
     config = structlog.get_config()
     installation = _INSTALLATIONS.get(id(config["processors"]))
     if installation is None or not installation.is_current(config):

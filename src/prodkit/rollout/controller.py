@@ -30,9 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit.rollout.metrics import (
     DEFAULT_EXCLUDED_ROUTES,
     DEFAULT_HISTOGRAM,
@@ -273,7 +272,7 @@ class RolloutController:
         self.policy = policy or RolloutPolicy()
         self.version = version
         self.record_path = Path(record_path) if record_path is not None else None
-        self.log = logger or structlog.get_logger("prodkit.rollout")
+        self.log = safe_logger("prodkit.rollout", logger)
         self._clock = clock
         self._wall = wall_clock
         self._cancelled = threading.Event()

@@ -1,12 +1,17 @@
 """Redaction: the secrets a log line must never carry, and the processor that removes them.
 
-:class:`Redactor` is a structlog processor usable in any chain; the access log also uses its
-``redact_query`` and ``is_secret_key`` for the query string and logged headers.
+:class:`Redactor` is a structlog processor usable in any chain (public as
+:class:`prodkit.logging.Redactor`); the access log also uses its ``redact_query`` and
+``is_secret_key`` for the query string and logged headers, and every line prodkit writes itself
+goes through its ``redact_fields`` and :func:`exception_text` first (see ``_core.logs``). It
+lives in the core because every concern's lines need it, not only the logging concern's.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -87,6 +92,36 @@ def _name_pattern(name: str) -> str:
     return "".join(parts)
 
 
+def _word_pattern(name: str) -> str:
+    """A regex for a key or header name written out in text, ``-`` and ``_`` alike."""
+    return "[-_]".join(re.escape(part) for part in re.split("[-_]", name))
+
+
+def _alternatives(names: Iterable[str], pattern: Any) -> str:
+    # Longest first, so that ``access_token`` is tried before ``token``.
+    return "|".join(pattern(name) for name in sorted(set(names), key=len, reverse=True))
+
+
+def exception_text(exc_info: Any) -> str | None:
+    """The traceback of ``exc_info`` as Python prints it, or ``None`` when there is none.
+
+    ``exc_info`` is what structlog accepts: ``True`` (the exception being handled), an
+    exception, or a ``sys.exc_info()`` tuple. Causes, contexts, notes and exception groups are
+    included; local variables never are (no ``repr`` of a frame's values).
+    """
+    if exc_info is True:
+        exc = sys.exception()
+    elif isinstance(exc_info, BaseException):
+        exc = exc_info
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        exc = exc_info[1]
+    else:
+        return None
+    if exc is None:
+        return None
+    return "".join(traceback.format_exception(exc)).rstrip("\n")
+
+
 class Redactor:
     """A structlog processor that replaces secrets in an event with ``[REDACTED]``.
 
@@ -95,8 +130,15 @@ class Redactor:
     * the value of any key, at any depth of dicts and lists in the event, that is a secret
       header (``Authorization``, ``Cookie``, ``X-API-Key`` ...) or a secret word
       (``password``, ``token``, ``secret`` ...) or ends with ``_<word>`` (``db_password``);
-    * in the event message (``event``) and in query strings: the values of secret query
-      parameters (``?token=...``) and the credentials of ``Bearer``/``Basic`` authorization.
+    * in the event message (``event``), in exception tracebacks and in query strings: the
+      values of secret query parameters (``?token=...``), the credentials of
+      ``Bearer``/``Basic`` authorization, the password of a URL (``redis://:pw@host``), and
+      secret keys and headers written out (``'password': '...'``, ``db_password=...``,
+      ``X-API-Key: ...``).
+
+    An exception (``exc_info``) is rendered here, as the plain traceback Python prints (never
+    with local variables), redacted, under ``exception``: whatever renderer follows, it cannot
+    show a secret that a frame held.
 
     Dicts and lists inside the event are copied before being changed: the caller's objects
     are left alone. Use it in any structlog chain (before the renderer), or through
@@ -134,15 +176,14 @@ class Redactor:
                     "keys, headers and query_params take a list of names, not one string"
                 )
         words = {_normalize(k) for k in keys if k.strip()}
-        self._exact = frozenset(words | {_normalize(h) for h in headers if h.strip()})
+        header_names = {h.strip().lower() for h in headers if h.strip()}
+        self._exact = frozenset(words | {_normalize(h) for h in header_names})
         self._suffixes = tuple(f"_{word}" for word in sorted(words))
         self._query_names = frozenset(_normalize(q) for q in query_params if q.strip())
-        names = sorted({q.strip() for q in query_params if q.strip()}, key=len, reverse=True)
-        alternatives = [r"\b(?:bearer|basic)\s+()[A-Za-z0-9._~+/=-]+"]
-        if names:
-            joined = "|".join(_name_pattern(name) for name in names)
-            alternatives.append(rf"(?:^|(?<=[?&;\s\"']))(?:{joined})=()[^&;\s\"'#]*")
-        self._text = re.compile("|".join(alternatives), re.IGNORECASE)
+        self._text = re.compile(
+            "|".join(_text_patterns(words, header_names, {q.strip() for q in query_params})),
+            re.IGNORECASE | re.MULTILINE,
+        )
         self._cache: dict[str, bool] = {}
         self._plain: set[Any] = set()
         self._texts: dict[str, str] = {}
@@ -168,7 +209,12 @@ class Redactor:
         return _normalize(name) in self._query_names or self.is_secret_key(name)
 
     def redact_text(self, text: str) -> str:
-        """Return ``text`` with secret query values and authorization credentials replaced."""
+        """Return ``text`` with the secrets written out in it replaced.
+
+        Those are the values of secret query parameters, authorization credentials, URL
+        passwords, and the values of secret keys and headers written as ``name=value``,
+        ``'name': 'value'`` or ``Name: value``.
+        """
         if self._text.search(text) is None:
             return text
         return self._text.sub(self._replace_match, text)
@@ -196,8 +242,18 @@ class Redactor:
         return "&".join(parts) if changed else query
 
     def redact_mapping(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Return a copy of ``values`` with secrets redacted at any depth."""
+        """Return a copy of ``values`` with the values of secret keys redacted at any depth."""
         return {key: self._value(key, value) for key, value in values.items()}
+
+    def redact_fields(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Return a copy of ``values`` with secret keys redacted and every text redacted too.
+
+        What :meth:`redact_mapping` does, plus :meth:`redact_text` on every string at any
+        depth and on the ``repr`` of any other object that is not a number, a boolean or
+        ``None`` (an object's ``repr`` may hold a URL or a token): for lines whose texts come
+        from anywhere, such as an exception's message.
+        """
+        return {key: self._deep(key, value) for key, value in values.items()}
 
     def _value(self, key: Any, value: Any) -> Any:
         if isinstance(key, str) and self.is_secret_key(key):
@@ -209,7 +265,24 @@ class Redactor:
             return [self._value(None, item) for item in value]
         return value
 
+    def _deep(self, key: Any, value: Any) -> Any:
+        if isinstance(key, str) and self.is_secret_key(key):
+            return self.replacement
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {k: self._deep(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._deep(None, item) for item in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.redact_text(repr(value))
+
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if "exc_info" in event_dict:  # first: a sys.exc_info() tuple is no list of values
+            text = exception_text(event_dict.pop("exc_info"))
+            if text is not None:
+                event_dict["exception"] = text
         # Hot path: most lines have the same few plain keys and flat values, so both checks
         # are set operations done in C; the per-key work happens only for new keys.
         plain = self._plain
@@ -233,7 +306,54 @@ class Redactor:
                 if len(texts) < _KEY_CACHE_LIMIT and len(event) <= 200:
                     texts[event] = redacted
             event_dict["event"] = redacted
+        exception = event_dict.get("exception")
+        if exception is not None:
+            event_dict["exception"] = (
+                self.redact_text(exception)
+                if type(exception) is str
+                else self._deep(None, exception)
+            )
         return event_dict
+
+
+def _text_patterns(words: set[str], headers: set[str], query_params: set[str]) -> list[str]:
+    """The alternatives of :meth:`Redactor.redact_text`'s regex, one kind of secret each.
+
+    An empty group ``()`` marks where the secret starts; the secret runs to the end of the
+    match. Every alternative starts at a delimiter (a lookbehind or a literal), so that a long
+    run of letters is never rescanned from each of its characters.
+    """
+    # A key named like a secret: one of the words, or ending in "_<word>" ("db_password").
+    keyed = rf"(?:[\w-]*[-_])?(?:{_alternatives(words, _word_pattern)})" if words else ""
+    named = "|".join(
+        part
+        for part in (_alternatives(query_params, _name_pattern) if query_params else "", keyed)
+        if part
+    )
+    header_names = _alternatives(headers, _word_pattern) if headers else ""
+    spelled = "|".join(part for part in (header_names, keyed) if part)
+    patterns = [
+        # Authorization credentials: "Bearer abc", "Basic dXNlcjpwdw==".
+        r"\b(?:bearer|basic)\s+()[A-Za-z0-9._~+/=-]+",
+        # A URL's password: "redis://user:pw@host" keeps the user.
+        r"://[^\s/:@\"'<>]*:()[^\s/@\"'<>]+(?=@)",
+    ]
+    if named:
+        # "?token=abc", "password=pw", "Config(db_password='pw')".
+        patterns.append(
+            rf"(?:^|(?<=[?&;\s\"'(,{{]))(?:{named})=(?:[\"']()[^\"']*|()[^&;\s\"'#,)]*)"
+        )
+    if spelled:
+        # "'password': 'pw'", "{\"x-api-key\": \"k\"}" (dict reprs, JSON).
+        patterns.append(rf"(?<=[\"'])(?:{spelled})[\"']\s*:\s*(?:[\"']()[^\"']*|()[^\"',}}\]\s]+)")
+    if header_names:
+        # A header written out: "X-API-Key: k", "Cookie: session=abc; theme=dark" (the
+        # scheme of "Authorization: Bearer abc" is kept, as above).
+        patterns.append(
+            rf"(?:^|(?<=[\s,{{(]))(?:{header_names})[ \t]*:[ \t]*"
+            r"(?:(?:bearer|basic)[ \t]+)?()[^\r\n]+"
+        )
+    return patterns
 
 
 __all__ = [
@@ -242,4 +362,5 @@ __all__ = [
     "DEFAULT_REDACT_QUERY_PARAMS",
     "REDACTED",
     "Redactor",
+    "exception_text",
 ]
