@@ -479,7 +479,7 @@ async def test_the_line_says_whether_a_response_was_replayed_or_cached(
     cached = CacheMiddleware(app, routes={"/items/{id}": CacheRule(ttl=60)}, registry=registry)
     idempotent = IdempotencyMiddleware(cached, store=MemoryIdempotencyStore(), registry=registry)
     client = make_client(RequestIdMiddleware(AccessLogMiddleware(idempotent)))
-    key = {"Idempotency-Key": "order-1"}
+    key = {"Idempotency-Key": "order-1", "Authorization": "Bearer alice"}
     responses = [
         await client.post("/orders", json={"n": 1}, headers=key),
         await client.post("/orders", json={"n": 1}, headers=key),
