@@ -143,6 +143,7 @@ PUBLIC: dict[str, list[str]] = {
         "MemoryIdempotencyStore",
         "PostgresIdempotencyStore",
         "RedisIdempotencyStore",
+        "RetryingIdempotencyStore",
         "STORE_UNAVAILABLE",
         "StoredResponse",
         "TransactionalIdempotencyStore",

@@ -25,6 +25,7 @@ from prodkit.idempotency._store import (
     ClaimOutcome,
     IdempotencyRecord,
     IdempotencyStore,
+    RetryingIdempotencyStore,
     StoredResponse,
     TransactionalIdempotencyStore,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "MemoryIdempotencyStore",
     "PostgresIdempotencyStore",
     "RedisIdempotencyStore",
+    "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
     "current_claim",

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
+
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.idempotency._releases import PendingReleases
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
@@ -97,13 +100,22 @@ class RedisIdempotencyStore:
     Arguments:
         client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
             ``decode_responses=False`` (bodies are bytes), or a URL: a client is then created and
-            closed by :meth:`close`.
+            closed by :meth:`aclose`.
         key_prefix: prepended to every key (``prodkit:idem:``); the hashed key follows in braces.
         clock_offset: seconds added to the Redis clock; for tests that need time to pass.
+        logger: a structlog logger (default ``prodkit.idempotency``).
+
+    A release that fails (Redis restarting, a network partition) is retried in the background
+    until it lands or the claim's lease is over: see :meth:`retry_release`.
     """
 
     def __init__(
-        self, client: Any, *, key_prefix: str = "prodkit:idem:", clock_offset: float = 0.0
+        self,
+        client: Any,
+        *,
+        key_prefix: str = "prodkit:idem:",
+        clock_offset: float = 0.0,
+        logger: Any | None = None,
     ) -> None:
         redis_asyncio: Any = require("redis.asyncio", "redis")
         self._owns_client = isinstance(client, str)
@@ -125,6 +137,8 @@ class RedisIdempotencyStore:
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
         self._get = client.register_script(_GET)
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self._releases = PendingReleases(self.release, self.logger)
 
     def redis_key(self, key: str) -> str:
         """The Redis key of a record."""
@@ -171,6 +185,10 @@ class RedisIdempotencyStore:
         """See :meth:`IdempotencyStore.release`."""
         return int(await self._call(self._release, key, owner)) == 1
 
+    def retry_release(self, key: str, owner: str, *, within: float) -> None:
+        """See :meth:`RetryingIdempotencyStore.retry_release`."""
+        self._releases.add(key, owner, within=within)
+
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""
         result = await self._call(self._get, key)
@@ -183,7 +201,9 @@ class RedisIdempotencyStore:
         return IdempotencyRecord(bytes(fingerprint), owner.decode() if owner else None, response)
 
     async def aclose(self) -> None:
-        """Close the client if this store created it (from a URL)."""
+        """Try pending releases once more, then close the client if this store created it
+        (from a URL)."""
+        await self._releases.aclose()
         if self._owns_client:
             await self.client.aclose()
 

@@ -143,6 +143,22 @@ class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
         ...
 
 
+@runtime_checkable
+class RetryingIdempotencyStore(IdempotencyStore, Protocol):
+    """A store that keeps trying a release that failed, so that a key is not stuck after an outage.
+
+    :class:`PostgresIdempotencyStore` and :class:`RedisIdempotencyStore` are ones. When
+    :meth:`IdempotencyStore.release` fails, the middleware hands the release to
+    :meth:`retry_release`; ``aclose()`` tries what is still pending once more.
+    """
+
+    def retry_release(self, key: str, owner: str, *, within: float) -> None:
+        """Retry :meth:`IdempotencyStore.release` in the background, with a bounded backoff,
+        until it lands or ``within`` seconds pass (when the claim's lease is over and a retry
+        may take the key over anyway). Returns at once."""
+        ...
+
+
 def check_durations(lease: float, ttl: float) -> None:
     """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
     if lease <= 0 or ttl <= 0:
@@ -156,6 +172,7 @@ __all__ = [
     "ClaimOutcome",
     "IdempotencyRecord",
     "IdempotencyStore",
+    "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
     "check_durations",
