@@ -76,6 +76,8 @@ class Summary:
 
 #: Run inside a write's transaction, with its connection and the written fund, before the commit.
 BeforeCommit = Callable[[Any, Fund], Awaitable[None]]
+#: Run with the written fund as soon as the write is committed, before anything else.
+AfterCommit = Callable[[Fund], Awaitable[None]]
 
 
 class Repository(Protocol):
@@ -84,10 +86,17 @@ class Repository(Protocol):
     ``before_commit`` runs inside the write's database transaction, so that what it writes
     (the idempotency record) commits with the fund or not at all. A repository without
     transactions (the in-memory one, whose data dies with the process) does not call it.
+    ``after_commit`` runs right after the commit (the idempotency record of a store that
+    cannot join the transaction), before the connection goes back to the pool.
     """
 
     async def create(
-        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+        self,
+        user_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> Fund: ...
     async def get(self, user_id: str, fund_id: str) -> Fund | None: ...
     async def update(
@@ -97,6 +106,7 @@ class Repository(Protocol):
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> Fund | None: ...
     async def delete(self, user_id: str, fund_id: str) -> bool: ...
     async def list(
@@ -164,7 +174,12 @@ class InMemoryRepository:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def create(
-        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+        self,
+        user_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> Fund:
         stamp = now()
         fund = Fund(
@@ -181,6 +196,8 @@ class InMemoryRepository:
         )
         async with self._lock:
             self.funds[fund.id] = fund
+        if after_commit is not None:
+            await after_commit(fund)
         return fund
 
     async def get(self, user_id: str, fund_id: str) -> Fund | None:
@@ -196,6 +213,7 @@ class InMemoryRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> Fund | None:
         async with self._lock:
             fund = await self.get(user_id, fund_id)
@@ -207,7 +225,9 @@ class InMemoryRepository:
                 changes["model_version"] = MODEL_VERSION
             updated = replace(fund, **changes)
             self.funds[fund_id] = updated
-            return updated
+        if after_commit is not None:
+            await after_commit(updated)
+        return updated
 
     async def delete(self, user_id: str, fund_id: str) -> bool:
         async with self._lock:
