@@ -26,6 +26,8 @@ def test_every_variable() -> None:
             "SHUTDOWN_DRAIN_SECONDS": "5",
             "SHUTDOWN_TIMEOUT_SECONDS": "25.5",
             "IDEMPOTENCY_LEASE_SECONDS": "2.5",
+            "IDEMPOTENCY_TTL_SECONDS": "3600",
+            "IDEMPOTENCY_CLEANUP_SECONDS": "0",
             "LOG_LEVEL": "debug",
             "LOG_FORMAT": "console",
         }
@@ -37,6 +39,9 @@ def test_every_variable() -> None:
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
     assert settings.idempotency_lease_seconds == 2.5
+    assert (settings.idempotency_ttl_seconds, settings.idempotency_cleanup_seconds) == (3600, 0)
+    assert StackSettings().idempotency_ttl_seconds == 24 * 3600
+    assert StackSettings().idempotency_cleanup_seconds == 60
     assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
     assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
     assert (
@@ -60,6 +65,8 @@ def test_every_variable() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"IDEMPOTENCY_LEASE_SECONDS": "0"}, "IDEMPOTENCY_LEASE_SECONDS"),
         ({"IDEMPOTENCY_LEASE_SECONDS": "a minute"}, "IDEMPOTENCY_LEASE_SECONDS"),
+        ({"IDEMPOTENCY_TTL_SECONDS": "30"}, "IDEMPOTENCY_TTL_SECONDS"),  # below the lease
+        ({"IDEMPOTENCY_CLEANUP_SECONDS": "-1"}, "IDEMPOTENCY_CLEANUP_SECONDS"),
         # Issue #16: a malformed URL or rate stops the start naming its variable.
         ({"DATABASE_URL": "garbage"}, "DATABASE_URL"),
         ({"DATABASE_URL": "mysql://db/app"}, "DATABASE_URL"),
