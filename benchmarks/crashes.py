@@ -34,10 +34,13 @@ REDIS_URL = os.environ.get("PRODKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LEASE = 1.0
 
 
-async def run(store: str, kills: int, latency_ms: float, seed: int) -> Tally:
+async def run(
+    store: str, kills: int, latency_ms: float, seed: int, synchronous_commit: str
+) -> Tally:
     name = f"prodkit_crashes_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(DATABASE_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {synchronous_commit}')
     dsn = f"{DATABASE_URL.rpartition('/')[0]}/{name}"
     prefix = f"prodkit-crashes:{uuid.uuid4().hex[:8]}:"
     target = urlsplit(dsn)
@@ -99,8 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=60)
     parser.add_argument("--db-latency-ms", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="the database's synchronous_commit (off: a commit does not wait for its WAL flush)",
+    )
     args = parser.parse_args(argv)
-    tally = asyncio.run(run(args.store, args.kills, args.db_latency_ms, args.seed))
+    tally = asyncio.run(
+        run(args.store, args.kills, args.db_latency_ms, args.seed, args.synchronous_commit)
+    )
     latency = (
         f", +{args.db_latency_ms:g} ms per PostgreSQL round trip" if args.db_latency_ms else ""
     )

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -24,8 +25,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from prometheus_client import CollectorRegistry
 
+from prodkit import IdempotencyMiddleware
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.asgi import Receive, Scope, Send
 from prodkit.idempotency import (
     ClaimOutcome,
     IdempotencyStore,
@@ -35,6 +39,7 @@ from prodkit.idempotency import (
     StoredResponse,
     schema_sql,
 )
+from prodkit.testing import capture_logs
 
 BACKENDS = ("memory", "postgres", "redis")
 RESPONSE = StoredResponse(
@@ -255,6 +260,102 @@ async def test_postgres_schema_cleanup_and_expiry_index(
             await conn.close()
     finally:
         await store.aclose()
+
+
+async def rows_in(dsn: str, table: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_deletes_expired_records_by_itself(postgres_dsn: str) -> None:
+    # Issue #21, item 8: nothing called cleanup(), so expired rows stayed forever. The store
+    # now sweeps on its own, started by its first use; a short interval here.
+    registry = CollectorRegistry()
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(
+        postgres_dsn, table=table, cleanup_interval=0.2, cleanup_batch_size=2, registry=registry
+    )
+    try:
+        await store.ensure_schema()
+        for index in range(5):
+            await store.claim(f"old-{index}", b"fp", "o", lease=0.1, ttl=0.1)
+        for index in range(3):
+            await store.claim(f"live-{index}", b"fp", "o", lease=30, ttl=600)
+        for _ in range(100):  # bounded: 10 s
+            if await rows_in(postgres_dsn, table) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert await rows_in(postgres_dsn, table) == 3
+        for index in range(3):
+            assert await store.get(f"live-{index}") is not None
+        removed = registry.get_sample_value("prodkit_idempotency_records_removed_total")
+        assert removed == 5
+    finally:
+        await store.aclose()
+
+
+def test_postgres_store_sweeps_by_default() -> None:
+    pytest.importorskip("asyncpg")
+    assert PostgresIdempotencyStore("postgresql://db/app").cleanup_interval == 60
+    assert (
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_interval=None).cleanup_interval
+        is None
+    )
+    with pytest.raises(ConfigurationError, match="cleanup_interval"):
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_interval=0)
+    with pytest.raises(ConfigurationError, match="cleanup_batch_size"):
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_batch_size=0)
+
+
+@pytest.mark.postgres
+async def test_postgres_store_sweeps_stop_at_aclose(postgres_dsn: str) -> None:
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(
+        postgres_dsn, table=table, cleanup_interval=0.1, registry=CollectorRegistry()
+    )
+    await store.ensure_schema()
+    await store.aclose()
+    await asyncio.sleep(0.3)  # a sweep would have run by now, on a closed pool
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "prodkit-idempotency-cleanup"]
+
+
+@pytest.mark.postgres
+async def test_a_missing_table_says_which_call_creates_it(postgres_dsn: str) -> None:
+    # Issue #22, item 6: without ensure_schema() the store failed with PostgreSQL's bare
+    # 'relation "…" does not exist'.
+    table = f"idem_missing_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(postgres_dsn, table=table, registry=CollectorRegistry())
+    try:
+        with pytest.raises(BackendError) as raised:
+            await store.claim("k", b"fp", "o", lease=1, ttl=2)
+        message = str(raised.value)
+        assert f"the table {table} does not exist" in message
+        assert "await store.ensure_schema()" in message
+
+        # What an operator sees: a 503 for the client, the hint in the log line.
+        app = IdempotencyMiddleware(ok_app, store=store, registry=CollectorRegistry())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            with capture_logs() as logs:
+                response = await client.post("/", headers={"Idempotency-Key": "k1"})
+        assert response.status_code == 503
+        assert response.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
+        [line] = [e for e in logs if e["event"] == "idempotency store unavailable"]
+        assert "await store.ensure_schema()" in line["error"]
+        assert table in line["error"]
+    finally:
+        await store.aclose()
+
+
+async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"made"})
 
 
 @pytest.mark.postgres
