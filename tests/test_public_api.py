@@ -147,6 +147,7 @@ PUBLIC: dict[str, list[str]] = {
         "STORE_UNAVAILABLE",
         "StoredResponse",
         "TransactionalIdempotencyStore",
+        "WithdrawingIdempotencyStore",
         "current_claim",
         "schema_sql",
     ],

@@ -113,13 +113,14 @@ def not_found(fund_id: str) -> Problem:
 
 
 class Recording:
-    """Record ``respond(fund)`` as the idempotent response as soon as the write allows.
+    """Record ``respond(fund)`` as the idempotent response, with the write that makes the fund.
 
     With the PostgreSQL idempotency store, :meth:`in_transaction` writes the record in the
     write's own transaction: a worker killed at any instant leaves both the fund and its record
     (a retry replays) or neither (a retry runs once). Other stores keep their records elsewhere:
-    :meth:`after_commit` records right after the commit, which leaves only the commit's reply
-    and one store round trip for a crash to fall between the fund and its record.
+    :meth:`commit_with` writes the record while the commit is in flight, so that only the few
+    instructions between sending the commit and sending the record are left for a crash to
+    fall between the fund and its record (docs/idempotency.md has the figures).
     """
 
     def __init__(self, request: Request, respond: Callable[[Fund], Response]) -> None:
@@ -133,12 +134,14 @@ class Recording:
                 connection, response.status_code, response.raw_headers, bytes(response.body)
             )
 
-    async def after_commit(self, fund: Fund) -> None:
-        if self.claim is not None and not self.claim.completed:
-            response = self.respond(fund)
-            await self.claim.complete(
-                response.status_code, response.raw_headers, bytes(response.body)
-            )
+    async def commit_with(self, commit: Awaitable[None], fund: Fund) -> None:
+        if self.claim is None or self.claim.completed:
+            await commit
+            return
+        response = self.respond(fund)
+        await self.claim.complete_during(
+            commit, response.status_code, response.raw_headers, bytes(response.body)
+        )
 
 
 def fund_created(fund: Fund) -> Response:
@@ -161,7 +164,7 @@ async def create_fund(request: Request) -> Response:
         user,
         fields,
         before_commit=recording.in_transaction,
-        after_commit=recording.after_commit,
+        commit_with=recording.commit_with,
     )
     return fund_created(fund)
 
@@ -185,7 +188,7 @@ async def update_fund(request: Request) -> Response:
         fund_id,
         fields,
         before_commit=recording.in_transaction,
-        after_commit=recording.after_commit,
+        commit_with=recording.commit_with,
     )
     if fund is None:
         raise not_found(fund_id)

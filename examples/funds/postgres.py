@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from examples.funds.migrate import migrate
 from examples.funds.model import MODEL_VERSION, Stage, irr
 from examples.funds.repository import (
-    AfterCommit,
     BeforeCommit,
+    CommitWith,
     Fund,
     Page,
     Summary,
@@ -194,24 +194,28 @@ class PostgresRepository:
         sql: str,
         args: list[Any],
         before_commit: BeforeCommit | None,
-        after_commit: AfterCommit | None,
+        commit_with: CommitWith | None,
     ) -> Fund | None:
-        """Run one ``… RETURNING`` write and ``before_commit`` in one transaction, then
-        ``after_commit`` as soon as it is committed."""
+        """Run one ``… RETURNING`` write and ``before_commit`` in one transaction, and commit
+        it with ``commit_with`` (or plainly)."""
         async with (
-            asyncio.timeout(CALL_TIMEOUT) as bound,
-            self.pool.acquire() as conn,  # the wait for it included in the bound
+            asyncio.timeout(CALL_TIMEOUT),
+            self.pool.acquire() as conn,  # the wait for it included in the bound above
         ):
-            async with conn.transaction():
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
                 row = await conn.fetchrow(sql, *args)
                 fund = None if row is None else _fund(row)
                 if fund is not None and before_commit is not None:
                     await before_commit(conn, fund)
-            if fund is not None and after_commit is not None:
-                # Committed: what follows must not fail the request on the database's bound,
-                # and comes before the connection's reset as it goes back to the pool.
-                bound.reschedule(None)
-                await after_commit(fund)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            if fund is not None and commit_with is not None:
+                await commit_with(transaction.commit(), fund)
+            else:
+                await transaction.commit()
         if fund is not None:
             self._dirty.set()
         return fund
@@ -222,7 +226,7 @@ class PostgresRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund:
         stages: tuple[Stage, ...] = fields["stages"]
         fund = await self._write(
@@ -239,7 +243,7 @@ class PostgresRepository:
                 MODEL_VERSION,
             ],
             before_commit,
-            after_commit,
+            commit_with,
         )
         assert fund is not None  # an INSERT … RETURNING returns its row
         return fund
@@ -264,7 +268,7 @@ class PostgresRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None:
         key = _uuid(fund_id)
         if key is None:
@@ -288,7 +292,7 @@ class PostgresRepository:
             f" WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING {COLUMNS}",
             values,
             before_commit,
-            after_commit,
+            commit_with,
         )
 
     async def delete(self, user_id: str, fund_id: str) -> bool:

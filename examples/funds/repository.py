@@ -76,8 +76,8 @@ class Summary:
 
 #: Run inside a write's transaction, with its connection and the written fund, before the commit.
 BeforeCommit = Callable[[Any, Fund], Awaitable[None]]
-#: Run with the written fund as soon as the write is committed, before anything else.
-AfterCommit = Callable[[Fund], Awaitable[None]]
+#: Given the write's commit (to await) and the written fund: what must happen around the commit.
+CommitWith = Callable[[Awaitable[None], Fund], Awaitable[None]]
 
 
 class Repository(Protocol):
@@ -86,8 +86,8 @@ class Repository(Protocol):
     ``before_commit`` runs inside the write's database transaction, so that what it writes
     (the idempotency record) commits with the fund or not at all. A repository without
     transactions (the in-memory one, whose data dies with the process) does not call it.
-    ``after_commit`` runs right after the commit (the idempotency record of a store that
-    cannot join the transaction), before the connection goes back to the pool.
+    ``commit_with`` commits the write (the idempotency record of a store that cannot join
+    the transaction is written while the commit is in flight).
     """
 
     async def create(
@@ -96,7 +96,7 @@ class Repository(Protocol):
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund: ...
     async def get(self, user_id: str, fund_id: str) -> Fund | None: ...
     async def update(
@@ -106,7 +106,7 @@ class Repository(Protocol):
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None: ...
     async def delete(self, user_id: str, fund_id: str) -> bool: ...
     async def list(
@@ -148,6 +148,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+async def committed() -> None:
+    """The commit of a repository without transactions: done as soon as written."""
+
+
 def search_text(q: str | None) -> str | None:
     """The search to run for ``q``, or ``None`` for no filter.
 
@@ -179,7 +183,7 @@ class InMemoryRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund:
         stamp = now()
         fund = Fund(
@@ -196,8 +200,8 @@ class InMemoryRepository:
         )
         async with self._lock:
             self.funds[fund.id] = fund
-        if after_commit is not None:
-            await after_commit(fund)
+        if commit_with is not None:
+            await commit_with(committed(), fund)
         return fund
 
     async def get(self, user_id: str, fund_id: str) -> Fund | None:
@@ -213,7 +217,7 @@ class InMemoryRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
-        after_commit: AfterCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None:
         async with self._lock:
             fund = await self.get(user_id, fund_id)
@@ -225,8 +229,8 @@ class InMemoryRepository:
                 changes["model_version"] = MODEL_VERSION
             updated = replace(fund, **changes)
             self.funds[fund_id] = updated
-        if after_commit is not None:
-            await after_commit(updated)
+        if commit_with is not None:
+            await commit_with(committed(), updated)
         return updated
 
     async def delete(self, user_id: str, fund_id: str) -> bool:

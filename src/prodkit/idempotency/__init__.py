@@ -28,6 +28,7 @@ from prodkit.idempotency._store import (
     RetryingIdempotencyStore,
     StoredResponse,
     TransactionalIdempotencyStore,
+    WithdrawingIdempotencyStore,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
+    "WithdrawingIdempotencyStore",
     "current_claim",
     "schema_sql",
 ]

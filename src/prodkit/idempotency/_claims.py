@@ -10,14 +10,18 @@ through crashes").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prodkit._core.exceptions import BackendError
 from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
 from prodkit.idempotency._responses import stored_response, unstorable
-from prodkit.idempotency._store import StoredResponse, TransactionalIdempotencyStore
+from prodkit.idempotency._store import (
+    StoredResponse,
+    TransactionalIdempotencyStore,
+    WithdrawingIdempotencyStore,
+)
 
 if TYPE_CHECKING:
     from prodkit.idempotency._middleware import IdempotencyMiddleware
@@ -33,6 +37,7 @@ IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 COMPLETE_TIMEOUT = 5.0
 
 Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 
 class ClaimLost(Problem):
@@ -163,6 +168,60 @@ class IdempotencyClaim:
         if stored:
             self.response = response
         return stored
+
+    async def complete_during(
+        self, commit: Awaitable[T], status: int, headers: Headers, body: bytes
+    ) -> T:
+        """Commit, and record the response while the commit is in flight; return its result.
+
+        ``commit`` is the handler's commit, not yet awaited (asyncpg's
+        ``transaction.commit()``). It is started first, and the response is recorded (as
+        :meth:`complete` does) while the database works on it, so that a process killed
+        after the commit was sent has, in all likelihood, sent the record too: recording
+        after the commit leaves the whole commit (a WAL flush, a round trip) between the
+        work and its record, and a crash there makes a retry run the handler again. If the
+        commit fails, the record is withdrawn before the error propagates, so that a retry
+        runs the handler rather than replay work that did not happen.
+
+        The commit must go out in the first step of ``commit`` (asyncpg's does): the record
+        is sent after that step. With a store that cannot withdraw a record, this records
+        after the commit, as :meth:`complete` does.
+        """
+        store = self._middleware.store
+        if self.response is not None or not isinstance(store, WithdrawingIdempotencyStore):
+            result = await commit
+            await self.complete(status, headers, body)
+            return result
+        committing = asyncio.ensure_future(commit)
+        # Its outcome is read below, or by nobody when this request is cancelled meanwhile.
+        committing.add_done_callback(_outcome_read)
+        await asyncio.sleep(0)  # the commit's first step: it is on its way
+        recorded = await self.complete(status, headers, body)
+        try:
+            # Shielded: a cancelled request does not cancel a commit already sent, and its
+            # record stays with it.
+            return await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if recorded:
+                self.response = None
+                # The work did not commit: a retry must run it, not replay it. If this fails
+                # too, the record stands until its ttl (logged).
+                try:
+                    async with asyncio.timeout(COMPLETE_TIMEOUT):
+                        await store.withdraw(self._store_key, self._owner)
+                except (BackendError, TimeoutError) as exc:
+                    self._middleware.logger.error(
+                        "idempotent response recorded for work that did not commit",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+            raise
+
+
+def _outcome_read(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def current_claim(scope: Scope) -> IdempotencyClaim | None:

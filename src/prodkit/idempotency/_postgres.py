@@ -175,7 +175,8 @@ class PostgresIdempotencyStore:
         )
         now4 = "(statement_timestamp() + make_interval(secs => $4))"
         self._complete_sql = (
-            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7, owner = NULL,"  # noqa: S608 - table is a validated identifier
+            # The owner stays, so that it alone can withdraw the record (see withdraw()).
+            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
             f" locked_until = NULL, expires_at = {now4} + make_interval(secs => $3)"
             f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
         )
@@ -186,8 +187,13 @@ class PostgresIdempotencyStore:
         )
         now2 = "(statement_timestamp() + make_interval(secs => $2))"
         self._get_sql = (
-            f"SELECT fingerprint, owner, status, headers::text AS headers, body FROM {table}"  # noqa: S608 - table is a validated identifier
+            "SELECT fingerprint, CASE WHEN status IS NULL THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
+            f" headers::text AS headers, body FROM {table}"
             f" WHERE key = $1 AND expires_at > {now2}"
+        )
+        self._withdraw_sql = (
+            f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
+            " WHERE key = $1 AND owner = $2 AND status IS NOT NULL"
         )
         self._cleanup_sql = (
             f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table}"  # noqa: S608 - table is a validated identifier
@@ -313,6 +319,11 @@ class PostgresIdempotencyStore:
     async def release(self, key: str, owner: str) -> bool:
         """See :meth:`IdempotencyStore.release`."""
         result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))
+        return str(result).endswith(" 1")
+
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        result = await self._run("execute", self._withdraw_sql, key, owner)
         return str(result).endswith(" 1")
 
     def retry_release(self, key: str, owner: str, *, within: float) -> None:

@@ -159,6 +159,23 @@ class RetryingIdempotencyStore(IdempotencyStore, Protocol):
         ...
 
 
+@runtime_checkable
+class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
+    """A store that can take back a record whose work did not commit after all.
+
+    Every store of prodkit is one. Used by :meth:`IdempotencyClaim.complete_during`, which
+    records a response while the handler's commit is still in flight.
+    """
+
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """Delete the record ``owner`` completed; ``False`` (nothing changed) if there is none.
+
+        For a response recorded before the outcome of its work was known: the work did not
+        commit, so a retry must run the handler again rather than replay it.
+        """
+        ...
+
+
 def check_durations(lease: float, ttl: float) -> None:
     """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
     if lease <= 0 or ttl <= 0:
@@ -175,5 +192,6 @@ __all__ = [
     "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
+    "WithdrawingIdempotencyStore",
     "check_durations",
 ]
