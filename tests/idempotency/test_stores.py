@@ -37,6 +37,7 @@ from prodkit.idempotency import (
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
     StoredResponse,
+    WithdrawingIdempotencyStore,
     schema_sql,
 )
 from prodkit.testing import capture_logs
@@ -126,6 +127,7 @@ def new_key() -> str:
 
 async def test_stores_satisfy_the_protocol(harness: Harness) -> None:
     assert isinstance(harness.store, IdempotencyStore)
+    assert isinstance(harness.store, WithdrawingIdempotencyStore)
 
 
 async def test_first_claim_acquires_and_a_duplicate_is_in_progress(harness: Harness) -> None:
@@ -174,6 +176,23 @@ async def test_only_the_owner_completes_or_releases(harness: Harness) -> None:
     assert not await store.release(key, "intruder")
     assert await store.release(key, "a")
     assert await store.get(key) is None
+    assert (await store.claim(key, b"fp", "b", lease=30, ttl=600)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+
+
+async def test_only_the_completing_owner_withdraws_a_record(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "a", lease=30, ttl=600)
+    assert not await store.withdraw(key, "a")  # in progress: a release's job, not this
+    assert await store.complete(key, "a", RESPONSE, ttl=600)
+    record = await store.get(key)
+    assert record is not None
+    assert record.owner is None  # completed: no owner to show
+    assert not await store.withdraw(key, "intruder")
+    assert await store.withdraw(key, "a")
+    assert await store.get(key) is None
+    assert not await store.withdraw(key, "a")
     assert (await store.claim(key, b"fp", "b", lease=30, ttl=600)).outcome is (
         ClaimOutcome.ACQUIRED
     )
@@ -427,6 +446,7 @@ class ModelEntry:
     lease_until: float
     expires_at: float
     response: StoredResponse | None = None
+    completed_by: str | None = None
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -501,7 +521,7 @@ class StoreMachine(RuleBasedStateMachine):
         expected = entry is not None and entry.response is None and entry.owner == owner
         assert done is expected
         if entry is not None and expected:
-            entry.owner = None
+            entry.completed_by, entry.owner = entry.owner, None
             entry.response = response
             entry.expires_at = self.now + ttl
 
@@ -513,6 +533,17 @@ class StoreMachine(RuleBasedStateMachine):
         entry = self.live(key)
         expected = entry is not None and entry.response is None and entry.owner == owner
         assert released is expected
+        if expected:
+            del self.model[key]
+
+    @rule(index=st.integers(0, 1), owner_index=st.integers(0, 20))
+    def withdraw(self, index: int, owner_index: int) -> None:
+        key = self.key(index)
+        owner = self.owners[owner_index % len(self.owners)]
+        withdrawn = self.run(self.harness.store.withdraw(key, owner))
+        entry = self.live(key)
+        expected = entry is not None and entry.response is not None and entry.completed_by == owner
+        assert withdrawn is expected
         if expected:
             del self.model[key]
 
