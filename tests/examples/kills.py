@@ -90,16 +90,33 @@ class Keyed:
         )
         return head.encode() + body
 
-    async def retry_until_run(self, server: ServerProcess, *, lease: float) -> httpx.Response:
-        """Retry as a client would: 409 while a dead worker's lease lasts, then the answer."""
+    async def retry_until_run(
+        self, server: ServerProcess, *, lease: float, conflicts: int | None = None
+    ) -> httpx.Response:
+        """Retry as a client would: 409 while a dead worker's lease lasts, then the answer.
+
+        ``conflicts=1`` asserts that the first retry got a 409 (sent while the lease lasts).
+        """
         started = time.monotonic()
-        for _ in range(int(lease / 0.1) + 100):  # bounded: a lease of 409s, then some
+        for attempt in range(int(lease / 0.1) + 100):  # bounded: a lease of 409s, then some
             response = await self.send(server)
             if response.status_code != 409:
+                assert conflicts is None or attempt >= conflicts, "no 409 while the lease lasted"
                 return response
             assert response.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
+            assert 1 <= int(response.headers["retry-after"]) <= max(1, lease)
             await asyncio.sleep(0.1)
         raise AssertionError(f"still 409 after {time.monotonic() - started:.1f} s")
+
+    def in_flight(self, server: ServerProcess) -> asyncio.Task[httpx.Response | None]:
+        """Sent in the background; it may never be answered (the worker dies)."""
+
+        async def attempt() -> httpx.Response | None:
+            with contextlib.suppress(httpx.TransportError):
+                return await self.send(server)
+            return None
+
+        return asyncio.create_task(attempt())
 
 
 def create() -> Keyed:
