@@ -93,7 +93,10 @@ class PendingReleases:
                 await asyncio.wait({retrier})
         if self._pending:
             self._give_up_expired()
-            await self._attempt()
+            try:
+                await self._attempt()
+            except Exception:  # not a store failure (those are handled): the store still closes
+                self.logger.exception("idempotency claim release retry failed")
         if self._pending:
             self.logger.warning(
                 "idempotency claims not released at close",
