@@ -30,6 +30,8 @@ def test_every_variable() -> None:
             "SHUTDOWN_DRAIN_SECONDS": "5",
             "SHUTDOWN_TIMEOUT_SECONDS": "25.5",
             "IDEMPOTENCY_LEASE_SECONDS": "2.5",
+            "IDEMPOTENCY_TTL_SECONDS": "3600",
+            "IDEMPOTENCY_CLEANUP_SECONDS": "0",
             "LOG_LEVEL": "debug",
             "LOG_FORMAT": "console",
         }
@@ -41,6 +43,9 @@ def test_every_variable() -> None:
     assert (settings.shutdown_drain_seconds, settings.shutdown_timeout_seconds) == (5.0, 25.5)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
     assert settings.idempotency_lease_seconds == 2.5
+    assert (settings.idempotency_ttl_seconds, settings.idempotency_cleanup_seconds) == (3600, 0)
+    assert StackSettings().idempotency_ttl_seconds == 24 * 3600
+    assert StackSettings().idempotency_cleanup_seconds == 60
     assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
     assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
     assert (
@@ -66,6 +71,9 @@ BAD_VALUES = [
     ("IDEMPOTENCY_LEASE_SECONDS", "0", "e.g. 60"),
     ("IDEMPOTENCY_LEASE_SECONDS", "a minute", "write one such as 30 or 2.5"),
     ("IDEMPOTENCY_LEASE_SECONDS", "nan", "write one such as 30 or 2.5"),
+    ("IDEMPOTENCY_TTL_SECONDS", "30", "e.g. 86400"),  # below the lease
+    ("IDEMPOTENCY_TTL_SECONDS", "a day", "write one such as 30 or 2.5"),
+    ("IDEMPOTENCY_CLEANUP_SECONDS", "-1", "or 0 to turn the sweeps off"),
     ("RATE_LIMIT", "lots", "for example '100/minute'"),
     ("RATE_LIMIT", "0/minute", "at least 1"),
     ("TRUSTED_PROXIES", "10.0.0.0/33", "examples: '10.0.0.1', '10.0.0.0/8'"),

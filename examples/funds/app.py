@@ -19,7 +19,6 @@ from examples.funds.model import MAX_SIMULATIONS, project, require_valid
 from examples.funds.openapi import openapi
 from examples.funds.repository import (
     MAX_PAGE,
-    BeforeCommit,
     Fund,
     InMemoryRepository,
     Repository,
@@ -110,23 +109,36 @@ def not_found(fund_id: str) -> Problem:
     return Problem(404, "NOT_FOUND", f"no fund {fund_id!r} for this caller")
 
 
-def recorded_with(request: Request, respond: Callable[[Fund], Response]) -> BeforeCommit:
-    """Record ``respond(fund)`` as the idempotent response in the write's own transaction.
+class Recording:
+    """Record ``respond(fund)`` as the idempotent response, with the write that makes the fund.
 
-    With the PostgreSQL idempotency store, the record commits with the fund: a worker killed at
-    any instant leaves both (a retry replays) or neither (a retry runs once). Other stores keep
-    their records elsewhere; the middleware then records the response after the handler.
+    With the PostgreSQL idempotency store, :meth:`in_transaction` writes the record in the
+    write's own transaction: a worker killed at any instant leaves both the fund and its record
+    (a retry replays) or neither (a retry runs once). Other stores keep their records elsewhere:
+    :meth:`commit_with` writes the record while the commit is in flight, so that only the few
+    instructions between sending the commit and sending the record are left for a crash to
+    fall between the fund and its record (docs/idempotency.md has the figures).
     """
-    claim = current_claim(request.scope)
 
-    async def before_commit(connection: Any, fund: Fund) -> None:
-        if claim is not None:
-            response = respond(fund)
-            await claim.complete_in(
+    def __init__(self, request: Request, respond: Callable[[Fund], Response]) -> None:
+        self.claim = current_claim(request.scope)
+        self.respond = respond
+
+    async def in_transaction(self, connection: Any, fund: Fund) -> None:
+        if self.claim is not None:
+            response = self.respond(fund)
+            await self.claim.complete_in(
                 connection, response.status_code, response.raw_headers, bytes(response.body)
             )
 
-    return before_commit
+    async def commit_with(self, commit: Awaitable[None], fund: Fund) -> None:
+        if self.claim is None or self.claim.completed:
+            await commit
+            return
+        response = self.respond(fund)
+        await self.claim.complete_during(
+            commit, response.status_code, response.raw_headers, bytes(response.body)
+        )
 
 
 def fund_created(fund: Fund) -> Response:
@@ -144,8 +156,12 @@ def fund_shown(fund: Fund) -> Response:
 async def create_fund(request: Request) -> Response:
     user = user_id(request)
     fields = require_valid(await json_body(request))
+    recording = Recording(request, fund_created)
     fund = await repo(request).create(
-        user, fields, before_commit=recorded_with(request, fund_created)
+        user,
+        fields,
+        before_commit=recording.in_transaction,
+        commit_with=recording.commit_with,
     )
     return fund_created(fund)
 
@@ -163,8 +179,13 @@ async def update_fund(request: Request) -> Response:
     user = user_id(request)
     fund_id = request.path_params["fund_id"]
     fields = require_valid(await json_body(request), partial=True)
+    recording = Recording(request, fund_shown)
     fund = await repo(request).update(
-        user, fund_id, fields, before_commit=recorded_with(request, fund_shown)
+        user,
+        fund_id,
+        fields,
+        before_commit=recording.in_transaction,
+        commit_with=recording.commit_with,
     )
     if fund is None:
         raise not_found(fund_id)

@@ -15,6 +15,7 @@ from examples.funds.migrate import migrate
 from examples.funds.model import MODEL_VERSION, Stage, irr
 from examples.funds.repository import (
     BeforeCommit,
+    CommitWith,
     Fund,
     Page,
     Summary,
@@ -165,17 +166,13 @@ class PostgresRepository:
             self._refresher = asyncio.create_task(self._refresh_loop(), name="fund-summaries")
 
     @contextlib.asynccontextmanager
-    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
-        """A pool connection (in a transaction if asked) for at most ``CALL_TIMEOUT`` seconds."""
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pool connection for at most ``CALL_TIMEOUT`` seconds."""
         async with (
             asyncio.timeout(CALL_TIMEOUT),
             self.pool.acquire() as conn,  # the wait for it included in the bound above
         ):
-            if not transaction:
-                yield conn
-                return
-            async with conn.transaction():
-                yield conn
+            yield conn
 
     async def _read(self, func: Callable[[Any], Awaitable[T]]) -> T:
         import asyncpg
@@ -193,20 +190,43 @@ class PostgresRepository:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(
-        self, sql: str, args: list[Any], before_commit: BeforeCommit | None
+        self,
+        sql: str,
+        args: list[Any],
+        before_commit: BeforeCommit | None,
+        commit_with: CommitWith | None,
     ) -> Fund | None:
-        """Run one ``… RETURNING`` write and ``before_commit`` in one transaction."""
-        async with self._connection(transaction=True) as conn:
-            row = await conn.fetchrow(sql, *args)
-            fund = None if row is None else _fund(row)
-            if fund is not None and before_commit is not None:
-                await before_commit(conn, fund)
+        """Run one ``… RETURNING`` write and ``before_commit`` in one transaction, and commit
+        it with ``commit_with`` (or plainly)."""
+        async with (
+            asyncio.timeout(CALL_TIMEOUT),
+            self.pool.acquire() as conn,  # the wait for it included in the bound above
+        ):
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                row = await conn.fetchrow(sql, *args)
+                fund = None if row is None else _fund(row)
+                if fund is not None and before_commit is not None:
+                    await before_commit(conn, fund)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            if fund is not None and commit_with is not None:
+                await commit_with(transaction.commit(), fund)
+            else:
+                await transaction.commit()
         if fund is not None:
             self._dirty.set()
         return fund
 
     async def create(
-        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+        self,
+        user_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund:
         stages: tuple[Stage, ...] = fields["stages"]
         fund = await self._write(
@@ -223,6 +243,7 @@ class PostgresRepository:
                 MODEL_VERSION,
             ],
             before_commit,
+            commit_with,
         )
         assert fund is not None  # an INSERT … RETURNING returns its row
         return fund
@@ -247,6 +268,7 @@ class PostgresRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None:
         key = _uuid(fund_id)
         if key is None:
@@ -270,6 +292,7 @@ class PostgresRepository:
             f" WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL RETURNING {COLUMNS}",
             values,
             before_commit,
+            commit_with,
         )
 
     async def delete(self, user_id: str, fund_id: str) -> bool:

@@ -76,6 +76,8 @@ class Summary:
 
 #: Run inside a write's transaction, with its connection and the written fund, before the commit.
 BeforeCommit = Callable[[Any, Fund], Awaitable[None]]
+#: Given the write's commit (to await) and the written fund: what must happen around the commit.
+CommitWith = Callable[[Awaitable[None], Fund], Awaitable[None]]
 
 
 class Repository(Protocol):
@@ -84,10 +86,17 @@ class Repository(Protocol):
     ``before_commit`` runs inside the write's database transaction, so that what it writes
     (the idempotency record) commits with the fund or not at all. A repository without
     transactions (the in-memory one, whose data dies with the process) does not call it.
+    ``commit_with`` commits the write (the idempotency record of a store that cannot join
+    the transaction is written while the commit is in flight).
     """
 
     async def create(
-        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+        self,
+        user_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund: ...
     async def get(self, user_id: str, fund_id: str) -> Fund | None: ...
     async def update(
@@ -97,6 +106,7 @@ class Repository(Protocol):
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None: ...
     async def delete(self, user_id: str, fund_id: str) -> bool: ...
     async def list(
@@ -138,6 +148,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+async def committed() -> None:
+    """The commit of a repository without transactions: done as soon as written."""
+
+
 def search_text(q: str | None) -> str | None:
     """The search to run for ``q``, or ``None`` for no filter.
 
@@ -164,7 +178,12 @@ class InMemoryRepository:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def create(
-        self, user_id: str, fields: dict[str, Any], *, before_commit: BeforeCommit | None = None
+        self,
+        user_id: str,
+        fields: dict[str, Any],
+        *,
+        before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund:
         stamp = now()
         fund = Fund(
@@ -181,6 +200,8 @@ class InMemoryRepository:
         )
         async with self._lock:
             self.funds[fund.id] = fund
+        if commit_with is not None:
+            await commit_with(committed(), fund)
         return fund
 
     async def get(self, user_id: str, fund_id: str) -> Fund | None:
@@ -196,6 +217,7 @@ class InMemoryRepository:
         fields: dict[str, Any],
         *,
         before_commit: BeforeCommit | None = None,
+        commit_with: CommitWith | None = None,
     ) -> Fund | None:
         async with self._lock:
             fund = await self.get(user_id, fund_id)
@@ -207,7 +229,9 @@ class InMemoryRepository:
                 changes["model_version"] = MODEL_VERSION
             updated = replace(fund, **changes)
             self.funds[fund_id] = updated
-            return updated
+        if commit_with is not None:
+            await commit_with(committed(), updated)
+        return updated
 
     async def delete(self, user_id: str, fund_id: str) -> bool:
         async with self._lock:

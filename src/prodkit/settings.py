@@ -68,6 +68,10 @@ class StackSettings:
             protects its handler (``IDEMPOTENCY_LEASE_SECONDS``, default 60): a retry gets 409
             until then, and runs the handler once it is over, if the first request's process
             died. Set it above your slowest handler.
+        idempotency_ttl_seconds: how long a completed request's response is replayed for its
+            key (``IDEMPOTENCY_TTL_SECONDS``, default 86400: a day).
+        idempotency_cleanup_seconds: how often a PostgreSQL idempotency store deletes expired
+            records (``IDEMPOTENCY_CLEANUP_SECONDS``, default 60; ``0`` turns the sweeps off).
         rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``); ``None`` means a generous default.
         trusted_proxies: IPs/CIDRs whose forwarding headers are honoured (``TRUSTED_PROXIES``).
         cors_origins: allowed origins (``CORS_ORIGINS``); ``https://*.example.com`` allows
@@ -92,6 +96,8 @@ class StackSettings:
     redis_key_prefix: str = "prodkit:"
     idempotency_store: IdempotencyStoreName | None = None
     idempotency_lease_seconds: float = 60.0
+    idempotency_ttl_seconds: float = 24 * 3600.0
+    idempotency_cleanup_seconds: float = 60.0
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -159,6 +165,19 @@ class StackSettings:
                 f"IDEMPOTENCY_LEASE_SECONDS={self.idempotency_lease_seconds!r} "
                 "(idempotency_lease_seconds) must be more than 0 seconds: set it above your "
                 "slowest handler, e.g. 60"
+            )
+        ttl, lease = self.idempotency_ttl_seconds, self.idempotency_lease_seconds
+        if not ttl >= lease:
+            raise ConfigurationError(
+                f"IDEMPOTENCY_TTL_SECONDS={ttl!r} (idempotency_ttl_seconds) must be at least "
+                f"IDEMPOTENCY_LEASE_SECONDS ({lease!r}): a record must outlive its claim, "
+                "e.g. 86400"
+            )
+        if not self.idempotency_cleanup_seconds >= 0:
+            raise ConfigurationError(
+                f"IDEMPOTENCY_CLEANUP_SECONDS={self.idempotency_cleanup_seconds!r} "
+                "(idempotency_cleanup_seconds) must not be negative: write the seconds between "
+                "sweeps of expired records, e.g. 60, or 0 to turn the sweeps off"
             )
 
     def _check_addresses(self) -> None:
@@ -266,6 +285,8 @@ class StackSettings:
             redis_key_prefix=redis_key_prefix,
             idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
             idempotency_lease_seconds=_number(env, "IDEMPOTENCY_LEASE_SECONDS", 60.0),
+            idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600.0),
+            idempotency_cleanup_seconds=_number(env, "IDEMPOTENCY_CLEANUP_SECONDS", 60.0),
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
             cors_origins=_split(env.get("CORS_ORIGINS")),

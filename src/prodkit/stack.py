@@ -393,18 +393,28 @@ class Stack:
         await self._app(scope, receive, send)
 
 
-def idempotency_store_for(settings: StackSettings, *, redis: Any | None = None) -> IdempotencyStore:
+def idempotency_store_for(
+    settings: StackSettings,
+    *,
+    redis: Any | None = None,
+    registry: CollectorRegistry | None = None,
+) -> IdempotencyStore:
     """The idempotency store ``settings`` choose (memory, PostgreSQL or Redis); nothing connects yet.
 
     Arguments:
         settings: names the store (``idempotency_store``) and where it lives.
         redis: the Redis client to use for a Redis store (default: a client of its own, which
             the store closes).
+        registry: the Prometheus registry of the PostgreSQL store's cleanup counter.
     """
     if settings.idempotency_store == "postgres":
         if not settings.database_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
-        return PostgresIdempotencyStore(settings.database_url)
+        return PostgresIdempotencyStore(
+            settings.database_url,
+            cleanup_interval=settings.idempotency_cleanup_seconds or None,
+            registry=registry,
+        )
     if settings.idempotency_store == "redis":
         if not settings.redis_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
@@ -429,7 +439,9 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
         # The cache and the rate limiter fail open: a Redis outage degrades the service but
         # does not make it unready.
         checks.append(HealthCheck("redis", redis_check(client), critical=False))
-    stack.idempotency_store = idempotency_store_for(settings, redis=stack.redis)
+    stack.idempotency_store = idempotency_store_for(
+        settings, redis=stack.redis, registry=stack.registry
+    )
     prefix = settings.redis_key_prefix
     stack.rate_limit_store = (
         RedisRateLimitStore(stack.redis, key_prefix=f"{prefix}ratelimit:")
@@ -522,6 +534,7 @@ def _inner_layers(
         "caller": scope_by,
         "stored_headers": stored_headers,
         "lease": settings.idempotency_lease_seconds,
+        "ttl": settings.idempotency_ttl_seconds,
         "registry": registry,
     }
     concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY

@@ -1,76 +1,46 @@
 """Exactly once through crashes: the example's worker killed at each point of a keyed write.
 
-Issue #15. The example runs as a real process (``python -m examples.funds``, one worker) on
-PostgreSQL with a 2-second idempotency lease. The test holds PostgreSQL locks to stop the
-worker at a chosen point (before its write commits, before the record is written, right after
-the commit), kills it with SIGKILL (freezing it first with SIGSTOP where timing matters), starts
-a new one and retries with the same key. What it asserts is what a client and an operator see:
-the fund rows, the retry's status, ``Idempotency-Status`` and body.
+Issues #15 and #21. The example runs as a real process (``python -m examples.funds``, one
+worker) on PostgreSQL with a 2-second idempotency lease. The test holds PostgreSQL locks to stop
+the worker at a chosen point (before its write commits, before the record is written, during the
+commit, right after it), kills it with SIGKILL (freezing it first with SIGSTOP where timing
+matters), starts a new one and retries with the same key. What it asserts is what a client and
+an operator see: the fund rows, the retry's status, ``Idempotency-Status`` and body.
 
 With the PostgreSQL store the record commits in the handler's transaction, so every crash
-leaves one fund and a replay. With a store that cannot join the transaction, a crash between
-the commit and the record runs the handler again — the documented limits
-(``docs/idempotency.md``): with Redis once the lease ends (409 until then), with the memory
-store at once (the records died with the process).
+leaves one fund and a replay. With Redis the record goes out while the commit is in flight
+(``IdempotencyClaim.complete_during``): a worker killed during the commit leaves both. What
+remains is documented (``docs/idempotency.md``) and tested here: a record that cannot reach
+Redis when the work commits runs the handler again once the lease ends (409 until then); a
+bounded run of random kills stays under the documented bound; with the memory store a restart
+runs it again at once (the records died with the process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import RUN_ID
-from tests.servers import ServerProcess, free_port, redis_server, run_server
+from tests.examples.kills import Example, Keyed, create, kill_at_random
+from tests.servers import ServerProcess
+from tests.servers.proxy import TcpProxy
 
 asyncpg = pytest.importorskip("asyncpg")
 
 pytestmark = pytest.mark.server
 
 LEASE = 2.0
-FUND: dict[str, Any] = {
-    "name": "Crash Fund",
-    "size": 1_000_000,
-    "stages": [{"name": "seed", "months": 12, "graduate": 0.5, "exit": 0.1}],
-}
 #: The example's pool names itself so (examples/funds/postgres.py).
 APPLICATION = "prodkit-funds"
-
-
-class Example:
-    """Starts (and restarts) the example on ``env``; every process stopped by its PID."""
-
-    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
-        self.env = env
-        self.tmp_path = tmp_path
-        self.stack = contextlib.ExitStack()
-
-    async def start(self) -> ServerProcess:
-        """A new worker process, once it answers ``/readyz`` with 200."""
-        port = free_port()
-        args = ["examples.funds", "--port", str(port), "--workers", "1"]
-        server = self.stack.enter_context(
-            run_server(args, port=port, tmp_path=self.tmp_path, env=self.env)
-        )
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-            for _ in range(100):  # bounded: 10 s
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        return server
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"the example did not become ready:\n{server.output()}")
-
-    def close(self) -> None:
-        self.stack.close()
 
 
 @pytest.fixture
@@ -95,54 +65,6 @@ async def db(postgres_dsn: str) -> AsyncIterator[Any]:
         yield conn
     finally:
         await conn.close()
-
-
-@dataclass(frozen=True)
-class Keyed:
-    """One keyed request of a caller of its own, sent as often as a client retries it."""
-
-    method: str
-    path: str
-    body: Any
-    user: str = field(default_factory=lambda: f"crash-{uuid.uuid4().hex[:8]}")
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    async def send(self, server: ServerProcess) -> httpx.Response:
-        headers = {"X-User-Id": self.user, "Idempotency-Key": self.key}
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-            return await client.request(self.method, self.path, json=self.body, headers=headers)
-
-    def in_flight(self, server: ServerProcess) -> asyncio.Task[httpx.Response | None]:
-        """Sent in the background; it may never be answered (the worker dies)."""
-
-        async def attempt() -> httpx.Response | None:
-            with contextlib.suppress(httpx.TransportError):
-                return await self.send(server)
-            return None
-
-        return asyncio.create_task(attempt())
-
-    async def retry_until_run(
-        self, server: ServerProcess, *, conflicts: int | None = None
-    ) -> httpx.Response:
-        """Retry as a client would: 409 while the dead worker's lease lasts, then the answer.
-
-        ``conflicts=1`` asserts that the first retry got a 409 (sent while the lease lasts).
-        """
-        started = time.monotonic()
-        for attempt in range(100):  # bounded: the lease is 2 s, each 409 says how long to wait
-            response = await self.send(server)
-            if response.status_code != 409:
-                assert conflicts is None or attempt >= conflicts, "no 409 while the lease lasted"
-                return response
-            assert response.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
-            assert 1 <= int(response.headers["retry-after"]) <= LEASE
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"still 409 after {time.monotonic() - started:.1f} s")
-
-
-def create() -> Keyed:
-    return Keyed("POST", "/api/funds", FUND)
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -239,7 +161,7 @@ async def test_killed_before_the_commit_the_retry_creates_one_fund(
     assert await sent is None
     assert await funds_of(db, request.user) == []
 
-    created = await request.retry_until_run(standby, conflicts=1)
+    created = await request.retry_until_run(standby, lease=LEASE, conflicts=1)
     assert created.status_code == 201
     assert created.headers["idempotency-status"] == "created"
     [fund] = await funds_of(db, request.user)
@@ -272,7 +194,7 @@ async def test_killed_while_recording_the_retry_creates_one_fund(
     await until(lambda: no_transaction_left(db), "the dead worker's transaction is gone")
     assert await funds_of(db, request.user) == []
 
-    created = await request.retry_until_run(standby, conflicts=1)
+    created = await request.retry_until_run(standby, lease=LEASE, conflicts=1)
     assert (created.status_code, created.headers["idempotency-status"]) == (201, "created")
     replayed = await request.send(standby)
     assert replayed.content == created.content
@@ -336,7 +258,7 @@ async def test_a_killed_patch_is_applied_once_and_replayed(
     assert before["name"] == ("Crash Fund" if point == "before-the-commit" else "Renamed Fund")
 
     server = await example.start()
-    answer = await request.retry_until_run(server)
+    answer = await request.retry_until_run(server, lease=LEASE)
     assert answer.status_code == 200
     expected = "created" if point == "before-the-commit" else "replayed"
     assert answer.headers["idempotency-status"] == expected
@@ -352,36 +274,123 @@ async def test_a_killed_patch_is_applied_once_and_replayed(
 # -- stores that cannot join the transaction ---------------------------------------------------
 
 
-async def test_with_redis_a_crash_between_commit_and_record_runs_again_after_the_lease(
-    example: Example, db: Any, postgres_dsn: str
-) -> None:
-    port = free_port()
-    with redis_server(port) as redis:
-        example.env.update(
-            {
-                "IDEMPOTENCY_STORE": "redis",
-                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-                "REDIS_KEY_PREFIX": f"prodkit-test:{RUN_ID}:crash:",
-            }
+@pytest.fixture
+def redis_store(example: Example, redis_url: str, redis_prefix: str) -> str:
+    """The example on the Redis idempotency store (the shared server, a fresh prefix)."""
+    example.env.update(
+        {"IDEMPOTENCY_STORE": "redis", "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix}
+    )
+    return redis_url
+
+
+#: Advisory lock that every commit of ``funds`` waits for while a test holds it.
+COMMIT_GATE = 7022
+
+
+@contextlib.asynccontextmanager
+async def commits_held(db: Any, dsn: str) -> AsyncIterator[None]:
+    """Every commit of ``funds`` waits, server-side, until the block ends: a deferred trigger
+    (installed for the block) takes a shared advisory lock that the block holds."""
+    await db.execute(
+        f"""
+        CREATE FUNCTION crash_commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared({COMMIT_GATE}); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER crash_commit_gate AFTER INSERT ON funds
+          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION crash_commit_gate();
+        """
+    )
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", COMMIT_GATE)
+        yield
+    finally:
+        await holder.close()  # the lock goes with the session
+        await db.execute(
+            "DROP TRIGGER IF EXISTS crash_commit_gate ON funds;"
+            " DROP FUNCTION IF EXISTS crash_commit_gate()"
         )
+
+
+async def commit_waits(db: Any) -> bool:
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+        " AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE 'COMMIT%'",
+        APPLICATION,
+    )
+    return bool(count)
+
+
+async def test_with_redis_a_worker_killed_while_its_commit_runs_leaves_the_record(
+    example: Example, db: Any, postgres_dsn: str, redis_store: str
+) -> None:
+    # Issue #21, item 10: the record was written after the commit returned, so a worker
+    # killed during the commit (its WAL flush, its round trip) left the fund without its
+    # record, and the retry created the fund again once the lease was over.
+    server = await example.start()
+    standby = await example.start()
+    request = create()
+    async with commits_held(db, postgres_dsn):
+        sent = request.in_flight(server)
+        await until(lambda: commit_waits(db), "the worker's commit waits")
+        kill(server)
+    assert await sent is None
+    await until(lambda: has_funds(db, request.user), "the dead worker's commit is done")
+
+    # The record went out with the commit: the retry replays it, at once.
+    replayed = await request.retry_until_run(standby, lease=LEASE)
+    assert (replayed.status_code, replayed.headers["idempotency-status"]) == (201, "replayed")
+    [fund] = await funds_of(db, request.user)
+    assert replayed.json()["id"] == str(fund["id"])
+
+
+async def test_with_redis_unreachable_at_the_commit_a_crash_runs_again_after_the_lease(
+    example: Example, db: Any, postgres_dsn: str, redis_store: str
+) -> None:
+    # The limit that remains: a record that cannot reach Redis when the work commits.
+    target = urlsplit(redis_store)
+    with TcpProxy((target.hostname or "127.0.0.1", target.port or 6379)) as proxy:
+        example.env["REDIS_URL"] = proxy.dsn(redis_store)
         server = await example.start()
         standby = await example.start()
         request = create()
         async with stopped_at(db, postgres_dsn, server, request, "INSERT INTO funds") as sent:
-            redis.send_signal(signal.SIGSTOP)  # claimed in Redis; the record will wait
-        try:
-            await until(lambda: has_funds(db, request.user), "the fund is committed")
-            kill(server)
-        finally:
-            redis.send_signal(signal.SIGCONT)
+            proxy.cut()  # claimed in Redis; the record will not get there
+            proxy.reset()
+        await until(lambda: has_funds(db, request.user), "the fund is committed")
+        kill(server)
         await sent
+        proxy.restore()
         assert len(await funds_of(db, request.user)) == 1
 
         # The claim outlives the worker for the lease (409s), then the handler runs again.
-        again = await request.retry_until_run(standby, conflicts=1)
-        assert again.status_code == 201
-        assert again.headers["idempotency-status"] == "created"
+        again = await request.retry_until_run(standby, lease=LEASE, conflicts=1)
+        assert (again.status_code, again.headers["idempotency-status"]) == (201, "created")
         assert len(await funds_of(db, request.user)) == 2
+
+
+#: Kills of the bounded run in CI, and the most double runs it accepts: docs/idempotency.md
+#: gives the rates measured over 60 kills with ``python -m benchmarks.crashes`` (a few in a
+#: hundred; before the record went out with the commit, one in six).
+RANDOM_KILLS = 12
+MOST_DOUBLE_RUNS = 3
+
+
+async def test_with_redis_random_kills_rarely_run_a_handler_twice(
+    example: Example, db: Any, redis_store: str
+) -> None:
+    example.env["IDEMPOTENCY_LEASE_SECONDS"] = "1"
+    example.env["LOG_LEVEL"] = "ERROR"
+
+    async def count(user: str) -> int:
+        return len(await funds_of(db, user))
+
+    tally = await kill_at_random(
+        example, count, kills=RANDOM_KILLS, lease=1.0, rng=random.Random(RANDOM_KILLS)
+    )
+    print(tally.line())  # noqa: T201 - the figures, for the log of the run
+    assert tally.kills == RANDOM_KILLS
+    assert tally.replayed >= 1, "no kill came after a commit: the run proves nothing"
+    assert tally.ran_twice <= MOST_DOUBLE_RUNS, tally.line()
 
 
 async def test_with_the_memory_store_a_restart_forgets_every_key(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -24,8 +25,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from prometheus_client import CollectorRegistry
 
+from prodkit import IdempotencyMiddleware
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.asgi import Receive, Scope, Send
 from prodkit.idempotency import (
     ClaimOutcome,
     IdempotencyStore,
@@ -33,8 +37,10 @@ from prodkit.idempotency import (
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
     StoredResponse,
+    WithdrawingIdempotencyStore,
     schema_sql,
 )
+from prodkit.testing import capture_logs
 
 BACKENDS = ("memory", "postgres", "redis")
 RESPONSE = StoredResponse(
@@ -121,6 +127,7 @@ def new_key() -> str:
 
 async def test_stores_satisfy_the_protocol(harness: Harness) -> None:
     assert isinstance(harness.store, IdempotencyStore)
+    assert isinstance(harness.store, WithdrawingIdempotencyStore)
 
 
 async def test_first_claim_acquires_and_a_duplicate_is_in_progress(harness: Harness) -> None:
@@ -169,6 +176,23 @@ async def test_only_the_owner_completes_or_releases(harness: Harness) -> None:
     assert not await store.release(key, "intruder")
     assert await store.release(key, "a")
     assert await store.get(key) is None
+    assert (await store.claim(key, b"fp", "b", lease=30, ttl=600)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+
+
+async def test_only_the_completing_owner_withdraws_a_record(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    await store.claim(key, b"fp", "a", lease=30, ttl=600)
+    assert not await store.withdraw(key, "a")  # in progress: a release's job, not this
+    assert await store.complete(key, "a", RESPONSE, ttl=600)
+    record = await store.get(key)
+    assert record is not None
+    assert record.owner is None  # completed: no owner to show
+    assert not await store.withdraw(key, "intruder")
+    assert await store.withdraw(key, "a")
+    assert await store.get(key) is None
+    assert not await store.withdraw(key, "a")
     assert (await store.claim(key, b"fp", "b", lease=30, ttl=600)).outcome is (
         ClaimOutcome.ACQUIRED
     )
@@ -257,6 +281,104 @@ async def test_postgres_schema_cleanup_and_expiry_index(
         await store.aclose()
 
 
+async def rows_in(dsn: str, table: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_store_deletes_expired_records_by_itself(postgres_dsn: str) -> None:
+    # Issue #21, item 8: nothing called cleanup(), so expired rows stayed forever. The store
+    # now sweeps on its own, started by its first use; a short interval here.
+    registry = CollectorRegistry()
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(
+        postgres_dsn, table=table, cleanup_interval=0.2, cleanup_batch_size=2, registry=registry
+    )
+    try:
+        await store.ensure_schema()
+        for index in range(5):
+            await store.claim(f"old-{index}", b"fp", "o", lease=0.1, ttl=0.1)
+        for index in range(3):
+            await store.claim(f"live-{index}", b"fp", "o", lease=30, ttl=600)
+        for _ in range(100):  # bounded: 10 s
+            if await rows_in(postgres_dsn, table) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert await rows_in(postgres_dsn, table) == 3
+        for index in range(3):
+            assert await store.get(f"live-{index}") is not None
+        removed = registry.get_sample_value("prodkit_idempotency_records_removed_total")
+        assert removed == 5
+    finally:
+        await store.aclose()
+
+
+def test_postgres_store_sweeps_by_default() -> None:
+    pytest.importorskip("asyncpg")
+    assert PostgresIdempotencyStore("postgresql://db/app").cleanup_interval == 60
+    assert (
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_interval=None).cleanup_interval
+        is None
+    )
+    with pytest.raises(ConfigurationError, match="cleanup_interval"):
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_interval=0)
+    with pytest.raises(ConfigurationError, match="cleanup_batch_size"):
+        PostgresIdempotencyStore("postgresql://db/app", cleanup_batch_size=0)
+
+
+@pytest.mark.postgres
+async def test_postgres_store_sweeps_stop_at_aclose(postgres_dsn: str) -> None:
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(
+        postgres_dsn, table=table, cleanup_interval=0.1, registry=CollectorRegistry()
+    )
+    await store.ensure_schema()
+    await store.aclose()
+    await asyncio.sleep(0.3)  # a sweep would have run by now, on a closed pool
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "prodkit-idempotency-cleanup"]
+
+
+@pytest.mark.postgres
+async def test_a_missing_table_says_which_call_creates_it(postgres_dsn: str) -> None:
+    # Issue #22, item 6: without ensure_schema() the store failed with PostgreSQL's bare
+    # 'relation "…" does not exist'.
+    table = f"idem_missing_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(postgres_dsn, table=table, registry=CollectorRegistry())
+    try:
+        with pytest.raises(BackendError) as raised:
+            await store.claim("k", b"fp", "o", lease=1, ttl=2)
+        message = str(raised.value)
+        assert f"the table {table} does not exist" in message
+        assert "await store.ensure_schema()" in message
+
+        # What an operator sees: a 503 for the client, the hint in the log line.
+        app = IdempotencyMiddleware(ok_app, store=store, registry=CollectorRegistry())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            with capture_logs() as logs:
+                response = await client.post(
+                    "/", headers={"Idempotency-Key": "k1", "Authorization": "Bearer alice"}
+                )
+        assert response.status_code == 503
+        assert response.json()["code"] == "IDEMPOTENCY_STORE_UNAVAILABLE"
+        [line] = [e for e in logs if e["event"] == "idempotency store unavailable"]
+        assert "await store.ensure_schema()" in line["error"]
+        assert table in line["error"]
+    finally:
+        await store.aclose()
+
+
+async def ok_app(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"made"})
+
+
 @pytest.mark.postgres
 async def test_postgres_works_with_statement_cache_off_pool(postgres_dsn: str) -> None:
     import asyncpg
@@ -326,6 +448,7 @@ class ModelEntry:
     lease_until: float
     expires_at: float
     response: StoredResponse | None = None
+    completed_by: str | None = None
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -400,7 +523,7 @@ class StoreMachine(RuleBasedStateMachine):
         expected = entry is not None and entry.response is None and entry.owner == owner
         assert done is expected
         if entry is not None and expected:
-            entry.owner = None
+            entry.completed_by, entry.owner = entry.owner, None
             entry.response = response
             entry.expires_at = self.now + ttl
 
@@ -412,6 +535,17 @@ class StoreMachine(RuleBasedStateMachine):
         entry = self.live(key)
         expected = entry is not None and entry.response is None and entry.owner == owner
         assert released is expected
+        if expected:
+            del self.model[key]
+
+    @rule(index=st.integers(0, 1), owner_index=st.integers(0, 20))
+    def withdraw(self, index: int, owner_index: int) -> None:
+        key = self.key(index)
+        owner = self.owners[owner_index % len(self.owners)]
+        withdrawn = self.run(self.harness.store.withdraw(key, owner))
+        entry = self.live(key)
+        expected = entry is not None and entry.response is not None and entry.completed_by == owner
+        assert withdrawn is expected
         if expected:
             del self.model[key]
 

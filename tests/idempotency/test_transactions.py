@@ -123,7 +123,7 @@ async def test_the_record_commits_with_the_handlers_row(
     assert app.calls == 1
     assert await orders(pool) == 1
     [row] = await pool.fetch(f"SELECT owner, status FROM {store.table}")  # noqa: S608
-    assert (row["owner"], row["status"]) == (None, 201)
+    assert row["status"] == 201  # completed (its owner stays: only it may withdraw it)
 
 
 async def test_a_rolled_back_transaction_leaves_no_record_and_the_retry_runs(

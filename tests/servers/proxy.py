@@ -4,7 +4,8 @@
 open and silent, new connections are accepted and never answered — what a client sees when a
 firewall drops its packets, not what it sees when a server stops (a refused or reset
 connection, which drivers notice at once). ``restore()`` relays again, bytes held during the
-cut included, like a healed partition. The proxy runs its own event loop in a thread, so tests
+cut included, like a healed partition. ``reset()`` aborts every open connection, as a server
+restart does: with a cut around it, clients see the server go away and stay away. The proxy runs its own event loop in a thread, so tests
 drive it from sync or async code alike; every call is bounded and ``close()`` (or leaving the
 ``with`` block) aborts every connection and stops the thread.
 """
@@ -60,6 +61,11 @@ class TcpProxy:
         """Relay again, including what arrived during the cut."""
         self._call(self._set_open(True))
 
+    def reset(self) -> None:
+        """Abort every open connection, as a server restart does; new ones are still accepted
+        (and held during a cut). Bytes held for an aborted connection are dropped."""
+        self._call(self._abort_all())
+
     def close(self) -> None:
         """Abort every connection, stop listening and stop the thread (idempotent)."""
         if self._closed:
@@ -110,11 +116,14 @@ class TcpProxy:
         else:
             self._open.clear()
 
+    async def _abort_all(self) -> None:
+        for transport in list(self._transports):
+            transport.abort()
+
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-        for transport in list(self._transports):
-            transport.abort()
+        await self._abort_all()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

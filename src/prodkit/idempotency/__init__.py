@@ -26,8 +26,10 @@ from prodkit.idempotency._store import (
     ClaimOutcome,
     IdempotencyRecord,
     IdempotencyStore,
+    RetryingIdempotencyStore,
     StoredResponse,
     TransactionalIdempotencyStore,
+    WithdrawingIdempotencyStore,
 )
 
 __all__ = [
@@ -49,8 +51,10 @@ __all__ = [
     "MemoryIdempotencyStore",
     "PostgresIdempotencyStore",
     "RedisIdempotencyStore",
+    "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
+    "WithdrawingIdempotencyStore",
     "current_claim",
     "schema_sql",
 ]

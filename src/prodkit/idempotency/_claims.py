@@ -2,19 +2,26 @@
 
 A handler that writes to the database holding a :class:`PostgresIdempotencyStore`'s table can
 commit its work and the idempotency record in one transaction with
-:meth:`IdempotencyClaim.complete_in`; see ``docs/idempotency.md`` ("Exactly once through
-crashes").
+:meth:`IdempotencyClaim.complete_in`; any other handler can record its response right after its
+commit with :meth:`IdempotencyClaim.complete`. See ``docs/idempotency.md`` ("Exactly once
+through crashes").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from prodkit._core.exceptions import BackendError
 from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
 from prodkit.idempotency._responses import stored_response, unstorable
-from prodkit.idempotency._store import StoredResponse, TransactionalIdempotencyStore
+from prodkit.idempotency._store import (
+    StoredResponse,
+    TransactionalIdempotencyStore,
+    WithdrawingIdempotencyStore,
+)
 
 if TYPE_CHECKING:
     from prodkit.idempotency._middleware import IdempotencyMiddleware
@@ -25,7 +32,12 @@ CLAIM_SCOPE_KEY = "prodkit.idempotency_claim"
 #: The problem code of :class:`ClaimLost` (the same as a retry that finds the key in progress).
 IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 
+#: Seconds one attempt to record a response may take (the breaker's timeout does not apply:
+#: the handler has run, so the record is worth waiting for).
+COMPLETE_TIMEOUT = 5.0
+
 Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 
 class ClaimLost(Problem):
@@ -51,24 +63,42 @@ class IdempotencyClaim:
     """The idempotency key a request holds while its handler runs (see :func:`current_claim`).
 
     Attributes:
-        completed: whether :meth:`complete_in` recorded the response in the handler's
-            transaction (the middleware then does not record it again).
-        response: the response recorded by :meth:`complete_in`, if any.
+        completed: whether :meth:`complete_in` or :meth:`complete` recorded the response (the
+            middleware then does not record it again).
+        response: the response they recorded, if any.
     """
 
-    __slots__ = ("_middleware", "_owner", "_store_key", "response")
+    __slots__ = ("_lease_ends", "_middleware", "_owner", "_store_key", "response")
 
     def __init__(self, middleware: IdempotencyMiddleware, store_key: str, owner: str) -> None:
         # The store, the ttl and what is recorded are the middleware's: read from it, not copied.
         self._middleware = middleware
         self._store_key = store_key
         self._owner = owner
+        # The event loop's time when the lease is over: taken after the claim, so not before
+        # the store's own expiry of it.
+        self._lease_ends = asyncio.get_running_loop().time() + middleware.lease
         self.response: StoredResponse | None = None
 
     @property
     def completed(self) -> bool:
-        """Whether the response was recorded in the handler's transaction."""
+        """Whether the response was recorded by the handler (see :meth:`complete_in`)."""
         return self.response is not None
+
+    def _recordable(self, status: int, headers: Headers, body: bytes) -> StoredResponse | None:
+        """The record of this response, or ``None`` when the middleware would not record it."""
+        middleware = self._middleware
+        if isinstance(headers, Mapping):
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        else:
+            raw = [(k.lower(), v) for k, v in headers]
+        if (
+            unstorable(status, raw, store_server_errors=middleware.store_server_errors) is not None
+            or len(body) > middleware.max_response_bytes
+        ):
+            return None
+        start = {"type": "http.response.start", "status": status, "headers": raw}
+        return stored_response(start, body, middleware._stored_headers)
 
     async def complete_in(
         self, connection: Any, status: int, headers: Headers, body: bytes
@@ -94,23 +124,104 @@ class IdempotencyClaim:
         store = middleware.store
         if not isinstance(store, TransactionalIdempotencyStore):
             return False
-        if isinstance(headers, Mapping):
-            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        else:
-            raw = [(k.lower(), v) for k, v in headers]
-        if (
-            unstorable(status, raw, store_server_errors=middleware.store_server_errors) is not None
-            or len(body) > middleware.max_response_bytes
-        ):
+        response = self._recordable(status, headers, body)
+        if response is None:
             return False
-        start = {"type": "http.response.start", "status": status, "headers": raw}
-        response = stored_response(start, body, middleware._stored_headers)
         if not await store.complete_in(
             connection, self._store_key, self._owner, response, ttl=middleware.ttl
         ):
             raise ClaimLost()
         self.response = response
         return True
+
+    async def complete(self, status: int, headers: Headers, body: bytes) -> bool:
+        """Record the response in the store now: call it right after the handler's commit.
+
+        For work whose record cannot commit with it (a Redis store, work in another database,
+        a call to another service), the middleware records the response after the handler has
+        returned and its response has come back through every layer inside the middleware: a
+        process that dies in between leaves the work done without its record, and a retry
+        runs the handler again once the lease is over. Recording right after the commit
+        shrinks that window to the commit's reply and one store round trip. Pass exactly the
+        status, headers and body the handler then returns; with any store.
+
+        Returns ``True`` when the response is on record (by this call, or by
+        :meth:`complete_in` before it). Returns ``False`` without raising when the middleware
+        would not record this response (a 5xx, a 408 or 429, ``Retry-After``, a body over
+        ``max_response_bytes``), when this request lost its key to a retry, or when the store
+        fails: the work is committed either way, so the handler goes on and the middleware
+        deals with the response after it, as usual.
+        """
+        if self.response is not None:
+            return True
+        middleware = self._middleware
+        response = self._recordable(status, headers, body)
+        if response is None:
+            return False
+        try:
+            async with asyncio.timeout(COMPLETE_TIMEOUT):
+                stored = await middleware.store.complete(
+                    self._store_key, self._owner, response, ttl=middleware.ttl
+                )
+        except (BackendError, TimeoutError):
+            return False  # the middleware tries again after the handler, and logs a failure
+        if stored:
+            self.response = response
+        return stored
+
+    async def complete_during(
+        self, commit: Awaitable[T], status: int, headers: Headers, body: bytes
+    ) -> T:
+        """Commit, and record the response while the commit is in flight; return its result.
+
+        ``commit`` is the handler's commit, not yet awaited (asyncpg's
+        ``transaction.commit()``). It is started first, and the response is recorded (as
+        :meth:`complete` does) while the database works on it, so that a process killed
+        after the commit was sent has, in all likelihood, sent the record too: recording
+        after the commit leaves the whole commit (a WAL flush, a round trip) between the
+        work and its record, and a crash there makes a retry run the handler again. If the
+        commit fails, the record is withdrawn before the error propagates, so that a retry
+        runs the handler rather than replay work that did not happen.
+
+        The commit must go out in the first step of ``commit`` (asyncpg's does): the record
+        is sent after that step. With a store that cannot withdraw a record, this records
+        after the commit, as :meth:`complete` does.
+        """
+        store = self._middleware.store
+        if self.response is not None or not isinstance(store, WithdrawingIdempotencyStore):
+            result = await commit
+            await self.complete(status, headers, body)
+            return result
+        committing = asyncio.ensure_future(commit)
+        # Its outcome is read below, or by nobody when this request is cancelled meanwhile.
+        committing.add_done_callback(_outcome_read)
+        await asyncio.sleep(0)  # the commit's first step: it is on its way
+        recorded = await self.complete(status, headers, body)
+        try:
+            # Shielded: a cancelled request does not cancel a commit already sent, and its
+            # record stays with it.
+            return await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if recorded:
+                self.response = None
+                # The work did not commit: a retry must run it, not replay it. If this fails
+                # too, the record stands until its ttl (logged).
+                try:
+                    async with asyncio.timeout(COMPLETE_TIMEOUT):
+                        await store.withdraw(self._store_key, self._owner)
+                except (BackendError, TimeoutError) as exc:
+                    self._middleware.logger.error(
+                        "idempotent response recorded for work that did not commit",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+            raise
+
+
+def _outcome_read(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def current_claim(scope: Scope) -> IdempotencyClaim | None:
@@ -123,4 +234,4 @@ def current_claim(scope: Scope) -> IdempotencyClaim | None:
     return claim if isinstance(claim, IdempotencyClaim) else None
 
 
-__all__ = ["CLAIM_SCOPE_KEY", "ClaimLost", "IdempotencyClaim", "current_claim"]
+__all__ = ["CLAIM_SCOPE_KEY", "COMPLETE_TIMEOUT", "ClaimLost", "IdempotencyClaim", "current_claim"]

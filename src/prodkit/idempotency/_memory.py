@@ -19,7 +19,8 @@ from prodkit.idempotency._store import (
 @dataclass(slots=True)
 class _Entry:
     fingerprint: bytes
-    owner: str | None
+    #: The claim's owner token, kept once completed (only it may withdraw the record).
+    owner: str
     lease_until: float
     expires_at: float
     #: The ttl that set ``expires_at``: names the expiry queue that holds the record.
@@ -146,8 +147,7 @@ class MemoryIdempotencyStore:
             self._dequeue(key, entry)
             entry.ttl = ttl
             self._enqueue(key, entry)
-        entry.owner = None
-        entry.response = response
+        entry.response = response  # the owner stays: it alone may withdraw the record
         entry.expires_at = now + ttl
         self._completed[key] = entry
         return True
@@ -165,7 +165,16 @@ class MemoryIdempotencyStore:
         entry = self._live(key, self._clock())
         if entry is None:
             return None
-        return IdempotencyRecord(entry.fingerprint, entry.owner, entry.response)
+        owner = entry.owner if entry.response is None else None
+        return IdempotencyRecord(entry.fingerprint, owner, entry.response)
+
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        entry = self._live(key, self._clock())
+        if entry is None or entry.response is None or entry.owner != owner:
+            return False
+        self._drop(key, entry)
+        return True
 
     async def aclose(self) -> None:
         """Nothing to release: the records live in this process's memory."""

@@ -28,7 +28,12 @@ from prodkit._core.logs import safe_logger
 from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
-from prodkit.idempotency._claims import CLAIM_SCOPE_KEY, IN_PROGRESS, IdempotencyClaim
+from prodkit.idempotency._claims import (
+    CLAIM_SCOPE_KEY,
+    COMPLETE_TIMEOUT,
+    IN_PROGRESS,
+    IdempotencyClaim,
+)
 from prodkit.idempotency._keys import parse_idempotency_key, request_fingerprint, storage_key
 from prodkit.idempotency._memory import MemoryIdempotencyStore
 from prodkit.idempotency._responses import (
@@ -44,6 +49,7 @@ from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
     IdempotencyStore,
+    RetryingIdempotencyStore,
     check_durations,
 )
 
@@ -59,9 +65,6 @@ STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
 #: Scope key holding ``"created"`` while the handler runs under a fresh claim.
 SCOPE_KEY = "prodkit.idempotency_status"
-
-#: Seconds one attempt to record a response may take (the breaker's timeout does not apply).
-COMPLETE_TIMEOUT = 5.0
 
 #: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
 OUTCOMES = (
@@ -432,12 +435,24 @@ class IdempotencyMiddleware:
     def _unavailable_retry_after(self) -> int:
         return 1 if self.breaker is None else max(1, math.ceil(self.breaker.recovery_time))
 
-    async def _release(self, store_key: str, owner: str) -> None:
+    async def _release(self, claim: IdempotencyClaim) -> None:
+        key, owner = claim._store_key, claim._owner
         try:
-            await self._guarded(lambda: self.store.release(store_key, owner))
+            await self._guarded(lambda: self.store.release(key, owner))
         except BackendError as exc:
-            # The lease still expires: the key is only blocked until then.
-            self.logger.warning("idempotency claim not released", error=str(exc))
+            within = claim._lease_ends - asyncio.get_running_loop().time()
+            if within > 0 and isinstance(self.store, RetryingIdempotencyStore):
+                # Otherwise the key answers 409 for the rest of the lease, however soon the
+                # store is back: the store retries until the release lands.
+                self.store.retry_release(key, owner, within=within)
+                self.logger.warning(
+                    "idempotency claim not released; retrying in the background",
+                    error=str(exc),
+                    retry_for_seconds=round(within, 1),
+                )
+            else:
+                # The lease still expires: the key is only blocked until then.
+                self.logger.warning("idempotency claim not released", error=str(exc))
 
     async def _complete(
         self, store_key: str, owner: str, start: Message, body: bytes
@@ -535,8 +550,7 @@ class _ClaimedResponder:
                     await self.flush(self.unrecorded or "incomplete response")
             if self.release_claim:
                 # Shielded so that a cancelled request still frees its key for the retry.
-                claim = self.claim
-                await asyncio.shield(self.middleware._release(claim._store_key, claim._owner))
+                await asyncio.shield(self.middleware._release(self.claim))
 
     async def send_or_hold(self, message: Message) -> None:
         """The handler's ``send``: hold the response back, or pass it through once streaming."""

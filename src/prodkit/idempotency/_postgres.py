@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from importlib import resources
 from typing import Any
 
+import structlog
+from prometheus_client import CollectorRegistry
+
+from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.idempotency._releases import PendingReleases
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
@@ -78,7 +84,20 @@ class PostgresIdempotencyStore:
             ``pool_options`` say otherwise) and closed by :meth:`aclose`.
         table: the table name (``schema.table`` allowed), created by :meth:`ensure_schema`.
         pool_options: keyword arguments for ``asyncpg.create_pool`` when ``pool`` is a DSN.
+        cleanup_interval: seconds between two sweeps that delete expired records (see
+            :meth:`cleanup`), in a background task started on first use and stopped by
+            :meth:`aclose`; each wait is drawn between half and one and a half times this,
+            so that workers sharing the table do not sweep together. ``None``: no sweeps
+            (call :meth:`cleanup` yourself).
+        cleanup_batch_size: rows one delete statement of a sweep removes at most, so that a
+            sweep never holds many row locks for long.
         clock_offset: seconds added to the database clock; for tests that need time to pass.
+        registry: the Prometheus registry of ``{metric_prefix}idempotency_records_removed_total``.
+        metric_prefix: put in front of that metric name.
+        logger: a structlog logger (default ``prodkit.idempotency``).
+
+    A release that fails (the database restarting, a network partition) is retried in the
+    background until it lands or the claim's lease is over: see :meth:`retry_release`.
     """
 
     def __init__(
@@ -87,11 +106,32 @@ class PostgresIdempotencyStore:
         *,
         table: str = "prodkit_idempotency",
         pool_options: dict[str, Any] | None = None,
+        cleanup_interval: float | None = 60.0,
+        cleanup_batch_size: int = 1000,
         clock_offset: float = 0.0,
+        registry: CollectorRegistry | None = None,
+        metric_prefix: str = DEFAULT_PREFIX,
+        logger: Any | None = None,
     ) -> None:
+        if cleanup_interval is not None and not cleanup_interval > 0:
+            raise ConfigurationError(
+                "cleanup_interval must be a positive number of seconds, or None for no sweeps"
+            )
+        if cleanup_batch_size < 1:
+            raise ConfigurationError("cleanup_batch_size must be at least 1")
         self._ddl = schema_sql(table)
         self.table = table
+        self.cleanup_interval = cleanup_interval
+        self.cleanup_batch_size = cleanup_batch_size
         self.clock_offset = clock_offset
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self._removed = counter(
+            f"{metric_prefix}idempotency_records_removed_total",
+            "Expired idempotency records deleted from the PostgreSQL table.",
+            registry=registry,
+        )
+        self._releases = PendingReleases(self.release, self.logger)
+        self._sweeper: asyncio.Task[None] | None = None
         self._dsn: str | None = None
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
@@ -135,7 +175,8 @@ class PostgresIdempotencyStore:
         )
         now4 = "(statement_timestamp() + make_interval(secs => $4))"
         self._complete_sql = (
-            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7, owner = NULL,"  # noqa: S608 - table is a validated identifier
+            # The owner stays, so that it alone can withdraw the record (see withdraw()).
+            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
             f" locked_until = NULL, expires_at = {now4} + make_interval(secs => $3)"
             f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
         )
@@ -146,8 +187,13 @@ class PostgresIdempotencyStore:
         )
         now2 = "(statement_timestamp() + make_interval(secs => $2))"
         self._get_sql = (
-            f"SELECT fingerprint, owner, status, headers::text AS headers, body FROM {table}"  # noqa: S608 - table is a validated identifier
+            "SELECT fingerprint, CASE WHEN status IS NULL THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
+            f" headers::text AS headers, body FROM {table}"
             f" WHERE key = $1 AND expires_at > {now2}"
+        )
+        self._withdraw_sql = (
+            f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
+            " WHERE key = $1 AND owner = $2 AND status IS NOT NULL"
         )
         self._cleanup_sql = (
             f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table}"  # noqa: S608 - table is a validated identifier
@@ -155,6 +201,10 @@ class PostgresIdempotencyStore:
         )
 
     async def _get_pool(self) -> Any:
+        if self._sweeper is None and self.cleanup_interval is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(self.cleanup_interval), name="prodkit-idempotency-cleanup"
+            )
         if self._pool is not None:
             return self._pool
         async with self._pool_lock:
@@ -171,6 +221,12 @@ class PostgresIdempotencyStore:
         asyncpg: Any = require("asyncpg", "postgres")
         try:
             return await getattr(pool, method)(sql, *args)
+        except asyncpg.UndefinedTableError as exc:
+            raise BackendError(
+                f"PostgreSQL idempotency store: the table {self.table} does not exist; create "
+                "it at start-up with `await store.ensure_schema()` (or apply "
+                f"schema_sql({self.table!r}) with your migration tool)"
+            ) from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise BackendError(f"PostgreSQL idempotency store: {exc}") from exc
 
@@ -265,6 +321,15 @@ class PostgresIdempotencyStore:
         result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))
         return str(result).endswith(" 1")
 
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        result = await self._run("execute", self._withdraw_sql, key, owner)
+        return str(result).endswith(" 1")
+
+    def retry_release(self, key: str, owner: str, *, within: float) -> None:
+        """See :meth:`RetryingIdempotencyStore.retry_release`."""
+        self._releases.add(key, owner, within=within)
+
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""
         row = await self._run("fetchrow", self._get_sql, key, float(self.clock_offset))
@@ -277,24 +342,55 @@ class PostgresIdempotencyStore:
             )
         return IdempotencyRecord(bytes(row["fingerprint"]), row["owner"], response)
 
-    async def cleanup(self, batch_size: int = 1000) -> int:
-        """Delete expired records in batches (uses the expiry index); return how many went.
+    async def cleanup(self, batch_size: int | None = None) -> int:
+        """Delete expired records, ``batch_size`` rows per statement; return how many went.
 
-        Expired records are already ignored and replaced by claims; run this periodically (a
-        cron job, a background task) only to keep the table small.
+        Expired records are already ignored and replaced by claims; deleting them only keeps
+        the table small. The store does it every ``cleanup_interval`` seconds by itself; call
+        this to sweep now. Each statement is a transaction of its own that finds its rows by
+        the expiry index and skips rows another sweep has locked. Every deleted row counts in
+        ``{metric_prefix}idempotency_records_removed_total``.
         """
+        size = self.cleanup_batch_size if batch_size is None else batch_size
         total = 0
         while True:
-            result = await self._run(
-                "execute", self._cleanup_sql, batch_size, float(self.clock_offset)
-            )
+            result = await self._run("execute", self._cleanup_sql, size, float(self.clock_offset))
             deleted = int(str(result).rpartition(" ")[2] or 0)
+            self._removed.inc(deleted)
             total += deleted
-            if deleted < batch_size:
+            if deleted < size:
                 return total
 
+    async def _sweep(self, interval: float) -> None:
+        """Call :meth:`cleanup` every ``interval`` seconds (jittered) until cancelled."""
+        failing = False  # one line when sweeps start failing, one when they work again
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                await self.cleanup()
+            except BackendError as exc:
+                if not failing:
+                    self.logger.warning(
+                        "idempotency records cleanup failed; retrying at the next sweep",
+                        error=str(exc),
+                    )
+                failing = True
+            except Exception:  # a bug must not end the sweeps
+                self.logger.exception("idempotency records cleanup failed")
+            else:
+                if failing:
+                    self.logger.info("idempotency records cleanup works again")
+                failing = False
+
     async def aclose(self) -> None:
-        """Close the pool if this store created it (from a DSN)."""
+        """Stop the sweeps, try pending releases once more, then close the pool if this store
+        created it (from a DSN)."""
+        await self._releases.aclose()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and not sweeper.done():
+            sweeper.cancel()
+            if sweeper.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait({sweeper})
         if self._dsn is not None and self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

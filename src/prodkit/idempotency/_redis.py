@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
+
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit.idempotency._releases import PendingReleases
 from prodkit.idempotency._store import (
     Claim,
     ClaimOutcome,
@@ -19,7 +22,8 @@ from prodkit.idempotency._store import (
     StoredResponse,
 )
 
-# Fields: fp (fingerprint), owner, lease (ms), exp (ms), status, headers (JSON), body.
+# Fields: fp (fingerprint), owner, lease (ms), exp (ms), status, headers (JSON), body. A completed
+# record keeps its owner, so that it alone can withdraw it.
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[#ARGV])
@@ -50,7 +54,7 @@ _COMPLETE = (
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'exp', 'status')
 if not rec[1] or rec[1] ~= ARGV[1] or rec[3] or tonumber(rec[2]) <= now then return 0 end
 local ttl = tonumber(ARGV[2])
-redis.call('HDEL', KEYS[1], 'owner', 'lease')
+redis.call('HDEL', KEYS[1], 'lease')
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5], 'exp', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
@@ -72,9 +76,18 @@ _GET = (
     + """
 local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'exp', 'status', 'headers', 'body')
 if not rec[3] or tonumber(rec[3]) <= now then return {} end
-return {rec[1], rec[2] or false, rec[4] or false, rec[5] or false, rec[6] or false}
+local owner = rec[2] or false
+if rec[4] then owner = false end
+return {rec[1], owner, rec[4] or false, rec[5] or false, rec[6] or false}
 """
 )
+
+_WITHDRAW = """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'status')
+if rec[1] ~= ARGV[1] or not rec[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 
 
 def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
@@ -97,13 +110,22 @@ class RedisIdempotencyStore:
     Arguments:
         client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
             ``decode_responses=False`` (bodies are bytes), or a URL: a client is then created and
-            closed by :meth:`close`.
+            closed by :meth:`aclose`.
         key_prefix: prepended to every key (``prodkit:idem:``); the hashed key follows in braces.
         clock_offset: seconds added to the Redis clock; for tests that need time to pass.
+        logger: a structlog logger (default ``prodkit.idempotency``).
+
+    A release that fails (Redis restarting, a network partition) is retried in the background
+    until it lands or the claim's lease is over: see :meth:`retry_release`.
     """
 
     def __init__(
-        self, client: Any, *, key_prefix: str = "prodkit:idem:", clock_offset: float = 0.0
+        self,
+        client: Any,
+        *,
+        key_prefix: str = "prodkit:idem:",
+        clock_offset: float = 0.0,
+        logger: Any | None = None,
     ) -> None:
         redis_asyncio: Any = require("redis.asyncio", "redis")
         self._owns_client = isinstance(client, str)
@@ -125,6 +147,9 @@ class RedisIdempotencyStore:
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
         self._get = client.register_script(_GET)
+        self._withdraw = client.register_script(_WITHDRAW)
+        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self._releases = PendingReleases(self.release, self.logger)
 
     def redis_key(self, key: str) -> str:
         """The Redis key of a record."""
@@ -171,6 +196,14 @@ class RedisIdempotencyStore:
         """See :meth:`IdempotencyStore.release`."""
         return int(await self._call(self._release, key, owner)) == 1
 
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        return int(await self._call(self._withdraw, key, owner)) == 1
+
+    def retry_release(self, key: str, owner: str, *, within: float) -> None:
+        """See :meth:`RetryingIdempotencyStore.retry_release`."""
+        self._releases.add(key, owner, within=within)
+
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""
         result = await self._call(self._get, key)
@@ -183,7 +216,9 @@ class RedisIdempotencyStore:
         return IdempotencyRecord(bytes(fingerprint), owner.decode() if owner else None, response)
 
     async def aclose(self) -> None:
-        """Close the client if this store created it (from a URL)."""
+        """Try pending releases once more, then close the client if this store created it
+        (from a URL)."""
+        await self._releases.aclose()
         if self._owns_client:
             await self.client.aclose()
 

@@ -143,6 +143,39 @@ class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
         ...
 
 
+@runtime_checkable
+class RetryingIdempotencyStore(IdempotencyStore, Protocol):
+    """A store that keeps trying a release that failed, so that a key is not stuck after an outage.
+
+    :class:`PostgresIdempotencyStore` and :class:`RedisIdempotencyStore` are ones. When
+    :meth:`IdempotencyStore.release` fails, the middleware hands the release to
+    :meth:`retry_release`; ``aclose()`` tries what is still pending once more.
+    """
+
+    def retry_release(self, key: str, owner: str, *, within: float) -> None:
+        """Retry :meth:`IdempotencyStore.release` in the background, with a bounded backoff,
+        until it lands or ``within`` seconds pass (when the claim's lease is over and a retry
+        may take the key over anyway). Returns at once."""
+        ...
+
+
+@runtime_checkable
+class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
+    """A store that can take back a record whose work did not commit after all.
+
+    Every store of prodkit is one. Used by :meth:`IdempotencyClaim.complete_during`, which
+    records a response while the handler's commit is still in flight.
+    """
+
+    async def withdraw(self, key: str, owner: str) -> bool:
+        """Delete the record ``owner`` completed; ``False`` (nothing changed) if there is none.
+
+        For a response recorded before the outcome of its work was known: the work did not
+        commit, so a retry must run the handler again rather than replay it.
+        """
+        ...
+
+
 def check_durations(lease: float, ttl: float) -> None:
     """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
     if lease <= 0 or ttl <= 0:
@@ -156,7 +189,9 @@ __all__ = [
     "ClaimOutcome",
     "IdempotencyRecord",
     "IdempotencyStore",
+    "RetryingIdempotencyStore",
     "StoredResponse",
     "TransactionalIdempotencyStore",
+    "WithdrawingIdempotencyStore",
     "check_durations",
 ]
