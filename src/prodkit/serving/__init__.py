@@ -1,0 +1,110 @@
+"""Serve any ASGI app the way the example runs: ``prodkit serve module:app``.
+
+What a client costs before prodkit sees a request (its connection, its request head, the time
+it takes) is the server's to bound, and a server's defaults are not what production needs:
+uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1, its httptools parser has no head limit, its
+supervisor logs in plain text. :func:`serve` runs an app with:
+
+* forwarding headers decided only by ``TRUSTED_PROXIES`` (the server's own handling off);
+* a bounded request head (``max_head_bytes``, ``max_headers``: 431 past them, before the app),
+  idle keep-alive connections closed, connections per worker bounded;
+* JSON logs (``LOG_LEVEL``, ``LOG_FORMAT``) in the parent process and every worker, and the
+  server's own access log off (:class:`~prodkit.AccessLogMiddleware` writes one);
+* several workers refused on per-process memory stores unless ``ALLOW_PER_WORKER_DATA=1``;
+* a graceful drain on SIGTERM (:class:`~prodkit.lifecycle.ShutdownCoordinator`, with the
+  requests already on their way answered);
+* a start that fails exiting with status 3 and one line.
+
+The servers are imported only when serving (extra ``prodkit[serve]``). See
+``docs/deployment.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+
+from prodkit.logging import configure_logging
+from prodkit.serving._options import (
+    ALLOW_PER_WORKER_DATA,
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_HEADERS,
+    MALFORMED_REQUEST,
+    REQUEST_HEAD_TOO_LARGE,
+    SERVERS,
+    STARTUP_FAILURE,
+    ServeOptions,
+    ServerName,
+    check_workers,
+)
+from prodkit.settings import StackSettings
+
+_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(options: ServeOptions, env: Mapping[str, str] | None = None) -> int:
+    """Run ``options.app`` until it is told to stop; returns the exit status.
+
+    The settings are read from ``env`` (default ``os.environ``) and checked before anything
+    starts: a wrong variable, or several workers on per-process memory stores, raises
+    :class:`~prodkit.ConfigurationError`. A worker that fails its start-up (the app cannot be
+    imported, its lifespan start-up fails) makes the whole start return
+    :data:`STARTUP_FAILURE`. With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, a fresh
+    one is made for the workers' metrics and removed at exit.
+    """
+    env = os.environ if env is None else env
+    settings = StackSettings.from_env(env)
+    check_workers(options.workers, settings, env)
+    configure_logging(settings.log_level, settings.log_format)
+    with _metrics_directory(options.workers):
+        if options.server == "hypercorn":
+            from prodkit.serving import _hypercorn
+
+            return _hypercorn.run(options, settings)
+        if options.server == "granian":
+            from prodkit.serving import _granian
+
+            return _granian.run(options, settings)
+        from prodkit.serving import _uvicorn
+
+        return _uvicorn.run(options, settings)
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """Several workers write their metrics to files that ``/metrics`` adds up.
+
+    The directory must be fresh and set before the workers start, so they all inherit it.
+    """
+    if workers == 1 or os.environ.get(_MULTIPROC_DIR):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="prodkit-metrics-")
+    os.environ[_MULTIPROC_DIR] = directory
+    try:
+        yield
+    finally:
+        os.environ.pop(_MULTIPROC_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+__all__ = [
+    "ALLOW_PER_WORKER_DATA",
+    "DEFAULT_KEEP_ALIVE_SECONDS",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_HEAD_BYTES",
+    "MALFORMED_REQUEST",
+    "REQUEST_HEAD_TOO_LARGE",
+    "SERVERS",
+    "STARTUP_FAILURE",
+    "ServeOptions",
+    "ServerName",
+    "check_workers",
+    "serve",
+]
