@@ -149,8 +149,7 @@ def _serve_parser(commands: Any) -> None:
         type=int,
         default=DEFAULT_MAX_HEAD_BYTES,
         metavar="BYTES",
-        help="largest request head, request line to blank line; 431 past it "
-        "(default: %(default)s)",
+        help="largest request head, request line to blank line; 431 past it (default: %(default)s)",
     )
     limits.add_argument(
         "--max-headers",
@@ -241,8 +240,7 @@ def _rollout_parser(commands: Any) -> None:
         "--check-interval",
         type=float,
         default=defaults.check_interval,
-        help="seconds between checks during a bake, for an early roll-back "
-        "(default: %(default)s)",
+        help="seconds between checks during a bake, for an early roll-back (default: %(default)s)",
     )
     policy.add_argument(
         "--min-requests",
@@ -326,8 +324,7 @@ def _rollout_parser(commands: Any) -> None:
         "--log-format",
         choices=("console", "json"),
         default="console",
-        help="progress log on stderr; stdout gets the one-line JSON summary "
-        "(default: %(default)s)",
+        help="progress log on stderr; stdout gets the one-line JSON summary (default: %(default)s)",
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 
@@ -54,13 +55,18 @@ def serve(options: ServeOptions, env: Mapping[str, str] | None = None) -> int:
     starts: a wrong variable, or several workers on per-process memory stores, raises
     :class:`~prodkit.ConfigurationError`. A worker that fails its start-up (the app cannot be
     imported, its lifespan start-up fails) makes the whole start return
-    :data:`STARTUP_FAILURE`. With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, a fresh
+    :data:`STARTUP_FAILURE`. The app's module is imported from the current directory, as
+    ``python -m`` would. With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, a fresh
     one is made for the workers' metrics and removed at exit.
     """
     env = os.environ if env is None else env
     settings = StackSettings.from_env(env)
     check_workers(options.workers, settings, env)
     configure_logging(settings.log_level, settings.log_format)
+    # The app's module is found from the current directory, as with ``python -m`` (workers
+    # started by multiprocessing inherit the path).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     with _metrics_directory(options.workers):
         if options.server == "hypercorn":
             from prodkit.serving import _hypercorn

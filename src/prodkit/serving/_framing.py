@@ -10,7 +10,9 @@ the body are never read as a request.
 
 from __future__ import annotations
 
-from prodkit.asgi import ASGIApp, Receive, Scope, Send, send_problem
+from prodkit._core.problems import send_problem_body
+from prodkit.asgi import ASGIApp, Receive, Scope, Send, encode_problem, problem_dict
+from prodkit.requestid import generate_request_id
 from prodkit.serving._options import MALFORMED_REQUEST
 
 _HTTP1 = frozenset({"1.0", "1.1"})
@@ -23,13 +25,16 @@ def refuse_ambiguous_length(app: ASGIApp) -> ASGIApp:
         if scope["type"] == "http" and scope.get("http_version", "1.1") in _HTTP1:
             names = {name for name, _ in scope["headers"]}
             if b"content-length" in names and b"transfer-encoding" in names:
-                await send_problem(
-                    send,
+                # Outside the app's stack: the request id is made here, for the log and client.
+                request_id = generate_request_id()
+                body = problem_dict(
                     400,
                     MALFORMED_REQUEST,
                     "a request must not carry both Content-Length and Transfer-Encoding",
-                    headers={"Connection": "close"},
+                    request_id=request_id,
                 )
+                headers = [(b"x-request-id", request_id.encode()), (b"connection", b"close")]
+                await send_problem_body(send, 400, encode_problem(body), headers)
                 return
         await app(scope, receive, send)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import structlog
 from hypercorn.asyncio import serve
@@ -44,7 +45,9 @@ def run(options: ServeOptions, settings: StackSettings) -> int:
         return STARTUP_FAILURE
     config = config_for(options, settings)
     try:
-        asyncio.run(serve(refuse_ambiguous_length(app), config, mode="asgi"))
+        # hypercorn types the app with its own message dicts; any ASGI callable is served.
+        guarded: Any = refuse_ambiguous_length(app)
+        asyncio.run(serve(guarded, config, mode="asgi"))
     except Exception:  # a lifespan start-up that failed, a port already taken
         _logger.exception("the server stopped on an error", app=options.app)
         return STARTUP_FAILURE

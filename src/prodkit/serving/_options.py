@@ -76,9 +76,7 @@ class ServeOptions:
         if self.workers < 1:
             raise ConfigurationError("workers must be at least 1")
         if self.server not in SERVERS:
-            raise ConfigurationError(
-                f"server {self.server!r} is unknown; use {', '.join(SERVERS)}"
-            )
+            raise ConfigurationError(f"server {self.server!r} is unknown; use {', '.join(SERVERS)}")
         if self.server == "hypercorn" and self.workers > 1:
             # Its master never signals its workers, so none of them could drain.
             raise ConfigurationError(

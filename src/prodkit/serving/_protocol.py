@@ -33,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from prodkit.asgi import encode_problem, problem_dict
 from prodkit.requestid import generate_request_id
+from prodkit.serving._head import HeadMeter
 from prodkit.serving._options import (
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_HEADERS,
@@ -43,7 +44,6 @@ from prodkit.serving._options import (
 #: Seconds a connection that is between requests stays open once the server shuts down.
 CLOSE_GRACE = 1.0
 
-_END_OF_HEAD = b"\r\n\r\n"
 _logger = structlog.get_logger("prodkit.serving")
 
 
@@ -78,12 +78,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        limits = getattr(self.config, "head_limits", None)
+        limits: tuple[int, int] | None = getattr(self.config, "head_limits", None)
         self.max_bytes, self.max_headers = limits or (DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS)
         # The head being received, as measured before the parser sees it.
-        self._head_bytes = 0
-        self._line_ends = 0
-        self._tail = b""  # its last bytes, to find the blank line across two reads
+        self._meter = HeadMeter(self.max_bytes, self.max_headers)
         self._in_body = False
         # The same head as the parser's callbacks see it (name, value and request target).
         self._parsed_bytes = 0
@@ -96,27 +94,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._in_body and self._head_over_limit(data):
+        if not self._in_body and self._meter.over_limit(data):
             self._refuse_head()
             return
         super().data_received(data)
-
-    def _head_over_limit(self, data: bytes) -> bool:
-        """Measure the part of ``data`` that belongs to the head being received."""
-        window = self._tail + data
-        end = window.find(_END_OF_HEAD)
-        if end == -1:
-            part = data
-            self._tail = window[-(len(_END_OF_HEAD) - 1) :]
-        else:
-            part = data[: end + len(_END_OF_HEAD) - len(self._tail)]
-            self._tail = b""
-        self._head_bytes += len(part)
-        self._line_ends += part.count(b"\n")
-        # The request line and the blank line end with a line end too; a head still arriving
-        # has at least as many headers as finished lines after the request line.
-        headers = self._line_ends - (2 if end != -1 else 1)
-        return self._head_bytes > self.max_bytes or headers > self.max_headers
 
     # -- parser callbacks -------------------------------------------------------------------
 
@@ -140,8 +121,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_body = True
-        self._head_bytes = self._line_ends = 0
-        self._tail = b""
+        self._meter.reset()
         super().on_headers_complete()
         if self._closing and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
@@ -186,10 +166,13 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self._write_and_close(response)
 
     def _write_and_close(self, response: bytes) -> None:
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(response)
-        # else: an earlier request on this connection is still being answered; the refusal
-        # cannot be written in the middle of its response, so the connection just closes.
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An earlier request on this connection (pipelined) is still being answered: the
+            # refusal cannot be written in the middle of its response. It is finished, then
+            # the connection closes; nothing more is read.
+            self.cycle.keep_alive = False
+            return
+        self.transport.write(response)
         self.transport.close()
 
     def _client(self) -> str | None:
