@@ -69,16 +69,16 @@ def serve(options: ServeOptions, env: Mapping[str, str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     with _metrics_directory(options.workers):
         if options.server == "hypercorn":
-            from prodkit.serving import _hypercorn
+            from prodkit.serving import _run_hypercorn
 
-            return _hypercorn.run(options, settings)
+            return _run_hypercorn.run(options, settings)
         if options.server == "granian":
-            from prodkit.serving import _granian
+            from prodkit.serving import _run_granian
 
-            return _granian.run(options, settings)
-        from prodkit.serving import _uvicorn
+            return _run_granian.run(options, settings)
+        from prodkit.serving import _run_uvicorn
 
-        return _uvicorn.run(options, settings)
+        return _run_uvicorn.run(options, settings)
 
 
 @contextlib.contextmanager

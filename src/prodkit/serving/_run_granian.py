@@ -18,7 +18,7 @@ from prodkit.settings import StackSettings
 #: granian's own logger goes through it. Its access log stays off (prodkit writes one).
 LOG_CONFIG: dict[str, Any] = {
     "formatters": {},
-    "handlers": {"prodkit": {"()": "prodkit.serving._granian.prodkit_logging"}},
+    "handlers": {"prodkit": {"()": "prodkit.serving._run_granian.prodkit_logging"}},
     "loggers": {
         "_granian": {"handlers": ["prodkit"], "propagate": True},
         "granian.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},

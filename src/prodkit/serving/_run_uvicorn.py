@@ -14,8 +14,8 @@ from prodkit.logging import configure_logging
 from prodkit.serving._options import STARTUP_FAILURE, ServeOptions
 from prodkit.settings import StackSettings
 
-#: uvicorn imports the protocol by this path in every worker (see ``_protocol``).
-PROTOCOL = "prodkit.serving._protocol:HeadLimitedProtocol"
+#: uvicorn imports the protocol by this path in every worker (:mod:`prodkit.serving.uvicorn`).
+PROTOCOL = "prodkit.serving.uvicorn:HttpProtocol"
 
 _logger = structlog.get_logger("prodkit.serving")
 

@@ -1,7 +1,11 @@
 """uvicorn's httptools protocol with a bounded request head and a gentle close at shutdown.
 
-uvicorn passes ``Config(http=...)`` a protocol class or its import path; ``prodkit serve`` gives
-it :class:`HeadLimitedProtocol`. Two things change, nothing else:
+uvicorn takes an HTTP protocol class, or its import path, as ``Config(http=...)`` and
+``--http``; ``prodkit serve`` gives it :class:`HttpProtocol`, and so can plain uvicorn::
+
+    uvicorn myservice.main:app --workers 4 --http prodkit.serving.uvicorn:HttpProtocol
+
+(gunicorn: ``-k prodkit.serving.gunicorn.Worker``). Two things change, nothing else:
 
 * **The request head is bounded where it arrives.** httptools has no head limit at all, and
   h11's ``max_incomplete_event_size`` applies only to a head that arrives in pieces: a 40 KB
@@ -67,7 +71,7 @@ def _response(status: int, code: str, detail: str, default_headers: Any) -> tupl
     return b"\r\n".join(lines) + b"\r\n\r\n" + body, request_id
 
 
-class HeadLimitedProtocol(HttpToolsProtocol):
+class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a bounded request head and a gentle close at shutdown.
 
     The limits come from the config's ``head_limits`` (``(max_bytes, max_headers)``, set by
@@ -197,4 +201,4 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
 
-__all__ = ["CLOSE_GRACE", "HeadLimitedProtocol"]
+__all__ = ["CLOSE_GRACE", "HttpProtocol"]
