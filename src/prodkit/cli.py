@@ -114,8 +114,8 @@ def _serve_parser(commands: Any) -> None:
         "serve",
         help="serve an ASGI app with prodkit's server settings",
         description=(
-            "Serve an ASGI app with the settings the example runs with: forwarding headers "
-            "decided only by TRUSTED_PROXIES, a bounded request head (431 past it), idle "
+            "Serve an ASGI app with the settings the example runs with: forwarding headers\n"
+            "decided only by TRUSTED_PROXIES, a bounded request head (431 past it), idle\n"
             "connections closed, JSON logs in every process, a graceful drain on SIGTERM."
         ),
         epilog=_SERVE_EPILOG,

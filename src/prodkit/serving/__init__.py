@@ -15,19 +15,22 @@ supervisor logs in plain text. :func:`serve` runs an app with:
   requests already on their way answered);
 * a start that fails exiting with status 3 and one line.
 
-The servers are imported only when serving (extra ``prodkit[serve]``). See
+The servers are imported only when serving (``pip install 'prodkit-asgi[serve]'``). See
 ``docs/deployment.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 
+from prodkit._core.drivers import require
+from prodkit._core.exceptions import ConfigurationError
 from prodkit.logging import configure_logging
 from prodkit.serving._options import (
     ALLOW_PER_WORKER_DATA,
@@ -67,6 +70,7 @@ def serve(options: ServeOptions, env: Mapping[str, str] | None = None) -> int:
     # started by multiprocessing inherit the path).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    _check_installed(options.server)
     with _metrics_directory(options.workers):
         if options.server == "hypercorn":
             from prodkit.serving import _run_hypercorn
@@ -79,6 +83,15 @@ def serve(options: ServeOptions, env: Mapping[str, str] | None = None) -> int:
         from prodkit.serving import _run_uvicorn
 
         return _run_uvicorn.run(options, settings)
+
+
+def _check_installed(server: str) -> None:
+    """The server's package, or an error that says what to install."""
+    if server == "uvicorn":
+        require("uvicorn", "serve")
+        require("httptools", "serve")
+    elif importlib.util.find_spec(server) is None:
+        raise ConfigurationError(f"--server {server} needs {server}: pip install {server}")
 
 
 @contextlib.contextmanager
