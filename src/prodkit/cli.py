@@ -1,9 +1,13 @@
 """The ``prodkit`` command line.
 
+    prodkit serve MODULE:APP [--host 127.0.0.1] [--port 8000] [--workers 1] [--factory]
+                  [--server uvicorn|hypercorn|granian] ...
     prodkit rollout --baseline URL --canary URL (--haproxy-socket PATH --haproxy-backend NAME
                     | --command TEMPLATE) [--steps 25,50,75,100] [--bake-seconds 120] ...
     prodkit rollout-timeline deployments.jsonl --output timeline.png [--id ID]
 
+``prodkit serve`` exits 0 after a clean stop and 3 when the start failed (a wrong setting, an
+app that cannot be imported, a worker whose start-up failed), with one line saying why.
 ``prodkit rollout`` exits 0 when the canary was promoted, 1 when it was rolled back and 2 on an
 error (bad options, failed pre-flight, an unreachable router) or when it was interrupted.
 """
@@ -20,9 +24,20 @@ from typing import Any
 
 import structlog
 
+from prodkit.__about__ import __version__
 from prodkit._core.exceptions import ConfigurationError, ProdkitError
 from prodkit.rollout.controller import RolloutController, RolloutPolicy, Target, read_records
 from prodkit.rollout.routers import CommandRouter, HAProxyRouter, TrafficRouter
+from prodkit.serving import (
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_HEADERS,
+    SERVERS,
+    STARTUP_FAILURE,
+    ServeOptions,
+    serve,
+)
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -39,10 +54,18 @@ def _target_args(parser: argparse.ArgumentParser, name: str) -> None:
         f"--{name}",
         required=True,
         metavar="URL",
-        help=f"base URL of the {name} (its /metrics and /readyz are probed)",
+        help=f"base URL of the {name}, whose /metrics and /readyz are probed (required)",
     )
-    parser.add_argument(f"--{name}-metrics-url", metavar="URL", help="override: metrics page")
-    parser.add_argument(f"--{name}-ready-url", metavar="URL", help="override: readiness probe")
+    parser.add_argument(
+        f"--{name}-metrics-url",
+        metavar="URL",
+        help=f"the {name}'s metrics page (default: the base URL + /metrics)",
+    )
+    parser.add_argument(
+        f"--{name}-ready-url",
+        metavar="URL",
+        help=f"the {name}'s readiness probe (default: the base URL + /readyz)",
+    )
 
 
 def _target(args: argparse.Namespace, name: str) -> Target:
@@ -55,8 +78,104 @@ def _target(args: argparse.Namespace, name: str) -> Target:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prodkit`` (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(prog="prodkit", description="prodkit operations tools")
+    parser.add_argument(
+        "--version", action="version", version=f"prodkit {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    _rollout_parser(commands)
+    timeline = commands.add_parser(
+        "rollout-timeline",
+        help="draw a deployment record as a PNG (needs matplotlib)",
+        description="Draw a deployment record of prodkit rollout --record as a PNG.",
+    )
+    timeline.add_argument("record", help="JSON-lines file written by prodkit rollout --record")
+    timeline.add_argument("--output", required=True, help="PNG file to write (required)")
+    timeline.add_argument("--id", help="deployment id to draw (default: the last record)")
+    return parser
 
+
+_SERVE_EPILOG = """\
+environment (read by the stack's StackSettings as well):
+  LOG_LEVEL, LOG_FORMAT       the parent's and the workers' log lines (default INFO, json)
+  MAX_CONCURRENCY             the stack's in-flight limit; --max-connections stays above twice it
+  SHUTDOWN_TIMEOUT_SECONDS    the server's graceful-stop bound (default 30)
+  DATABASE_URL, REDIS_URL, IDEMPOTENCY_STORE
+                              with --workers N > 1: shared stores are required ...
+  ALLOW_PER_WORKER_DATA       ... unless this is 1 (each worker keeps its own data)
+  TRUSTED_PROXIES             the only thing that decides whether forwarding headers count
+
+A start that fails exits with status 3 and one line. See docs/deployment.md.
+"""
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve an ASGI app with prodkit's server settings",
+        description=(
+            "Serve an ASGI app with the settings the example runs with: forwarding headers\n"
+            "decided only by TRUSTED_PROXIES, a bounded request head (431 past it), idle\n"
+            "connections closed, JSON logs in every process, a graceful drain on SIGTERM."
+        ),
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("app", metavar="MODULE:APP", help="the ASGI app, e.g. myservice.main:app")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes; 1 serves in this process (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--factory",
+        action="store_true",
+        help="MODULE:APP names a function that returns the app (default: off)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="uvicorn",
+        help="the ASGI server; hypercorn serves one process only (default: %(default)s)",
+    )
+    limits = serve.add_argument_group("bounds")
+    limits.add_argument(
+        "--max-head-bytes",
+        type=int,
+        default=DEFAULT_MAX_HEAD_BYTES,
+        metavar="BYTES",
+        help="largest request head, request line to blank line; 431 past it (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-headers",
+        type=int,
+        default=DEFAULT_MAX_HEADERS,
+        metavar="N",
+        help="most header fields in a request; 431 past it (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--keep-alive",
+        type=int,
+        default=DEFAULT_KEEP_ALIVE_SECONDS,
+        metavar="SECONDS",
+        help="idle keep-alive connections are closed after this (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections per worker before the server answers 503 itself "
+        "(default: %(default)s, or twice MAX_CONCURRENCY when that is more)",
+    )
+
+
+def _rollout_parser(commands: Any) -> None:
     rollout = commands.add_parser(
         "rollout",
         help="shift traffic to a canary step by step; promote it or roll it back",
@@ -69,62 +188,144 @@ def build_parser() -> argparse.ArgumentParser:
     _target_args(rollout, "baseline")
     _target_args(rollout, "canary")
     router = rollout.add_argument_group("traffic router (one of)")
-    router.add_argument("--haproxy-socket", metavar="PATH", help="HAProxy admin stats socket")
-    router.add_argument("--haproxy-backend", metavar="NAME", help="backend holding both servers")
-    router.add_argument("--haproxy-canary-server", default="canary", metavar="NAME")
-    router.add_argument("--haproxy-baseline-server", default="baseline", metavar="NAME")
+    router.add_argument(
+        "--haproxy-socket", metavar="PATH", help="HAProxy admin stats socket (default: none)"
+    )
+    router.add_argument(
+        "--haproxy-backend",
+        metavar="NAME",
+        help="HAProxy backend holding both servers (default: none; needed with the socket)",
+    )
+    router.add_argument(
+        "--haproxy-canary-server",
+        default="canary",
+        metavar="NAME",
+        help="the canary's server name in that backend (default: %(default)s)",
+    )
+    router.add_argument(
+        "--haproxy-baseline-server",
+        default="baseline",
+        metavar="NAME",
+        help="the baseline's server name in that backend (default: %(default)s)",
+    )
     router.add_argument(
         "--command",
         dest="router_command",
         metavar="TEMPLATE",
-        help="command run to set the split, with {canary_weight} and {baseline_weight}",
+        help="command run to set the split, with {canary_weight} and {baseline_weight} "
+        "(default: none)",
     )
     router.add_argument(
-        "--check-command", metavar="COMMAND", help="pre-flight command for --command"
+        "--check-command",
+        metavar="COMMAND",
+        help="pre-flight command run once before --command (default: none)",
     )
     defaults = RolloutPolicy()
     policy = rollout.add_argument_group("policy")
-    policy.add_argument("--steps", type=_steps, default=defaults.steps, metavar="25,50,75,100")
-    policy.add_argument("--bake-seconds", type=float, default=defaults.bake_seconds)
-    policy.add_argument("--check-interval", type=float, default=defaults.check_interval)
-    policy.add_argument("--min-requests", type=int, default=defaults.min_requests)
-    policy.add_argument("--max-bake-extensions", type=int, default=defaults.max_bake_extensions)
-    policy.add_argument("--max-error-ratio", type=float, default=defaults.max_error_ratio)
     policy.add_argument(
-        "--max-error-ratio-increase", type=float, default=defaults.max_error_ratio_increase
+        "--steps",
+        type=_steps,
+        default=defaults.steps,
+        metavar="25,50,75,100",
+        help="canary percentages, increasing, ending at 100 "
+        f"(default: {','.join(map(str, defaults.steps))})",
     )
-    policy.add_argument("--latency-quantile", type=float, default=defaults.latency_quantile)
-    policy.add_argument("--max-latency-ratio", type=float, default=defaults.max_latency_ratio)
     policy.add_argument(
-        "--latency-tolerance-seconds", type=float, default=defaults.latency_tolerance_seconds
+        "--bake-seconds",
+        type=float,
+        default=defaults.bake_seconds,
+        help="how long each step runs before it is judged (default: %(default)s)",
     )
-    policy.add_argument("--max-latency-seconds", type=float, default=None)
+    policy.add_argument(
+        "--check-interval",
+        type=float,
+        default=defaults.check_interval,
+        help="seconds between checks during a bake, for an early roll-back (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--min-requests",
+        type=int,
+        default=defaults.min_requests,
+        help="canary requests in a window before it is judged (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-bake-extensions",
+        type=int,
+        default=defaults.max_bake_extensions,
+        help="extra bake windows when the canary saw too little traffic (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-error-ratio",
+        type=float,
+        default=defaults.max_error_ratio,
+        help="highest acceptable canary 5xx ratio (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-error-ratio-increase",
+        type=float,
+        default=defaults.max_error_ratio_increase,
+        help="highest acceptable canary 5xx ratio above the baseline's (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--latency-quantile",
+        type=float,
+        default=defaults.latency_quantile,
+        help="the latency quantile compared, 0.99 for p99 (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        default=defaults.max_latency_ratio,
+        help="highest acceptable canary/baseline latency ratio (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--latency-tolerance-seconds",
+        type=float,
+        default=defaults.latency_tolerance_seconds,
+        help="latency differences smaller than this always pass (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-latency-seconds",
+        type=float,
+        default=None,
+        help="a ceiling on the canary's latency quantile (default: none)",
+    )
     policy.add_argument(
         "--exclude-route",
         action="append",
         metavar="TEMPLATE",
-        help=f"route left out of the verdict (repeatable; default {', '.join(defaults.excluded_routes)})",
+        help="route left out of the verdict, repeatable "
+        f"(default: {', '.join(defaults.excluded_routes)})",
     )
-    policy.add_argument("--histogram", default=defaults.histogram, metavar="NAME")
-    policy.add_argument("--http-timeout", type=float, default=defaults.http_timeout)
-    rollout.add_argument("--version", dest="release", default="", help="canary version (recorded)")
+    policy.add_argument(
+        "--histogram",
+        default=defaults.histogram,
+        metavar="NAME",
+        help="the request-duration histogram read from /metrics (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--http-timeout",
+        type=float,
+        default=defaults.http_timeout,
+        help="seconds for each scrape and probe (default: %(default)s)",
+    )
     rollout.add_argument(
-        "--record", metavar="PATH", help="append the deployment record to this JSON-lines file"
+        "--version",
+        dest="release",
+        default="",
+        help="the canary's version, recorded in the deployment record (default: none)",
+    )
+    rollout.add_argument(
+        "--record",
+        metavar="PATH",
+        help="append the deployment record to this JSON-lines file (default: none)",
     )
     rollout.add_argument(
         "--log-format",
         choices=("console", "json"),
         default="console",
-        help="progress log on stderr (stdout gets the one-line JSON summary)",
+        help="progress log on stderr; stdout gets the one-line JSON summary (default: %(default)s)",
     )
-
-    timeline = commands.add_parser(
-        "rollout-timeline", help="draw a deployment record as a PNG (needs matplotlib)"
-    )
-    timeline.add_argument("record", help="JSON-lines file written by prodkit rollout --record")
-    timeline.add_argument("--output", required=True, help="PNG file to write")
-    timeline.add_argument("--id", help="deployment id (default: the last record)")
-    return parser
 
 
 def _router(args: argparse.Namespace) -> TrafficRouter:
@@ -208,6 +409,22 @@ def _rollout(args: argparse.Namespace) -> int:
     return record.exit_status
 
 
+def _serve(args: argparse.Namespace) -> int:
+    options = ServeOptions(
+        app=args.app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        factory=args.factory,
+        server=args.server,
+        max_head_bytes=args.max_head_bytes,
+        max_headers=args.max_headers,
+        keep_alive_seconds=args.keep_alive,
+        max_connections=args.max_connections,
+    )
+    return serve(options)
+
+
 def _timeline(args: argparse.Namespace) -> int:
     from prodkit.rollout.timeline import plot_timeline
 
@@ -223,12 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prodkit`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "rollout":
             return _rollout(args)
         return _timeline(args)
     except (ProdkitError, OSError) as exc:
         sys.stderr.write(f"prodkit {args.command}: {exc}\n")
-        return 2
+        return STARTUP_FAILURE if args.command == "serve" else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

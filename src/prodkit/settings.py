@@ -103,7 +103,7 @@ class StackSettings:
     cors_origins: tuple[str, ...] = ()
     max_concurrency: int | None = None
     health_key: str | None = None
-    shutdown_drain_seconds: float = 0.0
+    shutdown_drain_seconds: float = 2.0
     shutdown_timeout_seconds: float = 30.0
     body_timeout_seconds: float = 10.0
     log_level: str = "INFO"
@@ -292,7 +292,7 @@ class StackSettings:
             cors_origins=_split(env.get("CORS_ORIGINS")),
             max_concurrency=max_concurrency,
             health_key=(env.get("HEALTH_KEY") or "") or None,
-            shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 0.0),
+            shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 2.0),
             shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0),
             log_level=(env.get("LOG_LEVEL") or "").strip() or "INFO",
             log_format=log_format,  # type: ignore[arg-type]  # checked by __post_init__

@@ -333,7 +333,10 @@ def test_a_worker_that_fails_its_start_up_makes_the_start_fail(
     tmp_path: Path, workers: int
 ) -> None:
     # A well-formed DATABASE_URL whose server is not there: only the worker's start-up finds out.
-    env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/absent"}
+    env = {
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:9/absent",
+        "REDIS_URL": "redis://127.0.0.1:9/0",  # shared stores, so that the workers do start
+    }
     status, _ = start_example(tmp_path, env, workers=workers)
     assert status != 0
     assert not list(tmp_path.glob("prodkit-metrics-*"))  # removed at exit
@@ -344,6 +347,7 @@ def test_several_workers_remove_their_metrics_folder_at_exit(
 ) -> None:
     port = free_port()
     env = {"DATABASE_URL": postgres_dsn, "TMPDIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+    env["ALLOW_PER_WORKER_DATA"] = "1"  # no Redis: each worker its own cache
     args = ["examples.funds", "--port", str(port), "--workers", "2"]
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -12,7 +12,11 @@ process. :class:`ShutdownCoordinator` puts itself in front of the server's own s
    again (see :mod:`prodkit.lifecycle._signals`: a ``signal.signal`` handler such as
    uvicorn's, or an event loop handler such as hypercorn's and granian's), and the server
    stops as it always does: it closes its listener and waits for in-flight requests.
-   Requests that still reach the app get a fast 503 ``SHUTTING_DOWN``.
+   Requests that still reach the app on open connections (accepted a moment before the
+   listener closed, or pipelined) are served too, with ``Connection: close``: a client that
+   sent one has no other answer coming. Once the server starts its lifespan shutdown (its
+   pools are about to close), or past the hard deadline, they get a fast 503
+   ``SHUTTING_DOWN``.
 3. At ``timeout`` seconds after the signal, requests still running are cancelled and logged,
    so the server can finish before the orchestrator's SIGKILL.
 
@@ -44,6 +48,9 @@ from prodkit._core.logs import safe_logger
 from prodkit._core.types import Scope
 from prodkit.lifecycle._signals import SignalHold
 
+#: Seconds served after the signal while readiness answers 503 (``ShutdownCoordinator(drain=)``).
+DEFAULT_DRAIN = 2.0
+
 #: Loop passes after install() during which the wakeup descriptor is claimed back (see
 #: ShutdownCoordinator._claim_for): granian's lifespan run ends a handful of passes after it.
 _CLAIM_PASSES = 32
@@ -54,7 +61,8 @@ class ShutdownState(enum.IntEnum):
 
     RUNNING = 0  #: serving, ready
     DRAINING = 1  #: signal received: not ready, still serving everything normally
-    STOPPING = 2  #: the server has been told to stop; new requests get 503 SHUTTING_DOWN
+    STOPPING = 2  #: the server has been told to stop; requests that still arrive are served
+    #: with ``Connection: close`` until its lifespan shutdown (then 503 SHUTTING_DOWN)
     STOPPED = 3  #: lifespan shutdown ran
 
 
@@ -76,9 +84,13 @@ class ShutdownCoordinator:
         drain: seconds to keep serving normally after the signal while readiness answers 503,
             so load balancers stop routing here before the listener closes. Match it to the
             time your load balancer needs to notice (readiness ``periodSeconds`` x
-            ``failureThreshold``, plus endpoint propagation). The default 0 hands the signal
-            on at once (readiness still turns 503 and the deadline still applies), the same
-            default as ``StackSettings.shutdown_drain_seconds``.
+            ``failureThreshold``, plus endpoint propagation). The default,
+            :data:`DEFAULT_DRAIN` (2 s, as ``StackSettings.shutdown_drain_seconds``), is what
+            several workers behind one socket need (``uvicorn --workers``, gunicorn,
+            ``prodkit serve``): long enough for every busy keep-alive connection to get one
+            response with ``Connection: close`` and reconnect to another worker. 0 hands the
+            signal on at once (readiness still turns 503, and the deadline still applies), at
+            the price of requests cut on connections the server closes.
         timeout: seconds from the signal to the hard deadline at which requests still running
             are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds`` (whose own
             default, 30, equals this one and ``StackSettings.shutdown_timeout_seconds``: raise
@@ -93,7 +105,7 @@ class ShutdownCoordinator:
     def __init__(
         self,
         *,
-        drain: float = 0.0,
+        drain: float = DEFAULT_DRAIN,
         timeout: float = 30.0,
         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
         retry_after: int = 5,
@@ -128,6 +140,7 @@ class ShutdownCoordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hold: SignalHold | None = None
         self._installed = False
+        self._refusing = False  # the server's lifespan shutdown began, or the deadline passed
         self._reclaim = False  # see request_started()
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.Event | None = None
@@ -163,8 +176,9 @@ class ShutdownCoordinator:
 
     @property
     def accepting(self) -> bool:
-        """Whether new requests are still served normally (running or draining)."""
-        return self._state <= ShutdownState.DRAINING
+        """Whether new requests are still served (refused once the server's lifespan shutdown
+        began, or past the hard deadline)."""
+        return not self._refusing and self._state < ShutdownState.STOPPED
 
     @property
     def in_flight(self) -> int:
@@ -185,6 +199,7 @@ class ShutdownCoordinator:
         """
         if self._state is ShutdownState.STOPPED:
             self._state = ShutdownState.RUNNING
+            self._refusing = False
             self._state_gauge.set(int(ShutdownState.RUNNING))
 
     def count_rejected(self) -> None:
@@ -332,6 +347,7 @@ class ShutdownCoordinator:
             hold.give_back(signum)
 
     def _deadline(self) -> None:
+        self._refusing = True
         leftover = [record for record in self._in_flight if not record.cancelled_at_deadline]
         now = time.monotonic()
         self.logger.warning("shutdown deadline reached", in_flight=len(leftover))
@@ -348,7 +364,9 @@ class ShutdownCoordinator:
                 record.task.cancel()
 
     def lifespan_shutdown(self) -> None:
-        """The server sent ``lifespan.shutdown``: it stops accepting, whatever the signal path."""
+        """The server sent ``lifespan.shutdown``: it stops, whatever the signal path, and the
+        app's resources are about to close, so requests that still arrive are refused."""
+        self._refusing = True
         self._set_state(ShutdownState.STOPPING)
 
     def stopped(self) -> None:
@@ -360,4 +378,4 @@ class ShutdownCoordinator:
         self.uninstall()
 
 
-__all__ = ["InFlight", "ShutdownCoordinator", "ShutdownState"]
+__all__ = ["DEFAULT_DRAIN", "InFlight", "ShutdownCoordinator", "ShutdownState"]

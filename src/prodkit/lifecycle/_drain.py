@@ -1,4 +1,4 @@
-"""Track in-flight requests, close keep-alive connections while draining, 503 once stopping."""
+"""Track in-flight requests, close keep-alive connections while draining, 503 once the app stops."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ class GracefulShutdownMiddleware:
       normally; HTTP/1.x responses get ``Connection: close`` so keep-alive clients open their
       next connection elsewhere (RFC 9112 section 9.6).
     * Stopping (the drain is over, the server is closing): a request that still reaches the
-      app is answered at once with a 503 problem ``SHUTTING_DOWN``, ``Retry-After`` and
-      ``Connection: close``.
+      app (on a connection accepted just before the listener closed, say) is served the same
+      way, since its client has no other answer coming. Once the server's lifespan shutdown
+      began (its resources are closing), or past the hard deadline, it is answered at once
+      with a 503 problem ``SHUTTING_DOWN``, ``Retry-After`` and ``Connection: close``.
     * At the coordinator's hard deadline a request still running is cancelled; if its response
       had not started it is answered with the same 503, otherwise the connection is closed.
 
