@@ -329,7 +329,7 @@ ENTRY = re.compile(r"^(?P<names>\**\w+(?:, \**\w+)*)(?: \([^)]*\))?: ?(?P<text>.
 #: ``default ``value``​``, ``default :data:`NAME```, ````value`` (default``, ``default:``.
 CODE_DEFAULT = re.compile(r"\bdefault ``(?P<code>[^`]+)``", re.IGNORECASE)
 ROLE_DEFAULT = re.compile(rf"\bdefault (?P<shown>{ROLE.pattern})", re.IGNORECASE)
-CODE_THEN_DEFAULT = re.compile(r"``(?P<code>[^`]+)`` \(default\b", re.IGNORECASE)
+CODE_THEN_DEFAULT = re.compile(r"``(?P<code>[^`]+)`` \(default(?=[),;])", re.IGNORECASE)
 PROSE_DEFAULT = re.compile(r"\bdefault:", re.IGNORECASE)
 ANY_DEFAULT = re.compile(r"\bdefault(?:s|ed)?\b", re.IGNORECASE)
 #: Inline code, a role: text in which "default" and values are not prose.
@@ -548,6 +548,8 @@ def _documented_function(doc: str) -> Documented:
         ("registry: where (default: the global one).", None),
         ("exclude: paths (default ``('/metrics',)``).", None),
         ('format: ``"json"`` (default) or ``"console"``.', None),
+        ('format: ``"json"`` (default, a JSON object per line) or ``"console"``.', None),
+        ("registry: where ``registry=`` (default: the global one).", None),
         ("required: a number, always given.", None),
         ("header_name: the ``default`` header is the one sent (default ``'X-Request-ID'``).", None),
         # The checked forms, stale: the reason this test exists.
