@@ -458,11 +458,14 @@ def test_reference_roles_are_links_and_literal_blocks_are_code(site: Path) -> No
     assert re.search(
         r'<a [^>]*href="#prodkit\.stack\.Stack\.build"[^>]*><code>build\(\)</code>', stack_page
     )
-    # LifespanMiddleware's "Example::" and its indented block: "Example:" and Python code.
+    # Every "Example::" and its indented block: "Example:" and Python code (the middlewares'
+    # examples, RequestIdMiddleware's first).
     prodkit_page = (site / "reference/prodkit/index.html").read_text()
-    example = prodkit_page.split("<p>Example:</p>", 1)[1][:400]
-    assert '<div class="highlight">' in example
-    assert '<span class="n">lifespan</span>' in example
+    examples = prodkit_page.split("<p>Example:</p>")[1:]
+    assert len(examples) >= 10
+    for example in examples:
+        assert example.lstrip().startswith('<div class="highlight">')
+    assert '<span class="n">RequestIdMiddleware</span>' in examples[0].split("</code>", 1)[0]
 
 
 def _extension() -> Any:

@@ -59,31 +59,39 @@ class StackSettings:
         database_url: PostgreSQL DSN (``DATABASE_URL``): idempotency records in PostgreSQL.
         redis_url: Redis URL (``REDIS_URL``): response cache and rate-limit counters in Redis.
         redis_key_prefix: put in front of every key the stack's stores write in Redis
-            (``REDIS_KEY_PREFIX``, default ``prodkit:``; then ``cache:``, ``idem:`` or
+            (``REDIS_KEY_PREFIX``, default ``"prodkit:"``; then ``cache:``, ``idem:`` or
             ``ratelimit:``), so services or test runs sharing one Redis keep apart.
-        idempotency_store: ``memory``, ``postgres`` or ``redis`` (``IDEMPOTENCY_STORE``); ``None``
-            (the default) chooses ``postgres`` when ``database_url`` is set, else ``memory``, so
-            after construction it always names the store.
+        idempotency_store: ``"memory"``, ``"postgres"`` or ``"redis"`` (``IDEMPOTENCY_STORE``;
+            default: ``"postgres"`` when ``database_url`` is set, else ``"memory"``), so after
+            construction it always names the store.
         idempotency_lease_seconds: how long a request's claim on its ``Idempotency-Key``
-            protects its handler (``IDEMPOTENCY_LEASE_SECONDS``, default 60): a retry gets 409
-            until then, and runs the handler once it is over, if the first request's process
+            protects its handler (``IDEMPOTENCY_LEASE_SECONDS``, default ``60.0``): a retry gets
+            409 until then, and runs the handler once it is over, if the first request's process
             died. Set it above your slowest handler.
         idempotency_ttl_seconds: how long a completed request's response is replayed for its
-            key (``IDEMPOTENCY_TTL_SECONDS``, default 86400: a day).
+            key (``IDEMPOTENCY_TTL_SECONDS``, default ``86400.0``: a day).
         idempotency_cleanup_seconds: how often a PostgreSQL idempotency store deletes expired
-            records (``IDEMPOTENCY_CLEANUP_SECONDS``, default 60; ``0`` turns the sweeps off).
-        rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``); ``None`` means a generous default.
+            records (``IDEMPOTENCY_CLEANUP_SECONDS``, default ``60.0``; ``0`` turns the sweeps
+            off).
+        rate_limit: e.g. ``"100/minute"`` (``RATE_LIMIT``; default: the stack's generous
+            :data:`~prodkit.stack.DEFAULT_RATE_LIMIT`).
         trusted_proxies: IPs/CIDRs whose forwarding headers are honoured (``TRUSTED_PROXIES``).
         cors_origins: allowed origins (``CORS_ORIGINS``); ``https://*.example.com`` allows
             subdomains only; empty disables CORS.
-        max_concurrency: requests in flight per process before shedding (``MAX_CONCURRENCY``).
-        health_key: unlocks the detailed health report (``HEALTH_KEY``).
-        shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM.
-        shutdown_timeout_seconds: hard deadline, counted from the signal (the drain included).
+        max_concurrency: requests in flight per process before shedding (``MAX_CONCURRENCY``;
+            default: the stack's :data:`~prodkit.stack.DEFAULT_MAX_CONCURRENCY`).
+        health_key: unlocks the detailed health report (``HEALTH_KEY``; default ``None``: the
+            report shows no detail).
+        shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM
+            (``SHUTDOWN_DRAIN_SECONDS``, default ``0.0``).
+        shutdown_timeout_seconds: hard deadline, counted from the signal, the drain included
+            (``SHUTDOWN_TIMEOUT_SECONDS``, default ``30.0``).
         body_timeout_seconds: a request body that has not arrived this many seconds after its
-            headers gets a 408 (no environment variable: the default suits most services).
-        log_level, log_format: ``LOG_LEVEL`` (``debug``, ``info``, ``warning``, ``error`` or
-            ``critical``, any case; kept upper-case), ``LOG_FORMAT`` (``json`` or ``console``).
+            headers gets a 408 (default ``10.0``; no environment variable: it suits most
+            services).
+        log_level: ``LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error`` or ``critical``,
+            any case, kept upper-case (default ``"INFO"``).
+        log_format: ``LOG_FORMAT``: ``"json"`` (default) or ``"console"``.
 
     Raises :class:`~prodkit.ConfigurationError` when a field is malformed (a proxy that is not
     a network, a ``health_key`` shorter than 16 characters) or the fields contradict each other

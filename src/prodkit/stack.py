@@ -115,6 +115,43 @@ class Stack:
     itself an ASGI app: serve it directly. Its lifespan runs the start-up hooks and, at shutdown,
     :meth:`aclose`; call :meth:`aclose` yourself when no lifespan runs (in tests, say).
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.middleware.gzip import GZipMiddleware
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        from prodkit import Layer, Stack, StackSettings
+
+        async def report(request):
+            return PlainTextResponse("quarterly figures " * 100)
+
+        stack = Stack.recommended(
+            StackSettings(rate_limit="100/minute"),  # or None: read from the environment
+            registry=CollectorRegistry(),  # or leave it out: prometheus-client's global one
+        )
+        stack.remove("security_headers")  # say, the ingress sets them
+        stack.insert_before("errors", Layer("gzip", GZipMiddleware, {"minimum_size": 500}))
+        stack.build(Starlette(routes=[Route("/report", report)]))  # serve `stack` itself
+
+        async def main():
+            transport = httpx.ASGITransport(app=stack)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                response = await client.get("/report")
+            await stack.aclose()  # what the lifespan does at shutdown, under a server
+            assert stack.names[:6] == [
+                "request_id", "access_log", "metrics", "metrics_endpoint", "gzip", "errors"
+            ]
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert response.headers["RateLimit-Policy"] == '"default";q=100;w=60'
+
+        asyncio.run(main())
+
     Arguments:
         layers: the layers, outermost first.
         settings: the settings the layers were made from (kept for the service to read).
@@ -194,15 +231,17 @@ class Stack:
                 unidentified callers never share a key.
             cache_routes: ``{template: CacheRule}`` for the response cache (none: no cache).
             idempotency_routes: route templates where ``Idempotency-Key`` is honoured (default
-                all).
-            idempotency_stored_headers: response headers replayed besides the default list.
+                ``None``: every route).
+            idempotency_stored_headers: response headers replayed besides
+                :data:`~prodkit.idempotency.DEFAULT_STORED_HEADERS`.
             rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
-            cors_allow_headers: request headers browsers may send besides the defaults.
+            cors_allow_headers: request headers browsers may send besides
+                :data:`~prodkit.cors.DEFAULT_ALLOW_HEADERS` and ``Idempotency-Key``.
             health_checks: dependency checks for ``/readyz`` and ``/healthz``.
-            metrics_path: where ``/metrics`` is served.
+            metrics_path: where the Prometheus exposition is served (default ``"/metrics"``).
             access_log_exclude: paths not logged (e.g. ``["/livez"]``).
-            configure_logs: call :func:`configure_logging` with the settings' level and format;
-                off by default, because logging configuration is global to the process.
+            configure_logs: call :func:`configure_logging` with the settings' level and format
+                (default ``False``, because logging configuration is global to the process).
             route_resolver: names a request's route template (``scope -> str | None``) for
                 every layer that labels by route (access log, metrics, concurrency limit);
                 for apps prodkit cannot ask, such as a raw ASGI callable.
@@ -603,6 +642,40 @@ def recommended_stack(app: ASGIApp, /, *args: Any, **options: Any) -> Stack:
 
     The arguments after ``app`` are :meth:`Stack.recommended`'s. To add, move or drop a layer,
     call that instead, edit the list, then :meth:`Stack.build`.
+
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import StackSettings, recommended_stack
+
+        async def fund(request):
+            return JSONResponse({"id": request.path_params["fund_id"]})
+
+        app = recommended_stack(
+            Starlette(routes=[Route("/funds/{fund_id}", fund)]),
+            StackSettings(rate_limit="100/minute"),  # or None: read from the environment
+            registry=CollectorRegistry(),  # or leave it out: prometheus-client's global one
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                response = await client.get("/funds/7")
+                ready = await client.get("/readyz")
+            await app.aclose()  # what the lifespan does at shutdown, under a server
+            assert response.json() == {"id": "7"}
+            assert len(response.headers["X-Request-ID"]) == 32
+            assert response.headers["RateLimit"].startswith('"default";r=99;')
+            assert ready.json() == {"status": "pass", "draining": False}
+
+        asyncio.run(main())
     """
     return Stack.recommended(*args, **options).build(app)
 

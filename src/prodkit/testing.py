@@ -41,7 +41,8 @@ def capture_logs(
     captured too (structlog changes that list in place).
 
     Arguments:
-        redact: apply the default :class:`~prodkit.logging.Redactor`, or the one given.
+        redact: apply a :class:`~prodkit.logging.Redactor` with its standard lists (default
+            ``True``), or the one given.
         processors: more processors to run before capturing.
     """
     chain: list[Processor] = [structlog.contextvars.merge_contextvars, add_request_context]
@@ -96,8 +97,8 @@ def capture_log_output(
     Loggers are not cached during the block, so loggers created earlier are captured too.
 
     Arguments:
-        level: minimum level captured.
-        format: ``"json"`` (parse with :meth:`LogOutput.events`) or ``"console"``.
+        level: minimum level captured (default ``"debug"``).
+        format: ``"json"`` (default; parse with :meth:`LogOutput.events`) or ``"console"``.
         **options: passed to :func:`~prodkit.logging.configure_logging` (``redact`` ...).
     """
     saved_structlog = structlog.get_config()

@@ -107,11 +107,11 @@ class ClientAddressResolver:
         trusted_proxies: addresses and networks (``10.0.0.0/8``, ``::1``) whose forwarding
             headers are honoured. ``"*"`` trusts every peer: only behind a proxy that always
             overwrites the header.
-        forwarded: which header to read: ``"auto"`` (RFC 7239 ``Forwarded`` when present, else
-            ``X-Forwarded-For``), one of them only, or ``"none"``.
-        ipv6_prefix: prefix length by which :meth:`key` groups IPv6 clients (a subscriber
-            usually gets a /64 or /56, so single addresses are free to rotate).
-        ipv4_prefix: the same for IPv4 (32: every address is its own group).
+        forwarded: which header to read: ``"auto"`` (default; RFC 7239 ``Forwarded`` when
+            present, else ``X-Forwarded-For``), one of them only, or ``"none"``.
+        ipv6_prefix: prefix length by which :meth:`key` groups IPv6 clients (default ``64``:
+            a subscriber usually gets a /64 or /56, so single addresses are free to rotate).
+        ipv4_prefix: the same for IPv4 (default ``32``: every address is its own group).
     """
 
     __slots__ = ("_forwarded", "_networks", "_trust_all", "ipv4_prefix", "ipv6_prefix")

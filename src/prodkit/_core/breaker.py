@@ -43,20 +43,21 @@ class CircuitBreaker:
     Arguments:
         name: the backend's name, used as the ``breaker`` metric label (``"redis-cache"``) and
             in the log lines.
-        failure_threshold: consecutive failures that open the breaker.
-        recovery_time: seconds the breaker stays open before a half-open probe. It bounds how
-            long a backend that is back stays unused (while requests keep coming); each probe
-            of a black-holed backend holds one call for up to ``timeout``.
+        failure_threshold: consecutive failures that open the breaker (default ``5``).
+        recovery_time: seconds the breaker stays open before a half-open probe (default
+            ``0.5``). It bounds how long a backend that is back stays unused (while requests
+            keep coming); each probe of a black-holed backend holds one call for up to
+            ``timeout``.
         timeout: seconds a guarded call may take before it counts as a failure
-            (``None``: no limit beyond the driver's own).
+            (default ``1.0``; ``None``: no limit beyond the driver's own).
         failure_exceptions: exception types that count as backend failures; anything else
             (a bug, a cancellation) passes through without touching the breaker.
         registry: the Prometheus registry of the ``{metric_prefix}circuit_breaker_state`` gauge
             and the ``{metric_prefix}circuit_breaker_failures_total`` counter.
-        metric_prefix: put in front of those metric names.
+        metric_prefix: put in front of those metric names (default ``"prodkit_"``).
         clock: monotonic clock, replaceable in tests.
-        logger: a structlog logger for the opened and closed warnings (default
-            ``structlog.get_logger("prodkit.breaker")``).
+        logger: a structlog logger for the opened and closed warnings (default: structlog's
+            ``prodkit.breaker`` logger).
     """
 
     def __init__(

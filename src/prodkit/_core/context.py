@@ -11,7 +11,7 @@ span_id_var: ContextVar[str | None] = ContextVar("prodkit.span_id", default=None
 
 
 def get_request_id() -> str | None:
-    """Return the current request's id (set by :class:`RequestIdMiddleware`), or ``None``."""
+    """Return the current request's id (set by :class:`~prodkit.RequestIdMiddleware`), or ``None``."""
     return request_id_var.get()
 
 

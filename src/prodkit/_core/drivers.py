@@ -57,7 +57,8 @@ class RedisTarget:
         url: the URL as given.
         nodes: ``(host, port)`` of the seed nodes or the Sentinels (empty for ``server``).
         service: the Sentinel service (primary) name.
-        db: the database number (a Sentinel-managed primary; always 0 on a Cluster).
+        db: the database number of a Sentinel-managed primary (default ``0``; always 0 on a
+            Cluster).
         username, password: credentials for the data nodes.
         sentinel_password: credentials for the Sentinels themselves.
         tls: whether connections use TLS.

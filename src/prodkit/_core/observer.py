@@ -31,7 +31,7 @@ class ResponseObserver:
     Arguments:
         send: the downstream ``send`` callable.
         on_start: called with the ``http.response.start`` message before it is forwarded;
-            it may change the message's headers (see :func:`prodkit.message_headers`).
+            it may change the message's headers (see :func:`prodkit.asgi.message_headers`).
         capture_limit: keep the body in memory up to this many bytes; ``None`` keeps nothing.
     """
 

@@ -37,14 +37,14 @@ class FieldError:
 class Problem(ProdkitError):
     """Raise this from an app (or a prodkit middleware) to answer with a problem+json response.
 
-    :class:`ErrorMiddleware` renders it; it can also be rendered directly with :meth:`send`.
+    :class:`~prodkit.ErrorMiddleware` renders it; it can also be rendered directly with :meth:`send`.
 
     Arguments:
         status: the HTTP status code, repeated as the ``status`` member.
         code: a stable UPPER_SNAKE identifier clients can switch on (listed in ``docs/errors.md``).
         detail: a human-readable explanation specific to this occurrence.
-        title: a short summary of the problem type; defaults to the status's reason phrase.
-        type: the problem type URI; defaults to :func:`problem_type` of ``code``.
+        title: a short summary of the problem type (default: the status's reason phrase).
+        type: the problem type URI (default: :func:`problem_type` of ``code``).
         errors: validation errors, rendered as ``errors: [{"pointer", "detail"}]``.
         headers: extra response headers, e.g. ``{"Retry-After": "3"}``.
         extensions: further members added to the body.

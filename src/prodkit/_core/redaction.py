@@ -142,7 +142,7 @@ class Redactor:
 
     Dicts and lists inside the event are copied before being changed: the caller's objects
     are left alone. Use it in any structlog chain (before the renderer), or through
-    :func:`configure_logging`, which installs it by default.
+    :func:`~prodkit.configure_logging`, which installs it unless told not to.
 
     Arguments:
         keys: secret words for dict keys (default :data:`DEFAULT_REDACT_KEYS`).

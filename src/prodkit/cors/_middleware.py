@@ -172,16 +172,54 @@ class CORSMiddleware:
     It belongs outside the error, load-shedding and rate-limit middlewares, so that a browser
     can read their 500, 503 and 429 responses (and their ``Retry-After``).
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import CORSMiddleware
+
+        async def funds(request):
+            return JSONResponse([])
+
+        app = CORSMiddleware(
+            Starlette(routes=[Route("/funds", funds)]),
+            allow_origins=["https://app.example.com", "https://*.example.org"],
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                sub = await client.get("/funds", headers={"Origin": "https://eu.example.org"})
+                fake = await client.get("/funds", headers={"Origin": "https://example.org.evil.io"})
+                asks = {"Origin": "https://evil.io", "Access-Control-Request-Method": "DELETE"}
+                preflight = await client.options("/funds", headers=asks)
+            assert sub.headers["Access-Control-Allow-Origin"] == "https://eu.example.org"
+            assert "Access-Control-Allow-Origin" not in fake.headers  # the browser hides it
+            assert preflight.status_code == 403  # refused before the app is reached
+            assert preflight.json()["code"] == "CORS_PREFLIGHT_REJECTED"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         allow_origins: see :class:`OriginMatcher` (a list or a ``CORS_ORIGINS`` string).
-        allow_methods: methods a preflight may ask for (``"*"``: any).
-        allow_headers: request headers a preflight may ask for (``"*"``: any); CORS-safelisted
-            ones are always allowed by browsers.
-        allow_credentials: send ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth).
-            Cannot be combined with ``"*"`` in ``allow_origins`` or ``expose_headers``.
-        expose_headers: response headers scripts may read (prodkit's own by default).
-        max_age: seconds a browser may cache a preflight answer (browsers cap it: 2 h in Chrome).
+        allow_methods: methods a preflight may ask for (default
+            :data:`DEFAULT_ALLOW_METHODS`; ``"*"``: any).
+        allow_headers: request headers a preflight may ask for (default
+            :data:`DEFAULT_ALLOW_HEADERS`; ``"*"``: any); CORS-safelisted ones are always
+            allowed by browsers.
+        allow_credentials: send ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth;
+            default ``False``). Cannot be combined with ``"*"`` in ``allow_origins`` or
+            ``expose_headers``.
+        expose_headers: response headers scripts may read (default
+            :data:`DEFAULT_EXPOSE_HEADERS`: the ones prodkit sets).
+        max_age: seconds a browser may cache a preflight answer (default ``600``; browsers cap
+            it: 2 h in Chrome).
 
     Raises:
         ConfigurationError: on an unsafe or malformed option, saying what to write instead.

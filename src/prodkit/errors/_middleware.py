@@ -63,18 +63,50 @@ class ErrorMiddleware:
       4xx/5xx responses are read (up to ``hold_limit`` bytes; a larger body passes as it is);
       responses to ``HEAD`` have no body to convert and pass too.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        from prodkit import ErrorMiddleware, Problem
+
+        async def fund(request):
+            raise Problem(404, "FUND_NOT_FOUND", "No fund 7 for this user.")
+
+        async def report(request):
+            raise RuntimeError("ledger out of balance")  # a bug: logged with its traceback
+
+        app = ErrorMiddleware(Starlette(routes=[Route("/funds/7", fund), Route("/report", report)]))
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                missing = await client.get("/funds/7")
+                failed = await client.get("/report")
+            assert missing.status_code == 404 and missing.json()["code"] == "FUND_NOT_FOUND"
+            assert failed.status_code == 500 and failed.json()["code"] == "INTERNAL_ERROR"
+            assert failed.headers["Content-Type"] == "application/problem+json"
+            assert "ledger" not in failed.text  # no exception text reaches the client
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        replace_server_errors: replace non-problem 500 responses by a problem (default on).
+        replace_server_errors: replace non-problem 500 responses by a problem (default
+            ``True``).
         convert_framework_errors: convert the framework's other 4xx/5xx error responses into
-            problems (default on: one error shape whatever answered).
-        hold_limit: bytes of an error response body held back for replacement or conversion.
+            problems (default ``True``: one error shape whatever answered).
+        hold_limit: bytes of an error response body held back for replacement or conversion
+            (default ``65536``, 64 KiB).
         unavailable: exception classes that mean a dependency (a database, a cache, another
             service) is unavailable, besides :class:`~prodkit.BackendError` which always does:
             a driver's connection and timeout errors, ``OSError``, ``TimeoutError``. prodkit
             imports no driver; pass its classes.
-        unavailable_retry_after: ``Retry-After`` seconds of the 503 (1 to 60).
-        logger: a structlog logger (default ``structlog.get_logger("prodkit.errors")``).
+        unavailable_retry_after: ``Retry-After`` seconds of the 503, 1 to 60 (default ``2``).
+        logger: a structlog logger (default: structlog's ``prodkit.errors`` logger).
     """
 
     def __init__(

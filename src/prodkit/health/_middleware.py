@@ -145,9 +145,9 @@ class HealthCheck:
         name: how the check appears in reports, metrics and logs (``postgres``, ``redis``...).
         func: an async callable that returns normally when the dependency is healthy and
             raises (or takes longer than ``timeout``) when it is not.
-        critical: whether a failure makes the process not ready.
-        timeout: seconds before the check counts as failed.
-        cache_ttl: seconds a result is reused.
+        critical: whether a failure makes the process not ready (default ``True``).
+        timeout: seconds before the check counts as failed (default ``2.0``).
+        cache_ttl: seconds a result is reused (default ``1.0``).
     """
 
     def __init__(
@@ -268,21 +268,58 @@ class HealthCheck:
 class HealthMiddleware:
     """Answer ``/livez``, ``/readyz`` and ``/healthz`` in front of the app.
 
+    ``/livez`` touches no dependency; ``/readyz`` is 503 while the process drains or a critical
+    check fails; ``/healthz`` reports every check, in detail to callers with the ``key``. Checks
+    run concurrently, each within its timeout, and their results are reused for ``cache_ttl``
+    seconds, so probes cannot overload a dependency (see :class:`HealthCheck`).
+
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+
+        from prodkit import HealthMiddleware
+
+        async def database():  # returns when the dependency answers, raises when it does not
+            raise ConnectionError("connection refused")
+
+        app = HealthMiddleware(Starlette(), key="probe-key-7f3a9c2e1d")
+        app.add_check("database", database)  # critical: not ready while it fails
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                live = await client.get("/livez")
+                ready = await client.get("/readyz")
+                key = {"X-Health-Key": "probe-key-7f3a9c2e1d"}
+                report = await client.get("/healthz", headers=key)
+            assert live.status_code == 200  # alive: a restart would not bring the database back
+            assert ready.status_code == 503 and ready.json()["status"] == "fail"
+            check = report.json()["checks"]["database"]
+            assert check["error"] == "ConnectionError: connection refused"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap (every other request goes to it).
         coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator` (any
             :class:`Readiness`); readiness is 503 once it drains.
         checks: :class:`HealthCheck` objects (more with :meth:`add_check`).
         key: the secret that unlocks the detailed report, sent by callers in ``X-Health-Key``
-            (compared in constant time). ``None``: the detail is never shown.
-        livez_path: where liveness answers.
-        readyz_path: where readiness answers.
-        healthz_path: where the detailed report answers.
-        timeout: default timeout of checks added with :meth:`add_check`.
-        cache_ttl: default result lifetime of checks added with :meth:`add_check`.
-        retry_after: ``Retry-After`` seconds on 503 answers.
-        registry: the Prometheus registry of the ``{metric_prefix}health_check_*`` metrics.
-        metric_prefix: put in front of those metric names.
+            (compared in constant time; default ``None``: the detail is never shown).
+        livez_path: where liveness answers (default ``"/livez"``).
+        readyz_path: where readiness answers (default ``"/readyz"``).
+        healthz_path: where the detailed report answers (default ``"/healthz"``).
+        timeout: the timeout of the checks :meth:`add_check` adds without one (default
+            ``2.0``).
+        cache_ttl: the result lifetime of the checks :meth:`add_check` adds without one
+            (default ``1.0``).
+        retry_after: ``Retry-After`` seconds on 503 answers (default ``5``).
+        registry: the Prometheus registry of the ``{metric_prefix}health_check_*`` metrics
+            (default: prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of those metric names (default ``"prodkit_"``).
     """
 
     def __init__(

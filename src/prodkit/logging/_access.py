@@ -47,7 +47,7 @@ class AccessLogMiddleware:
     The event has ``request_id``, ``method``, ``route`` (the template, never the raw path),
     ``path``, ``query`` (secret parameters redacted, only when there is one), ``status``,
     ``duration`` (seconds, until the last body chunk was sent), ``bytes`` (response body bytes
-    the server accepted) and ``client`` (through :class:`~prodkit.ClientAddressResolver`), plus
+    the server accepted) and ``client`` (through :class:`~prodkit.asgi.ClientAddressResolver`), plus
     whatever the app bound with :func:`structlog.contextvars.bind_contextvars` meanwhile. When
     the response says so: ``idempotency_status`` (``created`` or ``replayed``, from its
     ``Idempotency-Status`` header) and ``cache`` (``HIT`` or ``MISS``, from ``X-Cache``).
@@ -65,20 +65,52 @@ class AccessLogMiddleware:
       nothing leaks into the next request.
     * ``lifespan`` and ``websocket`` pass straight through.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import AccessLogMiddleware
+        from prodkit.testing import capture_logs
+
+        async def item(request):
+            return JSONResponse({"id": request.path_params["item_id"]})
+
+        app = AccessLogMiddleware(Starlette(routes=[Route("/items/{item_id}", item)]))
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                with capture_logs() as events:  # what your log lines would hold
+                    await client.get("/items/42?api_key=sk-live-4f9c")
+            [line] = [event for event in events if event["event"] == "request completed"]
+            assert line["route"] == "/items/{item_id}"  # the template, never the raw path
+            assert line["status"] == 200
+            assert line["query"] == "api_key=[REDACTED]"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        logger: a structlog logger (default: ``logger="prodkit.access"``).
-        event: the event text.
+        logger: a structlog logger (default: structlog's ``prodkit.access`` logger).
+        event: the event text (default ``"request completed"``).
         levels: log level per status class (``{4: "warning"}`` merges into
-            :data:`DEFAULT_LEVELS`), or a callable ``status -> level name``.
-        sample_rate: fraction of successful (< 400) requests logged; errors are always logged.
+            :data:`DEFAULT_LEVELS`), or a callable ``status -> level name`` (default:
+            :data:`DEFAULT_LEVELS`).
+        sample_rate: fraction of successful (< 400) requests logged; errors are always logged
+            (default ``1.0``: every request).
         exclude_paths: paths not logged at all (``/livez``; ``/static/*`` for a prefix).
         client_resolver: finds the client address (default: no trusted proxies).
         trusted_proxies: shorthand for ``client_resolver=ClientAddressResolver(trusted_proxies)``.
         request_headers: request headers to log under ``headers`` (secret ones redacted).
-        redactor: redacts the query string and logged headers (default :class:`Redactor`).
+        redactor: redacts the query string and logged headers (default: a
+            :class:`~prodkit.logging.Redactor` with its standard lists).
         route_resolver: a hook returning a request's route template (see
-            :func:`prodkit.route_template`).
+            :func:`prodkit.asgi.route_template`).
     """
 
     def __init__(

@@ -93,19 +93,20 @@ def configure_logging(
     same processors through the root logger. Calling it again replaces the earlier setup.
 
     Arguments:
-        level: minimum level (name or number); default ``info``. prodkit reads no environment
-            variable here: pass ``StackSettings.from_env().log_level`` to follow ``LOG_LEVEL``.
-        format: ``"json"`` (default) or ``"console"`` (``StackSettings.log_format`` follows
-            ``LOG_FORMAT``).
-        stream: where lines go (default ``sys.stdout``).
-        redact: install :class:`Redactor` (default on), or pass a configured one. prodkit's
-            own lines are redacted before they reach structlog whatever this says.
+        level: minimum level, a name or a number (default: ``"info"``). prodkit reads no
+            environment variable here: pass ``StackSettings.from_env().log_level`` to follow
+            ``LOG_LEVEL``.
+        format: ``"json"`` or ``"console"`` (default: ``"json"``; ``StackSettings.log_format``
+            follows ``LOG_FORMAT``).
+        stream: where lines go (default: ``sys.stdout``).
+        redact: install a :class:`Redactor` (default ``True``), or pass a configured one.
+            prodkit's own lines are redacted before they reach structlog whatever this says.
         processors: extra processors, run after the standard ones and before redaction.
-        uvicorn_access_log: keep uvicorn's own access log (off by default:
-            :class:`~prodkit.logging.AccessLogMiddleware` writes a better one,
-            and uvicorn's includes raw query strings).
-        cache_loggers: structlog's ``cache_logger_on_first_use`` (faster; loggers keep the
-            configuration they first saw).
+        uvicorn_access_log: keep uvicorn's own access log (default ``False``:
+            :class:`~prodkit.logging.AccessLogMiddleware` writes a better one, and uvicorn's
+            includes raw query strings).
+        cache_loggers: structlog's ``cache_logger_on_first_use`` (default ``True``: faster;
+            loggers keep the configuration they first saw).
     """
     level_value = parse_level("info" if level is None else level)
     chosen = _parse_format(format)

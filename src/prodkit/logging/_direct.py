@@ -91,7 +91,7 @@ def remember(installation: Installation) -> None:
 def direct_writer(name: str, level: str) -> DirectWriter | bool:
     """How to write an event of ``level`` from ``get_logger(name)`` without a bound logger.
 
-    Only while the structlog configuration is one that :func:`configure_logging` installed
+    Only while the structlog configuration is one that :func:`~prodkit.configure_logging` installed
     (not replaced, not captured by ``capture_logs``) is there such a way: a function
     ``write(event, fields)`` that puts ``fields`` and ``event`` through the configured
     processors and writes the line exactly as ``get_logger(name).<level>(event, **fields)``

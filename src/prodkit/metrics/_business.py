@@ -21,15 +21,27 @@ class BusinessMetrics:
 
     Example::
 
-        metrics = BusinessMetrics()
+        from prometheus_client import CollectorRegistry
+
+        from prodkit.metrics import BusinessMetrics
+
+        registry = CollectorRegistry()  # or leave it out: prometheus-client's global one
+        metrics = BusinessMetrics(registry=registry)
         fund_creations = metrics.counter(
-            "fund_creations_total", "Funds created.", ["status", "idempotency_status", "model_version"]
+            "fund_creations_total", "Funds created.", ["status", "model_version"]
         )
-        fund_creations.labels(status="201", idempotency_status="created", model_version="v3").inc()
+        fund_creations.labels(status="201", model_version="v3").inc()
+        # Asked for again (a module imported twice, a second app in tests): the same counter.
+        assert metrics.counter(
+            "fund_creations_total", "Funds created.", ["status", "model_version"]
+        ) is fund_creations
+        labels = {"status": "201", "model_version": "v3"}
+        assert registry.get_sample_value("fund_creations_total", labels) == 1
 
     Arguments:
-        registry: where metrics are registered (default prometheus-client's ``REGISTRY``).
-        metric_prefix: put in front of every name (default none).
+        registry: where metrics are registered (default: prometheus-client's global
+            ``REGISTRY``).
+        metric_prefix: put in front of every name (default ``""``: none).
     """
 
     def __init__(

@@ -38,12 +38,37 @@ class MetricsApp:
       given), every scrape aggregates all worker processes' files; ``registry`` is then not used.
       The directory must be emptied before the server starts (see ``docs/metrics.md``).
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry, Counter
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        from prodkit.metrics import MetricsApp
+
+        registry = CollectorRegistry()
+        orders = Counter("orders", "Orders placed.", registry=registry)
+        app = Starlette(routes=[Route("/internal/metrics", MetricsApp(registry))])
+
+        async def main():
+            orders.inc()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                scrape = await client.get("/internal/metrics")
+            assert scrape.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert "orders_total 1.0" in scrape.text
+
+        asyncio.run(main())
+
     Arguments:
-        registry: the registry to expose (default prometheus-client's ``REGISTRY``).
-        bearer_token: require this token (compared in constant time).
-        allowed_clients: addresses/networks allowed to scrape (empty: everyone).
+        registry: the registry to expose (default: prometheus-client's global ``REGISTRY``).
+        bearer_token: require this token, compared in constant time (default ``None``: none).
+        allowed_clients: addresses/networks allowed to scrape (default ``()``: everyone).
         client_resolver: finds the client address (default: no trusted proxies).
-        multiprocess_dir: the multiprocess directory; default ``$PROMETHEUS_MULTIPROC_DIR``.
+        multiprocess_dir: the multiprocess directory (default: ``$PROMETHEUS_MULTIPROC_DIR``).
             Before each scrape, live-gauge files of processes that no longer exist are removed
             (see :func:`remove_dead_process_files`).
     """
@@ -182,9 +207,43 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 class MetricsEndpointMiddleware:
     """Serve :class:`MetricsApp` at ``path`` (``/metrics``) and pass everything else to ``app``.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        from prodkit import HTTPMetricsMiddleware, MetricsEndpointMiddleware
+
+        async def home(request):
+            return PlainTextResponse("hello")
+
+        registry = CollectorRegistry()  # or leave it out on both: the global one
+        app = MetricsEndpointMiddleware(
+            Starlette(routes=[Route("/", home)]), registry=registry, bearer_token="scrape-4f9c"
+        )
+        app = HTTPMetricsMiddleware(app, registry=registry)  # what it serves: /metrics excluded
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                await client.get("/")
+                refused = await client.get("/metrics")
+                token = {"Authorization": "Bearer scrape-4f9c"}
+                scrape = await client.get("/metrics", headers=token)
+            assert refused.status_code == 401 and refused.json()["code"] == "METRICS_UNAUTHORIZED"
+            served = 'http_request_duration_seconds_count{method="GET",route="/",status_code="200"}'
+            assert f"{served} 1.0" in scrape.text
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        path: where the exposition is served.
+        path: where the exposition is served (default ``"/metrics"``).
         registry: as for :class:`MetricsApp`.
         bearer_token: as for :class:`MetricsApp`.
         allowed_clients: as for :class:`MetricsApp`.

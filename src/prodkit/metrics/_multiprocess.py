@@ -32,7 +32,7 @@ def mark_process_dead(pid: int, multiprocess_dir: str | None = None) -> None:
 
     Arguments:
         pid: the process id of the worker that exited.
-        multiprocess_dir: the multiprocess directory; default ``$PROMETHEUS_MULTIPROC_DIR``.
+        multiprocess_dir: the multiprocess directory (default: ``$PROMETHEUS_MULTIPROC_DIR``).
     """
     from prometheus_client import multiprocess
 
@@ -49,8 +49,8 @@ def remove_dead_process_files(multiprocess_dir: str | None = None) -> list[int]:
     each scrape.
 
     Arguments:
-        multiprocess_dir: the multiprocess directory; default ``$PROMETHEUS_MULTIPROC_DIR``
-            (nothing is removed when neither is set).
+        multiprocess_dir: the multiprocess directory (default: ``$PROMETHEUS_MULTIPROC_DIR``;
+            nothing is removed when neither is set).
     """
     directory = multiprocess_dir or os.environ.get(MULTIPROC_ENV)
     if not directory:

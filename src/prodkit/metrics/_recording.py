@@ -70,21 +70,57 @@ class HTTPMetricsMiddleware:
       only, at most ``max_exception_types`` of them, then ``other``).
 
     ``route`` is always the route template (``/api/funds/{id}``); every request that matched no
-    route shares :data:`~prodkit.UNMATCHED_ROUTE`, so scanning a million paths adds one series.
+    route shares :data:`~prodkit.asgi.UNMATCHED_ROUTE`, so scanning a million paths adds one series.
     Methods outside the standard ones are counted as ``other``. An exception before the response
     started is recorded as status 500 and re-raised; a client that went away before a response
     as 499. ``lifespan`` and ``websocket`` pass straight through.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import HTTPMetricsMiddleware
+
+        async def item(request):
+            return JSONResponse({"id": request.path_params["item_id"]})
+
+        registry = CollectorRegistry()  # or leave it out: prometheus-client's global one
+        app = HTTPMetricsMiddleware(
+            Starlette(routes=[Route("/items/{item_id}", item)]), registry=registry
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                for item_id in (1, 2, 3):
+                    await client.get(f"/items/{item_id}")
+            # Three paths, one series: labelled by the route's template.
+            labels = {"method": "GET", "route": "/items/{item_id}", "status_code": "200"}
+            assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 3
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        registry: where the metrics are registered (default: prometheus-client's ``REGISTRY``).
-        metric_prefix: put in front of every metric name (default none: the standard ``http_*`` names).
-        buckets: duration histogram buckets in seconds.
-        size_buckets: size histogram buckets in bytes.
-        exclude_paths: paths not measured (default ``/metrics``; ``/static/*`` for a prefix).
-        methods: methods kept as label values; others become ``other``.
+        registry: where the metrics are registered (default: prometheus-client's global
+            ``REGISTRY``).
+        metric_prefix: put in front of every metric name (default ``""``: the standard
+            ``http_*`` names).
+        buckets: duration histogram buckets in seconds (default :data:`DEFAULT_BUCKETS`).
+        size_buckets: size histogram buckets in bytes (default :data:`SIZE_BUCKETS`).
+        exclude_paths: paths not measured (default ``("/metrics",)``; ``/static/*`` for a
+            prefix).
+        methods: methods kept as label values (RFC 9110's and ``PATCH`` unless given); others
+            become ``other``.
         route_resolver: a hook returning a request's route template.
-        max_exception_types: distinct ``exception_type`` values before ``other`` is used.
+        max_exception_types: distinct ``exception_type`` values before ``other`` is used
+            (default ``50``).
     """
 
     duration: Histogram | LoopHistogram

@@ -19,7 +19,7 @@ class MemoryRateLimitStore:
     ``max_keys`` above the number of clients active within one window.
 
     Arguments:
-        max_keys: how many (policy, client) entries to keep.
+        max_keys: how many (policy, client) entries to keep (default ``100_000``).
         clock: seconds as a float, monotonic (default :func:`time.monotonic`); tests inject one.
     """
 

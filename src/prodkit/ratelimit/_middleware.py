@@ -147,6 +147,39 @@ class RateLimitMiddleware:
     advertises) and ``Cache-Control: no-store``. The app is not called. WebSocket and
     ``lifespan`` scopes pass straight through.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import RateLimitMiddleware
+
+        async def quote(request):
+            return JSONResponse({"price": 101.5})
+
+        app = RateLimitMiddleware(
+            Starlette(routes=[Route("/quote", quote), Route("/login", quote)]),
+            policy="100/minute",  # per client address
+            routes={"/login": "2/minute"},  # checked on top of the global policy
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                quoted = await client.get("/quote")
+                logins = [await client.get("/login") for _ in range(3)]
+            assert quoted.headers["RateLimit-Policy"] == '"default";q=100;w=60'
+            assert [response.status_code for response in logins] == [200, 200, 429]
+            refused = logins[-1]
+            assert refused.json()["violated-policies"] == ["route:login"]
+            assert int(refused.headers["Retry-After"]) > 0
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         policy: the global policy (a :class:`RateLimitPolicy` or a rate such as
@@ -156,8 +189,9 @@ class RateLimitMiddleware:
             A policy given as a string is named after its route (``route:api_login``; see
             :func:`~prodkit.ratelimit.route_policy_name`), so two routes never share one. The
             same :class:`RateLimitPolicy` object on several routes is one shared quota.
-        store: where counters live: :class:`~prodkit.ratelimit.MemoryRateLimitStore`
-            (default, per process) or :class:`~prodkit.ratelimit.RedisRateLimitStore`.
+        store: where counters live (default: a
+            :class:`~prodkit.ratelimit.MemoryRateLimitStore`, per process), or a
+            :class:`~prodkit.ratelimit.RedisRateLimitStore` shared by every worker.
         caller: who is calling (``scope -> str | None``, such as
             :func:`~prodkit.caller_from_header`): each caller gets its own quota, wherever it
             calls from. A request it names no caller for (``None``) is limited by its client
@@ -168,18 +202,21 @@ class RateLimitMiddleware:
             address: without ``caller``, or when it names nobody. The address comes from
             ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``, IPv6 grouped by
             prefix, IPv4-mapped IPv6 as IPv4.
-        ipv6_prefix: the client address's IPv6 grouping (64; 56 for providers that hand out /56).
-        on_store_error: ``"fail_open"`` (default: decide with a per-process memory store,
+        ipv6_prefix: the client address's IPv6 grouping (default ``64``; 56 for providers that
+            hand out /56).
+        on_store_error: ``"fail_open"`` (default, decide with a per-process memory store,
             so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
             ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
         breaker: circuit breaker around a shared store's calls (default: one named
             ``rate-limit``: it opens after 5 consecutive failures and probes again after
             0.5 s; each call times out after 0.5 s); not used with the memory store.
-        exclude_paths: paths never limited (health probes and metrics by default).
-        unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503.
+        exclude_paths: paths never limited (default :data:`DEFAULT_EXCLUDE_PATHS`: the health
+            probes and ``/metrics``).
+        unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503 (default ``5``).
         registry: the Prometheus registry of
-            ``{metric_prefix}rate_limit_decisions_total{policy,decision}``.
-        metric_prefix: put in front of that metric name.
+            ``{metric_prefix}rate_limit_decisions_total{policy,decision}`` (default:
+            prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
     """
 
     def __init__(

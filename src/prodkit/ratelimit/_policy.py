@@ -52,8 +52,8 @@ class RateLimitPolicy:
     Arguments:
         quota: requests a client may make in one ``window``; also the largest burst.
         window: the window in whole seconds (the ``w`` parameter of ``RateLimit-Policy``).
-        name: the policy's name in the headers and metrics (``"default"``, ``"login"``);
-            letters, digits and ``_ . : -``, at most 64 characters.
+        name: the policy's name in the headers and metrics (default ``"default"``; ``"login"``,
+            say): letters, digits and ``_ . : -``, at most 64 characters.
     """
 
     quota: int

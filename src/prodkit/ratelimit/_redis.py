@@ -56,12 +56,14 @@ class RedisRateLimitStore:
     Arguments:
         client: a ``redis.asyncio.Redis`` client; the store does not close a client it was given
             unless ``owns_client`` is true (as with :meth:`from_url`).
-        key_prefix: namespace of every key.
+        key_prefix: namespace of every key (default ``"prodkit:ratelimit:"``).
         clock: ``None`` (default) to use Redis ``TIME``, or a callable returning seconds since
             the epoch to pass the time in.
+        owns_client: close ``client`` in :meth:`aclose` (default ``False``).
 
     Driver errors are raised as :class:`~prodkit.BackendError` with the cause chained; put a
-    :class:`~prodkit.CircuitBreaker` in front (``RateLimitMiddleware`` does).
+    :class:`~prodkit.asgi.CircuitBreaker` in front (:class:`~prodkit.RateLimitMiddleware`
+    does).
     """
 
     def __init__(

@@ -90,13 +90,40 @@ class RequestIdMiddleware:
     and on a WebSocket handshake's answer (``websocket.accept`` or a denial response). Wrapped
     twice, the inner middleware keeps the outer one's id.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import RequestIdMiddleware, get_request_id
+
+        async def checkout(request):
+            return JSONResponse({"request_id": get_request_id()})  # for logs, errors, calls
+
+        app = RequestIdMiddleware(Starlette(routes=[Route("/checkout", checkout)]))
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                adopted = await client.get("/checkout", headers={"X-Request-ID": "web-7f3a"})
+                replaced = await client.get("/checkout", headers={"X-Request-ID": "<script>"})
+            assert adopted.headers["X-Request-ID"] == adopted.json()["request_id"] == "web-7f3a"
+            assert len(replaced.headers["X-Request-ID"]) == 32  # unsafe: a new id instead
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        header_name: the request and response header (``X-Request-ID``).
+        header_name: the request and response header (default ``"X-Request-ID"``).
         generator: returns a new id (default :func:`generate_request_id`).
-        validator: decides whether an inbound id is adopted (default
-            :func:`is_valid_request_id`); return ``False`` for all to never trust clients.
-        max_length: length cap for the default validator.
+        validator: decides whether an inbound id is adopted (default:
+            :func:`is_valid_request_id`, up to ``max_length`` characters); return ``False`` for
+            all to never trust clients.
+        max_length: the longest inbound id the built-in validator adopts (default ``128``).
     """
 
     def __init__(

@@ -76,7 +76,7 @@ class RolloutPolicy:
         max_bake_extensions: extra bake windows granted when the canary saw too little traffic.
         max_error_ratio: highest acceptable canary 5xx ratio.
         max_error_ratio_increase: highest acceptable canary 5xx ratio above the baseline's.
-        latency_quantile: the quantile compared (0.99: p99).
+        latency_quantile: the quantile compared (default ``0.99``: p99).
         max_latency_ratio: highest acceptable canary/baseline latency-quantile ratio.
         latency_tolerance_seconds: latency differences smaller than this always pass.
         max_latency_seconds: an absolute ceiling on the canary's latency quantile (or ``None``).
@@ -244,7 +244,7 @@ class RolloutController:
         policy: steps, bake times and thresholds (:class:`RolloutPolicy`).
         version: the canary's version, for the record.
         record_path: a JSON-lines file; the deployment record is appended to it.
-        logger: a structlog logger (default ``structlog.get_logger("prodkit.rollout")``).
+        logger: a structlog logger (default: structlog's ``prodkit.rollout`` logger).
         clock, wall_clock: monotonic and wall clocks (replaceable in tests).
 
     :meth:`run` blocks until the rollout ends; :meth:`cancel` (from a signal handler or another

@@ -30,22 +30,53 @@ class SecurityHeadersMiddleware:
     server report the original scheme (uvicorn ``--proxy-headers --forwarded-allow-ips``) or
     set ``hsts_https_only=False`` when every client-facing hop is HTTPS.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import SecurityHeadersMiddleware
+
+        async def profile(request):  # this route relaxes one header: it is kept as set
+            return JSONResponse({}, headers={"Referrer-Policy": "same-origin"})
+
+        app = SecurityHeadersMiddleware(Starlette(routes=[Route("/profile", profile)]))
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport) as client:
+                secure = await client.get("https://api.example.com/profile")
+                plain = await client.get("http://api.example.com/profile")
+            hsts = secure.headers["Strict-Transport-Security"]
+            assert hsts == "max-age=31536000; includeSubDomains"
+            assert "Strict-Transport-Security" not in plain.headers  # HSTS over HTTPS only
+            assert secure.headers["X-Content-Type-Options"] == "nosniff"
+            assert secure.headers["Referrer-Policy"] == "same-origin"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        hsts_max_age: ``Strict-Transport-Security`` ``max-age`` in seconds (one year), or
-            ``None`` for no HSTS.
-        hsts_include_subdomains: the HSTS ``includeSubDomains`` directive.
-        hsts_preload: the HSTS ``preload`` directive (only if you have submitted the domain to
-            the preload list).
-        hsts_https_only: send HSTS only over HTTPS (see above).
-        content_type_options: ``X-Content-Type-Options`` (``nosniff``).
-        referrer_policy: ``Referrer-Policy`` (``no-referrer``: an API has no reason to leak
-            URLs to third parties).
-        frame_options: ``X-Frame-Options`` (``DENY``) for old browsers; modern ones follow
-            the CSP's ``frame-ancestors``.
+        hsts_max_age: ``Strict-Transport-Security`` ``max-age`` in seconds (default
+            ``31_536_000``, one year), or ``None`` for no HSTS.
+        hsts_include_subdomains: the HSTS ``includeSubDomains`` directive (default ``True``).
+        hsts_preload: the HSTS ``preload`` directive (default ``False``: only if you have
+            submitted the domain to the preload list).
+        hsts_https_only: send HSTS only over HTTPS (default ``True``; see above).
+        content_type_options: ``X-Content-Type-Options`` (default ``"nosniff"``).
+        referrer_policy: ``Referrer-Policy`` (default ``"no-referrer"``: an API has no reason
+            to leak URLs to third parties).
+        frame_options: ``X-Frame-Options`` (default ``"DENY"``) for old browsers; modern ones
+            follow the CSP's ``frame-ancestors``.
         content_security_policy: ``Content-Security-Policy`` for ``text/html`` responses only
-            (JSON is not rendered, so a CSP there protects nothing).
-        cross_origin_opener_policy: ``Cross-Origin-Opener-Policy`` for HTML responses.
+            (default :data:`DEFAULT_CSP`; JSON is not rendered, so a CSP there protects
+            nothing).
+        cross_origin_opener_policy: ``Cross-Origin-Opener-Policy`` for HTML responses (default
+            ``"same-origin"``).
     """
 
     def __init__(

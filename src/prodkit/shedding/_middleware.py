@@ -37,16 +37,56 @@ class ConcurrencyLimitMiddleware:
     holds its slot until the app returns (a streamed response until its last chunk).
     WebSocket connections and ``lifespan`` pass straight through.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        from prodkit import ConcurrencyLimitMiddleware
+
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def report(request):
+            started.set()
+            await release.wait()  # a slow request, holding its slot
+            return PlainTextResponse("done")
+
+        app = ConcurrencyLimitMiddleware(
+            Starlette(routes=[Route("/report", report)]), max_concurrency=1
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                first = asyncio.create_task(client.get("/report"))
+                await started.wait()
+                shed = await client.get("/report")  # over the limit: answered at once
+                release.set()
+                assert (await first).status_code == 200
+            assert shed.status_code == 503 and shed.json()["code"] == "OVERLOADED"
+            assert shed.headers["Retry-After"] == "1"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         max_concurrency: requests in flight at most (``MAX_CONCURRENCY``), per process.
-        queue_size: requests that may wait for a slot (0: reject at once).
-        queue_timeout: seconds a queued request waits before it is rejected.
-        retry_after: the ``Retry-After`` seconds of a 503.
-        exclude_paths: paths never counted or shed (health probes and metrics by default).
-        route_resolver: optional hook for the ``endpoint`` label (see ``route_template_before``).
-        registry: the Prometheus registry of ``{metric_prefix}capacity_rejections_total{endpoint}``.
-        metric_prefix: put in front of that metric name.
+        queue_size: requests that may wait for a slot (default ``0``: reject at once).
+        queue_timeout: seconds a queued request waits before it is rejected (default ``0.0``;
+            more than 0 when ``queue_size`` is).
+        retry_after: the ``Retry-After`` seconds of a 503 (default ``1``).
+        exclude_paths: paths never counted or shed (default :data:`DEFAULT_EXCLUDE_PATHS`:
+            the health probes and ``/metrics``).
+        route_resolver: optional hook for the ``endpoint`` label (see
+            :func:`~prodkit.asgi.route_template_before`).
+        registry: the Prometheus registry of
+            ``{metric_prefix}capacity_rejections_total{endpoint}`` (default: prometheus-client's
+            global ``REGISTRY``).
+        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
     """
 
     def __init__(
