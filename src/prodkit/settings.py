@@ -83,7 +83,7 @@ class StackSettings:
         health_key: unlocks the detailed health report (``HEALTH_KEY``; default ``None``: the
             report shows no detail).
         shutdown_drain_seconds: readiness 503 but still serving, after SIGTERM
-            (``SHUTDOWN_DRAIN_SECONDS``, default ``0.0``).
+            (``SHUTDOWN_DRAIN_SECONDS``, default ``2.0``).
         shutdown_timeout_seconds: hard deadline, counted from the signal, the drain included
             (``SHUTDOWN_TIMEOUT_SECONDS``, default ``30.0``).
         body_timeout_seconds: a request body that has not arrived this many seconds after its

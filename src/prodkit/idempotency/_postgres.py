@@ -94,7 +94,7 @@ class PostgresIdempotencyStore:
         clock_offset: seconds added to the database clock; for tests that need time to pass.
         registry: the Prometheus registry of ``{metric_prefix}idempotency_records_removed_total``.
         metric_prefix: put in front of that metric name.
-        logger: a structlog logger (default ``prodkit.idempotency``).
+        logger: a structlog logger (default: the ``prodkit.idempotency`` logger).
 
     A release that fails (the database restarting, a network partition) is retried in the
     background until it lands or the claim's lease is over: see :meth:`retry_release`.

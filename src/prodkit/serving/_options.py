@@ -45,10 +45,10 @@ class ServeOptions:
         app: the app as ``module:attribute`` (``module:function`` with ``factory``).
         host: the interface to bind.
         port: the TCP port.
-        workers: worker processes (1: serve in this process).
+        workers: worker processes, default ``1`` (serve in this process).
         factory: ``app`` names a function that returns the app.
-        server: ``uvicorn`` (the default: bounded heads, see ``docs/deployment.md``),
-            ``hypercorn`` (one process only) or ``granian``.
+        server: ``"uvicorn"`` (bounded heads, see ``docs/deployment.md``), ``"hypercorn"``
+            (one process only) or ``"granian"``; default ``"uvicorn"``.
         max_head_bytes: the largest request head, in bytes.
         max_headers: the most header fields in a request.
         keep_alive_seconds: how long an idle keep-alive connection stays open.
