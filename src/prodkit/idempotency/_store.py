@@ -130,7 +130,7 @@ class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
     :class:`~prodkit.idempotency.PostgresIdempotencyStore` is one: :meth:`complete_in` writes
     the record on a connection the handler passes (the same database as the store's table), so
     the handler's work and the record commit together or not at all. Used through
-    :meth:`IdempotencyClaim.complete_in <prodkit.idempotency.IdempotencyClaim.complete_in>`.
+    :meth:`IdempotencyClaim.complete_in() <prodkit.idempotency.IdempotencyClaim.complete_in>`.
     """
 
     async def complete_in(
@@ -166,7 +166,7 @@ class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
     """A store that can take back a record whose work did not commit after all.
 
     Every store of prodkit is one. Used by
-    :meth:`IdempotencyClaim.complete_during <prodkit.idempotency.IdempotencyClaim.complete_during>`,
+    :meth:`IdempotencyClaim.complete_during() <prodkit.idempotency.IdempotencyClaim.complete_during>`,
     which records a response while the handler's commit is still in flight.
     """
 
