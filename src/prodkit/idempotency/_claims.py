@@ -1,9 +1,9 @@
 """The claim a keyed request holds while its handler runs, as the handler sees it.
 
-A handler that writes to the database holding a :class:`PostgresIdempotencyStore`'s table can
-commit its work and the idempotency record in one transaction with
-:meth:`IdempotencyClaim.complete_in`; any other handler can record its response right after its
-commit with :meth:`IdempotencyClaim.complete`. See ``docs/idempotency.md`` ("Exactly once
+A handler that writes to the database holding the table of a
+:class:`~prodkit.idempotency.PostgresIdempotencyStore` can commit its work and the idempotency
+record in one transaction with :meth:`IdempotencyClaim.complete_in`; any other handler can
+record its response right after its commit with :meth:`IdempotencyClaim.complete`. See ``docs/idempotency.md`` ("Exactly once
 through crashes").
 """
 

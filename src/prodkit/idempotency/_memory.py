@@ -118,7 +118,7 @@ class MemoryIdempotencyStore:
     async def claim(
         self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
     ) -> Claim:
-        """See :meth:`IdempotencyStore.claim`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.claim`."""
         now = self._clock()
         entry = self._live(key, now)
         if entry is not None:
@@ -136,7 +136,7 @@ class MemoryIdempotencyStore:
         return Claim(ClaimOutcome.ACQUIRED)
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
-        """See :meth:`IdempotencyStore.complete`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
         now = self._clock()
         entry = self._live(key, now)
         if entry is None or entry.response is not None or entry.owner != owner:
@@ -153,7 +153,7 @@ class MemoryIdempotencyStore:
         return True
 
     async def release(self, key: str, owner: str) -> bool:
-        """See :meth:`IdempotencyStore.release`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.release`."""
         entry = self._live(key, self._clock())
         if entry is None or entry.response is not None or entry.owner != owner:
             return False
@@ -161,7 +161,7 @@ class MemoryIdempotencyStore:
         return True
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        """See :meth:`IdempotencyStore.get`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
         entry = self._live(key, self._clock())
         if entry is None:
             return None
@@ -169,7 +169,7 @@ class MemoryIdempotencyStore:
         return IdempotencyRecord(entry.fingerprint, owner, entry.response)
 
     async def withdraw(self, key: str, owner: str) -> bool:
-        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.withdraw`."""
         entry = self._live(key, self._clock())
         if entry is None or entry.response is None or entry.owner != owner:
             return False

@@ -94,9 +94,10 @@ class IdempotencyMiddleware:
       created``. A :class:`~prodkit.Problem` the app raises is rendered here and recorded like
       any response (4xx included). A 5xx, a 401 or 403, a 408 or 429, a response with
       ``Retry-After``, any other exception or an oversize body is not recorded and the claim
-      is released, so a retry runs again (``Idempotency-Stored: false`` says so). A handler that writes to the
-      store's PostgreSQL database can record its response in its own transaction
-      (:func:`current_claim`, :meth:`IdempotencyClaim.complete_in`);
+      is released, so a retry runs again (``Idempotency-Stored: false`` says so). A handler
+      that writes to the store's PostgreSQL database can record its response in its own
+      transaction (:func:`~prodkit.idempotency.current_claim`,
+      :meth:`IdempotencyClaim.complete_in`);
     * completed with the same fingerprint: the recorded status, allow-listed headers and body
       are replayed with ``Idempotency-Status: replayed``; the app does not run;
     * in progress: 409 ``IDEMPOTENCY_REQUEST_IN_PROGRESS`` with ``Retry-After`` (or, with
@@ -109,43 +110,97 @@ class IdempotencyMiddleware:
     anything is stored or run: it has no scope of its own, and a scope shared by every unknown
     caller would hand one client another's response.
 
+    Example::
+
+        import asyncio
+        import itertools
+        import uuid
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import IdempotencyMiddleware
+        from prodkit.idempotency import MemoryIdempotencyStore
+
+        payment_ids = itertools.count(1)
+
+        async def pay(request):
+            payment = {"id": next(payment_ids), **await request.json()}  # charged here, once
+            return JSONResponse(payment, status_code=201)
+
+        app = IdempotencyMiddleware(
+            Starlette(routes=[Route("/payments", pay, methods=["POST"])]),
+            store=MemoryIdempotencyStore(),  # one process; PostgreSQL or Redis for several
+            registry=CollectorRegistry(),  # or leave it out: prometheus-client's global one
+        )
+
+        async def main():
+            key = {"Idempotency-Key": str(uuid.uuid4())}  # one per payment, sent on each retry
+            alice = {"Authorization": "Bearer alice-token"}  # keys are scoped by the caller
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                first = await client.post("/payments", json={"cents": 1250}, headers=alice | key)
+                retry = await client.post("/payments", json={"cents": 1250}, headers=alice | key)
+                reused = await client.post("/payments", json={"cents": 99}, headers=alice | key)
+                anonymous = await client.post("/payments", json={"cents": 1250}, headers=key)
+            assert first.status_code == retry.status_code == 201
+            assert first.headers["Idempotency-Status"] == "created"
+            assert retry.headers["Idempotency-Status"] == "replayed"
+            assert retry.json() == first.json() == {"id": 1, "cents": 1250}  # the handler ran once
+            assert reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"  # 422: another body
+            assert anonymous.json()["code"] == "IDEMPOTENCY_CALLER_UNKNOWN"  # 400: no caller
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         store: an :class:`~prodkit.idempotency.IdempotencyStore` (memory, PostgreSQL, Redis).
-        methods: request methods that honour the header.
+        methods: request methods that honour the header (default ``("POST", "PATCH")``).
         routes: route templates (``/api/funds/{id}``, ``/api/*``) where the header is honoured;
             ``None``: every route.
         required: ``True`` to reject requests without a key (400 ``IDEMPOTENCY_KEY_MISSING``)
-            on every honoured route, or the templates where it is required.
+            on every honoured route, or the templates where it is required (default
+            ``False``: a key is optional everywhere).
         caller: ``scope -> str | None`` naming the caller keys belong to
             (default :func:`caller_from_authorization`; with cookie or session
-            authentication, pass one that names the user, such as :func:`caller_from_header`
-            over a header your authentication layer sets).
+            authentication, pass one that names the user, such as
+            :func:`~prodkit.caller_from_header` over a header your authentication layer sets).
         unknown_caller: what a keyed request whose caller is unknown gets: ``"refuse"``
-            (400 ``IDEMPOTENCY_CALLER_UNKNOWN``), or ``"ignore_key"``: the app runs it as if
-            it had no key (nothing claimed or recorded; a retry runs it again), for apps whose
-            keyed routes answer unknown callers themselves (a 401).
-        namespace: mixed into every stored key, to share one store between services.
-        header_name: the request header carrying the key.
-        max_key_length: longest accepted key, in characters (the draft's examples use UUIDs).
-        max_body_bytes: largest request body accepted with a key (413 beyond).
-        max_response_bytes: largest response body recorded; larger ones are streamed through,
-            not recorded, and the claim released.
-        ttl: seconds a record lives (24 h): a key can be replayed, or blocks different
-            requests, that long.
-        lease: seconds a claim protects a running handler; after it, a retry may take over
-            (so a crashed worker never leaves a key stuck). Set it above your slowest handler.
+            (default, a 400 ``IDEMPOTENCY_CALLER_UNKNOWN``), or ``"ignore_key"``: the app runs
+            it as if it had no key (nothing claimed or recorded; a retry runs it again), for
+            apps whose keyed routes answer unknown callers themselves (a 401).
+        namespace: mixed into every stored key, to share one store between services
+            (default ``""``).
+        header_name: the request header carrying the key (default ``"Idempotency-Key"``).
+        max_key_length: longest accepted key, in characters (default ``255``; the draft's
+            examples use UUIDs).
+        max_body_bytes: largest request body accepted with a key (default ``1048576``, 1 MiB;
+            413 beyond).
+        max_response_bytes: largest response body recorded (default ``1048576``, 1 MiB);
+            larger ones are streamed through, not recorded, and the claim released.
+        ttl: seconds a record lives (default ``86400.0``, 24 h): a key can be replayed, or
+            blocks different requests, that long.
+        lease: seconds a claim protects a running handler (default ``60.0``); after it, a
+            retry may take over (so a crashed worker never leaves a key stuck). Set it above
+            your slowest handler.
         wait_timeout: seconds a concurrent duplicate waits for the first request and replays its
-            response; ``None`` answers 409 at once.
-        store_server_errors: record 5xx responses too (default: release so retries run again).
-        stored_headers: response headers recorded and replayed (never ``Set-Cookie``).
+            response (default: no wait, a 409 at once).
+        store_server_errors: record 5xx responses too (default ``False``: the claim is released
+            so retries run again).
+        stored_headers: response headers recorded and replayed (default
+            :data:`~prodkit.idempotency.DEFAULT_STORED_HEADERS`; never ``Set-Cookie``).
         fail_open: when the store fails or its breaker is open, run the handler without
-            idempotency (default: fail closed with 503 ``IDEMPOTENCY_STORE_UNAVAILABLE``).
-        breaker: the :class:`~prodkit.CircuitBreaker` around store calls (one named
-            ``idempotency-store`` is created, except for the memory store, which does no I/O).
-        registry: the Prometheus registry of ``{metric_prefix}idempotency_requests_total{outcome}``.
-        metric_prefix: put in front of that metric name.
-        logger: a structlog logger (default ``prodkit.idempotency``).
+            idempotency (default ``False``: fail closed with 503
+            ``IDEMPOTENCY_STORE_UNAVAILABLE``).
+        breaker: the :class:`~prodkit.asgi.CircuitBreaker` around store calls (default: one
+            named ``idempotency-store``, or none for the memory store, which does no I/O).
+        registry: the Prometheus registry of ``{metric_prefix}idempotency_requests_total{outcome}``
+            (default: prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
+        logger: a structlog logger (default: structlog's ``prodkit.idempotency`` logger).
     """
 
     def __init__(

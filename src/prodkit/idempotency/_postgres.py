@@ -250,7 +250,7 @@ class PostgresIdempotencyStore:
     async def claim(
         self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
     ) -> Claim:
-        """See :meth:`IdempotencyStore.claim`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.claim`."""
         row = await self._run(
             "fetchrow",
             self._claim_sql,
@@ -273,7 +273,7 @@ class PostgresIdempotencyStore:
         return Claim(ClaimOutcome.IN_PROGRESS, retry_after=max(0.0, float(row["lease_left"])))
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
-        """See :meth:`IdempotencyStore.complete`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
         result = await self._run(
             "execute", self._complete_sql, *self._complete_args(key, owner, response, ttl)
         )
@@ -317,21 +317,21 @@ class PostgresIdempotencyStore:
         return str(result).endswith(" 1")
 
     async def release(self, key: str, owner: str) -> bool:
-        """See :meth:`IdempotencyStore.release`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.release`."""
         result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))
         return str(result).endswith(" 1")
 
     async def withdraw(self, key: str, owner: str) -> bool:
-        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.withdraw`."""
         result = await self._run("execute", self._withdraw_sql, key, owner)
         return str(result).endswith(" 1")
 
     def retry_release(self, key: str, owner: str, *, within: float) -> None:
-        """See :meth:`RetryingIdempotencyStore.retry_release`."""
+        """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_release`."""
         self._releases.add(key, owner, within=within)
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        """See :meth:`IdempotencyStore.get`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
         row = await self._run("fetchrow", self._get_sql, key, float(self.clock_offset))
         if row is None:
             return None

@@ -111,9 +111,11 @@ class RedisIdempotencyStore:
         client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
             ``decode_responses=False`` (bodies are bytes), or a URL: a client is then created and
             closed by :meth:`aclose`.
-        key_prefix: prepended to every key (``prodkit:idem:``); the hashed key follows in braces.
-        clock_offset: seconds added to the Redis clock; for tests that need time to pass.
-        logger: a structlog logger (default ``prodkit.idempotency``).
+        key_prefix: prepended to every key (default ``"prodkit:idem:"``); the hashed key
+            follows in braces.
+        clock_offset: seconds added to the Redis clock (default ``0.0``); for tests that need
+            time to pass.
+        logger: a structlog logger (default: structlog's ``prodkit.idempotency`` logger).
 
     A release that fails (Redis restarting, a network partition) is retried in the background
     until it lands or the claim's lease is over: see :meth:`retry_release`.
@@ -167,7 +169,7 @@ class RedisIdempotencyStore:
     async def claim(
         self, key: str, fingerprint: bytes, owner: str, *, lease: float, ttl: float
     ) -> Claim:
-        """See :meth:`IdempotencyStore.claim`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.claim`."""
         result = await self._call(self._claim, key, fingerprint, owner, _ms(lease), _ms(ttl))
         code = int(result[0])
         if code == 1:
@@ -180,7 +182,7 @@ class RedisIdempotencyStore:
         return Claim(ClaimOutcome.IN_PROGRESS, retry_after=int(result[1]) / 1000)
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
-        """See :meth:`IdempotencyStore.complete`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
         result = await self._call(
             self._complete,
             key,
@@ -193,19 +195,19 @@ class RedisIdempotencyStore:
         return int(result) == 1
 
     async def release(self, key: str, owner: str) -> bool:
-        """See :meth:`IdempotencyStore.release`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.release`."""
         return int(await self._call(self._release, key, owner)) == 1
 
     async def withdraw(self, key: str, owner: str) -> bool:
-        """See :meth:`WithdrawingIdempotencyStore.withdraw`."""
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.withdraw`."""
         return int(await self._call(self._withdraw, key, owner)) == 1
 
     def retry_release(self, key: str, owner: str, *, within: float) -> None:
-        """See :meth:`RetryingIdempotencyStore.retry_release`."""
+        """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_release`."""
         self._releases.add(key, owner, within=within)
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        """See :meth:`IdempotencyStore.get`."""
+        """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
         result = await self._call(self._get, key)
         if not result:
             return None

@@ -81,11 +81,12 @@ class IdempotencyRecord:
 class IdempotencyStore(Protocol):
     """Where :class:`~prodkit.IdempotencyMiddleware` keeps its records (a pluggable part).
 
-    Implementations: :class:`MemoryIdempotencyStore` (one process),
-    :class:`PostgresIdempotencyStore`, :class:`RedisIdempotencyStore`. Every method is one
-    atomic operation (a single round trip for the network stores); durations are seconds.
-    Keys are opaque, already scoped and hashed by the middleware (ASCII, at most 128 chars).
-    Driver failures are raised as :class:`~prodkit.BackendError`.
+    Implementations: :class:`~prodkit.idempotency.MemoryIdempotencyStore` (one process),
+    :class:`~prodkit.idempotency.PostgresIdempotencyStore`,
+    :class:`~prodkit.idempotency.RedisIdempotencyStore`. Every method is one atomic operation
+    (a single round trip for the network stores); durations are seconds. Keys are opaque,
+    already scoped and hashed by the middleware (ASCII, at most 128 chars). Driver failures
+    are raised as :class:`~prodkit.BackendError`.
     """
 
     async def claim(
@@ -126,10 +127,10 @@ class IdempotencyStore(Protocol):
 class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
     """A store whose records can be completed inside the application's own database transaction.
 
-    :class:`PostgresIdempotencyStore` is one: :meth:`complete_in` writes the record on a
-    connection the handler passes (the same database as the store's table), so the handler's
-    work and the record commit together or not at all. Used through
-    :meth:`IdempotencyClaim.complete_in`.
+    :class:`~prodkit.idempotency.PostgresIdempotencyStore` is one: :meth:`complete_in` writes
+    the record on a connection the handler passes (the same database as the store's table), so
+    the handler's work and the record commit together or not at all. Used through
+    :meth:`IdempotencyClaim.complete_in() <prodkit.idempotency.IdempotencyClaim.complete_in>`.
     """
 
     async def complete_in(
@@ -147,7 +148,8 @@ class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
 class RetryingIdempotencyStore(IdempotencyStore, Protocol):
     """A store that keeps trying a release that failed, so that a key is not stuck after an outage.
 
-    :class:`PostgresIdempotencyStore` and :class:`RedisIdempotencyStore` are ones. When
+    :class:`~prodkit.idempotency.PostgresIdempotencyStore` and
+    :class:`~prodkit.idempotency.RedisIdempotencyStore` are ones. When
     :meth:`IdempotencyStore.release` fails, the middleware hands the release to
     :meth:`retry_release`; ``aclose()`` tries what is still pending once more.
     """
@@ -163,8 +165,9 @@ class RetryingIdempotencyStore(IdempotencyStore, Protocol):
 class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
     """A store that can take back a record whose work did not commit after all.
 
-    Every store of prodkit is one. Used by :meth:`IdempotencyClaim.complete_during`, which
-    records a response while the handler's commit is still in flight.
+    Every store of prodkit is one. Used by
+    :meth:`IdempotencyClaim.complete_during() <prodkit.idempotency.IdempotencyClaim.complete_during>`,
+    which records a response while the handler's commit is still in flight.
     """
 
     async def withdraw(self, key: str, owner: str) -> bool:

@@ -84,20 +84,21 @@ class ShutdownCoordinator:
         drain: seconds to keep serving normally after the signal while readiness answers 503,
             so load balancers stop routing here before the listener closes. Match it to the
             time your load balancer needs to notice (readiness ``periodSeconds`` x
-            ``failureThreshold``, plus endpoint propagation). The default,
-            :data:`DEFAULT_DRAIN` (2 s, as ``StackSettings.shutdown_drain_seconds``), is what
-            several workers behind one socket need (``uvicorn --workers``, gunicorn,
+            ``failureThreshold``, plus endpoint propagation) (default :data:`DEFAULT_DRAIN`,
+            2 s, as ``StackSettings.shutdown_drain_seconds``). Two seconds is what several
+            workers behind one socket need (``uvicorn --workers``, gunicorn,
             ``prodkit serve``): long enough for every busy keep-alive connection to get one
             response with ``Connection: close`` and reconnect to another worker. 0 hands the
             signal on at once (readiness still turns 503, and the deadline still applies), at
             the price of requests cut on connections the server closes.
         timeout: seconds from the signal to the hard deadline at which requests still running
-            are cancelled; keep it below Kubernetes' ``terminationGracePeriodSeconds`` (whose own
-            default, 30, equals this one and ``StackSettings.shutdown_timeout_seconds``: raise
-            the grace period). At least ``drain``.
+            are cancelled (default ``30.0``, as ``StackSettings.shutdown_timeout_seconds``).
+            Keep it below Kubernetes' ``terminationGracePeriodSeconds``, which is also 30 s
+            unless set: raise the grace period. At least ``drain``.
         signals: the signals that start a drain (SIGTERM and SIGINT).
-        retry_after: ``Retry-After`` seconds on 503 answers while shutting down.
-        logger: a structlog logger (default ``structlog.get_logger("prodkit.shutdown")``).
+        retry_after: ``Retry-After`` seconds on 503 answers while shutting down (default
+            ``5``).
+        logger: a structlog logger (default: structlog's ``prodkit.shutdown`` logger).
         registry: the Prometheus registry of the ``{metric_prefix}shutdown_*`` metrics.
         metric_prefix: put in front of those metric names.
     """

@@ -13,7 +13,10 @@ SHUTTING_DOWN = "SHUTTING_DOWN"
 
 
 class GracefulShutdownMiddleware:
-    """Serve through a drain, then refuse quickly, using a :class:`~prodkit.ShutdownCoordinator`.
+    """Serve through a drain, then refuse quickly: the requests' side of a graceful shutdown.
+
+    What a request gets follows the state of the process's
+    :class:`~prodkit.lifecycle.ShutdownCoordinator`:
 
     * Running: requests pass through and are tracked as in flight.
     * Draining (a shutdown signal arrived, readiness is 503): requests are still served
@@ -34,9 +37,50 @@ class GracefulShutdownMiddleware:
     with both, the signal handling is installed once.) WebSocket connections pass through
     untouched.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import GracefulShutdownMiddleware
+        from prodkit.lifecycle import ShutdownCoordinator
+
+        async def orders(request):
+            return JSONResponse({"orders": []})
+
+        coordinator = ShutdownCoordinator(  # one per process, shared with HealthMiddleware
+            registry=CollectorRegistry(),  # or leave it out: prometheus-client's global one
+        )
+        app = GracefulShutdownMiddleware(
+            Starlette(routes=[Route("/orders", orders)]), coordinator=coordinator
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                running = await client.get("/orders")
+                coordinator.begin_shutdown()  # what SIGTERM does: the drain starts
+                draining = await client.get("/orders")
+                coordinator.lifespan_shutdown()  # the server closes the app's resources
+                stopping = await client.get("/orders")
+            coordinator.stopped()  # lifespan shutdown complete
+            assert running.status_code == draining.status_code == 200
+            assert "Connection" not in running.headers
+            assert draining.headers["Connection"] == "close"  # reconnect to another instance
+            assert stopping.status_code == 503
+            assert stopping.json()["code"] == "SHUTTING_DOWN"
+            assert stopping.headers["Retry-After"] == "5"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
-        coordinator: the process's :class:`~prodkit.ShutdownCoordinator`.
+        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator`.
     """
 
     def __init__(self, app: ASGIApp, *, coordinator: ShutdownCoordinator) -> None:

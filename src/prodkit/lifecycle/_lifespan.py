@@ -23,9 +23,9 @@ class LifespanMiddleware:
     wrapped app's own lifespan (Starlette's ``lifespan=``, FastAPI's, Litestar's), if it has
     one; then :meth:`ShutdownCoordinator.install` puts the coordinator's signal handling in
     place (after the server installed its own, which it always does before lifespan start-up;
-    once per serving period, whichever middleware calls it first). Shutdown runs the reverse: the app's
-    lifespan shutdown, then the hooks' shutdown halves and the contexts' exits, last opened
-    first. If a start-up step fails, what was opened is closed again and the server gets
+    once per serving period, whichever middleware calls it first). Shutdown runs the reverse:
+    the app's lifespan shutdown, then the hooks' shutdown halves and the contexts' exits, last
+    opened first. If a start-up step fails, what was opened is closed again and the server gets
     ``lifespan.startup.failed`` with the error.
 
     An app that does not handle lifespan (a raw callable that raises or returns on the
@@ -33,15 +33,61 @@ class LifespanMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        coordinator: a :class:`~prodkit.ShutdownCoordinator` whose signal handling is
-            installed at start-up and which is marked stopping on ``lifespan.shutdown``.
-        logger: a structlog logger (default ``structlog.get_logger("prodkit.lifespan")``).
+        coordinator: a :class:`~prodkit.lifecycle.ShutdownCoordinator` whose signal handling is
+            installed at start-up and which is marked stopping on ``lifespan.shutdown``
+            (default: none, and no signal handling).
+        logger: a structlog logger (default: structlog's ``prodkit.lifespan`` logger).
 
     Example::
 
-        lifespan = LifespanMiddleware(app, coordinator=coordinator)
-        lifespan.add_hook(open_pool, close_pool)          # async callables
-        lifespan.add_context(lambda: redis_client())      # an async context manager
+        import asyncio
+        import contextlib
+
+        import httpx
+        from asgi_lifespan import LifespanManager
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import LifespanMiddleware
+        from prodkit.lifecycle import ShutdownCoordinator
+
+        events = []
+
+        async def open_pool():
+            events.append("pool opened")  # say, await asyncpg.create_pool(...)
+
+        async def close_pool():
+            events.append("pool closed")
+
+        @contextlib.asynccontextmanager
+        async def redis_client():
+            events.append("redis opened")  # say, a redis.asyncio.Redis
+            try:
+                yield
+            finally:
+                events.append("redis closed")
+
+        async def status(request):
+            return JSONResponse({"events": events})
+
+        coordinator = ShutdownCoordinator(registry=CollectorRegistry())  # one per process
+        app = LifespanMiddleware(
+            Starlette(routes=[Route("/status", status)]), coordinator=coordinator
+        )
+        app.add_hook(open_pool, close_pool)  # async callables: start-up, shutdown
+        app.add_context(redis_client)  # a factory of async context managers
+
+        async def main():
+            async with LifespanManager(app):  # what the server does: start-up, then shutdown
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                    response = await client.get("/status")
+            assert response.json() == {"events": ["pool opened", "redis opened"]}
+            assert events[2:] == ["redis closed", "pool closed"]  # last opened, first closed
+
+        asyncio.run(main())
     """
 
     def __init__(

@@ -49,11 +49,53 @@ class RequestTimeoutMiddleware:
     no longer streams uploads as they arrive: list streaming upload routes in ``exclude_paths``
     (they are then neither buffered nor bounded here).
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import RequestTimeoutMiddleware
+
+        async def upload(request):
+            return JSONResponse({"received": len(await request.body())})
+
+        app = RequestTimeoutMiddleware(
+            Starlette(routes=[Route("/upload", upload, methods=["POST"])]),
+            body_timeout=0.5,  # default 10 s
+            max_body_bytes=1024,  # default 1 MiB
+        )
+
+        async def stalled():
+            yield b"the first part"
+            await asyncio.sleep(60)  # the rest does not come in time
+            yield b"the rest"
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://files") as client:
+                small = await client.post("/upload", content=b"x" * 100)
+                large = await client.post("/upload", content=b"x" * 2000)
+                slow = await client.post("/upload", content=stalled())
+            assert small.json() == {"received": 100}
+            assert large.status_code == 413
+            assert large.json()["code"] == "REQUEST_BODY_TOO_LARGE"
+            assert slow.status_code == 408  # the app never saw it
+            assert slow.json()["code"] == "REQUEST_TIMEOUT"
+            assert slow.headers["Connection"] == "close"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         body_timeout: seconds the whole body may take to arrive, counted from when this layer
-            first sees the request (its headers have arrived by then).
-        max_body_bytes: the largest body read and buffered (default 1 MiB); larger is a 413.
+            first sees the request (its headers have arrived by then) (default
+            :data:`DEFAULT_BODY_TIMEOUT`, 10 s).
+        max_body_bytes: the largest body read and buffered (default
+            :data:`DEFAULT_MAX_BODY_BYTES`, 1 MiB); larger is a 413.
         exclude_paths: paths left alone (``/uploads/*`` for a prefix).
     """
 
