@@ -278,3 +278,32 @@ async def test_a_processor_that_drops_the_line_drops_it_on_both_paths() -> None:
                 app = AccessLogMiddleware(_app(served), logger=logger)
                 await _serve(app, served, request_id)  # no DropEvent out of the middleware
     assert [line["request_id"] for line in output.events()] == ["kept", "kept"]
+
+
+@given(request=_requests())
+@settings(max_examples=30)
+async def test_the_line_without_any_setup_is_the_configured_structlog_line(
+    request: dict[str, Any],
+) -> None:
+    # While structlog is not configured, the access log writes its own JSON line on standard
+    # output (``_core.logs.unconfigured_writer``): the line ``configure_logging()`` would give.
+    saved, configured = structlog.get_config(), structlog.is_configured()
+    structlog.reset_defaults()
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            await _serve(AccessLogMiddleware(_app(request)), request, "req-1")
+    finally:
+        if configured:
+            structlog.configure(**saved)
+    with capture_log_output("info") as output:
+        logger = structlog.get_logger("prodkit.access")
+        await _serve(AccessLogMiddleware(_app(request), logger=logger), request, "req-1")
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()] + output.events()
+    assert _SECRET not in stdout.getvalue() + output.text
+    assert len(lines) == 2
+    ours, theirs = lines
+    assert _ISO_UTC.fullmatch(ours.pop("timestamp"))
+    assert _ISO_UTC.fullmatch(theirs.pop("timestamp"))
+    assert type(ours.pop("duration")) is type(theirs.pop("duration")) is float
+    assert list(ours.items()) == list(theirs.items())
