@@ -415,6 +415,28 @@ async def test_a_given_logger_below_its_level_writes_nothing(make_client: Client
 
 
 @pytest.mark.parametrize(
+    "wrapper_class",
+    [structlog.BoundLogger, structlog.stdlib.BoundLogger, structlog.make_filtering_bound_logger(0)],
+)
+async def test_any_structlog_wrapper_class_writes_the_line(
+    make_client: ClientFactory, wrapper_class: Any
+) -> None:
+    # structlog's generic BoundLogger answers any attribute (``is_enabled_for`` too) with a
+    # logging method of that name: only a level check its class defines may be asked.
+    stream = io.StringIO()
+    wrapped: Any = structlog.PrintLogger(stream)
+    if wrapper_class is structlog.stdlib.BoundLogger:
+        wrapped = logging.Logger("test.access.wrapper", logging.INFO)  # in no registry
+        wrapped.addHandler(logging.StreamHandler(stream))
+    logger = structlog.wrap_logger(
+        wrapped, wrapper_class=wrapper_class, processors=[structlog.processors.JSONRenderer()]
+    )
+    await make_client(AccessLogMiddleware(build_app("raw"), logger=logger)).get("/items/3")
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert (line["event"], line["path"], line["status"]) == (EVENT, "/items/3", 200)
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"sample_rate": 1.5}, "sample_rate"),

@@ -207,9 +207,12 @@ class AccessLogMiddleware:
             direct = log is not True
         if not direct:
             bound = self._bound if self._bound is not None else self._resolve_logger()
-            # A filtering bound logger's public level check (structlog >= 25.1).
-            enabled = getattr(bound, "is_enabled_for", None)
-            if enabled is not None and not enabled(_LEVEL_NUMBERS[level]):
+            # The level check of structlog's filtering and stdlib bound loggers (structlog >=
+            # 25.1), asked of the class: the generic BoundLogger answers any attribute with a
+            # logging method of that name.
+            if hasattr(type(bound), "is_enabled_for") and not bound.is_enabled_for(
+                _LEVEL_NUMBERS[level]
+            ):
                 return  # the logger drops this level: build nothing
             log = getattr(bound, level)
         fields: dict[str, Any] = {
