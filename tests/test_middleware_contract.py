@@ -56,7 +56,6 @@ from prodkit.cache import CacheRule, MemoryCacheStore
 from prodkit.idempotency import MemoryIdempotencyStore
 from prodkit.lifecycle import ShutdownCoordinator, ShutdownState
 from prodkit.ratelimit import MemoryRateLimitStore
-from prodkit.requestid._middleware import SCOPE_KEY
 from prodkit.testing import capture_logs
 
 Entry = tuple[str, Any]
@@ -176,7 +175,8 @@ CASES: dict[str, Case] = {
     ),
     "RequestIdMiddleware": Case(
         lambda app, env: RequestIdMiddleware(app),
-        websocket_scope_adds={SCOPE_KEY: "ws-1"},
+        # The scope key docs/request-id.md documents for the request id.
+        websocket_scope_adds={"prodkit.request_id": "ws-1"},
         websocket_request_id="ws-1",
         websocket_accept_adds=((b"x-request-id", b"ws-1"),),
     ),

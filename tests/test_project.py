@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -164,3 +165,70 @@ def test_every_install_line_names_the_distribution_in_pyproject() -> None:
     # Extras that name the package itself (`all`, `dev`) use the same name.
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.findall(r'"prodkit\[', pyproject) == []
+
+
+# TODO(lifecycle): these files import another concern's private modules, and are another
+# engineer's to change: tests/lifecycle/test_shutdown.py (prodkit.health._middleware) and
+# tests/servers/lifecycle_app.py (prodkit.health._middleware, prodkit.lifecycle._coordinator,
+# ._drain, ._lifespan). Each has a public name (prodkit.health, prodkit.lifecycle); take these
+# entries out once they use it.
+_PRIVATE_IMPORTS_ALLOWED = frozenset(
+    {"tests/lifecycle/test_shutdown.py", "tests/servers/lifecycle_app.py"}
+)
+_PRIVATE_NAME = re.compile(r"prodkit\.([a-z][a-z0-9_]*)\.(_[A-Za-z0-9_]*)")
+
+
+def _imported_names(tree: ast.AST, package: str) -> list[tuple[int, str]]:
+    """Every module or name an import statement (or ``import_module("...")``) in ``tree`` names."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the file's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name | ast.Attribute)
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("import_module", "importorskip", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def _concern_of(relative: Path) -> str | None:
+    """The concern a file belongs to: ``src/prodkit/<concern>/`` or ``tests/<concern>/``."""
+    parts = relative.parts
+    if parts[:2] == ("src", "prodkit") and len(parts) > 3:
+        return parts[2]
+    if parts[0] == "tests" and len(parts) > 2:
+        return parts[1]
+    return None
+
+
+def test_no_module_imports_another_concerns_private_modules() -> None:
+    # A concern's private modules (prodkit.<concern>._<name>) are its own business: its own
+    # code and its own tests (src/prodkit/<concern>/, tests/<concern>/) may import them;
+    # everything else uses the public names of prodkit.<concern>. prodkit._core is shared.
+    offences: set[str] = set()
+    for top in ("src", "tests", "benchmarks", "examples"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            relative = path.relative_to(ROOT)
+            if relative.as_posix() in _PRIVATE_IMPORTS_ALLOWED:
+                continue
+            package = ".".join(relative.with_suffix("").parts[1 if top == "src" else 0 : -1])
+            owner = _concern_of(relative)
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for line, name in _imported_names(tree, package):
+                match = _PRIVATE_NAME.match(name)
+                if match and match.group(1) != owner:
+                    offences.add(f"{relative}:{line}: {match.group(0)}")
+    assert sorted(offences) == []

@@ -23,8 +23,7 @@ import structlog
 from structlog.typing import EventDict, Processor
 
 from prodkit._core.logs import add_request_context
-from prodkit._core.redaction import Redactor
-from prodkit.logging._config import HANDLER_FLAG, LogFormat, configure_logging
+from prodkit.logging import LogFormat, Redactor, configure_logging
 
 _LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access")
 
@@ -122,10 +121,7 @@ def capture_log_output(
             logger_factory=saved_structlog["logger_factory"],
             cache_logger_on_first_use=saved_structlog["cache_logger_on_first_use"],
         )
-        for handler in list(root.handlers):
-            if getattr(handler, HANDLER_FLAG, False):
-                root.removeHandler(handler)
-        root.handlers[:] = saved_root[0]
+        root.handlers[:] = saved_root[0]  # without the handler configure_logging added
         root.setLevel(saved_root[1])
         for name, (handlers, lvl, propagate) in saved_named.items():
             named = logging.getLogger(name)

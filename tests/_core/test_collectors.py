@@ -3,49 +3,100 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from prodkit import ConfigurationError
 from prodkit._core.collectors import counter, histogram, loop_gauge, loop_histogram
 
+# LoopHistogram and LoopGauge are prodkit's lock-free stand-ins for prometheus-client's
+# Histogram and Gauge on the event loop: the same observations must expose the same text, in
+# both exposition formats, line for line (prometheus-client's ``_created`` samples aside).
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+_LABEL_NAMES = st.lists(st.sampled_from(["method", "route", "status_code"]), unique=True)
+_LABEL_VALUE = st.text(max_size=6) | st.sampled_from(['a"b', "c\\d", "e\nf", "/items/{id}"])
+_VALUES = st.floats() | st.sampled_from([0.0, -0.0, 0.005, 64.0, 1024.0])
+_BUCKETS = st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=6, unique=True).map(sorted)
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    """Both formats' text without the ``_created`` samples only prometheus-client writes."""
+    openmetrics: bytes = openmetrics_latest(registry)  # type: ignore[no-untyped-call]
+    text = generate_latest(registry).decode() + openmetrics.decode()
+    # Split on newlines only: a label value may hold U+0085 and friends.
+    return [line for line in text.split("\n") if not _CREATED.match(line)]
+
+
+_CREATED = re.compile(r"(# [A-Z]+ )?[a-z]+_created[ {]")
+
+
 @given(
-    values=st.lists(
-        st.floats(min_value=0, max_value=1e7, allow_nan=False) | st.sampled_from([0.005, 64.0]),
-        max_size=40,
-    ),
-    labels=st.sampled_from([("GET", "/a"), ("POST", "/b")]),
+    labelnames=_LABEL_NAMES,
+    buckets=_BUCKETS,
+    observations=st.lists(st.tuples(st.integers(0, 2), _VALUES), max_size=30),
+    series=st.lists(st.lists(_LABEL_VALUE, min_size=3, max_size=3), min_size=1, max_size=3),
 )
 def test_loop_histogram_exposes_what_a_prometheus_histogram_does(
-    values: list[float], labels: tuple[str, str]
+    labelnames: list[str],
+    buckets: list[float],
+    observations: list[tuple[int, float]],
+    series: list[list[str]],
 ) -> None:
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    buckets = [0.005, 0.5, 64.0, 1024.0]
-    loop = loop_histogram("h", "help", ["m", "r"], registry=ours, buckets=buckets)
-    reference = Histogram("h", "help", ["m", "r"], registry=theirs, buckets=buckets)
-    for value in values:
-        loop.labels(*labels).observe(value)
-        reference.labels(*labels).observe(value)
-
-    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-        text = generate_latest(registry).decode()
-        return [
-            (sample.name, sample.labels, round(sample.value, 6))
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if not sample.name.endswith("_created")
-        ]
-
-    assert samples(ours) == samples(theirs)
+    loop = loop_histogram("h", "help", labelnames, registry=ours, buckets=buckets)
+    reference = Histogram("h", "help", labelnames, registry=theirs, buckets=buckets)
+    for index, value in observations:
+        labels = series[index % len(series)][: len(labelnames)]
+        if labelnames:
+            loop.labels(*labels).observe(value)
+            reference.labels(*labels).observe(value)
+        else:
+            loop.labels().observe(value)
+            reference.observe(value)
+    assert _exposition(ours) == _exposition(theirs)
     with pytest.raises(ConfigurationError):
         loop_gauge("h", "help", registry=ours)
+
+
+@given(
+    labelnames=_LABEL_NAMES,
+    changes=st.lists(st.tuples(st.integers(0, 2), st.booleans(), _VALUES), max_size=30),
+    series=st.lists(st.lists(_LABEL_VALUE, min_size=3, max_size=3), min_size=1, max_size=3),
+)
+def test_loop_gauge_exposes_what_a_prometheus_gauge_does(
+    labelnames: list[str], changes: list[tuple[int, bool, float]], series: list[list[str]]
+) -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = loop_gauge("g", "help", labelnames, registry=ours)
+    reference = Gauge("g", "help", labelnames, registry=theirs)
+    for index, up, amount in changes:
+        labels = series[index % len(series)][: len(labelnames)]
+        ours_child = loop.labels(*labels)
+        theirs_child = reference.labels(*labels) if labelnames else reference
+        if up:
+            ours_child.inc(amount)
+            theirs_child.inc(amount)
+        else:
+            ours_child.dec(amount)
+            theirs_child.dec(amount)
+    assert _exposition(ours) == _exposition(theirs)
+
+
+def test_the_default_amount_is_one_as_prometheus_clients() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = loop_gauge("g", "help", ["method"], registry=ours)
+    reference = Gauge("g", "help", ["method"], registry=theirs)
+    for gauge_child in (loop.labels("GET"), reference.labels("GET")):
+        gauge_child.inc()
+        gauge_child.inc()
+        gauge_child.dec()
+    assert _exposition(ours) == _exposition(theirs)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from prodkit import ConfigurationError, ErrorMiddleware
 from prodkit.asgi import Receive, Scope, Send
 from prodkit.cors._middleware import CORSMiddleware, OriginMatcher
 from prodkit.ratelimit import RateLimitMiddleware
-from prodkit.shedding._middleware import ConcurrencyLimitMiddleware
+from prodkit.shedding import ConcurrencyLimitMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 

@@ -31,7 +31,7 @@ from prodkit.health._middleware import (
     postgres_check,
     redis_check,
 )
-from prodkit.lifecycle._coordinator import ShutdownCoordinator
+from prodkit.lifecycle import ShutdownCoordinator
 from tests.apps import raw_app
 from tests.conftest import ClientFactory
 from tests.servers import HOST, free_port

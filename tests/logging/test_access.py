@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -26,7 +28,7 @@ from prodkit.asgi import (
 )
 from prodkit.cache import CacheMiddleware, CacheRule
 from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
-from prodkit.logging._access import AccessLogMiddleware
+from prodkit.logging import AccessLogMiddleware, configure_logging
 from prodkit.testing import LogOutput, capture_log_output
 from tests.apps import build_app
 from tests.conftest import ClientFactory
@@ -369,6 +371,69 @@ async def test_custom_logger_event_and_level_callable(make_client: ClientFactory
         await make_client(app).get("/nope")
     [line] = output.events("http")
     assert (line["logger"], line["level"]) == ("myapp.http", "critical")
+
+
+@pytest.mark.parametrize("cache_loggers", [True, False])
+async def test_a_given_logger_follows_a_new_configuration_as_structlog_does(
+    make_client: ClientFactory, cache_loggers: bool
+) -> None:
+    # structlog's lazy logger keeps the configuration it first saw only when
+    # cache_logger_on_first_use is on; the access log keeps its logger in that case only.
+    logger = structlog.get_logger("myapp.http")
+    client = make_client(AccessLogMiddleware(build_app("raw"), logger=logger))
+    first, second = io.StringIO(), io.StringIO()
+    with capture_log_output():  # puts the test run's setup back afterwards
+        configure_logging("info", stream=first, cache_loggers=cache_loggers)
+        await client.get("/items/1")
+        logger.info("direct")
+        configure_logging("info", stream=second, cache_loggers=cache_loggers)
+        await client.get("/items/2")
+        logger.info("direct")
+
+    def written(stream: io.StringIO) -> list[str]:
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        return [line.get("path", line["event"]) for line in lines if line["logger"] == "myapp.http"]
+
+    # Wherever structlog's own call wrote its second line, the access log wrote its own.
+    if cache_loggers:
+        both = ["/items/1", "direct", "/items/2", "direct"]
+        assert (written(first), written(second)) == (both, [])
+    else:
+        assert (written(first), written(second)) == (["/items/1", "direct"], ["/items/2", "direct"])
+
+
+async def test_a_given_logger_below_its_level_writes_nothing(make_client: ClientFactory) -> None:
+    with capture_log_output() as output:
+        quiet = structlog.wrap_logger(
+            structlog.WriteLogger(io.StringIO()),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        )
+        loud = structlog.get_logger("myapp.http")
+        for logger in (quiet, loud):
+            await make_client(AccessLogMiddleware(build_app("raw"), logger=logger)).get("/x")
+    assert [line["status"] for line in output.events(EVENT)] == [404]
+
+
+@pytest.mark.parametrize(
+    "wrapper_class",
+    [structlog.BoundLogger, structlog.stdlib.BoundLogger, structlog.make_filtering_bound_logger(0)],
+)
+async def test_any_structlog_wrapper_class_writes_the_line(
+    make_client: ClientFactory, wrapper_class: Any
+) -> None:
+    # structlog's generic BoundLogger answers any attribute (``is_enabled_for`` too) with a
+    # logging method of that name: only a level check its class defines may be asked.
+    stream = io.StringIO()
+    wrapped: Any = structlog.PrintLogger(stream)
+    if wrapper_class is structlog.stdlib.BoundLogger:
+        wrapped = logging.Logger("test.access.wrapper", logging.INFO)  # in no registry
+        wrapped.addHandler(logging.StreamHandler(stream))
+    logger = structlog.wrap_logger(
+        wrapped, wrapper_class=wrapper_class, processors=[structlog.processors.JSONRenderer()]
+    )
+    await make_client(AccessLogMiddleware(build_app("raw"), logger=logger)).get("/items/3")
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert (line["event"], line["path"], line["status"]) == (EVENT, "/items/3", 200)
 
 
 @pytest.mark.parametrize(

@@ -325,3 +325,14 @@ def test_captured_json_lines_keep_unicode_line_separators() -> None:
     with capture_log_output() as output:
         structlog.get_logger("t").info("split\u2028here", note="a\x85b")
     assert [event["event"] for event in output.events()] == ["split\u2028here"]
+
+
+def test_capture_log_output_puts_the_root_handlers_back_as_they_were() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with capture_log_output():
+        with capture_log_output() as inner:
+            logging.getLogger("app").warning("inside")
+        assert root.handlers != before
+        assert [line["event"] for line in inner.events()] == ["inside"]
+    assert root.handlers == before

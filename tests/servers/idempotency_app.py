@@ -26,12 +26,12 @@ import asyncpg
 from prodkit import caller_from_header
 from prodkit.asgi import Message, Receive, Scope, Send, read_body, scope_header
 from prodkit.idempotency import (
+    IdempotencyMiddleware,
     IdempotencyStore,
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.idempotency._middleware import IdempotencyMiddleware
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 TABLE = "idem_charges"

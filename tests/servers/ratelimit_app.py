@@ -12,7 +12,12 @@ from __future__ import annotations
 import os
 
 from prodkit.asgi import Receive, Scope, Send
-from prodkit.ratelimit import MemoryRateLimitStore, RateLimitMiddleware, RateLimitStore
+from prodkit.ratelimit import (
+    MemoryRateLimitStore,
+    RateLimitMiddleware,
+    RateLimitStore,
+    RedisRateLimitStore,
+)
 
 
 async def ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -38,8 +43,6 @@ def _store() -> RateLimitStore:
     url = os.environ.get("PRODKIT_TEST_RL_REDIS_URL")
     if not url:
         return MemoryRateLimitStore()
-    from prodkit.ratelimit._redis import RedisRateLimitStore
-
     return RedisRateLimitStore.from_url(
         url, key_prefix=os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:")
     )

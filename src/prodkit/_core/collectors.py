@@ -189,8 +189,11 @@ class LoopHistogram:
         self.labelnames = tuple(labelnames)
         self.bounds = tuple(bounds)
         self._le = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
+        self._negative = bounds[0] < 0
         # Per label tuple: one count per bucket (not cumulative), then the sum.
         self._series: dict[tuple[str, ...], list[float]] = {}
+        if not self.labelnames:  # exposed from the start, as prometheus-client's are
+            _new_series(self, (), len(self.bounds) + 1)
 
     def labels(self, *values: str) -> LoopHistogramChild:
         """The child of these label values (created empty), as prometheus-client's ``labels``."""
@@ -210,6 +213,11 @@ class LoopHistogram:
                 total += count
                 buckets.append((le, total))
             family.add_metric(list(labels), buckets, counts[-1])
+            if self._negative:
+                # add_metric leaves out ``_count`` with ``_sum`` below a negative bucket;
+                # prometheus-client's Histogram leaves out only ``_sum``.
+                named = dict(zip(self.labelnames, labels, strict=True))
+                family.add_sample(f"{self.name}_count", named, total)
         return [family]
 
 
@@ -225,6 +233,8 @@ class LoopGauge:
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._series: dict[tuple[str, ...], list[float]] = {}
+        if not self.labelnames:  # exposed from the start, as prometheus-client's are
+            _new_series(self, (), 1)
 
     def labels(self, *values: str) -> LoopGaugeChild:
         """The child of these label values (created at 0), as prometheus-client's ``labels``."""
@@ -252,7 +262,8 @@ class LoopHistogramChild:
     def observe(self, value: float) -> None:
         """Record ``value``."""
         series = self._series
-        series[bisect_left(self._bounds, value)] += 1
+        if value == value:  # NaN is in no bucket, only in the sum (as with prometheus-client)
+            series[bisect_left(self._bounds, value)] += 1
         series[-1] += value
 
 

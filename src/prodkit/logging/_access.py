@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
+
+import structlog
 
 from prodkit._core.addresses import ClientAddressResolver, normalize_ip
 from prodkit._core.context import get_request_id
@@ -36,6 +39,8 @@ _LOGGER_NAME = "prodkit.access"
 _IDEMPOTENCY_STATUS = b"idempotency-status"
 _CACHE_STATUS = b"x-cache"
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+#: The numbers structlog's ``is_enabled_for`` takes (the standard library's levels).
+_LEVEL_NUMBERS = {name: getattr(logging, name.upper()) for name in _LEVEL_NAMES}
 
 #: Log level by status class (first digit): 1xx-3xx info, 4xx warning, 5xx error.
 DEFAULT_LEVELS: Mapping[int, str] = {1: "info", 2: "info", 3: "info", 4: "warning", 5: "error"}
@@ -136,7 +141,7 @@ class AccessLogMiddleware:
             raise ConfigurationError("request_headers takes a list of header names")
         self.app = app
         # The default logger's lines may skip structlog's per-call wrapper (see ``_direct``).
-        self._direct_name = None if logger is not None else _LOGGER_NAME
+        self._default = logger is None
         self.logger = logger if logger is not None else get_logger(_LOGGER_NAME)
         self.event = event
         self._bound: Any = None
@@ -221,14 +226,27 @@ class AccessLogMiddleware:
         level = self._level_for(status)
         if error is not None and not isinstance(error, asyncio.CancelledError):
             level = "error"  # e.g. a stream that broke off after a 200 had been sent
-        direct = True if self._direct_name is None else direct_writer(self._direct_name, level)
-        if direct is False:
-            return  # prodkit's logging configuration filters this level out: build nothing
         log: Any = None
-        if isinstance(direct, bool):
-            log = getattr(self._bound or self._resolve_logger(), level)
-            if getattr(log, "__name__", "") == "_nop":
-                return  # a structlog filtering logger below this level: build nothing
+        direct = self._default
+        if direct:
+            # prodkit's own line: while structlog is not configured, or configured by
+            # ``configure_logging`` and not changed since, written without structlog's
+            # per-call wrapper (see ``_direct``; tests/logging/test_direct.py proves the lines
+            # equal); True: write it the usual way.
+            log = direct_writer(_LOGGER_NAME, level)
+            if log is False:
+                return  # the configuration filters this level out: build nothing
+            direct = log is not True
+        if not direct:
+            bound = self._bound if self._bound is not None else self._resolve_logger()
+            # The level check of structlog's filtering and stdlib bound loggers (structlog >=
+            # 25.1), asked of the class: the generic BoundLogger answers any attribute with a
+            # logging method of that name.
+            if hasattr(type(bound), "is_enabled_for") and not bound.is_enabled_for(
+                _LEVEL_NUMBERS[level]
+            ):
+                return  # the logger drops this level: build nothing
+            log = getattr(bound, level)
         fields: dict[str, Any] = {
             "request_id": get_request_id(),
             "method": scope.get("method"),
@@ -253,18 +271,30 @@ class AccessLogMiddleware:
                 fields["idempotency_status"] = value.decode("latin-1")
             elif name == _CACHE_STATUS:
                 fields["cache"] = value.decode("latin-1")
-        if isinstance(direct, bool):
-            log(self.event, **fields)
+        if direct:
+            log(self.event, fields)
         else:
-            direct(self.event, fields)
+            log(self.event, **fields)
 
     def _resolve_logger(self) -> Any:
+        """The bound logger that writes the line, kept when structlog would keep it.
+
+        A bound logger (:class:`structlog.BoundLoggerBase`) never changes: it is kept. The lazy
+        proxy that :func:`structlog.get_logger` returns builds a bound logger from the current
+        configuration on every call, unless ``cache_logger_on_first_use`` is on, when it keeps
+        the first one: the same logger is kept here in that case only.
+        """
         logger = self.logger
-        # structlog's lazy proxy resolves its logger on every call unless caching is on, in
-        # which case it stores a ``bind`` returning the cached logger: then use that directly.
-        if "bind" in getattr(logger, "__dict__", ()):
-            self._bound = logger = logger.bind()
-        return logger
+        if isinstance(logger, structlog.BoundLoggerBase):
+            self._bound = logger
+            return logger
+        bind = getattr(logger, "bind", None)
+        if bind is None:
+            return logger  # not a structlog logger: its own methods decide
+        bound = bind()
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            self._bound = bound
+        return bound
 
     def _client(self, scope: Scope) -> str | None:
         if self._direct_client:

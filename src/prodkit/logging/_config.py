@@ -19,7 +19,7 @@ import structlog
 from structlog.typing import Processor
 
 from prodkit._core.exceptions import ConfigurationError
-from prodkit._core.logs import JSONRenderer
+from prodkit._core.logs import json_renderer
 from prodkit._core.redaction import Redactor
 from prodkit.logging._direct import Installation, remember
 from prodkit.logging._processors import drop_color_message, shared_processors
@@ -134,7 +134,7 @@ def _renderer(chosen: LogFormat, output: TextIO) -> Processor:
         return structlog.dev.ConsoleRenderer(
             colors=output.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-    return JSONRenderer()
+    return json_renderer()
 
 
 def _configure_structlog(

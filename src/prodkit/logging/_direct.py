@@ -65,14 +65,23 @@ class Installation:
         if level not in self.enabled:
             return False  # what the filtering bound logger would drop
         logger = self.factory(name)
+        emit = getattr(logger, level)
         processors = self.contents
 
         def write(event: str, fields: dict[str, Any]) -> None:
+            # What a bound logger does for ``get_logger(name).<level>(event, **fields)``: its
+            # context is empty, so the event dict is the fields and the event; each processor
+            # gets the wrapped logger, the method name and the event dict; a processor may
+            # drop the event with DropEvent; the last one's text goes to the method of the
+            # same name on the wrapped logger.
             fields["event"] = event
             line: Any = fields
-            for processor in processors:
-                line = processor(logger, level, line)
-            logger.msg(line)
+            try:
+                for processor in processors:
+                    line = processor(logger, level, line)
+            except structlog.DropEvent:
+                return
+            emit(line)
 
         return write
 

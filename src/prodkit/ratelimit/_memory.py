@@ -36,14 +36,6 @@ class MemoryRateLimitStore:
 
     async def consume(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
         """Take ``cost`` units of ``policy`` for ``key`` if they fit (see the GCRA in ``store``)."""
-        return self.consume_nowait(key, policy, cost)
-
-    def consume_nowait(self, key: str, policy: RateLimitPolicy, cost: int = 1) -> RateLimitDecision:
-        """:meth:`consume` without the coroutine: this store never waits for anything.
-
-        ``RateLimitMiddleware`` calls it directly, which saves creating and awaiting a
-        coroutine on every request.
-        """
         now = self._clock()
         entries = self._entries
         slot = (policy.name, key)

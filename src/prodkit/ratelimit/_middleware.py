@@ -265,14 +265,6 @@ class RateLimitMiddleware:
         self._fallback = MemoryRateLimitStore() if shared else None
         self._excluded = PathFilter(exclude_paths)
         self.unavailable_retry_after = unavailable_retry_after
-        # The memory store never waits, so its decision is taken without a coroutine (unless a
-        # subclass changed ``consume``, whose override must keep being called).
-        self._take: Callable[[str, RateLimitPolicy], RateLimitDecision] | None = None
-        if (
-            isinstance(self.store, MemoryRateLimitStore)
-            and type(self.store).consume is MemoryRateLimitStore.consume
-        ):
-            self._take = self.store.consume_nowait
         decisions = counter(
             f"{metric_prefix}rate_limit_decisions_total",
             "Rate-limit decisions by policy: allowed, limited, or error (the store failed).",
@@ -307,23 +299,18 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = self._key(scope)
-        take = self._take
         state = b""
         for limit in group.limits:
-            if take is not None:
-                result = take(client, limit.policy)
-            else:
-                awaited = await self._consume(client, limit)
-                if awaited is None:
-                    await send_problem(
-                        send,
-                        503,
-                        RATE_LIMIT_UNAVAILABLE,
-                        "The rate limiter is unavailable; try again later.",
-                        headers={"Retry-After": str(self.unavailable_retry_after)},
-                    )
-                    return
-                result = awaited
+            result = await self._consume(client, limit)
+            if result is None:
+                await send_problem(
+                    send,
+                    503,
+                    RATE_LIMIT_UNAVAILABLE,
+                    "The rate limiter is unavailable; try again later.",
+                    headers={"Retry-After": str(self.unavailable_retry_after)},
+                )
+                return
             item = b"%b%d;t=%d" % (limit.state, result.remaining, result.reset)
             state = state + b", " + item if state else item
             if not result.allowed:
