@@ -167,14 +167,7 @@ def test_every_install_line_names_the_distribution_in_pyproject() -> None:
     assert re.findall(r'"prodkit\[', pyproject) == []
 
 
-# TODO(lifecycle): these files import another concern's private modules, and are another
-# engineer's to change: tests/lifecycle/test_shutdown.py (prodkit.health._middleware) and
-# tests/servers/lifecycle_app.py (prodkit.health._middleware, prodkit.lifecycle._coordinator,
-# ._drain, ._lifespan). Each has a public name (prodkit.health, prodkit.lifecycle); take these
-# entries out once they use it.
-_PRIVATE_IMPORTS_ALLOWED = frozenset(
-    {"tests/lifecycle/test_shutdown.py", "tests/servers/lifecycle_app.py"}
-)
+_PRIVATE_IMPORTS_ALLOWED: frozenset[str] = frozenset()
 _PRIVATE_NAME = re.compile(r"prodkit\.([a-z][a-z0-9_]*)\.(_[A-Za-z0-9_]*)")
 
 

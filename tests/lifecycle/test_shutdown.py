@@ -20,10 +20,13 @@ from structlog.testing import capture_logs
 
 from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
-from prodkit.health._middleware import HealthMiddleware
-from prodkit.lifecycle._coordinator import ShutdownCoordinator, ShutdownState
-from prodkit.lifecycle._drain import GracefulShutdownMiddleware
-from prodkit.lifecycle._lifespan import LifespanMiddleware
+from prodkit.health import HealthMiddleware
+from prodkit.lifecycle import (
+    GracefulShutdownMiddleware,
+    LifespanMiddleware,
+    ShutdownCoordinator,
+    ShutdownState,
+)
 from tests.conftest import ClientFactory
 
 

@@ -3,7 +3,7 @@
 Configured by environment: ``SHUTDOWN_DRAIN_SECONDS``, ``SHUTDOWN_TIMEOUT_SECONDS``,
 ``SHUTDOWN_APP_FRAMEWORK`` (``raw``, the default, or ``starlette`` with its own lifespan).
 Endpoints: ``/slow?seconds=S``, ``/ok`` (200 ``ok`` with the worker's PID in ``X-PID``),
-``/readyz``, ``/livez``, ``/healthz`` through :class:`prodkit.health._middleware.HealthMiddleware`.
+``/readyz``, ``/livez``, ``/healthz`` through :class:`prodkit.health.HealthMiddleware`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from urllib.parse import parse_qs
 import structlog
 
 from prodkit.asgi import ASGIApp, Receive, Scope, Send
-from prodkit.health._middleware import HealthMiddleware
-from prodkit.lifecycle._coordinator import ShutdownCoordinator
-from prodkit.lifecycle._drain import GracefulShutdownMiddleware
-from prodkit.lifecycle._lifespan import LifespanMiddleware
+from prodkit.health import HealthMiddleware
+from prodkit.lifecycle import GracefulShutdownMiddleware, LifespanMiddleware, ShutdownCoordinator
 
 structlog.configure(
     processors=[
