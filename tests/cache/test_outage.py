@@ -309,7 +309,8 @@ async def test_outcomes_count_pending_reads_as_errors(
     counted = outcomes(first.registry, "/items/{id}")
     assert counted.get("hit", 0) == 1  # only the one before the outage
     assert counted["error"] == first.breaker.failure_threshold + 4
+    # The write's two store writes (its fence before, its invalidation after) both failed.
     assert (
         first.registry.get_sample_value("prodkit_cache_invalidations_total", {"outcome": "error"})
-        == 1
+        == 2
     )
