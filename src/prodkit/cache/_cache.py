@@ -39,6 +39,11 @@ def tag_key(tag: str) -> str:
     return "t:#" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def fenced(versions: Sequence[str], now: float) -> bool:
+    """Whether tag ``versions`` (as a read found them) say a write to one is under way at ``now``."""
+    return any(version[:1] == "~" and fence_of(version, now)[1] for version in versions)
+
+
 def flush_key(base: str) -> str:
     """The flush tag (one of :data:`FLUSH_KEYS`) of the entry whose hex key hash is ``base``."""
     return FLUSH_KEYS[int(base[0], 16)]
@@ -210,11 +215,6 @@ class ResponseCache:
         """Give a lease back; failures are ignored (the lease runs out by itself)."""
         with contextlib.suppress(BackendError):
             await self._call(lambda: self.store.release(key, token))
-
-    def fenced(self, versions: Sequence[str]) -> bool:
-        """Whether tag ``versions`` (as a read found them) say a write to one is under way."""
-        now = self.wall_clock()
-        return any(version[:1] == "~" and fence_of(version, now)[1] for version in versions)
 
     def invalidating(self, tags: Iterable[str]) -> AbstractAsyncContextManager[bool]:
         """Fence ``tags`` around a write: ``async with cache.invalidating(["fund:42"]): ...``.
@@ -441,4 +441,4 @@ class _Write:
             self._schedule()
 
 
-__all__ = ["FLUSH_KEYS", "ResponseCache", "flush_key", "tag_key"]
+__all__ = ["FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable
 
 from prodkit._core.exceptions import BackendError
-from prodkit.cache._cache import ResponseCache
+from prodkit.cache._cache import ResponseCache, fenced
 from prodkit.cache._entry import (
     UNSTORABLE_MARKER,
     CachedResponse,
@@ -58,7 +58,7 @@ class Entries:
             return entry
         # A miss (or an entry a write made stale): the one place that looks for a fence, as
         # only an entry computed now could be stored. A hit never carries a live fence.
-        request.fenced = self.cache.fenced(found.versions)
+        request.fenced = fenced(found.versions, self.cache.wall_clock())
         return None
 
     async def _decode(self, request: CacheRequest, value: bytes | None) -> CachedResponse | None:
@@ -88,7 +88,7 @@ class Entries:
             versions = (await self.cache.get(request.entry_key, request.tags)).versions
         except BackendError:
             return unreadable_versions(request)
-        request.fenced = self.cache.fenced(versions)
+        request.fenced = fenced(versions, self.cache.wall_clock())
         return versions
 
     async def store(self, request: CacheRequest, entry: CachedResponse | None) -> None:
