@@ -39,7 +39,7 @@ from tests.servers import ServerProcess, free_port, run_server
 
 asyncpg = pytest.importorskip("asyncpg")
 
-pytestmark = [pytest.mark.server, pytest.mark.redis]
+pytestmark = [pytest.mark.server, pytest.mark.postgres, pytest.mark.redis]
 
 KILLS = int(os.environ.get("STALE_READS_KILLS", "8"))
 #: How long the reader keeps reading after a kill before the client retries the write (the
@@ -360,5 +360,9 @@ def summary(rounds: list[Round], stale: list[tuple[Round, Read]]) -> str:
     if stale:
         late = max(read.started - (round_.committed_at or 0) for round_, read in stale)
         kinds = sorted({f"{round_.kind} {round_.method}" for round_, _ in stale})
-        line += f", the last {late:.2f} s after the commit ({', '.join(kinds)})"
+        served = sorted({read.cache for _, read in stale})
+        line += (
+            f", the last {late:.2f} s after the commit ({', '.join(kinds)};"
+            f" X-Cache {', '.join(served)})"
+        )
     return line
