@@ -16,6 +16,8 @@ documented bound (``docs/caching.md``) is zero such reads.
 
 CI runs ``STALE_READS_KILLS`` kills (default 8); the figures in the docs come from
 ``STALE_READS_KILLS=60 python -m pytest tests/examples/test_stale_reads.py``, which prints them.
+A last case, in process, retries a ``DELETE`` whose first attempt committed: its 404 must drop
+the cached fund too.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
+from examples.funds.app import create_stack, create_starlette
+from examples.funds.repository import InMemoryRepository
+from prodkit import StackSettings
+from tests.conftest import ClientFactory
 from tests.servers import ServerProcess, free_port, run_server
 
 asyncpg = pytest.importorskip("asyncpg")
-
-pytestmark = [pytest.mark.server, pytest.mark.postgres, pytest.mark.redis]
 
 KILLS = int(os.environ.get("STALE_READS_KILLS", "8"))
 #: How long the reader keeps reading after a kill before the client retries the write (the
@@ -308,6 +313,9 @@ async def one_round(
     return round_
 
 
+@pytest.mark.server
+@pytest.mark.postgres
+@pytest.mark.redis
 async def test_no_read_after_the_commit_gets_the_old_fund_whenever_the_writer_dies(
     example: Example, db: Any, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -366,3 +374,25 @@ def summary(rounds: list[Round], stale: list[tuple[Round, Read]]) -> str:
             f" X-Cache {', '.join(served)})"
         )
     return line
+
+
+async def test_a_delete_retried_after_its_first_attempt_committed_invalidates(
+    make_client: ClientFactory,
+) -> None:
+    # In process: the first DELETE committed and its worker died before the cache heard of
+    # it; the client's retry finds no fund (404) and must still drop the cached one.
+    repository = InMemoryRepository()
+    settings = StackSettings()
+    app = create_stack(settings, registry=CollectorRegistry()).build(
+        create_starlette(settings, repository)
+    )
+    client = make_client(app)
+    caller = {"X-User-Id": f"{USERS}{uuid.uuid4().hex[:10]}"}
+    fund = (await client.post("/api/funds", json=FUND, headers=caller)).json()
+    path = f"/api/funds/{fund['id']}"
+    await client.get(path, headers=caller)
+    assert (await client.get(path, headers=caller)).headers["x-cache"] == "HIT"
+    assert await repository.delete(caller["X-User-Id"], fund["id"])  # the dead worker's commit
+    retried = await client.delete(path, headers={**caller, "Idempotency-Key": uuid.uuid4().hex})
+    assert retried.status_code == 404
+    assert (await client.get(path, headers=caller)).status_code == 404  # not the cached 200
