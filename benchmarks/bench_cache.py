@@ -6,7 +6,9 @@ a new ``X-User-Id`` on every request, and every cache keys by it, so each reques
 stores. Memory backends always; Redis ones when ``PRODKIT_TEST_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/0``) answers. *redis unreachable* points prodkit's Redis store at a
 port that refuses connections: once the circuit breaker opens (within the warm-up), what a
-request pays for the dead store over the bare endpoint.
+request pays for the dead store over the bare endpoint. *write* sends ``PATCH`` to the same
+path: what prodkit's write path (a fence before the endpoint runs, an invalidation after it)
+costs over the bare endpoint.
 """
 
 from __future__ import annotations
@@ -49,8 +51,12 @@ def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
     async def item(item_id: str, x_user_id: str = Header("")) -> dict[str, Any]:
         return _work(item_id)
 
+    async def rename(item_id: str) -> dict[str, Any]:
+        return {"id": item_id}
+
     handler = decorate(item) if decorate is not None else item
     app.get("/items/{item_id}")(handler)
+    app.patch("/items/{item_id}")(rename)
     return app
 
 
@@ -140,14 +146,22 @@ def _refusing_url() -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+#: Every request names its host, as HTTP/1.1 requires (it is part of prodkit's keys).
+HOST = ("Host", "127.0.0.1:8000")
+
+
 def _unique_user(counter: int) -> Sequence[tuple[str, str]]:
-    return [("X-User-Id", f"user-{RUN}-{counter}")]
+    return [HOST, ("X-User-Id", f"user-{RUN}-{counter}")]
 
 
 def cases() -> list[Case]:
-    """Bare endpoint, hit and miss for prodkit, fastapi-cache2 and cashews, prodkit without Redis."""
-    found = [Case("fastapi: bare endpoint", endpoint_app)]
-    user = [("X-User-Id", "alice")]
+    """Bare endpoint, hit and miss for prodkit, fastapi-cache2 and cashews, prodkit writes, and
+    prodkit without Redis."""
+    found = [
+        Case("fastapi: bare endpoint", endpoint_app),
+        Case("fastapi: bare endpoint, write", endpoint_app, method="PATCH"),
+    ]
+    user = [HOST, ("X-User-Id", "alice")]
     backends = [("memory", False)] + ([("redis", True)] if _redis_up() else [])
     peers = [
         ("prodkit", prodkit_app),
@@ -172,6 +186,15 @@ def cases() -> list[Case]:
                     baseline="fastapi: bare endpoint",
                 )
             )
+        found.append(
+            Case(
+                f"prodkit {backend}: write",
+                prodkit_app(redis),
+                method="PATCH",
+                headers=user,
+                baseline="fastapi: bare endpoint, write",
+            )
+        )
     found.append(
         Case(
             "prodkit redis unreachable: breaker open",

@@ -95,6 +95,7 @@ PUBLIC: dict[str, list[str]] = {
         "CacheRule",
         "CacheStore",
         "CachedResponse",
+        "FenceChange",
         "Lookup",
         "MemoryCacheStore",
         "NOT_CACHED",

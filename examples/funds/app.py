@@ -330,7 +330,10 @@ def create_stack(settings: Settings, *, registry: CollectorRegistry | None = Non
         settings,
         registry=registry,
         caller=caller_from_header("X-User-Id"),
-        # Per caller; a PATCH or DELETE of a fund invalidates the fund and its projection.
+        # Per caller. A PATCH or DELETE of a fund is fenced on the fund and its projection
+        # from before it runs until it answers, so a worker killed right after the commit
+        # leaves nothing stale (docs/caching.md, "Writes are fenced"); a DELETE retried after
+        # such a crash answers 404 and invalidates too.
         cache_routes={
             "/api/funds/{fund_id}": CacheRule(ttl=60, per_caller=True, tags=["fund:{fund_id}"]),
             "/api/funds/{fund_id}/projection": CacheRule(

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from prodkit import caller_from_header
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, get_header, read_body
-from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, Lookup
+from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, FenceChange, Lookup
 
 ROUTES = {
     "/items/{id}": CacheRule(ttl=60),
@@ -131,8 +131,10 @@ class CountingStore:
     ) -> None:
         await self._count(self.store.complete(values, ttl, lock, token))
 
-    async def bump(self, tags: Sequence[str], ttl: float) -> None:
-        await self._count(self.store.bump(tags, ttl))
+    async def bump(
+        self, tags: Sequence[str], ttl: float, change: FenceChange | None = None
+    ) -> None:
+        await self._count(self.store.bump(tags, ttl, change))
 
     async def claim(self, key: str, token: str, lease: float) -> bool:
         return await self._count(self.store.claim(key, token, lease))

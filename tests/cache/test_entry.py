@@ -17,6 +17,7 @@ from prodkit.cache._entry import (
     etag_matches,
     freshness_lifetime,
     http_date,
+    parse_cache_control,
 )
 
 header_names = st.binary(min_size=1, max_size=20).map(lambda b: b.lower())
@@ -68,6 +69,94 @@ def test_an_etag_matches_itself_weakly_and_strongly(body: bytes, content_type: b
 def test_hostile_if_none_match_and_cache_control_never_raise(value: bytes, etag: bytes) -> None:
     etag_matches(value, b'"' + etag.replace(b'"', b"") + b'"')
     cache_control([(b"cache-control", value)])
+
+
+# -- Cache-Control: RFC 9111 section 5.2 over RFC 9110 section 5.6 lists and quoted strings -----
+
+TCHARS = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+tokens = st.text(alphabet=TCHARS, min_size=1, max_size=12)
+# qdtext and quoted-pair's characters: HTAB, SP, VCHAR and obs-text (latin-1), quotes included.
+quoted_text = st.text(
+    alphabet=st.sampled_from(["\t", *map(chr, range(0x20, 0x7F)), *map(chr, range(0x80, 0x100))]),
+    max_size=24,
+)
+values = st.none() | st.tuples(st.just("token"), tokens) | st.tuples(st.just("quoted"), quoted_text)
+separators = st.sampled_from([",", ", ", " , ", ",\t", ", ,", ",,  "])
+
+
+def quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@given(
+    directives=st.lists(st.tuples(tokens, values), min_size=1, max_size=8),
+    seps=st.lists(separators, min_size=8, max_size=8),
+    lines=st.integers(1, 3),
+)
+def test_cache_control_reads_back_what_was_written(
+    directives: list[tuple[str, tuple[str, str] | None]], seps: list[str], lines: int
+) -> None:
+    elements = []
+    for name, value in directives:
+        if value is None:
+            elements.append(name)
+        elif value[0] == "token":
+            elements.append(f"{name}={value[1]}")
+        else:
+            elements.append(f"{name}={quote(value[1])}")
+    # one list, written as up to three field lines (RFC 9110 section 5.3 joins them with commas)
+    cut = max(1, len(elements) // lines)
+    fields = []
+    for start in range(0, len(elements), cut):
+        chunk = elements[start : start + cut]
+        text = chunk[0] + "".join(
+            sep + element for sep, element in zip(seps, chunk[1:], strict=False)
+        )
+        fields.append(text.encode("latin-1"))
+    expected: dict[str, str] = {}
+    for name, value in directives:
+        expected.setdefault(name.lower(), "" if value is None else value[1])
+    assert parse_cache_control(fields) == (expected, True)
+
+
+@given(value=quoted_text.filter(lambda text: '"' not in text and "\\" not in text))
+def test_an_unterminated_quoted_string_makes_the_field_malformed(value: str) -> None:
+    field = f'max-age=60, x-ext="{value}'.encode("latin-1")
+    directives, well_formed = parse_cache_control([field])
+    assert not well_formed
+    assert directives["max-age"] == "60"
+    assert directives["x-ext"] == value  # swallowed to the end, never split into directives
+
+
+@given(raw=st.binary(max_size=300))
+def test_any_cache_control_parses_into_strings(raw: bytes) -> None:
+    directives, well_formed = parse_cache_control([raw])
+    assert isinstance(well_formed, bool)
+    assert all(name and name == name.lower() for name in directives)
+    assert all(isinstance(value, str) for value in directives.values())
+
+
+@pytest.mark.parametrize(
+    ("field", "directives", "well_formed"),
+    [
+        (b'x-ext="a, max-age=3600", max-age=1', {"x-ext": "a, max-age=3600", "max-age": "1"}, True),
+        (
+            b'private="set-cookie, x-a", max-age=5',
+            {"private": "set-cookie, x-a", "max-age": "5"},
+            True,
+        ),
+        (b'x="say \\"hi\\", ok"', {"x": 'say "hi", ok'}, True),
+        (b"MAX-AGE=5, max-age=9", {"max-age": "5"}, True),  # the first counts (4.2.1)
+        (b'max-age="5"', {"max-age": "5"}, True),  # the quoted form is accepted (5.2)
+        (b" , no-store ,, ", {"no-store": ""}, True),  # empty list elements (5.6.1)
+        (b"max-age=", {"max-age": ""}, False),
+        (b"max-age=5 6", {"max-age": "5"}, False),
+        (b"=5, public", {"public": ""}, False),
+        (b'no-store x="a, b", public', {"no-store": "", "public": ""}, False),
+    ],
+)
+def test_cache_control_cases(field: bytes, directives: dict[str, str], well_formed: bool) -> None:
+    assert parse_cache_control([field]) == (directives, well_formed)
 
 
 def test_importing_the_cache_imports_no_driver() -> None:

@@ -137,6 +137,12 @@ FRESHNESS: list[tuple[Callable[[float], dict[str, str]], bool]] = [
     # Expires is counted from the response's Date, not from the cache's clock
     (lambda now: {"Date": _date(now - 60), "Expires": _date(now - 30)}, True),
     (lambda now: {"Cache-Control": "max-age=later"}, False),  # invalid: stale
+    # RFC 9110 section 5.6.4: a comma inside a quoted string separates nothing
+    (lambda now: {"Cache-Control": 'x-ext="a, max-age=0", max-age=60'}, True),
+    (lambda now: {"Cache-Control": 'x-ext="a, no-store", max-age=60'}, True),
+    # a malformed Cache-Control: what it meant to forbid is unknown, so not stored
+    (lambda now: {"Cache-Control": 'max-age=60, x-ext="unterminated, no-store'}, False),
+    (lambda now: {"Cache-Control": "max-age=60 no-store"}, False),
 ]
 
 
@@ -187,6 +193,8 @@ async def test_responses_already_stale_are_not_stored(
         (lambda now: {"Expires": _date(now + 600)}, 60),  # never longer than the rule
         (lambda now: {"Date": _date(now - 5), "Expires": _date(now + 5)}, 10),
         (lambda now: {"Expires": _date(now + 10), "Cache-Control": "max-age=20"}, 20),
+        # The max-age inside the quoted value is not a directive: this one lives 1 s, not 3600.
+        (lambda now: {"Cache-Control": 'x-ext="a, max-age=3600", max-age=1'}, 1),
     ],
 )
 async def test_expires_shortens_the_rules_ttl(

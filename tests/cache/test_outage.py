@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from prodkit.asgi import BreakerState, CircuitBreaker, Receive, Scope, Send, read_body
 from prodkit.cache import CacheMiddleware, CacheRule, RedisCacheStore, ResponseCache
-from prodkit.cache._cache import FLUSH_KEYS
+from prodkit.cache._cache import FLUSH_KEYS, fenced, tag_key
 from prodkit.testing import capture_logs
 from tests.cache.helpers import FakeClock, outcomes, paused
 from tests.servers import HOST, free_port, redis_server
@@ -309,7 +310,41 @@ async def test_outcomes_count_pending_reads_as_errors(
     counted = outcomes(first.registry, "/items/{id}")
     assert counted.get("hit", 0) == 1  # only the one before the outage
     assert counted["error"] == first.breaker.failure_threshold + 4
+    # The write's two store writes (its fence before, its invalidation after) both failed.
     assert (
         first.registry.get_sample_value("prodkit_cache_invalidations_total", {"outcome": "error"})
-        == 1
+        == 2
     )
+
+
+async def fenced_in_redis(worker: Worker, tag: str) -> bool:
+    """Whether the tag's version in Redis says a write to it is under way."""
+    [version] = (await worker.cache.store.get("unused", tags=[tag_key(tag)])).versions
+    return fenced([version], time.time())
+
+
+async def test_a_fence_refused_during_the_outage_is_written_once_redis_answers(
+    own_redis: tuple[subprocess.Popen[bytes], str], workers: WorkerFactory
+) -> None:
+    process, _ = own_redis
+    first = workers()
+    other = workers()  # another process: it sees only what reaches Redis
+    await cached(first)
+    write = first.cache.invalidating(["path:/items/1"])
+    with paused(process):
+        await trip(first)
+        # The open breaker refuses the fence: the write goes ahead all the same.
+        assert await write.__aenter__() is False
+    # Redis answers again while the write is still under way: its fence is retried until it
+    # is there, so other processes store nothing the write could make stale.
+    for _ in range(30):
+        if await fenced_in_redis(other, "path:/items/1"):
+            break
+        await asyncio.sleep(POLL)
+    assert await fenced_in_redis(other, "path:/items/1")
+    assert (await other.get()).headers["x-cache"] == "MISS"
+    assert (await other.get()).headers["x-cache"] == "MISS"  # nothing stored while fenced
+    await write.__aexit__(None, None, None)
+    assert not await fenced_in_redis(other, "path:/items/1")
+    assert (await other.get()).headers["x-cache"] == "MISS"
+    assert (await other.get()).headers["x-cache"] == "HIT"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit.asgi import Scope
+from prodkit import Stack, StackSettings, caller_from_authorization
+from prodkit.asgi import Receive, Scope, Send, get_header
 from prodkit.cache import CacheRule
 from tests.cache.helpers import CountingApp, make_cache, outcomes
 from tests.conftest import ClientFactory
@@ -57,3 +58,85 @@ async def test_a_route_can_opt_in_to_caching_authorized_requests_per_caller(
     assert (await client.get("/items/1", headers=alice)).headers["x-cache"] == "HIT"
     bob = await client.get("/items/1", headers={"Authorization": "Bearer bob"})
     assert bob.headers["x-cache"] == "MISS"
+
+
+async def whose(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with the request's credentials in the body; ``/<directive>`` paths send that
+    ``Cache-Control`` (``/plain``: none)."""
+    credentials = get_header(scope["headers"], b"authorization") or b"anonymous"
+    headers = []
+    directive = scope["path"].strip("/")
+    if directive != "plain":
+        headers.append((b"cache-control", directive.replace("_", "=").encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": credentials})
+
+
+ALICE = {"Authorization": "Bearer alice"}
+BOB = {"Authorization": "Bearer bob"}
+
+
+@pytest.mark.parametrize("opt_in", [False, True], ids=["default", "allow_credentials"])
+async def test_a_per_caller_route_caches_requests_with_credentials_for_their_caller(
+    opt_in: bool, make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    # The stack's default caller is a digest of Authorization: a per_caller route keyed by it
+    # is what caching authenticated requests needs, with no other option.
+    rule = CacheRule(ttl=60, per_caller=True, allow_credentials=opt_in)
+    client = make_client(
+        make_cache(whose, registry, routes={"/plain": rule}, caller=caller_from_authorization)
+    )
+    first = await client.get("/plain", headers=ALICE)
+    again = await client.get("/plain", headers=ALICE)
+    bob = await client.get("/plain", headers=BOB)
+    anonymous = await client.get("/plain")
+    assert (first.headers["x-cache"], first.content) == ("MISS", b"Bearer alice")
+    assert (again.headers["x-cache"], again.content) == ("HIT", b"Bearer alice")
+    assert (bob.headers["x-cache"], bob.content) == ("MISS", b"Bearer bob")
+    assert (anonymous.headers.get("x-cache"), anonymous.content) == (None, b"anonymous")
+
+
+async def test_the_recommended_stack_caches_authenticated_reads_per_caller(
+    make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    stack = Stack.recommended(
+        StackSettings(),
+        registry=registry,
+        cache_routes={"/plain": CacheRule(ttl=60, per_caller=True)},
+    ).build(whose)
+    client = make_client(stack)
+    try:
+        assert (await client.get("/plain", headers=ALICE)).headers["x-cache"] == "MISS"
+        hit = await client.get("/plain", headers=ALICE)
+        assert (hit.headers["x-cache"], hit.content) == ("HIT", b"Bearer alice")
+        bob = await client.get("/plain", headers=BOB)
+        assert (bob.headers["x-cache"], bob.content) == ("MISS", b"Bearer bob")
+    finally:
+        await stack.aclose()
+
+
+@pytest.mark.parametrize(
+    ("path", "shared"),
+    [
+        # RFC 9111 section 3.5: the answer to a request with Authorization is stored by a
+        # shared cache only when the response says public, s-maxage or must-revalidate.
+        ("/plain", False),
+        ("/max-age_30", False),
+        ("/public", True),
+        ("/s-maxage_30", True),
+        ("/must-revalidate", True),
+    ],
+)
+async def test_a_shared_route_stores_an_authenticated_answer_only_when_it_says_so(
+    path: str, shared: bool, make_client: ClientFactory, registry: CollectorRegistry
+) -> None:
+    rule = CacheRule(ttl=60, allow_credentials=True)
+    client = make_client(make_cache(whose, registry, routes={path: rule}))
+    assert (await client.get(path, headers=ALICE)).headers["x-cache"] == "MISS"
+    for headers in (ALICE, BOB, {}):
+        response = await client.get(path, headers=headers)
+        if shared:  # the app said anyone may have it
+            assert (response.headers["x-cache"], response.content) == ("HIT", b"Bearer alice")
+        else:  # never alice's answer to anyone else, nor stored for her either
+            assert response.headers["x-cache"] == "MISS"
+            assert response.content == headers.get("Authorization", "anonymous").encode()

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prodkit import ConfigurationError, MissingDependencyError
-from prodkit.cache import CacheStore, Lookup, MemoryCacheStore, RedisCacheStore
+from prodkit.cache import CacheStore, FenceChange, Lookup, MemoryCacheStore, RedisCacheStore
+from prodkit.cache._store import fence_of, fenced_version
 from tests.cache.helpers import FakeClock
 
 
@@ -65,6 +66,77 @@ async def test_get_returns_tag_versions_and_bump_changes_them(store: CacheStore)
         versions = (await store.get(k, tags=[t1, t2])).versions
         assert versions[0] not in seen  # never repeats
         seen.add(versions[0])
+
+
+# -- write fences: the same arithmetic in every store (the Redis one runs it in Lua) ---------
+
+NOW = 1_700_000_000.0
+
+
+async def fence(store: CacheStore, tag: str, change: FenceChange) -> tuple[int, int]:
+    """Bump ``tag`` with ``change``; its fence as a read at ``change.now`` then finds it."""
+    await store.bump([tag], 60, change)
+    [version] = (await store.get(key(), tags=[tag])).versions
+    assert version != ""
+    return fence_of(version, change.now)
+
+
+async def test_a_fence_counts_the_writes_under_way(store: CacheStore) -> None:
+    tag = "t:" + uuid.uuid4().hex
+    until = int((NOW + 10) * 1000)
+    begin = FenceChange(now=NOW, until=NOW + 10, writers=1, at_least=1)
+    assert await fence(store, tag, begin) == (until, 1)
+    # A second writer (another process) joins; its later end extends the fence.
+    later = FenceChange(now=NOW + 1, until=NOW + 11, writers=1, at_least=1)
+    assert await fence(store, tag, later) == (until + 1000, 2)
+    # An invalidation that is no write keeps the fence; one writer ends, the other still holds it.
+    assert await fence(store, tag, FenceChange(now=NOW + 2)) == (until + 1000, 2)
+    assert await fence(store, tag, FenceChange(now=NOW + 2, writers=-1)) == (until + 1000, 1)
+    # The last one ends: a plain version again.
+    assert await fence(store, tag, FenceChange(now=NOW + 3, writers=-1)) == (0, 0)
+
+
+async def test_a_fence_whose_writers_died_ends_at_its_until(store: CacheStore) -> None:
+    tag = "t:" + uuid.uuid4().hex
+    await fence(store, tag, FenceChange(now=NOW, until=NOW + 10, writers=1, at_least=1))
+    [version] = (await store.get(key(), tags=[tag])).versions
+    assert fence_of(version, NOW + 9.9)[1] == 1
+    assert fence_of(version, NOW + 10) == (0, 0)  # read after its end: no fence
+    # A new writer after the end starts from nothing, not from the dead writer's count.
+    assert await fence(
+        store, tag, FenceChange(now=NOW + 20, until=NOW + 30, writers=1, at_least=1)
+    ) == (int((NOW + 30) * 1000), 1)
+    # A live writer renewing a fence that ran out takes it again.
+    assert await fence(store, tag, FenceChange(now=NOW + 40, until=NOW + 50, at_least=1)) == (
+        int((NOW + 50) * 1000),
+        1,
+    )
+
+
+@given(
+    current=st.none()
+    | st.text(max_size=40)
+    | st.builds(
+        lambda until, writes: f"~{until}.{writes}.x", st.integers(0, 10**13), st.integers(0, 9)
+    ),
+    writers=st.integers(-1, 1),
+    at_least=st.integers(0, 1),
+    until=st.floats(0, 2e9),
+)
+def test_a_fenced_version_is_fenced_exactly_when_a_write_holds_it(
+    current: str | None, writers: int, at_least: int, until: float
+) -> None:
+    change = FenceChange(now=NOW, until=until, writers=writers, at_least=at_least)
+    version = fenced_version(current, change, "unique")
+    assert version.endswith("unique")
+    ends, writes = fence_of(version, NOW)
+    before_until, before_writes = fence_of(current or "", NOW)
+    expected = max(before_writes + writers, at_least)
+    if expected > 0 and max(before_until, int(until * 1000)) > NOW * 1000:
+        assert (ends, writes) == (max(before_until, int(until * 1000)), expected)
+    else:
+        assert (ends, writes) == (0, 0)
+        assert version == "unique"
 
 
 async def test_claim_is_exclusive_and_release_needs_the_token(store: CacheStore) -> None:

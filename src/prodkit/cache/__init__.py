@@ -10,7 +10,7 @@ from prodkit.cache._entry import CachedResponse, compute_etag
 from prodkit.cache._memory import MemoryCacheStore
 from prodkit.cache._middleware import NOT_CACHED, CacheMiddleware, CacheRule
 from prodkit.cache._redis import RedisCacheStore
-from prodkit.cache._store import CacheStore, Lookup
+from prodkit.cache._store import CacheStore, FenceChange, Lookup
 
 __all__ = [
     "NOT_CACHED",
@@ -18,6 +18,7 @@ __all__ = [
     "CacheRule",
     "CacheStore",
     "CachedResponse",
+    "FenceChange",
     "Lookup",
     "MemoryCacheStore",
     "RedisCacheStore",

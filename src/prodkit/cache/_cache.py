@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -16,7 +19,7 @@ from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
 from prodkit._core.logs import safe_logger
 from prodkit.cache._memory import MemoryCacheStore
-from prodkit.cache._store import CacheStore, Lookup
+from prodkit.cache._store import CacheStore, FenceChange, Lookup, fence_of
 
 T = TypeVar("T")
 
@@ -34,6 +37,11 @@ def tag_key(tag: str) -> str:
     if _READABLE_TAG.match(tag):
         return "t:" + tag
     return "t:#" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def fenced(versions: Sequence[str], now: float) -> bool:
+    """Whether tag ``versions`` (as a read found them) say a write to one is under way at ``now``."""
+    return any(version[:1] == "~" and fence_of(version, now)[1] for version in versions)
 
 
 def flush_key(base: str) -> str:
@@ -56,6 +64,13 @@ class ResponseCache:
     black-holed Redis) calls fail at once, the cache *fails open* (requests are served by the
     app) and a half-open probe checks for recovery every ``recovery_time`` seconds.
 
+    Writes are *fenced* (:meth:`invalidating`): before a write runs, its tags get new versions
+    that say a write is under way, and until it ends no entry carrying them is stored or served
+    by any process; after it, they get new versions again. A process that dies in between
+    leaves the fence in the store for at most ``write_fence`` seconds: a live writer renews it
+    every third of that, so it never runs out under a write however long, and one that died
+    after its commit left the data as every later read finds it.
+
     An invalidation that cannot reach the store is not dropped: its tags are kept *pending* in
     this process and written again every ``retry_interval`` seconds in the background (even
     while the breaker is open, as a probe that no request waits for). While any are pending,
@@ -72,9 +87,14 @@ class ResponseCache:
         tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
             longest entry TTL (checked by the middleware).
         retry_interval: seconds between two background attempts to write pending
-            invalidations.
+            invalidations (and a fence that could not be written).
         max_pending: most tags kept pending in this process before the record is replaced by
             a flush of every entry.
+        write_fence: seconds a write's fence outlives the process running it (renewed every
+            third of that while the write runs): after a worker dies mid-write, the tags it
+            was writing are not cached for at most this long. Hosts' clocks must agree to well
+            within two thirds of it (a fence's end is a wall-clock time).
+        wall_clock: seconds since the epoch (default :func:`time.time`), for fences.
         registry: the Prometheus registry of the ``{metric_prefix}cache_*`` metrics.
         metric_prefix: put in front of those metric names.
         logger: a structlog logger (default ``structlog.get_logger("prodkit.cache")``).
@@ -88,6 +108,8 @@ class ResponseCache:
         tag_ttl: float = 24 * 3600.0,
         retry_interval: float = 0.1,
         max_pending: int = 10_000,
+        write_fence: float = 10.0,
+        wall_clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
         metric_prefix: str = DEFAULT_PREFIX,
         logger: object | None = None,
@@ -98,6 +120,8 @@ class ResponseCache:
             raise ConfigurationError("retry_interval must be a positive number of seconds")
         if max_pending < 1:
             raise ConfigurationError("max_pending must be at least 1")
+        if write_fence <= 0:
+            raise ConfigurationError("write_fence must be a positive number of seconds")
         if store is not None and not isinstance(store, CacheStore):
             raise ConfigurationError(
                 "store must implement prodkit.cache.CacheStore "
@@ -118,12 +142,15 @@ class ResponseCache:
         self.tag_ttl = tag_ttl
         self.retry_interval = retry_interval
         self.max_pending = max_pending
+        self.write_fence = write_fence
+        self.wall_clock = wall_clock
         self.registry = registry
         self.metric_prefix = metric_prefix
         self.logger = safe_logger("prodkit.cache", logger)
         self._invalidations = counter(
             f"{metric_prefix}cache_invalidations_total",
-            "Tag invalidations of the response cache, by outcome (ok, error).",
+            "Writes of new tag versions to the response cache's store (a fenced write makes "
+            "two: before and after), by outcome (ok, error).",
             ["outcome"],
             registry=registry,
         )
@@ -187,26 +214,61 @@ class ResponseCache:
         with contextlib.suppress(BackendError):
             await self._call(lambda: self.store.release(key, token))
 
+    def invalidating(self, tags: Iterable[str]) -> AbstractAsyncContextManager[bool]:
+        """Fence ``tags`` around a write: ``async with cache.invalidating(["fund:42"]): ...``.
+
+        Entering gives the tags new versions that say a write is under way (entries carrying
+        the old ones are stale); from then until the block ends, no process stores or serves
+        an entry carrying them, so a read that starts after the write's commit finds the new
+        data whatever happens after the commit. Leaving gives them new versions again, with
+        the fence lifted (or kept for other writes still under way). It enters ``True``, or
+        ``False`` when the store could not be reached: the write should go ahead, and the
+        tags are then invalidated as :meth:`invalidate_tags` does through an outage (kept
+        pending, written again every ``retry_interval``, and so is the fence).
+
+        Commit inside the block. A process that dies inside it leaves the fence for at most
+        ``write_fence`` seconds; a write that outlasts that has its fence renewed.
+        ``CacheMiddleware`` fences every write to a cached path this way.
+        """
+        return _Write(self, sorted({tag_key(tag) for tag in tags}))
+
     async def invalidate_tags(self, tags: Iterable[str]) -> bool:
         """Make every entry carrying one of ``tags`` stale, in every process sharing the store.
 
         One pipelined write of new tag versions; no ``KEYS``, no ``SCAN``, no per-entry work.
         Returns ``False`` when the store is unreachable: the tags are then kept pending and
         written in the background as soon as it answers (see the class docstring), and this
-        process serves nothing from the store until they are.
+        process serves nothing from the store until they are. Fences of writes under way are
+        kept (see :meth:`invalidating`).
         """
         keys = sorted({tag_key(tag) for tag in tags})
+        return await self._bump(keys, FenceChange(now=self.wall_clock()))
+
+    async def _bump(self, keys: list[str], change: FenceChange) -> bool:
+        """New versions for tag ``keys``, or keep them pending; ``False`` if the store failed."""
         if not keys:
             return True
         # In-process single flights that started before this write must not be joined after it.
         self.generation += 1
         try:
-            await self._call(lambda: self.store.bump(keys, self.tag_ttl))
+            await self._call(lambda: self.store.bump(keys, self.tag_ttl, change))
         except BackendError as exc:
             self._invalidations.labels("error").inc()
             self._defer(keys, exc)
             return False
         self._invalidations.labels("ok").inc()
+        return True
+
+    async def _renew(self, keys: list[str], *, held: bool) -> bool:
+        """Renew a live write's fence on ``keys`` (take it, if it never reached the store)."""
+        now = self.wall_clock()
+        change = FenceChange(
+            now=now, until=now + self.write_fence, writers=0 if held else 1, at_least=1
+        )
+        try:
+            await self._call(lambda: self.store.bump(keys, self.tag_ttl, change))
+        except BackendError:
+            return False  # the write's end, or the retries of pending tags, invalidate later
         return True
 
     def _defer(self, keys: list[str], error: BackendError) -> None:
@@ -268,7 +330,7 @@ class ResponseCache:
         keys = sorted(written)
 
         async def bump() -> None:
-            await self.store.bump(keys, self.tag_ttl)
+            await self.store.bump(keys, self.tag_ttl, FenceChange(now=self.wall_clock()))
 
         self._replaying = True
         try:
@@ -318,4 +380,63 @@ class ResponseCache:
         await self.store.aclose()
 
 
-__all__ = ["FLUSH_KEYS", "ResponseCache", "flush_key", "tag_key"]
+class _Write:
+    """One write's fence on its tag keys: :meth:`ResponseCache.invalidating`'s context."""
+
+    __slots__ = ("cache", "ended", "held", "keys", "renewal", "timer")
+
+    def __init__(self, cache: ResponseCache, keys: list[str]) -> None:
+        self.cache = cache
+        self.keys = keys
+        self.held = False  # this write is counted in the fence in the store
+        self.ended = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.renewal: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> bool:
+        if not self.keys:
+            return True
+        cache = self.cache
+        now = cache.wall_clock()
+        change = FenceChange(now=now, until=now + cache.write_fence, writers=1, at_least=1)
+        self.held = await cache._bump(self.keys, change)
+        self._schedule()
+        return self.held
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.renewal is not None and not self.renewal.done():
+            # A renewal landing after the end would fence the tags again until it ran out.
+            await asyncio.wait({self.renewal})
+        if self.keys:
+            now = self.cache.wall_clock()
+            await self.cache._bump(self.keys, FenceChange(now=now, writers=-1 if self.held else 0))
+
+    def _schedule(self) -> None:
+        # A fence that did not reach the store is tried again as often as pending tags are.
+        cache = self.cache
+        delay = cache.write_fence / 3 if self.held else cache.retry_interval
+        self.timer = asyncio.get_running_loop().call_later(delay, self._start_renewal)
+
+    def _start_renewal(self) -> None:
+        if not self.ended:
+            self.renewal = asyncio.get_running_loop().create_task(self._renewal())
+
+    async def _renewal(self) -> None:
+        try:
+            if await self.cache._renew(self.keys, held=self.held):
+                self.held = True
+        except Exception:  # a bug must not end the renewals; BackendError is handled
+            self.cache.logger.exception("cache write fence renewal failed")
+        if not self.ended:
+            self._schedule()
+
+
+__all__ = ["FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]

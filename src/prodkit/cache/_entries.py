@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable
 
 from prodkit._core.exceptions import BackendError
-from prodkit.cache._cache import ResponseCache
+from prodkit.cache._cache import ResponseCache, fenced
 from prodkit.cache._entry import (
     UNSTORABLE_MARKER,
     CachedResponse,
@@ -48,11 +48,21 @@ class Entries:
         """The fresh entry for ``request``, or ``None`` (raises ``BackendError``).
 
         Records the tags' current versions on ``request`` (a computed entry is stamped with
-        them), and whether the last answer for the key could not be stored.
+        them), whether they say a write is under way (then nothing is stored), and whether the
+        last answer for the key could not be stored.
         """
         found = await self.cache.get(request.entry_key, request.tags)
         request.versions = found.versions
-        value = found.value
+        entry = await self._decode(request, found.value)
+        if entry is not None and entry.versions == found.versions:
+            return entry
+        # A miss (or an entry a write made stale): the one place that looks for a fence, as
+        # only an entry computed now could be stored. A hit never carries a live fence.
+        request.fenced = fenced(found.versions, self.cache.wall_clock())
+        return None
+
+    async def _decode(self, request: CacheRequest, value: bytes | None) -> CachedResponse | None:
+        """The entry stored under the request's key (its variant, for a vary record)."""
         if value is None:
             return None
         if value == UNSTORABLE_MARKER:
@@ -66,21 +76,20 @@ class Entries:
             if value is None:
                 return None
         try:
-            entry = self.decoded.decode(key, value)
+            return self.decoded.decode(key, value)
         except (ValueError, KeyError, TypeError):
             return None  # written by an incompatible version: treat as a miss
-        if entry.versions != found.versions:
-            return None  # a tag was invalidated after this entry was looked up
-        return entry
 
     async def versions_before(self, request: CacheRequest) -> tuple[str, ...]:
         """The tags' versions *before* the app runs: a write during the call leaves the entry stale."""
         if request.versions is not None:
             return request.versions
         try:
-            return (await self.cache.get(request.entry_key, request.tags)).versions
+            versions = (await self.cache.get(request.entry_key, request.tags)).versions
         except BackendError:
             return unreadable_versions(request)
+        request.fenced = fenced(versions, self.cache.wall_clock())
+        return versions
 
     async def store(self, request: CacheRequest, entry: CachedResponse | None) -> None:
         """Store what the app answered (see :func:`values`); store failures are ignored."""
@@ -109,10 +118,11 @@ def unreadable_versions(request: CacheRequest) -> tuple[str, ...]:
 def values(request: CacheRequest, entry: CachedResponse | None) -> Values:
     """What to store for a computed response, and for how long.
 
-    Nothing for an unstorable response, except, briefly, a marker that tells workers waiting
-    on this key's lease not to wait for an entry next time.
+    Nothing for an unstorable response, or one computed while a write to its tags was under
+    way, except, briefly, a marker that tells workers waiting on this key's lease not to wait
+    for an entry next time.
     """
-    if entry is None:
+    if entry is None or request.fenced:
         return [(request.entry_key, UNSTORABLE_MARKER)], min(request.ttl, 1.0)
     ttl = request.ttl
     # The response's own freshness (Cache-Control, else Expires) can shorten the rule's TTL,

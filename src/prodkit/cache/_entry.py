@@ -185,16 +185,111 @@ def stored_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes,
     return tuple((k, v) for k, v in headers if k not in _NOT_STORED)
 
 
+#: ``tchar`` (RFC 9110 section 5.6.2): what a directive's name and unquoted value are made of.
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_OWS = " \t"
+
+
 def cache_control(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """``Cache-Control`` directives (RFC 9111 section 5.2) as ``{name: value}``, names lower-case."""
+    """``Cache-Control`` directives (RFC 9111 section 5.2) as ``{name: value}``, names lower-case.
+
+    See :func:`parse_cache_control`; this keeps what could be read of a malformed field.
+    """
+    return parse_cache_control(get_all_headers(headers, b"cache-control"))[0]
+
+
+def parse_cache_control(lines: Iterable[bytes]) -> tuple[dict[str, str], bool]:
+    """The directives of ``Cache-Control`` field lines, and whether every line was well-formed.
+
+    The grammar is RFC 9111 section 5.2's ``#( token [ "=" ( token / quoted-string ) ] )``
+    with RFC 9110 section 5.6's lists and quoted strings: a comma inside a quoted string is
+    part of the value (``x="a, max-age=9"`` is one directive), a quoted value is unescaped
+    (``\\"`` is ``"``), empty list elements and whitespace around commas are allowed. Names
+    are lower-cased; of a directive given twice the first counts (RFC 9111 section 4.2.1).
+
+    Anything else (an unterminated quoted string, a name that is not a token, ``=`` with no
+    value, text after a value) makes the field malformed: the second item is then ``False``,
+    and the first holds what could be read (a caller storing responses refuses them).
+    """
     directives: dict[str, str] = {}
-    for line in get_all_headers(headers, b"cache-control"):
-        for part in line.decode("latin-1").split(","):
-            name, _, value = part.strip().partition("=")
-            name = name.strip().lower()
-            if name:
-                directives.setdefault(name, value.strip().strip('"'))
-    return directives
+    valid = True
+    for line in lines:
+        valid = _read_directives(line.decode("latin-1"), directives) and valid
+    return directives, valid
+
+
+def _read_directives(text: str, directives: dict[str, str]) -> bool:
+    """Add one field line's directives to ``directives``; ``False`` if it is malformed."""
+    valid = True
+    end = len(text)
+    at = 0
+    while at < end:
+        if text[at] in _OWS or text[at] == ",":  # empty list elements and OWS (5.6.1)
+            at += 1
+            continue
+        start = at
+        while at < end and text[at] in _TCHARS:
+            at += 1
+        name = text[start:at].lower()
+        value = ""
+        after = _skip_ows(text, at)
+        if after < end and text[after] == "=":
+            at = _skip_ows(text, after + 1)
+            if at < end and text[at] == '"':
+                value, at, closed = _quoted_string(text, at)
+                valid = valid and closed
+            else:
+                start = at
+                while at < end and text[at] in _TCHARS:
+                    at += 1
+                value = text[start:at]
+                valid = valid and at > start
+        else:
+            at = after
+        at = _skip_ows(text, at)
+        if not name or (at < end and text[at] != ","):
+            valid = False
+            at = _next_element(text, at)
+        if name:
+            directives.setdefault(name, value)
+    return valid
+
+
+def _skip_ows(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _OWS:
+        at += 1
+    return at
+
+
+def _quoted_string(text: str, at: int) -> tuple[str, int, bool]:
+    """The unescaped quoted string starting at ``text[at]`` (a ``"``), the index after it, and
+    whether it was closed."""
+    chars: list[str] = []
+    at += 1
+    while at < len(text):
+        char = text[at]
+        if char == "\\" and at + 1 < len(text):
+            chars.append(text[at + 1])
+            at += 2
+        elif char == '"':
+            return "".join(chars), at + 1, True
+        else:
+            chars.append(char)
+            at += 1
+    return "".join(chars), at, False
+
+
+def _next_element(text: str, at: int) -> int:
+    """The index of the comma that ends the malformed element at ``at`` (quoted strings
+    skipped), or the end of ``text``."""
+    while at < len(text):
+        if text[at] == ",":
+            return at
+        if text[at] == '"':
+            at = _quoted_string(text, at)[1]
+        else:
+            at += 1
+    return at
 
 
 def delta_seconds(value: str | None) -> int | None:
@@ -269,5 +364,6 @@ __all__ = [
     "etag_matches",
     "freshness_lifetime",
     "http_date",
+    "parse_cache_control",
     "stored_headers",
 ]

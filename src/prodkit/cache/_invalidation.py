@@ -1,4 +1,4 @@
-"""Writes that invalidate: a 2xx or 3xx write makes its path's entries and routes' tags stale."""
+"""Writes that invalidate: a write is fenced on its path's and routes' tags while it runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from prodkit._core.callers import Caller
 from prodkit._core.routing import RouteTable
-from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache
 from prodkit.cache._rules import Route
 
@@ -45,30 +45,16 @@ class Invalidation:
         return tags
 
     async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        """Call ``app`` for a write; invalidate before a non-error response reaches the client."""
+        """Call ``app`` for a write, its tags fenced from before it starts until it returns.
+
+        Before: the entries are stale and none is stored or served while the write runs, so
+        whatever instant its process dies at, a read that starts after its commit finds the
+        committed data. After (whatever the status: a 404 retry of a DELETE that committed, or
+        a 500 after a commit, changed data too): new versions again, the fence lifted.
+        """
         tags = self.tags(scope, scope.get("path", "/"))
-        await app(scope, receive, _InvalidatingSend(self.cache, tags, send).send)
-
-
-class _InvalidatingSend:
-    """One write's ``send``: invalidates once, when a 2xx or 3xx response starts."""
-
-    __slots__ = ("cache", "downstream", "started", "tags")
-
-    def __init__(self, cache: ResponseCache, tags: list[str], send: Send) -> None:
-        self.cache = cache
-        self.tags = tags
-        self.downstream = send
-        self.started = False
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and not self.started:
-            self.started = True
-            # RFC 9111 section 4.4: any non-error status, so a POST answered 303 See Other
-            # invalidates too. Before the client sees the response, so its next read misses.
-            if 200 <= int(message["status"]) < 400:
-                await self.cache.invalidate_tags(self.tags)
-        await self.downstream(message)
+        async with self.cache.invalidating(tags):
+            await app(scope, receive, send)
 
 
 __all__ = ["Invalidation"]

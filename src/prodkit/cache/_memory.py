@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from prodkit._core.exceptions import ConfigurationError
-from prodkit.cache._store import Lookup
+from prodkit.cache._store import FenceChange, Lookup, fenced_version, plain_change
 
 _OVERHEAD = 64  # bytes charged per entry on top of key and value, for the bookkeeping
 
@@ -119,17 +119,24 @@ class MemoryCacheStore:
             await self.set(key, value, ttl)
         await self.release(lock, token)
 
-    async def bump(self, tags: Sequence[str], ttl: float) -> None:
-        """Give each tag a fresh version (a process-wide counter, never reused)."""
-        expires = self._clock() + ttl
+    async def bump(
+        self, tags: Sequence[str], ttl: float, change: FenceChange | None = None
+    ) -> None:
+        """Give each tag a fresh version (a process-wide counter, never reused), its fence
+        changed by ``change`` (see :class:`~prodkit.cache.FenceChange`)."""
+        change = change if change is not None else plain_change()
+        now = self._clock()
+        expires = now + ttl
         for tag in tags:
+            current = self._version(tag, now)
             self._tags.pop(tag, None)
             if len(self._tags) >= self.max_tags:
                 # Forgetting a version would make older entries fresh again: forget them too.
                 self._tags.popitem(last=False)
                 self._entries.clear()
                 self._bytes = 0
-            self._tags[tag] = (str(next(self._counter)), expires)
+            version = fenced_version(current, change, str(next(self._counter)))
+            self._tags[tag] = (version, expires)
 
     async def claim(self, key: str, token: str, lease: float) -> bool:
         """Take the lock if it is free or its lease ran out."""

@@ -41,12 +41,14 @@ class CacheMiddleware:
     """Cache GET/HEAD responses of configured routes (cache-aside) and invalidate on writes.
 
     Reads (``GET``; ``HEAD`` shares ``GET``'s entries): the entry key is built from the route
-    template, the path, the query (parameters sorted), the caller for ``per_caller`` routes, and
-    the request headers the response's ``Vary`` names. A hit is answered with ``X-Cache: HIT``
-    and ``Age``; a miss runs the app, answers with ``X-Cache: MISS`` and stores the response
-    when RFC 9111 allows a shared cache to: status in ``statuses``, no ``Set-Cookie``, no
-    ``Cache-Control: no-store / private / no-cache``, no ``Vary: *``, and no ``Authorization``
-    or ``Cookie`` on the request unless the route's ``allow_credentials`` is set. Every cached
+    template, the scheme and host (RFC 9111 section 2: the target URI), the path, the query
+    (parameters sorted), the caller for ``per_caller`` routes, and the request headers the
+    response's ``Vary`` names. A hit is answered with ``X-Cache: HIT`` and ``Age``; a miss
+    runs the app, answers with ``X-Cache: MISS`` and stores the response when RFC 9111 allows
+    a shared cache to: status in ``statuses``, no ``Set-Cookie``, a well-formed
+    ``Cache-Control`` without ``no-store / private / no-cache``, no ``Vary: *``; a request
+    with ``Authorization`` or ``Cookie`` is cached on a ``per_caller`` route, and bypasses a
+    shared one unless its ``allow_credentials`` is set (section 3.5). Every cached
     response carries a strong ``ETag`` (sha256 of the body unless the app set one), and
     ``If-None-Match`` is answered with ``304`` on hits and misses (RFC 9110 section 13.1.2).
 
@@ -60,11 +62,13 @@ class CacheMiddleware:
     already stale (``max-age=0``, an ``Expires`` in the past, ``Expires: 0`` or any invalid
     date) is not stored. Entries are never revalidated: a stale entry is simply gone.
 
-    Writes (RFC 9111 section 4.4): a 2xx or 3xx response to any method that is not safe
-    (anything but ``GET``, ``HEAD``, ``OPTIONS`` and ``TRACE``, unknown methods included) on a
-    path that a cached route (or an ``invalidate`` template) matches invalidates that path's
-    entries and the route's tags *before* the response reaches the client, so the client's
-    next read misses.
+    Writes (RFC 9111 section 4.4): a request with any method that is not safe (anything but
+    ``GET``, ``HEAD``, ``OPTIONS`` and ``TRACE``, unknown methods included) on a path that a
+    cached route (or an ``invalidate`` template) matches is *fenced* on that path's entries and
+    the route's tags (:meth:`ResponseCache.invalidating`): they are stale before the app runs,
+    nothing carrying them is stored or served while it runs, and they are invalidated again
+    when it returns, whatever its status. So no read that starts after the write's commit is
+    answered with the data from before it, even if the process dies right after the commit.
 
     Store failures fail open: the request is served by the app, and the circuit breaker of the
     :class:`ResponseCache` turns a dead store into microseconds per request.
@@ -81,8 +85,9 @@ class CacheMiddleware:
         store: build a :class:`ResponseCache` over this store instead (default: memory).
         caller: returns the caller of a request (``None``: unknown), for ``per_caller`` routes
             and ``{caller}`` in tags; see :func:`caller_from_header`.
-        invalidate: ``{template: [tag templates]}``: tags that a 2xx or 3xx write to a matching
-            path invalidates, in addition to the path itself and the tags of a cached route there.
+        invalidate: ``{template: [tag templates]}``: tags that a write to a matching path
+            fences and invalidates, in addition to the path itself and the tags of a cached
+            route there.
         statuses: statuses stored (default 200 only).
         max_body_bytes: larger responses are streamed through and not stored.
         lock_lease: seconds one worker may compute a missing entry before others give up

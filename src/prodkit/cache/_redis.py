@@ -3,8 +3,8 @@
 On a single server, an entry and its tag versions are read with one ``MGET``. On Redis Cluster
 (a ``redis.asyncio.cluster.RedisCluster`` client) every command touches one key: the read is
 a non-transactional pipeline of ``GET``s, which the cluster client splits per node, and the
-only script, the lease release, reads and deletes a single key. Invalidation never uses
-``KEYS`` or ``SCAN``.
+two scripts each read and write a single key (the lease release; a tag's new version, which
+depends on its current fence). Invalidation never uses ``KEYS`` or ``SCAN``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from prodkit._core.drivers import redis_client
 from prodkit._core.exceptions import ConfigurationError
-from prodkit.cache._store import Lookup
+from prodkit.cache._store import FenceChange, Lookup, plain_change
 
 # Compare-and-delete: only the holder of the lease may release it (the lease may have run out
 # and been taken by another worker meanwhile).
@@ -24,6 +24,30 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+
+# A tag's next version from its current one and a FenceChange (prodkit.cache._store's
+# fenced_version, in Lua): one key read and written atomically. ARGV: now and until (epoch ms),
+# writers, at_least, ttl (ms), the unique part. Numbers stay below 2^53: exact in Lua.
+_BUMP = """
+local now = tonumber(ARGV[1])
+local until_ms, writes = 0, 0
+local current = redis.call('GET', KEYS[1])
+if current then
+    local u, w = string.match(current, '^~(%d+)%.(%d+)%.')
+    if u and tonumber(u) > now and tonumber(w) > 0 then
+        until_ms, writes = tonumber(u), tonumber(w)
+    end
+end
+writes = math.max(writes + tonumber(ARGV[3]), tonumber(ARGV[4]))
+until_ms = math.max(until_ms, tonumber(ARGV[2]))
+local version = ARGV[6]
+if writes > 0 and until_ms > now then
+    version = string.format('~%.0f.%.0f.%s', until_ms, writes, ARGV[6])
+end
+redis.call('SET', KEYS[1], version, 'PX', ARGV[5])
+return 1
 """
 
 
@@ -109,14 +133,25 @@ class RedisCacheStore:
         pipe.eval(_RELEASE, 1, self.key_prefix + lock, token)
         await pipe.execute()
 
-    async def bump(self, tags: Sequence[str], ttl: float) -> None:
-        """``SET tag <random 128-bit version> PX ttl`` for every tag, pipelined."""
+    async def bump(
+        self, tags: Sequence[str], ttl: float, change: FenceChange | None = None
+    ) -> None:
+        """A script per tag, pipelined: a random 128-bit version, its fence changed by
+        ``change`` (see :class:`~prodkit.cache.FenceChange`), ``PX ttl``."""
         if not tags:
             return
+        change = change if change is not None else plain_change()
+        args = (
+            int(change.now * 1000),
+            int(change.until * 1000),
+            change.writers,
+            change.at_least,
+            max(1, int(ttl * 1000)),
+        )
         pipe = self._client.pipeline(transaction=False)
-        px = max(1, int(ttl * 1000))
         for tag in tags:
-            pipe.set(self.key_prefix + tag, os.urandom(16).hex(), px=px)
+            # EVAL, not EVALSHA: see complete(); one key per script, so Cluster-safe.
+            pipe.eval(_BUMP, 1, self.key_prefix + tag, *args, os.urandom(16).hex())
         await pipe.execute()
 
     async def claim(self, key: str, token: str, lease: float) -> bool:

@@ -20,7 +20,7 @@ Outcome = Literal["hit", "miss", "bypass", "error", "coalesced"]
 
 #: Request header fields the cache looks at.
 _READ_FIELDS = frozenset(
-    {b"authorization", b"cache-control", b"cookie", b"if-none-match", b"range"}
+    {b"authorization", b"cache-control", b"cookie", b"host", b"if-none-match", b"range"}
 )
 _NO_DIRECTIVES: Mapping[str, str] = MappingProxyType({})
 # Entry keys and tag keys of recent reads, so a repeated read does not parse and hash again;
@@ -29,6 +29,7 @@ _MEMO_SIZE = 4096
 _MEMO_MAX_URL = 256
 
 Keys = tuple[str, tuple[str, ...]]
+Memo = tuple[str, str, bytes | None, str, bytes, str | None]
 
 
 @dataclass(slots=True)
@@ -45,7 +46,9 @@ class CacheRequest:
     ttl: float
     head: bool
     directives: Mapping[str, str]  # the request's Cache-Control
+    shared_credentials: bool = False  # credentials on a shared route: RFC 9111 section 3.5
     versions: tuple[str, ...] | None = None  # tag versions read before the app runs
+    fenced: bool = False  # a write to one of the tags is under way: store nothing
     unstorable: bool = False  # the last response for this key could not be stored
     vary_values: dict[tuple[str, ...], str] = field(default_factory=dict)
 
@@ -85,7 +88,7 @@ class RequestReader:
     def __init__(self, caller: Caller | None, statuses: frozenset[int]) -> None:
         self.caller = caller
         self.statuses = statuses
-        self._keys: dict[tuple[str, str, bytes, str | None], Keys] = {}
+        self._keys: dict[Memo, Keys] = {}
 
     def read(self, scope: Scope, route: Route) -> CacheRequest | Outcome:
         """Return the request's cache facts, or ``"bypass"`` when it must not use the cache."""
@@ -102,7 +105,10 @@ class RequestReader:
                     controls = True
                 elif name not in found:
                     found[name] = value
-        if not rule.allow_credentials and (b"authorization" in found or b"cookie" in found):
+        credentials = b"authorization" in found or b"cookie" in found
+        # RFC 9111 section 3.5: a shared cache keeps out of requests with credentials, unless
+        # the route is keyed by caller (each caller's answers stay the caller's) or opted in.
+        if credentials and not (rule.per_caller or rule.allow_credentials):
             return "bypass"
         if b"range" in found:
             return "bypass"  # partial content is not stored; let the app answer ranges
@@ -113,10 +119,13 @@ class RequestReader:
             return "bypass"
         path: str = scope.get("path", "/")
         query: bytes = scope.get("query_string", b"")
-        memo = (route.template, path, query, caller_name)
+        scheme: str = scope.get("scheme", "http")
+        host = found.get(b"host")
+        memo = (route.template, scheme, host, path, query, caller_name)
         keys = self._keys.get(memo)
         if keys is None:  # a URL not read lately: parse and hash it
-            keys = self._remember(memo, route.keys(path, query, caller_name))
+            target = origin(scheme, host, scope.get("server"))
+            keys = self._remember(memo, route.keys(target, path, query, caller_name))
         base, tags = keys
         return CacheRequest(
             route=route,
@@ -129,15 +138,39 @@ class RequestReader:
             ttl=rule.ttl,
             head=scope.get("method") == "HEAD",
             directives=cache_control(headers) if controls else _NO_DIRECTIVES,
+            shared_credentials=credentials and not rule.per_caller,
         )
 
-    def _remember(self, memo: tuple[str, str, bytes, str | None], keys: Keys) -> Keys:
-        _, path, query, caller_name = memo
-        if len(path) + len(query) + (len(caller_name) if caller_name else 0) <= _MEMO_MAX_URL:
+    def _remember(self, memo: Memo, keys: Keys) -> Keys:
+        _, _, host, path, query, caller_name = memo
+        size = len(path) + len(query) + len(host or b"") + len(caller_name or "")
+        if size <= _MEMO_MAX_URL:
             if len(self._keys) >= _MEMO_SIZE:
                 self._keys.clear()
             self._keys[memo] = keys
         return keys
+
+
+def origin(scheme: str, host: bytes | None, server: object) -> str:
+    """The scheme and authority of a request's target URI, normalised, for its cache key.
+
+    RFC 9111 section 2 keys a cache on the target URI: an app that builds absolute URLs from
+    the ``Host`` header answers differently per host, and one host's answer must never be
+    served for another. The authority is the ``Host`` header, else the scope's ``server``;
+    lower-cased, its default port dropped (``Example.COM:443`` over https is ``example.com``),
+    as RFC 3986 section 6.2.3 normalises.
+    """
+    if host is not None:
+        authority = host.decode("latin-1")
+    elif isinstance(server, tuple | list) and len(server) == 2:
+        name, port = str(server[0]), server[1]
+        name = f"[{name}]" if ":" in name else name  # an IPv6 address
+        authority = name if port is None else f"{name}:{port}"
+    else:
+        authority = ""
+    authority = authority.strip().lower()
+    authority = authority.removesuffix(":443" if scheme in ("https", "wss") else ":80")
+    return f"{scheme}://{authority}"
 
 
 class OutcomeCounter:
@@ -159,4 +192,4 @@ class OutcomeCounter:
         child.inc()
 
 
-__all__ = ["CacheRequest", "Outcome", "OutcomeCounter", "RequestReader"]
+__all__ = ["CacheRequest", "Outcome", "OutcomeCounter", "RequestReader", "origin"]

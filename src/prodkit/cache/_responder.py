@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prodkit._core.headers import get_header, get_list_header, message_headers, set_header
+from prodkit._core.headers import (
+    get_all_headers,
+    get_header,
+    get_list_header,
+    message_headers,
+    set_header,
+)
 from prodkit._core.routing import UNMATCHED_ROUTE, route_template
 from prodkit._core.types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 from prodkit.cache._entry import (
     NOT_MODIFIED_HEADERS,
     CachedResponse,
-    cache_control,
     compute_etag,
     etag_matches,
     freshness_lifetime,
+    parse_cache_control,
     stored_headers,
 )
 from prodkit.cache._request import CacheRequest
+
+#: Response directives that let a shared cache store the answer to a request with credentials
+#: (RFC 9111 section 3.5).
+_SHAREABLE = frozenset({"public", "s-maxage", "must-revalidate"})
 
 
 async def send_entry(
@@ -80,14 +90,19 @@ def storable(request: CacheRequest, status: int, headers: RawHeaders, now: float
 
     A response already stale when it is generated (``max-age=0``, an ``Expires`` in the past
     or not a date; :func:`freshness_lifetime`) is not stored: without revalidation it could
-    never be used.
+    never be used, and neither is one whose ``Cache-Control`` is malformed (what it meant to
+    forbid cannot be known). The response to a request with credentials on a shared route
+    (``allow_credentials`` without ``per_caller``) is stored only when it says ``public``,
+    ``s-maxage`` or ``must-revalidate`` (section 3.5).
     """
     if status not in request.statuses:
         return False
     if get_header(headers, b"set-cookie") is not None:
         return False
-    directives = cache_control(headers)
-    if {"no-store", "private", "no-cache"} & directives.keys():
+    directives, well_formed = parse_cache_control(get_all_headers(headers, b"cache-control"))
+    if not well_formed or {"no-store", "private", "no-cache"} & directives.keys():
+        return False
+    if request.shared_credentials and not _SHAREABLE & directives.keys():
         return False
     lifetime = freshness_lifetime(headers, now, directives)
     if lifetime is not None and lifetime <= 0:

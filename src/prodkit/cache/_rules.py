@@ -24,12 +24,17 @@ class CacheRule:
     Arguments:
         ttl: seconds an entry is kept (shortened by the response's ``s-maxage``, ``max-age`` or ``Expires``).
         per_caller: key entries by the caller too (the middleware's ``caller``); a request
-            whose caller is unknown is not cached.
+            whose caller is unknown is not cached. Requests that carry ``Authorization`` or
+            ``Cookie`` are cached on such a route (each caller's entries are only ever served
+            to that caller): that is what a caller derived from the credentials is for.
         tags: tag templates stamped on every entry of the route, filled from the route's path
             parameters and ``{caller}`` (the caller), e.g. ``("fund:{id}", "user:{caller}")``.
             Invalidating a tag makes every entry carrying it stale.
-        allow_credentials: cache requests that carry ``Authorization`` or ``Cookie`` (off by
-            default: RFC 9111 section 3.5; turn it on only with ``per_caller``).
+        allow_credentials: on a shared route (no ``per_caller``), let requests that carry
+            ``Authorization`` or ``Cookie`` use the shared entries, and store the answer to
+            such a request only when the response says ``public``, ``s-maxage`` or
+            ``must-revalidate`` (RFC 9111 section 3.5). Off by default: those requests bypass
+            a shared route. A ``per_caller`` route needs no opt-in.
         statuses: statuses stored for this route (default: the middleware's ``statuses``).
     """
 
@@ -64,12 +69,24 @@ class Route:
         but tags are filled from the full path the request arrives with (``/api/funds/1``)."""
         return replace(self, pattern=re.compile(re.escape(root_path) + self.pattern.pattern))
 
-    def keys(self, path: str, query: bytes, caller_name: str | None) -> tuple[str, tuple[str, ...]]:
-        """The entry key's hash and the tag version keys of a read (path tag first, flush tag last)."""
+    def keys(
+        self, origin: str, path: str, query: bytes, caller_name: str | None
+    ) -> tuple[str, tuple[str, ...]]:
+        """The entry key's hash and the tag version keys of a read (path tag first, flush tag last).
+
+        ``origin`` is the target URI's scheme and authority (``https://example.com``).
+        """
         tags = (self.render_tags(path, caller_name) or ()) if self.tags else ()
+        raw_origin = origin.encode("utf-8", "surrogatepass")
         raw_path = path.encode("utf-8", "surrogatepass")
-        # length-prefixed, so no choice of path or query can imitate another split
-        parts = [self.key_prefix, len(raw_path).to_bytes(8, "big"), raw_path]
+        # length-prefixed, so no choice of host, path or query can imitate another split
+        parts = [
+            self.key_prefix,
+            len(raw_origin).to_bytes(8, "big"),
+            raw_origin,
+            len(raw_path).to_bytes(8, "big"),
+            raw_path,
+        ]
         if query:
             # latin-1 both ways: percent-decoding is then one-to-one, so two different queries
             # (say %ff and %fe, both U+FFFD under UTF-8 with replacement) never share a key.
