@@ -84,20 +84,22 @@ class ResponseCache:
         breaker: the circuit breaker for store calls (default: named ``"cache"``, opens after 3
             consecutive failures, 0.25 s per call, probes again after 0.5 s; none for the
             in-process memory store, which cannot fail or hang).
-        tag_ttl: seconds a tag version is kept after an invalidation. It must be at least the
-            longest entry TTL (checked by the middleware).
+        tag_ttl: seconds a tag version is kept after an invalidation (default ``86400.0``, a
+            day). It must be at least the longest entry TTL (checked by the middleware).
         retry_interval: seconds between two background attempts to write pending
-            invalidations (and a fence that could not be written).
+            invalidations (and a fence that could not be written) (default ``0.1``).
         max_pending: most tags kept pending in this process before the record is replaced by
-            a flush of every entry.
+            a flush of every entry (default ``10_000``).
         write_fence: seconds a write's fence outlives the process running it (renewed every
             third of that while the write runs): after a worker dies mid-write, the tags it
-            was writing are not cached for at most this long. Hosts' clocks must agree to well
-            within two thirds of it (a fence's end is a wall-clock time).
+            was writing are not cached for at most this long (default ``10.0``). Hosts'
+            clocks must agree to well within two thirds of it (a fence's end is a wall-clock
+            time).
         wall_clock: seconds since the epoch (default :func:`time.time`), for fences.
-        registry: the Prometheus registry of the ``{metric_prefix}cache_*`` metrics.
-        metric_prefix: put in front of those metric names.
-        logger: a structlog logger (default ``structlog.get_logger("prodkit.cache")``).
+        registry: the Prometheus registry of the ``{metric_prefix}cache_*`` metrics
+            (default: prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of those metric names (default ``"prodkit_"``).
+        logger: a structlog logger (default: structlog's ``prodkit.cache`` logger).
     """
 
     def __init__(

@@ -77,6 +77,55 @@ class CacheMiddleware:
     it decoded (at most 8 MiB of stored bytes, reused only while the store returns the same
     bytes), so a repeated hit neither hashes, parses nor copies the body.
 
+    Example::
+
+        import asyncio
+
+        import httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        from prodkit import CacheMiddleware
+        from prodkit.cache import CacheRule, MemoryCacheStore
+
+        funds = {"1": {"id": 1, "name": "Growth"}}
+
+        async def read_fund(request):
+            return JSONResponse(funds[request.path_params["id"]])
+
+        async def rename_fund(request):
+            funds[request.path_params["id"]]["name"] = (await request.json())["name"]
+            return JSONResponse(funds[request.path_params["id"]])
+
+        app = CacheMiddleware(
+            Starlette(
+                routes=[
+                    Route("/funds/{id}", read_fund, methods=["GET"]),
+                    Route("/funds/{id}", rename_fund, methods=["PATCH"]),
+                ]
+            ),
+            routes={"/funds/{id}": CacheRule(ttl=60, tags=("fund:{id}",))},
+            store=MemoryCacheStore(),  # one process; a RedisCacheStore for several
+            registry=CollectorRegistry(),  # or leave it out: prometheus-client's global one
+        )
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                miss = await client.get("/funds/1")
+                hit = await client.get("/funds/1")
+                await client.patch("/funds/1", json={"name": "Value"})  # a write to the path
+                after = await client.get("/funds/1")
+            assert miss.headers["X-Cache"] == "MISS"  # the app answered, the response is stored
+            assert hit.headers["X-Cache"] == "HIT" and hit.json() == miss.json()
+            assert hit.headers["Age"].isdigit()  # seconds since it was stored
+            assert hit.headers["ETag"] == miss.headers["ETag"]
+            assert after.headers["X-Cache"] == "MISS" and after.json()["name"] == "Value"
+
+        asyncio.run(main())
+
     Arguments:
         app: the ASGI app to wrap.
         routes: ``{template: CacheRule}`` for the cached routes (``RouteTable`` syntax:
@@ -84,17 +133,20 @@ class CacheMiddleware:
         cache: the :class:`ResponseCache` to use (share it with code that invalidates).
         store: build a :class:`ResponseCache` over this store instead (default: memory).
         caller: returns the caller of a request (``None``: unknown), for ``per_caller`` routes
-            and ``{caller}`` in tags; see :func:`caller_from_header`.
+            and ``{caller}`` in tags; see :func:`~prodkit.caller_from_header`.
         invalidate: ``{template: [tag templates]}``: tags that a write to a matching path
             fences and invalidates, in addition to the path itself and the tags of a cached
             route there.
-        statuses: statuses stored (default 200 only).
-        max_body_bytes: larger responses are streamed through and not stored.
+        statuses: statuses stored (default ``(200,)``).
+        max_body_bytes: larger responses are streamed through and not stored (default
+            ``1048576``, 1 MiB).
         lock_lease: seconds one worker may compute a missing entry before others give up
-            waiting and compute it themselves.
+            waiting and compute it themselves (default ``10.0``).
         honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
-            read and refreshes the entry; turn off if clients could use it to load the app.
-        honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache.
+            read and refreshes the entry (default ``True``); turn off if clients could use
+            it to load the app.
+        honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache (default
+            ``True``).
         registry: the Prometheus registry (default: that of ``cache``).
         metric_prefix: put in front of the metric names (default: that of ``cache``).
         wall_clock: seconds since the epoch (default :func:`time.time`), for when a response

@@ -22,19 +22,21 @@ class CacheRule:
     """How one route is cached.
 
     Arguments:
-        ttl: seconds an entry is kept (shortened by the response's ``s-maxage``, ``max-age`` or ``Expires``).
-        per_caller: key entries by the caller too (the middleware's ``caller``); a request
-            whose caller is unknown is not cached. Requests that carry ``Authorization`` or
-            ``Cookie`` are cached on such a route (each caller's entries are only ever served
-            to that caller): that is what a caller derived from the credentials is for.
+        ttl: seconds an entry is kept (shortened by the response's ``s-maxage``, ``max-age``
+            or ``Expires``).
+        per_caller: key entries by the caller too, the middleware's ``caller`` (default
+            ``False``); a request whose caller is unknown is not cached. Requests that carry
+            ``Authorization`` or ``Cookie`` are cached on such a route (each caller's entries
+            are only ever served to that caller): that is what a caller derived from the
+            credentials is for.
         tags: tag templates stamped on every entry of the route, filled from the route's path
             parameters and ``{caller}`` (the caller), e.g. ``("fund:{id}", "user:{caller}")``.
-            Invalidating a tag makes every entry carrying it stale.
+            Invalidating a tag makes every entry carrying it stale (default ``()``: none).
         allow_credentials: on a shared route (no ``per_caller``), let requests that carry
             ``Authorization`` or ``Cookie`` use the shared entries, and store the answer to
             such a request only when the response says ``public``, ``s-maxage`` or
-            ``must-revalidate`` (RFC 9111 section 3.5). Off by default: those requests bypass
-            a shared route. A ``per_caller`` route needs no opt-in.
+            ``must-revalidate`` (RFC 9111 section 3.5) (default ``False``: those requests
+            bypass a shared route). A ``per_caller`` route needs no opt-in.
         statuses: statuses stored for this route (default: the middleware's ``statuses``).
     """
 

@@ -59,9 +59,12 @@ class FenceChange:
 
     Attributes:
         now: the writer's wall clock, seconds since the epoch.
-        until: keep the fence at least until then (seconds since the epoch; 0: no change).
-        writers: added to the count of writes (1: a write begins, -1: it ends, 0: neither).
-        at_least: the count afterwards is at least this (1: a write renewing its fence).
+        until: keep the fence at least until then (seconds since the epoch; default ``0.0``:
+            no change).
+        writers: added to the count of writes (1: a write begins, -1: it ends; default
+            ``0``: neither).
+        at_least: the count afterwards is at least this (1: a write renewing its fence;
+            default ``0``: no minimum).
     """
 
     now: float
