@@ -77,3 +77,15 @@ def test_the_default_logger_is_structlogs_once_configured() -> None:
     assert events == [
         {"event": "circuit breaker closed", "password": "[REDACTED]", "log_level": "info"}
     ]
+
+
+def test_an_event_that_is_not_text_is_redacted_as_the_text_it_renders_as() -> None:
+    given = Recorder()
+    log = safe_logger("prodkit.errors", given)
+    error = ConnectionError(f"postgresql://app:{SECRET}@db/app refused")
+    log.error(error)  # type: ignore[arg-type]  # what an untyped caller may pass
+    log.warning({"url": f"https://h/?token={SECRET}"})  # type: ignore[arg-type]
+    assert [event for _, event, _ in given.calls] == [
+        "postgresql://app:[REDACTED]@db/app refused",
+        "{'url': 'https://h/?token=[REDACTED]'}",
+    ]
