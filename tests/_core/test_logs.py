@@ -223,3 +223,15 @@ def test_a_json_line_is_the_same_with_and_without_orjson(event: dict[Any, Any]) 
 def test_json_lines_write_what_json_has_no_word_for_readably(value: Any, written: Any) -> None:
     for dumps in (json_dumps, json_dumps_stdlib):
         assert json.loads(dumps({"value": value})) == {"value": written}
+
+
+def test_an_event_that_is_not_text_is_redacted_as_the_text_it_renders_as() -> None:
+    given = Recorder()
+    log = safe_logger("prodkit.errors", given)
+    error = ConnectionError(f"postgresql://app:{SECRET}@db/app refused")
+    log.error(error)  # type: ignore[arg-type]  # what an untyped caller may pass
+    log.warning({"url": f"https://h/?token={SECRET}"})  # type: ignore[arg-type]
+    assert [event for _, event, _ in given.calls] == [
+        "postgresql://app:[REDACTED]@db/app refused",
+        "{'url': 'https://h/?token=[REDACTED]'}",
+    ]

@@ -19,6 +19,7 @@ from uvicorn.server import ServerState
 from prodkit.asgi import Receive, Scope, Send
 from prodkit.serving import uvicorn as serving_uvicorn
 from prodkit.serving.uvicorn import HttpProtocol
+from prodkit.testing import capture_logs
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -128,3 +129,51 @@ async def test_the_limits_come_from_the_config(size: int, status: bytes) -> None
         writer.write(head)
         assert (await read_response(reader))[9:12] == status
         writer.close()
+
+
+MALFORMED = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n"
+TOO_LARGE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 4096 + b"\r\n\r\n"
+REFUSALS = {"malformed request refused", "request head too large"}
+
+
+async def refused(port: int, head: bytes) -> bytes:
+    """The status a head gets, on its own connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    status = (await read_response(reader))[9:12]
+    writer.close()
+    return status
+
+
+async def test_a_burst_of_refusals_writes_few_lines() -> None:
+    # A client can send refusals as fast as the network allows: each one is answered, but
+    # one worker writes at most one line a second (by default) for them.
+    async with served(HttpProtocol) as (port, _):
+        with capture_logs() as logs:
+            statuses = [await refused(port, MALFORMED) for _ in range(20)]
+    assert statuses == [b"400"] * 20
+    lines = [entry for entry in logs if entry["event"] in REFUSALS]
+    assert len(lines) < 5
+
+
+async def test_the_next_refusal_line_counts_the_ones_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with served(HttpProtocol, head_limits=(2048, 10)) as (port, _):
+        with capture_logs() as logs:
+            monkeypatch.setattr(serving_uvicorn, "REFUSAL_LOG_INTERVAL", 0.0)
+            assert await refused(port, MALFORMED) == b"400"  # written
+            monkeypatch.setattr(serving_uvicorn, "REFUSAL_LOG_INTERVAL", 3600.0)
+            # Either kind: answered, left out of the log, counted.
+            for head, status in ((MALFORMED, b"400"), (TOO_LARGE, b"431"), (MALFORMED, b"400")):
+                assert await refused(port, head) == status
+            monkeypatch.setattr(serving_uvicorn, "REFUSAL_LOG_INTERVAL", 0.0)
+            assert await refused(port, TOO_LARGE) == b"431"  # written, with the count
+            assert await refused(port, MALFORMED) == b"400"  # written, nothing left out
+    lines = [entry for entry in logs if entry["event"] in REFUSALS]
+    assert lines[0]["event"] == "malformed request refused"
+    assert [(line["event"], line.get("suppressed")) for line in lines[1:]] == [
+        ("request head too large", 3),
+        ("malformed request refused", None),
+    ]
+    assert lines[1]["max_bytes"] == 2048

@@ -308,7 +308,8 @@ class SafeLogger:
             text = exception_text(exc_info)
             if text is not None:
                 safe["exception"] = REDACTOR.redact_text(text)
-        message = REDACTOR.redact_text(event) if isinstance(event, str) else event
+        # An event that is not text (an exception, a dict) is redacted as the text it renders as.
+        message = REDACTOR.redact_text(event if isinstance(event, str) else str(event))
         if self._given or structlog.is_configured():
             getattr(self._logger, level)(message, **safe)
             return

@@ -18,12 +18,12 @@ import re
 from importlib import resources
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit.idempotency._releases import PendingReleases
 from prodkit.idempotency._store import (
     Claim,
@@ -94,7 +94,8 @@ class PostgresIdempotencyStore:
         clock_offset: seconds added to the database clock; for tests that need time to pass.
         registry: the Prometheus registry of ``{metric_prefix}idempotency_records_removed_total``.
         metric_prefix: put in front of that metric name.
-        logger: a structlog logger (default: the ``prodkit.idempotency`` logger).
+        logger: a structlog logger its lines go to, redacted first (default: the
+            ``prodkit.idempotency`` logger).
 
     A release that fails (the database restarting, a network partition) is retried in the
     background until it lands or the claim's lease is over: see :meth:`retry_release`.
@@ -124,7 +125,7 @@ class PostgresIdempotencyStore:
         self.cleanup_interval = cleanup_interval
         self.cleanup_batch_size = cleanup_batch_size
         self.clock_offset = clock_offset
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self.logger = safe_logger("prodkit.idempotency", logger)
         self._removed = counter(
             f"{metric_prefix}idempotency_records_removed_total",
             "Expired idempotency records deleted from the PostgreSQL table.",

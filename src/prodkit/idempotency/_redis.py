@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import structlog
-
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.logs import safe_logger
 from prodkit.idempotency._releases import PendingReleases
 from prodkit.idempotency._store import (
     Claim,
@@ -115,7 +114,8 @@ class RedisIdempotencyStore:
             follows in braces.
         clock_offset: seconds added to the Redis clock (default ``0.0``); for tests that need
             time to pass.
-        logger: a structlog logger (default: structlog's ``prodkit.idempotency`` logger).
+        logger: a structlog logger its lines go to, redacted first (default: the
+            ``prodkit.idempotency`` logger).
 
     A release that fails (Redis restarting, a network partition) is retried in the background
     until it lands or the claim's lease is over: see :meth:`retry_release`.
@@ -150,7 +150,7 @@ class RedisIdempotencyStore:
         self._release = client.register_script(_RELEASE)
         self._get = client.register_script(_GET)
         self._withdraw = client.register_script(_WITHDRAW)
-        self.logger = logger if logger is not None else structlog.get_logger("prodkit.idempotency")
+        self.logger = safe_logger("prodkit.idempotency", logger)
         self._releases = PendingReleases(self.release, self.logger)
 
     def redis_key(self, key: str) -> str:

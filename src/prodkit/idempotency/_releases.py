@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from prodkit._core.exceptions import BackendError
+from prodkit._core.logs import SafeLogger
 
 #: Seconds one background attempt may take; the first retry comes after ``FIRST_DELAY``, and
 #: the wait doubles after each failed round up to ``MAX_DELAY``.
@@ -29,10 +29,10 @@ class PendingReleases:
 
     Arguments:
         release: the store's ``release(key, owner)``.
-        logger: a structlog logger, for the one line when a release is given up.
+        logger: the store's logger, for the one line when a release is given up.
     """
 
-    def __init__(self, release: Callable[[str, str], Awaitable[bool]], logger: Any) -> None:
+    def __init__(self, release: Callable[[str, str], Awaitable[bool]], logger: SafeLogger) -> None:
         self._release = release
         self.logger = logger
         # (key, owner) -> the event loop's time after which a retry may take the key over.

@@ -7,19 +7,19 @@ import logging
 import sys
 from typing import Any
 
-import structlog
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
 from prodkit._core.exceptions import ProdkitError
+from prodkit._core.logs import safe_logger
 from prodkit.logging import configure_logging
 from prodkit.serving._loading import load_app
 from prodkit.serving._options import STARTUP_FAILURE, ServeOptions
 from prodkit.settings import StackSettings
 
-_logger = structlog.get_logger("prodkit.serving")
+_logger = safe_logger("prodkit.serving")
 
 #: Given to granian, which applies it with ``logging.config.dictConfig`` in its main process and
 #: in every worker: the handler factory below then configures prodkit's logging there, and

@@ -6,17 +6,17 @@ import asyncio
 import logging
 from typing import Any
 
-import structlog
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from prodkit._core.exceptions import ProdkitError
+from prodkit._core.logs import safe_logger
 from prodkit.serving._framing import refuse_ambiguous_length
 from prodkit.serving._loading import load_app
 from prodkit.serving._options import STARTUP_FAILURE, ServeOptions
 from prodkit.settings import StackSettings
 
-_logger = structlog.get_logger("prodkit.serving")
+_logger = safe_logger("prodkit.serving")
 
 
 def config_for(options: ServeOptions, settings: StackSettings) -> Config:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import structlog
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from prodkit._core.exceptions import ProdkitError
+from prodkit._core.logs import safe_logger
 from prodkit.logging import configure_logging
 from prodkit.serving._options import STARTUP_FAILURE, ServeOptions
 from prodkit.settings import StackSettings
@@ -17,7 +17,7 @@ from prodkit.settings import StackSettings
 #: uvicorn imports the protocol by this path in every worker (:mod:`prodkit.serving.uvicorn`).
 PROTOCOL = "prodkit.serving.uvicorn:HttpProtocol"
 
-_logger = structlog.get_logger("prodkit.serving")
+_logger = safe_logger("prodkit.serving")
 
 
 class ServeConfig(uvicorn.Config):

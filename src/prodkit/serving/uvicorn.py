@@ -13,7 +13,8 @@ uvicorn takes an HTTP protocol class, or its import path, as ``Config(http=...)`
   Here every read is measured before the parser sees it: the bytes of the head up to its blank
   line, and its line ends (one per header). Past ``max_bytes`` or ``max_headers`` the client
   gets a 431 problem ``REQUEST_HEAD_TOO_LARGE`` with ``Connection: close``, the connection is
-  closed, and the app never hears of it. Heads that follow another request in the same read
+  closed, and the app never hears of it (a warning line, at most one per
+  :data:`REFUSAL_LOG_INTERVAL` per worker). Heads that follow another request in the same read
   (pipelining) are measured by the parser's callbacks instead, with the same limits.
 * **Shutdown answers what is already on its way.** At shutdown uvicorn closes every connection
   that is between requests at once, so a request written just before (a keep-alive client's
@@ -29,12 +30,13 @@ connection is closed after it, so bytes smuggled after the body never run.
 from __future__ import annotations
 
 import asyncio
+import time
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from prodkit._core.logs import safe_logger
 from prodkit.asgi import encode_problem, problem_dict
 from prodkit.requestid import generate_request_id
 from prodkit.serving._head import HeadMeter
@@ -48,7 +50,38 @@ from prodkit.serving._options import (
 #: Seconds a connection that is between requests stays open once the server shuts down.
 CLOSE_GRACE = 1.0
 
-_logger = structlog.get_logger("prodkit.serving")
+#: Seconds between two refusal lines (400, 431) of one process; the refusals in between are
+#: counted, and the next line carries that count as ``suppressed``.
+REFUSAL_LOG_INTERVAL = 1.0
+
+_logger = safe_logger("prodkit.serving")
+
+
+class _RefusalLog:
+    """The warning lines of refused requests, at most one per :data:`REFUSAL_LOG_INTERVAL`.
+
+    A refusal costs the server little, so a client can send thousands a second; a line for each
+    would let it fill the disk and bury every other line. One process (one worker) writes at
+    most one such line per interval; the refusals of either kind left out since the previous
+    line are counted, and the next line carries the count as ``suppressed``.
+    """
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def warning(self, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < REFUSAL_LOG_INTERVAL:
+            self._suppressed += 1
+            return
+        self._last = now
+        if self._suppressed:
+            fields["suppressed"], self._suppressed = self._suppressed, 0
+        _logger.warning(event, **fields)
+
+
+_refusals = _RefusalLog()
 
 
 class _HeadTooLarge(Exception):
@@ -148,7 +181,7 @@ class HttpProtocol(HttpToolsProtocol):
             "the request is not valid HTTP/1.1; the connection is closed",
             self.server_state.default_headers,
         )
-        _logger.warning("malformed request refused", client=self._client(), request_id=request_id)
+        _refusals.warning("malformed request refused", client=self._client(), request_id=request_id)
         self._write_and_close(response)
 
     def _refuse_head(self) -> None:
@@ -160,7 +193,7 @@ class HttpProtocol(HttpToolsProtocol):
         response, request_id = _response(
             431, REQUEST_HEAD_TOO_LARGE, detail, self.server_state.default_headers
         )
-        _logger.warning(
+        _refusals.warning(
             "request head too large",
             client=self._client(),
             request_id=request_id,
@@ -201,4 +234,4 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
 
-__all__ = ["CLOSE_GRACE", "HttpProtocol"]
+__all__ = ["CLOSE_GRACE", "REFUSAL_LOG_INTERVAL", "HttpProtocol"]
