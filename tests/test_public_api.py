@@ -203,7 +203,9 @@ PUBLIC: dict[str, list[str]] = {
         "route_policy_name",
     ],
     "prodkit.requestid": [
+        "RequestIdKeywords",
         "RequestIdMiddleware",
+        "RequestIdOptions",
         "generate_request_id",
         "get_parent_span_id",
         "get_request_id",
