@@ -215,7 +215,9 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "prodkit.security_headers": [
         "DEFAULT_CSP",
+        "SecurityHeadersKeywords",
         "SecurityHeadersMiddleware",
+        "SecurityHeadersOptions",
     ],
     "prodkit.settings": [
         "IdempotencyStoreName",
