@@ -224,7 +224,9 @@ PUBLIC: dict[str, list[str]] = {
         "StackSettings",
     ],
     "prodkit.shedding": [
+        "ConcurrencyLimitKeywords",
         "ConcurrencyLimitMiddleware",
+        "ConcurrencyLimitOptions",
         "DEFAULT_EXCLUDE_PATHS",
         "OVERLOADED",
     ],
