@@ -104,7 +104,9 @@ PUBLIC: dict[str, list[str]] = {
         "compute_etag",
     ],
     "prodkit.cors": [
+        "CORSKeywords",
         "CORSMiddleware",
+        "CORSOptions",
         "CORS_PREFLIGHT_REJECTED",
         "DEFAULT_ALLOW_HEADERS",
         "DEFAULT_ALLOW_METHODS",
