@@ -104,7 +104,9 @@ PUBLIC: dict[str, list[str]] = {
         "compute_etag",
     ],
     "prodkit.cors": [
+        "CORSKeywords",
         "CORSMiddleware",
+        "CORSOptions",
         "CORS_PREFLIGHT_REJECTED",
         "DEFAULT_ALLOW_HEADERS",
         "DEFAULT_ALLOW_METHODS",
@@ -203,7 +205,9 @@ PUBLIC: dict[str, list[str]] = {
         "route_policy_name",
     ],
     "prodkit.requestid": [
+        "RequestIdKeywords",
         "RequestIdMiddleware",
+        "RequestIdOptions",
         "generate_request_id",
         "get_parent_span_id",
         "get_request_id",
@@ -213,14 +217,18 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "prodkit.security_headers": [
         "DEFAULT_CSP",
+        "SecurityHeadersKeywords",
         "SecurityHeadersMiddleware",
+        "SecurityHeadersOptions",
     ],
     "prodkit.settings": [
         "IdempotencyStoreName",
         "StackSettings",
     ],
     "prodkit.shedding": [
+        "ConcurrencyLimitKeywords",
         "ConcurrencyLimitMiddleware",
+        "ConcurrencyLimitOptions",
         "DEFAULT_EXCLUDE_PATHS",
         "OVERLOADED",
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import get_type_hints
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,14 @@ from hypothesis import strategies as st
 
 from prodkit import ConfigurationError, ErrorMiddleware
 from prodkit.asgi import Receive, Scope, Send
-from prodkit.cors._middleware import CORSMiddleware, OriginMatcher
+from prodkit.cors import (
+    DEFAULT_ALLOW_METHODS,
+    DEFAULT_EXPOSE_HEADERS,
+    CORSKeywords,
+    CORSMiddleware,
+    CORSOptions,
+    OriginMatcher,
+)
 from prodkit.ratelimit import RateLimitMiddleware
 from prodkit.shedding import ConcurrencyLimitMiddleware
 from tests.apps import build_app
@@ -317,3 +325,48 @@ def test_arbitrary_text_never_matches_outside_the_domain(origin: str) -> None:
     if PATTERN.matches(origin):
         assert origin.startswith("https://")
         assert origin.endswith(".example.com")
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def test_options_object_and_keywords_configure_the_same_middleware() -> None:
+    by_keyword = CORSMiddleware(build_app("raw"), allow_origins="https://a.test, https://b.test")
+    options = CORSOptions(allow_origins=["https://a.test", "https://b.test"])
+    by_object = CORSMiddleware(build_app("raw"), options=options)
+    assert by_keyword.options == by_object.options == options
+    assert options.allow_origins == ("https://a.test", "https://b.test")
+    # The defaults, written once in the dataclass.
+    assert options.allow_methods == DEFAULT_ALLOW_METHODS
+    assert options.expose_headers == DEFAULT_EXPOSE_HEADERS
+    assert (options.allow_credentials, options.max_age) == (False, 600)
+
+
+def test_lists_are_normalised_once() -> None:
+    options = CORSOptions(allow_origins="https://a.test", allow_methods=" get, POST,GET ")
+    assert options.allow_methods == ("GET", "POST")
+
+
+def test_allow_origins_is_required() -> None:
+    with pytest.raises(TypeError, match="allow_origins"):
+        CORSMiddleware(build_app("raw"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"allow_origins": 5}, "allow_origins=5: not a list of strings"),
+        ({"allow_origins": "https://a.test", "max_age": True}, "max_age=True: not an integer"),
+        (
+            {"allow_origins": "https://a.test", "allow_headers": ["X Y"]},
+            "allow_headers='X Y': not a valid HTTP token",
+        ),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        CORSOptions(**options)  # type: ignore[arg-type]
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(CORSKeywords) == get_type_hints(CORSOptions)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from typing import get_type_hints
 
 import pytest
 from hypothesis import given
@@ -16,7 +18,13 @@ from prodkit import (
     get_trace_id,
 )
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, send_problem
-from prodkit.requestid import generate_request_id, is_valid_request_id, parse_traceparent
+from prodkit.requestid import (
+    RequestIdKeywords,
+    RequestIdOptions,
+    generate_request_id,
+    is_valid_request_id,
+    parse_traceparent,
+)
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 
@@ -248,3 +256,49 @@ async def test_wrapped_twice_one_id_seen_by_the_app(make_client: ClientFactory) 
     app = RequestIdMiddleware(RequestIdMiddleware(build_app("starlette")))
     response = await make_client(app).get("/items/1")
     assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    by_keyword = RequestIdMiddleware(build_app("raw"), header_name="X-Correlation-ID")
+    by_object = RequestIdMiddleware(
+        build_app("raw"), options=RequestIdOptions(header_name="X-Correlation-ID")
+    )
+    assert by_keyword.options == by_object.options
+    for middleware in (by_keyword, by_object):
+        response = await make_client(middleware).get("/", headers={"X-Correlation-ID": "c-1"})
+        assert response.headers["x-correlation-id"] == "c-1"
+        assert "x-request-id" not in response.headers
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    assert RequestIdMiddleware(build_app("raw")).options == RequestIdOptions()
+    assert RequestIdOptions().header_name == "X-Request-ID"
+    assert RequestIdOptions().max_length == 128
+
+
+def test_options_and_keywords_together_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="options= and the keywords max_length"):
+        RequestIdMiddleware(build_app("raw"), options=RequestIdOptions(), max_length=8)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"header_name": "X Request ID"}, "header_name='X Request ID': not a header name"),
+        ({"header_name": ""}, "header_name='': not a header name"),
+        ({"max_length": 0}, "max_length=0: less than 1; write an integer of at least 1"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        RequestIdOptions(**options)  # type: ignore[arg-type]
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    # The two are written side by side; a field added to one only is caught here.
+    assert get_type_hints(RequestIdKeywords) == get_type_hints(RequestIdOptions)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from typing import get_type_hints
+
 import httpx
 import pytest
 
 from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp, Receive, Scope, Send
-from prodkit.security_headers._middleware import DEFAULT_CSP, SecurityHeadersMiddleware
+from prodkit.security_headers import (
+    DEFAULT_CSP,
+    SecurityHeadersKeywords,
+    SecurityHeadersMiddleware,
+    SecurityHeadersOptions,
+)
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 
@@ -135,3 +143,44 @@ async def test_error_responses_get_the_headers_too(make_client: ClientFactory) -
 def test_configuration_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SecurityHeadersMiddleware(build_app("raw"), **options)  # type: ignore[arg-type]
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware() -> None:
+    by_keyword = SecurityHeadersMiddleware(responding(b"text/html"), frame_options="SAMEORIGIN")
+    by_object = SecurityHeadersMiddleware(
+        responding(b"text/html"), options=SecurityHeadersOptions(frame_options="SAMEORIGIN")
+    )
+    assert by_keyword.options == by_object.options
+    for middleware in (by_keyword, by_object):
+        response = await https_get(middleware)
+        assert response.headers["x-frame-options"] == "SAMEORIGIN"
+        assert response.headers["content-security-policy"] == DEFAULT_CSP
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    assert SecurityHeadersMiddleware(build_app("raw")).options == SecurityHeadersOptions()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hsts_max_age": -1}, "hsts_max_age=-1: negative; write an integer of 0 or more"),
+        ({"hsts_max_age": "1y"}, "hsts_max_age='1y': not an integer"),
+        ({"frame_options": "DENY\n"}, "frame_options='DENY\\n': not a non-empty printable"),
+        ({"hsts_preload": True, "hsts_max_age": 600}, "hsts_preload=True: the preload list"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        SecurityHeadersOptions(**options)  # type: ignore[arg-type]
+
+
+def test_no_hsts_needs_no_preload_check() -> None:
+    assert SecurityHeadersOptions(hsts_max_age=None, hsts_preload=True).hsts_max_age is None
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(SecurityHeadersKeywords) == get_type_hints(SecurityHeadersOptions)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import get_type_hints
 
 import httpx
 import pytest
@@ -10,7 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp, Receive, Scope, Send
-from prodkit.shedding._middleware import REDUCED_CAPACITY_TYPE, ConcurrencyLimitMiddleware
+from prodkit.shedding import (
+    DEFAULT_EXCLUDE_PATHS,
+    ConcurrencyLimitKeywords,
+    ConcurrencyLimitMiddleware,
+    ConcurrencyLimitOptions,
+)
+from prodkit.shedding._middleware import REDUCED_CAPACITY_TYPE
 from tests.conftest import ClientFactory
 
 
@@ -150,3 +158,57 @@ def test_configuration_errors(options: dict[str, object], message: str) -> None:
 
     with pytest.raises(ConfigurationError, match=message):
         ConcurrencyLimitMiddleware(app, **options)  # type: ignore[arg-type]
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_options_object_and_keywords_configure_the_same_middleware() -> None:
+    registry = CollectorRegistry()
+    by_keyword = ConcurrencyLimitMiddleware(_ok, max_concurrency=3, registry=registry)
+    options = ConcurrencyLimitOptions(max_concurrency=3, registry=CollectorRegistry())
+    by_object = ConcurrencyLimitMiddleware(_ok, options=options)
+    assert by_object.options is options
+    assert by_keyword.options.max_concurrency == by_object.max_concurrency == 3
+    # The defaults, written once in the dataclass.
+    assert by_keyword.options == ConcurrencyLimitOptions(max_concurrency=3, registry=registry)
+    assert by_keyword.options.exclude_paths == DEFAULT_EXCLUDE_PATHS
+    assert (by_keyword.queue_size, by_keyword.queue_timeout, by_keyword.retry_after) == (0, 0, 1)
+
+
+def test_max_concurrency_is_required() -> None:
+    with pytest.raises(TypeError, match="max_concurrency"):
+        ConcurrencyLimitMiddleware(_ok)
+
+
+def test_exclude_paths_are_read_once() -> None:
+    paths = (path for path in ["/livez", "/ping"])
+    options = ConcurrencyLimitOptions(
+        max_concurrency=1, exclude_paths=paths, registry=CollectorRegistry()
+    )
+    assert options.exclude_paths == ("/livez", "/ping")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_concurrency": True}, "max_concurrency=True: not an integer"),
+        ({"max_concurrency": 1, "queue_size": 2, "queue_timeout": -1}, "queue_timeout=-1:"),
+        ({"max_concurrency": 1, "queue_timeout": -1}, "queue_timeout=-1: negative"),
+        ({"max_concurrency": 1, "retry_after": 1.5}, "retry_after=1.5: not an integer"),
+        ({"max_concurrency": 1, "exclude_paths": "/livez"}, "not one string"),
+        ({"max_concurrency": 1, "exclude_paths": ["livez"]}, "must start with '/'"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        ConcurrencyLimitOptions(**options)  # type: ignore[arg-type]
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(ConcurrencyLimitKeywords) == get_type_hints(ConcurrencyLimitOptions)

@@ -7,7 +7,9 @@ from prodkit.cors._middleware import (
     DEFAULT_ALLOW_HEADERS,
     DEFAULT_ALLOW_METHODS,
     DEFAULT_EXPOSE_HEADERS,
+    CORSKeywords,
     CORSMiddleware,
+    CORSOptions,
     OriginMatcher,
 )
 
@@ -16,6 +18,8 @@ __all__ = [
     "DEFAULT_ALLOW_HEADERS",
     "DEFAULT_ALLOW_METHODS",
     "DEFAULT_EXPOSE_HEADERS",
+    "CORSKeywords",
     "CORSMiddleware",
+    "CORSOptions",
     "OriginMatcher",
 ]

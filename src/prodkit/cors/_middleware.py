@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
+from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import append_vary, get_list_header, message_headers
+from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -152,18 +156,91 @@ class OriginMatcher:
         return self.pattern.fullmatch(origin) is not None
 
 
-def _tokens(values: Iterable[str] | str, what: str, upper: bool) -> tuple[str, ...]:
-    if isinstance(values, str):
-        values = values.split(",")
-    result = []
-    for value in values:
-        value = value.strip()
-        if not value:
-            continue
-        if value != "*" and not _TOKEN.match(value):
-            raise ConfigurationError(f"{what}: {value!r} is not a valid HTTP token")
-        result.append(value.upper() if upper else value)
-    return tuple(dict.fromkeys(result))
+def _tokens(name: str, values: Iterable[str] | str, *, upper: bool) -> tuple[str, ...]:
+    """HTTP tokens (or ``"*"``), stripped and without repeats; methods upper-cased."""
+    tokens = [
+        value if value == "*" else valid.http_token(name, value)
+        for value in valid.string_list(name, values)
+    ]
+    return tuple(dict.fromkeys(token.upper() if upper else token for token in tokens))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CORSOptions:
+    """The options of :class:`CORSMiddleware`, checked when made.
+
+    The lists take a list or a comma-separated string (``CORS_ORIGINS``); they are kept as
+    tuples, stripped, without repeats, methods upper-cased.
+
+    Attributes:
+        allow_origins: see :class:`OriginMatcher` (a list or a ``CORS_ORIGINS`` string).
+        allow_methods: methods a preflight may ask for (default
+            :data:`DEFAULT_ALLOW_METHODS`; ``"*"``: any).
+        allow_headers: request headers a preflight may ask for (default
+            :data:`DEFAULT_ALLOW_HEADERS`; ``"*"``: any); CORS-safelisted ones are always
+            allowed by browsers.
+        allow_credentials: send ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth;
+            default ``False``). Cannot be combined with ``"*"`` in ``allow_origins`` or
+            ``expose_headers``.
+        expose_headers: response headers scripts may read (default
+            :data:`DEFAULT_EXPOSE_HEADERS`: the ones prodkit sets).
+        max_age: seconds a browser may cache a preflight answer (default ``600``; browsers cap
+            it: 2 h in Chrome).
+
+    Raises:
+        ConfigurationError: on an unsafe or malformed option, saying what to write instead.
+    """
+
+    allow_origins: Iterable[str] | str
+    allow_methods: Iterable[str] | str = DEFAULT_ALLOW_METHODS
+    allow_headers: Iterable[str] | str = DEFAULT_ALLOW_HEADERS
+    allow_credentials: bool = False
+    expose_headers: Iterable[str] | str = DEFAULT_EXPOSE_HEADERS
+    max_age: int = 600
+
+    def __post_init__(self) -> None:
+        origins = valid.string_list("allow_origins", self.allow_origins)
+        if not origins:
+            raise ConfigurationError(
+                "allow_origins is empty; list the origins to allow (CORS_ORIGINS) or leave "
+                "CORSMiddleware out"
+            )
+        matcher = OriginMatcher(origins)  # refuses what is not an origin or a pattern
+        if self.allow_credentials and matcher.allow_all:
+            raise ConfigurationError(
+                "allow_origins '*' with allow_credentials=True would let every site read "
+                "authenticated responses; list the origins (or 'https://*.example.com') instead"
+            )
+        expose = _tokens("expose_headers", self.expose_headers, upper=False)
+        if self.allow_credentials and "*" in expose:
+            raise ConfigurationError(
+                "expose_headers '*' is taken literally by browsers when credentials are "
+                "allowed; list the headers instead"
+            )
+        valid.non_negative_int("max_age", self.max_age, example=600)
+        object.__setattr__(self, "allow_origins", origins)
+        object.__setattr__(
+            self, "allow_methods", _tokens("allow_methods", self.allow_methods, upper=True)
+        )
+        object.__setattr__(
+            self, "allow_headers", _tokens("allow_headers", self.allow_headers, upper=False)
+        )
+        object.__setattr__(self, "expose_headers", expose)
+
+
+class CORSKeywords(TypedDict, total=False):
+    """:class:`CORSOptions`'s fields as keywords of :class:`CORSMiddleware`.
+
+    ``allow_origins`` is required unless ``options`` is given: leaving both out is a
+    ``TypeError`` when the middleware is made.
+    """
+
+    allow_origins: Iterable[str] | str
+    allow_methods: Iterable[str] | str
+    allow_headers: Iterable[str] | str
+    allow_credentials: bool
+    expose_headers: Iterable[str] | str
+    max_age: int
 
 
 class CORSMiddleware:
@@ -207,19 +284,9 @@ class CORSMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        allow_origins: see :class:`OriginMatcher` (a list or a ``CORS_ORIGINS`` string).
-        allow_methods: methods a preflight may ask for (default
-            :data:`DEFAULT_ALLOW_METHODS`; ``"*"``: any).
-        allow_headers: request headers a preflight may ask for (default
-            :data:`DEFAULT_ALLOW_HEADERS`; ``"*"``: any); CORS-safelisted ones are always
-            allowed by browsers.
-        allow_credentials: send ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth;
-            default ``False``). Cannot be combined with ``"*"`` in ``allow_origins`` or
-            ``expose_headers``.
-        expose_headers: response headers scripts may read (default
-            :data:`DEFAULT_EXPOSE_HEADERS`: the ones prodkit sets).
-        max_age: seconds a browser may cache a preflight answer (default ``600``; browsers cap
-            it: 2 h in Chrome).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`CORSOptions`'s fields by name, instead of ``options``:
+            ``CORSMiddleware(app, allow_origins=["https://app.example.com"])``.
 
     Raises:
         ConfigurationError: on an unsafe or malformed option, saying what to write instead.
@@ -229,54 +296,28 @@ class CORSMiddleware:
         self,
         app: ASGIApp,
         *,
-        allow_origins: Iterable[str] | str,
-        allow_methods: Iterable[str] | str = DEFAULT_ALLOW_METHODS,
-        allow_headers: Iterable[str] | str = DEFAULT_ALLOW_HEADERS,
-        allow_credentials: bool = False,
-        expose_headers: Iterable[str] | str = DEFAULT_EXPOSE_HEADERS,
-        max_age: int = 600,
+        options: CORSOptions | None = None,
+        **keywords: Unpack[CORSKeywords],
     ) -> None:
         self.app = app
-        self.origins = OriginMatcher(allow_origins)
-        if not (
-            self.origins.allow_all
-            or self.origins.allow_null
-            or self.origins.exact
-            or self.origins.pattern
-        ):
-            raise ConfigurationError(
-                "allow_origins is empty; list the origins to allow (CORS_ORIGINS) or leave "
-                "CORSMiddleware out"
-            )
-        if allow_credentials and self.origins.allow_all:
-            raise ConfigurationError(
-                "allow_origins '*' with allow_credentials=True would let every site read "
-                "authenticated responses; list the origins (or 'https://*.example.com') instead"
-            )
-        methods = _tokens(allow_methods, "allow_methods", upper=True)
-        headers = _tokens(allow_headers, "allow_headers", upper=False)
-        expose = _tokens(expose_headers, "expose_headers", upper=False)
-        if allow_credentials and "*" in expose:
-            raise ConfigurationError(
-                "expose_headers '*' is taken literally by browsers when credentials are "
-                "allowed; list the headers instead"
-            )
-        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
-            raise ConfigurationError("max_age must be a whole number of seconds, 0 or more")
-        self.allow_credentials = allow_credentials
+        self.options = options = build_options(CORSOptions, options, keywords)
+        self.origins = OriginMatcher(options.allow_origins)
+        self.allow_credentials = credentials = options.allow_credentials
+        methods, headers = tuple(options.allow_methods), tuple(options.allow_headers)
         self._any_method = "*" in methods
         self._methods = frozenset(methods)
         self._any_header = "*" in headers
         self._headers = frozenset(h.lower() for h in headers)
         # "*" without credentials does not depend on the Origin; anything else does.
-        self._star = self.origins.allow_all and not allow_credentials
+        self._star = self.origins.allow_all and not credentials
         self._simple: list[tuple[bytes, bytes]] = []
-        if allow_credentials:
+        if credentials:
             self._simple.append((b"access-control-allow-credentials", b"true"))
-        if expose:
-            self._simple.append((b"access-control-expose-headers", ", ".join(expose).encode()))
+        if options.expose_headers:
+            expose = ", ".join(options.expose_headers).encode()
+            self._simple.append((b"access-control-expose-headers", expose))
         self._methods_value = ", ".join(m for m in methods if m != "*").encode()
-        self._max_age = str(max_age).encode()
+        self._max_age = str(options.max_age).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -391,6 +432,8 @@ __all__ = [
     "DEFAULT_ALLOW_HEADERS",
     "DEFAULT_ALLOW_METHODS",
     "DEFAULT_EXPOSE_HEADERS",
+    "CORSKeywords",
     "CORSMiddleware",
+    "CORSOptions",
     "OriginMatcher",
 ]

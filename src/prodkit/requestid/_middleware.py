@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
+from prodkit._core import options as valid
 from prodkit._core.context import request_id_var, span_id_var, trace_id_var
-from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import message_headers, set_header
 from prodkit._core.observer import ResponseObserver
+from prodkit._core.options import build_options
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Scope key under which the request id is also stored, for code that has the scope at hand.
@@ -78,6 +81,42 @@ def parse_traceparent(value: str) -> tuple[str, str] | None:
     return trace_id, parent_id
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestIdOptions:
+    """The options of :class:`RequestIdMiddleware`, checked when made.
+
+    Attributes:
+        header_name: the request and response header (default ``"X-Request-ID"``).
+        generator: returns a new id (default :func:`generate_request_id`).
+        validator: decides whether an inbound id is adopted (default:
+            :func:`is_valid_request_id`, up to ``max_length`` characters); return ``False`` for
+            all to never trust clients.
+        max_length: the longest inbound id the built-in validator adopts (default ``128``).
+
+    Raises:
+        ConfigurationError: ``header_name`` is not a header name, or ``max_length`` is not an
+            integer of at least 1.
+    """
+
+    header_name: str = "X-Request-ID"
+    generator: Callable[[], str] = generate_request_id
+    validator: Callable[[str], bool] | None = None
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        valid.header_name("header_name", self.header_name)
+        valid.positive_int("max_length", self.max_length, example=128)
+
+
+class RequestIdKeywords(TypedDict, total=False):
+    """:class:`RequestIdOptions`'s fields as keywords of :class:`RequestIdMiddleware`."""
+
+    header_name: str
+    generator: Callable[[], str]
+    validator: Callable[[str], bool] | None
+    max_length: int
+
+
 class RequestIdMiddleware:
     """Give every HTTP and WebSocket request an id, and put it on every response.
 
@@ -118,32 +157,28 @@ class RequestIdMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        header_name: the request and response header (default ``"X-Request-ID"``).
-        generator: returns a new id (default :func:`generate_request_id`).
-        validator: decides whether an inbound id is adopted (default:
-            :func:`is_valid_request_id`, up to ``max_length`` characters); return ``False`` for
-            all to never trust clients.
-        max_length: the longest inbound id the built-in validator adopts (default ``128``).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`RequestIdOptions`'s fields by name, instead of ``options``:
+            ``RequestIdMiddleware(app, header_name="X-Correlation-ID")``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`RequestIdOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        header_name: str = "X-Request-ID",
-        generator: Callable[[], str] = generate_request_id,
-        validator: Callable[[str], bool] | None = None,
-        max_length: int = 128,
+        options: RequestIdOptions | None = None,
+        **keywords: Unpack[RequestIdKeywords],
     ) -> None:
-        if not header_name or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header_name):
-            raise ConfigurationError(f"header_name {header_name!r} is not a valid header name")
-        if max_length < 1:
-            raise ConfigurationError("max_length must be at least 1")
         self.app = app
-        self.header_name = header_name
-        self._header = header_name.lower().encode("latin-1")
-        self.generator = generator
-        self.validator = validator or (lambda value: is_valid_request_id(value, max_length))
+        self.options = options = build_options(RequestIdOptions, options, keywords)
+        self.header_name = options.header_name
+        self._header = options.header_name.lower().encode("latin-1")
+        self.generator = options.generator
+        max_length = options.max_length
+        self.validator = options.validator or (lambda value: is_valid_request_id(value, max_length))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -219,7 +254,9 @@ class RequestIdMiddleware:
 
 
 __all__ = [
+    "RequestIdKeywords",
     "RequestIdMiddleware",
+    "RequestIdOptions",
     "generate_request_id",
     "is_valid_request_id",
     "parse_traceparent",

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from prodkit.security_headers._middleware import DEFAULT_CSP, SecurityHeadersMiddleware
+from prodkit.security_headers._middleware import (
+    DEFAULT_CSP,
+    SecurityHeadersKeywords,
+    SecurityHeadersMiddleware,
+    SecurityHeadersOptions,
+)
 
-__all__ = ["DEFAULT_CSP", "SecurityHeadersMiddleware"]
+__all__ = [
+    "DEFAULT_CSP",
+    "SecurityHeadersKeywords",
+    "SecurityHeadersMiddleware",
+    "SecurityHeadersOptions",
+]

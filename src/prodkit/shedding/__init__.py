@@ -5,7 +5,15 @@ from __future__ import annotations
 from prodkit.shedding._middleware import (
     DEFAULT_EXCLUDE_PATHS,
     OVERLOADED,
+    ConcurrencyLimitKeywords,
     ConcurrencyLimitMiddleware,
+    ConcurrencyLimitOptions,
 )
 
-__all__ = ["DEFAULT_EXCLUDE_PATHS", "OVERLOADED", "ConcurrencyLimitMiddleware"]
+__all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
+    "OVERLOADED",
+    "ConcurrencyLimitKeywords",
+    "ConcurrencyLimitMiddleware",
+    "ConcurrencyLimitOptions",
+]

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
-from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem
 from prodkit._core.routing import RouteResolver, route_template_before
@@ -24,6 +27,72 @@ REDUCED_CAPACITY_TYPE = "https://iana.org/assignments/http-problem-types#tempora
 
 #: Paths never shed by default: probes and scrapes must answer when the service is busiest.
 DEFAULT_EXCLUDE_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConcurrencyLimitOptions:
+    """The options of :class:`ConcurrencyLimitMiddleware`, checked when made.
+
+    Attributes:
+        max_concurrency: requests in flight at most (``MAX_CONCURRENCY``), per process.
+        queue_size: requests that may wait for a slot (default ``0``: reject at once).
+        queue_timeout: seconds a queued request waits before it is rejected (default ``0.0``;
+            more than 0 when ``queue_size`` is).
+        retry_after: the ``Retry-After`` seconds of a 503 (default ``1``).
+        exclude_paths: paths never counted or shed (default :data:`DEFAULT_EXCLUDE_PATHS`:
+            the health probes and ``/metrics``).
+        route_resolver: optional hook for the ``endpoint`` label (see
+            :func:`~prodkit.asgi.route_template_before`).
+        registry: the Prometheus registry of
+            ``{metric_prefix}capacity_rejections_total{endpoint}`` (default: prometheus-client's
+            global ``REGISTRY``).
+        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
+
+    Raises:
+        ConfigurationError: ``max_concurrency`` or ``retry_after`` not an integer of at least
+            1, a negative ``queue_size``, a ``queue_timeout`` that is not positive seconds
+            while ``queue_size`` is, or ``exclude_paths`` not a list of paths.
+    """
+
+    max_concurrency: int
+    queue_size: int = 0
+    queue_timeout: float = 0.0
+    retry_after: int = 1
+    exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS
+    route_resolver: RouteResolver | None = None
+    registry: CollectorRegistry | None = None
+    metric_prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        valid.positive_int("max_concurrency", self.max_concurrency, example=100)
+        valid.non_negative_int("queue_size", self.queue_size, example=100)
+        if self.queue_size > 0:  # a queue needs a bound on the wait
+            valid.positive_seconds("queue_timeout", self.queue_timeout, example=0.5)
+        else:
+            valid.non_negative_seconds("queue_timeout", self.queue_timeout)
+        valid.positive_int("retry_after", self.retry_after, example=1)
+        paths = self.exclude_paths
+        if not isinstance(paths, str):
+            paths = tuple(paths)  # read once, even from a generator
+        PathFilter(paths)  # refuses one string, and paths without a leading "/"
+        object.__setattr__(self, "exclude_paths", paths)
+
+
+class ConcurrencyLimitKeywords(TypedDict, total=False):
+    """:class:`ConcurrencyLimitOptions`'s fields as keywords of :class:`ConcurrencyLimitMiddleware`.
+
+    ``max_concurrency`` is required unless ``options`` is given: leaving both out is a
+    ``TypeError`` when the middleware is made.
+    """
+
+    max_concurrency: int
+    queue_size: int
+    queue_timeout: float
+    retry_after: int
+    exclude_paths: Iterable[str]
+    route_resolver: RouteResolver | None
+    registry: CollectorRegistry | None
+    metric_prefix: str
 
 
 class ConcurrencyLimitMiddleware:
@@ -74,61 +143,37 @@ class ConcurrencyLimitMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        max_concurrency: requests in flight at most (``MAX_CONCURRENCY``), per process.
-        queue_size: requests that may wait for a slot (default ``0``: reject at once).
-        queue_timeout: seconds a queued request waits before it is rejected (default ``0.0``;
-            more than 0 when ``queue_size`` is).
-        retry_after: the ``Retry-After`` seconds of a 503 (default ``1``).
-        exclude_paths: paths never counted or shed (default :data:`DEFAULT_EXCLUDE_PATHS`:
-            the health probes and ``/metrics``).
-        route_resolver: optional hook for the ``endpoint`` label (see
-            :func:`~prodkit.asgi.route_template_before`).
-        registry: the Prometheus registry of
-            ``{metric_prefix}capacity_rejections_total{endpoint}`` (default: prometheus-client's
-            global ``REGISTRY``).
-        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`ConcurrencyLimitOptions`'s fields by name, instead of ``options``:
+            ``ConcurrencyLimitMiddleware(app, max_concurrency=100)``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`ConcurrencyLimitOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        max_concurrency: int,
-        queue_size: int = 0,
-        queue_timeout: float = 0.0,
-        retry_after: int = 1,
-        exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS,
-        route_resolver: RouteResolver | None = None,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str = DEFAULT_PREFIX,
+        options: ConcurrencyLimitOptions | None = None,
+        **keywords: Unpack[ConcurrencyLimitKeywords],
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise ConfigurationError(
-                "max_concurrency must be an integer (e.g. MAX_CONCURRENCY=100)"
-            )
-        if max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be at least 1")
-        if queue_size < 0:
-            raise ConfigurationError("queue_size must be 0 (no queue) or more")
-        if queue_timeout < 0 or (queue_size > 0 and queue_timeout == 0):
-            raise ConfigurationError("queue_timeout must be positive seconds when queue_size > 0")
-        if retry_after < 1:
-            raise ConfigurationError("retry_after must be at least 1 second")
         self.app = app
-        self.max_concurrency = max_concurrency
-        self.queue_size = queue_size
-        self.queue_timeout = queue_timeout
-        self.retry_after = retry_after
-        self._excluded = PathFilter(exclude_paths)
-        self._route_resolver = route_resolver
+        self.options = options = build_options(ConcurrencyLimitOptions, options, keywords)
+        self.max_concurrency = options.max_concurrency
+        self.queue_size = options.queue_size
+        self.queue_timeout = options.queue_timeout
+        self.retry_after = options.retry_after
+        self._excluded = PathFilter(options.exclude_paths)
+        self._route_resolver = options.route_resolver
         # Shared by every request of this process: the point of the middleware.
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._rejections = counter(
-            f"{metric_prefix}capacity_rejections_total",
+            f"{options.metric_prefix}capacity_rejections_total",
             "Requests shed with 503 because the process was at its concurrency limit.",
             ["endpoint"],
-            registry=registry,
+            registry=options.registry,
         )
 
     @property
@@ -198,5 +243,7 @@ __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
     "OVERLOADED",
     "REDUCED_CAPACITY_TYPE",
+    "ConcurrencyLimitKeywords",
     "ConcurrencyLimitMiddleware",
+    "ConcurrencyLimitOptions",
 ]

@@ -1,0 +1,168 @@
+"""Validators for middleware options: one function per kind of option, one message shape.
+
+A middleware's options are a frozen keyword-only dataclass whose ``__post_init__`` calls these,
+once, at start-up. Each takes the option's name and its value, returns the value (normalised
+where the kind has a normal form) and otherwise raises :class:`ConfigurationError` with a
+message in one shape: the option, what is wrong with the value, and what to write instead::
+
+    max_concurrency=0: not a whole number of at least 1; write e.g. max_concurrency=100
+
+:func:`build_options` is the other half of the pattern: a middleware takes ``options=`` or the
+same fields as keywords, and this turns either into the dataclass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from prodkit._core.exceptions import ConfigurationError
+
+T = TypeVar("T")
+
+#: An HTTP field name (RFC 9110, section 5.1): a ``token``.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+#: A header value prodkit may send as configured: printable ASCII, no control characters.
+_VALUE = re.compile(r"[\x20-\x7e]+\Z")
+
+
+def _refuse(name: str, value: object, problem: str, write: str) -> ConfigurationError:
+    return ConfigurationError(f"{name}={value!r}: {problem}; write {write}")
+
+
+def positive_int(name: str, value: object, *, example: int = 10) -> int:
+    """``value`` if it is an integer of at least 1 (``True`` is not one)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 1:
+            return value
+        raise _refuse(
+            name, value, "less than 1", f"an integer of at least 1, e.g. {name}={example}"
+        )
+    raise _refuse(name, value, "not an integer", f"an integer of at least 1, e.g. {name}={example}")
+
+
+def non_negative_int(name: str, value: object, *, example: int = 0) -> int:
+    """``value`` if it is an integer of 0 or more (``True`` is not one)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+        raise _refuse(name, value, "negative", f"an integer of 0 or more, e.g. {name}={example}")
+    raise _refuse(name, value, "not an integer", f"an integer of 0 or more, e.g. {name}={example}")
+
+
+def positive_seconds(name: str, value: object, *, example: float = 1.0) -> float:
+    """``value`` if it is a finite number of seconds greater than 0 (an int or a float)."""
+    write = f"seconds greater than 0, e.g. {name}={example}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 < value < math.inf:
+            return value
+        raise _refuse(name, value, "not greater than 0 and finite", write)
+    raise _refuse(name, value, "not a number", write)
+
+
+def non_negative_seconds(name: str, value: object, *, example: float = 0.0) -> float:
+    """``value`` if it is a finite number of seconds, 0 or more (an int or a float)."""
+    write = f"seconds, 0 or more, e.g. {name}={example}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value < math.inf:
+            return value
+        raise _refuse(name, value, "negative or not finite", write)
+    raise _refuse(name, value, "not a number", write)
+
+
+def header_name(name: str, value: object) -> str:
+    """``value`` if it is a valid HTTP field name (RFC 9110 ``token``), as written."""
+    if isinstance(value, str) and _TOKEN.match(value):
+        return value
+    raise _refuse(
+        name,
+        value,
+        "not a header name (letters, digits and !#$%&'*+.^_`|~- only)",
+        f"e.g. {name}='X-Request-ID'",
+    )
+
+
+def http_token(name: str, value: object) -> str:
+    """``value`` if it is an HTTP ``token`` (RFC 9110, section 5.6.2): a method, say."""
+    if isinstance(value, str) and _TOKEN.match(value):
+        return value
+    raise _refuse(
+        name,
+        value,
+        "not a valid HTTP token (letters, digits and !#$%&'*+.^_`|~- only)",
+        "a name such as 'GET' or 'Content-Type'",
+    )
+
+
+def header_value(name: str, value: object) -> str:
+    """``value`` if it can be sent as a header value: non-empty printable ASCII, one line."""
+    if isinstance(value, str) and _VALUE.match(value):
+        return value
+    raise _refuse(
+        name,
+        value,
+        "not a non-empty printable ASCII header value (no line breaks)",
+        f"the value as it should be sent, or {name}=None for no header",
+    )
+
+
+def one_of(name: str, value: object, choices: Iterable[T]) -> T:
+    """``value`` if it is one of ``choices``."""
+    allowed = list(choices)
+    for choice in allowed:
+        if type(value) is type(choice) and value == choice:
+            return choice
+    listed = ", ".join(repr(choice) for choice in allowed)
+    raise _refuse(name, value, "not one of the choices", f"one of {listed}")
+
+
+def string_list(name: str, value: object) -> tuple[str, ...]:
+    """A list of strings as a tuple, stripped, without empty entries or repeats, in order.
+
+    A single string is read as a comma-separated list (``"GET, POST"``), the way an
+    environment variable spells one.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        items = list(value)
+        if all(isinstance(item, str) for item in items):
+            stripped = (item.strip() for item in items)
+            return tuple(dict.fromkeys(item for item in stripped if item))
+    raise _refuse(
+        name, value, "not a list of strings", f"a list such as {name}=['a', 'b'] or 'a, b'"
+    )
+
+
+def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) -> T:
+    """The options dataclass of a middleware called with ``options=`` or with its keywords.
+
+    Passing both is a :class:`ConfigurationError`: one of the two would be silently ignored.
+    A keyword the dataclass does not have is the ``TypeError`` of any wrong call.
+    """
+    if options is None:
+        return cls(**keywords)
+    if keywords:
+        raise ConfigurationError(
+            f"options= and the keywords {', '.join(sorted(keywords))} were both given; "
+            f"pass options={cls.__name__}(...) or the keywords alone"
+        )
+    if not isinstance(options, cls):
+        raise _refuse("options", options, f"not of type {cls.__name__}", f"{cls.__name__}(...)")
+    return options
+
+
+__all__ = [
+    "build_options",
+    "header_name",
+    "header_value",
+    "http_token",
+    "non_negative_int",
+    "non_negative_seconds",
+    "one_of",
+    "positive_int",
+    "positive_seconds",
+    "string_list",
+]
