@@ -366,6 +366,56 @@ async def test_postgres_store_deletes_expired_records_by_itself(postgres_dsn: st
         await store.aclose()
 
 
+class PoolOfTheLoop:
+    """A pool for whichever event loop calls it: one asyncpg connection per call."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        asyncpg = pytest.importorskip("asyncpg")
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await getattr(conn, method)(sql, *args)
+        finally:
+            await conn.close()
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await self._call("execute", sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._call("fetchrow", sql, *args)
+
+
+@pytest.mark.postgres
+def test_postgres_store_sweeps_in_every_event_loop_it_serves(postgres_dsn: str) -> None:
+    # The sweeper started only once: after the first loop (start-up, migrations) ended, no
+    # sweep ran again, silently.
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    pool = PoolOfTheLoop(postgres_dsn)
+    store = PostgresIdempotencyStore(
+        pool, table=table, cleanup_interval=0.1, registry=CollectorRegistry()
+    )
+
+    async def start_up() -> None:
+        await pool.execute(schema_sql(table))
+        assert await store.get("k") is None  # the first use starts the sweeps, in this loop
+
+    async def serve() -> int:
+        try:
+            await store.claim("old", b"fp", "o", lease=0.1, ttl=0.1)
+            for _ in range(100):  # bounded: 10 s
+                if await rows_in(postgres_dsn, table) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return await rows_in(postgres_dsn, table)
+        finally:
+            await store.aclose()
+
+    asyncio.run(start_up())
+    assert asyncio.run(serve()) == 0
+
+
 def test_postgres_store_sweeps_by_default() -> None:
     pytest.importorskip("asyncpg")
     assert PostgresIdempotencyStore("postgresql://db/app").cleanup_interval == 60

@@ -218,8 +218,13 @@ class PostgresIdempotencyStore:
         )
 
     async def _get_pool(self) -> Any:
-        if self._sweeper is None and self.cleanup_interval is not None:
-            self._sweeper = asyncio.get_running_loop().create_task(
+        sweeper, loop = self._sweeper, asyncio.get_running_loop()
+        # Restarted when its loop is over (a start-up loop, then the serving one): the task
+        # of a finished loop is done, or never runs again.
+        if self.cleanup_interval is not None and (
+            sweeper is None or sweeper.done() or sweeper.get_loop() is not loop
+        ):
+            self._sweeper = loop.create_task(
                 self._sweep(self.cleanup_interval), name="prodkit-idempotency-cleanup"
             )
         if self._pool is not None:
