@@ -20,13 +20,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prodkit import ErrorMiddleware
+from prodkit import BackendError, ErrorMiddleware
 from prodkit.asgi import Receive, Scope, Send
 from prodkit.idempotency import (
     IdempotencyMiddleware,
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
+    StoredResponse,
+    WithdrawingIdempotencyStore,
     current_claim,
 )
 from tests.conftest import RUN_ID, fresh_database
@@ -164,6 +166,14 @@ async def commit_waiting(db: Any) -> bool:
     return bool(count)
 
 
+async def commit_running(db: Any) -> bool:
+    """Whether a commit is still at work on the server (its client may have gone)."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COMMIT%'"
+    )
+    return bool(count)
+
+
 async def until(db: Any, what: str) -> None:
     for _ in range(200):  # bounded: 10 s
         if await commit_waiting(db):
@@ -183,16 +193,110 @@ async def test_complete_during_records_while_the_commit_is_in_flight(
             first = asyncio.create_task(post(client))
             await until(db, "the handler's commit waits")
             # The commit has not returned, and the record is already there: a process
-            # killed now would leave the work (the server commits) and its record.
+            # killed now would leave the work (the server commits) and its record, replayed
+            # once the lease is over.
             record = await store.get(key)
             assert record is not None
-            assert record.completed
+            assert record.tentative
+            # The commit may still fail: a retry now waits rather than replay it.
+            during = await post(client)
+            assert during.status_code == 409
+            assert during.json()["code"] == "IDEMPOTENCY_REQUEST_IN_PROGRESS"
         answer = await first
         again = await post(client)
     assert (answer.status_code, answer.headers["idempotency-status"]) == (201, "created")
     assert (again.status_code, again.headers["idempotency-status"]) == (201, "replayed")
     assert again.content == answer.content
     assert app.recorded == [None]  # complete_during returns the commit's result
+    assert app.runs == 1
+    assert await orders(pool) == 1
+
+
+async def test_a_retry_during_a_commit_that_fails_is_never_told_it_succeeded(
+    pool: Any, store: IdempotencyStore
+) -> None:
+    await pool.execute("UPDATE refusals SET refuse = true")
+    app = OrderApp(pool, "during")
+    _, client = client_for(app, store)
+    async with client:
+        async with commits_held(pool) as db:
+            first = asyncio.create_task(post(client))
+            await until(db, "the handler's commit waits")
+            during = await post(client)
+        failed = await first
+        await pool.execute("UPDATE refusals SET refuse = false")
+        retried = await post(client)
+    assert during.status_code == 409
+    assert failed.status_code == 500
+    assert (retried.status_code, retried.headers["idempotency-status"]) == (201, "created")
+    assert app.runs == 2
+    assert await orders(pool) == 1
+
+
+async def test_a_cancelled_request_whose_commit_fails_leaves_no_record(
+    pool: Any, store: IdempotencyStore
+) -> None:
+    await pool.execute("UPDATE refusals SET refuse = true")
+    app = OrderApp(pool, "during")
+    middleware, client = client_for(app, store)
+    key = middleware.storage_key(CALLER, "order-1")
+    async with client:
+        async with commits_held(pool) as db:
+            first = asyncio.create_task(post(client))
+            await until(db, "the handler's commit waits")
+            first.cancel()  # the client went away, or the shutdown deadline came
+            await asyncio.wait({first})
+        # The commit now fails, with nobody waiting for it: its record goes all the same.
+        for _ in range(200):  # bounded: 10 s
+            if await store.get(key) is None and not await commit_running(pool):
+                break
+            await asyncio.sleep(0.05)
+        assert await store.get(key) is None
+        await pool.execute("UPDATE refusals SET refuse = false")
+        retried = await post(client)
+    assert (retried.status_code, retried.headers["idempotency-status"]) == (201, "created")
+    assert app.runs == 2
+    assert await orders(pool) == 1
+
+
+class ReplyLost:
+    """A store whose tentative writes land but whose replies are lost (a timeout, a broken
+    connection after the write): they raise although the record is there."""
+
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
+        await self.store.complete(key, owner, response, ttl=ttl)
+        raise BackendError("the reply was lost")
+
+    async def complete_tentatively(
+        self, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        assert isinstance(self.store, WithdrawingIdempotencyStore)
+        await self.store.complete_tentatively(key, owner, response, ttl=ttl)
+        raise BackendError("the reply was lost")
+
+
+async def test_a_record_whose_write_seemed_to_fail_is_withdrawn_when_the_commit_fails(
+    pool: Any, store: IdempotencyStore
+) -> None:
+    await pool.execute("UPDATE refusals SET refuse = true")
+    app = OrderApp(pool, "during")
+    lossy = ReplyLost(store)
+    assert isinstance(lossy, WithdrawingIdempotencyStore)
+    middleware, client = client_for(app, lossy)
+    async with client:
+        failed = await post(client)
+        assert await store.get(middleware.storage_key(CALLER, "order-1")) is None
+        await pool.execute("UPDATE refusals SET refuse = false")
+        retried = await post(client)
+    assert failed.status_code == 500
+    assert (retried.status_code, retried.headers["idempotency-status"]) == (201, "created")
+    assert app.runs == 2
     assert await orders(pool) == 1
 
 

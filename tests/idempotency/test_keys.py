@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from prodkit.asgi import Scope
 from prodkit.idempotency._keys import (
+    _exact,
     canonical_body,
     parse_idempotency_key,
     request_fingerprint,
@@ -277,3 +278,45 @@ def test_a_repeated_member_name_keeps_both_members() -> None:
     assert canonical(b'{"a": 1, "a": 2}') != canonical(b'{"a": 2}')
     assert canonical(b'{"a": 1, "a": 2}') != canonical(b'{"a": 2, "a": 1}')
     assert canonical(b'{"b": 0, "a": 1, "a": 2}') == canonical(b'{"a": 1, "b": 0.0, "a": 2}')
+
+
+#: Numbers in the spellings that decide which path writes a body: plain ones (the C encoder),
+#: and exponents, whole decimals, long digit runs, ``-0`` (the exact path).
+_SPELLED = st.one_of(
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(
+        [
+            *("1.0", "-0.0", "-0", "0.1", "1e5", "100.000", "12345678901234.5", "0.00001"),
+            *("1.5E-7", "1000000000000000000000", "0.1234567890123456", "7"),
+        ]
+    ),
+)
+
+
+def _spelled(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} : {_spelled(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[ " + ",".join(_spelled(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+@given(
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), _SPELLED, st.text(max_size=4).map(json.dumps)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=2), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_the_fast_path_writes_what_the_exact_path_writes(document: Any) -> None:
+    # Plain bodies are written by the standard library's C encoder, the others number by
+    # number: a body must not get another fingerprint for the path it happens to take.
+    body = _spelled(document).encode()
+    kind, canonical = canonical_body(body, b"application/json")
+    assert kind == b"json"
+    assert canonical == _exact(body).encode("utf-8", "surrogatepass")

@@ -363,6 +363,26 @@ class OrderApp:
         await send({"type": "http.response.body", "body": body})
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t"])
+async def test_a_blank_authorization_header_names_no_caller(
+    blank: str, make_client: ClientFactory
+) -> None:
+    # Every client sending an empty Authorization header shared one caller (the digest of
+    # nothing), so one could replay another's response.
+    app = OrderApp()
+    middleware, _ = wrap(app, store=MemoryIdempotencyStore(), registry=CollectorRegistry())
+    client = make_client(middleware)
+    response = await client.post(
+        "/orders",
+        json={"item": "book"},
+        headers={"Authorization": blank, "Cookie": "session=alice", "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "IDEMPOTENCY_CALLER_UNKNOWN"
+    assert app.orders == []
+
+
 async def test_cookie_users_never_get_each_others_response_by_default(
     real_store: StoreUnderTest, make_client: ClientFactory
 ) -> None:

@@ -198,6 +198,53 @@ async def test_only_the_completing_owner_withdraws_a_record(harness: Harness) ->
     )
 
 
+async def test_a_tentative_record_is_in_progress_until_confirmed(harness: Harness) -> None:
+    store, key = harness.store, new_key()
+    assert isinstance(store, WithdrawingIdempotencyStore)
+    await store.claim(key, b"fp", "a", lease=30, ttl=600)
+    assert await store.complete_tentatively(key, "a", RESPONSE, ttl=600)
+    # The work's commit is still running: a retry waits, as for a claim.
+    retry = await store.claim(key, b"fp", "b", lease=30, ttl=600)
+    assert retry.outcome is ClaimOutcome.IN_PROGRESS
+    assert retry.retry_after is not None
+    assert 0 < retry.retry_after <= 30
+    record = await store.get(key)
+    assert record is not None
+    assert (record.owner, record.tentative, record.completed) == ("a", True, False)
+    assert not await store.complete(key, "a", RESPONSE, ttl=600)  # written already
+    assert not await store.release(key, "a")  # the commit may have landed: not a release
+    assert not await store.confirm(key, "intruder")
+    assert await store.confirm(key, "a")
+    assert not await store.confirm(key, "a")  # final already
+    replay = await store.claim(key, b"fp", "c", lease=30, ttl=600)
+    assert replay.outcome is ClaimOutcome.COMPLETED
+    assert replay.response == RESPONSE
+
+
+async def test_a_tentative_record_is_withdrawn_or_replayed_once_its_lease_is_over(
+    harness: Harness,
+) -> None:
+    store, withdrawn, crashed = harness.store, new_key(), new_key()
+    assert isinstance(store, WithdrawingIdempotencyStore)
+    for key in (withdrawn, crashed):
+        await store.claim(key, b"fp", "a", lease=10, ttl=600)
+        assert await store.complete_tentatively(key, "a", RESPONSE, ttl=600)
+    # The commit failed: the record goes, and a retry runs the handler.
+    assert not await store.withdraw(withdrawn, "intruder")
+    assert await store.withdraw(withdrawn, "a")
+    assert (await store.claim(withdrawn, b"fp", "b", lease=10, ttl=600)).outcome is (
+        ClaimOutcome.ACQUIRED
+    )
+    # Nobody confirmed (the process died after its commit): replayed once the lease is over.
+    harness.advance(20)
+    replay = await store.claim(crashed, b"fp", "c", lease=10, ttl=600)
+    assert replay.outcome is ClaimOutcome.COMPLETED
+    assert replay.response == RESPONSE
+    record = await store.get(crashed)
+    assert record is not None
+    assert (record.owner, record.tentative, record.completed) == (None, False, True)
+
+
 async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_write(
     harness: Harness,
 ) -> None:
@@ -317,6 +364,56 @@ async def test_postgres_store_deletes_expired_records_by_itself(postgres_dsn: st
         assert removed == 5
     finally:
         await store.aclose()
+
+
+class PoolOfTheLoop:
+    """A pool for whichever event loop calls it: one asyncpg connection per call."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        asyncpg = pytest.importorskip("asyncpg")
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await getattr(conn, method)(sql, *args)
+        finally:
+            await conn.close()
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await self._call("execute", sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._call("fetchrow", sql, *args)
+
+
+@pytest.mark.postgres
+def test_postgres_store_sweeps_in_every_event_loop_it_serves(postgres_dsn: str) -> None:
+    # The sweeper started only once: after the first loop (start-up, migrations) ended, no
+    # sweep ran again, silently.
+    table = f"idem_{uuid.uuid4().hex[:8]}"
+    pool = PoolOfTheLoop(postgres_dsn)
+    store = PostgresIdempotencyStore(
+        pool, table=table, cleanup_interval=0.1, registry=CollectorRegistry()
+    )
+
+    async def start_up() -> None:
+        await pool.execute(schema_sql(table))
+        assert await store.get("k") is None  # the first use starts the sweeps, in this loop
+
+    async def serve() -> int:
+        try:
+            await store.claim("old", b"fp", "o", lease=0.1, ttl=0.1)
+            for _ in range(100):  # bounded: 10 s
+                if await rows_in(postgres_dsn, table) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return await rows_in(postgres_dsn, table)
+        finally:
+            await store.aclose()
+
+    asyncio.run(start_up())
+    assert asyncio.run(serve()) == 0
 
 
 def test_postgres_store_sweeps_by_default() -> None:
@@ -444,11 +541,15 @@ async def test_unreachable_stores_raise_backend_error() -> None:
 @dataclass
 class ModelEntry:
     fingerprint: bytes
-    owner: str | None
+    owner: str  # the claim's token, kept once completed (it alone may withdraw the record)
     lease_until: float
     expires_at: float
     response: StoredResponse | None = None
-    completed_by: str | None = None
+    tentative: bool = False
+
+    def pending(self, now: float) -> bool:
+        """In progress, or tentative with its lease running: a claim gets IN_PROGRESS."""
+        return self.response is None or (self.tentative and self.lease_until > now)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -496,7 +597,7 @@ class StoreMachine(RuleBasedStateMachine):
         entry = self.live(key)
         if entry is not None and entry.fingerprint != fp:
             assert result.outcome is ClaimOutcome.MISMATCH
-        elif entry is not None and entry.response is not None:
+        elif entry is not None and not entry.pending(self.now):
             assert result.outcome is ClaimOutcome.COMPLETED
             assert result.response == entry.response
         elif entry is not None and entry.lease_until > self.now:
@@ -513,19 +614,38 @@ class StoreMachine(RuleBasedStateMachine):
         owner_index=st.integers(0, 20),
         status=st.sampled_from([200, 201, 409]),
         ttl=st.sampled_from([200.0, 1000.0]),
+        tentative=st.booleans(),
     )
-    def complete(self, index: int, owner_index: int, status: int, ttl: float) -> None:
+    def complete(
+        self, index: int, owner_index: int, status: int, ttl: float, tentative: bool
+    ) -> None:
         key = self.key(index)
         owner = self.owners[owner_index % len(self.owners)]
         response = StoredResponse(status, ((b"content-type", b"text/plain"),), f"{owner}".encode())
-        done = self.run(self.harness.store.complete(key, owner, response, ttl=ttl))
+        store = self.harness.store
+        assert isinstance(store, WithdrawingIdempotencyStore)
+        write = store.complete_tentatively if tentative else store.complete
+        done = self.run(write(key, owner, response, ttl=ttl))
         entry = self.live(key)
         expected = entry is not None and entry.response is None and entry.owner == owner
         assert done is expected
         if entry is not None and expected:
-            entry.completed_by, entry.owner = entry.owner, None
             entry.response = response
+            entry.tentative = tentative
             entry.expires_at = self.now + ttl
+
+    @rule(index=st.integers(0, 1), owner_index=st.integers(0, 20))
+    def confirm(self, index: int, owner_index: int) -> None:
+        key = self.key(index)
+        owner = self.owners[owner_index % len(self.owners)]
+        store = self.harness.store
+        assert isinstance(store, WithdrawingIdempotencyStore)
+        confirmed = self.run(store.confirm(key, owner))
+        entry = self.live(key)
+        expected = entry is not None and entry.tentative and entry.owner == owner
+        assert confirmed is expected
+        if entry is not None and expected:
+            entry.tentative = False
 
     @rule(index=st.integers(0, 1), owner_index=st.integers(0, 20))
     def release(self, index: int, owner_index: int) -> None:
@@ -544,7 +664,7 @@ class StoreMachine(RuleBasedStateMachine):
         owner = self.owners[owner_index % len(self.owners)]
         withdrawn = self.run(self.harness.store.withdraw(key, owner))
         entry = self.live(key)
-        expected = entry is not None and entry.response is not None and entry.completed_by == owner
+        expected = entry is not None and entry.response is not None and entry.owner == owner
         assert withdrawn is expected
         if expected:
             del self.model[key]
@@ -567,8 +687,10 @@ class StoreMachine(RuleBasedStateMachine):
             else:
                 assert record is not None
                 assert record.fingerprint == entry.fingerprint
-                assert record.owner == entry.owner
+                pending = entry.pending(self.now)
+                assert record.owner == (entry.owner if pending else None)
                 assert record.response == entry.response
+                assert record.tentative is (pending and entry.response is not None)
 
     def teardown(self) -> None:
         try:

@@ -43,10 +43,10 @@ def caller_from_authorization(scope: Scope) -> str | None:
     """A caller function: a digest of the ``Authorization`` header (``None`` without one).
 
     Two clients with different credentials never share a caller; the credentials themselves
-    are never kept.
+    are never kept. A blank header names no caller (every client sending one would share it).
     """
     value = scope_header(scope, b"authorization")
-    if value is None:
+    if value is None or not value.strip(b" \t"):
         return None
     return hashlib.sha256(value).hexdigest()
 

@@ -18,6 +18,7 @@ from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
 from prodkit.idempotency._responses import stored_response, unstorable
 from prodkit.idempotency._store import (
+    RetryingIdempotencyStore,
     StoredResponse,
     TransactionalIdempotencyStore,
     WithdrawingIdempotencyStore,
@@ -175,53 +176,112 @@ class IdempotencyClaim:
         """Commit, and record the response while the commit is in flight; return its result.
 
         ``commit`` is the handler's commit, not yet awaited (asyncpg's
-        ``transaction.commit()``). It is started first, and the response is recorded (as
-        :meth:`complete` does) while the database works on it, so that a process killed
-        after the commit was sent has, in all likelihood, sent the record too: recording
-        after the commit leaves the whole commit (a WAL flush, a round trip) between the
-        work and its record, and a crash there makes a retry run the handler again. If the
-        commit fails, the record is withdrawn before the error propagates, so that a retry
-        runs the handler rather than replay work that did not happen.
+        ``transaction.commit()``). It is started first, and the response is recorded
+        *tentatively* while the database works on it, so that a process killed after the
+        commit was sent has, in all likelihood, sent the record too: recording after the
+        commit leaves the whole commit (a WAL flush, a round trip) between the work and its
+        record, and a crash there makes a retry run the handler again.
+
+        A retry that finds the tentative record gets ``409 IDEMPOTENCY_REQUEST_IN_PROGRESS``,
+        as for a claim, until the outcome is known: once the commit succeeded the record is
+        confirmed (retries replay it); if it failed the record is withdrawn (a retry runs the
+        handler). Both happen in a task of their own, so also when this request is cancelled
+        while the commit runs; a withdrawal that fails is retried in the background until the
+        record's ttl (a :class:`~prodkit.idempotency.RetryingIdempotencyStore`). A tentative
+        record whose lease is over counts as completed: the record of a process that died
+        after its commit is replayed once the lease is over. The one case left wrong is a
+        process that dies between a *failed* commit and the withdrawal of its record.
 
         The commit must go out in the first step of ``commit`` (asyncpg's does): the record
-        is sent after that step. With a store that cannot withdraw a record, this records
+        is sent after that step. With a store that cannot record tentatively, this records
         after the commit, as :meth:`complete` does.
         """
         store = self._middleware.store
-        if self.response is not None or not isinstance(store, WithdrawingIdempotencyStore):
+        response = None if self.response is not None else self._recordable(status, headers, body)
+        if response is None or not isinstance(store, WithdrawingIdempotencyStore):
             result = await commit
             await self.complete(status, headers, body)
             return result
         committing = asyncio.ensure_future(commit)
-        # Its outcome is read below, or by nobody when this request is cancelled meanwhile.
-        committing.add_done_callback(_outcome_read)
         await asyncio.sleep(0)  # the commit's first step: it is on its way
-        recorded = await self.complete(status, headers, body)
+        written = await self._write_tentatively(store, response)
+        # Confirmed or withdrawn once the commit is over, whatever becomes of this request.
+        settling = asyncio.ensure_future(self._settle(store, committing, written))
+        _SETTLING.add(settling)
+        settling.add_done_callback(_SETTLING.discard)
+        # Shielded: a cancelled request does not cancel a commit already sent (nor what
+        # follows it).
         try:
-            # Shielded: a cancelled request does not cancel a commit already sent, and its
-            # record stays with it.
-            return await asyncio.shield(committing)
+            result = await asyncio.shield(committing)
         except asyncio.CancelledError:
             raise
         except BaseException:
-            if recorded:
-                self.response = None
-                # The work did not commit: a retry must run it, not replay it. If this fails
-                # too, the record stands until its ttl (logged).
-                try:
-                    async with asyncio.timeout(COMPLETE_TIMEOUT):
-                        await store.withdraw(self._store_key, self._owner)
-                except (BackendError, TimeoutError) as exc:
-                    self._middleware.logger.error(
-                        "idempotent response recorded for work that did not commit",
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
+            await asyncio.shield(settling)  # withdrawn before the error propagates
             raise
+        if await asyncio.shield(settling):
+            self.response = response
+        return result
+
+    async def _write_tentatively(
+        self, store: WithdrawingIdempotencyStore, response: StoredResponse
+    ) -> bool | None:
+        """Write the tentative record: ``True``, ``False`` (lost claim) or ``None`` (unknown:
+        the store failed or timed out, the write may have landed)."""
+        middleware = self._middleware
+        try:
+            async with asyncio.timeout(COMPLETE_TIMEOUT):
+                return await store.complete_tentatively(
+                    self._store_key, self._owner, response, ttl=middleware.ttl
+                )
+        except (BackendError, TimeoutError):
+            return None
+
+    async def _settle(
+        self,
+        store: WithdrawingIdempotencyStore,
+        committing: asyncio.Future[Any],
+        written: bool | None,
+    ) -> bool:
+        """Confirm the tentative record after a commit, withdraw it after a failed one;
+        ``True`` when the response is on record (the middleware then does not record it)."""
+        try:
+            await committing
+        except BaseException:
+            if written is not False:  # a write that timed out may have landed: withdraw it
+                await self._withdraw(store)
+            return False
+        if written is False:
+            return False  # the claim was lost: the middleware deals with the response
+        try:
+            async with asyncio.timeout(COMPLETE_TIMEOUT):
+                return await store.confirm(self._store_key, self._owner) or written is True
+        except (BackendError, TimeoutError) as exc:
+            # Still tentative: retries get 409 until the lease is over, then replay it.
+            self._middleware.logger.warning(
+                "idempotent response not confirmed; replayed once the lease is over",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return written is True
+
+    async def _withdraw(self, store: WithdrawingIdempotencyStore) -> None:
+        middleware = self._middleware
+        try:
+            async with asyncio.timeout(COMPLETE_TIMEOUT):
+                await store.withdraw(self._store_key, self._owner)
+        except (BackendError, TimeoutError) as exc:
+            retrying = False
+            if isinstance(store, RetryingIdempotencyStore):
+                store.retry_withdraw(self._store_key, self._owner, within=middleware.ttl)
+                retrying = True
+            middleware.logger.error(
+                "idempotent response recorded for work that did not commit; "
+                + ("withdrawing it in the background" if retrying else "it stands until its ttl"),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
-def _outcome_read(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+#: The tasks that confirm or withdraw a tentative record: kept referenced until they end.
+_SETTLING: set[asyncio.Future[bool]] = set()
 
 
 def current_claim(scope: Scope) -> IdempotencyClaim | None:

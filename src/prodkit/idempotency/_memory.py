@@ -26,6 +26,14 @@ class _Entry:
     #: The ttl that set ``expires_at``: names the expiry queue that holds the record.
     ttl: float
     response: StoredResponse | None
+    #: A response written before its work committed: answers 409 until confirmed or until
+    #: ``lease_until``; not in the completed queue (never evicted) meanwhile.
+    tentative: bool = False
+
+    def pending(self, now: float) -> bool:
+        """Whether a claim finds it in progress: no response yet, or a tentative one whose
+        lease runs."""
+        return self.response is None or (self.tentative and self.lease_until > now)
 
 
 class MemoryIdempotencyStore:
@@ -89,7 +97,7 @@ class MemoryIdempotencyStore:
     def _drop(self, key: str, entry: _Entry) -> None:
         del self._entries[key]
         self._dequeue(key, entry)
-        if entry.response is not None:
+        if entry.response is not None and not entry.tentative:
             del self._completed[key]
 
     def _live(self, key: str, now: float) -> _Entry | None:
@@ -124,7 +132,7 @@ class MemoryIdempotencyStore:
         if entry is not None:
             if entry.fingerprint != fingerprint:
                 return Claim(ClaimOutcome.MISMATCH)
-            if entry.response is not None:
+            if entry.response is not None and not entry.pending(now):
                 return Claim(ClaimOutcome.COMPLETED, response=entry.response)
             if entry.lease_until > now:
                 return Claim(ClaimOutcome.IN_PROGRESS, retry_after=entry.lease_until - now)
@@ -137,6 +145,17 @@ class MemoryIdempotencyStore:
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
+        return self._complete(key, owner, response, ttl, tentative=False)
+
+    async def complete_tentatively(
+        self, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.complete_tentatively`."""
+        return self._complete(key, owner, response, ttl, tentative=True)
+
+    def _complete(
+        self, key: str, owner: str, response: StoredResponse, ttl: float, *, tentative: bool
+    ) -> bool:
         now = self._clock()
         entry = self._live(key, now)
         if entry is None or entry.response is not None or entry.owner != owner:
@@ -149,6 +168,17 @@ class MemoryIdempotencyStore:
             self._enqueue(key, entry)
         entry.response = response  # the owner stays: it alone may withdraw the record
         entry.expires_at = now + ttl
+        entry.tentative = tentative
+        if not tentative:
+            self._completed[key] = entry
+        return True
+
+    async def confirm(self, key: str, owner: str) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.confirm`."""
+        entry = self._live(key, self._clock())
+        if entry is None or not entry.tentative or entry.owner != owner:
+            return False
+        entry.tentative = False
         self._completed[key] = entry
         return True
 
@@ -162,11 +192,14 @@ class MemoryIdempotencyStore:
 
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
-        entry = self._live(key, self._clock())
+        now = self._clock()
+        entry = self._live(key, now)
         if entry is None:
             return None
-        owner = entry.owner if entry.response is None else None
-        return IdempotencyRecord(entry.fingerprint, owner, entry.response)
+        pending = entry.pending(now)
+        owner = entry.owner if pending else None
+        tentative = pending and entry.response is not None
+        return IdempotencyRecord(entry.fingerprint, owner, entry.response, tentative)
 
     async def withdraw(self, key: str, owner: str) -> bool:
         """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.withdraw`."""

@@ -132,6 +132,9 @@ class PostgresIdempotencyStore:
             registry=registry,
         )
         self._releases = PendingReleases(self.release, self.logger)
+        self._withdrawals = PendingReleases(
+            self.withdraw, self.logger, what="withdrawal", done="withdrawn"
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._dsn: str | None = None
         self._pool: Any = None
@@ -174,22 +177,36 @@ class PostgresIdempotencyStore:
             f" r.headers::text AS headers, r.body,"
             f" extract(epoch FROM r.locked_until - {now})::float8 AS lease_left"
         )
-        now4 = "(statement_timestamp() + make_interval(secs => $4))"
-        self._complete_sql = (
-            # The owner stays, so that it alone can withdraw the record (see withdraw()).
-            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
-            f" locked_until = NULL, expires_at = {now4} + make_interval(secs => $3)"
-            f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
-        )
         now3 = "(statement_timestamp() + make_interval(secs => $3))"
+        now4 = "(statement_timestamp() + make_interval(secs => $4))"
+
+        def complete(lease: str) -> str:
+            return (
+                # The owner stays, so that it alone can withdraw the record (see withdraw()).
+                f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
+                f"{lease} expires_at = {now4} + make_interval(secs => $3)"
+                f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
+            )
+
+        self._complete_sql = complete(" locked_until = NULL,")
+        # A tentative record keeps its claim's lease (locked_until): a completed row whose
+        # lease still runs answers like a claim in progress (see complete_tentatively()).
+        self._complete_tentatively_sql = complete("")
+        self._confirm_sql = (
+            f"UPDATE {table} SET locked_until = NULL"  # noqa: S608 - table is a validated identifier
+            " WHERE key = $1 AND owner = $2 AND status IS NOT NULL AND locked_until IS NOT NULL"
+            f" AND expires_at > {now3}"
+        )
         self._release_sql = (
             f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
             f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now3}"
         )
         now2 = "(statement_timestamp() + make_interval(secs => $2))"
+        pending = f"(status IS NULL OR locked_until > {now2})"
         self._get_sql = (
-            "SELECT fingerprint, CASE WHEN status IS NULL THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
-            f" headers::text AS headers, body FROM {table}"
+            f"SELECT fingerprint, CASE WHEN {pending} THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
+            f" headers::text AS headers, body, status IS NOT NULL AND {pending} AS tentative"
+            f" FROM {table}"
             f" WHERE key = $1 AND expires_at > {now2}"
         )
         self._withdraw_sql = (
@@ -202,8 +219,13 @@ class PostgresIdempotencyStore:
         )
 
     async def _get_pool(self) -> Any:
-        if self._sweeper is None and self.cleanup_interval is not None:
-            self._sweeper = asyncio.get_running_loop().create_task(
+        sweeper, loop = self._sweeper, asyncio.get_running_loop()
+        # Restarted when its loop is over (a start-up loop, then the serving one): the task
+        # of a finished loop is done, or never runs again.
+        if self.cleanup_interval is not None and (
+            sweeper is None or sweeper.done() or sweeper.get_loop() is not loop
+        ):
+            self._sweeper = loop.create_task(
                 self._sweep(self.cleanup_interval), name="prodkit-idempotency-cleanup"
             )
         if self._pool is not None:
@@ -266,18 +288,36 @@ class PostgresIdempotencyStore:
             return Claim(ClaimOutcome.ACQUIRED)
         if bytes(row["fingerprint"]) != fingerprint:
             return Claim(ClaimOutcome.MISMATCH)
-        if row["status"] is not None:
+        lease_left = row["lease_left"]
+        if row["status"] is not None and (lease_left is None or lease_left <= 0):
             response = StoredResponse(
                 int(row["status"]), _decode_headers(row["headers"]), bytes(row["body"] or b"")
             )
             return Claim(ClaimOutcome.COMPLETED, response=response)
-        return Claim(ClaimOutcome.IN_PROGRESS, retry_after=max(0.0, float(row["lease_left"])))
+        # In progress, or tentative (completed while its lease runs).
+        return Claim(ClaimOutcome.IN_PROGRESS, retry_after=max(0.0, float(lease_left)))
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
         result = await self._run(
             "execute", self._complete_sql, *self._complete_args(key, owner, response, ttl)
         )
+        return str(result).endswith(" 1")
+
+    async def complete_tentatively(
+        self, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.complete_tentatively`."""
+        result = await self._run(
+            "execute",
+            self._complete_tentatively_sql,
+            *self._complete_args(key, owner, response, ttl),
+        )
+        return str(result).endswith(" 1")
+
+    async def confirm(self, key: str, owner: str) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.confirm`."""
+        result = await self._run("execute", self._confirm_sql, key, owner, float(self.clock_offset))
         return str(result).endswith(" 1")
 
     def _complete_args(
@@ -331,6 +371,10 @@ class PostgresIdempotencyStore:
         """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_release`."""
         self._releases.add(key, owner, within=within)
 
+    def retry_withdraw(self, key: str, owner: str, *, within: float) -> None:
+        """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_withdraw`."""
+        self._withdrawals.add(key, owner, within=within)
+
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
         row = await self._run("fetchrow", self._get_sql, key, float(self.clock_offset))
@@ -341,7 +385,9 @@ class PostgresIdempotencyStore:
             response = StoredResponse(
                 int(row["status"]), _decode_headers(row["headers"]), bytes(row["body"] or b"")
             )
-        return IdempotencyRecord(bytes(row["fingerprint"]), row["owner"], response)
+        return IdempotencyRecord(
+            bytes(row["fingerprint"]), row["owner"], response, bool(row["tentative"])
+        )
 
     async def cleanup(self, batch_size: int | None = None) -> int:
         """Delete expired records, ``batch_size`` rows per statement; return how many went.
@@ -387,6 +433,7 @@ class PostgresIdempotencyStore:
         """Stop the sweeps, try pending releases once more, then close the pool if this store
         created it (from a DSN)."""
         await self._releases.aclose()
+        await self._withdrawals.aclose()
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None and not sweeper.done():
             sweeper.cancel()

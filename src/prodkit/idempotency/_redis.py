@@ -22,7 +22,8 @@ from prodkit.idempotency._store import (
 )
 
 # Fields: fp (fingerprint), owner, lease (ms), exp (ms), status, headers (JSON), body. A completed
-# record keeps its owner, so that it alone can withdraw it.
+# record keeps its owner, so that it alone can withdraw it. A tentative record is a completed one
+# that keeps its lease: while the lease runs it answers like a claim in progress.
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[#ARGV])
@@ -35,8 +36,8 @@ local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'lease', 'exp', 'status'
 local live = rec[4] and tonumber(rec[4]) > now
 if live then
   if rec[1] ~= ARGV[1] then return {2} end
-  if rec[5] then return {3, rec[5], rec[6], rec[7]} end
-  local left = tonumber(rec[3]) - now
+  local left = rec[3] and tonumber(rec[3]) - now or 0
+  if rec[5] and left <= 0 then return {3, rec[5], rec[6], rec[7]} end
   if left > 0 then return {4, left} end
 end
 local lease, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -47,15 +48,26 @@ return {1}
 """
 )
 
+# ARGV[6] is "1" for a tentative record (the lease stays), "0" for a final one.
 _COMPLETE = (
     _NOW
     + """
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'exp', 'status')
 if not rec[1] or rec[1] ~= ARGV[1] or rec[3] or tonumber(rec[2]) <= now then return 0 end
 local ttl = tonumber(ARGV[2])
-redis.call('HDEL', KEYS[1], 'lease')
+if ARGV[6] ~= '1' then redis.call('HDEL', KEYS[1], 'lease') end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'headers', ARGV[4], 'body', ARGV[5], 'exp', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+)
+
+_CONFIRM = (
+    _NOW
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'exp', 'status', 'lease')
+if rec[1] ~= ARGV[1] or not rec[3] or not rec[4] or tonumber(rec[2]) <= now then return 0 end
+redis.call('HDEL', KEYS[1], 'lease')
 return 1
 """
 )
@@ -73,11 +85,14 @@ return 1
 _GET = (
     _NOW
     + """
-local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'exp', 'status', 'headers', 'body')
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'exp', 'status', 'headers', 'body', 'lease')
 if not rec[3] or tonumber(rec[3]) <= now then return {} end
-local owner = rec[2] or false
-if rec[4] then owner = false end
-return {rec[1], owner, rec[4] or false, rec[5] or false, rec[6] or false}
+local pending = not rec[4] or (rec[7] and tonumber(rec[7]) > now)
+local owner = false
+if pending then owner = rec[2] or false end
+local tentative = 0
+if rec[4] and pending then tentative = 1 end
+return {rec[1], owner, rec[4] or false, rec[5] or false, rec[6] or false, tentative}
 """
 )
 
@@ -150,8 +165,12 @@ class RedisIdempotencyStore:
         self._release = client.register_script(_RELEASE)
         self._get = client.register_script(_GET)
         self._withdraw = client.register_script(_WITHDRAW)
+        self._confirm = client.register_script(_CONFIRM)
         self.logger = safe_logger("prodkit.idempotency", logger)
         self._releases = PendingReleases(self.release, self.logger)
+        self._withdrawals = PendingReleases(
+            self.withdraw, self.logger, what="withdrawal", done="withdrawn"
+        )
 
     def redis_key(self, key: str) -> str:
         """The Redis key of a record."""
@@ -183,6 +202,17 @@ class RedisIdempotencyStore:
 
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
+        return await self._write(key, owner, response, ttl, tentative=False)
+
+    async def complete_tentatively(
+        self, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.complete_tentatively`."""
+        return await self._write(key, owner, response, ttl, tentative=True)
+
+    async def _write(
+        self, key: str, owner: str, response: StoredResponse, ttl: float, *, tentative: bool
+    ) -> bool:
         result = await self._call(
             self._complete,
             key,
@@ -191,8 +221,13 @@ class RedisIdempotencyStore:
             response.status,
             _encode_headers(response.headers),
             response.body,
+            1 if tentative else 0,
         )
         return int(result) == 1
+
+    async def confirm(self, key: str, owner: str) -> bool:
+        """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.confirm`."""
+        return int(await self._call(self._confirm, key, owner)) == 1
 
     async def release(self, key: str, owner: str) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.release`."""
@@ -206,21 +241,28 @@ class RedisIdempotencyStore:
         """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_release`."""
         self._releases.add(key, owner, within=within)
 
+    def retry_withdraw(self, key: str, owner: str, *, within: float) -> None:
+        """See :meth:`prodkit.idempotency.RetryingIdempotencyStore.retry_withdraw`."""
+        self._withdrawals.add(key, owner, within=within)
+
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
         result = await self._call(self._get, key)
         if not result:
             return None
-        fingerprint, owner, status, headers, body = result
+        fingerprint, owner, status, headers, body, tentative = result
         response = None
         if status:
             response = StoredResponse(int(status), _decode_headers(headers), body or b"")
-        return IdempotencyRecord(bytes(fingerprint), owner.decode() if owner else None, response)
+        return IdempotencyRecord(
+            bytes(fingerprint), owner.decode() if owner else None, response, int(tentative) == 1
+        )
 
     async def aclose(self) -> None:
         """Try pending releases once more, then close the client if this store created it
         (from a URL)."""
         await self._releases.aclose()
+        await self._withdrawals.aclose()
         if self._owns_client:
             await self.client.aclose()
 

@@ -28,13 +28,24 @@ class PendingReleases:
     """Releases to retry, each until it lands or its lease is over; one background task.
 
     Arguments:
-        release: the store's ``release(key, owner)``.
+        release: the store's ``release(key, owner)`` (or ``withdraw``).
         logger: the store's logger, for the one line when a release is given up.
+        what: the operation in log lines, default ``"release"`` (``"withdrawal"``).
+        done: its past participle in log lines, default ``"released"`` (``"withdrawn"``).
     """
 
-    def __init__(self, release: Callable[[str, str], Awaitable[bool]], logger: SafeLogger) -> None:
+    def __init__(
+        self,
+        release: Callable[[str, str], Awaitable[bool]],
+        logger: SafeLogger,
+        *,
+        what: str = "release",
+        done: str = "released",
+    ) -> None:
         self._release = release
         self.logger = logger
+        self.what = what
+        self.done = done
         # (key, owner) -> the event loop's time after which a retry may take the key over.
         self._pending: dict[tuple[str, str], float] = {}
         self._retrier: asyncio.Task[None] | None = None
@@ -58,7 +69,7 @@ class PendingReleases:
                 if await self._attempt():
                     return
             except Exception:  # a bug must not end the retries; store failures are handled
-                self.logger.exception("idempotency claim release retry failed")
+                self.logger.exception(f"idempotency claim {self.what} retry failed")
             delay = min(delay * 2, MAX_DELAY)
 
     def _give_up_expired(self) -> None:
@@ -68,9 +79,11 @@ class PendingReleases:
             del self._pending[claim]
         if expired:
             self.logger.warning(
-                "idempotency claim release given up",
+                f"idempotency claim {self.what} given up",
                 count=len(expired),
-                detail="the lease is over: a retry may take the key over now",
+                detail="the lease is over: a retry may take the key over now"
+                if self.what == "release"
+                else "the record's ttl is over: it is not replayed any more",
             )
 
     async def _attempt(self) -> bool:
@@ -96,12 +109,14 @@ class PendingReleases:
             try:
                 await self._attempt()
             except Exception:  # not a store failure (those are handled): the store still closes
-                self.logger.exception("idempotency claim release retry failed")
+                self.logger.exception(f"idempotency claim {self.what} retry failed")
         if self._pending:
             self.logger.warning(
-                "idempotency claims not released at close",
+                f"idempotency claims not {self.done} at close",
                 count=len(self._pending),
-                detail="their keys answer 409 until their lease is over",
+                detail="their keys answer 409 until their lease is over"
+                if self.what == "release"
+                else "their records of work that did not commit stand until their ttl",
             )
             self._pending.clear()
 

@@ -2,7 +2,9 @@
 
 A store keeps one *record* per scoped idempotency key. A record is either *in progress* (a
 request claimed the key and its handler is running; the claim carries an owner token and a
-lease) or *completed* (the response to replay). Every record has an expiry that is written by
+lease), *tentative* (a response written while the work's commit is still running: it answers
+like an in-progress claim until it is confirmed, or until its lease is over) or *completed*
+(the response to replay). Every record has an expiry that is written by
 the claim itself, so an expired record is replaced in the same atomic step that claims it: there
 is never a gap between "delete the old record" and "insert the new one".
 """
@@ -63,18 +65,20 @@ class Claim:
 class IdempotencyRecord:
     """A live record as returned by :meth:`IdempotencyStore.get` (for inspection and tests).
 
-    ``owner`` is the claim's owner token while in progress, ``None`` once completed;
-    ``response`` is set once completed.
+    ``owner`` is the claim's owner token while in progress (or tentative), ``None`` once
+    completed; ``response`` is set once completed, and while tentative; ``tentative`` is true
+    while the response awaits its confirmation and its lease runs (a retry then gets 409).
     """
 
     fingerprint: bytes
     owner: str | None
     response: StoredResponse | None
+    tentative: bool = False
 
     @property
     def completed(self) -> bool:
         """Whether the record holds a response to replay."""
-        return self.response is not None
+        return self.response is not None and not self.tentative
 
 
 @runtime_checkable
@@ -98,7 +102,9 @@ class IdempotencyStore(Protocol):
         claim succeeds (``ACQUIRED``) when there is no live record, or when the live record is
         in progress with the same ``fingerprint`` and its lease (``lease`` seconds from its
         claim) has run out: a crashed request never leaves its key stuck. Otherwise nothing
-        changes and the outcome says why (``COMPLETED``, ``IN_PROGRESS``, ``MISMATCH``).
+        changes and the outcome says why (``COMPLETED``, ``IN_PROGRESS``, ``MISMATCH``). A
+        tentative record (see :meth:`WithdrawingIdempotencyStore.complete_tentatively`) is
+        ``IN_PROGRESS`` while its lease runs and ``COMPLETED`` after.
         """
         ...
 
@@ -160,18 +166,44 @@ class RetryingIdempotencyStore(IdempotencyStore, Protocol):
         may take the key over anyway). Returns at once."""
         ...
 
+    def retry_withdraw(self, key: str, owner: str, *, within: float) -> None:
+        """Retry :meth:`WithdrawingIdempotencyStore.withdraw` in the background, like
+        :meth:`retry_release`, until it lands or ``within`` seconds pass (the record's ttl).
+        Returns at once."""
+        ...
+
 
 @runtime_checkable
 class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
-    """A store that can take back a record whose work did not commit after all.
+    """A store that can record a response before its work has committed, then confirm or
+    take it back.
 
     Every store of prodkit is one. Used by
     :meth:`IdempotencyClaim.complete_during() <prodkit.idempotency.IdempotencyClaim.complete_during>`,
-    which records a response while the handler's commit is still in flight.
+    which records a response while the handler's commit is still in flight: tentatively
+    (:meth:`complete_tentatively`), confirmed (:meth:`confirm`) once the commit succeeded,
+    withdrawn (:meth:`withdraw`) when it failed.
     """
 
+    async def complete_tentatively(
+        self, key: str, owner: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        """Like :meth:`IdempotencyStore.complete`, but the record stays *tentative*.
+
+        A claim that finds it answers ``IN_PROGRESS`` while the claim's lease runs (the
+        work's outcome is not known yet), and ``COMPLETED`` once the lease is over: a process
+        that died after its commit leaves a record that is replayed then. The lease is the
+        claim's (not renewed); the record lives ``ttl`` more seconds.
+        """
+        ...
+
+    async def confirm(self, key: str, owner: str) -> bool:
+        """Make ``owner``'s tentative record final (replayed at once); ``False`` if there is none."""
+        ...
+
     async def withdraw(self, key: str, owner: str) -> bool:
-        """Delete the record ``owner`` completed; ``False`` (nothing changed) if there is none.
+        """Delete the record ``owner`` completed (tentative or final); ``False`` (nothing
+        changed) if there is none.
 
         For a response recorded before the outcome of its work was known: the work did not
         commit, so a retry must run the handler again rather than replay it.

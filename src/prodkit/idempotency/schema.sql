@@ -3,8 +3,8 @@
 CREATE TABLE IF NOT EXISTS {table} (
     key          text        PRIMARY KEY,
     fingerprint  bytea       NOT NULL,
-    owner        text,                       -- claim owner token; NULL once completed
-    locked_until timestamptz,                -- lease end while in progress
+    owner        text,                       -- claim owner token (kept once completed)
+    locked_until timestamptz,                -- lease end while in progress or tentative
     expires_at   timestamptz NOT NULL,       -- the record is dead (and replaceable) after this
     status       integer,                    -- NULL while in progress
     headers      jsonb,                      -- [[name, value], ...] (latin-1 text)
