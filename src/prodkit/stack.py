@@ -98,8 +98,10 @@ class Layer:
     Arguments:
         name: how the stack's methods find the layer (``"rate_limit"``); unique in a stack.
         middleware: the middleware class, or any callable ``(app, **options) -> ASGI app``.
-        *args, **keywords: the options passed to ``middleware`` after the app: one mapping,
-            or the arguments themselves (positional ones are named from its signature).
+        *args: the options passed to ``middleware`` after the app: one mapping, or the
+            arguments themselves (positional ones are named from its signature).
+        **keywords: the options by name (checked against ``middleware``'s signature by a
+            type checker).
 
     Attributes:
         options: the keyword arguments passed to ``middleware`` after the app.
