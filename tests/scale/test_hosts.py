@@ -1,0 +1,145 @@
+"""Three app hosts behind HAProxy, sharing PostgreSQL (through PgBouncer) and a Redis Cluster.
+
+What one process cannot show: a rate limit that holds for all hosts together, one fund for 40
+concurrent POSTs with one ``Idempotency-Key`` spread over the hosts, and one computation for
+40 concurrent reads of an uncached projection. See ``tests/scale/conftest.py`` for the site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Mapping
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Site
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.server]
+
+FUND = {
+    "name": "Scale Fund I",
+    "size": 50_000_000,
+    "stages": [
+        {"name": "seed", "months": 18, "graduate": 0.4, "exit": 0.1},
+        {"name": "series-a", "months": 24, "graduate": 0.5, "exit": 0.2},
+    ],
+}
+
+
+def sample_total(site: Site, name: str, labels: Mapping[str, str]) -> float:
+    """The sum over every host of the samples ``name`` whose labels include ``labels``."""
+    total = 0.0
+    with httpx.Client(timeout=10.0) as client:
+        for server in site.hosts:
+            page = client.get(f"{server.url}/metrics")
+            assert page.status_code == 200
+            for family in text_string_to_metric_families(page.text):
+                for sample in family.samples:
+                    if sample.name == name and labels.items() <= sample.labels.items():
+                        total += sample.value
+    return total
+
+
+def served_by(responses: list[httpx.Response]) -> set[str]:
+    return {r.headers["x-served-by"] for r in responses}
+
+
+async def test_one_rate_limit_holds_for_all_hosts_together(site: Site) -> None:
+    # No X-User-Id: the limit is per client address, which each host reads from HAProxy's
+    # X-Forwarded-For (TRUSTED_PROXIES names HAProxy). The X-Forwarded-For half the requests
+    # bring themselves is ignored: HAProxy appends the real address, the rightmost untrusted.
+    quota = RATE_LIMIT_PER_MINUTE
+    gate = asyncio.Semaphore(12)
+
+    async def one(client: httpx.AsyncClient, index: int) -> httpx.Response:
+        spoofed = {"X-Forwarded-For": f"203.0.113.{index % 200}"} if index % 2 else {}
+        async with gate:
+            return await client.get("/openapi.json", headers=spoofed)
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=site.url, timeout=30.0) as client:
+        responses = await asyncio.gather(*(one(client, i) for i in range(3 * quota)))
+    elapsed = time.monotonic() - started
+
+    assert {r.status_code for r in responses} == {200, 429}
+    allowed = [r for r in responses if r.status_code == 200]
+    limited = [r for r in responses if r.status_code == 429]
+    # GCRA: the quota at once, then one more every 60/quota seconds, whichever host answers.
+    # Limited per host, the three hosts would have let up to 3 x quota through.
+    refill = math.floor(elapsed * quota / 60) + 1
+    assert quota <= len(allowed) <= quota + refill, (len(allowed), elapsed)
+    assert served_by(allowed) == served_by(limited) == site.names
+    problem = limited[0].json()
+    assert problem["code"] == "RATE_LIMITED"
+    assert int(limited[0].headers["retry-after"]) >= 1
+
+
+async def test_forty_concurrent_posts_with_one_key_create_one_fund(site: Site) -> None:
+    user, key = f"scale-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    headers = {"X-User-Id": user, "Idempotency-Key": key}
+    async with httpx.AsyncClient(base_url=site.url, timeout=30.0) as client:
+        responses = await asyncio.gather(
+            *(client.post("/api/funds", json=FUND, headers=headers) for _ in range(40))
+        )
+        # Once it is done, every host replays it.
+        retries = [await client.post("/api/funds", json=FUND, headers=headers) for _ in range(3)]
+
+    outcomes = sorted(
+        (r.status_code, r.headers.get("idempotency-status") or r.json()["code"]) for r in responses
+    )
+    assert set(outcomes) <= {
+        (201, "created"),
+        (201, "replayed"),
+        (409, "IDEMPOTENCY_REQUEST_IN_PROGRESS"),
+    }, outcomes
+    assert outcomes.count((201, "created")) == 1
+    assert served_by(responses) == site.names
+    assert served_by(retries) == site.names
+    created = {r.json()["id"] for r in responses + retries if r.status_code == 201}
+    assert len(created) == 1
+    assert {r.headers["idempotency-status"] for r in retries} == {"replayed"}
+
+    conn = await asyncpg.connect(site.database_dsn)
+    try:
+        rows = await conn.fetch("SELECT id::text FROM funds WHERE user_id = $1", user)
+    finally:
+        await conn.close()
+    assert [row["id"] for row in rows] == list(created)
+
+
+async def test_forty_concurrent_reads_of_a_projection_compute_it_once(site: Site) -> None:
+    user = f"scale-{uuid.uuid4().hex[:8]}"
+    route = {"route": "/api/funds/{fund_id}/projection"}
+    async with httpx.AsyncClient(base_url=site.url, timeout=60.0) as client:
+        created = await client.post("/api/funds", json=FUND, headers={"X-User-Id": user})
+        assert created.status_code == 201
+        path = f"{created.headers['location']}/projection?simulations=200000&seed=7"
+        before = {
+            outcome: sample_total(
+                site, "prodkit_cache_requests_total", {**route, "outcome": outcome}
+            )
+            for outcome in ("miss", "error", "coalesced", "hit")
+        }
+        responses = await asyncio.gather(
+            *(client.get(path, headers={"X-User-Id": user}) for _ in range(40))
+        )
+    after = {
+        outcome: sample_total(site, "prodkit_cache_requests_total", {**route, "outcome": outcome})
+        for outcome in before
+    }
+
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.content for r in responses}) == 1
+    assert served_by(responses) == site.names
+    # Reads that waited for the computation are marked MISS too (they got a fresh answer).
+    assert {r.headers["x-cache"] for r in responses} == {"MISS"}
+    # A computation is a miss (or a read that found the store failing): one in all.
+    delta = {outcome: after[outcome] - before[outcome] for outcome in before}
+    assert delta["miss"] + delta["error"] == 1, delta
+    assert delta["coalesced"] + delta["hit"] == 39, delta
