@@ -41,6 +41,8 @@ RATE = 20
 #: The page must come before this, counted from the first failed response (the rules' bound,
 #: proved by promtool, is 30 s; the rest is room for a loaded machine).
 DEADLINE_SECONDS = 120
+#: Healthy traffic Prometheus sees before the outage (beyond its first two scrapes).
+HEALTHY_SECONDS = 25
 
 
 @dataclass
@@ -103,13 +105,14 @@ async def measure_page(
 ) -> dict[str, float]:
     """Run ``load``, let Prometheus see it healthy, call ``fail``; time until the page."""
     async with load.running(max_seconds=DEADLINE_SECONDS + 90):
-        # Healthy first: both windows of the outage tier have samples and the traffic minimum.
+        # Healthy first, for longer than the tier's 30s window, so that the page waits for the
+        # errors to fill 40 % of it as it would after hours of healthy traffic.
         await _until(
             lambda: bool(server.query(f'job:slo_requests:rate2m{{job="{job}"}} > 0.5')),
             60,
             "Prometheus saw no traffic",
         )
-        await asyncio.sleep(10)
+        await asyncio.sleep(HEALTHY_SECONDS)
         assert _firing(server) is None
         assert not load.failed(), "errors before the outage"
         await asyncio.to_thread(fail)
