@@ -2,6 +2,7 @@
 
     prodkit rollout --baseline URL --canary URL (--haproxy-socket PATH --haproxy-backend NAME
                     | --command TEMPLATE) [--steps 25,50,75,100] [--bake-seconds 120] ...
+                    [--prometheus URL --baseline-selector MATCHERS --canary-selector MATCHERS]
     prodkit rollout-timeline deployments.jsonl --output timeline.png [--id ID]
 
 ``prodkit rollout`` exits 0 when the canary was promoted, 1 when it was rolled back and 2 on an
@@ -21,7 +22,14 @@ from typing import Any
 import structlog
 
 from prodkit._core.exceptions import ConfigurationError, ProdkitError
-from prodkit.rollout.controller import RolloutController, RolloutPolicy, Target, read_records
+from prodkit.rollout.controller import (
+    MetricsReader,
+    RolloutController,
+    RolloutPolicy,
+    Target,
+    read_records,
+)
+from prodkit.rollout.prometheus import PrometheusReader
 from prodkit.rollout.routers import CommandRouter, HAProxyRouter, TrafficRouter
 
 
@@ -82,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument(
         "--check-command", metavar="COMMAND", help="pre-flight command for --command"
     )
+    source = rollout.add_argument_group(
+        "metrics from Prometheus (instead of each target's /metrics page)"
+    )
+    source.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus server, e.g. http://prometheus:9090"
+    )
+    for name in ("baseline", "canary"):
+        source.add_argument(
+            f"--{name}-selector",
+            metavar="MATCHERS",
+            help=f'label matchers of every target of the {name}, e.g. job="funds",track="{name}"',
+        )
     defaults = RolloutPolicy()
     policy = rollout.add_argument_group("policy")
     policy.add_argument("--steps", type=_steps, default=defaults.steps, metavar="25,50,75,100")
@@ -143,6 +163,19 @@ def _router(args: argparse.Namespace) -> TrafficRouter:
     )
 
 
+def _metrics(args: argparse.Namespace) -> MetricsReader | None:
+    selectors = {"baseline": args.baseline_selector, "canary": args.canary_selector}
+    if not args.prometheus:
+        if any(selectors.values()):
+            raise ConfigurationError("--baseline-selector and --canary-selector need --prometheus")
+        return None
+    if not all(selectors.values()):
+        raise ConfigurationError("--prometheus needs --baseline-selector and --canary-selector")
+    return PrometheusReader(
+        args.prometheus, selectors, histogram=args.histogram, timeout=args.http_timeout
+    )
+
+
 def _logger(log_format: str) -> Any:
     """A structlog logger that writes to stderr, leaving stdout to the summary line."""
     renderer: Any = (
@@ -187,6 +220,7 @@ def _rollout(args: argparse.Namespace) -> int:
         version=args.release,
         record_path=args.record,
         logger=_logger(args.log_format),
+        metrics=_metrics(args),
     )
 
     def cancel(signum: int, frame: FrameType | None) -> None:
