@@ -12,13 +12,16 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Site
+from prodkit._core.drivers import redis_client
+from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Figures, Site
+from tests.scale.load import Load
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.server]
 
@@ -143,3 +146,69 @@ async def test_forty_concurrent_reads_of_a_projection_compute_it_once(site: Site
     delta = {outcome: after[outcome] - before[outcome] for outcome in before}
     assert delta["miss"] + delta["error"] == 1, delta
     assert delta["coalesced"] + delta["hit"] == 39, delta
+
+
+async def _primary_of(client: Any, hash_tag: str) -> int:
+    """The port of the Cluster primary that owns ``{hash_tag}``."""
+    slot = await client.cluster_keyslot(f"{{{hash_tag}}}")
+    nodes = await client.cluster_nodes()
+    return next(
+        int(address.split(":")[1].split("@")[0])
+        for address, node in nodes.items()
+        if "master" in node["flags"] and any(int(a) <= slot <= int(b) for a, b in node["slots"])
+    )
+
+
+async def test_a_cluster_failover_under_the_hosts_fails_no_request(
+    site: Site, figures: Figures
+) -> None:
+    # Callers whose rate-limit counters live on one primary; that primary is killed while
+    # they send 20 requests a second through HAProxy. The rate limiter fails open (each
+    # worker decides alone for a moment) and the database still answers: nothing fails.
+    # Last test of the file: the Cluster keeps running with one replica fewer.
+    client = redis_client(site.cluster.url)
+    try:
+        victim = await _primary_of(client, "caller:scale-0")
+        users: list[str] = []
+        for index in range(1000):
+            if len(users) == 40:
+                break
+            name = f"scale-{uuid.uuid4().hex[:6]}-{index}"
+            if await _primary_of(client, f"caller:{name}") == victim:
+                users.append(name)
+    finally:
+        await client.aclose()
+    assert len(users) == 40
+    errors = {"policy": "default", "decision": "error"}
+    load = Load(
+        url=lambda index: f"{site.url}/api/funds?limit=1",
+        headers=lambda index: {"X-User-Id": users[index % len(users)]},
+    )
+    async with load.running(max_seconds=60):
+        await asyncio.sleep(3)
+        before = await asyncio.to_thread(
+            sample_total, site, "prodkit_rate_limit_decisions_total", errors
+        )
+        killed = time.monotonic()
+        await asyncio.to_thread(site.cluster.kill, victim)
+        # Until the store's errors have stopped for 5 s: the replica took over.
+        last_change, count = killed, before
+        while time.monotonic() - last_change < 5 and time.monotonic() - killed < 45:
+            await asyncio.sleep(0.25)
+            now = await asyncio.to_thread(
+                sample_total, site, "prodkit_rate_limit_decisions_total", errors
+            )
+            if now != count:
+                last_change, count = time.monotonic(), now
+    assert count > before, "the rate limiter never noticed the dead primary"
+    assert time.monotonic() - last_change >= 5, "the rate limiter kept failing"
+    assert set(load.statuses) == {200}, sorted(set(load.statuses))
+    figures(
+        "redis_failover_under_hosts",
+        topology="cluster",
+        detection_timeout_ms=1000,
+        seconds_of_store_errors=round(last_change - killed, 1),
+        requests=len(load.statuses),
+        failed=0,
+        store_errors=count - before,
+    )
