@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prodkit.rollout import PrometheusReader, Target, parse_scrape
 from tests.conftest import unavailable
 from tests.scale.conftest import Figures, Site
 from tests.scale.load import Load
@@ -39,7 +40,7 @@ ALERT = "ProdkitAvailabilityBudgetBurnFast"
 #: proved by promtool, is 30 s; the rest is room for a loaded machine).
 DEADLINE_SECONDS = 120
 #: Healthy traffic Prometheus sees before the outage (beyond its first two scrapes).
-HEALTHY_SECONDS = 25
+HEALTHY_SECONDS = 20
 
 
 async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
@@ -148,3 +149,47 @@ async def test_a_failing_service_pages_within_the_deadline(
         measured = await measure_page(server, load, lambda: target.update(port=failing))
     assert set(load.statuses) == {200, 500}
     figures("alert_latency", setup="one process, every request 500", **measured)
+
+
+async def test_the_rollout_reads_the_hosts_from_prometheus_as_from_their_pages(
+    site: Site, tmp_path: Path
+) -> None:
+    # The rollout controller's PrometheusReader against the hosts' multiprocess pages: the
+    # sum over three hosts of two workers each, the same as adding up the three pages.
+    _require_prometheus()
+    targets = [f"{server.host.address}:{APP_PORT}" for server in site.hosts]
+    with prometheus(tmp_path, configuration(targets, scrape_interval="1s")) as server:
+        server.wait_until_scraped("funds", len(targets))
+        async with httpx.AsyncClient(base_url=site.url, timeout=30.0) as client:
+            for index in range(60):
+                await client.get("/api/funds", headers={"X-User-Id": f"reader-{index % 20}"})
+                await client.get("/api/no-such-route", headers={"X-User-Id": "reader"})
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            pages = [parse_scrape((await client.get(f"{s.url}/metrics")).text) for s in site.hosts]
+        moment = time.time()
+        await _until(
+            lambda: all(
+                float(s["value"][1]) > moment for s in server.query('timestamp(up{job="funds"})')
+            ),
+            20,
+            "Prometheus did not scrape the hosts again",
+        )
+        reader = PrometheusReader(server.url, {"hosts": 'job="funds"'})
+        read = reader.read(Target("hosts", "", ""))
+
+    summed: dict[tuple[str, ...], tuple[float, dict[float, float]]] = {}
+    for page in pages:
+        for key, series in page.series.items():
+            count, buckets = summed.get(key, (0.0, {}))
+            for le, value in series.buckets.items():
+                buckets[le] = buckets.get(le, 0.0) + value
+            summed[key] = (count + series.count, buckets)
+    # Every scrape of /metrics is itself a request: the pages and Prometheus differ there.
+    expected = {key: value for key, value in summed.items() if key[1] != "/metrics"}
+    got = {
+        key: (series.count, dict(series.buckets))
+        for key, series in read.series.items()
+        if key[1] != "/metrics"
+    }
+    assert got == expected
+    assert ("GET", "/api/funds", "200") in got
