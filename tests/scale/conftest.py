@@ -61,11 +61,14 @@ class Site:
         return {f"host{index}" for index in range(len(self.hosts))}
 
 
-def _missing() -> str | None:
-    for name in ("haproxy", "pgbouncer", "psql"):
+_PACKAGES = {"haproxy": "haproxy", "pgbouncer": "pgbouncer", "psql": "postgresql-client"}
+
+
+def _missing(*binaries: str) -> str | None:
+    for name in binaries:
         if binary(name) is None:
-            return f"{name} is not installed (apt-get install -y {name.replace('psql', 'postgresql-client')})"
-    return redis_binaries_missing() or namespaces_unavailable()
+            return f"{name} is not installed (apt-get install -y {_PACKAGES[name]})"
+    return None
 
 
 def _migrate(dsn: str) -> None:
@@ -104,7 +107,7 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
 @pytest.fixture(scope="session")
 def scale_database(postgres_server_dsn: str) -> Iterator[str]:
     """A database for the site, migrated; dropped at the end of the session."""
-    missing = _missing()
+    missing = _missing("pgbouncer")
     if missing:
         unavailable(missing)
     with fresh_database(postgres_server_dsn, f"prodkit_scale_{RUN_ID}") as dsn:
@@ -123,6 +126,9 @@ def site(
     tmp_path_factory: pytest.TempPathFactory, scale_database: str, pooling_problem: str | None
 ) -> Iterator[Site]:
     """The site, built once for the session and taken down afterwards (on failure too)."""
+    missing = _missing("haproxy", "psql") or redis_binaries_missing() or namespaces_unavailable()
+    if missing:
+        unavailable(missing)
     if pooling_problem is not None:
         pytest.xfail(
             "the example cannot run behind PgBouncer in transaction mode "
