@@ -144,8 +144,9 @@ async def test_forty_concurrent_reads_of_a_projection_compute_it_once(site: Site
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1
     assert served_by(responses) == site.names
-    # Reads that waited for the computation are marked MISS too (they got a fresh answer).
-    assert {r.headers["x-cache"] for r in responses} == {"MISS"}
+    # Reads that waited for the computation are marked MISS too (a fresh answer); reads that
+    # came after it was stored are hits.
+    assert {r.headers["x-cache"] for r in responses} <= {"MISS", "HIT"}
     # A computation is a miss (or a read that found the store failing): one in all.
     delta = {outcome: after[outcome] - before[outcome] for outcome in before}
     assert delta["miss"] + delta["error"] == 1, delta
