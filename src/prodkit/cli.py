@@ -4,6 +4,7 @@
                   [--server uvicorn|hypercorn|granian] ...
     prodkit rollout --baseline URL --canary URL (--haproxy-socket PATH --haproxy-backend NAME
                     | --command TEMPLATE) [--steps 25,50,75,100] [--bake-seconds 120] ...
+                    [--prometheus URL --baseline-selector MATCHERS --canary-selector MATCHERS]
     prodkit rollout-timeline deployments.jsonl --output timeline.png [--id ID]
 
 ``prodkit serve`` exits 0 after a clean stop and 3 when the start failed (a wrong setting, an
@@ -26,7 +27,14 @@ import structlog
 
 from prodkit.__about__ import __version__
 from prodkit._core.exceptions import ConfigurationError, ProdkitError
-from prodkit.rollout.controller import RolloutController, RolloutPolicy, Target, read_records
+from prodkit.rollout.controller import (
+    MetricsReader,
+    RolloutController,
+    RolloutPolicy,
+    Target,
+    read_records,
+)
+from prodkit.rollout.prometheus import PrometheusReader
 from prodkit.rollout.routers import CommandRouter, HAProxyRouter, TrafficRouter
 from prodkit.serving import (
     DEFAULT_KEEP_ALIVE_SECONDS,
@@ -220,6 +228,18 @@ def _rollout_parser(commands: Any) -> None:
         metavar="COMMAND",
         help="pre-flight command run once before --command (default: none)",
     )
+    source = rollout.add_argument_group(
+        "metrics from Prometheus (instead of each target's /metrics page)"
+    )
+    source.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus server, e.g. http://prometheus:9090"
+    )
+    for name in ("baseline", "canary"):
+        source.add_argument(
+            f"--{name}-selector",
+            metavar="MATCHERS",
+            help=f'label matchers of every target of the {name}, e.g. job="funds",track="{name}"',
+        )
     defaults = RolloutPolicy()
     policy = rollout.add_argument_group("policy")
     policy.add_argument(
@@ -344,6 +364,19 @@ def _router(args: argparse.Namespace) -> TrafficRouter:
     )
 
 
+def _metrics(args: argparse.Namespace) -> MetricsReader | None:
+    selectors = {"baseline": args.baseline_selector, "canary": args.canary_selector}
+    if not args.prometheus:
+        if any(selectors.values()):
+            raise ConfigurationError("--baseline-selector and --canary-selector need --prometheus")
+        return None
+    if not all(selectors.values()):
+        raise ConfigurationError("--prometheus needs --baseline-selector and --canary-selector")
+    return PrometheusReader(
+        args.prometheus, selectors, histogram=args.histogram, timeout=args.http_timeout
+    )
+
+
 def _logger(log_format: str) -> Any:
     """A structlog logger that writes to stderr, leaving stdout to the summary line."""
     renderer: Any = (
@@ -388,6 +421,7 @@ def _rollout(args: argparse.Namespace) -> int:
         version=args.release,
         record_path=args.record,
         logger=_logger(args.log_format),
+        metrics=_metrics(args),
     )
 
     def cancel(signum: int, frame: FrameType | None) -> None:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "prodkit.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 #: Every series name the dashboard and the alerts query, with the labels they may rely on.
 #: THE one place to edit when a middleware renames a metric or a label.
@@ -344,8 +345,12 @@ def _promtool() -> str:
 
 @pytest.mark.parametrize(
     "args",
-    [("check", "rules", str(RULES)), ("test", "rules", str(RULE_TESTS))],
-    ids=["check-rules", "test-rules"],
+    [
+        ("check", "rules", str(RULES)),
+        ("test", "rules", str(RULE_TESTS)),
+        ("check", "config", str(PROMETHEUS_CONFIG)),
+    ],
+    ids=["check-rules", "test-rules", "check-config"],
 )
 def test_promtool(args: tuple[str, ...]) -> None:
     result = subprocess.run(

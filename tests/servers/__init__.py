@@ -25,19 +25,24 @@ def free_port() -> int:
 
 
 def wait_for_port(
-    port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+    port: int,
+    timeout: float = 20.0,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    host: str = HOST,
 ) -> None:
-    """Wait until 127.0.0.1:``port`` accepts connections, or raise ``TimeoutError``."""
+    """Wait until ``host`` (127.0.0.1 by default):``port`` accepts connections, or raise
+    ``TimeoutError``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited early with status {process.returncode}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.2)
-            if sock.connect_ex((HOST, port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on {HOST}:{port} within {timeout}s")
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout}s")
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 A Redis Cluster (three primaries, three replicas) and a Sentinel group (one primary, one
 replica, three Sentinels), each in a temporary directory, every process stopped by its own PID.
+They listen on 127.0.0.1 unless given another local ``host`` (the root end of a test's own
+network namespace link, for servers that processes inside the namespaces must reach).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from tests.servers import HOST, free_port, wait_for_port
 
 #: How long a topology may take to form before the fixture gives up.
 FORM_TIMEOUT = 30.0
+# Every server is bound to one address only (loopback, or a test's own link-local bridge):
+# protected mode would refuse the clients in the test's namespaces, and guards nothing here.
+_OPEN = ["--protected-mode", "no"]
 
 
 def redis_binaries_missing() -> str | None:
@@ -29,10 +34,10 @@ def redis_binaries_missing() -> str | None:
     return None
 
 
-def cli(port: int, *args: str, timeout: float = 10.0) -> str:
-    """``redis-cli -p port args…``: its output (raises on a non-zero exit)."""
+def cli(port: int, *args: str, timeout: float = 10.0, host: str = HOST) -> str:
+    """``redis-cli -h host -p port args…``: its output (raises on a non-zero exit)."""
     return subprocess.run(
-        ["redis-cli", "-h", HOST, "-p", str(port), *args],
+        ["redis-cli", "-h", host, "-p", str(port), *args],
         check=True,
         capture_output=True,
         text=True,
@@ -46,6 +51,7 @@ class Topology:
 
     url: str = ""
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    host: str = HOST
 
     def kill(self, port: int) -> None:
         """SIGKILL the server on ``port`` (a crashed node)."""
@@ -69,7 +75,7 @@ def _start(topology: Topology, port: int, args: list[str], log: Path) -> None:
         topology.processes[port] = subprocess.Popen(
             ["redis-server", *args], stdout=out, stderr=subprocess.STDOUT
         )
-    wait_for_port(port, 10, topology.processes[port])
+    wait_for_port(port, 10, topology.processes[port], host=topology.host)
 
 
 def _until(check: object, what: str) -> None:
@@ -87,9 +93,12 @@ def _synced(replication: str) -> bool:
 
 
 @contextlib.contextmanager
-def redis_cluster(tmp_path: Path, *, node_timeout_ms: int = 1000) -> Iterator[Topology]:
-    """Three primaries and three replicas; ``url`` is ``redis+cluster://`` with every node."""
-    topology = Topology()
+def redis_cluster(
+    tmp_path: Path, *, node_timeout_ms: int = 1000, host: str = HOST
+) -> Iterator[Topology]:
+    """Three primaries and three replicas on ``host``; ``url`` is ``redis+cluster://`` with
+    every node."""
+    topology = Topology(host=host)
     ports = [free_port() for _ in range(6)]
     try:
         for port in ports:
@@ -99,7 +108,7 @@ def redis_cluster(tmp_path: Path, *, node_timeout_ms: int = 1000) -> Iterator[To
                 topology,
                 port,
                 [
-                    "--port", str(port), "--bind", HOST, "--dir", str(folder),
+                    "--port", str(port), "--bind", host, *_OPEN, "--dir", str(folder),
                     "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     # The bus port is the data port + 10000 unless given: ephemeral ports are
@@ -114,7 +123,7 @@ def redis_cluster(tmp_path: Path, *, node_timeout_ms: int = 1000) -> Iterator[To
                 "redis-cli",
                 "--cluster",
                 "create",
-                *(f"{HOST}:{p}" for p in ports),
+                *(f"{host}:{p}" for p in ports),
                 "--cluster-replicas",
                 "1",
                 "--cluster-yes",
@@ -124,15 +133,15 @@ def redis_cluster(tmp_path: Path, *, node_timeout_ms: int = 1000) -> Iterator[To
             timeout=30,
         )
         _until(
-            lambda: all("cluster_state:ok" in cli(p, "cluster", "info") for p in ports),
+            lambda: all("cluster_state:ok" in cli(p, "cluster", "info", host=host) for p in ports),
             "the cluster did not form",
         )
         # A replica can only take over once it has synced with its primary.
         _until(
-            lambda: all(_synced(cli(p, "info", "replication")) for p in ports),
+            lambda: all(_synced(cli(p, "info", "replication", host=host)) for p in ports),
             "the replicas did not sync",
         )
-        topology.url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
+        topology.url = "redis+cluster://" + ",".join(f"{host}:{p}" for p in ports)
         yield topology
     finally:
         topology.stop()
@@ -149,20 +158,25 @@ class SentinelGroup(Topology):
 
     def current_primary(self) -> int:
         """The port the Sentinels now name as the primary."""
-        reply = cli(self.sentinels[0], "sentinel", "get-master-addr-by-name", self.service)
+        reply = cli(
+            self.sentinels[0], "sentinel", "get-master-addr-by-name", self.service, host=self.host
+        )
         return int(reply.split()[1])
 
 
 @contextlib.contextmanager
-def redis_sentinel(tmp_path: Path, *, down_after_ms: int = 1000) -> Iterator[SentinelGroup]:
-    """One primary, one replica and three Sentinels; ``url`` is ``redis+sentinel://…/prodkit``."""
-    group = SentinelGroup(primary=free_port(), replica=free_port())
+def redis_sentinel(
+    tmp_path: Path, *, down_after_ms: int = 1000, host: str = HOST
+) -> Iterator[SentinelGroup]:
+    """One primary, one replica and three Sentinels on ``host``; ``url`` is
+    ``redis+sentinel://…/prodkit``."""
+    group = SentinelGroup(primary=free_port(), replica=free_port(), host=host)
     group.sentinels = [free_port() for _ in range(3)]
-    common = ["--bind", HOST, "--save", "", "--appendonly", "no"]
+    common = ["--bind", host, *_OPEN, "--save", "", "--appendonly", "no"]
     try:
         for port, extra in (
             (group.primary, []),
-            (group.replica, ["--replicaof", HOST, str(group.primary)]),
+            (group.replica, ["--replicaof", host, str(group.primary)]),
         ):
             folder = tmp_path / f"data-{port}"
             folder.mkdir()
@@ -173,7 +187,7 @@ def redis_sentinel(tmp_path: Path, *, down_after_ms: int = 1000) -> Iterator[Sen
                 folder / "redis.log",
             )
         _until(
-            lambda: _synced(cli(group.replica, "info", "replication")),
+            lambda: _synced(cli(group.replica, "info", "replication", host=host)),
             "the replica did not sync",
         )
         for port in group.sentinels:
@@ -181,8 +195,8 @@ def redis_sentinel(tmp_path: Path, *, down_after_ms: int = 1000) -> Iterator[Sen
             folder.mkdir()
             config = folder / "sentinel.conf"
             config.write_text(
-                f"port {port}\nbind {HOST}\ndir {folder}\n"
-                f"sentinel monitor {group.service} {HOST} {group.primary} 2\n"
+                f"port {port}\nbind {host}\nprotected-mode no\ndir {folder}\n"
+                f"sentinel monitor {group.service} {host} {group.primary} 2\n"
                 f"sentinel down-after-milliseconds {group.service} {down_after_ms}\n"
                 f"sentinel failover-timeout {group.service} 5000\n"
                 f"sentinel parallel-syncs {group.service} 1\n"
@@ -190,12 +204,12 @@ def redis_sentinel(tmp_path: Path, *, down_after_ms: int = 1000) -> Iterator[Sen
             _start(group, port, [str(config), "--sentinel"], folder / "sentinel.log")
         _until(
             lambda: all(
-                "num-other-sentinels\n2" in cli(p, "sentinel", "master", group.service)
+                "num-other-sentinels\n2" in cli(p, "sentinel", "master", group.service, host=host)
                 for p in group.sentinels
             ),
             "the Sentinels did not find each other",
         )
-        nodes = ",".join(f"{HOST}:{p}" for p in group.sentinels)
+        nodes = ",".join(f"{host}:{p}" for p in group.sentinels)
         group.url = f"redis+sentinel://{nodes}/{group.service}"
         yield group
     finally:

@@ -1,7 +1,8 @@
 """Health-based progressive rollout: shift traffic to a canary while its metrics stay healthy.
 
 See :mod:`prodkit.rollout.controller` for the procedure, :mod:`prodkit.rollout.routers` for the
-traffic routers (HAProxy, any command) and ``prodkit rollout --help`` for the command line.
+traffic routers (HAProxy, any command), :mod:`prodkit.rollout.prometheus` for reading the
+metrics from a Prometheus server and ``prodkit rollout --help`` for the command line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prodkit.rollout.controller import (
     EXIT_STATUS,
     DeploymentRecord,
+    MetricsReader,
     RolloutCancelled,
     RolloutController,
     RolloutPolicy,
@@ -25,6 +27,7 @@ from prodkit.rollout.metrics import (
     parse_scrape,
     window_stats,
 )
+from prodkit.rollout.prometheus import PrometheusReader
 from prodkit.rollout.routers import CommandRouter, HAProxyRouter, RouterError, TrafficRouter
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "CommandRouter",
     "DeploymentRecord",
     "HAProxyRouter",
+    "MetricsReader",
+    "PrometheusReader",
     "RolloutCancelled",
     "RolloutController",
     "RolloutPolicy",

@@ -16,6 +16,10 @@ own ``/metrics`` pages as counter and histogram *deltas*:
 The canary is checked every ``check_interval`` seconds during a bake, so a bad canary is rolled
 back as soon as it has served enough requests to be judged, not at the end of the window. Every
 deployment is appended to a JSON-lines record with the numbers behind each decision.
+
+The histogram comes from each target's ``metrics_url`` unless the controller is given another
+reader, such as :class:`~prodkit.rollout.PrometheusReader` (the sum over every pod of a
+deployment, from a Prometheus server).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from prodkit.rollout.metrics import (
 from prodkit.rollout.routers import RouterError, TrafficRouter
 
 Outcome = Literal["promoted", "rolled_back", "error", "aborted"]
+#: Reads a target's request histogram now (raises :class:`ScrapeError` when it cannot).
+MetricsReader = Callable[["Target"], Scrape]
 #: Exit status of ``prodkit rollout`` for each outcome.
 EXIT_STATUS: dict[str, int] = {"promoted": 0, "rolled_back": 1, "error": 2, "aborted": 2}
 
@@ -245,6 +251,8 @@ class RolloutController:
         version: the canary's version, for the record.
         record_path: a JSON-lines file; the deployment record is appended to it.
         logger: a structlog logger (default: structlog's ``prodkit.rollout`` logger).
+        metrics: reads a target's request histogram (a :data:`MetricsReader`, such as a
+            :class:`~prodkit.rollout.PrometheusReader`; default: scrape its ``metrics_url``).
         clock, wall_clock: monotonic and wall clocks (replaceable in tests).
 
     :meth:`run` blocks until the rollout ends; :meth:`cancel` (from a signal handler or another
@@ -261,6 +269,7 @@ class RolloutController:
         version: str = "",
         record_path: str | Path | None = None,
         logger: Any | None = None,
+        metrics: MetricsReader | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -273,6 +282,7 @@ class RolloutController:
         self.version = version
         self.record_path = Path(record_path) if record_path is not None else None
         self.log = safe_logger("prodkit.rollout", logger)
+        self._read = metrics
         self._clock = clock
         self._wall = wall_clock
         self._cancelled = threading.Event()
@@ -291,6 +301,8 @@ class RolloutController:
         return status == 200, f"GET {target.ready_url} answered {status}"
 
     def _scrape(self, target: Target) -> Scrape:
+        if self._read is not None:
+            return self._read(target)
         return scrape(target.metrics_url, self.policy.histogram, self.policy.http_timeout)
 
     def _stats(self, now: Scrape, start: Scrape) -> WindowStats:
@@ -516,6 +528,7 @@ def _iso(timestamp: float) -> str:
 __all__ = [
     "EXIT_STATUS",
     "DeploymentRecord",
+    "MetricsReader",
     "RolloutCancelled",
     "RolloutController",
     "RolloutPolicy",

@@ -1,0 +1,162 @@
+"""One multi-host site per test session: three hosts, HAProxy, PgBouncer, a Redis Cluster.
+
+    client ──> HAProxy 127.0.0.1 ──> host 0 ┐  (a network namespace each, at 169.254.N.10-12,
+                                 ──> host 1 ├── python -m examples.funds --workers 2)
+                                 ──> host 2 ┘
+    the hosts ──> 169.254.N.1 (root end of the bridge): PgBouncer ──> PostgreSQL 127.0.0.1
+                                                        Redis Cluster (3 primaries, 3 replicas)
+
+Skipped where namespaces, HAProxy, PgBouncer or redis-server are missing (failed under
+``CI=true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RUN_ID, fresh_database, unavailable
+from tests.scale.network import Network, host_network, namespaces_unavailable
+from tests.scale.site import (
+    APP_PORT,
+    Bouncer,
+    FundsHost,
+    binary,
+    funds_hosts,
+    haproxy,
+    pgbouncer,
+    transaction_pooling_problem,
+)
+from tests.servers import ROOT, server_env
+from tests.servers.redis_topologies import Topology, redis_binaries_missing, redis_cluster
+
+HOSTS = 3
+#: The one rate limit of the site: per client, for all hosts together.
+RATE_LIMIT_PER_MINUTE = 60
+
+
+@dataclass
+class Site:
+    """The running site: HAProxy's URL, the hosts, and what they share."""
+
+    url: str
+    hosts: list[FundsHost]
+    network: Network
+    bouncer: Bouncer
+    cluster: Topology
+    database_dsn: str  # straight to PostgreSQL, for the tests' own queries
+
+    @property
+    def names(self) -> set[str]:
+        """The names HAProxy gives the hosts in ``X-Served-By``."""
+        return {f"host{index}" for index in range(len(self.hosts))}
+
+
+_PACKAGES = {"haproxy": "haproxy", "pgbouncer": "pgbouncer", "psql": "postgresql-client"}
+
+
+def _missing(*binaries: str) -> str | None:
+    for name in binaries:
+        if binary(name) is None:
+            return f"{name} is not installed (apt-get install -y {_PACKAGES[name]})"
+    return None
+
+
+def _migrate(dsn: str) -> None:
+    # As a deployment does: once, on a direct connection, before any host starts.
+    subprocess.run(
+        [sys.executable, "-m", "examples.funds.migrate"],
+        cwd=ROOT,
+        env=server_env({"DATABASE_URL": dsn}),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+#: Records a measured figure: ``figures("name", key=value, ...)``.
+Figures = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
+    """Append measured figures as JSON lines to ``$PRODKIT_SCALE_FIGURES`` (default: a file in
+    the session's temporary directory). Tests record times here; they never assert them."""
+    path = Path(
+        os.environ.get("PRODKIT_SCALE_FIGURES")
+        or tmp_path_factory.getbasetemp() / "scale-figures.jsonl"
+    )
+
+    def record(name: str, **values: object) -> None:
+        line = {"figure": name, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        with path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({**line, **values}) + "\n")
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def scale_database(postgres_server_dsn: str) -> Iterator[str]:
+    """A database for the site, migrated; dropped at the end of the session."""
+    missing = _missing("pgbouncer")
+    if missing:
+        unavailable(missing)
+    with fresh_database(postgres_server_dsn, f"prodkit_scale_{RUN_ID}") as dsn:
+        _migrate(dsn)
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def pooling_problem(scale_database: str, tmp_path_factory: pytest.TempPathFactory) -> str | None:
+    """Why the example cannot run behind PgBouncer's transaction pooling, or ``None``."""
+    return transaction_pooling_problem(tmp_path_factory.mktemp("pooling"), scale_database)
+
+
+@pytest.fixture(scope="session")
+def site(
+    tmp_path_factory: pytest.TempPathFactory, scale_database: str, pooling_problem: str | None
+) -> Iterator[Site]:
+    """The site, built once for the session and taken down afterwards (on failure too)."""
+    missing = _missing("haproxy", "psql") or redis_binaries_missing() or namespaces_unavailable()
+    if missing:
+        unavailable(missing)
+    if pooling_problem is not None:
+        pytest.xfail(
+            "the example cannot run behind PgBouncer in transaction mode "
+            f"(tests/scale/test_pooling.py):\n{pooling_problem[-1500:]}"
+        )
+    tmp = tmp_path_factory.mktemp("scale")
+    with contextlib.ExitStack() as stack:
+        network = stack.enter_context(host_network(HOSTS))
+        dsn = scale_database
+        bouncer = stack.enter_context(pgbouncer(tmp, listen=network.gateway, server_dsn=dsn))
+        (tmp / "cluster").mkdir()
+        cluster = stack.enter_context(redis_cluster(tmp / "cluster", host=network.gateway))
+        env = {
+            "DATABASE_URL": bouncer.dsn(),
+            "REDIS_URL": cluster.url,
+            "REDIS_KEY_PREFIX": f"prodkit-test:{RUN_ID}:scale:",
+            "RATE_LIMIT": f"{RATE_LIMIT_PER_MINUTE}/minute",
+            # HAProxy reaches the hosts from the gateway address: only its X-Forwarded-For counts.
+            "TRUSTED_PROXIES": network.gateway,
+        }
+        hosts = stack.enter_context(funds_hosts(network.hosts, tmp, env))
+        url = stack.enter_context(
+            haproxy(
+                tmp,
+                {
+                    f"host{index}": f"{server.host.address}:{APP_PORT}"
+                    for index, server in enumerate(hosts)
+                },
+            )
+        )
+        yield Site(url, hosts, network, bouncer, cluster, dsn)

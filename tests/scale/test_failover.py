@@ -1,0 +1,119 @@
+"""Redis failovers, timed: how long prodkit's Redis client cannot write when a primary dies.
+
+Real topologies from the ``redis-server`` binary (``tests/servers/redis_topologies.py``): a
+Redis Cluster of three primaries and three replicas, and a Sentinel group of one primary, one
+replica and three Sentinels. The primary is killed (SIGKILL) and a client built by
+:func:`prodkit._core.drivers.redis_client` — the one every prodkit store uses — writes every
+50 ms until a write lands. The seconds it took are recorded (``figures``), never asserted; the
+tests assert that the client writes again, on the promoted replica, with the data written
+before the kill.
+
+The multi-host version (the hosts keep serving while a Cluster primary fails over) is
+``test_hosts.py::test_a_cluster_failover_under_the_hosts_fails_no_request``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prodkit._core.drivers import redis_client
+from tests.conftest import unavailable
+from tests.scale.conftest import Figures
+from tests.servers.redis_topologies import redis_binaries_missing, redis_cluster, redis_sentinel
+
+pytestmark = [pytest.mark.redis, pytest.mark.server]
+
+#: Failure-detection timeouts tried (ms): Redis's defaults are 15000 (cluster-node-timeout)
+#: and 30000 (down-after-milliseconds); the failover takes about that plus a second or two.
+TIMEOUTS_MS = (1000, 3000)
+
+
+def _require_redis() -> None:
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+
+
+async def write_until_it_lands(client: Any, key: str, deadline: float) -> float:
+    """One write every 50 ms until one succeeds; the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            await client.set(key, "after", px=60_000)
+            return time.monotonic() - start
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"no write landed on {key} within the deadline")
+
+
+def _collect_dropped_connections() -> None:
+    # redis-py forgets a dead primary after a failover without closing its connection to it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.mark.parametrize("node_timeout_ms", TIMEOUTS_MS)
+async def test_a_cluster_primary_failover(
+    node_timeout_ms: int, tmp_path: Path, figures: Figures
+) -> None:
+    _require_redis()
+    with redis_cluster(tmp_path, node_timeout_ms=node_timeout_ms) as topology:
+        client = redis_client(topology.url)
+        try:
+            key = f"prodkit-test:failover:{uuid.uuid4().hex}"
+            await client.set(key, "before", px=60_000)
+            slot = await client.cluster_keyslot(key)
+            nodes = await client.cluster_nodes()
+            primary = next(
+                int(address.split(":")[1].split("@")[0])
+                for address, node in nodes.items()
+                if "master" in node["flags"]
+                and any(int(a) <= slot <= int(b) for a, b in node["slots"])
+            )
+            topology.kill(primary)
+            seconds = await write_until_it_lands(client, key, time.monotonic() + 60)
+            assert await client.get(key) == b"after"
+        finally:
+            await client.aclose()
+            del client
+            _collect_dropped_connections()
+    figures(
+        "redis_failover",
+        topology="cluster",
+        detection_timeout_ms=node_timeout_ms,
+        seconds_without_writes=round(seconds, 2),
+    )
+
+
+@pytest.mark.parametrize("down_after_ms", TIMEOUTS_MS)
+async def test_a_sentinel_failover(down_after_ms: int, tmp_path: Path, figures: Figures) -> None:
+    _require_redis()
+    with redis_sentinel(tmp_path, down_after_ms=down_after_ms) as group:
+        client = redis_client(group.url)
+        try:
+            await client.set("prodkit-test:before", "before", px=60_000)
+            group.kill(group.primary)
+            seconds = await write_until_it_lands(
+                client, "prodkit-test:after", time.monotonic() + 60
+            )
+            assert group.current_primary() == group.replica
+            assert await client.get("prodkit-test:before") == b"before"
+        finally:
+            await client.aclose()
+            del client
+            _collect_dropped_connections()
+    figures(
+        "redis_failover",
+        topology="sentinel",
+        detection_timeout_ms=down_after_ms,
+        seconds_without_writes=round(seconds, 2),
+    )
