@@ -361,6 +361,7 @@ def create_stack(settings: Settings, *, registry: CollectorRegistry | None = Non
             pass
         else:
             unavailable += [
+                asyncpg.ConnectionDoesNotExistError,  # the connection was lost mid-call
                 asyncpg.PostgresConnectionError,
                 asyncpg.CannotConnectNowError,
                 asyncpg.AdminShutdownError,

@@ -198,6 +198,8 @@ class PostgresRepository:
     ) -> Fund | None:
         """Run one ``… RETURNING`` write and ``before_commit`` in one transaction, and commit
         it with ``commit_with`` (or plainly)."""
+        import asyncpg
+
         async with (
             asyncio.timeout(CALL_TIMEOUT),
             self.pool.acquire() as conn,  # the wait for it included in the bound above
@@ -210,7 +212,10 @@ class PostgresRepository:
                 if fund is not None and before_commit is not None:
                     await before_commit(conn, fund)
             except BaseException:
-                await transaction.rollback()
+                # A connection cut mid-statement cannot roll back either: the error that stopped
+                # the write is the one to report (an outage is a 503), not the rollback's.
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    await transaction.rollback()
                 raise
             if fund is not None and commit_with is not None:
                 await commit_with(transaction.commit(), fund)

@@ -232,13 +232,16 @@ def _rollout_parser(commands: Any) -> None:
         "metrics from Prometheus (instead of each target's /metrics page)"
     )
     source.add_argument(
-        "--prometheus", metavar="URL", help="Prometheus server, e.g. http://prometheus:9090"
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus server, e.g. http://prometheus:9090 (default: none: scrape the pages)",
     )
     for name in ("baseline", "canary"):
         source.add_argument(
             f"--{name}-selector",
             metavar="MATCHERS",
-            help=f'label matchers of every target of the {name}, e.g. job="funds",track="{name}"',
+            help=f'label matchers of every target of the {name}, e.g. job="funds",track="{name}" '
+            "(default: none; needed with --prometheus)",
         )
     defaults = RolloutPolicy()
     policy = rollout.add_argument_group("policy")
