@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -21,9 +17,11 @@ from tests.conftest import unavailable
 from tests.servers.redis_topologies import (
     SentinelGroup,
     Topology,
+    collect_dropped_connections,
     redis_binaries_missing,
     redis_cluster,
     redis_sentinel,
+    write_until_it_lands,
 )
 
 
@@ -140,26 +138,6 @@ async def test_a_cluster_url_builds_a_cluster_client_that_spans_every_slot(
         await second.aclose()
 
 
-def _collect_dropped_connections() -> None:
-    # redis-py forgets a dead primary after a failover without closing its connection to it:
-    # collect that socket here, while this test's loop runs, not in a later test.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
-async def _write_until_it_lands(client: Any, key: str, deadline: float) -> float:
-    # One write every 50 ms until one succeeds; the seconds it took.
-    start = time.monotonic()
-    while time.monotonic() < deadline:
-        try:
-            await client.set(key, "after", px=60_000)
-            return time.monotonic() - start
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"no write landed within the deadline on {key}")
-
-
 async def test_a_sentinel_url_follows_the_primary_through_a_failover(
     sentinel_group: SentinelGroup,
 ) -> None:
@@ -168,14 +146,14 @@ async def test_a_sentinel_url_follows_the_primary_through_a_failover(
         await client.set("prodkit-test:before", "before", px=60_000)
         assert sentinel_group.current_primary() == sentinel_group.primary
         sentinel_group.kill(sentinel_group.primary)
-        await _write_until_it_lands(client, "prodkit-test:after", time.monotonic() + 30)
+        await write_until_it_lands(client, "prodkit-test:after", time.monotonic() + 30)
         # The Sentinels promoted the replica, which had the write made before the kill.
         assert sentinel_group.current_primary() == sentinel_group.replica
         assert await client.get("prodkit-test:before") == b"before"
         assert await client.get("prodkit-test:after") == b"after"
     finally:
         await client.aclose()
-        _collect_dropped_connections()
+        collect_dropped_connections()
 
 
 async def test_a_cluster_client_writes_again_once_a_replica_is_promoted(
@@ -198,8 +176,8 @@ async def test_a_cluster_client_writes_again_once_a_replica_is_promoted(
                 and any(int(a) <= owner <= int(b) for a, b in node["slots"])
             )
             topology.kill(primary)
-            await _write_until_it_lands(client, key, time.monotonic() + 30)
+            await write_until_it_lands(client, key, time.monotonic() + 30)
             assert await client.get(key) == b"after"
         finally:
             await client.aclose()
-            _collect_dropped_connections()
+            collect_dropped_connections()

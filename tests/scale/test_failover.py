@@ -14,20 +14,22 @@ The multi-host version (the hosts keep serving while a Cluster primary fails ove
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import time
 import uuid
-import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from prodkit._core.drivers import redis_client
 from tests.conftest import unavailable
 from tests.scale.conftest import Figures
-from tests.servers.redis_topologies import redis_binaries_missing, redis_cluster, redis_sentinel
+from tests.servers.redis_topologies import (
+    collect_dropped_connections,
+    redis_binaries_missing,
+    redis_cluster,
+    redis_sentinel,
+    write_until_it_lands,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.server]
 
@@ -40,25 +42,6 @@ def _require_redis() -> None:
     missing = redis_binaries_missing()
     if missing:
         unavailable(missing)
-
-
-async def write_until_it_lands(client: Any, key: str, deadline: float) -> float:
-    """One write every 50 ms until one succeeds; the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() < deadline:
-        try:
-            await client.set(key, "after", px=60_000)
-            return time.monotonic() - start
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"no write landed on {key} within the deadline")
-
-
-def _collect_dropped_connections() -> None:
-    # redis-py forgets a dead primary after a failover without closing its connection to it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 @pytest.mark.parametrize("node_timeout_ms", TIMEOUTS_MS)
@@ -85,7 +68,7 @@ async def test_a_cluster_primary_failover(
         finally:
             await client.aclose()
             del client
-            _collect_dropped_connections()
+            collect_dropped_connections()
     figures(
         "redis_failover",
         topology="cluster",
@@ -110,7 +93,7 @@ async def test_a_sentinel_failover(down_after_ms: int, tmp_path: Path, figures: 
         finally:
             await client.aclose()
             del client
-            _collect_dropped_connections()
+            collect_dropped_connections()
     figures(
         "redis_failover",
         topology="sentinel",

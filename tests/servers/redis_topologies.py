@@ -8,14 +8,18 @@ network namespace link, for servers that processes inside the namespaces must re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import shutil
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.servers import HOST, free_port, wait_for_port
 
@@ -214,3 +218,26 @@ def redis_sentinel(
         yield group
     finally:
         group.stop()
+
+
+async def write_until_it_lands(client: Any, key: str, deadline: float) -> float:
+    """One write every 50 ms until one succeeds (the primary is down meanwhile); its seconds."""
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            await client.set(key, "after", px=60_000)
+            return time.monotonic() - start
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"no write landed on {key} within the deadline")
+
+
+def collect_dropped_connections() -> None:
+    """Collect what redis-py dropped with a dead primary, while the caller's loop still runs.
+
+    redis-py forgets a dead primary after a failover without closing its connection to it; the
+    socket would otherwise be collected (with a ResourceWarning) in a later test.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
