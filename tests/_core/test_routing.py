@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prodkit import ConfigurationError
 from prodkit._core.outcome import PathFilter, resolve_route
-from prodkit._core.routing import normalise_template, remember_root_path, route_path
+from prodkit._core.routing import (
+    _FLATTENED,
+    normalise_template,
+    remember_root_path,
+    route_path,
+)
 from prodkit.asgi import (
     UNMATCHED_ROUTE,
     ASGIApp,
@@ -150,6 +160,66 @@ async def test_fastapi_included_routers_keep_their_prefixes(path: str, template:
     before, after = await fetch(fastapi_routers_app(), path)
     assert after == template
     assert before == template
+
+
+# FastAPI's included routers are flattened (FastAPI's public ``iter_route_contexts``) once per
+# router and kept, not on every request: the label must stay the one a flattening made for this
+# very request would give, whenever routes are added, to the app or to an included router.
+def _template(parts: list[str]) -> str:
+    return "/" + "/".join(f"{{p{i}}}" if part == "*" else part for i, part in enumerate(parts))
+
+
+_TEMPLATE = st.lists(st.sampled_from(["a", "b", "*"]), min_size=1, max_size=3).map(_template)
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("route"), st.integers(0, 2), _TEMPLATE),  # 2: on the app itself
+        st.tuples(st.just("request"), st.integers(0, 2), _TEMPLATE),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(deadline=None, max_examples=60)  # behaviour, never time: a busy machine is slow
+@given(steps=_STEPS)
+async def test_kept_fastapi_flattening_labels_as_a_fresh_one(
+    steps: list[tuple[str, int, str]],
+) -> None:
+    from fastapi import APIRouter, FastAPI
+    from starlette.responses import PlainTextResponse
+
+    def answering(label: str) -> Any:
+        async def endpoint() -> PlainTextResponse:
+            return PlainTextResponse(label)  # the template it was declared under
+
+        return endpoint
+
+    app = FastAPI()
+    routers = [APIRouter(), APIRouter()]
+    for index, router in enumerate(routers):
+        app.include_router(router, prefix=f"/r{index}")
+    labels: list[tuple[str, str]] = []
+
+    async def labelled(scope: Scope, receive: Receive, send: Send) -> None:
+        remember_root_path(scope)
+        await app(scope, receive, send)
+        kept = route_template(scope)
+        _FLATTENED.clear()  # what flattening the routes for this request gives
+        labels.append((kept, route_template(scope)))
+
+    transport = httpx.ASGITransport(app=labelled)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for kind, where, template in steps:
+            prefix = f"/r{where}" if where < 2 else ""
+            if kind == "route":
+                owner = routers[where] if where < 2 else app.router
+                owner.add_api_route(template, answering(prefix + template), methods=["GET"])
+                continue
+            response = await client.get(prefix + re.sub(r"{p\d}", "7", template))
+            kept, fresh = labels.pop()
+            assert kept == fresh
+            if response.status_code == 200:
+                assert kept == response.text
 
 
 def starlette_mounts_and_hosts_app() -> ASGIApp:

@@ -128,9 +128,17 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
             return path_format
         router = scope.get("router")
         if router is not None:
-            walked = _walk(router, _routing_scope(scope))
+            routing = _routing_scope(scope)
+            walked = _walk(router, routing)
+            if route.__class__.__module__ == "fastapi.routing" and (
+                walked is None or walked[1] is not route
+            ):
+                # FastAPI reads an included router's routes as it routes: a route added to
+                # one after its router was flattened (``_routes_of``) is not in the kept list.
+                _FLATTENED.clear()
+                walked = _walk(router, routing)
             if walked is not None:
-                return walked
+                return walked[0]
         # A mount whose inner routes did not match is a 404, not a route.
         if isinstance(path_format, str) and not path_format.endswith("{path}"):
             return path_format
@@ -191,11 +199,15 @@ _FLATTENED: dict[int, tuple[Any, Any, int, Sequence[Any]]] = {}
 _FLATTENED_MAX = 256
 
 
-def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
-    """Match ``scope`` against a Starlette-style router's routes, descending into mounts."""
+def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> tuple[str, Any] | None:
+    """Match ``scope`` against a Starlette-style router's routes, descending into mounts.
+
+    Returns the template and the innermost route matched (the one a router records as
+    ``scope["route"]``; FastAPI's ``original_route`` of a flattened one).
+    """
     if depth > 16:
         return None
-    partial: str | None = None
+    partial: tuple[str, Any] | None = None
     for route in _routes_of(router):
         try:
             match, child = route.matches(scope)
@@ -204,19 +216,19 @@ def _walk(router: Any, scope: dict[str, Any], depth: int = 0) -> str | None:
         level = getattr(match, "value", match)
         if level not in (_FULL, _PARTIAL):
             continue
-        template = _template_of(route, child, scope, depth)
-        if template is None:
+        found = _template_of(route, child, scope, depth)
+        if found is None:
             continue
         if level == _FULL:
-            return template
+            return found
         if partial is None:
-            partial = template
+            partial = found
     return partial
 
 
 def _template_of(
     route: Any, child: dict[str, Any], scope: dict[str, Any], depth: int
-) -> str | None:
+) -> tuple[str, Any] | None:
     """The template below a route that matched: its own, or its mount's joined with the inner."""
     path_format = getattr(route, "path_format", None)
     if not isinstance(path_format, str):
@@ -224,8 +236,9 @@ def _template_of(
         if getattr(route, "host_format", None) is None:
             return None
         return _walk(route, {**scope, **child}, depth + 1)
+    own = getattr(route, "original_route", route)  # FastAPI's RouteContext: the route inside
     if "root_path" not in child:
-        return path_format
+        return path_format, own
     # A Mount: its path_format ends in "/{path}". An app of another framework (Litestar, Quart,
     # Django) is asked to match the path below the mount; a Starlette router below is walked;
     # any other app (static files, a raw ASGI app) answers the whole mount, its template.
@@ -233,11 +246,11 @@ def _template_of(
     foreign = _framework_matcher(getattr(route, "app", None))
     if foreign is not None:
         inner = foreign({**scope, **child})
-    elif getattr(route, "routes", None):
-        inner = _walk(route, {**scope, **child}, depth + 1)
-    else:
-        return path_format
-    return None if inner is None else prefix + inner
+        return None if inner is None else (prefix + inner, own)
+    if getattr(route, "routes", None):
+        below = _walk(route, {**scope, **child}, depth + 1)
+        return None if below is None else (prefix + below[0], below[1])
+    return path_format, own
 
 
 def find_router(app: Any, max_depth: int = 32) -> Any | None:
@@ -330,7 +343,8 @@ def _django_matcher(app: Any) -> _Matcher | None:
 
 def _starlette_matcher(router: Any) -> _Matcher:
     def match(scope: Scope) -> str | None:
-        return _walk(router, _routing_scope(scope))
+        found = _walk(router, _routing_scope(scope))
+        return None if found is None else found[0]
 
     return match
 
