@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from prodkit import Stack, StackSettings, caller_from_authorization
-from prodkit.asgi import Receive, Scope, Send, get_header
-from prodkit.cache import CacheRule
+from prodkit import Stack, StackSettings, caller_from_authorization, caller_from_header
+from prodkit.asgi import Message, Receive, Scope, Send, get_header
+from prodkit.cache import CacheRule, ResponseCache
+from prodkit.cache._request import CacheRequest, RequestReader
+from prodkit.cache._rules import read_routes
 from tests.cache.helpers import CountingApp, make_cache, outcomes
 from tests.conftest import ClientFactory
 
@@ -140,3 +144,97 @@ async def test_a_shared_route_stores_an_authenticated_answer_only_when_it_says_s
         else:  # never alice's answer to anyone else, nor stored for her either
             assert response.headers["x-cache"] == "MISS"
             assert response.content == headers.get("Authorization", "anonymous").encode()
+
+
+# -- the keys of recent reads are remembered (RequestReader) ----------------------------------
+#
+# A read's entry key and tag keys are remembered by route, scheme, Host, path, query and
+# caller, so that a repeated read does not parse and hash its URL again. What is remembered must
+# be what a reader that remembers nothing makes for the same request.
+
+_RULES = {
+    "/items/{id}": CacheRule(ttl=60),
+    "/funds/{id}": CacheRule(ttl=60, per_caller=True, tags=("fund:{id}", "user:{caller}")),
+}
+
+
+@st.composite
+def _reads(draw: st.DrawFn) -> tuple[str, Scope]:
+    template = draw(st.sampled_from(sorted(_RULES)))
+    headers: list[tuple[bytes, bytes]] = []
+    host = draw(st.sampled_from([None, b"example.com", b"Example.COM:80", b"api.example.com"]))
+    if host is not None:
+        headers.append((b"host", host))
+    user = draw(st.sampled_from([None, b"alice", b"bob"]))
+    if user is not None:
+        headers.append((b"x-user-id", user))
+    scope: Scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": draw(st.sampled_from(["http", "https"])),
+        "path": template.replace("{id}", draw(st.sampled_from(["1", "2"]))),
+        "query_string": draw(st.sampled_from([b"", b"a=1&b=2", b"b=2&a=1", b"a=2"])),
+        "headers": headers,
+        "server": draw(st.sampled_from([None, ("a.example", 80), ("b.example", 8080)])),
+    }
+    return template, scope
+
+
+def _facts(read: CacheRequest | str) -> object:
+    return read if isinstance(read, str) else (read.base, read.tags, read.entry_key)
+
+
+@given(reads=st.lists(_reads(), min_size=1, max_size=20))
+def test_remembered_keys_are_the_keys_a_fresh_read_makes(reads: list[tuple[str, Scope]]) -> None:
+    caller = caller_from_header("X-User-Id")
+    cache = ResponseCache(registry=CollectorRegistry())
+    routes = dict(read_routes(_RULES, cache, caller))
+    statuses = frozenset({200})
+    reader = RequestReader(caller, statuses)
+    for template, scope in reads:
+        remembered = reader.read(scope, routes[template])
+        fresh = RequestReader(caller, statuses).read(scope, routes[template])
+        assert _facts(remembered) == _facts(fresh)
+
+
+async def server_address(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app that answers with the address it was reached at (``scope["server"]``)."""
+    host, port = scope["server"]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": f"{host}:{port}".encode()})
+
+
+async def test_a_read_without_host_is_not_served_another_servers_entry(
+    registry: CollectorRegistry,
+) -> None:
+    # RFC 9111 section 2: without a Host header the target URI's authority is the server's
+    # address; the remembered keys once ignored it and served a.example's answer on b.example.
+    app = make_cache(server_address, registry, routes={"/items/{id}": CacheRule(ttl=60)})
+    answers = []
+    for server in [("a.example", 80), ("b.example", 80), ("b.example", 80)]:
+        sent: list[Message] = []
+        scope: Scope = {
+            "type": "http",
+            "http_version": "1.0",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/items/1",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "server": server,
+        }
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message, sent: list[Message] = sent) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        answers.append((get_header(sent[0]["headers"], b"x-cache"), sent[1]["body"]))
+    assert answers == [
+        (b"MISS", b"a.example:80"),
+        (b"MISS", b"b.example:80"),
+        (b"HIT", b"b.example:80"),
+    ]

@@ -121,11 +121,14 @@ class RequestReader:
         query: bytes = scope.get("query_string", b"")
         scheme: str = scope.get("scheme", "http")
         host = found.get(b"host")
-        memo = (route.template, scheme, host, path, query, caller_name)
-        keys = self._keys.get(memo)
+        # Without a Host header the origin is the server's address, which the memo leaves out:
+        # such a read is keyed afresh.
+        memo = (route.template, scheme, host, path, query, caller_name) if host else None
+        keys = self._keys.get(memo) if memo else None
         if keys is None:  # a URL not read lately: parse and hash it
-            target = origin(scheme, host, scope.get("server"))
-            keys = self._remember(memo, route.keys(target, path, query, caller_name))
+            keys = route.keys(origin(scheme, host, scope.get("server")), path, query, caller_name)
+            if memo:
+                keys = self._remember(memo, keys)
         base, tags = keys
         return CacheRequest(
             route=route,
