@@ -183,6 +183,38 @@ def test_decoded_entries_are_reused_only_for_the_same_bytes_and_stay_bounded() -
     assert len(decoded) == 2
 
 
+# A hit reuses the entry decoded from the same bytes (DecodedEntries) instead of decoding the
+# stored value again: what it hands out must be what decoding those bytes gives.
+_STORED = st.builds(
+    lambda status, body, stored_at: CachedResponse(
+        status, ((b"content-type", b"text/plain"),), body, compute_etag(body), stored_at
+    ).encode(),
+    st.sampled_from([200, 404]),
+    st.binary(max_size=300),
+    st.sampled_from([1.0, 2.0]),
+)
+
+
+@given(
+    reads=st.lists(st.tuples(st.sampled_from("abc"), _STORED, st.booleans()), max_size=30),
+    max_entries=st.integers(1, 3),
+    max_bytes=st.integers(1, 1000),
+)
+def test_a_remembered_entry_is_what_decoding_the_stored_bytes_gives(
+    reads: list[tuple[str, bytes, bool]], max_entries: int, max_bytes: int
+) -> None:
+    decoded = DecodedEntries(max_entries=max_entries, max_bytes=max_bytes)
+    last: dict[str, bytes] = {}
+    for key, value, again in reads:
+        if again and key in last:
+            value = last[key]  # the same object again, as the memory store returns it
+        stored = bytes(bytearray(value))  # equal bytes from another read, as Redis returns them
+        for read in (value, stored):
+            assert decoded.decode(key, read) == CachedResponse.decode(read)
+        last[key] = value
+        assert len(decoded) <= max_entries
+
+
 NOW = 1_700_000_000.0
 
 

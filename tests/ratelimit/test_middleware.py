@@ -436,8 +436,9 @@ async def drive(app: RateLimitMiddleware, path: str, client: str) -> list[tuple[
 async def test_the_memory_lane_answers_exactly_as_an_awaited_store(
     quotas: list[tuple[int, int]], steps: list[tuple[float, str, str]]
 ) -> None:
-    # The memory store is called without a coroutine; a subclass overriding ``consume`` is
-    # awaited like any other store. Both must give the same statuses, fields and counts.
+    # The memory store and a subclass overriding ``consume`` are both awaited like any other
+    # store (there is no synchronous lane for the memory store): both must give the same
+    # statuses, fields and counts.
     policy = [RateLimitPolicy(q, w, f"p{n}") for n, (q, w) in enumerate(quotas)]
     routes: dict[str, RouteSpec] = {"/login": RateLimitPolicy(2, 10, "login"), "/free": None}
     clock = Clock()
@@ -471,3 +472,51 @@ async def test_the_memory_lane_answers_exactly_as_an_awaited_store(
     ]
     assert samples[0]
     assert samples[0] == samples[1]
+
+
+# Without trusted proxies a client's key depends only on its peer address, so the middleware
+# remembers the key per peer address (writing an IPv6 network out costs several µs). With a
+# trusted proxy it asks ClientAddressResolver.key() on every request: for peers that are not
+# the proxy, both must decide alike, field for field.
+_PEER_ADDRESSES = [
+    "192.0.2.1",
+    "192.0.2.1:8080",
+    "::ffff:192.0.2.1",
+    "192.0.2.2",
+    "2001:db8::1",
+    "[2001:db8::2]:443",
+    "2001:db8:0:1::1",
+    "2001:db8:100::1",
+    "fe80::1%eth0",
+    "testclient",
+    "",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ipv6_prefix=st.sampled_from([48, 56, 64, 128]),
+    steps=st.lists(
+        st.tuples(st.floats(0, 40, allow_nan=False), st.sampled_from(_PEER_ADDRESSES)),
+        min_size=1,
+        max_size=30,
+    ),
+)
+async def test_remembered_client_keys_decide_as_the_resolvers_keys(
+    ipv6_prefix: int, steps: list[tuple[float, str]]
+) -> None:
+    clock = Clock()
+    remembered, resolved = (
+        RateLimitMiddleware(
+            build_app("raw"),
+            policy="2/minute",
+            store=MemoryRateLimitStore(clock=clock),
+            ipv6_prefix=ipv6_prefix,
+            trusted_proxies=trusted,
+            registry=CollectorRegistry(),
+        )
+        for trusted in ((), ("198.51.100.250",))
+    )
+    for wait, peer in steps:
+        clock.now += wait
+        assert await drive(remembered, "/items/1", peer) == await drive(resolved, "/items/1", peer)
