@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
@@ -22,37 +22,9 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]*\Z")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 
 
-class _RandomPool:
-    """Random bytes read from the OS a block at a time, handed out in slices.
-
-    One system call per request id would cost more than everything else the middleware does.
-    A forked worker must not hand out its parent's bytes: it starts with an empty pool.
-    """
-
-    __slots__ = ("_data", "_offset")
-
-    def __init__(self) -> None:
-        self._data = b""
-        self._offset = 0
-        os.register_at_fork(after_in_child=self._drop)
-
-    def _drop(self) -> None:
-        self._data, self._offset = b"", 0
-
-    def take(self, size: int) -> bytes:
-        offset = self._offset
-        if offset + size > len(self._data):
-            self._data, offset = os.urandom(max(4096, size)), 0
-        self._offset = offset + size
-        return self._data[offset : offset + size]
-
-
-_random = _RandomPool()
-
-
 def generate_request_id() -> str:
     """Return a new random request id: 32 lower-case hex digits (128 bits from the OS)."""
-    return _random.take(16).hex()
+    return secrets.token_hex(16)
 
 
 def is_valid_request_id(value: str, max_length: int = 128) -> bool:
