@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from prodkit import ConfigurationError
 from prodkit._core.collectors import counter, histogram, loop_gauge, loop_histogram
+from prodkit.metrics import DEFAULT_BUCKETS, SIZE_BUCKETS
 
 # LoopHistogram and LoopGauge are prodkit's lock-free stand-ins for prometheus-client's
 # Histogram and Gauge on the event loop: the same observations must expose the same text, in
@@ -21,8 +22,15 @@ from prodkit._core.collectors import counter, histogram, loop_gauge, loop_histog
 
 _LABEL_NAMES = st.lists(st.sampled_from(["method", "route", "status_code"]), unique=True)
 _LABEL_VALUE = st.text(max_size=6) | st.sampled_from(['a"b', "c\\d", "e\nf", "/items/{id}"])
-_VALUES = st.floats() | st.sampled_from([0.0, -0.0, 0.005, 64.0, 1024.0])
-_BUCKETS = st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=6, unique=True).map(sorted)
+# Durations are floats; the size histograms observe byte counts, integers.
+_VALUES = (
+    st.floats()
+    | st.integers(-(2**60), 2**60)
+    | st.sampled_from([0.0, -0.0, 0.005, 64.0, 1024.0, 0, 1024, 10**6])
+)
+_BUCKETS = st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=6, unique=True).map(sorted) | (
+    st.sampled_from([list(DEFAULT_BUCKETS), list(SIZE_BUCKETS)])  # the HTTP metrics' own
+)
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:
