@@ -7,17 +7,20 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, generate_latest
 
 from prodkit import ConfigurationError, ErrorMiddleware
 from prodkit.asgi import Message, Receive, Scope, Send
-from prodkit.metrics import HTTPMetricsMiddleware
+from prodkit.metrics import SIZE_BUCKETS, HTTPMetricsMiddleware
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 from tests.metrics.helpers import DURATION, count, series
@@ -336,3 +339,93 @@ def test_multiprocess_mode_from_the_environment_chooses_the_collectors(
         assert files == set()
     else:  # only prometheus-client's collectors write the files a scrape sums over workers
         assert {f"histogram_{pid}.db", f"gauge_livesum_{pid}.db"} <= files
+
+
+# -- the recording path against prometheus-client's own collectors ----------------------------
+#
+# Outside multiprocess mode the middleware records into LoopHistogram and LoopGauge (no lock, no
+# validation per observation). What it exposes must be what prometheus-client's Histogram and
+# Gauge expose after observing the same requests: the sizes byte for byte, the in-flight gauge,
+# and one duration per request in the series of its method, route and status.
+
+_REQUESTS = st.lists(
+    st.tuples(
+        st.sampled_from(["GET", "POST", "PUT", "PURGE"]),  # PURGE is counted as "other"
+        st.sampled_from(["/items/1", "/items/2", "/orders/7", "/nowhere"]),
+        st.binary(max_size=3000),  # request body
+        st.integers(0, 20_000),  # response body bytes
+        st.sampled_from([200, 201, 404, 500]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _template(scope: Scope) -> str | None:
+    path: str = scope["path"]
+    return {"/items": "/items/{id}", "/orders": "/orders/{id}"}.get(path.rsplit("/", 1)[0])
+
+
+def _exposed(registry: CollectorRegistry, *names: str) -> list[str]:
+    """The exposition's TYPE and sample lines of ``names``, in order, without ``_created``."""
+    lines = generate_latest(registry).decode().split("\n")
+    return [
+        line
+        for name in names
+        for line in lines
+        if line.removeprefix("# TYPE ").startswith(name) and "_created" not in line
+    ]
+
+
+@settings(deadline=None)  # behaviour, never time: a busy machine is slow
+@given(requests=_REQUESTS)
+async def test_the_recorded_metrics_are_what_prometheus_clients_collectors_expose(
+    requests: list[tuple[str, str, bytes, int, int]],
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        status, size = scope["state"]
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * size})
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    middleware = HTTPMetricsMiddleware(app, registry=ours, route_resolver=_template)
+    sizes = [
+        Histogram(name, "help", ["method", "route"], registry=theirs, buckets=SIZE_BUCKETS)
+        for name in ("http_request_size_bytes", "http_response_size_bytes")
+    ]
+    in_flight = Gauge("http_requests_in_flight", "help", ["method"], registry=theirs)
+    durations: Counter[tuple[str, str, str]] = Counter()
+    for method, path, body, size, status in requests:
+        chunks = [body[:1000], body[1000:]]
+
+        async def receive(chunks: list[bytes] = chunks) -> Message:
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+        async def send(message: Message) -> None:
+            pass
+
+        scope: Scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "headers": [],
+            "query_string": b"",
+            "state": (status, size),
+        }
+        await middleware(scope, receive, send)
+        label = method if method != "PURGE" else "other"
+        route = _template(scope) or "__unmatched__"
+        sizes[0].labels(label, route).observe(len(body))
+        sizes[1].labels(label, route).observe(size)
+        in_flight.labels(label).inc()
+        in_flight.labels(label).dec()
+        durations[label, route, str(status)] += 1
+
+    names = ("http_request_size_bytes", "http_response_size_bytes", "http_requests_in_flight")
+    assert _exposed(ours, *names) == _exposed(theirs, *names)
+    counts = series(ours, f"{DURATION}_count")
+    assert counts == {
+        (("method", m), ("route", r), ("status_code", s)): n for (m, r, s), n in durations.items()
+    }
