@@ -172,7 +172,11 @@ _PRIVATE_NAME = re.compile(r"prodkit\.([a-z][a-z0-9_]*)\.(_[A-Za-z0-9_]*)")
 
 
 def _imported_names(tree: ast.AST, package: str) -> list[tuple[int, str]]:
-    """Every module or name an import statement (or ``import_module("...")``) in ``tree`` names."""
+    """Every module or name ``tree`` imports, patches by name or reaches by attributes.
+
+    Import statements, ``import_module("...")``, ``monkeypatch.setattr("...", ...)`` and
+    ``patch("...")`` targets, and dotted reads such as ``prodkit.logging._direct.writer``.
+    """
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -188,12 +192,15 @@ def _imported_names(tree: ast.AST, package: str) -> list[tuple[int, str]]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name | ast.Attribute)
             and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
-            in ("import_module", "importorskip", "__import__")
+            in ("import_module", "importorskip", "__import__", "setattr", "patch", "delattr")
             and node.args
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
+            # An import by name, or a patch target ("prodkit.logging._direct.direct_writer").
             found.append((node.lineno, node.args[0].value))
+        elif isinstance(node, ast.Attribute) and ast.unparse(node).startswith("prodkit."):
+            found.append((node.lineno, ast.unparse(node)))  # a module reached by attributes
     return found
 
 
@@ -224,4 +231,82 @@ def test_no_module_imports_another_concerns_private_modules() -> None:
                 match = _PRIVATE_NAME.match(name)
                 if match and match.group(1) != owner:
                     offences.add(f"{relative}:{line}: {match.group(0)}")
+    assert sorted(offences) == []
+
+
+#: Underscored names of other packages that their documentation tells users to use.
+_DOCUMENTED_UNDERSCORE_NAMES = {
+    "os._exit": "the standard library's exit without clean-up, for a forked child",
+    "slowapi._rate_limit_exceeded_handler": "slowapi's documented 429 handler (a peer benchmark)",
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_lookups(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where ``tree`` imports, or reads through an imported name, another package's private name.
+
+    Also every ``__dict__`` read, and ``getattr``/``hasattr`` of a private name written out: a
+    look into an object's private state, whoever owns it.
+    """
+    imported: dict[str, str] = {}  # local name -> the dotted name it was imported as
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                imported[(alias.asname or alias.name).split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0]
+                )
+                if not alias.name.startswith("prodkit") and any(
+                    _private(part) for part in alias.name.split(".")
+                ):
+                    found.append((node.lineno, alias.name))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in ("prodkit", "tests", "benchmarks", "examples"):
+                continue
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                imported[alias.asname or alias.name] = name
+                if any(_private(part) for part in name.split(".")):
+                    found.append((node.lineno, name))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            if node.attr == "__dict__":
+                found.append((node.lineno, f"{ast.unparse(node.value)}.__dict__"))
+            elif _private(node.attr):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in imported:
+                    dotted = ast.unparse(node).replace(root.id, imported[root.id], 1)
+                    if not dotted.startswith("prodkit"):
+                        found.append((node.lineno, dotted))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+            and not node.args[1].value.startswith("_prodkit")  # prodkit's own marker
+        ):
+            found.append((node.lineno, f"{node.func.id}(..., {node.args[1].value!r})"))
+    return found
+
+
+def test_no_module_reads_another_packages_private_names() -> None:
+    # Only public APIs of dependencies (docs/contributing.md, "Fast paths"): no import of a
+    # private module or name, no private attribute read through an imported name, no
+    # ``__dict__`` and no getattr of a private name (the access log once looked for
+    # structlog's ``_nop`` and in a lazy proxy's ``__dict__``).
+    offences: set[str] = set()
+    for top in ("src", "tests", "benchmarks", "examples"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for line, name in _private_lookups(tree):
+                if name not in _DOCUMENTED_UNDERSCORE_NAMES:
+                    offences.add(f"{path.relative_to(ROOT)}:{line}: {name}")
     assert sorted(offences) == []
