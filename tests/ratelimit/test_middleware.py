@@ -433,7 +433,7 @@ async def drive(app: RateLimitMiddleware, path: str, client: str) -> list[tuple[
         max_size=40,
     ),
 )
-async def test_the_memory_lane_answers_exactly_as_an_awaited_store(
+async def test_the_memory_store_answers_exactly_as_a_subclass_that_overrides_it(
     quotas: list[tuple[int, int]], steps: list[tuple[float, str, str]]
 ) -> None:
     # The memory store and a subclass overriding ``consume`` are both awaited like any other
