@@ -137,3 +137,32 @@ def test_the_processor_renders_exc_info_as_redacted_text() -> None:
     assert event["exception"].startswith("Traceback (most recent call last):")
     assert SECRET not in event["exception"]
     assert REDACTED in event["exception"]
+
+
+# The processor's hot path remembers which keys are plain and how each constant message reads,
+# and looks into values only when one is a container: every line must come out as the
+# Redactor's own methods write it (keys by redact_mapping, the message by redact_text).
+_KEYS = st.sampled_from(
+    ["event", "status", "path", "password", "api_key", "Authorization", "user", "tokens_used"]
+)
+_TEXTS = st.sampled_from(
+    ["request completed", "plain", f"url https://h/p?api_key={SECRET}", f"Bearer {SECRET}"]
+)
+_FIELD_VALUES = st.recursive(
+    st.none() | st.integers() | _TEXTS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(lines=st.lists(st.dictionaries(_KEYS, _FIELD_VALUES, max_size=5), min_size=1, max_size=8))
+def test_the_processor_writes_what_the_redactors_methods_write(
+    lines: list[dict[str, object]],
+) -> None:
+    processor = Redactor()
+    for line in lines:
+        expected = Redactor().redact_mapping(line)
+        event = line.get("event")
+        if isinstance(event, str):
+            expected["event"] = Redactor().redact_text(event)
+        assert processor(None, "info", dict(line)) == expected
