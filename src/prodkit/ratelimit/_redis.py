@@ -45,7 +45,9 @@ local added = debt + cost * interval
 if added > window + 0.001 then
   return {0, string.format("%.6f", debt)}
 end
-redis.call("SET", KEYS[1], string.format("%.6f", now + added), "PX", math.ceil(added))
+-- The key outlives its arrival time by a second: a key gone early would hand out a fresh quota
+-- when the time passed in (ARGV[4]) runs behind the clock Redis expires keys by.
+redis.call("SET", KEYS[1], string.format("%.6f", now + added), "PX", math.ceil(added) + 1000)
 return {1, string.format("%.6f", added)}
 """
 
