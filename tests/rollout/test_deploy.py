@@ -357,7 +357,7 @@ def test_promtool(args: tuple[str, ...]) -> None:
         [_promtool(), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # the unit tests evaluate every 5 s over hours: ~40 s of CPU, more if shared
         check=False,
         cwd=RULES.parent,
     )
