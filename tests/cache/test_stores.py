@@ -22,7 +22,7 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
     if backend[0] == "memory":
         made = MemoryCacheStore()
     else:
-        made = RedisCacheStore(backend[0], key_prefix=backend[1])
+        made = RedisCacheStore.from_url(backend[0], key_prefix=backend[1])
     yield made
     await made.aclose()
 
@@ -258,9 +258,16 @@ def test_memory_store_rejects_bad_bounds(bound: str) -> None:
         MemoryCacheStore(**{bound: 0})  # type: ignore[arg-type]
 
 
-def test_redis_store_needs_a_url_or_client() -> None:
-    with pytest.raises(ConfigurationError, match="url"):
-        RedisCacheStore()
+def test_redis_store_takes_a_client_and_points_a_url_to_from_url() -> None:
+    with pytest.raises(ConfigurationError, match=r"RedisCacheStore\.from_url\(url\)"):
+        RedisCacheStore("redis://127.0.0.1:6379/0")
+
+
+def test_redis_store_needs_a_client_that_replies_with_bytes() -> None:
+    import redis.asyncio as redis_asyncio
+
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisCacheStore(redis_asyncio.Redis(decode_responses=True))
 
 
 def test_redis_store_names_the_extra_when_redis_is_missing(
@@ -270,4 +277,4 @@ def test_redis_store_names_the_extra_when_redis_is_missing(
 
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(MissingDependencyError, match=r"prodkit-asgi\[redis\]"):
-        RedisCacheStore("redis://127.0.0.1:1/0")
+        RedisCacheStore.from_url("redis://127.0.0.1:1/0")

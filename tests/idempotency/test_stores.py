@@ -97,7 +97,7 @@ async def build(backend: str, config: dict[str, str]) -> Harness:
             pg.clock_offset += seconds
 
         return Harness(pg, move_pg, pg.aclose)
-    rd = RedisIdempotencyStore(config["url"], key_prefix=config["prefix"])
+    rd = RedisIdempotencyStore.from_url(config["url"], key_prefix=config["prefix"])
 
     def move_rd(seconds: float) -> None:
         rd.clock_offset += seconds
@@ -503,7 +503,7 @@ def test_schema_sql_rejects_unsafe_table_names() -> None:
 async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefix: str) -> None:
     import redis.asyncio as redis_asyncio
 
-    store = RedisIdempotencyStore(redis_url, key_prefix=redis_prefix)
+    store = RedisIdempotencyStore.from_url(redis_url, key_prefix=redis_prefix)
     client = redis_asyncio.Redis.from_url(redis_url)
     try:
         key = new_key()
@@ -518,6 +518,8 @@ async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefi
         await store.aclose()
     with pytest.raises(ConfigurationError, match="decode_responses"):
         RedisIdempotencyStore(redis_asyncio.Redis.from_url(redis_url, decode_responses=True))
+    with pytest.raises(ConfigurationError, match=r"RedisIdempotencyStore\.from_url\(url\)"):
+        RedisIdempotencyStore(redis_url)
 
 
 async def test_unreachable_stores_raise_backend_error() -> None:
@@ -527,7 +529,7 @@ async def test_unreachable_stores_raise_backend_error() -> None:
     )
     with pytest.raises(BackendError):
         await pg.claim("k", b"fp", "o", lease=1, ttl=2)
-    rd = RedisIdempotencyStore("redis://127.0.0.1:1/0")
+    rd = RedisIdempotencyStore.from_url("redis://127.0.0.1:1/0")
     try:
         with pytest.raises(BackendError):
             await rd.claim("k", b"fp", "o", lease=1, ttl=2)
