@@ -1,4 +1,8 @@
-"""The CacheStore contract, run against every backend, and the memory store's bounds."""
+"""The CacheStore contract, run against every backend, and the memory store's bounds.
+
+The Redis store runs it on one server, on a Redis Cluster (an entry and its tags span slots)
+and behind Sentinel, each built from its URL by ``RedisCacheStore.from_url``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,19 @@ from prodkit import ConfigurationError, MissingDependencyError
 from prodkit.cache import CacheStore, FenceChange, Lookup, MemoryCacheStore, RedisCacheStore
 from prodkit.cache._store import fence_of, fenced_version
 from tests.cache.helpers import FakeClock
+from tests.conftest import REDIS_TOPOLOGIES, redis_topology_url
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis), *REDIS_TOPOLOGIES]
+)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The contract's backends: memory, the test Redis, a Redis Cluster and a Sentinel group."""
+    if request.param == "memory":
+        return ("memory", "")
+    if request.param == "redis":
+        return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+    return (redis_topology_url(request, request.param), f"prodkit-test:{uuid.uuid4().hex}:")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""One contract for every idempotency store: memory always, PostgreSQL and Redis for real.
+"""One contract for every idempotency store: memory always, PostgreSQL and Redis for real (one
+Redis server, a Redis Cluster and a Sentinel group).
 
 Time is moved with the memory store's clock and the network stores' ``clock_offset``; the
 stateful test moves it in steps of 10 s, so the few real milliseconds a step takes never
@@ -41,8 +42,14 @@ from prodkit.idempotency import (
     schema_sql,
 )
 from prodkit.testing import capture_logs
+from tests.conftest import REDIS_TOPOLOGIES, redis_topology_url
 
-BACKENDS = ("memory", "postgres", "redis")
+BACKENDS = (
+    "memory",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("redis", marks=pytest.mark.redis),
+    *REDIS_TOPOLOGIES,
+)
 RESPONSE = StoredResponse(
     201,
     ((b"content-type", b"application/json"), (b"location", b"/api/funds/\xe9")),
@@ -78,6 +85,9 @@ def resolve(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
             "url": request.getfixturevalue("redis_url"),
             "prefix": request.getfixturevalue("redis_prefix"),
         }
+    if backend.startswith("redis-"):
+        url = redis_topology_url(request, backend)
+        return {"url": url, "prefix": f"prodkit-test:{uuid.uuid4().hex}:"}
     return {}
 
 

@@ -64,6 +64,21 @@ class Topology:
         process.kill()
         process.wait(timeout=10)
 
+    def primary_for(self, key: str) -> int:
+        """The port of the Cluster primary that owns ``key``'s slot now."""
+        port = next(p for p, process in self.processes.items() if process.poll() is None)
+        slot = int(cli(port, "cluster", "keyslot", key, host=self.host))
+        # CLUSTER NODES: id, host:port@bus, flags, primary, ping, pong, epoch, link, slots…
+        for line in cli(port, "cluster", "nodes", host=self.host).splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for ranged in fields[8:]:
+                first, _, last = ranged.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    return int(fields[1].split("@")[0].rpartition(":")[2])
+        raise LookupError(f"no live primary owns slot {slot} of {key!r}")
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:

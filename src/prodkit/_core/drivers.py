@@ -7,6 +7,7 @@ driver's own (each store's circuit breaker decides when to try again).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -181,8 +182,10 @@ def redis_client(
             (a ``redis.asyncio.Redis`` that asks the Sentinels for the primary, and again after
             a failover).
         max_connections: connections at most in the pool (per node on a Cluster), default
-            ``64``. On one server, requests beyond it wait up to ``socket_timeout`` for a
-            pooled connection; elsewhere they fail fast.
+            ``64``. On one server and behind Sentinel, a command beyond it waits up to
+            ``socket_timeout`` for a pooled connection; on a Cluster it fails at once
+            (redis-py's Cluster client has no waiting pool): size it to the commands one
+            process may have in flight on one node.
         socket_timeout: seconds a command may take (default ``0.5``).
         connect_timeout: seconds to connect (default: ``socket_timeout``).
         setting: the setting named in the error for a malformed URL (default
@@ -236,7 +239,49 @@ def redis_client(
         **credentials,
         **timeouts,
     )
-    return watchers.master_for(target.service, db=target.db, max_connections=max_connections)
+    client_class, pool_class = _sentinel_managed()
+    return watchers.master_for(
+        target.service,
+        redis_class=client_class,
+        connection_pool_class=pool_class,
+        db=target.db,
+        max_connections=max_connections,
+        timeout=socket_timeout,
+    )
+
+
+@functools.cache
+def _sentinel_managed() -> tuple[Any, Any]:
+    """The client and pool classes of a Sentinel-managed primary (made once, redis-py being an
+    optional driver)."""
+    redis_class: Any = require("redis.asyncio", "redis").Redis
+    connection: Any = require("redis.asyncio.connection", "redis")
+    sentinel: Any = require("redis.asyncio.sentinel", "redis")
+
+    class SentinelManagedRedis(redis_class):  # type: ignore[misc]  # an optional driver, typed Any
+        """A client of the primary the Sentinels name, closing the clients that ask them too.
+
+        (redis-py's ``master_for`` client closes only its connections to the primary: those to
+        the Sentinels stayed open until the garbage collector found them.)
+        """
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            try:
+                await super().aclose(close_connection_pool)
+            finally:
+                for watcher in self.connection_pool.sentinel_manager.sentinels:
+                    await watcher.aclose()
+
+    # The first finds the primary through the Sentinels, the second waits up to `timeout` for
+    # a free connection.
+    finds: Any = sentinel.SentinelConnectionPool
+    waits: Any = connection.BlockingConnectionPool
+
+    class BlockingSentinelConnectionPool(finds, waits):  # type: ignore[misc]  # optional, Any
+        """Connections to the primary the Sentinels name, at most ``max_connections``: beyond
+        them a command waits for one, as on one server (redis-py's own pool fails at once)."""
+
+    return SentinelManagedRedis, BlockingSentinelConnectionPool
 
 
 def is_cluster(client: Any) -> bool:
