@@ -64,20 +64,32 @@ class Topology:
         process.kill()
         process.wait(timeout=10)
 
-    def primary_for(self, key: str) -> int:
-        """The port of the Cluster primary that owns ``key``'s slot now."""
+    def slot_owners(self) -> dict[int, list[range]]:
+        """The Cluster's live primaries now: each one's port and the slots it serves."""
         port = next(p for p, process in self.processes.items() if process.poll() is None)
-        slot = int(cli(port, "cluster", "keyslot", key, host=self.host))
+        owners: dict[int, list[range]] = {}
         # CLUSTER NODES: id, host:port@bus, flags, primary, ping, pong, epoch, link, slots…
         for line in cli(port, "cluster", "nodes", host=self.host).splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:
                 continue
-            for ranged in fields[8:]:
-                first, _, last = ranged.partition("-")
-                if first.isdigit() and int(first) <= slot <= int(last or first):
-                    return int(fields[1].split("@")[0].rpartition(":")[2])
-        raise LookupError(f"no live primary owns slot {slot} of {key!r}")
+            ranges = owners.setdefault(int(fields[1].split("@")[0].rpartition(":")[2]), [])
+            for served in fields[8:]:
+                first, _, last = served.partition("-")
+                if first.isdigit():
+                    ranges.append(range(int(first), int(last or first) + 1))
+        return owners
+
+    def primary_for(self, key: str, owners: dict[int, list[range]] | None = None) -> int:
+        """The port of the Cluster primary that serves ``key``, as ``owners`` (a
+        :meth:`slot_owners` taken earlier; default: the one now) says."""
+        from redis.crc import key_slot  # the driver is optional where topologies are not used
+
+        slot = key_slot(key.encode())
+        for port, ranges in (owners or self.slot_owners()).items():
+            if any(slot in served for served in ranges):
+                return port
+        raise LookupError(f"no live primary serves slot {slot} of {key!r}")
 
     def stop(self) -> None:
         for process in self.processes.values():
