@@ -28,6 +28,9 @@ FORM_TIMEOUT = 30.0
 # Every server is bound to one address only (loopback, or a test's own link-local bridge):
 # protected mode would refuse the clients in the test's namespaces, and guards nothing here.
 _OPEN = ["--protected-mode", "no"]
+# A primary waits 5 s (Redis's default) for more replicas before a diskless full sync: here each
+# has one, so the topologies would form 5 s later for nothing.
+_SYNC_NOW = ["--repl-diskless-sync-delay", "0"]
 
 
 def redis_binaries_missing() -> str | None:
@@ -139,7 +142,7 @@ def redis_cluster(
                 topology,
                 port,
                 [
-                    "--port", str(port), "--bind", host, *_OPEN, "--dir", str(folder),
+                    "--port", str(port), "--bind", host, *_OPEN, *_SYNC_NOW, "--dir", str(folder),
                     "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     # The bus port is the data port + 10000 unless given: ephemeral ports are
@@ -203,7 +206,7 @@ def redis_sentinel(
     ``redis+sentinel://…/prodkit``."""
     group = SentinelGroup(primary=free_port(), replica=free_port(), host=host)
     group.sentinels = [free_port() for _ in range(3)]
-    common = ["--bind", host, *_OPEN, "--save", "", "--appendonly", "no"]
+    common = ["--bind", host, *_OPEN, *_SYNC_NOW, "--save", "", "--appendonly", "no"]
     try:
         for port, extra in (
             (group.primary, []),
