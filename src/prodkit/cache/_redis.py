@@ -91,10 +91,11 @@ class RedisCacheStore:
 
         Arguments:
             url: where Redis is.
-            key_prefix: as for the constructor.
-            socket_timeout: seconds a command may take before the driver gives up.
-            connect_timeout: seconds to connect.
-            max_connections: the client's pool size (per node on a Cluster).
+            key_prefix: as for the constructor (default ``"prodkit:cache:"``).
+            socket_timeout: seconds a command may take before the driver gives up (default
+                ``0.5``).
+            connect_timeout: seconds to connect (default ``0.5``).
+            max_connections: the client's pool size, per node on a Cluster (default ``64``).
         """
         if socket_timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
