@@ -63,7 +63,7 @@ def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
 def prodkit_app(redis: bool, url: Callable[[], str] = lambda: REDIS_URL) -> Callable[[], ASGIApp]:
     def build() -> ASGIApp:
         store = (
-            RedisCacheStore(url(), key_prefix=f"prodkit-bench:{RUN}:")
+            RedisCacheStore.from_url(url(), key_prefix=f"prodkit-bench:{RUN}:")
             if redis
             else MemoryCacheStore()
         )

@@ -202,7 +202,12 @@ def cases() -> list[Case]:
     ]
     if reachable(REDIS_URL, 6379):
         stores.append(
-            ("redis", lambda: RedisIdempotencyStore(REDIS_URL, key_prefix=f"prodkit-bench:{RUN}:"))
+            (
+                "redis",
+                lambda: RedisIdempotencyStore.from_url(
+                    REDIS_URL, key_prefix=f"prodkit-bench:{RUN}:"
+                ),
+            )
         )
     else:
         print(f"redis not reachable at {REDIS_URL}: its cases are skipped")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -17,6 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from prodkit.asgi import ASGIApp
 from tests.apps import FRAMEWORKS, build_app
+from tests.servers.redis_topologies import (
+    SentinelGroup,
+    Topology,
+    redis_binaries_missing,
+    redis_cluster,
+    redis_sentinel,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATABASE_URL = os.environ.get(
@@ -182,6 +192,66 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             await client.aclose()
 
     run_sync(cleanup)
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """A Redis Cluster (three primaries, three replicas) started once for the run.
+
+    Shared: never kill or pause its nodes (start a topology of your own for a failover). Its
+    keys need no cleanup: the servers and their data go at the end of the run.
+    """
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+    with redis_cluster(tmp_path_factory.mktemp("shared-cluster")) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def shared_redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A Sentinel group (one primary, one replica, three Sentinels) started once for the run;
+    shared like :func:`shared_redis_cluster`."""
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+    with redis_sentinel(tmp_path_factory.mktemp("shared-sentinel")) as group:
+        yield group
+
+
+#: Store-suite parameters for the shared topologies; :func:`redis_topology_url` resolves them.
+REDIS_TOPOLOGIES = (
+    pytest.param("redis-cluster", marks=[pytest.mark.redis, pytest.mark.server]),
+    pytest.param("redis-sentinel", marks=[pytest.mark.redis, pytest.mark.server]),
+)
+
+
+def redis_topology_url(request: pytest.FixtureRequest, topology: str) -> str:
+    """The URL of the shared topology named ``redis-cluster`` or ``redis-sentinel``."""
+    fixture = {"redis-cluster": "shared_redis_cluster", "redis-sentinel": "shared_redis_sentinel"}
+    shared: Topology = request.getfixturevalue(fixture[topology])
+    return shared.url
+
+
+#: Records a measured figure: ``figures("name", key=value, ...)``.
+Figures = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
+    """Append measured figures as JSON lines to ``$PRODKIT_SCALE_FIGURES`` (default: a file in
+    the session's temporary directory). Tests record times here; they never assert them."""
+    path = Path(
+        os.environ.get("PRODKIT_SCALE_FIGURES")
+        or tmp_path_factory.getbasetemp() / "scale-figures.jsonl"
+    )
+
+    def record(name: str, **values: object) -> None:
+        line = {"figure": name, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        with path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({**line, **values}) + "\n")
+
+    return record
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -3,7 +3,8 @@
 Application code rarely needs this module; it is for middleware authors. It holds the ASGI type
 aliases, raw-header helpers, the shared response observer (one wrapper of ``send`` that every
 layer records through), request-body helpers, route templates, client-address resolution,
-caller functions, problem+json rendering and the circuit breaker. Everything here is as stable
+caller functions, problem+json rendering, the circuit breaker, and the one function that makes
+the Redis client every prodkit Redis store can share. Everything here is as stable
 as :mod:`prodkit` itself. See ``docs/stack.md`` for a worked example.
 """
 
@@ -13,6 +14,7 @@ from prodkit._core.addresses import ClientAddressResolver, normalize_ip, parse_i
 from prodkit._core.body import read_body, replay_receive
 from prodkit._core.breaker import BreakerState, CircuitBreaker
 from prodkit._core.callers import Caller, caller_from_authorization, caller_from_header
+from prodkit._core.drivers import REDIS_URL_FORMS, redis_client
 from prodkit._core.headers import (
     append_vary,
     get_all_headers,
@@ -45,6 +47,7 @@ from prodkit._core.types import ASGIApp, Message, RawHeaders, Receive, Scope, Se
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
+    "REDIS_URL_FORMS",
     "UNMATCHED_ROUTE",
     "ASGIApp",
     "BreakerState",
@@ -74,6 +77,7 @@ __all__ = [
     "problem_dict",
     "problem_type",
     "read_body",
+    "redis_client",
     "remove_header",
     "replay_receive",
     "route_path",

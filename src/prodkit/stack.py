@@ -508,8 +508,8 @@ def idempotency_store_for(
 
     Arguments:
         settings: names the store (``idempotency_store``) and where it lives.
-        redis: the Redis client to use for a Redis store (default: a client of its own, which
-            the store closes).
+        redis: the Redis client to use for a Redis store (default: a client of its own, made
+            by :func:`~prodkit.asgi.redis_client`, which the store closes).
         registry: the Prometheus registry of the PostgreSQL store's cleanup counter.
     """
     if settings.idempotency_store == "postgres":
@@ -523,10 +523,10 @@ def idempotency_store_for(
     if settings.idempotency_store == "redis":
         if not settings.redis_url:
             raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
-        return RedisIdempotencyStore(
-            redis if redis is not None else settings.redis_url,
-            key_prefix=f"{settings.redis_key_prefix}idem:",
-        )
+        key_prefix = f"{settings.redis_key_prefix}idem:"
+        if redis is None:
+            return RedisIdempotencyStore.from_url(settings.redis_url, key_prefix=key_prefix)
+        return RedisIdempotencyStore(redis, key_prefix=key_prefix)
     return MemoryIdempotencyStore()
 
 
@@ -555,7 +555,7 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
     )
     if cache_routes:
         cache_store: CacheStore = (
-            RedisCacheStore(client=stack.redis, key_prefix=f"{prefix}cache:")
+            RedisCacheStore(stack.redis, key_prefix=f"{prefix}cache:")
             if stack.redis is not None
             else MemoryCacheStore()
         )

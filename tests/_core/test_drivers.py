@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from prodkit import ConfigurationError
-from prodkit._core.drivers import parse_redis_url, redis_client
-from tests.conftest import unavailable
-from tests.servers.redis_topologies import (
-    SentinelGroup,
-    Topology,
-    collect_dropped_connections,
-    redis_binaries_missing,
-    redis_cluster,
-    redis_sentinel,
-    write_until_it_lands,
-)
+from prodkit._core.drivers import is_cluster, parse_redis_url, redis_client
+from tests.servers.redis_topologies import SentinelGroup, Topology, cli
 
 
 @pytest.mark.parametrize(
@@ -101,31 +90,14 @@ def test_any_text_is_read_or_refused_with_a_configuration_error(text: str) -> No
             parse_redis_url(url)
 
 
-# Real topologies: a Redis Cluster and a Sentinel group started from the redis-server binary.
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    missing = redis_binaries_missing()
-    if missing:
-        unavailable(missing)
-    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
-        yield topology
-
-
-@pytest.fixture
-def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    missing = redis_binaries_missing()
-    if missing:
-        unavailable(missing)
-    with redis_sentinel(tmp_path) as group:
-        yield group
+# Real topologies: the run's Redis Cluster and Sentinel group, started from the redis-server
+# binary (tests/conftest.py). Failovers are in tests/test_stack_failover.py, through the stack.
 
 
 async def test_a_cluster_url_builds_a_cluster_client_that_spans_every_slot(
-    cluster: Topology,
+    shared_redis_cluster: Topology,
 ) -> None:
-    first, second = redis_client(cluster.url), redis_client(cluster.url)
+    first, second = redis_client(shared_redis_cluster.url), redis_client(shared_redis_cluster.url)
     try:
         keys = [f"prodkit-test:{i}" for i in range(64)]  # spread over the three primaries
         for key in keys:
@@ -133,51 +105,50 @@ async def test_a_cluster_url_builds_a_cluster_client_that_spans_every_slot(
         assert [await second.get(key) for key in keys] == [key.encode() for key in keys]
         slots = {await first.cluster_keyslot(key) for key in keys}
         assert len(slots) > 3
+        assert is_cluster(first)
     finally:
         await first.aclose()
         await second.aclose()
 
 
-async def test_a_sentinel_url_follows_the_primary_through_a_failover(
-    sentinel_group: SentinelGroup,
+def sentinel_connections(group: SentinelGroup) -> int:
+    """Client connections the Sentinels hold, besides each other's and redis-cli's own."""
+    listed = "".join(cli(port, "client", "list", host=group.host) for port in group.sentinels)
+    return sum(
+        1 for line in listed.splitlines() if "cmd=client|list" not in line and "flags=N" in line
+    )
+
+
+async def test_a_sentinel_client_closes_its_connections_to_the_sentinels(
+    shared_redis_sentinel: SentinelGroup,
 ) -> None:
-    client = redis_client(sentinel_group.url)
+    before = sentinel_connections(shared_redis_sentinel)
+    client = redis_client(shared_redis_sentinel.url)
+    await client.set("prodkit-test:sentinel", "v", px=60_000)
+    assert not is_cluster(client)
+    assert sentinel_connections(shared_redis_sentinel) > before  # it asked for the primary
+    await client.aclose()
+    for _ in range(50):  # the Sentinels see the sockets close (bounded: 5 s)
+        if sentinel_connections(shared_redis_sentinel) == before:
+            break
+        await asyncio.sleep(0.1)
+    assert sentinel_connections(shared_redis_sentinel) == before
+
+
+@pytest.mark.parametrize("topology", ["server", "sentinel"])
+async def test_commands_beyond_the_pool_wait_for_a_connection(
+    topology: str, request: pytest.FixtureRequest
+) -> None:
+    # As on one server, a burst beyond max_connections queues for a pooled connection behind
+    # Sentinel (redis-py's Sentinel pool would refuse it with MaxConnectionsError).
+    url = (
+        request.getfixturevalue("redis_url")
+        if topology == "server"
+        else request.getfixturevalue("shared_redis_sentinel").url
+    )
+    client = redis_client(url, max_connections=4, socket_timeout=5)
     try:
-        await client.set("prodkit-test:before", "before", px=60_000)
-        assert sentinel_group.current_primary() == sentinel_group.primary
-        sentinel_group.kill(sentinel_group.primary)
-        await write_until_it_lands(client, "prodkit-test:after", time.monotonic() + 30)
-        # The Sentinels promoted the replica, which had the write made before the kill.
-        assert sentinel_group.current_primary() == sentinel_group.replica
-        assert await client.get("prodkit-test:before") == b"before"
-        assert await client.get("prodkit-test:after") == b"after"
+        replies = await asyncio.gather(*(client.ping() for _ in range(200)))
+        assert replies == [True] * 200
     finally:
         await client.aclose()
-        collect_dropped_connections()
-
-
-async def test_a_cluster_client_writes_again_once_a_replica_is_promoted(
-    tmp_path: Path,
-) -> None:
-    missing = redis_binaries_missing()
-    if missing:
-        unavailable(missing)
-    with redis_cluster(tmp_path) as topology:
-        client = redis_client(topology.url)
-        try:
-            key = "prodkit-test:failover"
-            await client.set(key, "before", px=60_000)
-            owner = await client.cluster_keyslot(key)
-            nodes = await client.cluster_nodes()
-            primary = next(
-                int(address.split(":")[1].split("@")[0])
-                for address, node in nodes.items()
-                if "master" in node["flags"]
-                and any(int(a) <= owner <= int(b) for a, b in node["slots"])
-            )
-            topology.kill(primary)
-            await write_until_it_lands(client, key, time.monotonic() + 30)
-            assert await client.get(key) == b"after"
-        finally:
-            await client.aclose()
-            collect_dropped_connections()

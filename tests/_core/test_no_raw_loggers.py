@@ -217,6 +217,9 @@ async def test_a_failed_sweep_line_is_redacted_and_has_no_exc_info(
 class FailingRedis:
     """A Redis client whose scripts fail with the URL in the message."""
 
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        return {}
+
     def register_script(self, script: str) -> Any:
         async def run(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError(f"boom redis://:{SECRET}@cache:6379/0")

@@ -30,6 +30,6 @@ async def redis_cache(
 ) -> AsyncIterator[ResponseCache]:
     """A ``ResponseCache`` over the shared test Redis, under this test's prefix."""
     url, prefix = redis_target
-    cache = ResponseCache(RedisCacheStore(url, key_prefix=prefix), registry=registry)
+    cache = ResponseCache(RedisCacheStore.from_url(url, key_prefix=prefix), registry=registry)
     yield cache
     await cache.aclose()

@@ -43,7 +43,9 @@ async def test_redis_stopped_mid_run_fails_open_and_stops_calling_it(
     )
     with redis_server(port) as server:
         store = CountingStore(
-            RedisCacheStore(f"redis://{HOST}:{port}/0", socket_timeout=0.25, connect_timeout=0.25)
+            RedisCacheStore.from_url(
+                f"redis://{HOST}:{port}/0", socket_timeout=0.25, connect_timeout=0.25
+            )
         )
         cache = ResponseCache(store, breaker=breaker, registry=registry)
         app = CountingApp()
@@ -86,7 +88,9 @@ async def test_a_black_holed_redis_is_cut_off_by_the_breaker_then_not_called(
         )
         # Redis's own timeouts (5 s) would end a call with an error, not a cancellation.
         store = CountingStore(
-            RedisCacheStore(f"redis://{HOST}:{port}/0", socket_timeout=5, connect_timeout=5)
+            RedisCacheStore.from_url(
+                f"redis://{HOST}:{port}/0", socket_timeout=5, connect_timeout=5
+            )
         )
         cache = ResponseCache(store, breaker=breaker, registry=registry)
         app = CountingApp()

@@ -32,7 +32,7 @@ async def cache(
     store = (
         MemoryCacheStore()
         if backend[0] == "memory"
-        else RedisCacheStore(backend[0], key_prefix=backend[1])
+        else RedisCacheStore.from_url(backend[0], key_prefix=backend[1])
     )
     made = ResponseCache(store, registry=registry)
     yield made

@@ -140,7 +140,9 @@ async def test_two_middlewares_sharing_redis_compute_once(
     app = CountingApp()
     app.gate = asyncio.Event()
     caches = [
-        ResponseCache(RedisCacheStore(url, key_prefix=prefix), registry=CollectorRegistry())
+        ResponseCache(
+            RedisCacheStore.from_url(url, key_prefix=prefix), registry=CollectorRegistry()
+        )
         for _ in range(2)
     ]
     workers = [make_cache(app, CollectorRegistry(), cache=cache) for cache in caches]
@@ -175,7 +177,9 @@ async def test_a_waiter_that_outlives_the_lease_computes_itself(
     stuck.gate = asyncio.Event()  # the first worker's computation never finishes on its own
     fine = CountingApp()
     caches = [
-        ResponseCache(RedisCacheStore(url, key_prefix=prefix), registry=CollectorRegistry())
+        ResponseCache(
+            RedisCacheStore.from_url(url, key_prefix=prefix), registry=CollectorRegistry()
+        )
         for _ in range(2)
     ]
     first = make_client(make_cache(stuck, CollectorRegistry(), cache=caches[0], lock_lease=0.3))

@@ -132,7 +132,9 @@ async def test_a_write_through_one_worker_invalidates_the_other(
     url, prefix = redis_target
     app = CountingApp()
     caches = [
-        ResponseCache(RedisCacheStore(url, key_prefix=prefix), registry=CollectorRegistry())
+        ResponseCache(
+            RedisCacheStore.from_url(url, key_prefix=prefix), registry=CollectorRegistry()
+        )
         for _ in range(2)
     ]
     first, second = (make_client(make_cache(app, CollectorRegistry(), cache=c)) for c in caches)
@@ -182,7 +184,7 @@ async def shared_store(backend: tuple[str, str]) -> AsyncIterator[Stores]:
     def factory() -> CacheStore:
         if backend[0] == "memory":
             return memory
-        made.append(RedisCacheStore(backend[0], key_prefix=backend[1]))
+        made.append(RedisCacheStore.from_url(backend[0], key_prefix=backend[1]))
         return made[-1]
 
     yield factory

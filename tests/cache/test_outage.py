@@ -105,7 +105,9 @@ async def workers(
 
     def factory(**options: Any) -> Worker:
         registry = CollectorRegistry()
-        store = RedisCacheStore(url, key_prefix=prefix, socket_timeout=0.5, connect_timeout=0.5)
+        store = RedisCacheStore.from_url(
+            url, key_prefix=prefix, socket_timeout=0.5, connect_timeout=0.5
+        )
         cache = ResponseCache(store, registry=registry, **options)
         middleware = CacheMiddleware(app, cache=cache, routes=ROUTES, registry=registry)
         transport = httpx.ASGITransport(app=middleware)
@@ -285,7 +287,7 @@ async def test_invalidations_still_pending_at_close_are_logged_as_lost(
 ) -> None:
     process, url = own_redis
     cache = ResponseCache(
-        RedisCacheStore(url, key_prefix="lost:", socket_timeout=0.5), registry=registry
+        RedisCacheStore.from_url(url, key_prefix="lost:", socket_timeout=0.5), registry=registry
     )
     with capture_logs() as events, paused(process):
         assert await cache.invalidate_tags(["item:1"]) is False

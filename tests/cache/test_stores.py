@@ -1,4 +1,8 @@
-"""The CacheStore contract, run against every backend, and the memory store's bounds."""
+"""The CacheStore contract, run against every backend, and the memory store's bounds.
+
+The Redis store runs it on one server, on a Redis Cluster (an entry and its tags span slots)
+and behind Sentinel, each built from its URL by ``RedisCacheStore.from_url``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,19 @@ from prodkit import ConfigurationError, MissingDependencyError
 from prodkit.cache import CacheStore, FenceChange, Lookup, MemoryCacheStore, RedisCacheStore
 from prodkit.cache._store import fence_of, fenced_version
 from tests.cache.helpers import FakeClock
+from tests.conftest import REDIS_TOPOLOGIES, redis_topology_url
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis), *REDIS_TOPOLOGIES]
+)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The contract's backends: memory, the test Redis, a Redis Cluster and a Sentinel group."""
+    if request.param == "memory":
+        return ("memory", "")
+    if request.param == "redis":
+        return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+    return (redis_topology_url(request, request.param), f"prodkit-test:{uuid.uuid4().hex}:")
 
 
 @pytest.fixture
@@ -22,7 +39,7 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
     if backend[0] == "memory":
         made = MemoryCacheStore()
     else:
-        made = RedisCacheStore(backend[0], key_prefix=backend[1])
+        made = RedisCacheStore.from_url(backend[0], key_prefix=backend[1])
     yield made
     await made.aclose()
 
@@ -258,9 +275,16 @@ def test_memory_store_rejects_bad_bounds(bound: str) -> None:
         MemoryCacheStore(**{bound: 0})  # type: ignore[arg-type]
 
 
-def test_redis_store_needs_a_url_or_client() -> None:
-    with pytest.raises(ConfigurationError, match="url"):
-        RedisCacheStore()
+def test_redis_store_takes_a_client_and_points_a_url_to_from_url() -> None:
+    with pytest.raises(ConfigurationError, match=r"RedisCacheStore\.from_url\(url\)"):
+        RedisCacheStore("redis://127.0.0.1:6379/0")
+
+
+def test_redis_store_needs_a_client_that_replies_with_bytes() -> None:
+    import redis.asyncio as redis_asyncio
+
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisCacheStore(redis_asyncio.Redis(decode_responses=True))
 
 
 def test_redis_store_names_the_extra_when_redis_is_missing(
@@ -270,4 +294,4 @@ def test_redis_store_names_the_extra_when_redis_is_missing(
 
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(MissingDependencyError, match=r"prodkit-asgi\[redis\]"):
-        RedisCacheStore("redis://127.0.0.1:1/0")
+        RedisCacheStore.from_url("redis://127.0.0.1:1/0")

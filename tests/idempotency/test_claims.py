@@ -80,7 +80,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[IdempotencyStor
     if request.param == "memory":
         yield MemoryIdempotencyStore()
         return
-    made = RedisIdempotencyStore(
+    made = RedisIdempotencyStore.from_url(
         request.getfixturevalue("redis_url"), key_prefix=request.getfixturevalue("redis_prefix")
     )
     try:

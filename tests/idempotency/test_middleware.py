@@ -330,7 +330,7 @@ async def real_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreUnder
         import redis.asyncio as redis_asyncio
 
         url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        redis_store = RedisIdempotencyStore(url, key_prefix=prefix)
+        redis_store = RedisIdempotencyStore.from_url(url, key_prefix=prefix)
         client = redis_asyncio.Redis.from_url(url)
 
         async def count_keys() -> int:
@@ -884,7 +884,7 @@ async def test_oversize_response_is_streamed_not_recorded_and_logged(
 
 def unreachable_store() -> RedisIdempotencyStore:
     pytest.importorskip("redis")
-    return RedisIdempotencyStore("redis://127.0.0.1:1/0")
+    return RedisIdempotencyStore.from_url("redis://127.0.0.1:1/0")
 
 
 async def test_unreachable_store_fails_closed_with_503(make_client: ClientFactory) -> None:

@@ -92,7 +92,7 @@ async def store(
         )
         await made.ensure_schema()
     else:
-        made = RedisIdempotencyStore(
+        made = RedisIdempotencyStore.from_url(
             proxy.dsn(url), key_prefix=request.getfixturevalue("redis_prefix")
         )
     try:
@@ -177,7 +177,7 @@ async def test_a_pending_release_lands_by_aclose_at_the_latest(
         other = PostgresIdempotencyStore(url, registry=CollectorRegistry())
     else:
         assert isinstance(store, RedisIdempotencyStore)
-        other = RedisIdempotencyStore(url, key_prefix=store.key_prefix)
+        other = RedisIdempotencyStore.from_url(url, key_prefix=store.key_prefix)
     try:
         async with build(FlakyApp(), other) as client:
             answer = await client.post("/orders", headers=headers)

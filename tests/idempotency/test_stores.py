@@ -1,4 +1,5 @@
-"""One contract for every idempotency store: memory always, PostgreSQL and Redis for real.
+"""One contract for every idempotency store: memory always, PostgreSQL and Redis for real (one
+Redis server, a Redis Cluster and a Sentinel group).
 
 Time is moved with the memory store's clock and the network stores' ``clock_offset``; the
 stateful test moves it in steps of 10 s, so the few real milliseconds a step takes never
@@ -41,8 +42,14 @@ from prodkit.idempotency import (
     schema_sql,
 )
 from prodkit.testing import capture_logs
+from tests.conftest import REDIS_TOPOLOGIES, redis_topology_url
 
-BACKENDS = ("memory", "postgres", "redis")
+BACKENDS = (
+    "memory",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("redis", marks=pytest.mark.redis),
+    *REDIS_TOPOLOGIES,
+)
 RESPONSE = StoredResponse(
     201,
     ((b"content-type", b"application/json"), (b"location", b"/api/funds/\xe9")),
@@ -78,6 +85,9 @@ def resolve(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
             "url": request.getfixturevalue("redis_url"),
             "prefix": request.getfixturevalue("redis_prefix"),
         }
+    if backend.startswith("redis-"):
+        url = redis_topology_url(request, backend)
+        return {"url": url, "prefix": f"prodkit-test:{uuid.uuid4().hex}:"}
     return {}
 
 
@@ -97,7 +107,7 @@ async def build(backend: str, config: dict[str, str]) -> Harness:
             pg.clock_offset += seconds
 
         return Harness(pg, move_pg, pg.aclose)
-    rd = RedisIdempotencyStore(config["url"], key_prefix=config["prefix"])
+    rd = RedisIdempotencyStore.from_url(config["url"], key_prefix=config["prefix"])
 
     def move_rd(seconds: float) -> None:
         rd.clock_offset += seconds
@@ -503,7 +513,7 @@ def test_schema_sql_rejects_unsafe_table_names() -> None:
 async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefix: str) -> None:
     import redis.asyncio as redis_asyncio
 
-    store = RedisIdempotencyStore(redis_url, key_prefix=redis_prefix)
+    store = RedisIdempotencyStore.from_url(redis_url, key_prefix=redis_prefix)
     client = redis_asyncio.Redis.from_url(redis_url)
     try:
         key = new_key()
@@ -518,6 +528,8 @@ async def test_redis_keys_carry_a_hash_tag_and_a_ttl(redis_url: str, redis_prefi
         await store.aclose()
     with pytest.raises(ConfigurationError, match="decode_responses"):
         RedisIdempotencyStore(redis_asyncio.Redis.from_url(redis_url, decode_responses=True))
+    with pytest.raises(ConfigurationError, match=r"RedisIdempotencyStore\.from_url\(url\)"):
+        RedisIdempotencyStore(redis_url)
 
 
 async def test_unreachable_stores_raise_backend_error() -> None:
@@ -527,7 +539,7 @@ async def test_unreachable_stores_raise_backend_error() -> None:
     )
     with pytest.raises(BackendError):
         await pg.claim("k", b"fp", "o", lease=1, ttl=2)
-    rd = RedisIdempotencyStore("redis://127.0.0.1:1/0")
+    rd = RedisIdempotencyStore.from_url("redis://127.0.0.1:1/0")
     try:
         with pytest.raises(BackendError):
             await rd.claim("k", b"fp", "o", lease=1, ttl=2)

@@ -51,7 +51,7 @@ async def compute(scope: Scope, receive: Receive, send: Send) -> None:
 
 cached = CacheMiddleware(
     compute,
-    store=RedisCacheStore(URL, key_prefix=PREFIX + "cache:"),
+    store=RedisCacheStore.from_url(URL, key_prefix=PREFIX + "cache:"),
     routes={"/items/{id}": CacheRule(ttl=60)},
     lock_lease=30.0,
 )

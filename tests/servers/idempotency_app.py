@@ -43,7 +43,7 @@ def make_store() -> IdempotencyStore:
     if kind == "postgres":
         return PostgresIdempotencyStore(DATABASE_URL, pool_options={"min_size": 1, "max_size": 8})
     if kind == "redis":
-        return RedisIdempotencyStore(
+        return RedisIdempotencyStore.from_url(
             os.environ["REDIS_URL"], key_prefix=os.environ.get("IDEMPOTENCY_REDIS_PREFIX", "idem:")
         )
     return MemoryIdempotencyStore()

@@ -28,6 +28,9 @@ FORM_TIMEOUT = 30.0
 # Every server is bound to one address only (loopback, or a test's own link-local bridge):
 # protected mode would refuse the clients in the test's namespaces, and guards nothing here.
 _OPEN = ["--protected-mode", "no"]
+# A primary waits 5 s (Redis's default) for more replicas before a diskless full sync: here each
+# has one, so the topologies would form 5 s later for nothing.
+_SYNC_NOW = ["--repl-diskless-sync-delay", "0"]
 
 
 def redis_binaries_missing() -> str | None:
@@ -63,6 +66,33 @@ class Topology:
         process.send_signal(signal.SIGCONT)
         process.kill()
         process.wait(timeout=10)
+
+    def slot_owners(self) -> dict[int, list[range]]:
+        """The Cluster's live primaries now: each one's port and the slots it serves."""
+        port = next(p for p, process in self.processes.items() if process.poll() is None)
+        owners: dict[int, list[range]] = {}
+        # CLUSTER NODES: id, host:port@bus, flags, primary, ping, pong, epoch, link, slots…
+        for line in cli(port, "cluster", "nodes", host=self.host).splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            ranges = owners.setdefault(int(fields[1].split("@")[0].rpartition(":")[2]), [])
+            for served in fields[8:]:
+                first, _, last = served.partition("-")
+                if first.isdigit():
+                    ranges.append(range(int(first), int(last or first) + 1))
+        return owners
+
+    def primary_for(self, key: str, owners: dict[int, list[range]] | None = None) -> int:
+        """The port of the Cluster primary that serves ``key``, as ``owners`` (a
+        :meth:`slot_owners` taken earlier; default: the one now) says."""
+        from redis.crc import key_slot  # the driver is optional where topologies are not used
+
+        slot = key_slot(key.encode())
+        for port, ranges in (owners or self.slot_owners()).items():
+            if any(slot in served for served in ranges):
+                return port
+        raise LookupError(f"no live primary serves slot {slot} of {key!r}")
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -112,7 +142,7 @@ def redis_cluster(
                 topology,
                 port,
                 [
-                    "--port", str(port), "--bind", host, *_OPEN, "--dir", str(folder),
+                    "--port", str(port), "--bind", host, *_OPEN, *_SYNC_NOW, "--dir", str(folder),
                     "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     # The bus port is the data port + 10000 unless given: ephemeral ports are
@@ -176,7 +206,7 @@ def redis_sentinel(
     ``redis+sentinel://…/prodkit``."""
     group = SentinelGroup(primary=free_port(), replica=free_port(), host=host)
     group.sentinels = [free_port() for _ in range(3)]
-    common = ["--bind", host, *_OPEN, "--save", "", "--appendonly", "no"]
+    common = ["--bind", host, *_OPEN, *_SYNC_NOW, "--save", "", "--appendonly", "no"]
     try:
         for port, extra in (
             (group.primary, []),

@@ -7,6 +7,7 @@ driver's own (each store's circuit breaker decides when to try again).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -156,12 +157,43 @@ def redis_client(
 ) -> Any:
     """A redis-py asyncio client for ``url`` with short timeouts and no retries of its own.
 
-    ``url`` is one of :data:`REDIS_URL_FORMS`: a ``redis.asyncio.Redis`` for one server or a
-    Sentinel-managed primary (found again through the Sentinels after a failover), a
-    ``redis.asyncio.RedisCluster`` for a cluster. Requests beyond ``max_connections`` (per node
-    on a cluster) wait up to ``socket_timeout`` for a pooled connection on one server, and fail
-    fast otherwise. A failed call fails fast: each store's circuit breaker decides when to try
-    again. A malformed URL raises :class:`ConfigurationError` naming ``setting``.
+    The one place prodkit makes a Redis client: the recommended stack makes one and shares it
+    between the cache, the rate limiter, the Redis idempotency store and the readiness check;
+    make one yourself to share it between stores you wire by hand. Nothing connects until the
+    first command.
+
+    Example::
+
+        from prodkit.asgi import redis_client
+        from prodkit.cache import RedisCacheStore
+        from prodkit.ratelimit import RedisRateLimitStore
+
+        client = redis_client("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+        cache_store = RedisCacheStore(client, key_prefix="app:cache:")
+        limits = RedisRateLimitStore(client, key_prefix="app:ratelimit:")
+        assert cache_store.client is limits.client is client
+        assert type(client).__name__ == "RedisCluster"
+        # At shutdown, after the stores: await client.aclose()
+
+    Arguments:
+        url: one of :data:`REDIS_URL_FORMS`: ``redis://``, ``rediss://`` or ``unix://`` (one
+            server), ``redis+cluster://`` (a ``redis.asyncio.RedisCluster`` that learns the
+            slot map from the seed nodes and follows ``MOVED``), ``redis+sentinel://…/service``
+            (a ``redis.asyncio.Redis`` that asks the Sentinels for the primary, and again after
+            a failover).
+        max_connections: connections at most in the pool (per node on a Cluster), default
+            ``64``. On one server and behind Sentinel, a command beyond it waits up to
+            ``socket_timeout`` for a pooled connection; on a Cluster it fails at once
+            (redis-py's Cluster client has no waiting pool): size it to the commands one
+            process may have in flight on one node.
+        socket_timeout: seconds a command may take (default ``0.5``).
+        connect_timeout: seconds to connect (default: ``socket_timeout``).
+        setting: the setting named in the error for a malformed URL (default
+            ``"REDIS_URL"``).
+
+    A failed call fails fast: each store's circuit breaker decides when to try again. A
+    malformed URL raises :class:`~prodkit.ConfigurationError` naming ``setting`` and the
+    accepted forms.
     """
     target = parse_redis_url(url, setting=setting)
     redis_asyncio = require("redis.asyncio", "redis")
@@ -207,7 +239,80 @@ def redis_client(
         **credentials,
         **timeouts,
     )
-    return watchers.master_for(target.service, db=target.db, max_connections=max_connections)
+    client_class, pool_class = _sentinel_managed()
+    return watchers.master_for(
+        target.service,
+        redis_class=client_class,
+        connection_pool_class=pool_class,
+        db=target.db,
+        max_connections=max_connections,
+        timeout=socket_timeout,
+    )
 
 
-__all__ = ["REDIS_URL_FORMS", "RedisTarget", "parse_redis_url", "redis_client", "require"]
+@functools.cache
+def _sentinel_managed() -> tuple[Any, Any]:
+    """The client and pool classes of a Sentinel-managed primary (made once, redis-py being an
+    optional driver)."""
+    redis_class: Any = require("redis.asyncio", "redis").Redis
+    connection: Any = require("redis.asyncio.connection", "redis")
+    sentinel: Any = require("redis.asyncio.sentinel", "redis")
+
+    class SentinelManagedRedis(redis_class):  # type: ignore[misc]  # an optional driver, typed Any
+        """A client of the primary the Sentinels name, closing the clients that ask them too.
+
+        (redis-py's ``master_for`` client closes only its connections to the primary: those to
+        the Sentinels stayed open until the garbage collector found them.)
+        """
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            try:
+                await super().aclose(close_connection_pool)
+            finally:
+                for watcher in self.connection_pool.sentinel_manager.sentinels:
+                    await watcher.aclose()
+
+    # The first finds the primary through the Sentinels, the second waits up to `timeout` for
+    # a free connection.
+    finds: Any = sentinel.SentinelConnectionPool
+    waits: Any = connection.BlockingConnectionPool
+
+    class BlockingSentinelConnectionPool(finds, waits):  # type: ignore[misc]  # optional, Any
+        """Connections to the primary the Sentinels name, at most ``max_connections``: beyond
+        them a command waits for one, as on one server (redis-py's own pool fails at once)."""
+
+    return SentinelManagedRedis, BlockingSentinelConnectionPool
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py Cluster client (``redis.asyncio.RedisCluster``), whose
+    multi-key commands must stay within one slot."""
+    cluster = require("redis.asyncio.cluster", "redis")
+    return isinstance(client, cluster.RedisCluster)
+
+
+def store_client(client: Any, store: str, *, bytes_replies: bool = True) -> Any:
+    """``client`` if the Redis store named ``store`` can use it: a client, not a URL, and with
+    ``bytes_replies`` one whose replies are bytes; else :class:`ConfigurationError` saying
+    what to pass."""
+    if isinstance(client, str):
+        raise ConfigurationError(
+            f"{store} takes a Redis client, not a URL: {store}.from_url(url) makes one, or "
+            "make one with prodkit.asgi.redis_client(url) and share it between stores"
+        )
+    if bytes_replies and client.get_connection_kwargs().get("decode_responses"):
+        raise ConfigurationError(
+            f"{store} needs a Redis client made with decode_responses=False (values are bytes)"
+        )
+    return client
+
+
+__all__ = [
+    "REDIS_URL_FORMS",
+    "RedisTarget",
+    "is_cluster",
+    "parse_redis_url",
+    "redis_client",
+    "require",
+    "store_client",
+]

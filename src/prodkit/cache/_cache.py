@@ -55,7 +55,7 @@ class ResponseCache:
     Build one per application, pass it to :class:`~prodkit.cache.CacheMiddleware` and keep a
     reference where the app writes data, to invalidate programmatically::
 
-        cache = ResponseCache(RedisCacheStore("redis://localhost:6379/0"))
+        cache = ResponseCache(RedisCacheStore.from_url("redis://localhost:6379/0"))
         app = CacheMiddleware(app, cache=cache, routes={...})
         ...
         await cache.invalidate_tags([f"fund:{fund_id}"])

@@ -1,10 +1,12 @@
 """A Redis :class:`~prodkit.cache.CacheStore` (redis-py's asyncio client, imported lazily).
 
-On a single server, an entry and its tag versions are read with one ``MGET``. On Redis Cluster
-(a ``redis.asyncio.cluster.RedisCluster`` client) every command touches one key: the read is
-a non-transactional pipeline of ``GET``s, which the cluster client splits per node, and the
-two scripts each read and write a single key (the lease release; a tag's new version, which
-depends on its current fence). Invalidation never uses ``KEYS`` or ``SCAN``.
+The store works on one server, behind Sentinel and on a Redis Cluster. An entry and its tag
+versions are read with one ``MGET`` (on a Cluster, whose slots they span, the client's
+``mget_nonatomic``: one ``MGET`` per slot, pipelined per node); every other command and both
+scripts touch a single key (the lease release; a tag's new version, which depends on its
+current fence), and writes of several keys are non-transactional pipelines, which a Cluster
+client splits per node. An entry and its lease share a hash tag, so they live in one slot.
+Invalidation never uses ``KEYS`` or ``SCAN``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from prodkit._core.drivers import redis_client
+from prodkit._core.drivers import is_cluster, redis_client, store_client
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.cache._store import FenceChange, Lookup, plain_change
 
@@ -55,45 +57,57 @@ class RedisCacheStore:
     """Cache entries, tag versions and single-flight leases in Redis, shared by every worker.
 
     Arguments:
-        url: a ``redis://`` / ``rediss://`` / ``unix://`` URL (ignored when ``client`` is given).
-        client: an existing ``redis.asyncio.Redis`` (or ``RedisCluster``) to use instead; the
-            store does not close a client it was given.
+        client: a redis-py asyncio client (``redis.asyncio.Redis`` or ``RedisCluster``) made
+            with ``decode_responses=False``, such as one from :func:`prodkit.asgi.redis_client`;
+            the store does not close a client it was given. :meth:`from_url` makes one of its
+            own.
         key_prefix: prepended to every key (keep one per application and environment).
-        socket_timeout: seconds a command may take before the driver gives up. Keep it short:
-            the cache fails open, and its circuit breaker only counts failures it sees.
-        connect_timeout: seconds to connect.
-        max_connections: connection pool size (for a client built from ``url``).
+
+    Keep the client's timeouts short (:func:`~prodkit.asgi.redis_client`'s are): the cache
+    fails open, and its circuit breaker only counts failures it sees.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
+    def __init__(self, client: Any, *, key_prefix: str = "prodkit:cache:") -> None:
+        self._client = store_client(client, "RedisCacheStore")
+        self.key_prefix = key_prefix
+        self._owns_client = False
+        self._release = client.register_script(_RELEASE)
+        # The entry and its tags hash to different slots: a Cluster client's MGET per slot.
+        self._mget = client.mget_nonatomic if is_cluster(client) else client.mget
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
         *,
-        client: Any | None = None,
         key_prefix: str = "prodkit:cache:",
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int = 64,
-    ) -> None:
+    ) -> RedisCacheStore:
+        """A store with a client of its own, made by :func:`prodkit.asgi.redis_client` from
+        ``url`` (any of its forms: one server, ``redis+cluster://``, ``redis+sentinel://``) and
+        closed by :meth:`aclose`.
+
+        Arguments:
+            url: where Redis is.
+            key_prefix: as for the constructor (default ``"prodkit:cache:"``).
+            socket_timeout: seconds a command may take before the driver gives up (default
+                ``0.5``).
+            connect_timeout: seconds to connect (default ``0.5``).
+            max_connections: the client's pool size, per node on a Cluster (default ``64``).
+        """
         if socket_timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError("socket_timeout and connect_timeout must be positive seconds")
-        self.key_prefix = key_prefix
-        self._owns_client = client is None
-        if client is None:
-            if not url:
-                raise ConfigurationError(
-                    "RedisCacheStore needs a url ('redis://host:6379/0') or a client"
-                )
-            client = redis_client(
-                url,
-                max_connections=max_connections,
-                socket_timeout=socket_timeout,
-                connect_timeout=connect_timeout,
-            )
-        self._client = client
-        # Cluster: no multi-key commands (MGET across slots fails), pipelines instead.
-        self._cluster = hasattr(client, "get_node_from_key")
-        self._release = client.register_script(_RELEASE)
+        client = redis_client(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+        store = cls(client, key_prefix=key_prefix)
+        store._owns_client = True
+        return store
 
     @property
     def client(self) -> Any:
@@ -101,18 +115,12 @@ class RedisCacheStore:
         return self._client
 
     async def get(self, key: str, *, tags: Sequence[str] = ()) -> Lookup:
-        """``GET`` the entry and every tag version in one pipeline."""
+        """``MGET`` the entry and every tag version (one round trip; one per node on a Cluster)."""
         if not tags:
             value = await self._client.get(self.key_prefix + key)
             return Lookup(value, ())
         keys = [self.key_prefix + key, *(self.key_prefix + tag for tag in tags)]
-        if self._cluster:
-            pipe = self._client.pipeline(transaction=False)
-            for name in keys:
-                pipe.get(name)
-            results = await pipe.execute()
-        else:
-            results = await self._client.mget(keys)
+        results = await self._mget(keys)
         versions = tuple("" if v is None else v.decode("ascii", "replace") for v in results[1:])
         return Lookup(results[0], versions)
 
@@ -166,7 +174,7 @@ class RedisCacheStore:
         return bool(await self._release(keys=[self.key_prefix + key], args=[token]))
 
     async def aclose(self) -> None:
-        """Close the client if this store created it."""
+        """Close the client if this store made it (:meth:`from_url`)."""
         if self._owns_client:
             await self._client.aclose()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prodkit._core.drivers import require
+from prodkit._core.drivers import redis_client, require, store_client
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.logs import safe_logger
 from prodkit.idempotency._releases import PendingReleases
@@ -119,12 +119,13 @@ def _ms(seconds: float) -> int:
 
 
 class RedisIdempotencyStore:
-    """Keep idempotency records in Redis (standalone, Sentinel or Cluster).
+    """Keep idempotency records in Redis (one server, Sentinel or Cluster).
 
     Arguments:
-        client: a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
-            ``decode_responses=False`` (bodies are bytes), or a URL: a client is then created and
-            closed by :meth:`aclose`.
+        client: a redis-py asyncio client (``redis.asyncio.Redis`` or ``RedisCluster``) made
+            with ``decode_responses=False`` (bodies are bytes), such as one from
+            :func:`prodkit.asgi.redis_client`; the store does not close a client it was given.
+            :meth:`from_url` makes one of its own.
         key_prefix: prepended to every key (default ``"prodkit:idem:"``); the hashed key
             follows in braces.
         clock_offset: seconds added to the Redis clock (default ``0.0``); for tests that need
@@ -132,8 +133,10 @@ class RedisIdempotencyStore:
         logger: a structlog logger its lines go to, redacted first (default: the
             ``prodkit.idempotency`` logger).
 
-    A release that fails (Redis restarting, a network partition) is retried in the background
-    until it lands or the claim's lease is over: see :meth:`retry_release`.
+    Every operation is one Lua script on one key, so the store works unchanged on a Redis
+    Cluster. A release that fails (Redis restarting, a network partition, a failover) is
+    retried in the background until it lands or the claim's lease is over: see
+    :meth:`retry_release`.
     """
 
     def __init__(
@@ -144,15 +147,7 @@ class RedisIdempotencyStore:
         clock_offset: float = 0.0,
         logger: Any | None = None,
     ) -> None:
-        redis_asyncio: Any = require("redis.asyncio", "redis")
-        self._owns_client = isinstance(client, str)
-        if isinstance(client, str):
-            client = redis_asyncio.Redis.from_url(client)
-        pool = getattr(client, "connection_pool", None)
-        if pool is not None and getattr(pool, "connection_kwargs", {}).get("decode_responses"):
-            raise ConfigurationError(
-                "the Redis client must be created with decode_responses=False (bodies are bytes)"
-            )
+        store_client(client, "RedisIdempotencyStore")
         if "{" in key_prefix or "}" in key_prefix:
             raise ConfigurationError(
                 "key_prefix must not contain '{' or '}' (used as the hash tag)"
@@ -160,6 +155,7 @@ class RedisIdempotencyStore:
         self.client = client
         self.key_prefix = key_prefix
         self.clock_offset = clock_offset
+        self._owns_client = False
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
@@ -171,6 +167,28 @@ class RedisIdempotencyStore:
         self._withdrawals = PendingReleases(
             self.withdraw, self.logger, what="withdrawal", done="withdrawn"
         )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "prodkit:idem:",
+        clock_offset: float = 0.0,
+        logger: Any | None = None,
+    ) -> RedisIdempotencyStore:
+        """A store with a client of its own, made by :func:`prodkit.asgi.redis_client` from
+        ``url`` (any of its forms: one server, ``redis+cluster://``, ``redis+sentinel://``) and
+        closed by :meth:`aclose`. The other arguments are the constructor's.
+
+        To share one client between several stores, make it once with
+        :func:`~prodkit.asgi.redis_client` and pass it to each.
+        """
+        store = cls(
+            redis_client(url), key_prefix=key_prefix, clock_offset=clock_offset, logger=logger
+        )
+        store._owns_client = True
+        return store
 
     def redis_key(self, key: str) -> str:
         """The Redis key of a record."""
@@ -259,8 +277,8 @@ class RedisIdempotencyStore:
         )
 
     async def aclose(self) -> None:
-        """Try pending releases once more, then close the client if this store created it
-        (from a URL)."""
+        """Try pending releases and withdrawals once more, then close the client if this store
+        made it (:meth:`from_url`)."""
         await self._releases.aclose()
         await self._withdrawals.aclose()
         if self._owns_client:

@@ -2,7 +2,8 @@
 
 The GCRA step (see :mod:`prodkit.ratelimit`) runs inside Redis as one script, so
 concurrent requests from any number of processes are serialised by Redis itself; the script
-is a single round trip (``EVALSHA``) touching a single key.
+is a single round trip (``EVALSHA``) touching a single key, so it runs unchanged on a Redis
+Cluster.
 
 Time: by default the script reads the clock of the Redis server (``TIME``), so every worker
 and host agrees on "now" whatever their own clocks say. Pass ``clock`` (seconds since the
@@ -19,13 +20,13 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prodkit._core.drivers import redis_client, require
+from prodkit._core.drivers import redis_client, require, store_client
 from prodkit._core.exceptions import BackendError
 from prodkit.ratelimit._policy import RateLimitPolicy
 from prodkit.ratelimit._store import RateLimitDecision, decision
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
@@ -56,8 +57,9 @@ class RedisRateLimitStore:
     """A :class:`~prodkit.ratelimit.RateLimitStore` in Redis (redis-py's asyncio client).
 
     Arguments:
-        client: a ``redis.asyncio.Redis`` client; the store does not close a client it was given
-            unless ``owns_client`` is true (as with :meth:`from_url`).
+        client: a redis-py asyncio client (``redis.asyncio.Redis`` or ``RedisCluster``), such
+            as one from :func:`prodkit.asgi.redis_client`; the store does not close a client it
+            was given unless ``owns_client`` is true (as with :meth:`from_url`).
         key_prefix: namespace of every key (default ``"prodkit:ratelimit:"``).
         clock: ``None`` (default) to use Redis ``TIME``, or a callable returning seconds since
             the epoch to pass the time in.
@@ -70,12 +72,13 @@ class RedisRateLimitStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         key_prefix: str = "prodkit:ratelimit:",
         clock: Callable[[], float] | None = None,
         owns_client: bool = False,
     ) -> None:
+        store_client(client, "RedisRateLimitStore", bytes_replies=False)
         self._client = client
         self.key_prefix = key_prefix
         self._clock = clock
@@ -92,19 +95,23 @@ class RedisRateLimitStore:
         key_prefix: str = "prodkit:ratelimit:",
         clock: Callable[[], float] | None = None,
         socket_timeout: float = 0.5,
-        max_connections: int = 50,
+        max_connections: int = 64,
     ) -> RedisRateLimitStore:
-        """Connect to ``url`` (``redis://``, ``rediss://``, ``unix://``) with short timeouts.
+        """A store with a client of its own, made by :func:`prodkit.asgi.redis_client` from
+        ``url`` (any of its forms: one server, ``redis+cluster://``, ``redis+sentinel://``) and
+        closed by :meth:`aclose`.
 
-        Requests beyond ``max_connections`` wait (up to ``socket_timeout``) for a pooled
-        connection instead of failing. The driver's own retries are turned off: a failed call
-        fails fast and the circuit breaker decides when to try again.
+        On one server, requests beyond ``max_connections`` wait (up to ``socket_timeout``) for
+        a pooled connection instead of failing. The driver's own retries are turned off: a
+        failed call fails fast and the circuit breaker decides when to try again. To share one
+        client between several stores, make it once with :func:`~prodkit.asgi.redis_client`
+        and pass it to each.
         """
         client = redis_client(url, max_connections=max_connections, socket_timeout=socket_timeout)
         return cls(client, key_prefix=key_prefix, clock=clock, owns_client=True)
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Redis | RedisCluster:
         """The Redis client the store uses (for a health check, say)."""
         return self._client
 
