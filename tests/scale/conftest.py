@@ -29,14 +29,26 @@ from tests.scale.site import (
     APP_PORT,
     Bouncer,
     FundsHost,
+    Proxy,
     binary,
     funds_hosts,
     haproxy,
     pgbouncer,
 )
+from tests.servers.prometheus import (
+    PrometheusServer,
+    configuration,
+    prometheus,
+    prometheus_missing,
+)
 from tests.servers.redis_topologies import Topology, redis_binaries_missing, redis_cluster
 
 HOSTS = 3
+#: Two host groups for progressive rollouts (indexes into the hosts), each behind a server of
+#: HAProxy's ``groups`` backend.
+GROUPS = {"baseline": (0, 1), "canary": (2,)}
+#: The database name (a PgBouncer alias of the site's database) the canary group uses.
+CANARY_DATABASE = "funds_canary"
 #: The one rate limit of the site: per client, for all hosts together.
 RATE_LIMIT_PER_MINUTE = 60
 
@@ -51,6 +63,15 @@ class Site:
     bouncer: Bouncer
     cluster: Topology
     database_dsn: str  # straight to PostgreSQL, for the tests' own queries
+    proxy: Proxy
+
+    def group(self, name: str) -> list[FundsHost]:
+        """The hosts of the group ``name`` (``"baseline"`` or ``"canary"``)."""
+        return [self.hosts[index] for index in GROUPS[name]]
+
+    def names_of(self, group: str) -> set[str]:
+        """The names HAProxy gives the hosts of ``group`` in ``X-Served-By``."""
+        return {f"host{index}" for index in GROUPS[group]}
 
     @property
     def names(self) -> set[str]:
@@ -125,7 +146,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, scale_database: str) -> Itera
     with contextlib.ExitStack() as stack:
         network = stack.enter_context(host_network(HOSTS))
         dsn = scale_database
-        bouncer = stack.enter_context(pgbouncer(tmp, listen=network.gateway, server_dsn=dsn))
+        bouncer = stack.enter_context(
+            pgbouncer(tmp, listen=network.gateway, server_dsn=dsn, aliases=[CANARY_DATABASE])
+        )
         (tmp / "cluster").mkdir()
         cluster = stack.enter_context(redis_cluster(tmp / "cluster", host=network.gateway))
         env = {
@@ -136,14 +159,47 @@ def site(tmp_path_factory: pytest.TempPathFactory, scale_database: str) -> Itera
             # HAProxy reaches the hosts from the gateway address: only its X-Forwarded-For counts.
             "TRUSTED_PROXIES": network.gateway,
         }
-        hosts = stack.enter_context(funds_hosts(network.hosts, tmp, env))
-        url = stack.enter_context(
+        # The canary group's hosts reach the same database under a name of their own, so that
+        # a test can cut them off it alone.
+        canary_env = {"DATABASE_URL": bouncer.dsn(CANARY_DATABASE)}
+        hosts = stack.enter_context(
+            funds_hosts(
+                network.hosts,
+                tmp,
+                env,
+                host_env=dict.fromkeys(GROUPS["canary"], canary_env),
+            )
+        )
+        proxy = stack.enter_context(
             haproxy(
                 tmp,
                 {
                     f"host{index}": f"{server.host.address}:{APP_PORT}"
                     for index, server in enumerate(hosts)
                 },
+                {group: [f"host{index}" for index in indexes] for group, indexes in GROUPS.items()},
             )
         )
-        yield Site(url, hosts, network, bouncer, cluster, dsn)
+        yield Site(proxy.url, hosts, network, bouncer, cluster, dsn, proxy)
+
+
+@pytest.fixture(scope="session")
+def site_prometheus(
+    site: Site, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """A Prometheus scraping the site's hosts every second (job ``funds``), each labelled with
+    its group (``group="baseline"`` or ``"canary"``), as a deployment labels its tracks."""
+    missing = prometheus_missing()
+    if missing:
+        unavailable(missing)
+    config = configuration([], scrape_interval="1s")
+    config["scrape_configs"][0]["static_configs"] = [
+        {
+            "targets": [f"{server.host.address}:{APP_PORT}" for server in site.group(group)],
+            "labels": {"group": group},
+        }
+        for group in GROUPS
+    ]
+    with prometheus(tmp_path_factory.mktemp("site-prometheus"), config) as server:
+        server.wait_until_scraped("funds", len(site.hosts))
+        yield server

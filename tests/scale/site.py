@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -61,6 +61,7 @@ class Bouncer:
     user: str
     command: list[str]
     log_path: Path
+    aliases: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def dsn(self, database: str | None = None) -> str:
@@ -81,15 +82,17 @@ class Bouncer:
         ).stdout  # fmt: skip
 
     def cut(self, database: str | None = None) -> None:
-        """Cut the clients of ``database`` (default: the test database) off it: refuse new
-        connections, drop every open one."""
-        self.admin(f"DISABLE {database or self.database}")
-        self.admin(f"KILL {database or self.database}")
+        """Cut the clients of ``database`` (default: every database name PgBouncer serves,
+        aliases included) off it: refuse new connections, drop every open one."""
+        for name in [database] if database else [self.database, *self.aliases]:
+            self.admin(f"DISABLE {name}")
+            self.admin(f"KILL {name}")
 
     def restore(self, database: str | None = None) -> None:
-        """Let the clients of ``database`` connect again."""
-        self.admin(f"ENABLE {database or self.database}")
-        self.admin(f"RESUME {database or self.database}")
+        """Let the clients of ``database`` (default: of every database name) connect again."""
+        for name in [database] if database else [self.database, *self.aliases]:
+            self.admin(f"ENABLE {name}")
+            self.admin(f"RESUME {name}")
 
     def start(self) -> None:
         """Start the process (again); return once it accepts connections."""
@@ -178,7 +181,7 @@ def pgbouncer(
         if runner is None:
             raise FileNotFoundError("no unprivileged user to run pgbouncer as")
         command = [executable, "-u", runner, str(ini)]
-    bouncer = Bouncer(listen, port, database, user, command, folder / "pgbouncer.out")
+    bouncer = Bouncer(listen, port, database, user, command, folder / "pgbouncer.out", aliases)
     try:
         bouncer.start()
         yield bouncer
@@ -189,41 +192,89 @@ def pgbouncer(
 # -- HAProxy --------------------------------------------------------------------------------
 
 
+@dataclass
+class Proxy:
+    """A running HAProxy: its two frontends and the runtime API's socket.
+
+    ``url`` balances over every host. ``rollout_url`` splits the traffic between two host
+    groups by the weights of the servers ``baseline`` and ``canary`` of the backend
+    ``groups``, which the rollout controller's :class:`~prodkit.rollout.HAProxyRouter` sets
+    through ``socket``; each of the two balances over the hosts of its group.
+    """
+
+    url: str
+    rollout_url: str
+    socket: Path
+
+
 @contextlib.contextmanager
-def haproxy(tmp_path: Path, servers: Mapping[str, str]) -> Iterator[str]:
-    """HAProxy on 127.0.0.1, round robin over ``servers`` (name -> ``address:port``).
+def haproxy(
+    tmp_path: Path, servers: Mapping[str, str], groups: Mapping[str, Sequence[str]]
+) -> Iterator[Proxy]:
+    """HAProxy on 127.0.0.1, round robin over ``servers`` (name -> ``address:port``), and over
+    the host groups ``groups`` (``"baseline"`` and ``"canary"`` -> server names).
 
     It appends the client's address to ``X-Forwarded-For`` and names the server that answered
     in ``X-Served-By``. No health checks: the hosts' own answers (503s included) reach the
-    client, as the tests of an outage need. Yields the frontend's base URL.
+    client, as the tests of an outage need.
     """
     executable = binary("haproxy")
     if executable is None:
         raise FileNotFoundError("haproxy is not installed (apt-get install -y haproxy)")
-    port = free_port()
+    port, rollout_port = free_port(), free_port()
     config = tmp_path / "haproxy.cfg"
-    backends = "\n".join(f"    server {name} {address}" for name, address in servers.items())
+    sock = tmp_path / "haproxy.sock"
+    tag = f"pk{port}"  # abstract socket names are per network namespace: unique per run
+
+    def servers_of(names: Iterable[str]) -> str:
+        return "\n".join(f"    server {name} {servers[name]}" for name in names)
+
+    group_sections = "\n".join(
+        f"""
+frontend group-{group}
+    # Reached from the groups backend, which appended the client's address already.
+    bind abns@{tag}-{group}
+    default_backend hosts-{group}
+
+backend hosts-{group}
+    balance roundrobin
+    http-response set-header X-Served-By %s
+{servers_of(names)}
+"""
+        for group, names in groups.items()
+    )
     config.write_text(
         f"""
 global
     maxconn 2048
+    stats socket {sock} mode 600 level admin
 
 defaults
     mode http
-    option forwardfor
     timeout connect 2s
     timeout client 60s
     timeout server 60s
 
 frontend web
     bind {HOST}:{port}
+    option forwardfor
     default_backend funds
 
 backend funds
     balance roundrobin
     http-response set-header X-Served-By %s
-{backends}
-"""
+{servers_of(servers)}
+
+frontend rollout
+    bind {HOST}:{rollout_port}
+    option forwardfor
+    default_backend groups
+
+backend groups
+    balance roundrobin
+    server baseline abns@{tag}-baseline weight 100
+    server canary abns@{tag}-canary weight 0
+{group_sections}"""
     )
     log_path = tmp_path / "haproxy.log"
     with log_path.open("wb") as log:
@@ -232,7 +283,11 @@ backend funds
         )
     try:
         wait_for_port(port, 15, process)
-        yield f"http://{HOST}:{port}"
+        wait_for_port(rollout_port, 15, process)
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield Proxy(f"http://{HOST}:{port}", f"http://{HOST}:{rollout_port}", sock)
     finally:
         _stop(process)
 
@@ -279,18 +334,24 @@ def _wait_ready(server: FundsHost, timeout: float, *, port: int = APP_PORT) -> N
 
 @contextlib.contextmanager
 def funds_hosts(
-    hosts: list[Host], tmp_path: Path, env: Mapping[str, str], *, workers: int = 2
+    hosts: list[Host],
+    tmp_path: Path,
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    host_env: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Iterator[list[FundsHost]]:
-    """``python -m examples.funds --host <address> --workers N`` inside each host's namespace.
+    """``python -m examples.funds --host <address> --workers N`` inside each host's namespace,
+    with ``env`` (and ``host_env[index]`` for the host at that index).
 
     All start together and must answer ``/readyz`` within a minute; each is stopped with
     SIGTERM, its workers (its process group) killed if they outlive it.
     """
     started: list[FundsHost] = []
-    environment = server_env(env)
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each host makes its own
     try:
-        for host in hosts:
+        for index, host in enumerate(hosts):
+            environment = server_env({**env, **(host_env or {}).get(index, {})})
+            environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each host makes its own
             log_path = tmp_path / f"funds-{host.address}.log"
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
