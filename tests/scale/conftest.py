@@ -6,6 +6,12 @@
     the hosts ──> 169.254.N.1 (root end of the bridge): PgBouncer ──> PostgreSQL 127.0.0.1
                                                         Redis Cluster (3 primaries, 3 replicas)
 
+HAProxy's second frontend splits the traffic between two host groups for progressive
+rollouts: the baseline (hosts 0 and 1) and the canary (host 2), whose hosts reach the database
+under a PgBouncer alias of their own. A Prometheus scraping every host each second, labelled
+with its group, is started for the tests that need it. The hosts start on an empty database
+and migrate it themselves.
+
 Skipped where namespaces, HAProxy, PgBouncer or redis-server are missing (failed under
 ``CI=true``).
 """

@@ -6,7 +6,9 @@ every request starts failing, and the test waits for ``ProdkitAvailabilityBudget
 fire (``/api/v1/alerts``). It asserts that the page came before a generous deadline and records
 the measured time from the first failed response to the page (see the ``figures`` fixture and
 docs/alerts.md); the promtool tests in ``deploy/prometheus/alerts_test.yml`` hold the exact
-bounds (a full outage pages within 30 s, a 10 s blip never).
+bounds (a full outage pages within 30 s, a 10 s blip never). Two outages are timed at once,
+each with its own Prometheus and load: the three hosts losing their database, and one process
+on loopback failing every request.
 """
 
 from __future__ import annotations

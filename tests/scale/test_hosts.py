@@ -1,8 +1,10 @@
 """Three app hosts behind HAProxy, sharing PostgreSQL (through PgBouncer) and a Redis Cluster.
 
-What one process cannot show: a rate limit that holds for all hosts together, one fund for 40
-concurrent POSTs with one ``Idempotency-Key`` spread over the hosts, and one computation for
-40 concurrent reads of an uncached projection. See ``tests/scale/conftest.py`` for the site.
+What one process cannot show: hosts that start together on an empty database and migrate it
+once, a rate limit that holds for all hosts together, one fund for 40 concurrent POSTs with one
+``Idempotency-Key`` spread over the hosts, one computation for 40 concurrent reads of an
+uncached projection, and no failed request while a Redis Cluster primary fails over under
+them. See ``tests/scale/conftest.py`` for the site.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ transactions: no named prepared statements (asyncpg's statement cache, unless
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import RUN_ID, fresh_database, unavailable
 from tests.examples.test_outages import CLIENTS, Load, readyz_turns, served
 from tests.examples.test_outages import unavailable as unavailable_answer
+from tests.scale.conftest import Figures
 from tests.scale.site import pgbouncer, pgbouncer_missing, transaction_pooling_problem
 from tests.servers import HOST, free_port, run_server
 
@@ -40,7 +42,7 @@ def test_the_example_serves_behind_pgbouncer_transaction_pooling(
 
 @pytest.mark.parametrize("fault", ["pgbouncer killed", "connections killed"])
 async def test_losing_pgbouncer_mid_request_is_answered_503_never_500(
-    postgres_server_dsn: str, tmp_path: Path, fault: str
+    postgres_server_dsn: str, tmp_path: Path, fault: str, figures: Figures
 ) -> None:
     # The example (two workers, the PostgreSQL idempotency store) behind a PgBouncer on
     # loopback, under a load of every operation from a few clients. Then PgBouncer dies
@@ -87,8 +89,10 @@ async def test_losing_pgbouncer_mid_request_is_answered_503_never_500(
                             await asyncio.to_thread(bouncer.admin, f"RESUME {bouncer.database}")
                             await asyncio.sleep(0.5)
                     load.phase = "restored"
+                    back = time.monotonic()
                     await readyz_turns(probe, 200, within=30)
                     await load.until("restored", served, within=30)
+                    serving_again = time.monotonic() - back
                 finally:
                     load.stop.set()
                     await asyncio.gather(*clients)
@@ -107,3 +111,10 @@ async def test_losing_pgbouncer_mid_request_is_answered_503_never_500(
     if fault == "pgbouncer killed":
         assert any(a.status == 503 for a in load.answers if a.phase == "cut")
     assert "unhandled exception" not in output
+    figures(
+        "pgbouncer_outage",
+        fault=fault,
+        answers=len(load.answers),
+        answered_503=sum(1 for a in load.answers if a.status == 503),
+        seconds_until_every_endpoint_served_again=round(serving_again, 1),
+    )
