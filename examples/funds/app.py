@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -351,23 +351,15 @@ def create_stack(settings: Settings, *, registry: CollectorRegistry | None = Non
         "metrics", Layer("fund_metrics", FundCreationMetrics, {"registry": registry})
     )
     # A database that cannot be reached is an outage, not a bug: 503 DEPENDENCY_UNAVAILABLE
-    # with Retry-After, never 500. What asyncpg raises when the server is cut off, refuses,
-    # restarts or is full; OSError and TimeoutError for the socket and the bounded waits.
-    unavailable: list[type[BaseException]] = [OSError, TimeoutError]
+    # with Retry-After, never 500. OSError and TimeoutError for the socket and the bounded
+    # waits; with a database, also what asyncpg raises when it is cut off, refuses, restarts
+    # or is full.
+    unavailable: tuple[type[BaseException], ...] = (OSError, TimeoutError)
     if settings.database_url:
-        try:
-            import asyncpg
-        except ImportError:  # reported, with the extra to install, when the pool opens
-            pass
-        else:
-            unavailable += [
-                asyncpg.ConnectionDoesNotExistError,  # the connection was lost mid-call
-                asyncpg.PostgresConnectionError,
-                asyncpg.CannotConnectNowError,
-                asyncpg.AdminShutdownError,
-                asyncpg.CrashShutdownError,
-                asyncpg.TooManyConnectionsError,
-            ]
+        from examples.funds.postgres import database_unavailable_errors
+
+        with suppress(ImportError):  # reported, with the extra, when the pool opens
+            unavailable = database_unavailable_errors()  # OSError and TimeoutError among them
     errors = stack.get("errors")
     stack.replace(
         "errors",

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from examples.funds.migrate import migrate
+from examples.funds.migrate import MIGRATION_TIMEOUT_MS, migrate
 from examples.funds.model import MODEL_VERSION, Stage, irr
 from examples.funds.repository import (
     BeforeCommit,
@@ -47,9 +47,35 @@ COMMAND_TIMEOUT_MARGIN = 0.5
 #: the database or the network does (a cancel request that cannot get through, a rollback on
 #: a silent connection), a request gets its 503 by then.
 CALL_TIMEOUT = 6.0
-#: The bound on a migration statement at start-up (milliseconds): building an index on a large
-#: table, or waiting for another worker's migration lock, takes longer than a request may.
-MIGRATION_TIMEOUT_MS = 300_000
+
+
+def database_unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What asyncpg raises when the database cannot be reached, or a connection to it is lost
+    or cut mid-call (the server, or a PgBouncer in front of it, stopped, restarted, full, or
+    dropping its connections): an outage, answered 503, not a bug.
+
+    ``InternalClientError`` is among them: a connection that PgBouncer closed while it sat in
+    the pool raises it on its next statement ("cannot switch to state …; another operation is
+    in progress"), before asyncpg has noticed that the connection is gone.
+    """
+    import asyncpg
+
+    return (
+        *_broken_connection(),
+        asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.TooManyConnectionsError,
+        TimeoutError,  # the bounded waits: connect, command, CALL_TIMEOUT
+    )
+
+
+def _broken_connection() -> tuple[type[BaseException], ...]:
+    """One connection lost or cut, the database perhaps still there: a read may retry."""
+    import asyncpg
+
+    return (asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError, OSError)
 
 
 def _fund(row: Any) -> Fund:
@@ -129,15 +155,14 @@ class PostgresRepository:
         except ImportError as exc:
             raise MissingDependencyError("asyncpg", "postgres") from exc
         if apply_migrations:
-            # A connection of its own, with bounds for schema work rather than for requests.
+            # A connection of its own, with the client's bound for schema work rather than for
+            # requests; the server's is set in the migration's transaction.
             conn = await asyncpg.connect(
                 dsn,
                 timeout=connect_timeout,
                 command_timeout=MIGRATION_TIMEOUT_MS / 1000 + COMMAND_TIMEOUT_MARGIN,
-                server_settings={
-                    "statement_timeout": str(MIGRATION_TIMEOUT_MS),
-                    "application_name": "prodkit-funds-migrate",
-                },
+                statement_cache_size=0,
+                server_settings={"application_name": "prodkit-funds-migrate"},
             )
             try:
                 applied = await migrate(conn)
@@ -151,6 +176,14 @@ class PostgresRepository:
             max_size=max_size,
             timeout=connect_timeout,
             command_timeout=statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN,
+            # Nothing may stay on a server connection between transactions, which PgBouncer's
+            # transaction pooling hands to other clients: no named prepared statements (asyncpg
+            # then sends each statement's Parse with its Bind and Execute, in one message).
+            statement_cache_size=0,
+            # Sent when the connection opens. Behind PgBouncer, which refuses startup
+            # parameters it does not know, list statement_timeout in its
+            # ignore_startup_parameters and set the bound on the role instead (docs/scale.md);
+            # command_timeout above still bounds every wait.
             server_settings={
                 "statement_timeout": str(statement_timeout_ms),
                 "application_name": "prodkit-funds",
@@ -183,7 +216,7 @@ class PostgresRepository:
                     return await func(conn)
             except TimeoutError:
                 raise  # the database is slow or unreachable, not one connection broken
-            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+            except (*_broken_connection(), asyncpg.InterfaceError):
                 if attempt == 2:
                     raise
                 log.warning("read failed on a broken connection; retrying once")
@@ -214,7 +247,12 @@ class PostgresRepository:
             except BaseException:
                 # A connection cut mid-statement cannot roll back either: the error that stopped
                 # the write is the one to report (an outage is a 503), not the rollback's.
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                with contextlib.suppress(
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,
+                    asyncpg.PostgresError,
+                    OSError,
+                ):
                     await transaction.rollback()
                 raise
             if fund is not None and commit_with is not None:

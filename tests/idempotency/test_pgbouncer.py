@@ -15,12 +15,14 @@ import shutil
 import signal
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from prodkit import BackendError
 from prodkit.idempotency import ClaimOutcome, PostgresIdempotencyStore, StoredResponse
 from tests.servers import free_port, wait_for_port
 
@@ -47,6 +49,7 @@ def bouncer_dsn(postgres_dsn: str, tmp_path: Path) -> Iterator[str]:
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {tmp_path / 'users.txt'}\n"
+        f"admin_users = {target.username}\nserver_login_retry = 1\n"
         "pool_mode = transaction\ndefault_pool_size = 2\nmax_client_conn = 200\n"
         "ignore_startup_parameters = extra_float_digits\n"
     )
@@ -107,3 +110,54 @@ async def test_store_works_behind_pgbouncer_transaction_pooling(bouncer_dsn: str
         assert await store.cleanup() >= 1
     finally:
         await store.aclose()
+
+
+async def test_connections_pgbouncer_drops_are_backend_errors(bouncer_dsn: str) -> None:
+    # PgBouncer's console drops every connection again and again while claims run: some
+    # statements are cut mid-flight, some pooled connections are dead when next used (asyncpg
+    # then raises InternalClientError). The middleware answers a BackendError with 503
+    # IDEMPOTENCY_STORE_UNAVAILABLE; anything else raised here would be a 500.
+    table = f"idem_bouncer_{uuid.uuid4().hex[:8]}"
+    store = PostgresIdempotencyStore(
+        bouncer_dsn, table=table, pool_options={"min_size": 4, "max_size": 4}
+    )
+    admin = [
+        "psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(urlsplit(bouncer_dsn).port),
+        "-U", str(urlsplit(bouncer_dsn).username), "-d", "pgbouncer",
+    ]  # fmt: skip
+    database = urlsplit(bouncer_dsn).path.lstrip("/")
+    outcomes: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def claims(worker: int) -> None:
+        while not stop.is_set():
+            try:
+                await store.claim(uuid.uuid4().hex, b"fp", f"w{worker}", lease=30, ttl=600)
+                outcomes["claimed"] += 1
+            except BackendError:
+                outcomes["backend error"] += 1
+                await asyncio.sleep(0.01)
+
+    try:
+        await store.ensure_schema()
+        workers = [asyncio.create_task(claims(worker)) for worker in range(8)]
+        try:
+            for _ in range(12):
+                await asyncio.sleep(0.25)
+                await asyncio.to_thread(
+                    subprocess.run,
+                    [*admin, "-c", f"KILL {database}", "-c", f"RESUME {database}"],
+                    check=True,
+                    capture_output=True,
+                    timeout=10,
+                )
+            await asyncio.sleep(1.5)
+            before = outcomes["claimed"]
+            await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)  # raises whatever was not a BackendError
+    finally:
+        await store.aclose()
+    assert outcomes["backend error"] > 0, outcomes
+    assert outcomes["claimed"] > before, outcomes  # claims work again afterwards

@@ -21,6 +21,8 @@ class Load:
     url: Callable[[int], str]
     headers: Callable[[int], dict[str, str]] = lambda index: {}
     statuses: list[int] = field(default_factory=list)
+    #: (monotonic time of the answer, status, ``X-Served-By``) of every answer.
+    answers: list[tuple[float, int, str]] = field(default_factory=list)
     bodies: dict[int, str] = field(default_factory=dict)  # the first body of each status
     first_error_at: float | None = None  # wall clock of the first 5xx answer received
 
@@ -28,13 +30,16 @@ class Load:
         return self.first_error_at is not None
 
     async def _one(self, client: httpx.AsyncClient, index: int) -> None:
+        served_by = ""
         try:
             response = await client.get(self.url(index), headers=self.headers(index))
             status = response.status_code
+            served_by = response.headers.get("x-served-by", "")
             self.bodies.setdefault(status, response.text[:500])
         except httpx.HTTPError as exc:
             status = 0
             self.bodies.setdefault(status, repr(exc))
+        self.answers.append((time.monotonic(), status, served_by))
         if status >= 500 and self.first_error_at is None:
             self.first_error_at = time.time()
         self.statuses.append(status)

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,18 +49,24 @@ def _stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> Non
 
 @dataclass
 class Bouncer:
-    """A running PgBouncer: where it listens, and its admin console."""
+    """A running PgBouncer: where it listens, its admin console, and its process.
+
+    ``kill`` and ``start`` stop it dead (SIGKILL, as a crash or an OOM kill would) and start
+    it again with the same configuration, on the same address.
+    """
 
     host: str
     port: int
     database: str
     user: str
-    process: subprocess.Popen[bytes]
+    command: list[str]
     log_path: Path
+    aliases: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = None
 
-    def dsn(self) -> str:
-        """The DSN the hosts use: the test database, through PgBouncer."""
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+    def dsn(self, database: str | None = None) -> str:
+        """The DSN the hosts use: the test database (or ``database``), through PgBouncer."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database or self.database}"
 
     def admin(self, command: str) -> str:
         """Run ``command`` (``PAUSE``, ``KILL db``, ``SHOW POOLS`` …) on the admin console."""
@@ -75,15 +81,41 @@ class Bouncer:
             timeout=10,
         ).stdout  # fmt: skip
 
-    def cut(self) -> None:
-        """Cut the hosts off the database: refuse new connections, drop every open one."""
-        self.admin(f"DISABLE {self.database}")
-        self.admin(f"KILL {self.database}")
+    def cut(self, database: str | None = None) -> None:
+        """Cut the clients of ``database`` (default: every database name PgBouncer serves,
+        aliases included) off it: refuse new connections, drop every open one."""
+        for name in [database] if database else [self.database, *self.aliases]:
+            self.admin(f"DISABLE {name}")
+            self.admin(f"KILL {name}")
 
-    def restore(self) -> None:
-        """Let the hosts connect again."""
-        self.admin(f"ENABLE {self.database}")
-        self.admin(f"RESUME {self.database}")
+    def restore(self, database: str | None = None) -> None:
+        """Let the clients of ``database`` (default: of every database name) connect again."""
+        for name in [database] if database else [self.database, *self.aliases]:
+            self.admin(f"ENABLE {name}")
+            self.admin(f"RESUME {name}")
+
+    def start(self) -> None:
+        """Start the process (again); return once it accepts connections."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, 10, self.process, host=self.host)
+
+    def kill(self) -> None:
+        """SIGKILL: every client connection is reset mid-whatever it was doing."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process, signal.SIGINT)
+
+
+def pgbouncer_missing() -> str | None:
+    """Why PgBouncer cannot be started here, or ``None``."""
+    if binary("pgbouncer") is None:
+        return "pgbouncer is not installed (apt-get install -y pgbouncer)"
+    return None
 
 
 def _unprivileged_user() -> str | None:
@@ -102,17 +134,22 @@ def pgbouncer(
     server_dsn: str,
     pool_mode: str = "transaction",
     pool_size: int = 10,
+    aliases: Sequence[str] = (),
 ) -> Iterator[Bouncer]:
     """PgBouncer on ``listen`` in front of the server of ``server_dsn`` (trust auth).
 
     Many client connections share ``pool_size`` server connections per database; the
-    database's user is also an admin of the console (``PAUSE``, ``DISABLE``, ``KILL``).
+    database's user is also an admin of the console (``PAUSE``, ``DISABLE``, ``KILL``). Each
+    name of ``aliases`` is one more database name for the database of ``server_dsn``, with a
+    pool of its own that the console can cut alone.
     """
     executable = binary("pgbouncer")
     if executable is None:
         raise FileNotFoundError("pgbouncer is not installed (apt-get install -y pgbouncer)")
     target = urlsplit(server_dsn)
     user = target.username or "postgres"
+    server = f"host={target.hostname} port={target.port or 5432}"
+    database = target.path.lstrip("/")
     port = free_port()
     folder = tmp_path / "pgbouncer"
     folder.mkdir()
@@ -121,13 +158,20 @@ def pgbouncer(
     ini = folder / "pgbouncer.ini"
     ini.write_text(
         "[databases]\n"
-        f"* = host={target.hostname} port={target.port or 5432}\n"
+        + "".join(f"{alias} = {server} dbname={database}\n" for alias in aliases)
+        + f"* = {server}\n"
         "[pgbouncer]\n"
         f"listen_addr = {listen}\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\nadmin_users = {user}\n"
         f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
-        # Clients may still send these at start-up; PgBouncer cannot keep them per client.
+        # What docs/scale.md asks of a PgBouncer in front of the example: the example sends
+        # statement_timeout when it connects, which PgBouncer cannot keep per client (the
+        # bound is set on the database instead; see the site's fixture).
         "ignore_startup_parameters = extra_float_digits,statement_timeout\n"
+        # After a server login it could not complete (a KILL in the middle of one), PgBouncer
+        # waits this long before it tries the server again (default 15 s): the clients wait
+        # and answer 503 meanwhile. Shorter here, so that the tests of a cut end sooner.
+        "server_login_retry = 1\n"
     )
     for path in folder.iterdir():
         path.chmod(0o644)
@@ -137,54 +181,100 @@ def pgbouncer(
         if runner is None:
             raise FileNotFoundError("no unprivileged user to run pgbouncer as")
         command = [executable, "-u", runner, str(ini)]
-    log_path = folder / "pgbouncer.out"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    bouncer = Bouncer(listen, port, database, user, command, folder / "pgbouncer.out", aliases)
     try:
-        wait_for_port(port, 10, process, host=listen)
-        yield Bouncer(listen, port, target.path.lstrip("/"), user, process, log_path)
+        bouncer.start()
+        yield bouncer
     finally:
-        _stop(process, signal.SIGINT)
+        bouncer.stop()
 
 
 # -- HAProxy --------------------------------------------------------------------------------
 
 
+@dataclass
+class Proxy:
+    """A running HAProxy: its two frontends and the runtime API's socket.
+
+    ``url`` balances over every host. ``rollout_url`` splits the traffic between two host
+    groups by the weights of the servers ``baseline`` and ``canary`` of the backend
+    ``groups``, which the rollout controller's :class:`~prodkit.rollout.HAProxyRouter` sets
+    through ``socket``; each of the two balances over the hosts of its group.
+    """
+
+    url: str
+    rollout_url: str
+    socket: Path
+
+
 @contextlib.contextmanager
-def haproxy(tmp_path: Path, servers: Mapping[str, str]) -> Iterator[str]:
-    """HAProxy on 127.0.0.1, round robin over ``servers`` (name -> ``address:port``).
+def haproxy(
+    tmp_path: Path, servers: Mapping[str, str], groups: Mapping[str, Sequence[str]]
+) -> Iterator[Proxy]:
+    """HAProxy on 127.0.0.1, round robin over ``servers`` (name -> ``address:port``), and over
+    the host groups ``groups`` (``"baseline"`` and ``"canary"`` -> server names).
 
     It appends the client's address to ``X-Forwarded-For`` and names the server that answered
     in ``X-Served-By``. No health checks: the hosts' own answers (503s included) reach the
-    client, as the tests of an outage need. Yields the frontend's base URL.
+    client, as the tests of an outage need.
     """
     executable = binary("haproxy")
     if executable is None:
         raise FileNotFoundError("haproxy is not installed (apt-get install -y haproxy)")
-    port = free_port()
+    port, rollout_port = free_port(), free_port()
     config = tmp_path / "haproxy.cfg"
-    backends = "\n".join(f"    server {name} {address}" for name, address in servers.items())
+    sock = tmp_path / "haproxy.sock"
+    tag = f"pk{port}"  # abstract socket names are per network namespace: unique per run
+
+    def servers_of(names: Iterable[str]) -> str:
+        return "\n".join(f"    server {name} {servers[name]}" for name in names)
+
+    group_sections = "\n".join(
+        f"""
+frontend group-{group}
+    # Reached from the groups backend, which appended the client's address already.
+    bind abns@{tag}-{group}
+    default_backend hosts-{group}
+
+backend hosts-{group}
+    balance roundrobin
+    http-response set-header X-Served-By %s
+{servers_of(names)}
+"""
+        for group, names in groups.items()
+    )
     config.write_text(
         f"""
 global
     maxconn 2048
+    stats socket {sock} mode 600 level admin
 
 defaults
     mode http
-    option forwardfor
     timeout connect 2s
     timeout client 60s
     timeout server 60s
 
 frontend web
     bind {HOST}:{port}
+    option forwardfor
     default_backend funds
 
 backend funds
     balance roundrobin
     http-response set-header X-Served-By %s
-{backends}
-"""
+{servers_of(servers)}
+
+frontend rollout
+    bind {HOST}:{rollout_port}
+    option forwardfor
+    default_backend groups
+
+backend groups
+    balance roundrobin
+    server baseline abns@{tag}-baseline weight 100
+    server canary abns@{tag}-canary weight 0
+{group_sections}"""
     )
     log_path = tmp_path / "haproxy.log"
     with log_path.open("wb") as log:
@@ -193,7 +283,11 @@ backend funds
         )
     try:
         wait_for_port(port, 15, process)
-        yield f"http://{HOST}:{port}"
+        wait_for_port(rollout_port, 15, process)
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield Proxy(f"http://{HOST}:{port}", f"http://{HOST}:{rollout_port}", sock)
     finally:
         _stop(process)
 
@@ -240,18 +334,24 @@ def _wait_ready(server: FundsHost, timeout: float, *, port: int = APP_PORT) -> N
 
 @contextlib.contextmanager
 def funds_hosts(
-    hosts: list[Host], tmp_path: Path, env: Mapping[str, str], *, workers: int = 2
+    hosts: list[Host],
+    tmp_path: Path,
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    host_env: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Iterator[list[FundsHost]]:
-    """``python -m examples.funds --host <address> --workers N`` inside each host's namespace.
+    """``python -m examples.funds --host <address> --workers N`` inside each host's namespace,
+    with ``env`` (and ``host_env[index]`` for the host at that index).
 
     All start together and must answer ``/readyz`` within a minute; each is stopped with
     SIGTERM, its workers (its process group) killed if they outlive it.
     """
     started: list[FundsHost] = []
-    environment = server_env(env)
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each host makes its own
     try:
-        for host in hosts:
+        for index, host in enumerate(hosts):
+            environment = server_env({**env, **(host_env or {}).get(index, {})})
+            environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each host makes its own
             log_path = tmp_path / f"funds-{host.address}.log"
             with log_path.open("wb") as log:
                 process = subprocess.Popen(

@@ -6,12 +6,15 @@ every request starts failing, and the test waits for ``ProdkitAvailabilityBudget
 fire (``/api/v1/alerts``). It asserts that the page came before a generous deadline and records
 the measured time from the first failed response to the page (see the ``figures`` fixture and
 docs/alerts.md); the promtool tests in ``deploy/prometheus/alerts_test.yml`` hold the exact
-bounds (a full outage pages within 30 s, a 10 s blip never).
+bounds (a full outage pages within 30 s, a 10 s blip never). Two outages are timed at once,
+each with its own Prometheus and load: the three hosts losing their database, and one process
+on loopback failing every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,32 +99,48 @@ def _require_prometheus() -> None:
         unavailable(missing)
 
 
-async def test_an_outage_of_every_host_pages_within_the_deadline(
+async def test_an_outage_pages_within_the_deadline(
     site: Site, tmp_path: Path, figures: Figures
 ) -> None:
-    # The hosts lose their database (PgBouncer refuses and drops every connection): every
-    # read answers 503 DEPENDENCY_UNAVAILABLE, fast.
+    # Two outages, timed at once (they share nothing but the machine, and each measurement
+    # takes a minute of mostly waiting for Prometheus): the three hosts losing their database,
+    # and one process on loopback whose every request fails.
     _require_prometheus()
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "process").mkdir()
+    on_hosts, on_one_process = await asyncio.gather(
+        _hosts_lose_their_database(site, tmp_path / "hosts"),
+        _a_process_fails_every_request(tmp_path / "process"),
+    )
+    figures("alert_latency", setup="3 hosts x 2 workers, database cut", **on_hosts)
+    figures("alert_latency", setup="one process, every request 500", **on_one_process)
+
+
+async def _hosts_lose_their_database(site: Site, tmp_path: Path) -> dict[str, float]:
+    # PgBouncer refuses and drops every connection of the hosts: every read answers 503
+    # DEPENDENCY_UNAVAILABLE, fast.
     targets = [f"{server.host.address}:{APP_PORT}" for server in site.hosts]
     users = [f"alert-{index}" for index in range(100)]  # each under the rate limit
     load = Load(
         url=lambda index: f"{site.url}/api/funds?limit=1",
         headers=lambda index: {"X-User-Id": users[index % len(users)]},
     )
-    with prometheus(tmp_path, configuration(targets)) as server:
-        server.wait_until_scraped("funds", len(targets))
+    with contextlib.ExitStack() as stack:
+        # Started and stopped in a thread: the other measurement's load runs meanwhile.
+        server = await asyncio.to_thread(
+            stack.enter_context, prometheus(tmp_path, configuration(targets))
+        )
+        await asyncio.to_thread(server.wait_until_scraped, "funds", len(targets))
         try:
             measured = await measure_page(server, load, site.bouncer.cut)
         finally:
             await asyncio.to_thread(site.bouncer.restore)
             await _until(lambda: _all_ready(site), 30, "the hosts did not recover")
-    # Reads answer 503 DEPENDENCY_UNAVAILABLE once the database is gone. Now and then a pooled
-    # connection that PgBouncer killed mid-statement makes asyncpg raise InternalClientError,
-    # which the example does not count as the database being unavailable: a 500 problem. The
-    # page does not depend on which 5xx it is; the example's own outage tests own that.
-    assert set(load.statuses) <= {200, 500, 503}, load.bodies
-    assert 503 in load.statuses, load.bodies
-    figures("alert_latency", setup="3 hosts x 2 workers, database cut", **measured)
+            await asyncio.to_thread(stack.close)
+    # Reads answer 503 DEPENDENCY_UNAVAILABLE once the database is gone, never 500: a pooled
+    # connection that PgBouncer killed is an outage too (tests/scale/test_pooling.py).
+    assert set(load.statuses) == {200, 503}, load.bodies
+    return measured
 
 
 def _all_ready(site: Site) -> bool:
@@ -129,57 +148,63 @@ def _all_ready(site: Site) -> bool:
         return all(client.get(f"{s.url}/readyz").status_code == 200 for s in site.hosts)
 
 
-async def test_a_failing_service_pages_within_the_deadline(
-    tmp_path: Path, figures: Figures
-) -> None:
+async def _a_process_fails_every_request(tmp_path: Path) -> dict[str, float]:
     # The same rules and intervals on loopback, without namespaces: the load moves from a
     # healthy process to one whose every /api/work answers 500, both scraped as one job.
-    _require_prometheus()
     healthy, failing = free_port(), free_port()
     args = ["uvicorn", "tests.servers.rollout_app:app", "--host", HOST, "--log-level", "warning"]
     target = {"port": healthy}
     load = Load(url=lambda index: f"http://{HOST}:{target['port']}/api/work")
-    with (
-        run_server([*args, "--port", str(healthy)], port=healthy, tmp_path=tmp_path),
-        run_server(
-            [*args, "--port", str(failing)],
-            port=failing,
-            tmp_path=tmp_path,
-            env={"FAULT_ERROR_RATE": "1"},
-        ),
-        prometheus(tmp_path, configuration([f"{HOST}:{healthy}", f"{HOST}:{failing}"])) as server,
-    ):
-        server.wait_until_scraped("funds", 2)
-        measured = await measure_page(server, load, lambda: target.update(port=failing))
+    config = configuration([f"{HOST}:{healthy}", f"{HOST}:{failing}"])
+    with contextlib.ExitStack() as stack:
+        # Started and stopped in a thread: the other measurement's load runs meanwhile.
+        def start() -> PrometheusServer:
+            stack.enter_context(
+                run_server([*args, "--port", str(healthy)], port=healthy, tmp_path=tmp_path)
+            )
+            stack.enter_context(
+                run_server(
+                    [*args, "--port", str(failing)],
+                    port=failing,
+                    tmp_path=tmp_path,
+                    env={"FAULT_ERROR_RATE": "1"},
+                )
+            )
+            server = stack.enter_context(prometheus(tmp_path, config))
+            server.wait_until_scraped("funds", 2)
+            return server
+
+        try:
+            server = await asyncio.to_thread(start)
+            measured = await measure_page(server, load, lambda: target.update(port=failing))
+        finally:
+            await asyncio.to_thread(stack.close)
     assert set(load.statuses) == {200, 500}
-    figures("alert_latency", setup="one process, every request 500", **measured)
+    return measured
 
 
 async def test_the_rollout_reads_the_hosts_from_prometheus_as_from_their_pages(
-    site: Site, tmp_path: Path
+    site: Site, site_prometheus: PrometheusServer
 ) -> None:
     # The rollout controller's PrometheusReader against the hosts' multiprocess pages: the
     # sum over three hosts of two workers each, the same as adding up the three pages.
-    _require_prometheus()
-    targets = [f"{server.host.address}:{APP_PORT}" for server in site.hosts]
-    with prometheus(tmp_path, configuration(targets, scrape_interval="1s")) as server:
-        server.wait_until_scraped("funds", len(targets))
-        async with httpx.AsyncClient(base_url=site.url, timeout=30.0) as client:
-            for index in range(60):
-                await client.get("/api/funds", headers={"X-User-Id": f"reader-{index % 20}"})
-                await client.get("/api/no-such-route", headers={"X-User-Id": "reader"})
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            pages = [parse_scrape((await client.get(f"{s.url}/metrics")).text) for s in site.hosts]
-        moment = time.time()
-        await _until(
-            lambda: all(
-                float(s["value"][1]) > moment for s in server.query('timestamp(up{job="funds"})')
-            ),
-            20,
-            "Prometheus did not scrape the hosts again",
-        )
-        reader = PrometheusReader(server.url, {"hosts": 'job="funds"'})
-        read = reader.read(Target("hosts", "", ""))
+    server = site_prometheus
+    async with httpx.AsyncClient(base_url=site.url, timeout=30.0) as client:
+        for index in range(60):
+            await client.get("/api/funds", headers={"X-User-Id": f"reader-{index % 20}"})
+            await client.get("/api/no-such-route", headers={"X-User-Id": "reader"})
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        pages = [parse_scrape((await client.get(f"{s.url}/metrics")).text) for s in site.hosts]
+    moment = time.time()
+    await _until(
+        lambda: all(
+            float(s["value"][1]) > moment for s in server.query('timestamp(up{job="funds"})')
+        ),
+        20,
+        "Prometheus did not scrape the hosts again",
+    )
+    reader = PrometheusReader(server.url, {"hosts": 'job="funds"'})
+    read = reader.read(Target("hosts", "", ""))
 
     summed: dict[tuple[str, ...], tuple[float, dict[float, float]]] = {}
     for page in pages:

@@ -1,13 +1,16 @@
 """Three app hosts behind HAProxy, sharing PostgreSQL (through PgBouncer) and a Redis Cluster.
 
-What one process cannot show: a rate limit that holds for all hosts together, one fund for 40
-concurrent POSTs with one ``Idempotency-Key`` spread over the hosts, and one computation for
-40 concurrent reads of an uncached projection. See ``tests/scale/conftest.py`` for the site.
+What one process cannot show: hosts that start together on an empty database and migrate it
+once, a rate limit that holds for all hosts together, one fund for 40 concurrent POSTs with one
+``Idempotency-Key`` spread over the hosts, one computation for 40 concurrent reads of an
+uncached projection, and no failed request while a Redis Cluster primary fails over under
+them. See ``tests/scale/conftest.py`` for the site.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import time
@@ -20,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from examples.funds.migrate import migration_files
 from prodkit._core.drivers import redis_client
 from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Figures, Site
 from tests.scale.load import Load
@@ -52,6 +56,27 @@ def sample_total(site: Site, name: str, labels: Mapping[str, str]) -> float:
 
 def served_by(responses: list[httpx.Response]) -> set[str]:
     return {r.headers["x-served-by"] for r in responses}
+
+
+async def test_the_hosts_started_together_migrate_the_database_once(site: Site) -> None:
+    # Six workers on three hosts started together on an empty database, through PgBouncer:
+    # one applied every migration, in one transaction; the others waited for its lock and
+    # found them applied.
+    applied = [
+        line
+        for server in site.hosts
+        for line in server.output().splitlines()
+        if "applied migrations" in line
+    ]
+    versions = [path.stem for path in migration_files()]
+    assert len(applied) == 1, applied
+    assert json.loads(applied[0])["event"] == f"applied migrations: {', '.join(versions)}"
+    conn = await asyncpg.connect(site.database_dsn)
+    try:
+        recorded = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert [row["version"] for row in recorded] == versions
 
 
 async def test_one_rate_limit_holds_for_all_hosts_together(site: Site) -> None:

@@ -58,6 +58,20 @@ def schema_sql(table: str = "prodkit_idempotency") -> str:
     )
 
 
+def _unavailable(asyncpg: Any) -> tuple[type[BaseException], ...]:
+    """What a call raises when PostgreSQL (or a PgBouncer in front of it) cannot answer: the
+    socket's errors, the bounded waits running out, the server's errors, a connection that is
+    gone, and asyncpg's InternalClientError, which a pooled connection that PgBouncer closed
+    meanwhile raises on its next statement."""
+    return (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    )
+
+
 def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
     return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers])
 
@@ -235,7 +249,7 @@ class PostgresIdempotencyStore:
                 asyncpg: Any = require("asyncpg", "postgres")
                 try:
                     self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
-                except (OSError, asyncpg.PostgresError) as exc:
+                except _unavailable(asyncpg) as exc:
                     raise BackendError(f"cannot connect to PostgreSQL: {exc}") from exc
         return self._pool
 
@@ -250,7 +264,7 @@ class PostgresIdempotencyStore:
                 "it at start-up with `await store.ensure_schema()` (or apply "
                 f"schema_sql({self.table!r}) with your migration tool)"
             ) from exc
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _unavailable(asyncpg) as exc:
             raise BackendError(f"PostgreSQL idempotency store: {exc}") from exc
 
     async def ensure_schema(self) -> None:
@@ -265,7 +279,7 @@ class PostgresIdempotencyStore:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
                 await conn.execute(self._ddl)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except _unavailable(asyncpg) as exc:
             raise BackendError(f"cannot create idempotency table: {exc}") from exc
 
     migrate = ensure_schema
