@@ -19,12 +19,8 @@ Skipped where namespaces, HAProxy, PgBouncer or redis-server are missing (failed
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -93,27 +89,6 @@ def _missing(*binaries: str) -> str | None:
         if binary(name) is None:
             return f"{name} is not installed (apt-get install -y {_PACKAGES[name]})"
     return None
-
-
-#: Records a measured figure: ``figures("name", key=value, ...)``.
-Figures = Callable[..., None]
-
-
-@pytest.fixture(scope="session")
-def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
-    """Append measured figures as JSON lines to ``$PRODKIT_SCALE_FIGURES`` (default: a file in
-    the session's temporary directory). Tests record times here; they never assert them."""
-    path = Path(
-        os.environ.get("PRODKIT_SCALE_FIGURES")
-        or tmp_path_factory.getbasetemp() / "scale-figures.jsonl"
-    )
-
-    def record(name: str, **values: object) -> None:
-        line = {"figure": name, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({**line, **values}) + "\n")
-
-    return record
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from prodkit.rollout import PrometheusReader, Target, parse_scrape
-from tests.conftest import unavailable
-from tests.scale.conftest import Figures, Site
+from tests.conftest import Figures, unavailable
+from tests.scale.conftest import Site
 from tests.scale.load import Load
 from tests.scale.site import APP_PORT
 from tests.servers import HOST, free_port, run_server

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from prodkit._core.drivers import redis_client
-from tests.conftest import unavailable
-from tests.scale.conftest import Figures
+from tests.conftest import Figures, unavailable
 from tests.servers.redis_topologies import (
     collect_dropped_connections,
     redis_binaries_missing,
@@ -59,15 +58,7 @@ async def test_a_cluster_primary_failover(
         try:
             key = f"prodkit-test:failover:{uuid.uuid4().hex}"
             await client.set(key, "before", px=60_000)
-            slot = await client.cluster_keyslot(key)
-            nodes = await client.cluster_nodes()
-            primary = next(
-                int(address.split(":")[1].split("@")[0])
-                for address, node in nodes.items()
-                if "master" in node["flags"]
-                and any(int(a) <= slot <= int(b) for a, b in node["slots"])
-            )
-            topology.kill(primary)
+            topology.kill(topology.primary_for(key))
             seconds = await write_until_it_lands(client, key, time.monotonic() + 60)
             assert await client.get(key) == b"after"
         finally:

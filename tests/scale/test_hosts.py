@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from examples.funds.migrate import migration_files
 from prodkit._core.drivers import redis_client
-from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Figures, Site
+from tests.conftest import Figures
+from tests.scale.conftest import RATE_LIMIT_PER_MINUTE, Site
 from tests.scale.load import Load
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.server]

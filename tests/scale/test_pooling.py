@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RUN_ID, fresh_database, unavailable
+from tests.conftest import RUN_ID, Figures, fresh_database, unavailable
 from tests.examples.test_outages import CLIENTS, Load, readyz_turns, served
 from tests.examples.test_outages import unavailable as unavailable_answer
-from tests.scale.conftest import Figures
 from tests.scale.site import pgbouncer, pgbouncer_missing, transaction_pooling_problem
 from tests.servers import HOST, free_port, run_server
 
