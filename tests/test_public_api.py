@@ -115,7 +115,9 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "prodkit.errors": [
         "DEPENDENCY_UNAVAILABLE",
+        "ErrorKeywords",
         "ErrorMiddleware",
+        "ErrorOptions",
         "FieldError",
         "INTERNAL_ERROR",
         "PROBLEM_CONTENT_TYPE",

@@ -32,24 +32,34 @@ def _refuse(name: str, value: object, problem: str, write: str) -> Configuration
     return ConfigurationError(f"{name}={value!r}: {problem}; write {write}")
 
 
-def positive_int(name: str, value: object, *, example: int = 10) -> int:
-    """``value`` if it is an integer of at least 1 (``True`` is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 1:
-            return value
-        raise _refuse(
-            name, value, "less than 1", f"an integer of at least 1, e.g. {name}={example}"
-        )
-    raise _refuse(name, value, "not an integer", f"an integer of at least 1, e.g. {name}={example}")
+def positive_int(
+    name: str, value: object, *, example: int = 10, maximum: int | None = None
+) -> int:
+    """``value`` if it is an integer of at least 1 (``True`` is not one), and at most ``maximum``."""
+    return _whole(name, value, 1, maximum, example)
 
 
-def non_negative_int(name: str, value: object, *, example: int = 0) -> int:
-    """``value`` if it is an integer of 0 or more (``True`` is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 0:
-            return value
-        raise _refuse(name, value, "negative", f"an integer of 0 or more, e.g. {name}={example}")
-    raise _refuse(name, value, "not an integer", f"an integer of 0 or more, e.g. {name}={example}")
+def non_negative_int(
+    name: str, value: object, *, example: int = 0, maximum: int | None = None
+) -> int:
+    """``value`` if it is an integer of 0 or more (``True`` is not one), and at most ``maximum``."""
+    return _whole(name, value, 0, maximum, example)
+
+
+def _whole(name: str, value: object, least: int, maximum: int | None, example: int) -> int:
+    if maximum is not None:
+        write = f"an integer from {least} to {maximum}, e.g. {name}={example}"
+    elif least == 1:
+        write = f"an integer of at least 1, e.g. {name}={example}"
+    else:
+        write = f"an integer of 0 or more, e.g. {name}={example}"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _refuse(name, value, "not an integer", write)
+    if value < least:
+        raise _refuse(name, value, "less than 1" if least == 1 else "negative", write)
+    if maximum is not None and value > maximum:
+        raise _refuse(name, value, f"more than {maximum}", write)
+    return value
 
 
 def positive_seconds(name: str, value: object, *, example: float = 1.0) -> float:
