@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 from typing import Any, TypeVar
 
 from prodkit._core.exceptions import ConfigurationError
@@ -26,15 +27,17 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 #: A header value prodkit may send as configured: printable ASCII, no control characters.
 _VALUE = re.compile(r"[\x20-\x7e]+\Z")
+#: A metric name's start (Prometheus data model): what a ``metric_prefix`` may be.
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+#: How to make a secret, in the messages that refuse one.
+_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def _refuse(name: str, value: object, problem: str, write: str) -> ConfigurationError:
     return ConfigurationError(f"{name}={value!r}: {problem}; write {write}")
 
 
-def positive_int(
-    name: str, value: object, *, example: int = 10, maximum: int | None = None
-) -> int:
+def positive_int(name: str, value: object, *, example: int = 10, maximum: int | None = None) -> int:
     """``value`` if it is an integer of at least 1 (``True`` is not one), and at most ``maximum``."""
     return _whole(name, value, 1, maximum, example)
 
@@ -82,6 +85,97 @@ def non_negative_seconds(name: str, value: object, *, example: float = 0.0) -> f
     raise _refuse(name, value, "not a number", write)
 
 
+def fraction(name: str, value: object, *, example: float = 0.5) -> float:
+    """``value`` if it is a number from 0 to 1, both included (an int or a float)."""
+    write = f"a number from 0 to 1, e.g. {name}={example}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value <= 1:
+            return value
+        raise _refuse(name, value, "not from 0 to 1", write)
+    raise _refuse(name, value, "not a number", write)
+
+
+def increasing_numbers(
+    name: str, value: object, *, example: str = "[0.1, 0.5, 1.0]"
+) -> tuple[float, ...]:
+    """``value`` as a tuple, if it is a non-empty list of finite numbers, each above the last.
+
+    The shape of a Prometheus histogram's buckets (``+Inf`` is added by prometheus-client).
+    """
+    write = f"numbers in increasing order, e.g. {name}={example}"
+    items = _items(value)
+    if items is None or not items:
+        raise _refuse(name, value, "not a non-empty list of numbers", write)
+    numbers: list[float] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise _refuse(name, items, f"{item!r} is not a finite number", write)
+        numbers.append(item)
+    if any(later <= earlier for earlier, later in pairwise(numbers)):
+        raise _refuse(name, items, "not in increasing order", write)
+    return tuple(numbers)
+
+
+def url_path(name: str, value: object, *, example: str = "/metrics") -> str:
+    """``value`` if it is a path as ASGI gives it: a string that starts with ``/``."""
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    raise _refuse(name, value, "not a path starting with '/'", f"e.g. {name}={example!r}")
+
+
+def path_list(name: str, value: object) -> tuple[str, ...]:
+    """``value`` as a tuple of paths (each starting with ``/``; ``/static/*`` for a prefix).
+
+    One string is refused rather than read as a list: ``exclude_paths="/livez"`` would
+    otherwise be a list of characters.
+    """
+    write = f"a list such as {name}=['/livez', '/static/*']"
+    if isinstance(value, str):
+        raise _refuse(name, value, "a list of paths, not one string", write)
+    items = _items(value)
+    if items is None:
+        raise _refuse(name, value, "not a list of paths", write)
+    paths: list[str] = []
+    for item in items:
+        if not (isinstance(item, str) and item.startswith("/")):
+            raise _refuse(name, items, f"{item!r} must start with '/'", write)
+        paths.append(item)
+    return tuple(paths)
+
+
+def metric_prefix(name: str, value: object) -> str:
+    """``value`` if it can start a Prometheus metric name (``""`` included: no prefix)."""
+    if isinstance(value, str) and (value == "" or _METRIC_NAME.match(value)):
+        return value
+    raise _refuse(
+        name,
+        value,
+        "not a valid start of a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+        f"e.g. {name}='myapp_', or {name}='' for none",
+    )
+
+
+def secret(name: str, value: object, *, min_length: int = 16) -> str:
+    """``value`` if it is a secret a header can carry: at least ``min_length`` printable
+    characters, no spaces at either end.
+
+    The messages never repeat the value (it is a secret): they say what is wrong with it.
+    """
+    make = f"a random one such as {_MAKE_A_KEY} prints"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name}: not a string; write {make}")
+    if len(value) < min_length:
+        raise ConfigurationError(
+            f"{name}: {len(value)} characters long; write at least {min_length}, {make}"
+        )
+    if value != value.strip() or not value.isprintable():
+        raise ConfigurationError(
+            f"{name}: spaces at an end or control characters, which no header can carry; "
+            f"write printable characters only, {make}"
+        )
+    return value
+
+
 def header_name(name: str, value: object) -> str:
     """``value`` if it is a valid HTTP field name (RFC 9110 ``token``), as written."""
     if isinstance(value, str) and _TOKEN.match(value):
@@ -118,6 +212,25 @@ def header_value(name: str, value: object) -> str:
     )
 
 
+def header_names(name: str, value: object) -> tuple[str, ...]:
+    """``value`` as a tuple of header names (RFC 9110 ``token``), stripped, as written.
+
+    One string is refused rather than read as a list of its characters.
+    """
+    write = f"a list such as {name}=['Authorization', 'X-Request-ID']"
+    if isinstance(value, str):
+        raise _refuse(name, value, "a list of header names, not one string", write)
+    items = _items(value)
+    if items is None:
+        raise _refuse(name, value, "not a list of header names", write)
+    names: list[str] = []
+    for item in items:
+        if not (isinstance(item, str) and _TOKEN.match(item.strip())):
+            raise _refuse(name, items, f"{item!r} is not a header name", write)
+        names.append(item.strip())
+    return tuple(names)
+
+
 def one_of(name: str, value: object, choices: Iterable[T]) -> T:
     """``value`` if it is one of ``choices``."""
     allowed = list(choices)
@@ -146,6 +259,13 @@ def string_list(name: str, value: object) -> tuple[str, ...]:
     )
 
 
+def _items(value: object) -> list[object] | None:
+    """The items of a list-like ``value`` (read once), or ``None`` if it is not one."""
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
+        return list(value)
+    return None
+
+
 def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) -> T:
     """The options dataclass of a middleware called with ``options=`` or with its keywords.
 
@@ -166,13 +286,20 @@ def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) 
 
 __all__ = [
     "build_options",
+    "fraction",
     "header_name",
+    "header_names",
     "header_value",
     "http_token",
+    "increasing_numbers",
+    "metric_prefix",
     "non_negative_int",
     "non_negative_seconds",
     "one_of",
+    "path_list",
     "positive_int",
     "positive_seconds",
+    "secret",
     "string_list",
+    "url_path",
 ]
