@@ -166,7 +166,9 @@ PUBLIC: dict[str, list[str]] = {
         "ShutdownState",
     ],
     "prodkit.logging": [
+        "AccessLogKeywords",
         "AccessLogMiddleware",
+        "AccessLogOptions",
         "DEFAULT_LEVELS",
         "DEFAULT_REDACT_HEADERS",
         "DEFAULT_REDACT_KEYS",
