@@ -299,14 +299,20 @@ def test_header_names(value: object, result: tuple[str, ...] | str) -> None:
         header_names("request_headers", value)
 
 
+# https://prometheus.io/docs/concepts/data_model/#metric-names-and-labels
 @pytest.mark.parametrize(
     ("value", "valid"),
     [
         ("", True),
         ("myapp_", True),
         ("a:b_", True),
+        ("ns:sub_", True),
+        ("_private_", True),
         ("1app_", False),
         ("my-app_", False),
+        ("bad prefix", False),
+        ("é_", False),
+        ("svc_\n", False),
         (None, False),
     ],
 )

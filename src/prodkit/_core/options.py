@@ -27,8 +27,9 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 #: A header value prodkit may send as configured: printable ASCII, no control characters.
 _VALUE = re.compile(r"[\x20-\x7e]+\Z")
-#: A metric name's start (Prometheus data model): what a ``metric_prefix`` may be.
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+#: A classic Prometheus metric name (prometheus-client also accepts UTF-8 ones, which PromQL
+#: must quote); a ``metric_prefix`` is the start of one.
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 #: How to make a secret, in the messages that refuse one.
 _MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -145,7 +146,7 @@ def path_list(name: str, value: object) -> tuple[str, ...]:
 
 def metric_prefix(name: str, value: object) -> str:
     """``value`` if it can start a Prometheus metric name (``""`` included: no prefix)."""
-    if isinstance(value, str) and (value == "" or _METRIC_NAME.match(value)):
+    if isinstance(value, str) and (value == "" or METRIC_NAME.match(value)):
         return value
     raise _refuse(
         name,
@@ -285,6 +286,7 @@ def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) 
 
 
 __all__ = [
+    "METRIC_NAME",
     "build_options",
     "fraction",
     "header_name",
