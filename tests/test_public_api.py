@@ -126,7 +126,9 @@ PUBLIC: dict[str, list[str]] = {
     "prodkit.health": [
         "CheckResult",
         "HealthCheck",
+        "HealthKeywords",
         "HealthMiddleware",
+        "HealthOptions",
         "Readiness",
         "postgres_check",
         "redis_check",

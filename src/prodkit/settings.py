@@ -18,6 +18,7 @@ from prodkit._core.addresses import ClientAddressResolver
 from prodkit._core.drivers import parse_redis_url
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.cors import OriginMatcher
+from prodkit.health import HealthOptions
 from prodkit.ratelimit import parse_rate
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
@@ -25,11 +26,8 @@ IdempotencyStoreName = Literal["memory", "postgres", "redis"]
 _DATABASE_SCHEMES = ("postgresql://", "postgres://")
 #: ``LOG_LEVEL`` values, any case (``warn`` too, as :func:`~prodkit.configure_logging` takes it).
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-# HealthMiddleware refuses a shorter key; tests/test_settings.py checks the two agree.
-_MIN_HEALTH_KEY = 16
 # Braces would make a Redis Cluster hash tag of the prefix, putting every key in one slot.
 _KEY_PREFIX = re.compile(r"[^\s{}]*\Z")
-_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -202,22 +200,16 @@ class StackSettings:
             raise ConfigurationError(f"CORS_ORIGINS (cors_origins): {problem}") from exc
 
     def _check_health_key(self) -> None:
-        # The key is a secret: messages say what is wrong with it, never what it is.
-        key = self.health_key
-        if key is None:
+        # The health layer's rule, written once; its messages never repeat the key (a secret).
+        if self.health_key is None:
             return
-        if len(key) < _MIN_HEALTH_KEY:
+        try:
+            HealthOptions(key=self.health_key)
+        except ConfigurationError as exc:
+            problem = str(exc).removeprefix("key: ")
             raise ConfigurationError(
-                f"HEALTH_KEY (health_key) is {len(key)} characters long: use at least "
-                f"{_MIN_HEALTH_KEY}, a random one such as {_MAKE_A_KEY} prints, or leave it "
-                "unset to hide the detailed report"
-            )
-        if key != key.strip() or not key.isprintable():
-            raise ConfigurationError(
-                "HEALTH_KEY (health_key) has spaces at an end or control characters, which no "
-                "X-Health-Key header can carry: write printable characters only, such as "
-                f"{_MAKE_A_KEY} prints"
-            )
+                f"HEALTH_KEY (health_key): {problem}, or leave it unset to hide the detail"
+            ) from exc
 
     def _check_shutdown(self) -> None:
         drain, timeout = self.shutdown_drain_seconds, self.shutdown_timeout_seconds
