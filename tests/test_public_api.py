@@ -160,9 +160,13 @@ PUBLIC: dict[str, list[str]] = {
         "schema_sql",
     ],
     "prodkit.lifecycle": [
+        "GracefulShutdownKeywords",
         "GracefulShutdownMiddleware",
+        "GracefulShutdownOptions",
         "InFlight",
+        "LifespanKeywords",
         "LifespanMiddleware",
+        "LifespanOptions",
         "SHUTTING_DOWN",
         "ShutdownCoordinator",
         "ShutdownState",
