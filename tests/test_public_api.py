@@ -264,7 +264,9 @@ PUBLIC: dict[str, list[str]] = {
         "DEFAULT_BODY_TIMEOUT",
         "DEFAULT_MAX_BODY_BYTES",
         "REQUEST_TIMEOUT",
+        "RequestTimeoutKeywords",
         "RequestTimeoutMiddleware",
+        "RequestTimeoutOptions",
     ],
 }
 
