@@ -91,7 +91,9 @@ PUBLIC: dict[str, list[str]] = {
         "set_header",
     ],
     "prodkit.cache": [
+        "CacheKeywords",
         "CacheMiddleware",
+        "CacheOptions",
         "CacheRule",
         "CacheStore",
         "CachedResponse",

@@ -32,6 +32,10 @@ _READABLE_TAG = re.compile(r"[!-~]{1,200}\Z")  # printable ASCII, no spaces, sho
 FLUSH_KEYS = tuple(f"f:{digit}" for digit in "0123456789abcdef")
 
 
+#: Seconds a tag version is kept after an invalidation, when nothing else is said: a day.
+DEFAULT_TAG_TTL = 24 * 3600.0
+
+
 def tag_key(tag: str) -> str:
     """The store key of a tag's version: readable when the tag is short and plain, else hashed."""
     if _READABLE_TAG.match(tag):
@@ -107,7 +111,7 @@ class ResponseCache:
         store: CacheStore | None = None,
         *,
         breaker: CircuitBreaker | None = None,
-        tag_ttl: float = 24 * 3600.0,
+        tag_ttl: float = DEFAULT_TAG_TTL,
         retry_interval: float = 0.1,
         max_pending: int = 10_000,
         write_fence: float = 10.0,
@@ -441,4 +445,4 @@ class _Write:
             self._schedule()
 
 
-__all__ = ["FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]
+__all__ = ["DEFAULT_TAG_TTL", "FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlencode
 
+from prodkit._core import options as valid
 from prodkit._core.callers import Caller
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.routing import compile_template
-from prodkit.cache._cache import ResponseCache, flush_key, tag_key
+from prodkit.cache._cache import flush_key, tag_key
 
 _TAG_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 _EMPTY_PART = (0).to_bytes(8, "big")  # an empty query, length-prefixed
@@ -126,22 +127,19 @@ class Route:
         return tuple(rendered)
 
 
-def read_routes(
-    routes: Mapping[str, CacheRule], cache: ResponseCache, caller: Caller | None
-) -> list[tuple[str, Route]]:
-    """The cached routes, each rule checked against the cache and the caller."""
-    reads: list[tuple[str, Route]] = []
+def check_routes(routes: Mapping[str, CacheRule], caller: Caller | None, tag_ttl: float) -> None:
+    """Refuse a rule that is not one, or that the cache (its ``tag_ttl``) or the caller cannot
+    serve."""
     for template, rule in routes.items():
         if not isinstance(rule, CacheRule):
             raise ConfigurationError(
                 f"routes[{template!r}] must be a CacheRule(ttl=...), not {type(rule).__name__}"
             )
-        if rule.ttl <= 0:
-            raise ConfigurationError(f"routes[{template!r}]: ttl must be positive seconds")
-        if rule.ttl > cache.tag_ttl:
+        valid.positive_seconds(f"routes[{template!r}].ttl", rule.ttl, example=60)
+        if rule.ttl > tag_ttl:
             raise ConfigurationError(
                 f"routes[{template!r}]: ttl {rule.ttl}s exceeds the cache's tag_ttl "
-                f"{cache.tag_ttl}s; raise ResponseCache(tag_ttl=...)"
+                f"{tag_ttl}s; raise ResponseCache(tag_ttl=...)"
             )
         if rule.per_caller and caller is None:
             raise ConfigurationError(
@@ -151,22 +149,32 @@ def read_routes(
         if isinstance(rule.tags, str):
             raise ConfigurationError(f"routes[{template!r}]: tags must be a list of strings")
         check_tags(template, rule.tags, caller)
-        route = Route(template, compile_template(template), rule, tuple(rule.tags), cache.flushable)
-        reads.append((template, route))
-    return reads
 
 
-def invalidation_routes(
-    invalidate: Mapping[str, Sequence[str]], caller: Caller | None
-) -> list[tuple[str, Route]]:
-    """The extra ``{template: [tag templates]}`` that writes invalidate, checked."""
-    writes: list[tuple[str, Route]] = []
+def check_invalidations(invalidate: Mapping[str, Sequence[str]], caller: Caller | None) -> None:
+    """Refuse ``{template: [tag templates]}`` whose tags are not a list of valid templates."""
     for template, tags in invalidate.items():
         if isinstance(tags, str):
             raise ConfigurationError(f"invalidate[{template!r}] must be a list of tag templates")
         check_tags(template, tags, caller)
-        writes.append((template, Route(template, compile_template(template), None, tuple(tags))))
-    return writes
+
+
+def read_routes(routes: Mapping[str, CacheRule], flushable: bool) -> list[tuple[str, Route]]:
+    """The cached routes (checked by :func:`check_routes`); ``flushable``: the cache's store
+    can fail, so entries carry a flush tag."""
+    return [
+        (template, Route(template, compile_template(template), rule, tuple(rule.tags), flushable))
+        for template, rule in routes.items()
+    ]
+
+
+def invalidation_routes(invalidate: Mapping[str, Sequence[str]]) -> list[tuple[str, Route]]:
+    """The extra ``{template: [tag templates]}`` that writes invalidate (checked by
+    :func:`check_invalidations`)."""
+    return [
+        (template, Route(template, compile_template(template), None, tuple(tags)))
+        for template, tags in invalidate.items()
+    ]
 
 
 def check_tags(template: str, tags: Sequence[str], caller: Caller | None) -> None:
@@ -194,4 +202,12 @@ def check_tags(template: str, tags: Sequence[str], caller: Caller | None) -> Non
                 )
 
 
-__all__ = ["CacheRule", "Route", "check_tags", "invalidation_routes", "read_routes"]
+__all__ = [
+    "CacheRule",
+    "Route",
+    "check_invalidations",
+    "check_routes",
+    "check_tags",
+    "invalidation_routes",
+    "read_routes",
+]
