@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, overload
+from typing import Any, Concatenate, ParamSpec, cast, overload
 
 from prometheus_client import CollectorRegistry
 
@@ -512,19 +512,17 @@ def idempotency_store_for(
             the store closes).
         registry: the Prometheus registry of the PostgreSQL store's cleanup counter.
     """
+    # StackSettings guarantees the URL of the store it names (IDEMPOTENCY_STORE=postgres
+    # needs DATABASE_URL, redis needs REDIS_URL): it is not checked again here.
     if settings.idempotency_store == "postgres":
-        if not settings.database_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
         return PostgresIdempotencyStore(
-            settings.database_url,
+            cast(str, settings.database_url),
             cleanup_interval=settings.idempotency_cleanup_seconds or None,
             registry=registry,
         )
     if settings.idempotency_store == "redis":
-        if not settings.redis_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
         return RedisIdempotencyStore(
-            redis if redis is not None else settings.redis_url,
+            redis if redis is not None else cast(str, settings.redis_url),
             key_prefix=f"{settings.redis_key_prefix}idem:",
         )
     return MemoryIdempotencyStore()
