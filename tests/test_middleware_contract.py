@@ -526,10 +526,11 @@ def test_every_middleware_takes_one_options_dataclass_or_its_keywords(name: str)
     options, no_options = get_args(hints["options"])
     [keywords] = get_args(hints["keywords"])  # Unpack[XxxKeywords]
     assert no_options is type(None)
+    assert isinstance(options, type)
     assert options.__name__ == name.removesuffix("Middleware") + "Options"
     assert keywords.__name__ == name.removesuffix("Middleware") + "Keywords"
     assert dataclasses.is_dataclass(options)
-    assert options.__dataclass_params__.frozen
+    assert vars(options)["__dataclass_params__"].frozen
     assert "__slots__" in vars(options)
     fields = dataclasses.fields(options)
     assert all(field.kw_only for field in fields)

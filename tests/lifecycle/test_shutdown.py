@@ -666,7 +666,7 @@ def test_a_coordinator_that_is_not_one_is_refused(make: Any) -> None:
 
 def test_the_drain_needs_a_coordinator() -> None:
     with pytest.raises(TypeError, match="coordinator"):
-        GracefulShutdownMiddleware(no_lifespan_app)  # type: ignore[call-arg]
+        GracefulShutdownMiddleware(no_lifespan_app)
 
 
 @pytest.mark.parametrize(
