@@ -1,9 +1,9 @@
 """``CacheMiddleware``: cache-aside for GET/HEAD with single flight, tag invalidation and RFC 9111.
 
-The middleware validates its options and dispatches; the jobs live beside it: which routes are
-cached and their keys (``_rules``), one read's facts (``_request``), entries in the store
-(``_entries``), sending and capturing responses (``_responder``), single flight (``_flight``)
-and invalidating writes (``_invalidation``).
+The middleware checks its options and dispatches; the jobs live beside it: what is cached, for
+whom and how long (``_rules``), what is stored and how an entry is read, written and sent
+(``_entries``), single flight and fenced writes (``_coordination``), the cache every worker
+shares (``_cache``) and its stores.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from prodkit._core import options as valid
 from prodkit._core.callers import Caller
@@ -24,17 +24,17 @@ from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable, served_root
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache._cache import DEFAULT_TAG_TTL, ResponseCache
-from prodkit.cache._entries import Entries
-from prodkit.cache._entry import delta_seconds
-from prodkit.cache._flight import SingleFlight
-from prodkit.cache._invalidation import Invalidation
-from prodkit.cache._request import CacheRequest, OutcomeCounter, RequestReader
-from prodkit.cache._responder import fetch, miss_send, send_entry
+from prodkit.cache._coordination import Invalidation, SingleFlight
+from prodkit.cache._entries import Entries, fetch, miss_send, send_entry
 from prodkit.cache._rules import (
+    CacheRequest,
     CacheRule,
+    Outcome,
+    RequestReader,
     Route,
     check_invalidations,
     check_routes,
+    delta_seconds,
     invalidation_routes,
     read_routes,
 )
@@ -192,7 +192,7 @@ class CacheMiddleware:
         import asyncio
 
         import httpx
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, Counter
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
         from starlette.routing import Route
@@ -449,4 +449,23 @@ def _outcome_counter(options: CacheOptions, cache: ResponseCache) -> OutcomeCoun
     )
 
 
-__all__ = ["NOT_CACHED", "CacheKeywords", "CacheMiddleware", "CacheOptions", "CacheRule"]
+class OutcomeCounter:
+    """``cache_requests_total{route, outcome}``, with its children kept once made."""
+
+    __slots__ = ("_children", "_counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, Outcome], Counter] = {}
+
+    def count(self, route: str, outcome: Outcome) -> None:
+        """Count one request to ``route`` with ``outcome``."""
+        child = self._children.get((route, outcome))
+        if child is None:
+            # labels() costs more than the rest of a hit; a child is created on first use, as
+            # before, so series that never happened are still not exported.
+            child = self._children[route, outcome] = self._counter.labels(route, outcome)
+        child.inc()
+
+
+__all__ = ["NOT_CACHED", "CacheKeywords", "CacheMiddleware", "CacheOptions", "OutcomeCounter"]
