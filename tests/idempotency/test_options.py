@@ -15,10 +15,10 @@ from prodkit.idempotency import (
     IdempotencyOptions,
     MemoryIdempotencyStore,
 )
+from tests.apps import build_app
 from tests.conftest import ClientFactory
 
 AUTH = {"Authorization": "Bearer alice-token"}
-from tests.apps import build_app
 
 
 async def test_options_object_and_keywords_configure_the_same_middleware(
