@@ -20,14 +20,22 @@ message itself, sent something of its own or read ahead would break it.
 Beyond that, for (a) and (b): no metric changes (no request counted, no rate-limit decision,
 no in-flight gauge moved), nothing is logged (no access line), and middlewares that count
 requests in flight do not count the connection, while they do count an HTTP request.
+
+And how each is configured: ``XxxMiddleware(app, *, options=None, **keywords)``, with one
+frozen keyword-only dataclass ``XxxOptions`` and its fields as the ``XxxKeywords`` typed
+keywords, both exported beside the middleware, and an ``__init__`` of at most 40 lines (the
+options check themselves; the middleware only precomputes what requests read).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -506,3 +514,36 @@ async def test_recording_middlewares_answer_once_the_response_is_complete(
     assert b"".join(m["body"] for m in to_client[1:]) == b"".join(CHUNKS)
     assert to_client[-1]["more_body"] is False
     assert all(m["more_body"] for m in to_client[1:-1])
+
+
+# -- how every middleware is configured ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_middleware_takes_one_options_dataclass_or_its_keywords(name: str) -> None:
+    middleware = getattr(prodkit, name)
+    hints = get_type_hints(middleware.__init__)
+    options, no_options = get_args(hints["options"])
+    [keywords] = get_args(hints["keywords"])  # Unpack[XxxKeywords]
+    assert no_options is type(None)
+    assert isinstance(options, type)
+    assert options.__name__ == name.removesuffix("Middleware") + "Options"
+    assert keywords.__name__ == name.removesuffix("Middleware") + "Keywords"
+    assert dataclasses.is_dataclass(options)
+    assert vars(options)["__dataclass_params__"].frozen
+    assert "__slots__" in vars(options)
+    fields = dataclasses.fields(options)
+    assert all(field.kw_only for field in fields)
+    option_hints = get_type_hints(options)
+    assert get_type_hints(keywords) == {field.name: option_hints[field.name] for field in fields}
+    # Exported where the middleware is: its concern's public module.
+    public = importlib.import_module(middleware.__module__.rsplit("._", 1)[0])
+    assert getattr(public, name) is middleware
+    assert getattr(public, options.__name__) is options
+    assert getattr(public, keywords.__name__) is keywords
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_middlewares_init_is_at_most_40_lines(name: str) -> None:
+    lines, _ = inspect.getsourcelines(getattr(prodkit, name).__init__)
+    assert len(lines) <= 40

@@ -12,34 +12,39 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from prodkit._core import options as valid
 from prodkit._core.addresses import ClientAddressResolver
 from prodkit._core.drivers import parse_redis_url
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.cors import OriginMatcher
+from prodkit.health import HealthOptions
 from prodkit.ratelimit import parse_rate
+from prodkit.timeouts import DEFAULT_BODY_TIMEOUT
 
 IdempotencyStoreName = Literal["memory", "postgres", "redis"]
 
 _DATABASE_SCHEMES = ("postgresql://", "postgres://")
 #: ``LOG_LEVEL`` values, any case (``warn`` too, as :func:`~prodkit.configure_logging` takes it).
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-# HealthMiddleware refuses a shorter key; tests/test_settings.py checks the two agree.
-_MIN_HEALTH_KEY = 16
 # Braces would make a Redis Cluster hash tag of the prefix, putting every key in one slot.
 _KEY_PREFIX = re.compile(r"[^\s{}]*\Z")
-_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, stripped; ``None`` when it is unset or blank."""
+    return (env.get(name) or "").strip() or None
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
+def _split(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (env.get(name) or "").split(",") if part.strip())
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
     try:
         value = float(raw)
     except ValueError:
@@ -49,6 +54,18 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
             f"{name}={raw!r} is not a number of seconds: write one such as 30 or 2.5"
         )
     return value
+
+
+def _whole(env: Mapping[str, str], name: str, what: str) -> int | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a whole number: write {what}, e.g. 100"
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +130,7 @@ class StackSettings:
     health_key: str | None = None
     shutdown_drain_seconds: float = 2.0
     shutdown_timeout_seconds: float = 30.0
-    body_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -145,8 +162,7 @@ class StackSettings:
         self._check_addresses()
         self._check_health_key()
         self._check_shutdown()
-        if not self.body_timeout_seconds > 0:
-            raise ConfigurationError("body_timeout_seconds must be more than 0 seconds")
+        valid.positive_seconds("body_timeout_seconds", self.body_timeout_seconds, example=10)
         self._check_logging()
 
     def _check_idempotency(self) -> None:
@@ -202,22 +218,16 @@ class StackSettings:
             raise ConfigurationError(f"CORS_ORIGINS (cors_origins): {problem}") from exc
 
     def _check_health_key(self) -> None:
-        # The key is a secret: messages say what is wrong with it, never what it is.
-        key = self.health_key
-        if key is None:
+        # The health layer's rule, written once; its messages never repeat the key (a secret).
+        if self.health_key is None:
             return
-        if len(key) < _MIN_HEALTH_KEY:
+        try:
+            HealthOptions(key=self.health_key)
+        except ConfigurationError as exc:
+            problem = str(exc).removeprefix("key: ")
             raise ConfigurationError(
-                f"HEALTH_KEY (health_key) is {len(key)} characters long: use at least "
-                f"{_MIN_HEALTH_KEY}, a random one such as {_MAKE_A_KEY} prints, or leave it "
-                "unset to hide the detailed report"
-            )
-        if key != key.strip() or not key.isprintable():
-            raise ConfigurationError(
-                "HEALTH_KEY (health_key) has spaces at an end or control characters, which no "
-                "X-Health-Key header can carry: write printable characters only, such as "
-                f"{_MAKE_A_KEY} prints"
-            )
+                f"HEALTH_KEY (health_key): {problem}, or leave it unset to hide the detail"
+            ) from exc
 
     def _check_shutdown(self) -> None:
         drain, timeout = self.shutdown_drain_seconds, self.shutdown_timeout_seconds
@@ -271,40 +281,30 @@ class StackSettings:
         never repeated.
         """
         env = os.environ if env is None else env
-        database_url = (env.get("DATABASE_URL") or "").strip() or None
-        # Unset: None, which __post_init__ resolves from DATABASE_URL (and checks).
-        store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or None
-        redis_url = (env.get("REDIS_URL") or "").strip() or None
-        redis_key_prefix = (env.get("REDIS_KEY_PREFIX") or "").strip() or "prodkit:"
-        raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
-        max_concurrency: int | None = None
-        if raw_concurrency:
-            try:
-                max_concurrency = int(raw_concurrency)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"MAX_CONCURRENCY={raw_concurrency!r} is not a whole number: write the "
-                    "requests in flight per process before shedding, e.g. 100"
-                ) from exc
-        log_format = (env.get("LOG_FORMAT") or "json").strip().lower()
-        return cls(
-            database_url=database_url,
-            redis_url=redis_url,
-            redis_key_prefix=redis_key_prefix,
-            idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
-            idempotency_lease_seconds=_number(env, "IDEMPOTENCY_LEASE_SECONDS", 60.0),
-            idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600.0),
-            idempotency_cleanup_seconds=_number(env, "IDEMPOTENCY_CLEANUP_SECONDS", 60.0),
-            rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
-            trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
-            cors_origins=_split(env.get("CORS_ORIGINS")),
-            max_concurrency=max_concurrency,
-            health_key=(env.get("HEALTH_KEY") or "") or None,
-            shutdown_drain_seconds=_number(env, "SHUTDOWN_DRAIN_SECONDS", 2.0),
-            shutdown_timeout_seconds=_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30.0),
-            log_level=(env.get("LOG_LEVEL") or "").strip() or "INFO",
-            log_format=log_format,  # type: ignore[arg-type]  # checked by __post_init__
-        )
+        fields: dict[str, Any] = {
+            "database_url": _text(env, "DATABASE_URL"),
+            "redis_url": _text(env, "REDIS_URL"),
+            "redis_key_prefix": _text(env, "REDIS_KEY_PREFIX"),
+            # Unset, __post_init__ chooses the store from DATABASE_URL.
+            "idempotency_store": (_text(env, "IDEMPOTENCY_STORE") or "").lower() or None,
+            "idempotency_lease_seconds": _seconds(env, "IDEMPOTENCY_LEASE_SECONDS"),
+            "idempotency_ttl_seconds": _seconds(env, "IDEMPOTENCY_TTL_SECONDS"),
+            "idempotency_cleanup_seconds": _seconds(env, "IDEMPOTENCY_CLEANUP_SECONDS"),
+            "rate_limit": _text(env, "RATE_LIMIT"),
+            "trusted_proxies": _split(env, "TRUSTED_PROXIES"),
+            "cors_origins": _split(env, "CORS_ORIGINS"),
+            "max_concurrency": _whole(
+                env, "MAX_CONCURRENCY", "the requests in flight per process before shedding"
+            ),
+            "health_key": env.get("HEALTH_KEY") or None,  # a secret: taken as written
+            "shutdown_drain_seconds": _seconds(env, "SHUTDOWN_DRAIN_SECONDS"),
+            "shutdown_timeout_seconds": _seconds(env, "SHUTDOWN_TIMEOUT_SECONDS"),
+            "log_level": _text(env, "LOG_LEVEL"),
+            "log_format": (_text(env, "LOG_FORMAT") or "").lower() or None,
+        }
+        # An unset variable leaves its field at the default written on the field: once.
+        # Every value is checked by __post_init__.
+        return cls(**{name: value for name, value in fields.items() if value is not None})
 
 
 __all__ = ["IdempotencyStoreName", "StackSettings"]

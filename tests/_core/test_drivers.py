@@ -91,7 +91,7 @@ def test_any_text_is_read_or_refused_with_a_configuration_error(text: str) -> No
 
 
 # Real topologies: the run's Redis Cluster and Sentinel group, started from the redis-server
-# binary (tests/conftest.py). Failovers are in tests/test_stack_failover.py, through the stack.
+# binary (tests/conftest.py). Failovers are in tests/stack/test_failover.py, through the stack.
 
 
 async def test_a_cluster_url_builds_a_cluster_client_that_spans_every_slot(

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -15,15 +16,22 @@ from hypothesis import strategies as st
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.options import (
     build_options,
+    fraction,
     header_name,
+    header_names,
     header_value,
     http_token,
+    increasing_numbers,
+    metric_prefix,
     non_negative_int,
     non_negative_seconds,
     one_of,
+    path_list,
     positive_int,
     positive_seconds,
+    secret,
     string_list,
+    url_path,
 )
 
 NAMES = st.from_regex(r"[a-z][a-z_]{0,24}", fullmatch=True)
@@ -55,6 +63,11 @@ NUMBERS: list[tuple[Callable[[str, object], object], Callable[[Any], bool]]] = [
     (non_negative_int, lambda v: _is_int(v) and v >= 0),
     (positive_seconds, lambda v: _is_number(v) and 0 < v < math.inf),
     (non_negative_seconds, lambda v: _is_number(v) and 0 <= v < math.inf),
+    (fraction, lambda v: _is_number(v) and 0 <= v <= 1),
+    (
+        lambda name, value: positive_int(name, value, maximum=60),
+        lambda v: _is_int(v) and 1 <= v <= 60,
+    ),
 ]
 
 
@@ -71,7 +84,18 @@ def _checks(
     assert "; write " in message  # and what to write instead
 
 
-@pytest.mark.parametrize(("validator", "valid"), NUMBERS, ids=[v.__name__ for v, _ in NUMBERS])
+@pytest.mark.parametrize(
+    ("validator", "valid"),
+    NUMBERS,
+    ids=[
+        "positive_int",
+        "non_negative_int",
+        "positive_seconds",
+        "non_negative_seconds",
+        "fraction",
+        "positive_int_with_maximum",
+    ],
+)
 @given(name=NAMES, value=ANYTHING)
 def test_number_validators_accept_exactly_the_valid_values(
     validator: Callable[[str, object], object],
@@ -95,6 +119,7 @@ def test_number_validators_accept_exactly_the_valid_values(
         (positive_seconds, math.nan, "finite"),
         (non_negative_seconds, -0.5, "negative"),
         (non_negative_seconds, "1s", "not a number"),
+        (fraction, 1.5, "not from 0 to 1"),
     ],
 )
 def test_number_messages_say_what_is_wrong(
@@ -195,3 +220,117 @@ def test_build_options_takes_options_or_keywords_not_both() -> None:
         build_options(Options, {"size": 3}, {})
     with pytest.raises(TypeError, match="sise"):
         build_options(Options, None, {"sise": 3})
+
+
+def test_a_maximum_is_said_in_what_to_write() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        positive_int("retry_after", 61, example=2, maximum=60)
+    assert str(refused.value) == (
+        "retry_after=61: more than 60; write an integer from 1 to 60, e.g. retry_after=2"
+    )
+    assert non_negative_int("hold_limit", 0, maximum=5) == 0
+
+
+@given(
+    name=NAMES,
+    value=st.one_of(
+        st.lists(st.one_of(st.floats(), st.integers(), st.booleans()), max_size=5), ANYTHING
+    ),
+)
+def test_increasing_numbers_accepts_exactly_increasing_finite_numbers(
+    name: str, value: object
+) -> None:
+    valid = (
+        isinstance(value, list | tuple)
+        and len(value) > 0
+        and all(_is_number(v) and math.isfinite(v) for v in value)
+        and all(b > a for a, b in pairwise(value))
+    )
+    if valid:
+        assert increasing_numbers(name, value) == tuple(value)  # type: ignore[arg-type]
+        return
+    with pytest.raises(ConfigurationError) as refused:
+        increasing_numbers(name, value)
+    assert str(refused.value).startswith(f"{name}=")
+    assert "; write numbers in increasing order" in str(refused.value)
+
+
+@given(name=NAMES, value=st.one_of(st.text(max_size=12), ANYTHING))
+def test_url_path_accepts_exactly_strings_starting_with_a_slash(name: str, value: object) -> None:
+    _checks(url_path, isinstance(value, str) and value.startswith("/"), name, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "result"),
+    [
+        (["/livez", "/static/*"], ("/livez", "/static/*")),
+        ((path for path in ["/a"]), ("/a",)),  # read once, kept
+        ([], ()),
+        ("/livez", "exclude_paths='/livez': a list of paths, not one string; write a list"),
+        (["livez"], "exclude_paths=['livez']: 'livez' must start with '/'"),
+        ([b"/livez"], "exclude_paths=[b'/livez']: b'/livez' must start with '/'"),
+        (None, "exclude_paths=None: not a list of paths"),
+    ],
+)
+def test_path_list(value: object, result: tuple[str, ...] | str) -> None:
+    if isinstance(result, tuple):
+        assert path_list("exclude_paths", value) == result
+        return
+    with pytest.raises(ConfigurationError, match=re.escape(result)):
+        path_list("exclude_paths", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "result"),
+    [
+        ([" Authorization", "X-Request-ID "], ("Authorization", "X-Request-ID")),
+        ([], ()),
+        ("Authorization", "request_headers='Authorization': a list of header names, not one"),
+        (["X Id"], "request_headers=['X Id']: 'X Id' is not a header name"),
+        ([1], "request_headers=[1]: 1 is not a header name"),
+        (7, "request_headers=7: not a list of header names"),
+    ],
+)
+def test_header_names(value: object, result: tuple[str, ...] | str) -> None:
+    if isinstance(result, tuple):
+        assert header_names("request_headers", value) == result
+        return
+    with pytest.raises(ConfigurationError, match=re.escape(result)):
+        header_names("request_headers", value)
+
+
+# https://prometheus.io/docs/concepts/data_model/#metric-names-and-labels
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("", True),
+        ("myapp_", True),
+        ("a:b_", True),
+        ("ns:sub_", True),
+        ("_private_", True),
+        ("1app_", False),
+        ("my-app_", False),
+        ("bad prefix", False),
+        ("é_", False),
+        ("svc_\n", False),
+        (None, False),
+    ],
+)
+def test_metric_prefix(value: object, valid: bool) -> None:
+    _checks(metric_prefix, valid, "metric_prefix", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("s3cr3t", "key: 6 characters long; write at least 16, a random one such as"),
+        (" a-long-enough-secret", "key: spaces at an end or control characters"),
+        ("a-long-enough-secret\n", "write printable characters only"),
+        (1234567890123456789, "key: not a string"),
+    ],
+)
+def test_a_secret_is_refused_without_being_repeated(value: object, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(problem)) as refused:
+        secret("key", value)
+    assert str(value).strip() not in str(refused.value)
+    assert secret("key", "k" * 16) == "k" * 16

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
 from prodkit.asgi import Receive, Scope, Send
-from prodkit.cache import CacheMiddleware, CacheRule, MemoryCacheStore
+from prodkit.cache import (
+    CacheKeywords,
+    CacheMiddleware,
+    CacheOptions,
+    CacheRule,
+    MemoryCacheStore,
+    ResponseCache,
+)
 from tests.apps import build_app
 from tests.cache.helpers import ROUTES, CountingApp, FakeClock, make_cache, outcomes
 from tests.conftest import ClientFactory
@@ -263,3 +271,55 @@ def test_bad_options_are_rejected(options: dict[str, Any], message: str) -> None
     options.setdefault("caller", None)
     with pytest.raises(ConfigurationError, match=message):
         CacheMiddleware(CountingApp(), registry=CollectorRegistry(), **options)
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    routes = {"/items/{id}": CacheRule(ttl=60)}
+    by_keyword = CacheMiddleware(CountingApp(), routes=routes, registry=CollectorRegistry())
+    options = CacheOptions(routes=routes, registry=CollectorRegistry())
+    by_object = CacheMiddleware(CountingApp(), options=options)
+    assert by_object.options is options
+    for middleware in (by_keyword, by_object):
+        client = make_client(middleware)
+        first, second = [await client.get("/items/1") for _ in range(2)]
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+
+
+def test_the_defaults_are_the_options_defaults(registry: CollectorRegistry) -> None:
+    middleware = CacheMiddleware(CountingApp(), routes={}, registry=registry)
+    assert middleware.options == CacheOptions(routes={}, registry=registry)
+    assert (middleware.statuses, middleware.max_body_bytes, middleware.lock_lease) == (
+        frozenset({200}),
+        1024 * 1024,
+        10.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"statuses": [200, 700]}, "statuses=(200, 700): not HTTP status codes from 200 to 599"),
+        ({"max_body_bytes": 0}, "max_body_bytes=0: less than 1"),
+        ({"lock_lease": -1}, "lock_lease=-1: not greater than 0"),
+        ({"metric_prefix": "cache-"}, "metric_prefix='cache-': not a valid start"),
+        ({"routes": {"/a": CacheRule(ttl=0)}}, "routes['/a'].ttl=0: not greater than 0"),
+        ({"store": MemoryCacheStore(), "cache": "a cache"}, "cache= and store= were both"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    options.setdefault("routes", {})
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        CacheOptions(**options)
+
+
+def test_a_rules_ttl_is_checked_against_the_given_caches_tag_ttl() -> None:
+    short = ResponseCache(tag_ttl=30, registry=CollectorRegistry())
+    with pytest.raises(ConfigurationError, match="exceeds the cache's tag_ttl 30s"):
+        CacheOptions(routes={"/a": CacheRule(ttl=60)}, cache=short)
+    CacheOptions(routes={"/a": CacheRule(ttl=60)})  # the default tag_ttl: a day
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(CacheKeywords) == get_type_hints(CacheOptions)

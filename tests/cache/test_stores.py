@@ -7,6 +7,8 @@ and behind Sentinel, each built from its URL by ``RedisCacheStore.from_url``.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -295,3 +297,11 @@ def test_redis_store_names_the_extra_when_redis_is_missing(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(MissingDependencyError, match=r"prodkit-asgi\[redis\]"):
         RedisCacheStore.from_url("redis://127.0.0.1:1/0")
+
+
+def test_importing_the_cache_imports_no_driver() -> None:
+    code = "import sys, prodkit.cache; print(any(m.split('.')[0] == 'redis' for m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, get_type_hints
 
 import pytest
 import structlog
@@ -18,6 +19,7 @@ from prodkit import (
     RequestIdMiddleware,
 )
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, problem_type
+from prodkit.errors import ErrorKeywords, ErrorOptions
 from tests.apps import FRAMEWORKS, SECRET_TEXT, build_app, mounted_starlette_app
 from tests.conftest import ClientFactory
 
@@ -479,3 +481,49 @@ async def test_the_access_log_records_an_unavailable_answer_at_its_status_level(
 def test_invalid_unavailable_options_are_rejected(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ErrorMiddleware(build_app("starlette"), **options)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    by_keyword = ErrorMiddleware(_plain_500(b"as sent"), replace_server_errors=False)
+    options = ErrorOptions(replace_server_errors=False)
+    by_object = ErrorMiddleware(_plain_500(b"as sent"), options=options)
+    assert by_object.options is options
+    assert by_keyword.options == options
+    for middleware in (by_keyword, by_object):
+        response = await make_client(middleware).get("/")
+        assert (response.status_code, response.text) == (500, "as sent")
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    middleware = ErrorMiddleware(build_app("raw"))
+    assert middleware.options == ErrorOptions()
+    assert (middleware.hold_limit, middleware.unavailable_retry_after) == (65536, 2)
+    assert middleware.unavailable == (BackendError,)
+
+
+def test_unavailable_is_kept_as_a_tuple_read_once() -> None:
+    options = ErrorOptions(unavailable=(kind for kind in [OSError, TimeoutError]))
+    assert options.unavailable == (OSError, TimeoutError)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hold_limit": -1}, "hold_limit=-1: negative; write an integer of 0 or more"),
+        ({"unavailable": OSError}, "unavailable=OSError: one class, not a list"),
+        ({"unavailable_retry_after": True}, "unavailable_retry_after=True: not an integer"),
+        ({"unavailable_retry_after": 61}, "unavailable_retry_after=61: more than 60"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        ErrorOptions(**options)
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(ErrorKeywords) == get_type_hints(ErrorOptions)

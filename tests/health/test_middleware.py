@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp
+from prodkit.health import HealthKeywords, HealthOptions
 from prodkit.health._middleware import (
     MAX_ABANDONED,
     HealthCheck,
@@ -222,6 +224,46 @@ def test_invalid_options_are_rejected(kwargs: dict[str, Any]) -> None:
     app = raw_app()
     with pytest.raises(ConfigurationError):
         HealthMiddleware(app, **kwargs)
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    by_keyword = HealthMiddleware(raw_app(), readyz_path="/ready", registry=CollectorRegistry())
+    options = HealthOptions(readyz_path="/ready", registry=CollectorRegistry())
+    by_object = HealthMiddleware(raw_app(), options=options)
+    assert by_object.options is options
+    for middleware in (by_keyword, by_object):
+        response = await make_client(middleware).get("/ready")
+        assert response.json() == {"status": "pass", "draining": False}
+
+
+def test_the_defaults_are_the_options_defaults(registry: CollectorRegistry) -> None:
+    middleware = HealthMiddleware(raw_app(), registry=registry)
+    assert middleware.options == HealthOptions(registry=registry)
+    assert (middleware.timeout, middleware.cache_ttl, middleware.retry_after) == (2.0, 1.0, b"5")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"key": "s3cr3t"}, "key: 6 characters long; write at least 16"),
+        ({"livez_path": "livez"}, "livez_path='livez': not a path starting with '/'"),
+        ({"readyz_path": "/livez"}, "healthz_path=('/livez', '/livez', '/healthz'): two"),
+        ({"timeout": 0}, "timeout=0: not greater than 0"),
+        ({"cache_ttl": -1}, "cache_ttl=-1: negative"),
+        ({"retry_after": 0}, "retry_after=0: less than 1"),
+        ({"checks": ["db"]}, "checks: 'db' is not a HealthCheck"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as refused:
+        HealthOptions(**options)
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(HealthKeywords) == get_type_hints(HealthOptions)
 
 
 def test_duplicate_check_names_are_rejected(registry: CollectorRegistry) -> None:

@@ -342,11 +342,13 @@ async def test_complete_leaves_what_is_not_recorded_to_the_middleware(
 
     key = middleware.storage_key(CALLER, "k")
     assert (await store.claim(key, b"fp", "owner", lease=30, ttl=60)).outcome.value == "acquired"
-    claim = IdempotencyClaim(middleware, key, "owner")
+    recorder = middleware.recorder
+    claim = IdempotencyClaim(store, key, "owner", ttl=recorder.ttl, record=recorder.record)
     assert not await claim.complete(503, [(b"retry-after", b"1")], b"busy")
     assert not await claim.complete(429, {}, b"slow down")
     assert not await claim.complete(200, {"Retry-After": "3"}, b"come back")
-    assert not await IdempotencyClaim(middleware, key, "not-the-owner").complete(201, {}, b"x")
+    other = IdempotencyClaim(store, key, "not-the-owner", ttl=60, record=recorder.record)
+    assert not await other.complete(201, {}, b"x")
     assert not claim.completed
     assert await claim.complete(201, {"Content-Type": "text/plain"}, b"made")
     assert await claim.complete(201, {}, b"made")  # already on record

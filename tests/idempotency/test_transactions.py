@@ -263,18 +263,20 @@ async def test_complete_in_leaves_what_is_not_recorded_to_the_middleware(
 ) -> None:
     from prodkit.idempotency import IdempotencyClaim
 
-    def middleware(**options: Any) -> IdempotencyMiddleware:
-        return IdempotencyMiddleware(
+    def claim_of(**options: Any) -> IdempotencyClaim:
+        middleware = IdempotencyMiddleware(
             OrderApp(pool, store.table), store=store, registry=CollectorRegistry(), **options
         )
+        recorder = middleware.recorder
+        return IdempotencyClaim(store, "k", "owner", ttl=recorder.ttl, record=recorder.record)
 
-    claim = IdempotencyClaim(middleware(), "k", "owner")
+    claim = claim_of()
     async with pool.acquire() as conn, conn.transaction():
         assert not await claim.complete_in(conn, 503, [(b"retry-after", b"1")], b"busy")
         assert not await claim.complete_in(conn, 429, {}, b"slow down")
         assert not await claim.complete_in(conn, 408, {}, b"too slow")
         assert not await claim.complete_in(conn, 200, {"Retry-After": "3"}, b"come back")
-    small = IdempotencyClaim(middleware(max_response_bytes=4), "k", "owner")
+    small = claim_of(max_response_bytes=4)
     async with pool.acquire() as conn, conn.transaction():
         assert not await small.complete_in(conn, 201, {}, b"12345")
     assert not claim.completed

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -22,8 +22,12 @@ from prodkit import ConfigurationError
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
 from prodkit.health import HealthMiddleware
 from prodkit.lifecycle import (
+    GracefulShutdownKeywords,
     GracefulShutdownMiddleware,
+    GracefulShutdownOptions,
+    LifespanKeywords,
     LifespanMiddleware,
+    LifespanOptions,
     ShutdownCoordinator,
     ShutdownState,
 )
@@ -624,3 +628,50 @@ def test_defaults_match_the_stack_settings() -> None:
     assert coordinator.drain == settings.shutdown_drain_seconds == 2.0
     assert from_env.shutdown_drain_seconds == 2.0
     assert coordinator.timeout == settings.shutdown_timeout_seconds == 30.0
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_drain_options_object_and_keywords_configure_the_same_middleware(
+    registry: CollectorRegistry, make_client: ClientFactory
+) -> None:
+    coordinator = make_coordinator(registry)
+    by_keyword = GracefulShutdownMiddleware(no_lifespan_app, coordinator=coordinator)
+    options = GracefulShutdownOptions(coordinator=coordinator)
+    by_object = GracefulShutdownMiddleware(no_lifespan_app, options=options)
+    assert by_object.options is options
+    assert by_keyword.options == options
+    coordinator.begin_shutdown()
+    coordinator.lifespan_shutdown()
+    for middleware in (by_keyword, by_object):
+        refused = await make_client(middleware).get("/")
+        assert (refused.status_code, refused.headers["Retry-After"]) == (503, "2")
+    coordinator.stopped()
+
+
+def test_lifespan_defaults_are_the_options_defaults() -> None:
+    middleware = LifespanMiddleware(no_lifespan_app)
+    assert middleware.options == LifespanOptions()
+    assert middleware.coordinator is None
+
+
+@pytest.mark.parametrize("make", [GracefulShutdownOptions, LifespanOptions])
+def test_a_coordinator_that_is_not_one_is_refused(make: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match="coordinator='signals': not a ShutdownCoordinator"
+    ):
+        make(coordinator="signals")
+
+
+def test_the_drain_needs_a_coordinator() -> None:
+    with pytest.raises(TypeError, match="coordinator"):
+        GracefulShutdownMiddleware(no_lifespan_app)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "options"),
+    [(GracefulShutdownKeywords, GracefulShutdownOptions), (LifespanKeywords, LifespanOptions)],
+)
+def test_the_keywords_are_the_options_fields(keywords: type, options: type) -> None:
+    assert get_type_hints(keywords) == get_type_hints(options)

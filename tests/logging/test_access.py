@@ -7,9 +7,10 @@ import contextlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, get_type_hints
 
 import httpx
 import pytest
@@ -30,7 +31,12 @@ from prodkit.asgi import (
 )
 from prodkit.cache import CacheMiddleware, CacheRule
 from prodkit.idempotency import IdempotencyMiddleware, MemoryIdempotencyStore
-from prodkit.logging import AccessLogMiddleware, configure_logging
+from prodkit.logging import (
+    AccessLogKeywords,
+    AccessLogMiddleware,
+    AccessLogOptions,
+    configure_logging,
+)
 from prodkit.testing import LogOutput, capture_log_output
 from tests.apps import build_app
 from tests.conftest import ClientFactory
@@ -501,6 +507,66 @@ async def test_any_structlog_wrapper_class_writes_the_line(
 def test_configuration_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         AccessLogMiddleware(build_app("raw"), **options)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory, logs: LogOutput
+) -> None:
+    by_keyword = AccessLogMiddleware(build_app("raw"), event="served", exclude_paths=["/livez"])
+    options = AccessLogOptions(event="served", exclude_paths=["/livez"])
+    by_object = AccessLogMiddleware(build_app("raw"), options=options)
+    assert by_object.options is options
+    assert by_keyword.options == options
+    for middleware in (by_keyword, by_object):
+        client = make_client(middleware)
+        await client.get("/livez")
+        await client.get("/items/1")
+    lines = [line for line in logs.events() if line.get("path") in ("/livez", "/items/1")]
+    assert [(line["event"], line["path"]) for line in lines] == [("served", "/items/1")] * 2
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    middleware = AccessLogMiddleware(build_app("raw"))
+    assert middleware.options == AccessLogOptions()
+    assert (middleware.event, middleware.sample_rate) == (EVENT, 1.0)
+    assert middleware.request_headers == ()
+
+
+def test_lists_are_kept_as_tuples_read_once() -> None:
+    options = AccessLogOptions(
+        exclude_paths=(path for path in ["/livez"]),
+        trusted_proxies="10.0.0.1, 10.0.0.2",
+        request_headers=iter([" User-Agent"]),
+    )
+    assert options.exclude_paths == ("/livez",)
+    assert options.trusted_proxies == ("10.0.0.1", "10.0.0.2")
+    assert options.request_headers == ("User-Agent",)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sample_rate": -0.1}, "sample_rate=-0.1: not from 0 to 1; write a number from 0 to 1"),
+        ({"levels": {4: "loud"}}, "levels[4]='loud': not one of the choices; write one of"),
+        ({"levels": {7: "info"}}, "levels={7: 'info'}: 7 is not a status class (1 to 5)"),
+        ({"request_headers": ["X Id"]}, "request_headers=['X Id']: 'X Id' is not a header name"),
+        ({"exclude_paths": "/livez"}, "exclude_paths='/livez': a list of paths, not one string"),
+        (
+            {"trusted_proxies": "10.0.0.1", "client_resolver": ClientAddressResolver()},
+            "trusted_proxies=('10.0.0.1',): given with client_resolver; write either",
+        ),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        AccessLogOptions(**options)
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(AccessLogKeywords) == get_type_hints(AccessLogOptions)
 
 
 async def test_lines_are_single_json_objects(make_client: ClientFactory, logs: LogOutput) -> None:

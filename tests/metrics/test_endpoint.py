@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gzip
-from typing import Any
+import re
+from typing import Any, get_type_hints
 
 import httpx
 import pytest
@@ -17,7 +18,9 @@ from prodkit.asgi import Message
 from prodkit.metrics import (
     HTTPMetricsMiddleware,
     MetricsApp,
+    MetricsEndpointKeywords,
     MetricsEndpointMiddleware,
+    MetricsEndpointOptions,
     business_counter,
 )
 from tests.apps import build_app
@@ -167,3 +170,57 @@ async def test_any_accept_header_gets_an_exposition(accept: str, encoding: str) 
         )
     assert response.status_code == 200
     assert "probe_total 1.0" in response.text
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    registry = CollectorRegistry()
+    by_keyword = MetricsEndpointMiddleware(
+        build_app("raw"), path="/internal/metrics", registry=registry, bearer_token=TOKEN
+    )
+    options = MetricsEndpointOptions(
+        path="/internal/metrics", registry=registry, bearer_token=TOKEN
+    )
+    by_object = MetricsEndpointMiddleware(build_app("raw"), options=options)
+    assert by_object.options is options
+    assert by_keyword.options == options
+    for middleware in (by_keyword, by_object):
+        client = make_client(middleware)
+        refused = await client.get("/internal/metrics")
+        scraped = await client.get(
+            "/internal/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert (refused.status_code, scraped.status_code) == (401, 200)
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    middleware = MetricsEndpointMiddleware(build_app("raw"))
+    assert middleware.options == MetricsEndpointOptions()
+    assert middleware.path == "/metrics"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"path": "metrics"}, "path='metrics': not a path starting with '/'"),
+        ({"bearer_token": ""}, "bearer_token: 0 characters long"),
+        ({"bearer_token": " token"}, "bearer_token: spaces at an end"),
+        ({"allowed_clients": "10.0.0.0/8, nope"}, "'nope' is not an IP address or network"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        MetricsEndpointOptions(**options)
+
+
+def test_allowed_clients_are_kept_as_a_tuple() -> None:
+    options = MetricsEndpointOptions(allowed_clients="10.0.0.0/8, ::1")
+    assert options.allowed_clients == ("10.0.0.0/8", "::1")
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(MetricsEndpointKeywords) == get_type_hints(MetricsEndpointOptions)

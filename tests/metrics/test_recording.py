@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import httpx
 import pytest
@@ -20,7 +21,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, gen
 
 from prodkit import ConfigurationError, ErrorMiddleware
 from prodkit.asgi import Message, Receive, Scope, Send
-from prodkit.metrics import SIZE_BUCKETS, HTTPMetricsMiddleware
+from prodkit.metrics import (
+    DEFAULT_BUCKETS,
+    SIZE_BUCKETS,
+    HTTPMetricsKeywords,
+    HTTPMetricsMiddleware,
+    HTTPMetricsOptions,
+)
 from tests.apps import build_app
 from tests.conftest import ClientFactory
 from tests.metrics.helpers import DURATION, count, series
@@ -288,7 +295,12 @@ async def test_exceptions_answered_by_an_inner_error_middleware_are_counted(
 _ONE_REQUEST = """
 import asyncio, os
 from prometheus_client import CollectorRegistry
-from prodkit.metrics import HTTPMetricsMiddleware
+from prodkit.metrics import (
+    DEFAULT_BUCKETS,
+    HTTPMetricsKeywords,
+    HTTPMetricsMiddleware,
+    HTTPMetricsOptions,
+)
 
 async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 204, "headers": []})
@@ -429,3 +441,55 @@ async def test_the_recorded_metrics_are_what_prometheus_clients_collectors_expos
     assert counts == {
         (("method", m), ("route", r), ("status_code", s)): n for (m, r, s), n in durations.items()
     }
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    registries = CollectorRegistry(), CollectorRegistry()
+    by_keyword = HTTPMetricsMiddleware(build_app("raw"), registry=registries[0], methods=["get"])
+    options = HTTPMetricsOptions(registry=registries[1], methods=["get"])
+    by_object = HTTPMetricsMiddleware(build_app("raw"), options=options)
+    assert by_object.options is options
+    for middleware, registry in zip((by_keyword, by_object), registries, strict=True):
+        await make_client(middleware).post("/items/1")
+        assert count(registry, "other", "__unmatched__", "200") == 1  # only GET is kept
+
+
+def test_the_defaults_are_the_options_defaults(registry: CollectorRegistry) -> None:
+    middleware = HTTPMetricsMiddleware(build_app("raw"), registry=registry)
+    assert middleware.options == HTTPMetricsOptions(registry=registry)
+    assert middleware.options.buckets == DEFAULT_BUCKETS
+    assert middleware.options.exclude_paths == ("/metrics",)
+    assert "PATCH" in middleware.methods
+    assert middleware.max_exception_types == 50
+
+
+def test_lists_are_kept_read_once_and_methods_upper_cased() -> None:
+    options = HTTPMetricsOptions(
+        buckets=[0.1, 1], exclude_paths=iter(["/livez"]), methods="get, post"
+    )
+    assert (options.buckets, options.exclude_paths) == ((0.1, 1), ("/livez",))
+    assert options.methods == frozenset({"GET", "POST"})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metric_prefix": "my-app_"}, "metric_prefix='my-app_': not a valid start of a metric"),
+        ({"buckets": [1.0, 1.0]}, "buckets=[1.0, 1.0]: not in increasing order"),
+        ({"size_buckets": [64, "1k"]}, "size_buckets=[64, '1k']: '1k' is not a finite number"),
+        ({"methods": ["GET /"]}, "methods='GET /': not a valid HTTP token"),
+        ({"max_exception_types": 0}, "max_exception_types=0: less than 1"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        HTTPMetricsOptions(**options)
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(HTTPMetricsKeywords) == get_type_hints(HTTPMetricsOptions)

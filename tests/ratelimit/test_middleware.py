@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, get_type_hints
 
 import httpx
 import pytest
@@ -13,9 +14,12 @@ from prometheus_client import CollectorRegistry
 from prodkit import ConfigurationError, caller_from_header
 from prodkit.asgi import Message, Receive, Scope, Send
 from prodkit.ratelimit import (
+    DEFAULT_EXCLUDE_PATHS,
     MemoryRateLimitStore,
     RateLimitDecision,
+    RateLimitKeywords,
     RateLimitMiddleware,
+    RateLimitOptions,
     RateLimitPolicy,
 )
 from prodkit.ratelimit._middleware import QUOTA_EXCEEDED_TYPE, RouteSpec
@@ -520,3 +524,59 @@ async def test_remembered_client_keys_decide_as_the_resolvers_keys(
     for wait, peer in steps:
         clock.now += wait
         assert await drive(remembered, "/items/1", peer) == await drive(resolved, "/items/1", peer)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+async def test_options_object_and_keywords_configure_the_same_middleware(
+    make_client: ClientFactory,
+) -> None:
+    by_keyword = limited(policy="1/minute", registry=CollectorRegistry())
+    options = RateLimitOptions(policy="1/minute", registry=CollectorRegistry())
+    by_object = RateLimitMiddleware(build_app("raw"), options=options)
+    assert by_object.options is options
+    for middleware in (by_keyword, by_object):
+        client = make_client(middleware)
+        assert [(await client.get("/items/1")).status_code for _ in range(2)] == [200, 429]
+
+
+def test_the_defaults_are_the_options_defaults(registry: CollectorRegistry) -> None:
+    middleware = limited(policy="1/minute", registry=registry)
+    assert middleware.options == RateLimitOptions(policy="1/minute", registry=registry)
+    assert middleware.options.exclude_paths == DEFAULT_EXCLUDE_PATHS
+    assert (middleware.on_store_error, middleware.unavailable_retry_after) == ("fail_open", 5)
+
+
+def test_the_policies_are_kept_parsed() -> None:
+    options = RateLimitOptions(
+        policy=["100/minute", "1000/hour"], routes={"/login": "5/minute", "/ping": None}
+    )
+    assert options.policy == (
+        RateLimitPolicy(100, 60, "default"),
+        RateLimitPolicy(1000, 3600, "default-2"),
+    )
+    assert options.routes == {"/login": (RateLimitPolicy(5, 60, "route:login"),), "/ping": None}
+    assert RateLimitOptions(policy="1/s", trusted_proxies="10.0.0.1").trusted_proxies == (
+        "10.0.0.1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"routes": {"/ping": None}}, "needs a policy"),
+        ({"policy": "1/s", "on_store_error": "open"}, "on_store_error='open': not one of"),
+        ({"policy": "1/s", "ipv6_prefix": 0}, "ipv6_prefix=0: less than 1"),
+        ({"policy": "1/s", "unavailable_retry_after": True}, "unavailable_retry_after=True"),
+        ({"policy": "1/s", "exclude_paths": "/livez"}, "exclude_paths='/livez': a list of"),
+        ({"policy": "1/s", "metric_prefix": "rate-"}, "metric_prefix='rate-': not a valid"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        RateLimitOptions(**options)
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(RateLimitKeywords) == get_type_hints(RateLimitOptions)

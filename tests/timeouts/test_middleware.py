@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from typing import get_type_hints
 
 import pytest
 
 from prodkit import ConfigurationError, RequestTimeoutMiddleware
 from prodkit.asgi import Message, Receive, Scope, Send
+from prodkit.timeouts import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    RequestTimeoutKeywords,
+    RequestTimeoutOptions,
+)
 
 
 class Echo:
@@ -197,3 +205,42 @@ async def test_a_body_at_the_limit_reaches_the_app_whole() -> None:
 def test_max_body_bytes_must_be_a_positive_whole_number(value: object) -> None:
     with pytest.raises(ConfigurationError, match="max_body_bytes"):
         RequestTimeoutMiddleware(Echo(), max_body_bytes=value)  # type: ignore[arg-type]
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def test_options_object_and_keywords_configure_the_same_middleware() -> None:
+    by_keyword = RequestTimeoutMiddleware(Echo(), body_timeout=2, exclude_paths=["/uploads/*"])
+    options = RequestTimeoutOptions(body_timeout=2, exclude_paths=["/uploads/*"])
+    by_object = RequestTimeoutMiddleware(Echo(), options=options)
+    assert by_object.options is options
+    assert by_keyword.options == options
+    assert by_keyword.body_timeout == by_object.body_timeout == 2.0
+    assert options.exclude_paths == ("/uploads/*",)
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    middleware = RequestTimeoutMiddleware(Echo())
+    assert middleware.options == RequestTimeoutOptions()
+    assert (middleware.body_timeout, middleware.max_body_bytes) == (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_MAX_BODY_BYTES,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"body_timeout": True}, "body_timeout=True: not a number; write seconds greater than 0"),
+        ({"max_body_bytes": 0}, "max_body_bytes=0: less than 1"),
+        ({"exclude_paths": "/uploads/*"}, "exclude_paths='/uploads/*': a list of paths"),
+    ],
+)
+def test_invalid_options_are_refused_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        RequestTimeoutOptions(**options)  # type: ignore[arg-type]
+
+
+def test_the_keywords_are_the_options_fields() -> None:
+    assert get_type_hints(RequestTimeoutKeywords) == get_type_hints(RequestTimeoutOptions)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Literal
 
+from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_all_headers
 from prodkit._core.types import Scope
@@ -93,6 +94,35 @@ def _split_quoted(text: str, sep: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def _trusted(trusted_proxies: Iterable[str]) -> tuple[tuple[IPNetwork, ...], bool]:
+    """The trusted networks (IPv4-mapped IPv6 ones as IPv4), and whether ``"*"`` trusts all."""
+    if isinstance(trusted_proxies, str):
+        trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
+    networks: list[IPNetwork] = []
+    trust_all = False
+    for entry in trusted_proxies:
+        entry = entry.strip()
+        if entry == "*":
+            trust_all = True
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
+                "(examples: '10.0.0.1', '10.0.0.0/8', '::1', '*')"
+            ) from exc
+        mapped = (
+            network.network_address.ipv4_mapped
+            if isinstance(network, ipaddress.IPv6Network)
+            else None
+        )
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        networks.append(network)
+    return tuple(networks), trust_all
+
+
 class ClientAddressResolver:
     """Find the real client address of a request, trusting forwarding headers only from proxies.
 
@@ -124,40 +154,10 @@ class ClientAddressResolver:
         ipv6_prefix: int = 64,
         ipv4_prefix: int = 32,
     ) -> None:
-        if isinstance(trusted_proxies, str):
-            trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
-        networks: list[IPNetwork] = []
-        trust_all = False
-        for entry in trusted_proxies:
-            entry = entry.strip()
-            if entry == "*":
-                trust_all = True
-                continue
-            try:
-                network = ipaddress.ip_network(entry, strict=False)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"trusted_proxies: {entry!r} is not an IP address or CIDR network "
-                    "(examples: '10.0.0.1', '10.0.0.0/8', '::1', '*')"
-                ) from exc
-            mapped = (
-                network.network_address.ipv4_mapped
-                if isinstance(network, ipaddress.IPv6Network)
-                else None
-            )
-            if mapped is not None and network.prefixlen >= 96:
-                network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
-            networks.append(network)
-        if forwarded not in ("auto", "forwarded", "x-forwarded-for", "none"):
-            raise ConfigurationError(
-                "forwarded must be 'auto', 'forwarded', 'x-forwarded-for' or 'none'"
-            )
-        if not 1 <= ipv6_prefix <= 128:
-            raise ConfigurationError("ipv6_prefix must be between 1 and 128 (64 is usual)")
-        if not 1 <= ipv4_prefix <= 32:
-            raise ConfigurationError("ipv4_prefix must be between 1 and 32")
-        self._networks = tuple(networks)
-        self._trust_all = trust_all
+        valid.one_of("forwarded", forwarded, ("auto", "forwarded", "x-forwarded-for", "none"))
+        valid.positive_int("ipv6_prefix", ipv6_prefix, example=64, maximum=128)
+        valid.positive_int("ipv4_prefix", ipv4_prefix, example=32, maximum=32)
+        self._networks, self._trust_all = _trusted(trusted_proxies)
         self._forwarded = forwarded
         self.ipv6_prefix = ipv6_prefix
         self.ipv4_prefix = ipv4_prefix

@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
-from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
+from prodkit._core.exceptions import BackendError, BackendUnavailableError
 from prodkit._core.logs import safe_logger
 
 T = TypeVar("T")
@@ -35,6 +36,32 @@ class BreakerState(enum.IntEnum):
     CLOSED = 0
     OPEN = 1
     HALF_OPEN = 2
+
+
+def _breaker_metrics(
+    name: str, registry: CollectorRegistry | None, metric_prefix: str
+) -> tuple[Gauge, Counter, Counter]:
+    """The breaker's children of the state gauge and the failure and rejection counters."""
+    state = gauge(
+        f"{metric_prefix}circuit_breaker_state",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+        ["breaker"],
+        registry=registry,
+        multiprocess_mode="max",
+    ).labels(name)
+    failures = counter(
+        f"{metric_prefix}circuit_breaker_failures_total",
+        "Backend calls that failed or timed out behind a circuit breaker.",
+        ["breaker"],
+        registry=registry,
+    ).labels(name)
+    rejections = counter(
+        f"{metric_prefix}circuit_breaker_rejections_total",
+        "Calls refused at once because the circuit breaker was open.",
+        ["breaker"],
+        registry=registry,
+    ).labels(name)
+    return state, failures, rejections
 
 
 class CircuitBreaker:
@@ -73,12 +100,10 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         logger: Any | None = None,
     ) -> None:
-        if failure_threshold < 1:
-            raise ConfigurationError("failure_threshold must be at least 1")
-        if recovery_time <= 0:
-            raise ConfigurationError("recovery_time must be a positive number of seconds")
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError("timeout must be positive seconds, or None")
+        valid.positive_int("failure_threshold", failure_threshold, example=5)
+        valid.positive_seconds("recovery_time", recovery_time, example=0.5)
+        if timeout is not None:
+            valid.positive_seconds("timeout", timeout, example=1.0)
         self.name = name
         self.failure_threshold = failure_threshold
         self.recovery_time = recovery_time
@@ -91,25 +116,9 @@ class CircuitBreaker:
         self._opened_at = 0.0  # the last time it opened (again)
         self._down_since = 0.0  # the time it opened after being closed
         self._probing = False
-        self._state_gauge = gauge(
-            f"{metric_prefix}circuit_breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            ["breaker"],
-            registry=registry,
-            multiprocess_mode="max",
-        ).labels(name)
-        self._failures_total = counter(
-            f"{metric_prefix}circuit_breaker_failures_total",
-            "Backend calls that failed or timed out behind a circuit breaker.",
-            ["breaker"],
-            registry=registry,
-        ).labels(name)
-        self._rejections_total = counter(
-            f"{metric_prefix}circuit_breaker_rejections_total",
-            "Calls refused at once because the circuit breaker was open.",
-            ["breaker"],
-            registry=registry,
-        ).labels(name)
+        self._state_gauge, self._failures_total, self._rejections_total = _breaker_metrics(
+            name, registry, metric_prefix
+        )
         self._state_gauge.set(0)
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 from typing import Any, TypeVar
 
 from prodkit._core.exceptions import ConfigurationError
@@ -26,30 +27,43 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 #: A header value prodkit may send as configured: printable ASCII, no control characters.
 _VALUE = re.compile(r"[\x20-\x7e]+\Z")
+#: A classic Prometheus metric name (prometheus-client also accepts UTF-8 ones, which PromQL
+#: must quote); a ``metric_prefix`` is the start of one.
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+#: How to make a secret, in the messages that refuse one.
+_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def _refuse(name: str, value: object, problem: str, write: str) -> ConfigurationError:
     return ConfigurationError(f"{name}={value!r}: {problem}; write {write}")
 
 
-def positive_int(name: str, value: object, *, example: int = 10) -> int:
-    """``value`` if it is an integer of at least 1 (``True`` is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 1:
-            return value
-        raise _refuse(
-            name, value, "less than 1", f"an integer of at least 1, e.g. {name}={example}"
-        )
-    raise _refuse(name, value, "not an integer", f"an integer of at least 1, e.g. {name}={example}")
+def positive_int(name: str, value: object, *, example: int = 10, maximum: int | None = None) -> int:
+    """``value`` if it is an integer of at least 1 (``True`` is not one), and at most ``maximum``."""
+    return _whole(name, value, 1, maximum, example)
 
 
-def non_negative_int(name: str, value: object, *, example: int = 0) -> int:
-    """``value`` if it is an integer of 0 or more (``True`` is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 0:
-            return value
-        raise _refuse(name, value, "negative", f"an integer of 0 or more, e.g. {name}={example}")
-    raise _refuse(name, value, "not an integer", f"an integer of 0 or more, e.g. {name}={example}")
+def non_negative_int(
+    name: str, value: object, *, example: int = 0, maximum: int | None = None
+) -> int:
+    """``value`` if it is an integer of 0 or more (``True`` is not one), and at most ``maximum``."""
+    return _whole(name, value, 0, maximum, example)
+
+
+def _whole(name: str, value: object, least: int, maximum: int | None, example: int) -> int:
+    if maximum is not None:
+        write = f"an integer from {least} to {maximum}, e.g. {name}={example}"
+    elif least == 1:
+        write = f"an integer of at least 1, e.g. {name}={example}"
+    else:
+        write = f"an integer of 0 or more, e.g. {name}={example}"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _refuse(name, value, "not an integer", write)
+    if value < least:
+        raise _refuse(name, value, "less than 1" if least == 1 else "negative", write)
+    if maximum is not None and value > maximum:
+        raise _refuse(name, value, f"more than {maximum}", write)
+    return value
 
 
 def positive_seconds(name: str, value: object, *, example: float = 1.0) -> float:
@@ -70,6 +84,97 @@ def non_negative_seconds(name: str, value: object, *, example: float = 0.0) -> f
             return value
         raise _refuse(name, value, "negative or not finite", write)
     raise _refuse(name, value, "not a number", write)
+
+
+def fraction(name: str, value: object, *, example: float = 0.5) -> float:
+    """``value`` if it is a number from 0 to 1, both included (an int or a float)."""
+    write = f"a number from 0 to 1, e.g. {name}={example}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value <= 1:
+            return value
+        raise _refuse(name, value, "not from 0 to 1", write)
+    raise _refuse(name, value, "not a number", write)
+
+
+def increasing_numbers(
+    name: str, value: object, *, example: str = "[0.1, 0.5, 1.0]"
+) -> tuple[float, ...]:
+    """``value`` as a tuple, if it is a non-empty list of finite numbers, each above the last.
+
+    The shape of a Prometheus histogram's buckets (``+Inf`` is added by prometheus-client).
+    """
+    write = f"numbers in increasing order, e.g. {name}={example}"
+    items = _items(value)
+    if items is None or not items:
+        raise _refuse(name, value, "not a non-empty list of numbers", write)
+    numbers: list[float] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise _refuse(name, items, f"{item!r} is not a finite number", write)
+        numbers.append(item)
+    if any(later <= earlier for earlier, later in pairwise(numbers)):
+        raise _refuse(name, items, "not in increasing order", write)
+    return tuple(numbers)
+
+
+def url_path(name: str, value: object, *, example: str = "/metrics") -> str:
+    """``value`` if it is a path as ASGI gives it: a string that starts with ``/``."""
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    raise _refuse(name, value, "not a path starting with '/'", f"e.g. {name}={example!r}")
+
+
+def path_list(name: str, value: object) -> tuple[str, ...]:
+    """``value`` as a tuple of paths (each starting with ``/``; ``/static/*`` for a prefix).
+
+    One string is refused rather than read as a list: ``exclude_paths="/livez"`` would
+    otherwise be a list of characters.
+    """
+    write = f"a list such as {name}=['/livez', '/static/*']"
+    if isinstance(value, str):
+        raise _refuse(name, value, "a list of paths, not one string", write)
+    items = _items(value)
+    if items is None:
+        raise _refuse(name, value, "not a list of paths", write)
+    paths: list[str] = []
+    for item in items:
+        if not (isinstance(item, str) and item.startswith("/")):
+            raise _refuse(name, items, f"{item!r} must start with '/'", write)
+        paths.append(item)
+    return tuple(paths)
+
+
+def metric_prefix(name: str, value: object) -> str:
+    """``value`` if it can start a Prometheus metric name (``""`` included: no prefix)."""
+    if isinstance(value, str) and (value == "" or METRIC_NAME.match(value)):
+        return value
+    raise _refuse(
+        name,
+        value,
+        "not a valid start of a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+        f"e.g. {name}='myapp_', or {name}='' for none",
+    )
+
+
+def secret(name: str, value: object, *, min_length: int = 16) -> str:
+    """``value`` if it is a secret a header can carry: at least ``min_length`` printable
+    characters, no spaces at either end.
+
+    The messages never repeat the value (it is a secret): they say what is wrong with it.
+    """
+    make = f"a random one such as {_MAKE_A_KEY} prints"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name}: not a string; write {make}")
+    if len(value) < min_length:
+        raise ConfigurationError(
+            f"{name}: {len(value)} characters long; write at least {min_length}, {make}"
+        )
+    if value != value.strip() or not value.isprintable():
+        raise ConfigurationError(
+            f"{name}: spaces at an end or control characters, which no header can carry; "
+            f"write printable characters only, {make}"
+        )
+    return value
 
 
 def header_name(name: str, value: object) -> str:
@@ -108,6 +213,25 @@ def header_value(name: str, value: object) -> str:
     )
 
 
+def header_names(name: str, value: object) -> tuple[str, ...]:
+    """``value`` as a tuple of header names (RFC 9110 ``token``), stripped, as written.
+
+    One string is refused rather than read as a list of its characters.
+    """
+    write = f"a list such as {name}=['Authorization', 'X-Request-ID']"
+    if isinstance(value, str):
+        raise _refuse(name, value, "a list of header names, not one string", write)
+    items = _items(value)
+    if items is None:
+        raise _refuse(name, value, "not a list of header names", write)
+    names: list[str] = []
+    for item in items:
+        if not (isinstance(item, str) and _TOKEN.match(item.strip())):
+            raise _refuse(name, items, f"{item!r} is not a header name", write)
+        names.append(item.strip())
+    return tuple(names)
+
+
 def one_of(name: str, value: object, choices: Iterable[T]) -> T:
     """``value`` if it is one of ``choices``."""
     allowed = list(choices)
@@ -136,6 +260,13 @@ def string_list(name: str, value: object) -> tuple[str, ...]:
     )
 
 
+def _items(value: object) -> list[object] | None:
+    """The items of a list-like ``value`` (read once), or ``None`` if it is not one."""
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
+        return list(value)
+    return None
+
+
 def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) -> T:
     """The options dataclass of a middleware called with ``options=`` or with its keywords.
 
@@ -155,14 +286,22 @@ def build_options(cls: type[T], options: T | None, keywords: Mapping[str, Any]) 
 
 
 __all__ = [
+    "METRIC_NAME",
     "build_options",
+    "fraction",
     "header_name",
+    "header_names",
     "header_value",
     "http_token",
+    "increasing_numbers",
+    "metric_prefix",
     "non_negative_int",
     "non_negative_seconds",
     "one_of",
+    "path_list",
     "positive_int",
     "positive_seconds",
+    "secret",
     "string_list",
+    "url_path",
 ]

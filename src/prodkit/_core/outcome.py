@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.observer import ResponseObserver
+from prodkit._core.options import path_list
 from prodkit._core.routing import (
     UNMATCHED_ROUTE,
     RouteResolver,
@@ -40,13 +40,9 @@ class PathFilter:
     __slots__ = ("_exact", "_prefixes")
 
     def __init__(self, paths: Iterable[str]) -> None:
-        if isinstance(paths, str):
-            raise ConfigurationError("exclude_paths takes a list of paths, not one string")
         exact: set[str] = set()
         prefixes: list[str] = []
-        for path in paths:
-            if not path.startswith("/"):
-                raise ConfigurationError(f"exclude_paths: {path!r} must start with '/'")
+        for path in path_list("exclude_paths", paths):
             if path.endswith("/*"):
                 prefixes.append(path[:-1])
             else:

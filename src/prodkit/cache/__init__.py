@@ -6,15 +6,18 @@ The Redis store imports ``redis`` only when it is built.
 from __future__ import annotations
 
 from prodkit.cache._cache import ResponseCache
-from prodkit.cache._entry import CachedResponse, compute_etag
+from prodkit.cache._entries import CachedResponse, compute_etag
 from prodkit.cache._memory import MemoryCacheStore
-from prodkit.cache._middleware import NOT_CACHED, CacheMiddleware, CacheRule
+from prodkit.cache._middleware import NOT_CACHED, CacheKeywords, CacheMiddleware, CacheOptions
 from prodkit.cache._redis import RedisCacheStore
+from prodkit.cache._rules import CacheRule
 from prodkit.cache._store import CacheStore, FenceChange, Lookup
 
 __all__ = [
     "NOT_CACHED",
+    "CacheKeywords",
     "CacheMiddleware",
+    "CacheOptions",
     "CacheRule",
     "CacheStore",
     "CachedResponse",

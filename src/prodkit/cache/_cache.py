@@ -12,8 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from prodkit._core import options as valid
 from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
@@ -32,6 +33,10 @@ _READABLE_TAG = re.compile(r"[!-~]{1,200}\Z")  # printable ASCII, no spaces, sho
 FLUSH_KEYS = tuple(f"f:{digit}" for digit in "0123456789abcdef")
 
 
+#: Seconds a tag version is kept after an invalidation, when nothing else is said: a day.
+DEFAULT_TAG_TTL = 24 * 3600.0
+
+
 def tag_key(tag: str) -> str:
     """The store key of a tag's version: readable when the tag is short and plain, else hashed."""
     if _READABLE_TAG.match(tag):
@@ -47,6 +52,48 @@ def fenced(versions: Sequence[str], now: float) -> bool:
 def flush_key(base: str) -> str:
     """The flush tag (one of :data:`FLUSH_KEYS`) of the entry whose hex key hash is ``base``."""
     return FLUSH_KEYS[int(base[0], 16)]
+
+
+def _store_or_memory(store: CacheStore | None) -> CacheStore:
+    """``store``, checked to be a :class:`CacheStore`, or a new memory store."""
+    if store is None:
+        return MemoryCacheStore()
+    if not isinstance(store, CacheStore):
+        raise ConfigurationError(
+            f"store={store!r}: does not implement prodkit.cache.CacheStore (get, set, "
+            "complete, bump, claim, release, aclose); write MemoryCacheStore() or "
+            "RedisCacheStore(...)"
+        )
+    return store
+
+
+def _breaker_for(
+    store: CacheStore, registry: CollectorRegistry | None, metric_prefix: str
+) -> CircuitBreaker | None:
+    """The default breaker of a store that can fail: ``cache``, opens after 3 failures."""
+    if isinstance(store, MemoryCacheStore):
+        return None
+    return CircuitBreaker(
+        "cache", failure_threshold=3, timeout=0.25, registry=registry, metric_prefix=metric_prefix
+    )
+
+
+def _invalidation_metrics(
+    registry: CollectorRegistry | None, metric_prefix: str
+) -> tuple[Counter, Gauge]:
+    invalidations = counter(
+        f"{metric_prefix}cache_invalidations_total",
+        "Writes of new tag versions to the response cache's store (a fenced write makes "
+        "two: before and after), by outcome (ok, error).",
+        ["outcome"],
+        registry=registry,
+    )
+    pending = gauge(
+        f"{metric_prefix}cache_pending_invalidations",
+        "Tags whose invalidation has not reached the cache store yet (retried).",
+        registry=registry,
+    )
+    return invalidations, pending
 
 
 class ResponseCache:
@@ -107,7 +154,7 @@ class ResponseCache:
         store: CacheStore | None = None,
         *,
         breaker: CircuitBreaker | None = None,
-        tag_ttl: float = 24 * 3600.0,
+        tag_ttl: float = DEFAULT_TAG_TTL,
         retry_interval: float = 0.1,
         max_pending: int = 10_000,
         write_fence: float = 10.0,
@@ -116,51 +163,23 @@ class ResponseCache:
         metric_prefix: str = DEFAULT_PREFIX,
         logger: object | None = None,
     ) -> None:
-        if tag_ttl <= 0:
-            raise ConfigurationError("tag_ttl must be a positive number of seconds")
-        if retry_interval <= 0:
-            raise ConfigurationError("retry_interval must be a positive number of seconds")
-        if max_pending < 1:
-            raise ConfigurationError("max_pending must be at least 1")
-        if write_fence <= 0:
-            raise ConfigurationError("write_fence must be a positive number of seconds")
-        if store is not None and not isinstance(store, CacheStore):
-            raise ConfigurationError(
-                "store must implement prodkit.cache.CacheStore "
-                "(get, set, complete, bump, claim, release, aclose)"
-            )
-        self.store: CacheStore = store if store is not None else MemoryCacheStore()
+        valid.positive_seconds("tag_ttl", tag_ttl, example=86400)
+        valid.positive_seconds("retry_interval", retry_interval, example=0.1)
+        valid.positive_int("max_pending", max_pending, example=10_000)
+        valid.positive_seconds("write_fence", write_fence, example=10)
+        self.store: CacheStore = _store_or_memory(store)
         #: Bumped by every invalidation in this process (see ``CacheMiddleware``'s flights).
         self.generation = 0
-        self.breaker: CircuitBreaker | None = breaker
-        if breaker is None and not isinstance(self.store, MemoryCacheStore):
-            self.breaker = CircuitBreaker(
-                "cache",
-                failure_threshold=3,
-                timeout=0.25,
-                registry=registry,
-                metric_prefix=metric_prefix,
-            )
-        self.tag_ttl = tag_ttl
-        self.retry_interval = retry_interval
-        self.max_pending = max_pending
-        self.write_fence = write_fence
+        # None for the in-process memory store, which cannot fail or hang.
+        self.breaker = (
+            breaker if breaker is not None else _breaker_for(self.store, registry, metric_prefix)
+        )
+        self.tag_ttl, self.retry_interval = tag_ttl, retry_interval
+        self.max_pending, self.write_fence = max_pending, write_fence
         self.wall_clock = wall_clock
-        self.registry = registry
-        self.metric_prefix = metric_prefix
+        self.registry, self.metric_prefix = registry, metric_prefix
         self.logger = safe_logger("prodkit.cache", logger)
-        self._invalidations = counter(
-            f"{metric_prefix}cache_invalidations_total",
-            "Writes of new tag versions to the response cache's store (a fenced write makes "
-            "two: before and after), by outcome (ok, error).",
-            ["outcome"],
-            registry=registry,
-        )
-        self._pending_gauge = gauge(
-            f"{metric_prefix}cache_pending_invalidations",
-            "Tags whose invalidation has not reached the cache store yet (retried).",
-            registry=registry,
-        )
+        self._invalidations, self._pending_gauge = _invalidation_metrics(registry, metric_prefix)
         # Tag keys whose new version has not reached the store, each with the number of the
         # failed invalidation that last wanted it (a replay that started before a later
         # failure must not clear that one).
@@ -441,4 +460,4 @@ class _Write:
             self._schedule()
 
 
-__all__ = ["FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]
+__all__ = ["DEFAULT_TAG_TTL", "FLUSH_KEYS", "ResponseCache", "fenced", "flush_key", "tag_key"]

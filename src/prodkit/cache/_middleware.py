@@ -1,32 +1,43 @@
 """``CacheMiddleware``: cache-aside for GET/HEAD with single flight, tag invalidation and RFC 9111.
 
-The middleware validates its options and dispatches; the jobs live beside it: which routes are
-cached and their keys (``_rules``), one read's facts (``_request``), entries in the store
-(``_entries``), sending and capturing responses (``_responder``), single flight (``_flight``)
-and invalidating writes (``_invalidation``).
+The middleware checks its options and dispatches; the jobs live beside it: what is cached, for
+whom and how long (``_rules``), what is stored and how an entry is read, written and sent
+(``_entries``), single flight and fenced writes (``_coordination``), the cache every worker
+shares (``_cache``) and its stores.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
+from prodkit._core import options as valid
 from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
+from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable, served_root
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
-from prodkit.cache._cache import ResponseCache
-from prodkit.cache._entries import Entries
-from prodkit.cache._entry import delta_seconds
-from prodkit.cache._flight import SingleFlight
-from prodkit.cache._invalidation import Invalidation
-from prodkit.cache._request import CacheRequest, OutcomeCounter, RequestReader
-from prodkit.cache._responder import fetch, miss_send, send_entry
-from prodkit.cache._rules import CacheRule, Route, invalidation_routes, read_routes
+from prodkit.cache._cache import DEFAULT_TAG_TTL, ResponseCache
+from prodkit.cache._coordination import Invalidation, SingleFlight
+from prodkit.cache._entries import Entries, fetch, miss_send, send_entry
+from prodkit.cache._rules import (
+    CacheRequest,
+    CacheRule,
+    Outcome,
+    RequestReader,
+    Route,
+    check_invalidations,
+    check_routes,
+    delta_seconds,
+    invalidation_routes,
+    read_routes,
+)
 from prodkit.cache._store import CacheStore
 
 #: Problem code of a ``Cache-Control: only-if-cached`` request that found nothing (504).
@@ -35,6 +46,105 @@ NOT_CACHED = "NOT_CACHED"
 #: Safe methods (RFC 9110 section 9.2.1); every other method, unknown ones included, may
 #: change the resource, so its non-error response invalidates (RFC 9111 section 4.4).
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CacheOptions:
+    """The options of :class:`CacheMiddleware`, checked when made.
+
+    Attributes:
+        routes: ``{template: CacheRule}`` for the cached routes (``RouteTable`` syntax:
+            ``/api/funds/{id}``, ``{id:int}``, a trailing ``/*``).
+        cache: the :class:`ResponseCache` to use (share it with code that invalidates).
+        store: build a :class:`ResponseCache` over this store instead (default: memory).
+        caller: returns the caller of a request (``None``: unknown), for ``per_caller`` routes
+            and ``{caller}`` in tags; see :func:`~prodkit.caller_from_header`.
+        invalidate: ``{template: [tag templates]}``: tags that a write to a matching path
+            fences and invalidates, in addition to the path itself and the tags of a cached
+            route there.
+        statuses: statuses stored (default ``(200,)``), kept as a sorted tuple.
+        max_body_bytes: larger responses are streamed through and not stored (default
+            ``1048576``, 1 MiB).
+        lock_lease: seconds one worker may compute a missing entry before others give up
+            waiting and compute it themselves (default ``10.0``).
+        honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
+            read and refreshes the entry (default ``True``); turn off if clients could use
+            it to load the app.
+        honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache (default
+            ``True``).
+        registry: the Prometheus registry (default: that of ``cache``).
+        metric_prefix: put in front of the metric names (default: that of ``cache``).
+        wall_clock: seconds since the epoch (default :func:`time.time`), for when a response
+            was stored and its ``Age``; tests inject one.
+
+    Raises:
+        ConfigurationError: a rule that is not a :class:`CacheRule`, a ``ttl`` the cache's
+            ``tag_ttl`` does not cover, a ``per_caller`` route or a ``{caller}`` tag without
+            ``caller``, a tag that names no path parameter, both ``cache`` and ``store``, or
+            another invalid option.
+    """
+
+    routes: Mapping[str, CacheRule]
+    cache: ResponseCache | None = None
+    store: CacheStore | None = None
+    caller: Caller | None = None
+    invalidate: Mapping[str, Sequence[str]] | None = None
+    statuses: Iterable[int] = (200,)
+    max_body_bytes: int = 1024 * 1024
+    lock_lease: float = 10.0
+    honor_no_cache: bool = True
+    honor_no_store: bool = True
+    registry: CollectorRegistry | None = None
+    metric_prefix: str | None = None
+    wall_clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.cache is not None and self.store is not None:
+            raise ConfigurationError(
+                "cache= and store= were both given: pass cache=ResponseCache(store) or store= alone"
+            )
+        tag_ttl = DEFAULT_TAG_TTL if self.cache is None else self.cache.tag_ttl
+        check_routes(self.routes, self.caller, tag_ttl)
+        check_invalidations(self.invalidate or {}, self.caller)
+        object.__setattr__(self, "statuses", _statuses(self.statuses))
+        valid.positive_int("max_body_bytes", self.max_body_bytes, example=1048576)
+        valid.positive_seconds("lock_lease", self.lock_lease, example=10)
+        if self.metric_prefix is not None:
+            valid.metric_prefix("metric_prefix", self.metric_prefix)
+
+
+def _statuses(value: Iterable[int]) -> tuple[int, ...]:
+    found = tuple(sorted(set(value)))
+    if not found or any(
+        isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
+        for status in found
+    ):
+        raise ConfigurationError(
+            f"statuses={found!r}: not HTTP status codes from 200 to 599; write e.g. statuses=(200,)"
+        )
+    return found
+
+
+class CacheKeywords(TypedDict, total=False):
+    """:class:`CacheOptions`'s fields as keywords of :class:`CacheMiddleware`.
+
+    ``routes`` is required unless ``options`` is given: leaving both out is a ``TypeError``
+    when the middleware is made.
+    """
+
+    routes: Mapping[str, CacheRule]
+    cache: ResponseCache | None
+    store: CacheStore | None
+    caller: Caller | None
+    invalidate: Mapping[str, Sequence[str]] | None
+    statuses: Iterable[int]
+    max_body_bytes: int
+    lock_lease: float
+    honor_no_cache: bool
+    honor_no_store: bool
+    registry: CollectorRegistry | None
+    metric_prefix: str | None
+    wall_clock: Callable[[], float]
 
 
 class CacheMiddleware:
@@ -82,7 +192,7 @@ class CacheMiddleware:
         import asyncio
 
         import httpx
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, Counter
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
         from starlette.routing import Route
@@ -128,81 +238,46 @@ class CacheMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        routes: ``{template: CacheRule}`` for the cached routes (``RouteTable`` syntax:
-            ``/api/funds/{id}``, ``{id:int}``, a trailing ``/*``).
-        cache: the :class:`ResponseCache` to use (share it with code that invalidates).
-        store: build a :class:`ResponseCache` over this store instead (default: memory).
-        caller: returns the caller of a request (``None``: unknown), for ``per_caller`` routes
-            and ``{caller}`` in tags; see :func:`~prodkit.caller_from_header`.
-        invalidate: ``{template: [tag templates]}``: tags that a write to a matching path
-            fences and invalidates, in addition to the path itself and the tags of a cached
-            route there.
-        statuses: statuses stored (default ``(200,)``).
-        max_body_bytes: larger responses are streamed through and not stored (default
-            ``1048576``, 1 MiB).
-        lock_lease: seconds one worker may compute a missing entry before others give up
-            waiting and compute it themselves (default ``10.0``).
-        honor_no_cache: a request ``Cache-Control: no-cache`` (or ``max-age=0``) skips the
-            read and refreshes the entry (default ``True``); turn off if clients could use
-            it to load the app.
-        honor_no_store: a request ``Cache-Control: no-store`` bypasses the cache (default
-            ``True``).
-        registry: the Prometheus registry (default: that of ``cache``).
-        metric_prefix: put in front of the metric names (default: that of ``cache``).
-        wall_clock: seconds since the epoch (default :func:`time.time`), for when a response
-            was stored and its ``Age``; tests inject one.
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`CacheOptions`'s fields by name, instead of ``options``:
+            ``CacheMiddleware(app, routes={"/funds/{id}": CacheRule(ttl=60)})``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`CacheOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        routes: Mapping[str, CacheRule],
-        cache: ResponseCache | None = None,
-        store: CacheStore | None = None,
-        caller: Caller | None = None,
-        invalidate: Mapping[str, Sequence[str]] | None = None,
-        statuses: Iterable[int] = (200,),
-        max_body_bytes: int = 1024 * 1024,
-        lock_lease: float = 10.0,
-        honor_no_cache: bool = True,
-        honor_no_store: bool = True,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        options: CacheOptions | None = None,
+        **keywords: Unpack[CacheKeywords],
     ) -> None:
-        cache = _response_cache(cache, store, registry, metric_prefix)
-        _check_limits(max_body_bytes, lock_lease)
-        self.statuses = _status_set(statuses)
-        reads = read_routes(routes, cache, caller)
-        writes = reads + invalidation_routes(invalidate or {}, caller)
         self.app = app
-        self.cache = cache
-        self.caller = caller
-        self.max_body_bytes = max_body_bytes
-        self.lock_lease = lock_lease
-        self.honor_no_cache = honor_no_cache
-        self.honor_no_store = honor_no_store
+        self.options = options = build_options(CacheOptions, options, keywords)
+        self.cache = cache = _response_cache(options)
+        self.caller = caller = options.caller
+        self.statuses = frozenset(options.statuses)
+        self.max_body_bytes = options.max_body_bytes
+        self.lock_lease = options.lock_lease
+        self.honor_no_cache = options.honor_no_cache
+        self.honor_no_store = options.honor_no_store
+        reads = read_routes(options.routes, cache.flushable)
+        writes = reads + invalidation_routes(options.invalidate or {})
         self._reads: RouteTable[Route] = RouteTable(reads)
         self._requests = RequestReader(caller, self.statuses)
         self._invalidation = Invalidation(cache, caller, writes)
         self._routes = (reads, writes)
         # The same routes for an app served under a root_path, by root_path (one per mount).
         self._rooted: dict[str, tuple[RouteTable[Route], Invalidation]] = {}
-        self._entries = Entries(cache, wall_clock)
-        prefix = cache.metric_prefix if metric_prefix is None else metric_prefix
-        outcomes = OutcomeCounter(
-            counter(
-                f"{prefix}cache_requests_total",
-                "Requests to cached routes, by route template and outcome "
-                "(hit, miss, bypass, error, coalesced).",
-                ["route", "outcome"],
-                registry=cache.registry if registry is None else registry,
-            )
-        )
-        self._count = outcomes.count  # a bound method: the cheapest call on every hit
+        self._entries = Entries(cache, options.wall_clock)
+        self._count = _outcome_counter(options, cache).count  # the cheapest call on every hit
         self._flight = SingleFlight(
-            app, self._entries, self._count, lock_lease=lock_lease, max_body_bytes=max_body_bytes
+            app,
+            self._entries,
+            self._count,
+            lock_lease=options.lock_lease,
+            max_body_bytes=options.max_body_bytes,
         )
 
     async def invalidate_tags(self, tags: Iterable[str]) -> bool:
@@ -347,36 +422,50 @@ class CacheMiddleware:
             await send_entry(send, request, entry, age=self._entries.age(entry))
 
 
-def _response_cache(
-    cache: ResponseCache | None,
-    store: CacheStore | None,
-    registry: CollectorRegistry | None,
-    metric_prefix: str | None,
-) -> ResponseCache:
+def _response_cache(options: CacheOptions) -> ResponseCache:
     """The cache passed in, or one built over ``store`` with the middleware's metrics."""
-    if cache is not None and store is not None:
-        raise ConfigurationError("pass either cache= or store=, not both")
-    if cache is not None:
-        return cache
+    if options.cache is not None:
+        return options.cache
+    prefix = options.metric_prefix
     return ResponseCache(
-        store,
-        registry=registry,
-        metric_prefix=DEFAULT_PREFIX if metric_prefix is None else metric_prefix,
+        options.store,
+        registry=options.registry,
+        metric_prefix=DEFAULT_PREFIX if prefix is None else prefix,
     )
 
 
-def _check_limits(max_body_bytes: int, lock_lease: float) -> None:
-    if max_body_bytes < 1:
-        raise ConfigurationError("max_body_bytes must be at least 1")
-    if lock_lease <= 0:
-        raise ConfigurationError("lock_lease must be a positive number of seconds")
+def _outcome_counter(options: CacheOptions, cache: ResponseCache) -> OutcomeCounter:
+    """``{metric_prefix}cache_requests_total{route,outcome}``, in the cache's registry unless
+    the options name one."""
+    prefix = cache.metric_prefix if options.metric_prefix is None else options.metric_prefix
+    return OutcomeCounter(
+        counter(
+            f"{prefix}cache_requests_total",
+            "Requests to cached routes, by route template and outcome "
+            "(hit, miss, bypass, error, coalesced).",
+            ["route", "outcome"],
+            registry=cache.registry if options.registry is None else options.registry,
+        )
+    )
 
 
-def _status_set(statuses: Iterable[int]) -> frozenset[int]:
-    found = frozenset(statuses)
-    if not found or any(not 200 <= s <= 599 for s in found):
-        raise ConfigurationError("statuses must be HTTP status codes (e.g. (200,))")
-    return found
+class OutcomeCounter:
+    """``cache_requests_total{route, outcome}``, with its children kept once made."""
+
+    __slots__ = ("_children", "_counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, Outcome], Counter] = {}
+
+    def count(self, route: str, outcome: Outcome) -> None:
+        """Count one request to ``route`` with ``outcome``."""
+        child = self._children.get((route, outcome))
+        if child is None:
+            # labels() costs more than the rest of a hit; a child is created on first use, as
+            # before, so series that never happened are still not exported.
+            child = self._children[route, outcome] = self._counter.labels(route, outcome)
+        child.inc()
 
 
-__all__ = ["NOT_CACHED", "CacheMiddleware", "CacheRule"]
+__all__ = ["NOT_CACHED", "CacheKeywords", "CacheMiddleware", "CacheOptions", "OutcomeCounter"]

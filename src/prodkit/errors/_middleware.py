@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
+from prodkit._core import options as valid
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.logs import safe_logger
 from prodkit._core.observer import ReceiveWatcher
+from prodkit._core.options import build_options
 from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
 from prodkit._core.problems import (
     Problem,
@@ -26,6 +29,72 @@ DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 _SERVER_ERROR_DETAIL = "The server could not complete the request."
 #: How far ``__cause__`` links are followed to find an unavailable dependency.
 _MAX_CAUSES = 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorOptions:
+    """The options of :class:`ErrorMiddleware`, checked when made.
+
+    Attributes:
+        replace_server_errors: replace non-problem 500 responses by a problem (default
+            ``True``).
+        convert_framework_errors: convert the framework's other 4xx/5xx error responses into
+            problems (default ``True``: one error shape whatever answered).
+        hold_limit: bytes of an error response body held back for replacement or conversion
+            (default ``65536``, 64 KiB).
+        unavailable: exception classes that mean a dependency (a database, a cache, another
+            service) is unavailable, besides :class:`~prodkit.BackendError` which always does:
+            a driver's connection and timeout errors, ``OSError``, ``TimeoutError``. prodkit
+            imports no driver; pass its classes. Kept as a tuple.
+        unavailable_retry_after: ``Retry-After`` seconds of the 503, 1 to 60 (default ``2``).
+        logger: a structlog logger (default: structlog's ``prodkit.errors`` logger).
+
+    Raises:
+        ConfigurationError: a negative ``hold_limit``, ``unavailable`` not a list of exception
+            classes, or ``unavailable_retry_after`` not whole seconds from 1 to 60.
+    """
+
+    replace_server_errors: bool = True
+    convert_framework_errors: bool = True
+    hold_limit: int = 64 * 1024
+    unavailable: Iterable[type[BaseException]] = ()
+    unavailable_retry_after: int = 2
+    logger: Any | None = None
+
+    def __post_init__(self) -> None:
+        valid.non_negative_int("hold_limit", self.hold_limit, example=65536)
+        valid.positive_int(
+            "unavailable_retry_after", self.unavailable_retry_after, example=2, maximum=60
+        )
+        object.__setattr__(self, "unavailable", _exception_classes(self.unavailable))
+
+
+def _exception_classes(value: object) -> tuple[type[BaseException], ...]:
+    """``unavailable`` as a tuple of exception classes, or a ``ConfigurationError``."""
+    if isinstance(value, type):
+        raise ConfigurationError(
+            f"unavailable={value.__name__}: one class, not a list of exception classes; "
+            f"write unavailable=[{value.__name__}]"
+        )
+    kinds = tuple(value) if isinstance(value, Iterable) else (value,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise ConfigurationError(
+                f"unavailable={list(kinds)!r}: {kind!r} is not an exception class; write "
+                "classes such as unavailable=[OSError, TimeoutError]"
+            )
+    return kinds
+
+
+class ErrorKeywords(TypedDict, total=False):
+    """:class:`ErrorOptions`'s fields as keywords of :class:`ErrorMiddleware`."""
+
+    replace_server_errors: bool
+    convert_framework_errors: bool
+    hold_limit: int
+    unavailable: Iterable[type[BaseException]]
+    unavailable_retry_after: int
+    logger: Any | None
 
 
 class ErrorMiddleware:
@@ -95,59 +164,33 @@ class ErrorMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        replace_server_errors: replace non-problem 500 responses by a problem (default
-            ``True``).
-        convert_framework_errors: convert the framework's other 4xx/5xx error responses into
-            problems (default ``True``: one error shape whatever answered).
-        hold_limit: bytes of an error response body held back for replacement or conversion
-            (default ``65536``, 64 KiB).
-        unavailable: exception classes that mean a dependency (a database, a cache, another
-            service) is unavailable, besides :class:`~prodkit.BackendError` which always does:
-            a driver's connection and timeout errors, ``OSError``, ``TimeoutError``. prodkit
-            imports no driver; pass its classes.
-        unavailable_retry_after: ``Retry-After`` seconds of the 503, 1 to 60 (default ``2``).
-        logger: a structlog logger (default: structlog's ``prodkit.errors`` logger).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`ErrorOptions`'s fields by name, instead of ``options``:
+            ``ErrorMiddleware(app, unavailable=[OSError])``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`ErrorOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        replace_server_errors: bool = True,
-        convert_framework_errors: bool = True,
-        hold_limit: int = 64 * 1024,
-        unavailable: Iterable[type[BaseException]] = (),
-        unavailable_retry_after: int = 2,
-        logger: Any | None = None,
+        options: ErrorOptions | None = None,
+        **keywords: Unpack[ErrorKeywords],
     ) -> None:
-        if hold_limit < 0:
-            raise ConfigurationError("hold_limit must be zero or a positive number of bytes")
-        if isinstance(unavailable, type):
-            raise ConfigurationError(
-                "unavailable takes a list of exception classes, not one class: "
-                f"unavailable=[{unavailable.__name__}]"
-            )
-        kinds = tuple(unavailable)
-        for kind in kinds:
-            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-                raise ConfigurationError(
-                    f"unavailable: {kind!r} is not an exception class; pass classes such as "
-                    "OSError or TimeoutError"
-                )
-        if type(unavailable_retry_after) is not int or not 1 <= unavailable_retry_after <= 60:
-            raise ConfigurationError("unavailable_retry_after must be whole seconds from 1 to 60")
         self.app = app
-        self.replace_server_errors = replace_server_errors
-        self.convert_framework_errors = convert_framework_errors
-        self.hold_limit = hold_limit
-        self.unavailable: tuple[type[BaseException], ...] = (BackendError, *kinds)
-        self.unavailable_retry_after = unavailable_retry_after
-        self._unavailable_headers = {"Retry-After": str(unavailable_retry_after)}
+        self.options = options = build_options(ErrorOptions, options, keywords)
+        self.replace_server_errors = options.replace_server_errors
+        self.convert_framework_errors = options.convert_framework_errors
+        self.hold_limit = options.hold_limit
+        self.unavailable: tuple[type[BaseException], ...] = (BackendError, *options.unavailable)
+        self.unavailable_retry_after = retry_after = options.unavailable_retry_after
+        self._unavailable_headers = {"Retry-After": str(retry_after)}
         self._unavailable_detail = (
-            "A service this request depends on is unavailable; "
-            f"retry in {unavailable_retry_after} s."
+            f"A service this request depends on is unavailable; retry in {retry_after} s."
         )
-        self.logger = safe_logger("prodkit.errors", logger)
+        self.logger = safe_logger("prodkit.errors", options.logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -376,4 +419,10 @@ class _Responder:
             await self.send(message)
 
 
-__all__ = ["DEPENDENCY_UNAVAILABLE", "INTERNAL_ERROR", "ErrorMiddleware"]
+__all__ = [
+    "DEPENDENCY_UNAVAILABLE",
+    "INTERNAL_ERROR",
+    "ErrorKeywords",
+    "ErrorMiddleware",
+    "ErrorOptions",
+]

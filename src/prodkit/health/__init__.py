@@ -5,7 +5,9 @@ from __future__ import annotations
 from prodkit.health._middleware import (
     CheckResult,
     HealthCheck,
+    HealthKeywords,
     HealthMiddleware,
+    HealthOptions,
     Readiness,
     postgres_check,
     redis_check,
@@ -14,7 +16,9 @@ from prodkit.health._middleware import (
 __all__ = [
     "CheckResult",
     "HealthCheck",
+    "HealthKeywords",
     "HealthMiddleware",
+    "HealthOptions",
     "Readiness",
     "postgres_check",
     "redis_check",

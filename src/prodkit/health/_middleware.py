@@ -25,14 +25,16 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import DEFAULT_PREFIX, gauge, histogram
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import scope_header
 from prodkit._core.logs import safe_logger
+from prodkit._core.options import build_options
 from prodkit._core.routing import route_path, set_route_template
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 
@@ -123,6 +125,8 @@ class CheckResult:
 #: Runs of one check left behind at their timeout (not stopped when cancelled) before the
 #: check fails without calling its function again.
 MAX_ABANDONED = 4
+#: The shortest ``key`` that unlocks the detailed report (a guessable one would leak it).
+MIN_KEY_LENGTH = 16
 
 
 class HealthCheck:
@@ -159,12 +163,12 @@ class HealthCheck:
         timeout: float = 2.0,
         cache_ttl: float = 1.0,
     ) -> None:
-        if not name:
-            raise ConfigurationError("a health check needs a non-empty name")
-        if timeout <= 0:
-            raise ConfigurationError(f"check {name!r}: timeout must be positive seconds")
-        if cache_ttl < 0:
-            raise ConfigurationError(f"check {name!r}: cache_ttl must be zero or positive")
+        if not name or not isinstance(name, str):
+            raise ConfigurationError(
+                f"name={name!r}: not a non-empty string; write e.g. name='postgres'"
+            )
+        valid.positive_seconds("timeout", timeout, example=2.0)
+        valid.non_negative_seconds("cache_ttl", cache_ttl, example=1.0)
         self.name = name
         self.func = func
         self.critical = critical
@@ -265,6 +269,92 @@ class HealthCheck:
             )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HealthOptions:
+    """The options of :class:`HealthMiddleware`, checked when made.
+
+    Attributes:
+        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator` (any
+            :class:`Readiness`); readiness is 503 once it drains.
+        checks: :class:`HealthCheck` objects (more with :meth:`HealthMiddleware.add_check`),
+            kept as a tuple.
+        key: the secret that unlocks the detailed report, sent by callers in ``X-Health-Key``
+            (compared in constant time; at least 16 printable characters; default ``None``: the
+            detail is never shown).
+        livez_path: where liveness answers (default ``"/livez"``).
+        readyz_path: where readiness answers (default ``"/readyz"``).
+        healthz_path: where the detailed report answers (default ``"/healthz"``).
+        timeout: the timeout of the checks :meth:`HealthMiddleware.add_check` adds without one
+            (default ``2.0``).
+        cache_ttl: the result lifetime of the checks :meth:`HealthMiddleware.add_check` adds
+            without one (default ``1.0``).
+        retry_after: ``Retry-After`` seconds on 503 answers (default ``5``).
+        registry: the Prometheus registry of the ``{metric_prefix}health_check_*`` metrics
+            (default: prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of those metric names (default ``"prodkit_"``).
+
+    Raises:
+        ConfigurationError: a path that does not start with ``/`` or two endpoints on one path,
+            a ``key`` shorter than 16 characters or one no header can carry, a ``timeout``
+            that is not positive seconds, a negative ``cache_ttl``, a ``retry_after`` below 1,
+            or ``checks`` that are not :class:`HealthCheck` objects.
+    """
+
+    coordinator: Readiness | None = None
+    checks: Sequence[HealthCheck] = ()
+    key: str | None = None
+    livez_path: str = "/livez"
+    readyz_path: str = "/readyz"
+    healthz_path: str = "/healthz"
+    timeout: float = 2.0
+    cache_ttl: float = 1.0
+    retry_after: int = 5
+    registry: CollectorRegistry | None = None
+    metric_prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        paths = {
+            name: valid.url_path(name, getattr(self, name), example=f"/{name[:-5]}")
+            for name in ("livez_path", "readyz_path", "healthz_path")
+        }
+        if len(set(paths.values())) != len(paths):
+            raise ConfigurationError(
+                f"livez_path, readyz_path, healthz_path={tuple(paths.values())!r}: two "
+                "endpoints on one path; write three distinct paths, e.g. '/livez', '/readyz', "
+                "'/healthz'"
+            )
+        if self.key is not None:
+            valid.secret("key", self.key, min_length=MIN_KEY_LENGTH)
+        valid.positive_seconds("timeout", self.timeout, example=2.0)
+        valid.non_negative_seconds("cache_ttl", self.cache_ttl, example=1.0)
+        valid.positive_int("retry_after", self.retry_after, example=5)
+        valid.metric_prefix("metric_prefix", self.metric_prefix)
+        checks = tuple(self.checks)
+        for check in checks:
+            if not isinstance(check, HealthCheck):
+                raise ConfigurationError(
+                    f"checks: {check!r} is not a HealthCheck; write "
+                    "checks=[HealthCheck('postgres', postgres_check(pool))]"
+                )
+        object.__setattr__(self, "checks", checks)
+
+
+class HealthKeywords(TypedDict, total=False):
+    """:class:`HealthOptions`'s fields as keywords of :class:`HealthMiddleware`."""
+
+    coordinator: Readiness | None
+    checks: Sequence[HealthCheck]
+    key: str | None
+    livez_path: str
+    readyz_path: str
+    healthz_path: str
+    timeout: float
+    cache_ttl: float
+    retry_after: int
+    registry: CollectorRegistry | None
+    metric_prefix: str
+
+
 class HealthMiddleware:
     """Answer ``/livez``, ``/readyz`` and ``/healthz`` in front of the app.
 
@@ -304,70 +394,51 @@ class HealthMiddleware:
 
     Arguments:
         app: the ASGI app to wrap (every other request goes to it).
-        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator` (any
-            :class:`Readiness`); readiness is 503 once it drains.
-        checks: :class:`HealthCheck` objects (more with :meth:`add_check`).
-        key: the secret that unlocks the detailed report, sent by callers in ``X-Health-Key``
-            (compared in constant time; default ``None``: the detail is never shown).
-        livez_path: where liveness answers (default ``"/livez"``).
-        readyz_path: where readiness answers (default ``"/readyz"``).
-        healthz_path: where the detailed report answers (default ``"/healthz"``).
-        timeout: the timeout of the checks :meth:`add_check` adds without one (default
-            ``2.0``).
-        cache_ttl: the result lifetime of the checks :meth:`add_check` adds without one
-            (default ``1.0``).
-        retry_after: ``Retry-After`` seconds on 503 answers (default ``5``).
-        registry: the Prometheus registry of the ``{metric_prefix}health_check_*`` metrics
-            (default: prometheus-client's global ``REGISTRY``).
-        metric_prefix: put in front of those metric names (default ``"prodkit_"``).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`HealthOptions`'s fields by name, instead of ``options``:
+            ``HealthMiddleware(app, coordinator=coordinator, key=os.environ["HEALTH_KEY"])``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`HealthOptions`), or two checks
+            with one name.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        coordinator: Readiness | None = None,
-        checks: Sequence[HealthCheck] = (),
-        key: str | None = None,
-        livez_path: str = "/livez",
-        readyz_path: str = "/readyz",
-        healthz_path: str = "/healthz",
-        timeout: float = 2.0,
-        cache_ttl: float = 1.0,
-        retry_after: int = 5,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str = DEFAULT_PREFIX,
+        options: HealthOptions | None = None,
+        **keywords: Unpack[HealthKeywords],
     ) -> None:
-        paths = (livez_path, readyz_path, healthz_path)
-        if any(not p.startswith("/") for p in paths) or len(set(paths)) != 3:
-            raise ConfigurationError("health paths must be three distinct paths starting with '/'")
-        if key is not None and len(key) < 16:
-            raise ConfigurationError("key must be at least 16 characters (or None to hide detail)")
-        if timeout <= 0 or cache_ttl < 0:
-            raise ConfigurationError("timeout must be positive and cache_ttl zero or positive")
         self.app = app
-        self.coordinator = coordinator
+        self.options = options = build_options(HealthOptions, options, keywords)
+        self.coordinator = options.coordinator
         self.checks: list[HealthCheck] = []
-        self._key = key.encode() if key is not None else None
-        self._paths = {livez_path: "livez", readyz_path: "readyz", healthz_path: "healthz"}
-        self.timeout = timeout
-        self.cache_ttl = cache_ttl
-        self.retry_after = str(retry_after).encode()
+        self._key = options.key.encode() if options.key is not None else None
+        self._paths = {
+            options.livez_path: "livez",
+            options.readyz_path: "readyz",
+            options.healthz_path: "healthz",
+        }
+        self.timeout = options.timeout
+        self.cache_ttl = options.cache_ttl
+        self.retry_after = str(options.retry_after).encode()
+        prefix, registry = options.metric_prefix, options.registry
         self._up = gauge(
-            f"{metric_prefix}health_check_up",
+            f"{prefix}health_check_up",
             "1 when the last run of a health check passed, 0 when it failed.",
             ["check"],
             registry=registry,
             multiprocess_mode="min",
         )
         self._duration = histogram(
-            f"{metric_prefix}health_check_duration_seconds",
+            f"{prefix}health_check_duration_seconds",
             "Duration of health check runs.",
             ["check"],
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0),
         )
-        for check in checks:
+        for check in options.checks:
             self._register(check)
 
     def _register(self, check: HealthCheck) -> None:
@@ -471,4 +542,13 @@ class HealthMiddleware:
         await send({"type": "http.response.body", "body": b"" if head else payload})
 
 
-__all__ = ["CheckResult", "HealthCheck", "HealthMiddleware", "postgres_check", "redis_check"]
+__all__ = [
+    "MIN_KEY_LENGTH",
+    "CheckResult",
+    "HealthCheck",
+    "HealthKeywords",
+    "HealthMiddleware",
+    "HealthOptions",
+    "postgres_check",
+    "redis_check",
+]

@@ -19,6 +19,7 @@ from prodkit.idempotency._middleware import (
     STORE_UNAVAILABLE,
     IdempotencyMiddleware,
 )
+from prodkit.idempotency._options import IdempotencyKeywords, IdempotencyOptions
 from prodkit.idempotency._postgres import PostgresIdempotencyStore, schema_sql
 from prodkit.idempotency._redis import RedisIdempotencyStore
 from prodkit.idempotency._store import (
@@ -45,7 +46,9 @@ __all__ = [
     "ClaimLost",
     "ClaimOutcome",
     "IdempotencyClaim",
+    "IdempotencyKeywords",
     "IdempotencyMiddleware",
+    "IdempotencyOptions",
     "IdempotencyRecord",
     "IdempotencyStore",
     "MemoryIdempotencyStore",

@@ -10,22 +10,20 @@ through crashes").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from prodkit._core.exceptions import BackendError
+from prodkit._core.logs import safe_logger
 from prodkit._core.problems import Problem
 from prodkit._core.types import Scope
-from prodkit.idempotency._responses import stored_response, unstorable
 from prodkit.idempotency._store import (
+    IdempotencyStore,
     RetryingIdempotencyStore,
     StoredResponse,
     TransactionalIdempotencyStore,
     WithdrawingIdempotencyStore,
 )
-
-if TYPE_CHECKING:
-    from prodkit.idempotency._middleware import IdempotencyMiddleware
 
 #: Scope key holding the request's :class:`IdempotencyClaim` while its handler runs.
 CLAIM_SCOPE_KEY = "prodkit.idempotency_claim"
@@ -38,6 +36,9 @@ IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
 COMPLETE_TIMEOUT = 5.0
 
 Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+#: What decides whether a response is recorded, and what its record is: ``(status, raw
+#: headers, body) -> record``, or ``None`` when it is not to be recorded.
+Recordable = Callable[[int, list[tuple[bytes, bytes]], bytes], StoredResponse | None]
 T = TypeVar("T")
 
 
@@ -63,22 +64,42 @@ class ClaimLost(Problem):
 class IdempotencyClaim:
     """The idempotency key a request holds while its handler runs (see :func:`current_claim`).
 
+    :class:`~prodkit.IdempotencyMiddleware` makes one per claimed request; a handler gets it
+    from :func:`current_claim`.
+
+    Arguments:
+        store: the store that holds the claim.
+        store_key: the key as the store knows it.
+        owner: the owner token the claim was taken with.
+        ttl: seconds a record lives.
+        record: ``(status, raw headers, body) -> StoredResponse``, or ``None`` when the
+            middleware would not record that response (its own rules: status, headers, size).
+        logger: a structlog logger (default: structlog's ``prodkit.idempotency`` logger).
+
     Attributes:
         completed: whether :meth:`complete_in` or :meth:`complete` recorded the response (the
             middleware then does not record it again).
         response: the response they recorded, if any.
     """
 
-    __slots__ = ("_lease_ends", "_middleware", "_owner", "_store_key", "response")
+    __slots__ = ("_logger", "_owner", "_record", "_store", "_store_key", "_ttl", "response")
 
-    def __init__(self, middleware: IdempotencyMiddleware, store_key: str, owner: str) -> None:
-        # The store, the ttl and what is recorded are the middleware's: read from it, not copied.
-        self._middleware = middleware
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        store_key: str,
+        owner: str,
+        *,
+        ttl: float,
+        record: Recordable,
+        logger: Any | None = None,
+    ) -> None:
+        self._store = store
         self._store_key = store_key
         self._owner = owner
-        # The event loop's time when the lease is over: taken after the claim, so not before
-        # the store's own expiry of it.
-        self._lease_ends = asyncio.get_running_loop().time() + middleware.lease
+        self._ttl = ttl
+        self._record = record
+        self._logger = safe_logger("prodkit.idempotency", logger)
         self.response: StoredResponse | None = None
 
     @property
@@ -88,18 +109,11 @@ class IdempotencyClaim:
 
     def _recordable(self, status: int, headers: Headers, body: bytes) -> StoredResponse | None:
         """The record of this response, or ``None`` when the middleware would not record it."""
-        middleware = self._middleware
         if isinstance(headers, Mapping):
             raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         else:
             raw = [(k.lower(), v) for k, v in headers]
-        if (
-            unstorable(status, raw, store_server_errors=middleware.store_server_errors) is not None
-            or len(body) > middleware.max_response_bytes
-        ):
-            return None
-        start = {"type": "http.response.start", "status": status, "headers": raw}
-        return stored_response(start, body, middleware._stored_headers)
+        return self._record(status, raw, body)
 
     async def complete_in(
         self, connection: Any, status: int, headers: Headers, body: bytes
@@ -121,15 +135,14 @@ class IdempotencyClaim:
                 transaction rolls back.
             ConfigurationError: ``connection`` is not inside a transaction.
         """
-        middleware = self._middleware
-        store = middleware.store
+        store = self._store
         if not isinstance(store, TransactionalIdempotencyStore):
             return False
         response = self._recordable(status, headers, body)
         if response is None:
             return False
         if not await store.complete_in(
-            connection, self._store_key, self._owner, response, ttl=middleware.ttl
+            connection, self._store_key, self._owner, response, ttl=self._ttl
         ):
             raise ClaimLost()
         self.response = response
@@ -155,14 +168,13 @@ class IdempotencyClaim:
         """
         if self.response is not None:
             return True
-        middleware = self._middleware
         response = self._recordable(status, headers, body)
         if response is None:
             return False
         try:
             async with asyncio.timeout(COMPLETE_TIMEOUT):
-                stored = await middleware.store.complete(
-                    self._store_key, self._owner, response, ttl=middleware.ttl
+                stored = await self._store.complete(
+                    self._store_key, self._owner, response, ttl=self._ttl
                 )
         except (BackendError, TimeoutError):
             return False  # the middleware tries again after the handler, and logs a failure
@@ -196,7 +208,7 @@ class IdempotencyClaim:
         is sent after that step. With a store that cannot record tentatively, this records
         after the commit, as :meth:`complete` does.
         """
-        store = self._middleware.store
+        store = self._store
         response = None if self.response is not None else self._recordable(status, headers, body)
         if response is None or not isinstance(store, WithdrawingIdempotencyStore):
             result = await commit
@@ -227,11 +239,10 @@ class IdempotencyClaim:
     ) -> bool | None:
         """Write the tentative record: ``True``, ``False`` (lost claim) or ``None`` (unknown:
         the store failed or timed out, the write may have landed)."""
-        middleware = self._middleware
         try:
             async with asyncio.timeout(COMPLETE_TIMEOUT):
                 return await store.complete_tentatively(
-                    self._store_key, self._owner, response, ttl=middleware.ttl
+                    self._store_key, self._owner, response, ttl=self._ttl
                 )
         except (BackendError, TimeoutError):
             return None
@@ -257,23 +268,22 @@ class IdempotencyClaim:
                 return await store.confirm(self._store_key, self._owner) or written is True
         except (BackendError, TimeoutError) as exc:
             # Still tentative: retries get 409 until the lease is over, then replay it.
-            self._middleware.logger.warning(
+            self._logger.warning(
                 "idempotent response not confirmed; replayed once the lease is over",
                 error=f"{type(exc).__name__}: {exc}",
             )
             return written is True
 
     async def _withdraw(self, store: WithdrawingIdempotencyStore) -> None:
-        middleware = self._middleware
         try:
             async with asyncio.timeout(COMPLETE_TIMEOUT):
                 await store.withdraw(self._store_key, self._owner)
         except (BackendError, TimeoutError) as exc:
             retrying = False
             if isinstance(store, RetryingIdempotencyStore):
-                store.retry_withdraw(self._store_key, self._owner, within=middleware.ttl)
+                store.retry_withdraw(self._store_key, self._owner, within=self._ttl)
                 retrying = True
-            middleware.logger.error(
+            self._logger.error(
                 "idempotent response recorded for work that did not commit; "
                 + ("withdrawing it in the background" if retrying else "it stands until its ttl"),
                 error=f"{type(exc).__name__}: {exc}",

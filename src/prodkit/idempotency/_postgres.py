@@ -16,10 +16,11 @@ import json
 import random
 import re
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.drivers import require
 from prodkit._core.exceptions import BackendError, ConfigurationError
@@ -82,6 +83,94 @@ def _decode_headers(raw: str | None) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(raw))
 
 
+class _Statements(NamedTuple):
+    """The store's SQL, written once per table (a validated identifier)."""
+
+    claim: str
+    complete: str
+    complete_tentatively: str
+    confirm: str
+    release: str
+    get: str
+    withdraw: str
+    cleanup: str
+
+
+def _statements(table: str) -> _Statements:
+    now = "(statement_timestamp() + make_interval(secs => $6))"
+    take = (
+        f"(r.expires_at <= {now} OR (r.status IS NULL AND r.locked_until <= {now}"
+        " AND r.fingerprint = EXCLUDED.fingerprint))"
+    )
+
+    def col(name: str) -> str:
+        return f"{name} = CASE WHEN {take} THEN EXCLUDED.{name} ELSE r.{name} END"
+
+    claim = (
+        f"INSERT INTO {table} AS r"  # noqa: S608 - table is a validated identifier
+        " (key, fingerprint, owner, locked_until, expires_at, status, headers, body)"
+        f" VALUES ($1, $2, $3, {now} + make_interval(secs => $4),"
+        f" {now} + make_interval(secs => $5), NULL, NULL, NULL)"
+        " ON CONFLICT (key) DO UPDATE SET "
+        + ", ".join(
+            col(c)
+            for c in (
+                "fingerprint",
+                "owner",
+                "locked_until",
+                "expires_at",
+                "status",
+                "headers",
+                "body",
+            )
+        )
+        + " RETURNING r.owner IS NOT DISTINCT FROM $3 AS acquired, r.fingerprint, r.status,"
+        f" r.headers::text AS headers, r.body,"
+        f" extract(epoch FROM r.locked_until - {now})::float8 AS lease_left"
+    )
+    now3 = "(statement_timestamp() + make_interval(secs => $3))"
+    now4 = "(statement_timestamp() + make_interval(secs => $4))"
+
+    def complete(lease: str) -> str:
+        return (
+            # The owner stays, so that it alone can withdraw the record (see withdraw()).
+            f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
+            f"{lease} expires_at = {now4} + make_interval(secs => $3)"
+            f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
+        )
+
+    completed = complete(" locked_until = NULL,")
+    # A tentative record keeps its claim's lease (locked_until): a completed row whose
+    # lease still runs answers like a claim in progress (see complete_tentatively()).
+    tentative = complete("")
+    confirm = (
+        f"UPDATE {table} SET locked_until = NULL"  # noqa: S608 - table is a validated identifier
+        " WHERE key = $1 AND owner = $2 AND status IS NOT NULL AND locked_until IS NOT NULL"
+        f" AND expires_at > {now3}"
+    )
+    release = (
+        f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
+        f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now3}"
+    )
+    now2 = "(statement_timestamp() + make_interval(secs => $2))"
+    pending = f"(status IS NULL OR locked_until > {now2})"
+    get = (
+        f"SELECT fingerprint, CASE WHEN {pending} THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
+        f" headers::text AS headers, body, status IS NOT NULL AND {pending} AS tentative"
+        f" FROM {table}"
+        f" WHERE key = $1 AND expires_at > {now2}"
+    )
+    withdraw = (
+        f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
+        " WHERE key = $1 AND owner = $2 AND status IS NOT NULL"
+    )
+    cleanup = (
+        f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table}"  # noqa: S608 - table is a validated identifier
+        f" WHERE expires_at <= {now2} LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    )
+    return _Statements(claim, completed, tentative, confirm, release, get, withdraw, cleanup)
+
+
 class PostgresIdempotencyStore:
     """Keep idempotency records in a PostgreSQL table (see :func:`schema_sql`).
 
@@ -128,13 +217,11 @@ class PostgresIdempotencyStore:
         metric_prefix: str = DEFAULT_PREFIX,
         logger: Any | None = None,
     ) -> None:
-        if cleanup_interval is not None and not cleanup_interval > 0:
-            raise ConfigurationError(
-                "cleanup_interval must be a positive number of seconds, or None for no sweeps"
-            )
-        if cleanup_batch_size < 1:
-            raise ConfigurationError("cleanup_batch_size must be at least 1")
+        if cleanup_interval is not None:
+            valid.positive_seconds("cleanup_interval", cleanup_interval, example=60)
+        valid.positive_int("cleanup_batch_size", cleanup_batch_size, example=1000)
         self._ddl = schema_sql(table)
+        self._sql = _statements(table)
         self.table = table
         self.cleanup_interval = cleanup_interval
         self.cleanup_batch_size = cleanup_batch_size
@@ -150,87 +237,13 @@ class PostgresIdempotencyStore:
             self.withdraw, self.logger, what="withdrawal", done="withdrawn"
         )
         self._sweeper: asyncio.Task[None] | None = None
-        self._dsn: str | None = None
-        self._pool: Any = None
-        self._pool_lock = asyncio.Lock()
         if isinstance(pool, str):
-            require("asyncpg", "postgres")
-            self._dsn = pool
-            self._pool_options = {**DEFAULT_POOL_OPTIONS, **(pool_options or {})}
-        else:
-            self._pool = pool
-            self._pool_options = {}
-        now = "(statement_timestamp() + make_interval(secs => $6))"
-        take = (
-            f"(r.expires_at <= {now} OR (r.status IS NULL AND r.locked_until <= {now}"
-            " AND r.fingerprint = EXCLUDED.fingerprint))"
-        )
-
-        def col(name: str) -> str:
-            return f"{name} = CASE WHEN {take} THEN EXCLUDED.{name} ELSE r.{name} END"
-
-        self._claim_sql = (
-            f"INSERT INTO {table} AS r"  # noqa: S608 - table is a validated identifier
-            " (key, fingerprint, owner, locked_until, expires_at, status, headers, body)"
-            f" VALUES ($1, $2, $3, {now} + make_interval(secs => $4),"
-            f" {now} + make_interval(secs => $5), NULL, NULL, NULL)"
-            " ON CONFLICT (key) DO UPDATE SET "
-            + ", ".join(
-                col(c)
-                for c in (
-                    "fingerprint",
-                    "owner",
-                    "locked_until",
-                    "expires_at",
-                    "status",
-                    "headers",
-                    "body",
-                )
-            )
-            + " RETURNING r.owner IS NOT DISTINCT FROM $3 AS acquired, r.fingerprint, r.status,"
-            f" r.headers::text AS headers, r.body,"
-            f" extract(epoch FROM r.locked_until - {now})::float8 AS lease_left"
-        )
-        now3 = "(statement_timestamp() + make_interval(secs => $3))"
-        now4 = "(statement_timestamp() + make_interval(secs => $4))"
-
-        def complete(lease: str) -> str:
-            return (
-                # The owner stays, so that it alone can withdraw the record (see withdraw()).
-                f"UPDATE {table} SET status = $5, headers = $6::jsonb, body = $7,"  # noqa: S608 - table is a validated identifier
-                f"{lease} expires_at = {now4} + make_interval(secs => $3)"
-                f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now4}"
-            )
-
-        self._complete_sql = complete(" locked_until = NULL,")
-        # A tentative record keeps its claim's lease (locked_until): a completed row whose
-        # lease still runs answers like a claim in progress (see complete_tentatively()).
-        self._complete_tentatively_sql = complete("")
-        self._confirm_sql = (
-            f"UPDATE {table} SET locked_until = NULL"  # noqa: S608 - table is a validated identifier
-            " WHERE key = $1 AND owner = $2 AND status IS NOT NULL AND locked_until IS NOT NULL"
-            f" AND expires_at > {now3}"
-        )
-        self._release_sql = (
-            f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
-            f" WHERE key = $1 AND owner = $2 AND status IS NULL AND expires_at > {now3}"
-        )
-        now2 = "(statement_timestamp() + make_interval(secs => $2))"
-        pending = f"(status IS NULL OR locked_until > {now2})"
-        self._get_sql = (
-            f"SELECT fingerprint, CASE WHEN {pending} THEN owner END AS owner, status,"  # noqa: S608 - table is a validated identifier
-            f" headers::text AS headers, body, status IS NOT NULL AND {pending} AS tentative"
-            f" FROM {table}"
-            f" WHERE key = $1 AND expires_at > {now2}"
-        )
-        self._withdraw_sql = (
-            f"DELETE FROM {table}"  # noqa: S608 - table is a validated identifier
-            " WHERE key = $1 AND owner = $2 AND status IS NOT NULL"
-        )
-        self._cleanup_sql = (
-            f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table}"  # noqa: S608 - table is a validated identifier
-            f" WHERE expires_at <= {now2} LIMIT $1 FOR UPDATE SKIP LOCKED)"
-        )
+            require("asyncpg", "postgres")  # a missing extra is told at start-up
+        # A DSN: a pool of the store's own, created on first use and closed by aclose().
+        self._dsn: str | None = pool if isinstance(pool, str) else None
+        self._pool: Any = None if self._dsn is not None else pool
+        self._pool_options = {**DEFAULT_POOL_OPTIONS, **(pool_options or {})} if self._dsn else {}
+        self._pool_lock = asyncio.Lock()
 
     async def _get_pool(self) -> Any:
         sweeper, loop = self._sweeper, asyncio.get_running_loop()
@@ -290,7 +303,7 @@ class PostgresIdempotencyStore:
         """See :meth:`prodkit.idempotency.IdempotencyStore.claim`."""
         row = await self._run(
             "fetchrow",
-            self._claim_sql,
+            self._sql.claim,
             key,
             fingerprint,
             owner,
@@ -314,7 +327,7 @@ class PostgresIdempotencyStore:
     async def complete(self, key: str, owner: str, response: StoredResponse, *, ttl: float) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.complete`."""
         result = await self._run(
-            "execute", self._complete_sql, *self._complete_args(key, owner, response, ttl)
+            "execute", self._sql.complete, *self._complete_args(key, owner, response, ttl)
         )
         return str(result).endswith(" 1")
 
@@ -324,14 +337,14 @@ class PostgresIdempotencyStore:
         """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.complete_tentatively`."""
         result = await self._run(
             "execute",
-            self._complete_tentatively_sql,
+            self._sql.complete_tentatively,
             *self._complete_args(key, owner, response, ttl),
         )
         return str(result).endswith(" 1")
 
     async def confirm(self, key: str, owner: str) -> bool:
         """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.confirm`."""
-        result = await self._run("execute", self._confirm_sql, key, owner, float(self.clock_offset))
+        result = await self._run("execute", self._sql.confirm, key, owner, float(self.clock_offset))
         return str(result).endswith(" 1")
 
     def _complete_args(
@@ -367,18 +380,18 @@ class PostgresIdempotencyStore:
                 "(async with connection.transaction(): ...)"
             )
         result = await connection.execute(
-            self._complete_sql, *self._complete_args(key, owner, response, ttl)
+            self._sql.complete, *self._complete_args(key, owner, response, ttl)
         )
         return str(result).endswith(" 1")
 
     async def release(self, key: str, owner: str) -> bool:
         """See :meth:`prodkit.idempotency.IdempotencyStore.release`."""
-        result = await self._run("execute", self._release_sql, key, owner, float(self.clock_offset))
+        result = await self._run("execute", self._sql.release, key, owner, float(self.clock_offset))
         return str(result).endswith(" 1")
 
     async def withdraw(self, key: str, owner: str) -> bool:
         """See :meth:`prodkit.idempotency.WithdrawingIdempotencyStore.withdraw`."""
-        result = await self._run("execute", self._withdraw_sql, key, owner)
+        result = await self._run("execute", self._sql.withdraw, key, owner)
         return str(result).endswith(" 1")
 
     def retry_release(self, key: str, owner: str, *, within: float) -> None:
@@ -391,7 +404,7 @@ class PostgresIdempotencyStore:
 
     async def get(self, key: str) -> IdempotencyRecord | None:
         """See :meth:`prodkit.idempotency.IdempotencyStore.get`."""
-        row = await self._run("fetchrow", self._get_sql, key, float(self.clock_offset))
+        row = await self._run("fetchrow", self._sql.get, key, float(self.clock_offset))
         if row is None:
             return None
         response = None
@@ -415,7 +428,7 @@ class PostgresIdempotencyStore:
         size = self.cleanup_batch_size if batch_size is None else batch_size
         total = 0
         while True:
-            result = await self._run("execute", self._cleanup_sql, size, float(self.clock_offset))
+            result = await self._run("execute", self._sql.cleanup, size, float(self.clock_offset))
             deleted = int(str(result).rpartition(" ")[2] or 0)
             self._removed.inc(deleted)
             total += deleted

@@ -15,7 +15,6 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.types import RawHeaders
 
 
@@ -211,14 +210,6 @@ class WithdrawingIdempotencyStore(IdempotencyStore, Protocol):
         ...
 
 
-def check_durations(lease: float, ttl: float) -> None:
-    """Validate a claim's lease and ttl (positive, lease not longer than ttl)."""
-    if lease <= 0 or ttl <= 0:
-        raise ConfigurationError("lease and ttl must be positive numbers of seconds")
-    if lease > ttl:
-        raise ConfigurationError("lease must not be longer than ttl")
-
-
 __all__ = [
     "Claim",
     "ClaimOutcome",
@@ -228,5 +219,4 @@ __all__ = [
     "StoredResponse",
     "TransactionalIdempotencyStore",
     "WithdrawingIdempotencyStore",
-    "check_durations",
 ]

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from prodkit.lifecycle._coordinator import InFlight, ShutdownCoordinator, ShutdownState
-from prodkit.lifecycle._drain import SHUTTING_DOWN, GracefulShutdownMiddleware
-from prodkit.lifecycle._lifespan import LifespanMiddleware
+from prodkit.lifecycle._drain import (
+    SHUTTING_DOWN,
+    GracefulShutdownKeywords,
+    GracefulShutdownMiddleware,
+    GracefulShutdownOptions,
+)
+from prodkit.lifecycle._lifespan import LifespanKeywords, LifespanMiddleware, LifespanOptions
 
 __all__ = [
     "SHUTTING_DOWN",
+    "GracefulShutdownKeywords",
     "GracefulShutdownMiddleware",
+    "GracefulShutdownOptions",
     "InFlight",
+    "LifespanKeywords",
     "LifespanMiddleware",
+    "LifespanOptions",
     "ShutdownCoordinator",
     "ShutdownState",
 ]

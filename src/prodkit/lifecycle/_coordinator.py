@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.logs import safe_logger
@@ -75,6 +76,43 @@ class InFlight:
     started: float
     task: asyncio.Task[Any] | None
     cancelled_at_deadline: bool = field(default=False)
+
+
+def _signal_numbers(signals: Iterable[int]) -> tuple[int, ...]:
+    """``signals`` as a tuple, each checked to be a signal of this platform."""
+    numbers = tuple(signals)
+    for sig in numbers:
+        try:
+            signal.Signals(sig)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"signals={numbers!r}: {sig!r} is not a signal number; write e.g. "
+                "signals=(signal.SIGTERM, signal.SIGINT)"
+            ) from exc
+    return numbers
+
+
+def _shutdown_metrics(
+    registry: CollectorRegistry | None, metric_prefix: str
+) -> tuple[Gauge, Counter, Counter]:
+    """The state gauge and the counters of refused and cancelled requests."""
+    state = gauge(
+        f"{metric_prefix}shutdown_state",
+        "Shutdown state of the process: 0 running, 1 draining, 2 stopping, 3 stopped.",
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    rejected = counter(
+        f"{metric_prefix}shutdown_rejected_requests_total",
+        "Requests answered 503 SHUTTING_DOWN because the server was stopping.",
+        registry=registry,
+    )
+    cancelled = counter(
+        f"{metric_prefix}shutdown_cancelled_requests_total",
+        "Requests cancelled because they were still running at the shutdown deadline.",
+        registry=registry,
+    )
+    return state, rejected, cancelled
 
 
 class ShutdownCoordinator:
@@ -114,26 +152,17 @@ class ShutdownCoordinator:
         registry: CollectorRegistry | None = None,
         metric_prefix: str = DEFAULT_PREFIX,
     ) -> None:
-        if drain < 0:
-            raise ConfigurationError("drain must be zero or a positive number of seconds")
-        if timeout <= 0 or timeout < drain:
+        valid.non_negative_seconds("drain", drain, example=DEFAULT_DRAIN)
+        valid.positive_seconds("timeout", timeout, example=30)
+        if timeout < drain:
             raise ConfigurationError(
-                f"timeout ({timeout}) must be positive and at least drain ({drain}): it counts "
-                "from the signal and includes the drain"
+                f"timeout={timeout!r}: shorter than drain={drain!r}; it counts from the signal "
+                "and includes the drain: write at least the drain, e.g. timeout=30"
             )
-        if retry_after < 0:
-            raise ConfigurationError("retry_after must be zero or a positive number of seconds")
-        signals = tuple(signals)
-        for sig in signals:
-            try:
-                signal.Signals(sig)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"signals: {sig!r} is not a signal number (use signal.SIGTERM, ...)"
-                ) from exc
+        valid.non_negative_int("retry_after", retry_after, example=5)
         self.drain = float(drain)
         self.timeout = float(timeout)
-        self.signals = signals
+        self.signals = _signal_numbers(signals)
         self.retry_after = retry_after
         self.logger = safe_logger("prodkit.shutdown", logger)
         self._state = ShutdownState.RUNNING
@@ -145,21 +174,8 @@ class ShutdownCoordinator:
         self._reclaim = False  # see request_started()
         self._timers: list[asyncio.TimerHandle] = []
         self._idle: asyncio.Event | None = None
-        self._state_gauge = gauge(
-            f"{metric_prefix}shutdown_state",
-            "Shutdown state of the process: 0 running, 1 draining, 2 stopping, 3 stopped.",
-            registry=registry,
-            multiprocess_mode="max",
-        )
-        self._rejected = counter(
-            f"{metric_prefix}shutdown_rejected_requests_total",
-            "Requests answered 503 SHUTTING_DOWN because the server was stopping.",
-            registry=registry,
-        )
-        self._cancelled = counter(
-            f"{metric_prefix}shutdown_cancelled_requests_total",
-            "Requests cancelled because they were still running at the shutdown deadline.",
-            registry=registry,
+        self._state_gauge, self._rejected, self._cancelled = _shutdown_metrics(
+            registry, metric_prefix
         )
         self._state_gauge.set(0)
 

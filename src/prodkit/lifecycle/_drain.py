@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
+from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import message_headers, set_header
+from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.lifecycle._coordinator import ShutdownCoordinator, ShutdownState
 
 SHUTTING_DOWN = "SHUTTING_DOWN"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GracefulShutdownOptions:
+    """The options of :class:`GracefulShutdownMiddleware`, checked when made.
+
+    Attributes:
+        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator` (its
+            ``retry_after`` is the ``Retry-After`` of the 503).
+
+    Raises:
+        ConfigurationError: ``coordinator`` is not a ``ShutdownCoordinator``.
+    """
+
+    coordinator: ShutdownCoordinator
+
+    def __post_init__(self) -> None:
+        check_coordinator(self.coordinator, required=True)
+
+
+def check_coordinator(coordinator: object, *, required: bool) -> None:
+    """Refuse anything but a :class:`ShutdownCoordinator` (or ``None`` when not ``required``)."""
+    if isinstance(coordinator, ShutdownCoordinator) or (coordinator is None and not required):
+        return
+    raise ConfigurationError(
+        f"coordinator={coordinator!r}: not a ShutdownCoordinator; write "
+        "coordinator=ShutdownCoordinator(), one per process, shared with the health layer"
+    )
+
+
+class GracefulShutdownKeywords(TypedDict, total=False):
+    """:class:`GracefulShutdownOptions`'s fields as keywords of :class:`GracefulShutdownMiddleware`.
+
+    ``coordinator`` is required unless ``options`` is given: leaving both out is a
+    ``TypeError`` when the middleware is made.
+    """
+
+    coordinator: ShutdownCoordinator
 
 
 class GracefulShutdownMiddleware:
@@ -80,12 +122,24 @@ class GracefulShutdownMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        coordinator: the process's :class:`~prodkit.lifecycle.ShutdownCoordinator`.
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`GracefulShutdownOptions`'s fields by name, instead of ``options``:
+            ``GracefulShutdownMiddleware(app, coordinator=coordinator)``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`GracefulShutdownOptions`).
     """
 
-    def __init__(self, app: ASGIApp, *, coordinator: ShutdownCoordinator) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        options: GracefulShutdownOptions | None = None,
+        **keywords: Unpack[GracefulShutdownKeywords],
+    ) -> None:
         self.app = app
-        self.coordinator = coordinator
+        self.options = options = build_options(GracefulShutdownOptions, options, keywords)
+        self.coordinator = coordinator = options.coordinator
         retry_after = str(coordinator.retry_after)
         self._headers_http1 = {"Retry-After": retry_after, "Connection": "close"}
         # RFC 9113 section 8.2.2: connection-specific fields are malformed in HTTP/2 and 3.
@@ -163,4 +217,10 @@ class GracefulShutdownMiddleware:
         await self.app(scope, watching_receive, watching_send)
 
 
-__all__ = ["SHUTTING_DOWN", "GracefulShutdownMiddleware"]
+__all__ = [
+    "SHUTTING_DOWN",
+    "GracefulShutdownKeywords",
+    "GracefulShutdownMiddleware",
+    "GracefulShutdownOptions",
+    "check_coordinator",
+]

@@ -5,15 +5,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.logs import safe_logger
+from prodkit._core.options import build_options
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.lifecycle._coordinator import ShutdownCoordinator
+from prodkit.lifecycle._drain import check_coordinator
 
 Hook = Callable[[], Awaitable[Any]]
 ContextFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LifespanOptions:
+    """The options of :class:`LifespanMiddleware`, checked when made.
+
+    Attributes:
+        coordinator: a :class:`~prodkit.lifecycle.ShutdownCoordinator` whose signal handling is
+            installed at start-up and which is marked stopping on ``lifespan.shutdown``
+            (default: none, and no signal handling).
+        logger: a structlog logger (default: structlog's ``prodkit.lifespan`` logger).
+
+    Raises:
+        ConfigurationError: ``coordinator`` is neither ``None`` nor a ``ShutdownCoordinator``.
+    """
+
+    coordinator: ShutdownCoordinator | None = None
+    logger: Any | None = None
+
+    def __post_init__(self) -> None:
+        check_coordinator(self.coordinator, required=False)
+
+
+class LifespanKeywords(TypedDict, total=False):
+    """:class:`LifespanOptions`'s fields as keywords of :class:`LifespanMiddleware`."""
+
+    coordinator: ShutdownCoordinator | None
+    logger: Any | None
 
 
 class LifespanMiddleware:
@@ -33,10 +64,9 @@ class LifespanMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        coordinator: a :class:`~prodkit.lifecycle.ShutdownCoordinator` whose signal handling is
-            installed at start-up and which is marked stopping on ``lifespan.shutdown``
-            (default: none, and no signal handling).
-        logger: a structlog logger (default: structlog's ``prodkit.lifespan`` logger).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`LifespanOptions`'s fields by name, instead of ``options``:
+            ``LifespanMiddleware(app, coordinator=coordinator)``.
 
     Example::
 
@@ -94,12 +124,13 @@ class LifespanMiddleware:
         self,
         app: ASGIApp,
         *,
-        coordinator: ShutdownCoordinator | None = None,
-        logger: Any | None = None,
+        options: LifespanOptions | None = None,
+        **keywords: Unpack[LifespanKeywords],
     ) -> None:
         self.app = app
-        self.coordinator = coordinator
-        self.logger = safe_logger("prodkit.lifespan", logger)
+        self.options = options = build_options(LifespanOptions, options, keywords)
+        self.coordinator = options.coordinator
+        self.logger = safe_logger("prodkit.lifespan", options.logger)
         self._steps: list[tuple[Hook | None, Hook | None, ContextFactory | None]] = []
 
     def add_hook(self, startup: Hook | None = None, shutdown: Hook | None = None) -> None:
@@ -221,4 +252,4 @@ class _AppLifespan:
             await self.task
 
 
-__all__ = ["LifespanMiddleware"]
+__all__ = ["LifespanKeywords", "LifespanMiddleware", "LifespanOptions"]

@@ -9,7 +9,12 @@ from prodkit._core.redaction import (
     REDACTED,
     Redactor,
 )
-from prodkit.logging._access import DEFAULT_LEVELS, AccessLogMiddleware
+from prodkit.logging._access import (
+    DEFAULT_LEVELS,
+    AccessLogKeywords,
+    AccessLogMiddleware,
+    AccessLogOptions,
+)
 from prodkit.logging._config import LogFormat, configure_logging, get_logger
 
 __all__ = [
@@ -18,7 +23,9 @@ __all__ = [
     "DEFAULT_REDACT_KEYS",
     "DEFAULT_REDACT_QUERY_PARAMS",
     "REDACTED",
+    "AccessLogKeywords",
     "AccessLogMiddleware",
+    "AccessLogOptions",
     "LogFormat",
     "Redactor",
     "configure_logging",

@@ -7,15 +7,18 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import structlog
 
+from prodkit._core import options as valid
 from prodkit._core.addresses import ClientAddressResolver, normalize_ip
 from prodkit._core.context import get_request_id
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.observer import ReceiveWatcher, ResponseObserver
+from prodkit._core.options import build_options
 from prodkit._core.outcome import (
     PathFilter,
     handled_error,
@@ -44,6 +47,97 @@ _LEVEL_NUMBERS = {name: getattr(logging, name.upper()) for name in _LEVEL_NAMES}
 
 #: Log level by status class (first digit): 1xx-3xx info, 4xx warning, 5xx error.
 DEFAULT_LEVELS: Mapping[int, str] = {1: "info", 2: "info", 3: "info", 4: "warning", 5: "error"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AccessLogOptions:
+    """The options of :class:`AccessLogMiddleware`, checked when made.
+
+    Attributes:
+        logger: a structlog logger (default: structlog's ``prodkit.access`` logger).
+        event: the event text (default ``"request completed"``).
+        levels: log level per status class (``{4: "warning"}`` merges into
+            :data:`DEFAULT_LEVELS`), or a callable ``status -> level name`` (default:
+            :data:`DEFAULT_LEVELS`).
+        sample_rate: fraction of successful (< 400) requests logged; errors are always logged
+            (default ``1.0``: every request).
+        exclude_paths: paths not logged at all (``/livez``; ``/static/*`` for a prefix), kept
+            as a tuple.
+        client_resolver: finds the client address (default: no trusted proxies).
+        trusted_proxies: shorthand for ``client_resolver=ClientAddressResolver(trusted_proxies)``
+            (a list, or a comma-separated string as in ``TRUSTED_PROXIES``), kept as a tuple.
+        request_headers: request headers to log under ``headers`` (secret ones redacted), kept
+            as a tuple.
+        redactor: redacts the query string and logged headers (default: a
+            :class:`~prodkit.logging.Redactor` with its standard lists).
+        route_resolver: a hook returning a request's route template (see
+            :func:`prodkit.asgi.route_template`).
+
+    Raises:
+        ConfigurationError: a ``sample_rate`` outside 0 to 1, a level that is not one, a key
+            of ``levels`` that is not a status class, paths or header names that are not, a
+            proxy that is not an address or network, or both ``client_resolver`` and
+            ``trusted_proxies``.
+    """
+
+    logger: Any | None = None
+    event: str = "request completed"
+    levels: Mapping[int, str] | Callable[[int], str] | None = None
+    sample_rate: float = 1.0
+    exclude_paths: Iterable[str] = ()
+    client_resolver: ClientAddressResolver | None = None
+    trusted_proxies: Iterable[str] | str = ()
+    request_headers: Iterable[str] = ()
+    redactor: Redactor | None = None
+    route_resolver: RouteResolver | None = None
+
+    def __post_init__(self) -> None:
+        valid.fraction("sample_rate", self.sample_rate, example=0.1)
+        if self.levels is not None and not callable(self.levels):
+            _check_levels(self.levels)
+        object.__setattr__(
+            self, "exclude_paths", valid.path_list("exclude_paths", self.exclude_paths)
+        )
+        proxies = valid.string_list("trusted_proxies", self.trusted_proxies)
+        if self.client_resolver is not None and proxies:
+            raise ConfigurationError(
+                f"trusted_proxies={proxies!r}: given with client_resolver; write either "
+                "client_resolver= or trusted_proxies=, not both"
+            )
+        ClientAddressResolver(proxies)  # refuses what is not an address or a network
+        object.__setattr__(self, "trusted_proxies", proxies)
+        headers = valid.header_names("request_headers", self.request_headers)
+        object.__setattr__(self, "request_headers", headers)
+
+
+def _check_levels(levels: Mapping[int, str]) -> None:
+    if not isinstance(levels, Mapping):
+        raise ConfigurationError(
+            f"levels={levels!r}: neither a mapping nor a callable; write e.g. "
+            "levels={4: 'info'} or a function of the status"
+        )
+    for klass, name in levels.items():
+        valid.one_of(f"levels[{klass!r}]", name, _LEVEL_NAMES)
+        if klass not in DEFAULT_LEVELS:
+            raise ConfigurationError(
+                f"levels={dict(levels)!r}: {klass!r} is not a status class (1 to 5); write "
+                "e.g. levels={4: 'info'} for every 4xx"
+            )
+
+
+class AccessLogKeywords(TypedDict, total=False):
+    """:class:`AccessLogOptions`'s fields as keywords of :class:`AccessLogMiddleware`."""
+
+    logger: Any | None
+    event: str
+    levels: Mapping[int, str] | Callable[[int], str] | None
+    sample_rate: float
+    exclude_paths: Iterable[str]
+    client_resolver: ClientAddressResolver | None
+    trusted_proxies: Iterable[str] | str
+    request_headers: Iterable[str]
+    redactor: Redactor | None
+    route_resolver: RouteResolver | None
 
 
 class AccessLogMiddleware:
@@ -101,60 +195,41 @@ class AccessLogMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        logger: a structlog logger (default: structlog's ``prodkit.access`` logger).
-        event: the event text (default ``"request completed"``).
-        levels: log level per status class (``{4: "warning"}`` merges into
-            :data:`DEFAULT_LEVELS`), or a callable ``status -> level name`` (default:
-            :data:`DEFAULT_LEVELS`).
-        sample_rate: fraction of successful (< 400) requests logged; errors are always logged
-            (default ``1.0``: every request).
-        exclude_paths: paths not logged at all (``/livez``; ``/static/*`` for a prefix).
-        client_resolver: finds the client address (default: no trusted proxies).
-        trusted_proxies: shorthand for ``client_resolver=ClientAddressResolver(trusted_proxies)``.
-        request_headers: request headers to log under ``headers`` (secret ones redacted).
-        redactor: redacts the query string and logged headers (default: a
-            :class:`~prodkit.logging.Redactor` with its standard lists).
-        route_resolver: a hook returning a request's route template (see
-            :func:`prodkit.asgi.route_template`).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`AccessLogOptions`'s fields by name, instead of ``options``:
+            ``AccessLogMiddleware(app, exclude_paths=["/livez"])``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`AccessLogOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        logger: Any | None = None,
-        event: str = "request completed",
-        levels: Mapping[int, str] | Callable[[int], str] | None = None,
-        sample_rate: float = 1.0,
-        exclude_paths: Iterable[str] = (),
-        client_resolver: ClientAddressResolver | None = None,
-        trusted_proxies: Iterable[str] = (),
-        request_headers: Iterable[str] = (),
-        redactor: Redactor | None = None,
-        route_resolver: RouteResolver | None = None,
+        options: AccessLogOptions | None = None,
+        **keywords: Unpack[AccessLogKeywords],
     ) -> None:
-        if not 0.0 <= sample_rate <= 1.0:
-            raise ConfigurationError("sample_rate must be between 0.0 and 1.0 (1.0 logs all)")
-        if client_resolver is not None and trusted_proxies:
-            raise ConfigurationError("pass either client_resolver or trusted_proxies, not both")
-        if isinstance(request_headers, str):
-            raise ConfigurationError("request_headers takes a list of header names")
         self.app = app
+        self.options = options = build_options(AccessLogOptions, options, keywords)
+        logger = options.logger
         # The default logger's lines may skip structlog's per-call wrapper (see ``_direct``).
         self._default = logger is None
         self.logger = logger if logger is not None else get_logger(_LOGGER_NAME)
-        self.event = event
+        self.event = options.event
         self._bound: Any = None
-        self.sample_rate = sample_rate
-        self.exclude_paths = PathFilter(exclude_paths)
+        self.sample_rate = options.sample_rate
+        self.exclude_paths = PathFilter(options.exclude_paths)
         self._excluding = bool(self.exclude_paths)
-        self.client_resolver = client_resolver or ClientAddressResolver(trusted_proxies)
+        self.client_resolver = options.client_resolver or ClientAddressResolver(
+            options.trusted_proxies
+        )
         # Without trusted proxies the client is the peer: its canonical text is cached.
         self._direct_client = not self.client_resolver.trusts_any
-        self.redactor = redactor or Redactor()
-        self.route_resolver = route_resolver
-        self.request_headers = tuple(h.strip().lower().encode("latin-1") for h in request_headers)
-        self._level_for = self._build_levels(levels)
+        self.redactor = options.redactor or Redactor()
+        self.route_resolver = options.route_resolver
+        self.request_headers = tuple(h.lower().encode("latin-1") for h in options.request_headers)
+        self._level_for = self._build_levels(options.levels)
 
     @staticmethod
     def _build_levels(
@@ -168,15 +243,7 @@ class AccessLogMiddleware:
                 return name if name in _LEVEL_NAMES else "info"
 
             return checked
-        table = dict(DEFAULT_LEVELS)
-        for klass, name in (levels or {}).items():
-            if name not in _LEVEL_NAMES:
-                raise ConfigurationError(
-                    f"levels[{klass}] = {name!r}: use one of {', '.join(_LEVEL_NAMES)}"
-                )
-            if klass not in table:
-                raise ConfigurationError(f"levels: {klass!r} is not a status class (1 to 5)")
-            table[klass] = name
+        table = {**DEFAULT_LEVELS, **(levels or {})}  # checked by AccessLogOptions
         by_status = {status: table[status // 100] for status in range(100, 600)}
         return lambda status: by_status.get(status, "error")
 
@@ -315,4 +382,4 @@ class AccessLogMiddleware:
         return found
 
 
-__all__ = ["DEFAULT_LEVELS", "AccessLogMiddleware"]
+__all__ = ["DEFAULT_LEVELS", "AccessLogKeywords", "AccessLogMiddleware", "AccessLogOptions"]

@@ -14,9 +14,18 @@ from prodkit.metrics._conventions import (
     HTTP_REQUEST_DURATION_LABELS,
     SIZE_BUCKETS,
 )
-from prodkit.metrics._endpoint import MetricsApp, MetricsEndpointMiddleware
+from prodkit.metrics._endpoint import (
+    MetricsApp,
+    MetricsEndpointKeywords,
+    MetricsEndpointMiddleware,
+    MetricsEndpointOptions,
+)
 from prodkit.metrics._multiprocess import mark_process_dead, remove_dead_process_files
-from prodkit.metrics._recording import HTTPMetricsMiddleware
+from prodkit.metrics._recording import (
+    HTTPMetricsKeywords,
+    HTTPMetricsMiddleware,
+    HTTPMetricsOptions,
+)
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -24,9 +33,13 @@ __all__ = [
     "HTTP_REQUEST_DURATION_LABELS",
     "SIZE_BUCKETS",
     "BusinessMetrics",
+    "HTTPMetricsKeywords",
     "HTTPMetricsMiddleware",
+    "HTTPMetricsOptions",
     "MetricsApp",
+    "MetricsEndpointKeywords",
     "MetricsEndpointMiddleware",
+    "MetricsEndpointOptions",
     "business_counter",
     "business_gauge",
     "business_histogram",

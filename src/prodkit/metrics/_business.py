@@ -7,9 +7,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import M, get_metric
 from prodkit._core.exceptions import ConfigurationError
-from prodkit.metrics._conventions import DEFAULT_BUCKETS, LABEL_NAME, METRIC_NAME, check_prefix
+from prodkit.metrics._conventions import DEFAULT_BUCKETS, LABEL_NAME, METRIC_NAME
 
 
 class BusinessMetrics:
@@ -47,7 +48,7 @@ class BusinessMetrics:
     def __init__(
         self, *, registry: CollectorRegistry | None = None, metric_prefix: str = ""
     ) -> None:
-        check_prefix(metric_prefix)
+        valid.metric_prefix("metric_prefix", metric_prefix)
         self.registry = registry
         self.metric_prefix = metric_prefix
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.options import METRIC_NAME
 
 #: Duration buckets in seconds (prometheus-client's defaults, 5 ms to 10 s).
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -31,17 +31,8 @@ HTTP_SIZE_LABELS: tuple[str, ...] = ("method", "route")
 HTTP_EXCEPTIONS = "http_exceptions_total"
 HTTP_EXCEPTIONS_LABELS: tuple[str, ...] = ("route", "exception_type")
 
-# Classic names only: prometheus-client also accepts UTF-8 ones, which PromQL must quote.
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+#: A label name (Prometheus data model); ``METRIC_NAME`` is a metric's, from the core.
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-
-
-def check_prefix(metric_prefix: str) -> None:
-    """Raise :class:`ConfigurationError` unless ``metric_prefix`` can start a metric name."""
-    if metric_prefix and not METRIC_NAME.match(metric_prefix):
-        raise ConfigurationError(
-            f"metric_prefix {metric_prefix!r} is not a valid start of a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"
-        )
 
 
 __all__ = [
@@ -58,5 +49,4 @@ __all__ = [
     "LABEL_NAME",
     "METRIC_NAME",
     "SIZE_BUCKETS",
-    "check_prefix",
 ]

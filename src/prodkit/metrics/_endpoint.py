@@ -8,15 +8,18 @@ import hmac
 import ipaddress
 import os
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from prodkit._core.addresses import ClientAddressResolver
+from prodkit._core import options as valid
+from prodkit._core.addresses import ClientAddressResolver, IPNetwork
 from prodkit._core.collectors import MULTIPROC_ENV
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_list_header, scope_header
+from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.routing import route_path, set_route_template
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
@@ -84,19 +87,10 @@ class MetricsApp:
     ) -> None:
         from prometheus_client import REGISTRY
 
-        if bearer_token is not None and (not bearer_token or bearer_token != bearer_token.strip()):
-            raise ConfigurationError("bearer_token must be a non-empty string without spaces")
-        if isinstance(allowed_clients, str):
-            allowed_clients = [c for c in allowed_clients.split(",") if c.strip()]
-        networks = []
-        for entry in allowed_clients:
-            try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"allowed_clients: {entry!r} is not an IP address or network"
-                ) from exc
-        self._networks = tuple(networks)
+        if bearer_token is not None:
+            valid.secret("bearer_token", bearer_token, min_length=1)
+        networks = _client_networks(allowed_clients)
+        self._networks = networks
         self._token = None if bearer_token is None else bearer_token.encode("utf-8")
         self.client_resolver = client_resolver or ClientAddressResolver()
         directory = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
@@ -162,6 +156,20 @@ class MetricsApp:
         return bytes(encoder(self.registry))
 
 
+def _client_networks(value: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+    """``allowed_clients`` as networks (a list, or a comma-separated string)."""
+    networks = []
+    for entry in valid.string_list("allowed_clients", value):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"allowed_clients={value!r}: {entry!r} is not an IP address or network; write "
+                "addresses or networks, e.g. allowed_clients=['10.0.0.0/8', '::1']"
+            ) from exc
+    return tuple(networks)
+
+
 def _authorized(scope: Scope, token: bytes) -> bool:
     value = scope_header(scope, b"authorization")
     if value is None:
@@ -204,6 +212,52 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsEndpointOptions:
+    """The options of :class:`MetricsEndpointMiddleware`, checked when made.
+
+    Attributes:
+        path: where the exposition is served (default ``"/metrics"``).
+        registry: as for :class:`MetricsApp`.
+        bearer_token: as for :class:`MetricsApp`.
+        allowed_clients: as for :class:`MetricsApp` (a list, or a comma-separated string),
+            kept as a tuple.
+        client_resolver: as for :class:`MetricsApp`.
+        multiprocess_dir: as for :class:`MetricsApp`.
+
+    Raises:
+        ConfigurationError: a ``path`` that does not start with ``/``, an empty
+            ``bearer_token`` or one with spaces at an end, or ``allowed_clients`` that are not
+            addresses or networks.
+    """
+
+    path: str = "/metrics"
+    registry: CollectorRegistry | None = None
+    bearer_token: str | None = None
+    allowed_clients: Iterable[str] = ()
+    client_resolver: ClientAddressResolver | None = None
+    multiprocess_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        valid.url_path("path", self.path)
+        if self.bearer_token is not None:
+            valid.secret("bearer_token", self.bearer_token, min_length=1)
+        _client_networks(self.allowed_clients)
+        clients = valid.string_list("allowed_clients", self.allowed_clients)
+        object.__setattr__(self, "allowed_clients", clients)
+
+
+class MetricsEndpointKeywords(TypedDict, total=False):
+    """:class:`MetricsEndpointOptions`'s fields as keywords of :class:`MetricsEndpointMiddleware`."""
+
+    path: str
+    registry: CollectorRegistry | None
+    bearer_token: str | None
+    allowed_clients: Iterable[str]
+    client_resolver: ClientAddressResolver | None
+    multiprocess_dir: str | None
+
+
 class MetricsEndpointMiddleware:
     """Serve :class:`MetricsApp` at ``path`` (``/metrics``) and pass everything else to ``app``.
 
@@ -243,35 +297,31 @@ class MetricsEndpointMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        path: where the exposition is served (default ``"/metrics"``).
-        registry: as for :class:`MetricsApp`.
-        bearer_token: as for :class:`MetricsApp`.
-        allowed_clients: as for :class:`MetricsApp`.
-        client_resolver: as for :class:`MetricsApp`.
-        multiprocess_dir: as for :class:`MetricsApp`.
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`MetricsEndpointOptions`'s fields by name, instead of ``options``:
+            ``MetricsEndpointMiddleware(app, bearer_token="scrape-4f9c")``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`MetricsEndpointOptions`), or a
+            ``multiprocess_dir`` that does not exist.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        path: str = "/metrics",
-        registry: CollectorRegistry | None = None,
-        bearer_token: str | None = None,
-        allowed_clients: Iterable[str] = (),
-        client_resolver: ClientAddressResolver | None = None,
-        multiprocess_dir: str | None = None,
+        options: MetricsEndpointOptions | None = None,
+        **keywords: Unpack[MetricsEndpointKeywords],
     ) -> None:
-        if not path.startswith("/"):
-            raise ConfigurationError(f"path {path!r} must start with '/'")
         self.app = app
-        self.path = path
+        self.options = options = build_options(MetricsEndpointOptions, options, keywords)
+        self.path = options.path
         self.metrics_app = MetricsApp(
-            registry,
-            bearer_token=bearer_token,
-            allowed_clients=allowed_clients,
-            client_resolver=client_resolver,
-            multiprocess_dir=multiprocess_dir,
+            options.registry,
+            bearer_token=options.bearer_token,
+            allowed_clients=options.allowed_clients,
+            client_resolver=options.client_resolver,
+            multiprocess_dir=options.multiprocess_dir,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -290,5 +340,7 @@ __all__ = [
     "METRICS_FORBIDDEN",
     "METRICS_UNAUTHORIZED",
     "MetricsApp",
+    "MetricsEndpointKeywords",
     "MetricsEndpointMiddleware",
+    "MetricsEndpointOptions",
 ]

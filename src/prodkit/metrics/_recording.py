@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from prodkit._core import options as valid
 from prodkit._core.collectors import (
     LoopGauge,
     LoopHistogram,
@@ -21,6 +23,7 @@ from prodkit._core.collectors import (
 )
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.observer import ReceiveWatcher, ResponseObserver
+from prodkit._core.options import build_options
 from prodkit._core.outcome import (
     KNOWN_METHODS,
     OTHER_METHOD,
@@ -43,7 +46,6 @@ from prodkit.metrics._conventions import (
     HTTP_RESPONSE_SIZE,
     HTTP_SIZE_LABELS,
     SIZE_BUCKETS,
-    check_prefix,
 )
 
 _DURATION_HELP = "HTTP request duration in seconds, until the last body chunk was sent."
@@ -54,6 +56,71 @@ _EXCEPTIONS_HELP = "Exceptions raised by the app while serving HTTP requests, by
 
 #: The label value of exception types beyond ``max_exception_types`` distinct names.
 OTHER_EXCEPTION = "other"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HTTPMetricsOptions:
+    """The options of :class:`HTTPMetricsMiddleware`, checked when made.
+
+    Attributes:
+        registry: where the metrics are registered (default: prometheus-client's global
+            ``REGISTRY``).
+        metric_prefix: put in front of every metric name (default ``""``: the standard
+            ``http_*`` names).
+        buckets: duration histogram buckets in seconds, increasing (default
+            :data:`DEFAULT_BUCKETS`), kept as a tuple.
+        size_buckets: size histogram buckets in bytes, increasing (default
+            :data:`SIZE_BUCKETS`), kept as a tuple.
+        exclude_paths: paths not measured (default ``("/metrics",)``; ``/static/*`` for a
+            prefix), kept as a tuple.
+        methods: methods kept as label values (RFC 9110's and ``PATCH`` unless given); others
+            become ``other``. Kept as a frozen set, upper-cased.
+        route_resolver: a hook returning a request's route template.
+        max_exception_types: distinct ``exception_type`` values before ``other`` is used
+            (default ``50``).
+
+    Raises:
+        ConfigurationError: a ``metric_prefix`` that cannot start a metric name, buckets that
+            are not increasing numbers, paths or methods that are not, or a
+            ``max_exception_types`` below 1.
+    """
+
+    registry: CollectorRegistry | None = None
+    metric_prefix: str = ""
+    buckets: Sequence[float] = DEFAULT_BUCKETS
+    size_buckets: Sequence[float] = SIZE_BUCKETS
+    exclude_paths: Iterable[str] = ("/metrics",)
+    methods: Iterable[str] = KNOWN_METHODS
+    route_resolver: RouteResolver | None = None
+    max_exception_types: int = 50
+
+    def __post_init__(self) -> None:
+        valid.metric_prefix("metric_prefix", self.metric_prefix)
+        buckets = valid.increasing_numbers("buckets", self.buckets, example="[0.1, 0.5, 1.0]")
+        sizes = valid.increasing_numbers("size_buckets", self.size_buckets, example="[1024.0]")
+        paths = valid.path_list("exclude_paths", self.exclude_paths)
+        methods = frozenset(
+            valid.http_token("methods", method).upper()
+            for method in valid.string_list("methods", self.methods)
+        )
+        valid.positive_int("max_exception_types", self.max_exception_types, example=50)
+        object.__setattr__(self, "buckets", buckets)
+        object.__setattr__(self, "size_buckets", sizes)
+        object.__setattr__(self, "exclude_paths", paths)
+        object.__setattr__(self, "methods", methods)
+
+
+class HTTPMetricsKeywords(TypedDict, total=False):
+    """:class:`HTTPMetricsOptions`'s fields as keywords of :class:`HTTPMetricsMiddleware`."""
+
+    registry: CollectorRegistry | None
+    metric_prefix: str
+    buckets: Sequence[float]
+    size_buckets: Sequence[float]
+    exclude_paths: Iterable[str]
+    methods: Iterable[str]
+    route_resolver: RouteResolver | None
+    max_exception_types: int
 
 
 class HTTPMetricsMiddleware:
@@ -108,19 +175,13 @@ class HTTPMetricsMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        registry: where the metrics are registered (default: prometheus-client's global
-            ``REGISTRY``).
-        metric_prefix: put in front of every metric name (default ``""``: the standard
-            ``http_*`` names).
-        buckets: duration histogram buckets in seconds (default :data:`DEFAULT_BUCKETS`).
-        size_buckets: size histogram buckets in bytes (default :data:`SIZE_BUCKETS`).
-        exclude_paths: paths not measured (default ``("/metrics",)``; ``/static/*`` for a
-            prefix).
-        methods: methods kept as label values (RFC 9110's and ``PATCH`` unless given); others
-            become ``other``.
-        route_resolver: a hook returning a request's route template.
-        max_exception_types: distinct ``exception_type`` values before ``other`` is used
-            (default ``50``).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`HTTPMetricsOptions`'s fields by name, instead of ``options``:
+            ``HTTPMetricsMiddleware(app, registry=registry)``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`HTTPMetricsOptions`), or metric
+            names another library registered in ``registry``.
     """
 
     duration: Histogram | LoopHistogram
@@ -133,30 +194,19 @@ class HTTPMetricsMiddleware:
         self,
         app: ASGIApp,
         *,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str = "",
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-        size_buckets: Sequence[float] = SIZE_BUCKETS,
-        exclude_paths: Iterable[str] = ("/metrics",),
-        methods: Iterable[str] = KNOWN_METHODS,
-        route_resolver: RouteResolver | None = None,
-        max_exception_types: int = 50,
+        options: HTTPMetricsOptions | None = None,
+        **keywords: Unpack[HTTPMetricsKeywords],
     ) -> None:
-        check_prefix(metric_prefix)
-        if not buckets or list(buckets) != sorted(buckets):
-            raise ConfigurationError("buckets must be a non-empty increasing list of seconds")
-        if not size_buckets or list(size_buckets) != sorted(size_buckets):
-            raise ConfigurationError("size_buckets must be a non-empty increasing list of bytes")
-        if max_exception_types < 1:
-            raise ConfigurationError("max_exception_types must be at least 1")
         self.app = app
-        self.exclude_paths = PathFilter(exclude_paths)
+        self.options = options = build_options(HTTPMetricsOptions, options, keywords)
+        self.exclude_paths = PathFilter(options.exclude_paths)
         self._excluding = bool(self.exclude_paths)
-        self.methods = frozenset(m.upper() for m in methods)
-        self.route_resolver = route_resolver
-        self.max_exception_types = max_exception_types
+        self.methods = frozenset(options.methods)
+        self.route_resolver = options.route_resolver
+        self.max_exception_types = options.max_exception_types
+        registry, metric_prefix = options.registry, options.metric_prefix
         try:
-            self._create_collectors(registry, metric_prefix, buckets, size_buckets)
+            self._create_collectors(registry, metric_prefix, options.buckets, options.size_buckets)
         except ValueError as exc:  # another library registered the same names in this registry
             raise ConfigurationError(
                 f"{exc}: pass registry= (a CollectorRegistry of prodkit's own) or metric_prefix="
@@ -287,4 +337,9 @@ class HTTPMetricsMiddleware:
             self.exceptions.labels(route, name).inc()
 
 
-__all__ = ["OTHER_EXCEPTION", "HTTPMetricsMiddleware"]
+__all__ = [
+    "OTHER_EXCEPTION",
+    "HTTPMetricsKeywords",
+    "HTTPMetricsMiddleware",
+    "HTTPMetricsOptions",
+]

@@ -11,7 +11,9 @@ from prodkit.ratelimit._middleware import (
     QUOTA_EXCEEDED_TYPE,
     RATE_LIMIT_UNAVAILABLE,
     RATE_LIMITED,
+    RateLimitKeywords,
     RateLimitMiddleware,
+    RateLimitOptions,
 )
 from prodkit.ratelimit._policy import RateLimitPolicy, parse_rate, route_policy_name
 from prodkit.ratelimit._redis import RedisRateLimitStore
@@ -24,7 +26,9 @@ __all__ = [
     "RATE_LIMIT_UNAVAILABLE",
     "MemoryRateLimitStore",
     "RateLimitDecision",
+    "RateLimitKeywords",
     "RateLimitMiddleware",
+    "RateLimitOptions",
     "RateLimitPolicy",
     "RateLimitStore",
     "RedisRateLimitStore",

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry, Counter
 
+from prodkit._core import options as valid
 from prodkit._core.addresses import ClientAddressResolver
 from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import message_headers
+from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
@@ -71,8 +74,8 @@ def _describe(policy: RateLimitPolicy) -> str:
 def _check_names(
     global_policies: tuple[RateLimitPolicy, ...],
     own: Mapping[str, tuple[RateLimitPolicy, ...]],
-) -> dict[str, RateLimitPolicy]:
-    """Refuse two different policies under one name (one store key); return them by name."""
+) -> None:
+    """Refuse two different policies under one name (one store key)."""
     places: list[tuple[str | None, tuple[RateLimitPolicy, ...]]] = [(None, global_policies)]
     places += own.items()
     for where, group in places:
@@ -97,7 +100,6 @@ def _check_names(
                 f"({_origin(where)}); give each its own name, or pass one RateLimitPolicy "
                 "object to share a quota"
             )
-    return {name: item for name, (item, _) in known.items()}
 
 
 def _address_key(resolver: ClientAddressResolver) -> Callable[[Scope], str]:
@@ -134,6 +136,113 @@ def _caller_key(caller: Caller, address: Callable[[Scope], str]) -> Callable[[Sc
         return address(scope) if name is None else "caller:" + name
 
     return key
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RateLimitOptions:
+    """The options of :class:`RateLimitMiddleware`, checked when made.
+
+    The policies are kept parsed: ``policy`` as a tuple of :class:`RateLimitPolicy`, each
+    route's as a tuple too (``None`` for a route that is not limited).
+
+    Attributes:
+        policy: the global policy (a :class:`RateLimitPolicy` or a rate such as
+            ``"100/minute"``, or several), applied to every request; ``None`` for none.
+        routes: per-route policies by route template (``{"/api/login": "5/minute"}``), applied
+            in addition to the global one; a route mapped to ``None`` is not limited at all.
+            A policy given as a string is named after its route (``route:api_login``; see
+            :func:`~prodkit.ratelimit.route_policy_name`), so two routes never share one. The
+            same :class:`RateLimitPolicy` object on several routes is one shared quota.
+        store: where counters live (default: a
+            :class:`~prodkit.ratelimit.MemoryRateLimitStore`, per process), or a
+            :class:`~prodkit.ratelimit.RedisRateLimitStore` shared by every worker.
+        caller: who is calling (``scope -> str | None``, such as
+            :func:`~prodkit.caller_from_header`): each caller gets its own quota, wherever it
+            calls from. A request it names no caller for (``None``) is limited by its client
+            address, as without ``caller``. Only pass a caller that an earlier layer has
+            authenticated: a client that may name itself freely gets a fresh quota per name.
+        trusted_proxies: addresses/CIDRs (or a comma-separated string, as in
+            ``TRUSTED_PROXIES``) whose forwarding headers are believed when finding the client
+            address: without ``caller``, or when it names nobody. The address comes from
+            ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``, IPv6 grouped by
+            prefix, IPv4-mapped IPv6 as IPv4. Kept as a tuple.
+        ipv6_prefix: the client address's IPv6 grouping (default ``64``; 56 for providers that
+            hand out /56).
+        on_store_error: ``"fail_open"`` (default, decide with a per-process memory store,
+            so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
+            ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
+        breaker: circuit breaker around a shared store's calls (default: one named
+            ``rate-limit``: it opens after 5 consecutive failures and probes again after
+            0.5 s; each call times out after 0.5 s); not used with the memory store.
+        exclude_paths: paths never limited (default :data:`DEFAULT_EXCLUDE_PATHS`: the health
+            probes and ``/metrics``), kept as a tuple.
+        unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503 (default ``5``).
+        registry: the Prometheus registry of
+            ``{metric_prefix}rate_limit_decisions_total{policy,decision}`` (default:
+            prometheus-client's global ``REGISTRY``).
+        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
+
+    Raises:
+        ConfigurationError: no policy at all, a rate that is not one, two different policies
+            under one name, or another invalid option, saying what to write instead.
+    """
+
+    policy: RouteSpec = None
+    routes: Mapping[str, RouteSpec] | None = None
+    store: RateLimitStore | None = None
+    caller: Caller | None = None
+    trusted_proxies: Iterable[str] | str = ()
+    ipv6_prefix: int = 64
+    on_store_error: StoreErrorPolicy = "fail_open"
+    breaker: CircuitBreaker | None = None
+    exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS
+    unavailable_retry_after: int = 5
+    registry: CollectorRegistry | None = None
+    metric_prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        global_policies = _policies(self.policy, None)
+        own = {
+            template: _policies(value, template) for template, value in (self.routes or {}).items()
+        }
+        routes = {
+            template: None if value is None else own[template]
+            for template, value in (self.routes or {}).items()
+        }
+        if not global_policies and not any(routes.values()):
+            raise ConfigurationError(
+                "RateLimitMiddleware needs a policy (e.g. policy='100/minute') or routes"
+            )
+        _check_names(global_policies, own)
+        valid.one_of("on_store_error", self.on_store_error, ("fail_open", "fail_closed"))
+        valid.positive_int("ipv6_prefix", self.ipv6_prefix, example=64, maximum=128)
+        proxies = valid.string_list("trusted_proxies", self.trusted_proxies)
+        ClientAddressResolver(proxies)  # refuses what is not an address or a network
+        valid.positive_int("unavailable_retry_after", self.unavailable_retry_after, example=5)
+        valid.metric_prefix("metric_prefix", self.metric_prefix)
+        object.__setattr__(self, "policy", global_policies)
+        object.__setattr__(self, "routes", routes)
+        object.__setattr__(self, "trusted_proxies", proxies)
+        object.__setattr__(
+            self, "exclude_paths", valid.path_list("exclude_paths", self.exclude_paths)
+        )
+
+
+class RateLimitKeywords(TypedDict, total=False):
+    """:class:`RateLimitOptions`'s fields as keywords of :class:`RateLimitMiddleware`."""
+
+    policy: RouteSpec
+    routes: Mapping[str, RouteSpec] | None
+    store: RateLimitStore | None
+    caller: Caller | None
+    trusted_proxies: Iterable[str] | str
+    ipv6_prefix: int
+    on_store_error: StoreErrorPolicy
+    breaker: CircuitBreaker | None
+    exclude_paths: Iterable[str]
+    unavailable_retry_after: int
+    registry: CollectorRegistry | None
+    metric_prefix: str
 
 
 class RateLimitMiddleware:
@@ -182,109 +291,46 @@ class RateLimitMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        policy: the global policy (a :class:`RateLimitPolicy` or a rate such as
-            ``"100/minute"``, or several), applied to every request; ``None`` for none.
-        routes: per-route policies by route template (``{"/api/login": "5/minute"}``), applied
-            in addition to the global one; a route mapped to ``None`` is not limited at all.
-            A policy given as a string is named after its route (``route:api_login``; see
-            :func:`~prodkit.ratelimit.route_policy_name`), so two routes never share one. The
-            same :class:`RateLimitPolicy` object on several routes is one shared quota.
-        store: where counters live (default: a
-            :class:`~prodkit.ratelimit.MemoryRateLimitStore`, per process), or a
-            :class:`~prodkit.ratelimit.RedisRateLimitStore` shared by every worker.
-        caller: who is calling (``scope -> str | None``, such as
-            :func:`~prodkit.caller_from_header`): each caller gets its own quota, wherever it
-            calls from. A request it names no caller for (``None``) is limited by its client
-            address, as without ``caller``. Only pass a caller that an earlier layer has
-            authenticated: a client that may name itself freely gets a fresh quota per name.
-        trusted_proxies: addresses/CIDRs (or a comma-separated string, as in
-            ``TRUSTED_PROXIES``) whose forwarding headers are believed when finding the client
-            address: without ``caller``, or when it names nobody. The address comes from
-            ``ClientAddressResolver(trusted_proxies, ipv6_prefix=...)``, IPv6 grouped by
-            prefix, IPv4-mapped IPv6 as IPv4.
-        ipv6_prefix: the client address's IPv6 grouping (default ``64``; 56 for providers that
-            hand out /56).
-        on_store_error: ``"fail_open"`` (default, decide with a per-process memory store,
-            so the limit still roughly holds per worker) or ``"fail_closed"`` (503 problem
-            ``RATE_LIMIT_UNAVAILABLE`` with ``Retry-After``).
-        breaker: circuit breaker around a shared store's calls (default: one named
-            ``rate-limit``: it opens after 5 consecutive failures and probes again after
-            0.5 s; each call times out after 0.5 s); not used with the memory store.
-        exclude_paths: paths never limited (default :data:`DEFAULT_EXCLUDE_PATHS`: the health
-            probes and ``/metrics``).
-        unavailable_retry_after: ``Retry-After`` seconds of a fail-closed 503 (default ``5``).
-        registry: the Prometheus registry of
-            ``{metric_prefix}rate_limit_decisions_total{policy,decision}`` (default:
-            prometheus-client's global ``REGISTRY``).
-        metric_prefix: put in front of that metric name (default ``"prodkit_"``).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`RateLimitOptions`'s fields by name, instead of ``options``:
+            ``RateLimitMiddleware(app, policy="100/minute")``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`RateLimitOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        policy: RouteSpec = None,
-        routes: Mapping[str, RouteSpec] | None = None,
-        store: RateLimitStore | None = None,
-        caller: Caller | None = None,
-        trusted_proxies: Iterable[str] | str = (),
-        ipv6_prefix: int = 64,
-        on_store_error: StoreErrorPolicy = "fail_open",
-        breaker: CircuitBreaker | None = None,
-        exclude_paths: Iterable[str] = DEFAULT_EXCLUDE_PATHS,
-        unavailable_retry_after: int = 5,
-        registry: CollectorRegistry | None = None,
-        metric_prefix: str = DEFAULT_PREFIX,
+        options: RateLimitOptions | None = None,
+        **keywords: Unpack[RateLimitKeywords],
     ) -> None:
-        if on_store_error not in ("fail_open", "fail_closed"):
-            raise ConfigurationError("on_store_error must be 'fail_open' or 'fail_closed'")
-        if unavailable_retry_after < 1:
-            raise ConfigurationError("unavailable_retry_after must be at least 1 second")
         self.app = app
-        self._global = _policies(policy, None)
-        own = {template: _policies(value, template) for template, value in (routes or {}).items()}
+        self.options = options = build_options(RateLimitOptions, options, keywords)
+        self._global = global_policies = _parsed(options.policy)
         route_policies = {
-            template: (*self._global, *own[template]) if value is not None else ()
-            for template, value in (routes or {}).items()
+            template: () if own is None else (*global_policies, *_parsed(own))
+            for template, own in (options.routes or {}).items()
         }
-        if not self._global and not any(route_policies.values()):
-            raise ConfigurationError(
-                "RateLimitMiddleware needs a policy (e.g. policy='100/minute') or routes"
-            )
-        known = _check_names(self._global, own)
+        store = options.store
         self.store: RateLimitStore = store if store is not None else MemoryRateLimitStore()
-        address = _address_key(ClientAddressResolver(trusted_proxies, ipv6_prefix=ipv6_prefix))
-        self._key = address if caller is None else _caller_key(caller, address)
-        self.on_store_error = on_store_error
+        resolver = ClientAddressResolver(options.trusted_proxies, ipv6_prefix=options.ipv6_prefix)
+        address = _address_key(resolver)
+        self._key = address if options.caller is None else _caller_key(options.caller, address)
+        self.on_store_error = options.on_store_error
         shared = not isinstance(self.store, MemoryRateLimitStore)
-        if shared and breaker is None:
-            breaker = CircuitBreaker(
-                "rate-limit", timeout=0.5, registry=registry, metric_prefix=metric_prefix
-            )
-        self._breaker = breaker if shared else None
+        self._breaker = _shared_breaker(options) if shared else None
         self._fallback = MemoryRateLimitStore() if shared else None
-        self._excluded = PathFilter(exclude_paths)
-        self.unavailable_retry_after = unavailable_retry_after
+        self._excluded = PathFilter(options.exclude_paths)
+        self.unavailable_retry_after = options.unavailable_retry_after
         decisions = counter(
-            f"{metric_prefix}rate_limit_decisions_total",
+            f"{options.metric_prefix}rate_limit_decisions_total",
             "Rate-limit decisions by policy: allowed, limited, or error (the store failed).",
             ["policy", "decision"],
-            registry=registry,
+            registry=options.registry,
         )
-        limits = {name: _Limit(item, decisions) for name, item in known.items()}
-        # Everything a request needs is found once per policy group, here: a request then reads
-        # attributes instead of hashing a tuple of dataclasses or a (name, outcome) key.
-        groups: dict[tuple[RateLimitPolicy, ...], _Group] = {}
-        for group in (self._global, *route_policies.values()):
-            if group and group not in groups:
-                groups[group] = _Group(tuple(limits[item.name] for item in group))
-        self._default = groups.get(self._global)
-        # ``None`` rather than an empty table: a table's truth is a Python call per request.
-        self._routes: RouteTable[_Group | None] | None = None
-        if route_policies:
-            self._routes = RouteTable(
-                {template: groups.get(group) for template, group in route_policies.items()}
-            )
+        self._default, self._routes = _grouped(global_policies, route_policies, decisions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._excluded.excludes(scope):
@@ -367,6 +413,50 @@ class RateLimitMiddleware:
             return await self._fallback.consume(client, policy)
 
 
+def _shared_breaker(options: RateLimitOptions) -> CircuitBreaker:
+    """The breaker around a shared store's calls: the one given, or one named ``rate-limit``."""
+    if options.breaker is not None:
+        return options.breaker
+    return CircuitBreaker(
+        "rate-limit", timeout=0.5, registry=options.registry, metric_prefix=options.metric_prefix
+    )
+
+
+def _parsed(spec: RouteSpec) -> tuple[RateLimitPolicy, ...]:
+    """The policies :class:`RateLimitOptions` keeps parsed: a tuple of them (or ``None``)."""
+    if spec is None or isinstance(spec, RateLimitPolicy | str):
+        return ()  # not a value RateLimitOptions leaves
+    return tuple(item for item in spec if isinstance(item, RateLimitPolicy))
+
+
+def _grouped(
+    global_policies: tuple[RateLimitPolicy, ...],
+    route_policies: Mapping[str, tuple[RateLimitPolicy, ...]],
+    decisions: Counter,
+) -> tuple[_Group | None, RouteTable[_Group | None] | None]:
+    """The global group and the route table of groups, each group's counters found once.
+
+    A request then reads attributes instead of hashing a tuple of dataclasses or a (name,
+    outcome) key.
+    """
+    limits: dict[str, _Limit] = {}
+    for group in (global_policies, *route_policies.values()):
+        for item in group:
+            if item.name not in limits:
+                limits[item.name] = _Limit(item, decisions)
+    groups: dict[tuple[RateLimitPolicy, ...], _Group] = {}
+    for group in (global_policies, *route_policies.values()):
+        if group and group not in groups:
+            groups[group] = _Group(tuple(limits[item.name] for item in group))
+    # ``None`` rather than an empty table: a table's truth is a Python call per request.
+    routes: RouteTable[_Group | None] | None = None
+    if route_policies:
+        routes = RouteTable(
+            {template: groups.get(group) for template, group in route_policies.items()}
+        )
+    return groups.get(global_policies), routes
+
+
 class _Limit:
     """One policy as a request applies it: the start of its ``RateLimit`` member, its counters."""
 
@@ -396,5 +486,7 @@ __all__ = [
     "QUOTA_EXCEEDED_TYPE",
     "RATE_LIMITED",
     "RATE_LIMIT_UNAVAILABLE",
+    "RateLimitKeywords",
     "RateLimitMiddleware",
+    "RateLimitOptions",
 ]

@@ -7,7 +7,9 @@ from prodkit.timeouts._middleware import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     REQUEST_TIMEOUT,
+    RequestTimeoutKeywords,
     RequestTimeoutMiddleware,
+    RequestTimeoutOptions,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "REQUEST_TIMEOUT",
+    "RequestTimeoutKeywords",
     "RequestTimeoutMiddleware",
+    "RequestTimeoutOptions",
 ]

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
-from prodkit._core.exceptions import ConfigurationError
+from prodkit._core import options as valid
+from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +30,42 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # HTTP/1.x says when there is no body (RFC 9112 §6.3): neither header, or a length of 0.
 # HTTP/2 and 3 may send a body without Content-Length, so those are always read.
 _HTTP1 = frozenset({"1.0", "1.1"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestTimeoutOptions:
+    """The options of :class:`RequestTimeoutMiddleware`, checked when made.
+
+    Attributes:
+        body_timeout: seconds the whole body may take to arrive, counted from when the layer
+            first sees the request (its headers have arrived by then) (default
+            :data:`DEFAULT_BODY_TIMEOUT`, 10 s).
+        max_body_bytes: the largest body read and buffered (default
+            :data:`DEFAULT_MAX_BODY_BYTES`, 1 MiB); larger is a 413.
+        exclude_paths: paths left alone (``/uploads/*`` for a prefix), kept as a tuple.
+
+    Raises:
+        ConfigurationError: a ``body_timeout`` that is not positive seconds, a
+            ``max_body_bytes`` that is not an integer of at least 1, or paths that are not.
+    """
+
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    exclude_paths: Iterable[str] = ()
+
+    def __post_init__(self) -> None:
+        valid.positive_seconds("body_timeout", self.body_timeout, example=10)
+        valid.positive_int("max_body_bytes", self.max_body_bytes, example=1048576)
+        paths = valid.path_list("exclude_paths", self.exclude_paths)
+        object.__setattr__(self, "exclude_paths", paths)
+
+
+class RequestTimeoutKeywords(TypedDict, total=False):
+    """:class:`RequestTimeoutOptions`'s fields as keywords of :class:`RequestTimeoutMiddleware`."""
+
+    body_timeout: float
+    max_body_bytes: int
+    exclude_paths: Iterable[str]
 
 
 class RequestTimeoutMiddleware:
@@ -91,34 +130,26 @@ class RequestTimeoutMiddleware:
 
     Arguments:
         app: the ASGI app to wrap.
-        body_timeout: seconds the whole body may take to arrive, counted from when this layer
-            first sees the request (its headers have arrived by then) (default
-            :data:`DEFAULT_BODY_TIMEOUT`, 10 s).
-        max_body_bytes: the largest body read and buffered (default
-            :data:`DEFAULT_MAX_BODY_BYTES`, 1 MiB); larger is a 413.
-        exclude_paths: paths left alone (``/uploads/*`` for a prefix).
+        options: the options as one object (default: made from ``keywords``).
+        **keywords: :class:`RequestTimeoutOptions`'s fields by name, instead of ``options``:
+            ``RequestTimeoutMiddleware(app, body_timeout=5)``.
+
+    Raises:
+        ConfigurationError: an invalid option (see :class:`RequestTimeoutOptions`).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        body_timeout: float = DEFAULT_BODY_TIMEOUT,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        exclude_paths: Iterable[str] = (),
+        options: RequestTimeoutOptions | None = None,
+        **keywords: Unpack[RequestTimeoutKeywords],
     ) -> None:
-        if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float):
-            raise ConfigurationError("body_timeout must be a number of seconds (e.g. 10)")
-        if not body_timeout > 0:
-            raise ConfigurationError("body_timeout must be more than 0 seconds")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
-            raise ConfigurationError("max_body_bytes must be a whole number of bytes")
-        if max_body_bytes < 1:
-            raise ConfigurationError("max_body_bytes must be at least 1")
         self.app = app
-        self.body_timeout = float(body_timeout)
-        self.max_body_bytes = max_body_bytes
-        self._excluded = PathFilter(exclude_paths)
+        self.options = options = build_options(RequestTimeoutOptions, options, keywords)
+        self.body_timeout = float(options.body_timeout)
+        self.max_body_bytes = max_body_bytes = options.max_body_bytes
+        self._excluded = PathFilter(options.exclude_paths)
         seconds = f"{self.body_timeout:g}"
         self._timeout_problem = Problem(
             408,
@@ -212,5 +243,7 @@ __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "REQUEST_TIMEOUT",
+    "RequestTimeoutKeywords",
     "RequestTimeoutMiddleware",
+    "RequestTimeoutOptions",
 ]

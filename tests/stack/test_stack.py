@@ -1,9 +1,8 @@
-"""The recommended stack as data: its layer list, editing it, the parts it shares and closes."""
+"""Stack: editing its layer list, building it, the parts it shares and closes, which store."""
 
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from typing import Any
 
@@ -11,31 +10,18 @@ import httpx
 import pytest
 import structlog
 from asgi_lifespan import LifespanManager
-from prometheus_client import CollectorRegistry
 
 from prodkit import (
-    AccessLogMiddleware,
-    CacheMiddleware,
-    ConcurrencyLimitMiddleware,
     ConfigurationError,
-    CORSMiddleware,
     ErrorMiddleware,
-    GracefulShutdownMiddleware,
     HealthMiddleware,
-    HTTPMetricsMiddleware,
-    IdempotencyMiddleware,
-    MetricsEndpointMiddleware,
     RateLimitMiddleware,
     RequestIdMiddleware,
-    RequestTimeoutMiddleware,
-    SecurityHeadersMiddleware,
     Stack,
     StackSettings,
-    caller_from_header,
     recommended_stack,
 )
-from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, set_header
-from prodkit.cache import CacheRule, MemoryCacheStore, RedisCacheStore
+from prodkit.cache import MemoryCacheStore, RedisCacheStore
 from prodkit.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
@@ -43,103 +29,10 @@ from prodkit.idempotency import (
 )
 from prodkit.ratelimit import MemoryRateLimitStore, RedisRateLimitStore
 from prodkit.stack import Layer, idempotency_store_for
-from prodkit.testing import capture_log_output
 from tests.conftest import ClientFactory
-
-CACHE_ROUTES = {"/items/{item_id}": CacheRule(ttl=60, per_caller=True)}
-FULL = StackSettings(cors_origins=("https://app.example.com",))
-
-#: Every layer of the recommended stack, outermost first, and its middleware.
-RECOMMENDED = [
-    ("request_id", RequestIdMiddleware),
-    ("access_log", AccessLogMiddleware),
-    ("metrics", HTTPMetricsMiddleware),
-    ("metrics_endpoint", MetricsEndpointMiddleware),
-    ("security_headers", SecurityHeadersMiddleware),
-    ("cors", CORSMiddleware),
-    ("errors", ErrorMiddleware),
-    ("health", HealthMiddleware),
-    ("shutdown", GracefulShutdownMiddleware),
-    ("request_timeout", RequestTimeoutMiddleware),
-    ("concurrency_limit", ConcurrencyLimitMiddleware),
-    ("rate_limit", RateLimitMiddleware),
-    ("idempotency", IdempotencyMiddleware),
-    ("cache", CacheMiddleware),
-]
-
-#: DESIGN.md, "Recommended order": request id → access log → metrics → CORS → errors →
-#: shutdown/health → concurrency limit → rate limit → idempotency → cache → app.
-DESIGN_ORDER = [
-    "request_id",
-    "access_log",
-    "metrics",
-    "cors",
-    "errors",
-    "health",
-    "shutdown",
-    "concurrency_limit",
-    "rate_limit",
-    "idempotency",
-    "cache",
-]
-
-
-async def items(scope: Scope, receive: Receive, send: Send) -> None:
-    """The app under the stack: ``GET /items/{id}`` and ``POST /items`` answer ``{}``."""
-    if scope["type"] != "http":
-        return
-    status = 201 if scope["method"] == "POST" else 200
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"{}"})
-
-
-class Tag:
-    """A layer of the test's own: sets ``X-Layer: <value>`` on the response start."""
-
-    def __init__(self, app: ASGIApp, *, value: str) -> None:
-        self.app = app
-        self.value = value.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def tagging(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])
-                set_header(headers, b"x-layer", self.value)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, tagging)
-
-
-def recommended(settings: StackSettings = FULL, **options: Any) -> Stack:
-    options.setdefault("registry", CollectorRegistry())
-    options.setdefault("cache_routes", CACHE_ROUTES)
-    return Stack.recommended(settings, caller=caller_from_header("X-User-Id"), **options)
-
-
-def some_client() -> tuple[str, int]:
-    """A client address of the test's own: rate-limit counters in Redis are keyed by it."""
-    return (f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}", 4000)
-
+from tests.stack.helpers import RECOMMENDED, Tag, items, recommended, some_client
 
 # -- the list -----------------------------------------------------------------------------------
-
-
-def test_the_recommended_layers_are_the_design_order() -> None:
-    stack = recommended()
-    assert [(layer.name, layer.middleware) for layer in stack.layers] == RECOMMENDED
-    assert [name for name in stack.names if name in DESIGN_ORDER] == DESIGN_ORDER
-
-
-def test_cors_and_cache_layers_only_when_configured() -> None:
-    names = recommended(StackSettings(), cache_routes=None).names
-    assert names == [name for name, _ in RECOMMENDED if name not in ("cors", "cache")]
 
 
 def test_layers_are_data_built_around_the_app_in_order() -> None:
@@ -173,43 +66,6 @@ async def test_insert_remove_and_replace_change_the_built_app(
     stack_without_outer.insert_after("errors", Layer("tag", Tag, {"value": "inner"}))
     response = await make_client(stack_without_outer.build(items)).get("/items/2")
     assert response.headers["x-layer"] == "inner"
-
-
-# -- typed layers: mypy --strict checks this file, so these lines are type checks too --------
-
-
-async def test_a_layer_takes_its_options_as_checked_keywords(make_client: ClientFactory) -> None:
-    typed = Layer("request_id", RequestIdMiddleware, header_name="X-Correlation-ID")
-    mapped = Layer("request_id", RequestIdMiddleware, {"header_name": "X-Correlation-ID"})
-    assert typed == mapped
-    assert typed.options == {"header_name": "X-Correlation-ID"}
-    stack = Stack([typed, Layer("tag", Tag, value="typed")])
-    response = await make_client(stack.build(items)).get("/items/1")
-    assert response.headers["x-correlation-id"]
-    assert response.headers["x-layer"] == "typed"
-
-
-def test_positional_options_are_named_from_the_middleware_signature() -> None:
-    def gzip_like(app: ASGIApp, /, minimum_size: int = 500, **rest: int) -> ASGIApp:
-        return app
-
-    layer = Layer("gzip", gzip_like, 100, compresslevel=9)
-    assert layer.options == {"minimum_size": 100, "compresslevel": 9}
-    with pytest.raises(ConfigurationError, match="layer 'gzip'"):
-        Layer("gzip", gzip_like, 1, 2)  # type: ignore[call-overload]
-
-
-def test_a_wrong_option_is_a_type_error_where_the_stack_is_written() -> None:
-    # The ignores below are the test: with warn_unused_ignores (mypy --strict), mypy fails
-    # this file if a misspelt or mistyped option stops being a type error.
-    misspelt = Layer("request_id", RequestIdMiddleware, heder_name="X")  # type: ignore[call-overload]
-    mistyped = Layer("shedding", ConcurrencyLimitMiddleware, max_concurrency="10")  # type: ignore[call-overload]
-    Layer("tag", Tag, valeu="x")  # type: ignore[call-overload]
-    # At run time, the middleware refuses them when the stack is built.
-    with pytest.raises(TypeError, match="heder_name"):
-        misspelt.wrap(items)
-    with pytest.raises(ConfigurationError, match="max_concurrency='10'"):
-        mistyped.wrap(items)
 
 
 @pytest.mark.parametrize(
@@ -312,67 +168,6 @@ def test_without_redis_every_store_is_in_memory() -> None:
     assert isinstance(stack.idempotency_store, MemoryIdempotencyStore)
     assert stack.cache is not None
     assert isinstance(stack.cache.store, MemoryCacheStore)
-
-
-# -- one caller for every layer (issue 22) ------------------------------------------------------
-
-A, B = ("192.0.2.1", 1000), ("198.51.100.9", 1000)
-
-
-@pytest.mark.parametrize(
-    ("caller", "first", "second", "shared"),
-    [
-        # The default: quotas per client address; a client inventing credentials gets no more.
-        (None, (A, "k1"), (A, "k2"), True),
-        (None, (A, "k1"), (B, "k1"), False),
-        # caller=: one quota per caller, wherever it calls from.
-        ("X-Api-Key", (A, "k1"), (A, "k2"), False),
-        ("X-Api-Key", (A, "k1"), (B, "k1"), True),
-        # A request naming no caller is limited by its address.
-        ("X-Api-Key", (A, None), (A, None), True),
-        ("X-Api-Key", (A, None), (B, None), False),
-    ],
-)
-async def test_the_stacks_caller_scopes_rate_limits_too(
-    make_client: ClientFactory,
-    caller: str | None,
-    first: tuple[tuple[str, int], str | None],
-    second: tuple[tuple[str, int], str | None],
-    shared: bool,
-) -> None:
-    options: dict[str, Any] = {"registry": CollectorRegistry()}
-    if caller is not None:
-        options["caller"] = caller_from_header(caller)
-    stack = Stack.recommended(StackSettings(rate_limit="1/minute"), **options).build(items)
-
-    async def status(address: tuple[str, int], key: str | None) -> int:
-        headers = {} if key is None else {"X-Api-Key": key, "Authorization": f"Bearer {key}"}
-        return (
-            await make_client(stack, client=address).get("/items/1", headers=headers)
-        ).status_code
-
-    try:
-        assert await status(*first) == 200
-        assert await status(*second) == (429 if shared else 200)
-    finally:
-        await stack.aclose()
-
-
-async def test_by_default_idempotency_keys_are_scoped_by_authorization(
-    make_client: ClientFactory,
-) -> None:
-    stack = recommended_stack(items, StackSettings(), registry=CollectorRegistry())
-    client = make_client(stack)
-    key = {"Idempotency-Key": uuid.uuid4().hex}
-    try:
-        answers = [
-            await client.post("/items", json={}, headers={**key, "Authorization": who})
-            for who in ("Bearer a", "Bearer b", "Bearer a")
-        ]
-    finally:
-        await stack.aclose()
-    statuses = [answer.headers["idempotency-status"] for answer in answers]
-    assert statuses == ["created", "created", "replayed"]
 
 
 def test_recommended_stack_takes_exactly_the_options_of_stack_recommended() -> None:
@@ -499,44 +294,3 @@ def test_settings_built_in_code_choose_postgres_like_the_environment() -> None:
 def test_idempotency_store_for_rejects_incomplete_settings(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError, match="IDEMPOTENCY_STORE"):
         idempotency_store_for(StackSettings.from_env(environ))
-
-
-# -- one route resolver for every layer that labels by route ------------------------------------
-
-
-def items_resolver(scope: Scope) -> str | None:
-    """The raw ``items`` app's templates, as the raw-ASGI docs page writes them."""
-    path: str = scope["path"]
-    return "/items/{item_id}" if path.startswith("/items/") and path.count("/") == 2 else None
-
-
-def test_route_resolver_reaches_every_layer_that_labels_by_route() -> None:
-    stack = recommended(route_resolver=items_resolver)
-    takes = {"access_log", "metrics", "concurrency_limit"}
-    for layer in stack.layers:
-        expected = items_resolver if layer.name in takes else None
-        assert layer.options.get("route_resolver") is expected, layer.name
-    assert "route_resolver" not in recommended().get("metrics").options
-
-
-async def test_route_resolver_names_a_raw_apps_routes_in_metrics_and_logs() -> None:
-    registry = CollectorRegistry()
-    app = recommended_stack(
-        items, StackSettings(), registry=registry, route_resolver=items_resolver
-    )
-    transport = httpx.ASGITransport(app=app, client=some_client())
-    try:
-        with capture_log_output() as logs:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                found = await client.get("/items/7")
-                other = await client.get("/elsewhere")
-    finally:
-        await app.aclose()
-    assert found.status_code == other.status_code == 200
-    count = "http_request_duration_seconds_count"
-    labels = {"method": "GET", "route": "/items/{item_id}", "status_code": "200"}
-    assert registry.get_sample_value(count, labels) == 1
-    unmatched = {**labels, "route": "__unmatched__"}
-    assert registry.get_sample_value(count, unmatched) == 1
-    routes = [line["route"] for line in logs.events("request completed")]
-    assert routes == ["/items/{item_id}", "__unmatched__"]

@@ -1,10 +1,13 @@
-"""Single flight: one computation per missing entry, in this process and across processes.
+"""Concurrent requests for one entry: single flight for missing entries, fences for writes.
 
 In this process, the first read of a missing key *leads* a flight and later reads of the key
 *follow* it: they wait for the leader's answer instead of calling the app. Across processes,
 the leader takes a lease in the store (``SET NX PX`` with an owner token) and computes, while
 leaders in other processes poll for the entry it stores; one still waiting when the lease runs
-out computes itself rather than hang.
+out computes itself rather than hang (:class:`SingleFlight`).
+
+A write to a path that cached routes match is fenced on that path's and the routes' tags while
+it runs, and invalidates them again when it returns (:class:`Invalidation`).
 """
 
 from __future__ import annotations
@@ -12,17 +15,27 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from prodkit._core.callers import Caller
 from prodkit._core.exceptions import BackendError
-from prodkit._core.types import ASGIApp, Receive, Send
+from prodkit._core.routing import RouteTable
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache._cache import ResponseCache
-from prodkit.cache._entries import Entries, unreadable_versions
-from prodkit.cache._entry import CachedResponse
+from prodkit.cache._entries import (
+    CachedResponse,
+    Entries,
+    fetch,
+    miss_send,
+    send_entry,
+    unreadable_versions,
+)
 from prodkit.cache._memory import MemoryCacheStore
-from prodkit.cache._request import CacheRequest, Outcome
-from prodkit.cache._responder import fetch, miss_send, send_entry
+from prodkit.cache._rules import CacheRequest, Outcome, Route
+
+# -- reads: one computation per missing entry ---------------------------------------------------
+
 
 Flight = asyncio.Future["_Shared | None"]
 
@@ -259,4 +272,53 @@ def _share(flight: Flight, request: CacheRequest, entry: CachedResponse, *, fetc
         flight.set_result(_Shared(entry, fetched, digest))
 
 
-__all__ = ["SingleFlight"]
+# -- writes: fenced while they run, invalidated after -------------------------------------------
+
+
+class Invalidation:
+    """Runs writes to paths that cached routes (or ``invalidate`` templates) match.
+
+    Arguments:
+        cache: where tags are invalidated.
+        caller: fills ``{caller}`` in tag templates.
+        routes: ``(template, route)`` pairs whose tags a write to a matching path invalidates.
+    """
+
+    __slots__ = ("_routes", "_table", "cache", "caller")
+
+    def __init__(
+        self, cache: ResponseCache, caller: Caller | None, routes: Sequence[tuple[str, Route]]
+    ) -> None:
+        self.cache = cache
+        self.caller = caller
+        self._routes = [route for _, route in routes]
+        self._table = RouteTable((template, None) for template, _ in routes)
+
+    def covers(self, path: str) -> bool:
+        """Whether a write to ``path`` invalidates anything."""
+        return self._table.match(path) is not None
+
+    def tags(self, scope: Scope, path: str) -> list[str]:
+        """The tags a successful write to ``path`` invalidates: the path's, then the routes'."""
+        caller_name = self.caller(scope) if self.caller is not None else None
+        tags = ["path:" + path]
+        for route in self._routes:
+            rendered = route.render_tags(path, caller_name)
+            if rendered is not None:
+                tags.extend(rendered)
+        return tags
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call ``app`` for a write, its tags fenced from before it starts until it returns.
+
+        Before: the entries are stale and none is stored or served while the write runs, so
+        whatever instant its process dies at, a read that starts after its commit finds the
+        committed data. After (whatever the status: a 404 retry of a DELETE that committed, or
+        a 500 after a commit, changed data too): new versions again, the fence lifted.
+        """
+        tags = self.tags(scope, scope.get("path", "/"))
+        async with self.cache.invalidating(tags):
+            await app(scope, receive, send)
+
+
+__all__ = ["Invalidation", "SingleFlight"]

@@ -1,172 +1,50 @@
-"""The recommended stack, as data: an ordered list of layers, built into an app.
+"""The stack as a list of layers and the long-lived parts they share: :class:`Stack`.
 
-A :class:`Stack` is a list of :class:`Layer` objects, outermost first, that a service can read,
-reorder, extend or trim before :meth:`Stack.build` wraps its app in them, plus the parts that
-live across requests (stores, one shared Redis client, the shutdown coordinator), built once and
-closed by one :meth:`Stack.aclose`. :meth:`Stack.recommended` returns prodkit's recommended list;
-:func:`recommended_stack` builds it around an app in one call.
-
-The recommended order, outermost first, and why (``docs/stack.md`` says more):
-
-- ``request_id`` — so every later log line, header and error carries it;
-- ``access_log``, ``metrics``, ``metrics_endpoint`` — outside everything that can reject, so a
-  429, 503 or 409 is logged and counted exactly once;
-- ``security_headers``, ``cors`` — outside errors and limits, so a browser can read a 429 or 503;
-- ``errors`` — every failure below becomes a problem;
-- ``health`` (``/livez``, ``/readyz``, ``/healthz``) and ``shutdown`` — probes answer before
-  shedding and rate limiting, so they are never throttled;
-- ``request_timeout`` — a request body must arrive within ``body_timeout_seconds`` (else 408),
-  and is read before the limits below count the request, so slow clients cannot take every slot;
-- ``concurrency_limit``, ``rate_limit``;
-- ``idempotency`` — outside the cache;
-- ``cache`` — safe methods only (when ``cache_routes`` are given);
-- the app.
-
-The built stack sits in a :class:`~prodkit.lifecycle.LifespanMiddleware` that runs the start-up
-hooks (the PostgreSQL schema, say) and calls :meth:`Stack.aclose` at lifespan shutdown.
+:meth:`Stack.recommended` fills the list from ``_recommended``; ``_layer`` holds one item of it.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, overload
+from typing import Any, Concatenate, ParamSpec, cast
 
 from prometheus_client import CollectorRegistry
 
-from prodkit._core.callers import Caller, caller_from_authorization
+from prodkit._core.callers import Caller
 from prodkit._core.drivers import redis_client
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.routing import RouteResolver
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.cache import (
-    CacheMiddleware,
     CacheRule,
     CacheStore,
     MemoryCacheStore,
     RedisCacheStore,
     ResponseCache,
 )
-from prodkit.cors import DEFAULT_ALLOW_HEADERS, CORSMiddleware
-from prodkit.errors import ErrorMiddleware
 from prodkit.health import HealthCheck, HealthMiddleware, redis_check
 from prodkit.idempotency import (
     DEFAULT_STORED_HEADERS,
-    IdempotencyMiddleware,
     IdempotencyStore,
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RedisIdempotencyStore,
 )
-from prodkit.lifecycle import GracefulShutdownMiddleware, LifespanMiddleware, ShutdownCoordinator
-from prodkit.logging import AccessLogMiddleware, configure_logging
-from prodkit.metrics import HTTPMetricsMiddleware, MetricsEndpointMiddleware
+from prodkit.lifecycle import LifespanMiddleware, ShutdownCoordinator
+from prodkit.logging import configure_logging
 from prodkit.ratelimit import (
     MemoryRateLimitStore,
-    RateLimitMiddleware,
     RateLimitStore,
     RedisRateLimitStore,
 )
-from prodkit.requestid import RequestIdMiddleware
-from prodkit.security_headers import SecurityHeadersMiddleware
 from prodkit.settings import StackSettings
-from prodkit.shedding import ConcurrencyLimitMiddleware
-from prodkit.timeouts import RequestTimeoutMiddleware
-
-#: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
-DEFAULT_RATE_LIMIT = "6000/minute"
-#: In-flight requests per process when ``MAX_CONCURRENCY`` is unset.
-DEFAULT_MAX_CONCURRENCY = 1000
+from prodkit.stack._layer import Layer
+from prodkit.stack._recommended import inner_layers, outer_layers, resolve_routes_with
 
 Hook = Callable[[], Awaitable[None]]
 CheckFunc = Callable[[], Awaitable[Any]]
 P = ParamSpec("P")
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Layer:
-    """One middleware of a :class:`Stack`, as data: ``middleware(app, **options)`` when built.
-
-    Its options are given as one mapping, or as keywords that a type checker checks against
-    the middleware's own signature (as with Starlette's ``Middleware``), so a misspelt or
-    mistyped option is an error where the stack is written::
-
-        Layer("gzip", GZipMiddleware, {"minimum_size": 500})
-        Layer("request_id", RequestIdMiddleware, header_name="X-Correlation-ID")  # checked
-
-    Arguments:
-        name: how the stack's methods find the layer (``"rate_limit"``); unique in a stack.
-        middleware: the middleware class, or any callable ``(app, **options) -> ASGI app``.
-        *args: the options passed to ``middleware`` after the app: one mapping, or the
-            arguments themselves (positional ones are named from its signature).
-        **keywords: the options by name (checked against ``middleware``'s signature by a
-            type checker).
-
-    Attributes:
-        options: the keyword arguments passed to ``middleware`` after the app.
-    """
-
-    name: str
-    middleware: Callable[..., ASGIApp]
-    options: Mapping[str, Any]
-
-    @overload
-    def __init__(
-        self,
-        name: str,
-        middleware: Callable[..., ASGIApp],
-        options: Mapping[str, Any] = ...,
-        /,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self,
-        name: str,
-        middleware: Callable[Concatenate[ASGIApp, P], ASGIApp],
-        /,
-        *args: P.args,
-        **keywords: P.kwargs,
-    ) -> None: ...
-
-    def __init__(
-        self, name: str, middleware: Callable[..., ASGIApp], /, *args: Any, **keywords: Any
-    ) -> None:
-        if len(args) == 1 and not keywords and isinstance(args[0], Mapping):
-            options = dict(args[0])  # the mapping form
-        elif args:
-            options = _named(name, middleware, args, keywords)
-        else:
-            options = keywords
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "middleware", middleware)
-        object.__setattr__(self, "options", options)
-
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        """This layer around ``app``: ``middleware(app, **options)``."""
-        return self.middleware(app, **self.options)
-
-
-def _named(
-    name: str, middleware: Callable[..., ASGIApp], args: tuple[Any, ...], keywords: dict[str, Any]
-) -> dict[str, Any]:
-    """A layer's positional options named as ``middleware``'s signature names them."""
-    try:
-        signature = inspect.signature(middleware)
-        bound = signature.bind(None, *args, **keywords)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"layer {name!r}: {exc}; pass its options by keyword") from exc
-    options: dict[str, Any] = {}
-    for parameter, value in list(bound.arguments.items())[1:]:  # after the app
-        kind = signature.parameters[parameter].kind
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            raise ConfigurationError(f"layer {name!r}: pass its options by keyword")
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            options.update(value)
-        else:
-            options[parameter] = value
-    return options
 
 
 async def _not_built(scope: Scope, receive: Receive, send: Send) -> None:
@@ -300,7 +178,7 @@ class Stack:
                 ``None``: every route).
             idempotency_stored_headers: response headers replayed besides
                 :data:`~prodkit.idempotency.DEFAULT_STORED_HEADERS`.
-            rate_limit_routes: per-route policies for :class:`RateLimitMiddleware`.
+            rate_limit_routes: per-route policies for :class:`~prodkit.RateLimitMiddleware`.
             cors_allow_headers: request headers browsers may send besides
                 :data:`~prodkit.cors.DEFAULT_ALLOW_HEADERS` and ``Idempotency-Key``.
             health_checks: dependency checks for ``/readyz`` and ``/healthz``.
@@ -322,8 +200,8 @@ class Stack:
         )
         stack = cls(settings=settings, coordinator=coordinator, registry=registry)
         checks = [*health_checks, *_build_parts(stack, cache_routes)]
-        stack.layers += _outer_layers(stack, metrics_path, access_log_exclude, cors_allow_headers)
-        stack.layers += _inner_layers(
+        stack.layers += outer_layers(stack, metrics_path, access_log_exclude, cors_allow_headers)
+        stack.layers += inner_layers(
             stack,
             checks=checks,
             caller=caller,
@@ -333,7 +211,7 @@ class Stack:
             rate_limit_routes=rate_limit_routes,
         )
         if route_resolver is not None:
-            _resolve_routes_with(stack, route_resolver)
+            resolve_routes_with(stack, route_resolver)
         return stack
 
     # -- the list ------------------------------------------------------------------------------
@@ -512,20 +390,20 @@ def idempotency_store_for(
             by :func:`~prodkit.asgi.redis_client`, which the store closes).
         registry: the Prometheus registry of the PostgreSQL store's cleanup counter.
     """
+    # StackSettings guarantees the URL of the store it names (IDEMPOTENCY_STORE=postgres
+    # needs DATABASE_URL, redis needs REDIS_URL): it is not checked again here.
     if settings.idempotency_store == "postgres":
-        if not settings.database_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=postgres needs DATABASE_URL")
         return PostgresIdempotencyStore(
-            settings.database_url,
+            cast(str, settings.database_url),
             cleanup_interval=settings.idempotency_cleanup_seconds or None,
             registry=registry,
         )
     if settings.idempotency_store == "redis":
-        if not settings.redis_url:
-            raise ConfigurationError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
         key_prefix = f"{settings.redis_key_prefix}idem:"
         if redis is None:
-            return RedisIdempotencyStore.from_url(settings.redis_url, key_prefix=key_prefix)
+            return RedisIdempotencyStore.from_url(
+                cast(str, settings.redis_url), key_prefix=key_prefix
+            )
         return RedisIdempotencyStore(redis, key_prefix=key_prefix)
     return MemoryIdempotencyStore()
 
@@ -567,119 +445,6 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
     if isinstance(stack.idempotency_store, PostgresIdempotencyStore):
         stack.on_startup(stack.idempotency_store.ensure_schema)
     return checks
-
-
-def _outer_layers(
-    stack: Stack,
-    metrics_path: str,
-    access_log_exclude: Iterable[str],
-    cors_allow_headers: Sequence[str],
-) -> list[Layer]:
-    """From the request id down to the errors layer: what every response passes through."""
-    settings, registry = stack.settings, stack.registry
-    layers = [
-        Layer("request_id", RequestIdMiddleware),
-        Layer(
-            "access_log",
-            AccessLogMiddleware,
-            {"trusted_proxies": settings.trusted_proxies, "exclude_paths": access_log_exclude},
-        ),
-        Layer(
-            "metrics",
-            HTTPMetricsMiddleware,
-            {"registry": registry, "exclude_paths": (metrics_path,)},
-        ),
-        Layer(
-            "metrics_endpoint",
-            MetricsEndpointMiddleware,
-            {"path": metrics_path, "registry": registry},
-        ),
-        Layer("security_headers", SecurityHeadersMiddleware),
-    ]
-    if settings.cors_origins:
-        cors = {
-            "allow_origins": settings.cors_origins,
-            "allow_headers": [*DEFAULT_ALLOW_HEADERS, "Idempotency-Key", *cors_allow_headers],
-        }
-        layers.append(Layer("cors", CORSMiddleware, cors))
-    layers.append(Layer("errors", ErrorMiddleware))
-    return layers
-
-
-def _inner_layers(
-    stack: Stack,
-    *,
-    checks: list[HealthCheck],
-    caller: Caller | None,
-    cache_routes: Mapping[str, CacheRule] | None,
-    idempotency_routes: Iterable[str] | None,
-    stored_headers: Sequence[str],
-    rate_limit_routes: Mapping[str, Any] | None,
-) -> list[Layer]:
-    """From health down to the cache: what answers, sheds, limits, replays or caches."""
-    settings, registry = stack.settings, stack.registry
-    health = {
-        "coordinator": stack.coordinator,
-        "checks": checks,
-        "key": settings.health_key,
-        "registry": registry,
-    }
-    limit = {
-        "policy": settings.rate_limit or DEFAULT_RATE_LIMIT,
-        "routes": rate_limit_routes,
-        "store": stack.rate_limit_store,
-        "caller": caller,
-        "trusted_proxies": settings.trusted_proxies,
-        "registry": registry,
-    }
-    scope_by = caller_from_authorization if caller is None else caller
-    idempotency = {
-        "store": stack.idempotency_store,
-        "routes": idempotency_routes,
-        "caller": scope_by,
-        "stored_headers": stored_headers,
-        "lease": settings.idempotency_lease_seconds,
-        "ttl": settings.idempotency_ttl_seconds,
-        "registry": registry,
-    }
-    concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
-    layers = [
-        Layer("health", HealthMiddleware, health),
-        Layer("shutdown", GracefulShutdownMiddleware, {"coordinator": stack.coordinator}),
-        Layer(
-            "request_timeout",
-            RequestTimeoutMiddleware,
-            {"body_timeout": settings.body_timeout_seconds},
-        ),
-        Layer(
-            "concurrency_limit",
-            ConcurrencyLimitMiddleware,
-            {"max_concurrency": concurrency, "registry": registry},
-        ),
-        Layer("rate_limit", RateLimitMiddleware, limit),
-        Layer("idempotency", IdempotencyMiddleware, idempotency),
-    ]
-    if cache_routes and stack.cache is not None:
-        cache = {
-            "routes": cache_routes,
-            "cache": stack.cache,
-            "caller": scope_by,
-            "registry": registry,
-        }
-        layers.append(Layer("cache", CacheMiddleware, cache))
-    return layers
-
-
-# The layers whose middleware takes ``route_resolver=``: every one that labels by route.
-_LABELLED = frozenset({AccessLogMiddleware, HTTPMetricsMiddleware, ConcurrencyLimitMiddleware})
-
-
-def _resolve_routes_with(stack: Stack, route_resolver: RouteResolver) -> None:
-    """Give ``route_resolver`` to every layer that labels by route."""
-    for layer in list(stack.layers):
-        if layer.middleware in _LABELLED:
-            options = {**layer.options, "route_resolver": route_resolver}
-            stack.replace(layer.name, Layer(layer.name, layer.middleware, options))
 
 
 def _with_app_and_options_of(
@@ -746,11 +511,4 @@ def recommended_stack(app: ASGIApp, /, *args: Any, **options: Any) -> Stack:
     return Stack.recommended(*args, **options).build(app)
 
 
-__all__ = [
-    "DEFAULT_MAX_CONCURRENCY",
-    "DEFAULT_RATE_LIMIT",
-    "Layer",
-    "Stack",
-    "idempotency_store_for",
-    "recommended_stack",
-]
+__all__ = ["Stack", "idempotency_store_for", "recommended_stack"]
