@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from prodkit._core.types import RawHeaders
+
+#: An HTTP ``token`` (RFC 9110 section 5.6.2): a field name, a method, a list member's name.
+#: The one pattern for it: option checks and request checks (a CORS preflight) both use it.
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -88,6 +93,7 @@ def append_vary(headers: RawHeaders, *names: str) -> None:
 
 
 __all__ = [
+    "TOKEN",
     "append_vary",
     "get_all_headers",
     "get_header",

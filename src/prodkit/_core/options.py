@@ -20,11 +20,10 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.headers import TOKEN
 
 T = TypeVar("T")
 
-#: An HTTP field name (RFC 9110, section 5.1): a ``token``.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 #: A header value prodkit may send as configured: printable ASCII, no control characters.
 _VALUE = re.compile(r"[\x20-\x7e]+\Z")
 #: A classic Prometheus metric name (prometheus-client also accepts UTF-8 ones, which PromQL
@@ -179,7 +178,7 @@ def secret(name: str, value: object, *, min_length: int = 16) -> str:
 
 def header_name(name: str, value: object) -> str:
     """``value`` if it is a valid HTTP field name (RFC 9110 ``token``), as written."""
-    if isinstance(value, str) and _TOKEN.match(value):
+    if isinstance(value, str) and TOKEN.match(value):
         return value
     raise _refuse(
         name,
@@ -191,7 +190,7 @@ def header_name(name: str, value: object) -> str:
 
 def http_token(name: str, value: object) -> str:
     """``value`` if it is an HTTP ``token`` (RFC 9110, section 5.6.2): a method, say."""
-    if isinstance(value, str) and _TOKEN.match(value):
+    if isinstance(value, str) and TOKEN.match(value):
         return value
     raise _refuse(
         name,
@@ -226,7 +225,7 @@ def header_names(name: str, value: object) -> tuple[str, ...]:
         raise _refuse(name, value, "not a list of header names", write)
     names: list[str] = []
     for item in items:
-        if not (isinstance(item, str) and _TOKEN.match(item.strip())):
+        if not (isinstance(item, str) and TOKEN.match(item.strip())):
             raise _refuse(name, items, f"{item!r} is not a header name", write)
         names.append(item.strip())
     return tuple(names)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
-from prodkit._core.headers import append_vary, get_list_header, message_headers
+from prodkit._core.headers import TOKEN, append_vary, get_list_header, message_headers
 from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,7 +56,6 @@ DEFAULT_ALLOW_HEADERS = (
     "traceparent",
 )
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\Z")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\Z|\[[0-9a-f:.]+\]\Z")
@@ -389,14 +388,14 @@ class CORSMiddleware:
         if not self.origins.matches(origin.decode("latin-1")):
             refused.append("origin")
         # With "*" the request's own names are echoed back, so they must at least be tokens.
-        if not _TOKEN.match(method) or (
+        if not TOKEN.match(method) or (
             not self._any_method and method.upper() not in self._methods
         ):
             refused.append(f"method {method[:32]!r}")
         bad_headers = [
             h
             for h in requested
-            if not _TOKEN.match(h) or (not self._any_header and h not in self._headers)
+            if not TOKEN.match(h) or (not self._any_header and h not in self._headers)
         ]
         if bad_headers:
             refused.append("headers " + ", ".join(repr(h[:64]) for h in bad_headers[:10]))

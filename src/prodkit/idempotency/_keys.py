@@ -16,7 +16,8 @@ from prodkit._core.headers import scope_header
 from prodkit._core.types import Scope
 
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"\Z')
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~:/-]+\Z")
+# A Structured Field token (RFC 8941 section 3.3.4): an HTTP token that may also hold : and /.
+_SF_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~:/-]+\Z")
 _JSON_TYPE = re.compile(rb"\s*application/(?:[\w.+-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
 
 
@@ -36,7 +37,7 @@ def parse_idempotency_key(value: bytes, max_length: int = 255) -> str | None:
     found = _SF_STRING.match(text)
     if found is not None:
         key = re.sub(r"\\(.)", r"\1", found.group(1))
-    elif _TOKEN.match(text):
+    elif _SF_TOKEN.match(text):
         key = text
     else:
         return None
