@@ -19,6 +19,7 @@ from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
 from prodkit._core.logs import safe_logger
 from prodkit.cache._memory import MemoryCacheStore
+from prodkit.cache._near import NearCacheStore
 from prodkit.cache._store import CacheStore, FenceChange, Lookup, fence_of
 
 T = TypeVar("T")
@@ -132,6 +133,8 @@ class ResponseCache:
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         #: Bumped by every invalidation in this process (see ``CacheMiddleware``'s flights).
         self.generation = 0
+        # A near cache answers what it holds without a round trip: no breaker needed for that.
+        self._near = self.store if isinstance(self.store, NearCacheStore) else None
         self.breaker: CircuitBreaker | None = breaker
         if breaker is None and not isinstance(self.store, MemoryCacheStore):
             self.breaker = CircuitBreaker(
@@ -195,6 +198,10 @@ class ResponseCache:
             await self._settle()
         if self.breaker is None:  # every hit comes here: no closure, no extra frame
             return await self.store.get(key, tags=tags)
+        if self._near is not None:
+            found = self._near.peek(key, tags)
+            if found is not None:
+                return found
         return await self.breaker.call(lambda: self.store.get(key, tags=tags))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
