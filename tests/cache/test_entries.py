@@ -17,24 +17,15 @@ from prodkit import HTTPMetricsMiddleware
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
-    MemoryCacheStore,
-    RedisCacheStore,
     ResponseCache,
 )
-from tests.cache.helpers import USER, CountingApp, make_cache
+from tests.cache.helpers import USER, Backend, CountingApp, make_cache, open_store
 from tests.conftest import ClientFactory
 
 
 @pytest.fixture
-async def cache(
-    backend: tuple[str, str], registry: CollectorRegistry
-) -> AsyncIterator[ResponseCache]:
-    store = (
-        MemoryCacheStore()
-        if backend[0] == "memory"
-        else RedisCacheStore(backend[0], key_prefix=backend[1])
-    )
-    made = ResponseCache(store, registry=registry)
+async def cache(backend: Backend, registry: CollectorRegistry) -> AsyncIterator[ResponseCache]:
+    made = ResponseCache(await open_store(backend), registry=registry)
     yield made
     await made.aclose()
 

@@ -20,7 +20,7 @@ from prodkit.cache import (
     RedisCacheStore,
     ResponseCache,
 )
-from tests.cache.helpers import USER, CountingApp, FakeClock, make_cache
+from tests.cache.helpers import USER, Backend, CountingApp, FakeClock, make_cache, open_store
 from tests.conftest import ClientFactory
 
 
@@ -174,16 +174,14 @@ Stores = Callable[[], CacheStore]
 
 
 @pytest.fixture
-async def shared_store(backend: tuple[str, str]) -> AsyncIterator[Stores]:
+async def shared_store(backend: Backend) -> AsyncIterator[Stores]:
     """Stores over one backend, as every worker process has its own (memory: one object)."""
     memory = MemoryCacheStore()
-    made: list[CacheStore] = []
+    made = [] if backend.kind == "memory" else [await open_store(backend) for _ in range(3)]
+    handed = iter(made)
 
     def factory() -> CacheStore:
-        if backend[0] == "memory":
-            return memory
-        made.append(RedisCacheStore(backend[0], key_prefix=backend[1]))
-        return made[-1]
+        return memory if backend.kind == "memory" else next(handed)
 
     yield factory
     for store in made:

@@ -13,16 +13,12 @@ from hypothesis import strategies as st
 from prodkit import ConfigurationError, MissingDependencyError
 from prodkit.cache import CacheStore, FenceChange, Lookup, MemoryCacheStore, RedisCacheStore
 from prodkit.cache._store import fence_of, fenced_version
-from tests.cache.helpers import FakeClock
+from tests.cache.helpers import Backend, FakeClock, open_store
 
 
 @pytest.fixture
-async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
-    made: CacheStore
-    if backend[0] == "memory":
-        made = MemoryCacheStore()
-    else:
-        made = RedisCacheStore(backend[0], key_prefix=backend[1])
+async def store(backend: Backend) -> AsyncIterator[CacheStore]:
+    made = await open_store(backend)
     yield made
     await made.aclose()
 

@@ -202,6 +202,28 @@ class NearCacheStore:
         """Whether a tracking connection is open, so reads can be answered from memory."""
         return bool(self._links)
 
+    async def connect(self) -> bool:
+        """Open the tracking connections now rather than on the first reads (to every primary
+        the client knows, on a Cluster); whether one is open. Failures are logged and tried
+        again later, as on reads; nothing is raised."""
+        if self._nodes is None or self._closed:
+            return False
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._rebind(loop)
+        if not self._nodes.single:
+            with contextlib.suppress(Exception):  # unreachable: connecting fails below
+                await self._nodes.client.initialize()
+        names = [_SINGLE] if self._nodes.single else self._nodes.primaries()
+        for name in names:
+            if name not in self._links:
+                self._retry.pop(name, None)
+                self._connect(name)
+        tasks = [self._connecting[name] for name in names if name in self._connecting]
+        if tasks:
+            await asyncio.wait(tasks)
+        return self.tracking
+
     # -- reads ---------------------------------------------------------------------------
 
     def peek(self, key: str, tags: Sequence[str] = ()) -> Lookup | None:
@@ -351,6 +373,13 @@ class NearCacheStore:
             await self.store.bump(tags, ttl, change)
         finally:
             self._forget(tags)
+        if change is None or (change.writers == 0 and change.at_least == 0):
+            # An invalidation on its own (not a write's fence, which a later round trip
+            # follows): Redis writes the other processes' invalidations in the same pass of
+            # its event loop as this reply, perhaps just after it. A command it answers after
+            # that pass means they have left Redis when this returns.
+            with contextlib.suppress(Exception):
+                await self.store.client.ping()
 
     async def claim(self, key: str, token: str, lease: float) -> bool:
         """:meth:`RedisCacheStore.claim` (leases are never held in memory)."""
@@ -801,6 +830,13 @@ class _Nodes:
                 node = None
             names.append(node.name if node is not None else "")
         return names
+
+    def primaries(self) -> list[str]:
+        """The Cluster's primary nodes as the client knows them (none before its first call)."""
+        try:
+            return [node.name for node in self.client.get_primaries()]
+        except Exception:  # not initialised yet
+            return []
 
     async def address(self, name: str) -> tuple[int, Any]:
         """``(family, address)`` of node ``name`` for ``socket.connect``."""
