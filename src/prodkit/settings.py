@@ -61,6 +61,9 @@ class StackSettings:
         redis_key_prefix: put in front of every key the stack's stores write in Redis
             (``REDIS_KEY_PREFIX``, default ``"prodkit:"``; then ``cache:``, ``idem:`` or
             ``ratelimit:``), so services or test runs sharing one Redis keep apart.
+        near_cache: serve the Redis response cache's reads from each process's memory,
+            kept coherent by Redis (``NEAR_CACHE``: ``on`` or ``off``, default on; see
+            :class:`~prodkit.cache.NearCacheStore`). Only used with ``redis_url``.
         idempotency_store: ``"memory"``, ``"postgres"`` or ``"redis"`` (``IDEMPOTENCY_STORE``;
             default: ``"postgres"`` when ``database_url`` is set, else ``"memory"``), so after
             construction it always names the store.
@@ -102,6 +105,7 @@ class StackSettings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_key_prefix: str = "prodkit:"
+    near_cache: bool = True
     idempotency_store: IdempotencyStoreName | None = None
     idempotency_lease_seconds: float = 60.0
     idempotency_ttl_seconds: float = 24 * 3600.0
@@ -276,6 +280,11 @@ class StackSettings:
         store = (env.get("IDEMPOTENCY_STORE") or "").strip().lower() or None
         redis_url = (env.get("REDIS_URL") or "").strip() or None
         redis_key_prefix = (env.get("REDIS_KEY_PREFIX") or "").strip() or "prodkit:"
+        near_cache = (env.get("NEAR_CACHE") or "on").strip().lower()
+        if near_cache not in ("on", "off"):
+            raise ConfigurationError(
+                f"NEAR_CACHE={near_cache!r} (near_cache): write on (the default) or off"
+            )
         raw_concurrency = (env.get("MAX_CONCURRENCY") or "").strip()
         max_concurrency: int | None = None
         if raw_concurrency:
@@ -291,6 +300,7 @@ class StackSettings:
             database_url=database_url,
             redis_url=redis_url,
             redis_key_prefix=redis_key_prefix,
+            near_cache=near_cache == "on",
             idempotency_store=store,  # type: ignore[arg-type]  # checked by __post_init__
             idempotency_lease_seconds=_number(env, "IDEMPOTENCY_LEASE_SECONDS", 60.0),
             idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", 24 * 3600.0),

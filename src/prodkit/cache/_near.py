@@ -877,7 +877,7 @@ def _handshake(found: dict[str, Any], *, db: int) -> tuple[bytes, int]:
     password = found.get("password")
     if password:
         hello += ["AUTH", found.get("username") or "default", password]
-    hello += ["SETNAME", "prodkit-near-cache"]
+    hello += ["SETNAME", found.get("client_name") or "prodkit-near-cache"]
     parts = [command(*hello)]
     if db:
         parts.append(command("SELECT", db))
