@@ -10,6 +10,7 @@ the test Redis under their own key prefix. Time is never asserted: waits are bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import uuid
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from prodkit import ConfigurationError
+from prodkit._core.drivers import redis_client
 from prodkit.asgi import Receive, Scope, Send, read_body
 from prodkit.cache import (
     CacheMiddleware,
@@ -36,9 +38,17 @@ from prodkit.cache import (
 )
 from prodkit.testing import capture_logs
 from tests.cache.helpers import paused
+from tests.conftest import unavailable
 from tests.servers import HOST, free_port, redis_server
 from tests.servers.proxy import TcpProxy
-from tests.servers.redis_topologies import cli
+from tests.servers.redis_topologies import (
+    Topology,
+    cli,
+    collect_dropped_connections,
+    redis_binaries_missing,
+    redis_cluster,
+    redis_sentinel,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -470,3 +480,129 @@ def test_every_read_of_a_near_cache_equals_a_read_of_redis(ops: list[Op], redis_
             await plain.aclose()
 
     asyncio.run(run())
+
+
+# -- Redis Cluster and Sentinel --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+    with redis_cluster(tmp_path_factory.mktemp("near-cluster")) as topology:
+        yield topology
+
+
+def near_over(url: str, prefix: str, **options: Any) -> NearCacheStore:
+    """A near cache over a client that :func:`redis_client` builds for ``url``."""
+    shared = RedisCacheStore(client=redis_client(url), key_prefix=prefix)
+    return NearCacheStore(shared, registry=CollectorRegistry(), **options)
+
+
+async def close_all(*stores: NearCacheStore) -> None:
+    for store in stores:
+        await store.aclose()
+        await store.store.client.aclose()  # the client was given to the store: not its own
+
+
+async def until_held(store: NearCacheStore, key: str, value: bytes) -> bool:
+    """Write ``key`` through ``store`` and read it until it is held in memory (bounded)."""
+    for _ in range(POLLS * 4):
+        with contextlib.suppress(Exception):  # the topology is changing under the client
+            await store.set(key, value, 60)
+            if (await store.get(key)).value == value and store.peek(key) is not None:
+                return True
+        await asyncio.sleep(POLL)
+    return False
+
+
+async def until_flushed(store: NearCacheStore) -> bool:
+    """Whether ``store`` empties itself within a bounded number of polls (a lost connection
+    is noticed by the event loop, or by the next look at memory)."""
+    for _ in range(POLLS):
+        store.peek("e:{a}")
+        if len(store) == 0:
+            return True
+        await asyncio.sleep(POLL)
+    return False
+
+
+async def test_on_a_cluster_every_primary_is_tracked_and_every_worker_sees_every_write(
+    cluster: Topology,
+) -> None:
+    prefix = f"prodkit-test:{uuid.uuid4().hex[:8]}:"
+    # A long max_lag: this test is about routing and invalidation, not about lag.
+    reader = near_over(cluster.url, prefix, max_lag=5.0)
+    writer = near_over(cluster.url, prefix, max_lag=5.0)
+    try:
+        assert await reader.connect()
+        primaries = [node.port for node in reader.store.client.get_primaries()]
+        tracking = [
+            cli(port, "client", "list").count("name=prodkit-near-cache") for port in primaries
+        ]
+        assert tracking == [1, 1, 1]  # one tracking connection per primary
+        # Entries and tags on every node (their keys hash to slots all over the cluster).
+        keys = [(f"e:{{{index}}}", [f"t:{index}", f"t:{index + 1}"]) for index in range(24)]
+        for key, _ in keys:
+            await writer.set(key, key.encode(), 60)
+        for key, tags in keys:
+            assert (await reader.get(key, tags=tags)).value == key.encode()
+        held = [reader.peek(key, tags) for key, tags in keys]
+        assert [None if found is None else found.value for found in held] == [
+            key.encode() for key, _ in keys
+        ]
+        await writer.bump([f"t:{index}" for index in range(0, 25, 2)], 60)
+        for (key, tags), before in zip(keys, held, strict=True):
+            assert before is not None
+            now = await reader.get(key, tags=tags)
+            # Every tag the writer bumped has a new version here too; the others do not.
+            changed = [a != b for a, b in zip(before.versions, now.versions, strict=True)]
+            assert changed == [int(tag[2:]) % 2 == 0 for tag in tags]
+    finally:
+        await close_all(reader, writer)
+
+
+async def test_a_cluster_failover_flushes_the_near_cache_and_it_comes_back(
+    tmp_path: Any,
+) -> None:
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+    prefix = f"prodkit-test:{uuid.uuid4().hex[:8]}:"
+    with redis_cluster(tmp_path) as topology:
+        near = near_over(topology.url, prefix, max_lag=5.0)
+        try:
+            assert await near.connect()
+            assert await until_held(near, "e:{a}", b"before")
+            node = near.store.client.get_node_from_key(prefix + "e:{a}")
+            topology.kill(node.port)  # the primary holding the entry dies
+            assert await until_flushed(near)  # nothing is served from memory meanwhile
+            # A replica takes over; reads go through the client, then through a new tracking
+            # connection to the new primary, and are served from memory again.
+            assert await until_held(near, "e:{a}", b"after")
+            assert near.store.client.get_node_from_key(prefix + "e:{a}").port != node.port
+        finally:
+            await close_all(near)
+            collect_dropped_connections()
+
+
+async def test_a_sentinel_failover_flushes_the_near_cache_and_it_follows_the_new_primary(
+    tmp_path: Any,
+) -> None:
+    missing = redis_binaries_missing()
+    if missing:
+        unavailable(missing)
+    prefix = f"prodkit-test:{uuid.uuid4().hex[:8]}:"
+    with redis_sentinel(tmp_path) as group:
+        near = near_over(group.url, prefix, max_lag=5.0)
+        try:
+            assert await near.connect()
+            assert await until_held(near, "e:{a}", b"before")
+            group.kill(group.primary)
+            assert await until_flushed(near)
+            assert await until_held(near, "e:{a}", b"after")
+            assert group.current_primary() == group.replica
+        finally:
+            await close_all(near)
+            collect_dropped_connections()

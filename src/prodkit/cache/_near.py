@@ -326,7 +326,7 @@ class NearCacheStore:
         read = _Read(self, [key, *tags], asyncio.get_running_loop().create_future())
         prefix = self._prefix
         for link, indexes in plan:
-            if len(plan) == 1:  # one node: one MGET
+            if self._nodes is not None and self._nodes.single:  # one MGET (never across slots)
                 names = [prefix + k for k in read.keys]
                 data = command("MGET", *names) + command("PTTL", names[0])
                 link.send(data, (read.many, read.ttl))
