@@ -5,7 +5,8 @@
 Cases: a bare Starlette endpoint, without and with uvicorn's own access log (its default); the
 same endpoint behind the typical peer packages; the same endpoint inside the whole recommended stack (in-memory stores, one JSON access line per
 request), uncached and cached; the funds example's cached ``GET /api/funds/{id}`` on memory
-and on PostgreSQL + Redis, and its uncached listing on PostgreSQL. Loopback only; each run is bounded by ``--seconds``. Needs ``wrk``.
+and on PostgreSQL + Redis (with its near cache, the default, and without: ``NEAR_CACHE=off``),
+and its uncached listing on PostgreSQL. Loopback only; each run is bounded by ``--seconds``. Needs ``wrk``.
 """
 
 from __future__ import annotations
@@ -222,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             "RATE_LIMIT": "1000000/second",
         }
         try:
-            for label, path in (
-                ("GET /api/funds/{id}, cached", "/api/funds/{fund_id}"),
-                ("GET /api/funds (list)", "/api/funds"),
+            for label, path, near in (
+                ("GET /api/funds/{id}, cached", "/api/funds/{fund_id}", "on"),
+                ("GET /api/funds/{id}, cached, NEAR_CACHE=off", "/api/funds/{fund_id}", "off"),
+                ("GET /api/funds (list)", "/api/funds", "on"),
             ):
                 results.append(
                     measure(
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.seconds,
                         args.connections,
                         tmp,
-                        env=env,
+                        env={**env, "NEAR_CACHE": near},
                         example_path=path,
                     )
                 )

@@ -378,8 +378,19 @@ class NearCacheStore:
             # follows): Redis writes the other processes' invalidations in the same pass of
             # its event loop as this reply, perhaps just after it. A command it answers after
             # that pass means they have left Redis when this returns.
-            with contextlib.suppress(Exception):
-                await self.store.client.ping()
+            await self._barrier(tags)
+
+    async def _barrier(self, tags: Sequence[str]) -> None:
+        """A ``PING`` answered by the node of each tag (best effort: the bump succeeded)."""
+        client = self.store.client
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout):
+                if hasattr(client, "get_node_from_key"):
+                    found = [client.get_node_from_key(self._prefix + tag) for tag in tags]
+                    nodes = list({node.name: node for node in found}.values())
+                    await client.execute_command("PING", target_nodes=nodes)
+                else:
+                    await client.ping()
 
     async def claim(self, key: str, token: str, lease: float) -> bool:
         """:meth:`RedisCacheStore.claim` (leases are never held in memory)."""
@@ -513,7 +524,7 @@ class NearCacheStore:
             self._down = False
             self.logger.warning("near cache on", node=name or "primary")
         else:
-            self.logger.info("near cache on", node=name or "primary")
+            self.logger.debug("near cache on", node=name or "primary")
 
     def _lost(self, link: _Link, reason: str) -> None:
         """``link`` failed: forget it and everything held, and try again later."""
