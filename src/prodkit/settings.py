@@ -62,7 +62,7 @@ class StackSettings:
             (``REDIS_KEY_PREFIX``, default ``"prodkit:"``; then ``cache:``, ``idem:`` or
             ``ratelimit:``), so services or test runs sharing one Redis keep apart.
         near_cache: serve the Redis response cache's reads from each process's memory,
-            kept coherent by Redis (``NEAR_CACHE``: ``on`` or ``off``, default on; see
+            kept coherent by Redis (``NEAR_CACHE``: ``on`` or ``off``; default ``True``; see
             :class:`~prodkit.cache.NearCacheStore`). Only used with ``redis_url``.
         idempotency_store: ``"memory"``, ``"postgres"`` or ``"redis"`` (``IDEMPOTENCY_STORE``;
             default: ``"postgres"`` when ``database_url`` is set, else ``"memory"``), so after

@@ -38,7 +38,7 @@ def encode(value: Any) -> bytes:
 
 
 # Simple strings and errors are one line: no CR or LF in them.
-line = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)))
+line = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]))
 scalars = (
     st.none()
     | st.booleans()
