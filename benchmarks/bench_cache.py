@@ -8,7 +8,8 @@ stores. Memory backends always; Redis ones when ``PRODKIT_TEST_REDIS_URL`` (defa
 port that refuses connections: once the circuit breaker opens (within the warm-up), what a
 request pays for the dead store over the bare endpoint. *write* sends ``PATCH`` to the same
 path: what prodkit's write path (a fence before the endpoint runs, an invalidation after it)
-costs over the bare endpoint.
+costs over the bare endpoint. *prodkit near* puts prodkit's near cache in front of its Redis
+store: a hit is served from the process's memory, kept coherent through Redis.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from prodkit.asgi import ASGIApp
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
+    CacheStore,
     MemoryCacheStore,
+    NearCacheStore,
     RedisCacheStore,
     ResponseCache,
 )
@@ -60,16 +63,19 @@ def endpoint_app(decorate: Decorator | None = None) -> ASGIApp:
     return app
 
 
-def prodkit_app(redis: bool, url: Callable[[], str] = lambda: REDIS_URL) -> Callable[[], ASGIApp]:
+def prodkit_app(
+    redis: bool, url: Callable[[], str] = lambda: REDIS_URL, *, near: bool = False
+) -> Callable[[], ASGIApp]:
     def build() -> ASGIApp:
-        store = (
-            RedisCacheStore.from_url(url(), key_prefix=f"prodkit-bench:{RUN}:")
-            if redis
-            else MemoryCacheStore()
-        )
+        store: CacheStore = MemoryCacheStore()
+        registry = _registry()
+        if redis:
+            store = RedisCacheStore.from_url(url(), key_prefix=f"prodkit-bench:{RUN}:")
+            if near:
+                store = NearCacheStore(store, registry=registry)
         return CacheMiddleware(
             endpoint_app(),
-            cache=ResponseCache(store, registry=_registry()),
+            cache=ResponseCache(store, registry=registry),
             routes={"/items/{item_id}": CacheRule(ttl=60, per_caller=True)},
             caller=caller_from_header("X-User-Id"),
         )
@@ -195,6 +201,17 @@ def cases() -> list[Case]:
                 baseline="fastapi: bare endpoint, write",
             )
         )
+    if len(backends) > 1:
+        for kind, method, bare in (("hit", "GET", ""), ("write", "PATCH", ", write")):
+            found.append(
+                Case(
+                    f"prodkit near: {kind}",
+                    prodkit_app(True, near=True),
+                    method=method,
+                    headers=user,
+                    baseline=f"fastapi: bare endpoint{bare}",
+                )
+            )
     found.append(
         Case(
             "prodkit redis unreachable: breaker open",

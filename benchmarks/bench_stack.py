@@ -1,10 +1,14 @@
-"""The whole recommended stack against the bare app, in-process (GET, in-memory stores)."""
+"""The whole recommended stack against the bare app, in-process (GET, in-memory stores; and the
+cached hit with the stores in Redis, with and without the near cache, when Redis answers)."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 
 from benchmarks.apps import starlette_app
+from benchmarks.bench_cache import REDIS_URL, _redis_up
 from benchmarks.harness import Case
 from prodkit import StackSettings, caller_from_header, configure_logging
 from prodkit.asgi import ASGIApp
@@ -12,14 +16,29 @@ from prodkit.cache import CacheRule
 from prodkit.stack import recommended_stack
 
 
-def stack(*, cached: bool = False, logging: bool = True) -> ASGIApp:
+def stack(*, cached: bool = False, logging: bool = True, redis: str = "") -> ASGIApp:
+    """The stack over ``starlette_app``; ``redis="on"`` or ``"off"``: its stores in Redis,
+    with the near cache on or off."""
     configure_logging("INFO" if logging else "WARNING", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
+    settings = StackSettings(rate_limit="1000000/second", max_concurrency=10_000)
+    if redis:
+        settings = StackSettings(
+            rate_limit="1000000/second",
+            max_concurrency=10_000,
+            redis_url=REDIS_URL,
+            redis_key_prefix=f"prodkit-bench:{uuid.uuid4().hex[:8]}:",
+            near_cache=redis == "on",
+        )
     return recommended_stack(
         starlette_app(),
-        StackSettings(rate_limit="1000000/second", max_concurrency=10_000),
+        settings,
         cache_routes={"/items/{item_id}": CacheRule(ttl=60)} if cached else None,
         caller=caller_from_header("X-User-Id"),
     )
+
+
+def on_redis(near: str) -> Callable[[], ASGIApp]:
+    return lambda: stack(cached=True, redis=near)
 
 
 def cases() -> list[Case]:
@@ -39,5 +58,14 @@ def cases() -> list[Case]:
             lambda: stack(logging=False),
             headers=headers,
             baseline="starlette: bare",
+        ),
+        *(
+            Case(
+                f"full stack on Redis, cached hit, near cache {near}",
+                on_redis(near),
+                headers=headers,
+                baseline="full stack, cached hit",
+            )
+            for near in (("on", "off") if _redis_up() else ())
         ),
     ]

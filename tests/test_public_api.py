@@ -103,6 +103,7 @@ PUBLIC: dict[str, list[str]] = {
         "Lookup",
         "MemoryCacheStore",
         "NOT_CACHED",
+        "NearCacheStore",
         "RedisCacheStore",
         "ResponseCache",
         "compute_etag",

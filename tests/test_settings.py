@@ -48,6 +48,8 @@ def test_every_variable() -> None:
     assert StackSettings().idempotency_cleanup_seconds == 60
     assert settings.redis_key_prefix == "prodkit:"  # unset: the stores' own defaults
     assert StackSettings.from_env({"REDIS_KEY_PREFIX": "billing:"}).redis_key_prefix == "billing:"
+    assert settings.near_cache  # on unless turned off
+    assert not StackSettings.from_env({"NEAR_CACHE": " OFF "}).near_cache
     assert (
         StackSettings.from_env(
             {"REDIS_URL": "redis://x", "IDEMPOTENCY_STORE": "Redis"}
@@ -65,6 +67,7 @@ BAD_VALUES = [
     ("REDIS_URL", "redis+sentinel://127.0.0.1:26379", "names no service"),
     ("REDIS_KEY_PREFIX", "my app", "e.g. 'billing:'"),
     ("REDIS_KEY_PREFIX", "{app}:", "e.g. 'billing:'"),
+    ("NEAR_CACHE", "sometimes", "write on (the default) or off"),
     ("IDEMPOTENCY_STORE", "mongo", "use memory, postgres or redis"),
     ("IDEMPOTENCY_STORE", "postgres", "needs DATABASE_URL"),
     ("IDEMPOTENCY_STORE", "redis", "needs REDIS_URL"),

@@ -56,6 +56,15 @@ def _seconds(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _switch(env: Mapping[str, str], name: str) -> bool | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    if raw.lower() in ("on", "off"):
+        return raw.lower() == "on"
+    raise ConfigurationError(f"{name}={raw!r} is not a switch: write on (the default) or off")
+
+
 def _whole(env: Mapping[str, str], name: str, what: str) -> int | None:
     raw = _text(env, name)
     if raw is None:
@@ -78,6 +87,9 @@ class StackSettings:
         redis_key_prefix: put in front of every key the stack's stores write in Redis
             (``REDIS_KEY_PREFIX``, default ``"prodkit:"``; then ``cache:``, ``idem:`` or
             ``ratelimit:``), so services or test runs sharing one Redis keep apart.
+        near_cache: serve the Redis response cache's reads from each process's memory,
+            kept coherent by Redis (``NEAR_CACHE``: ``on`` or ``off``; default ``True``; see
+            :class:`~prodkit.cache.NearCacheStore`). Only used with ``redis_url``.
         idempotency_store: ``"memory"``, ``"postgres"`` or ``"redis"`` (``IDEMPOTENCY_STORE``;
             default: ``"postgres"`` when ``database_url`` is set, else ``"memory"``), so after
             construction it always names the store.
@@ -119,6 +131,7 @@ class StackSettings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_key_prefix: str = "prodkit:"
+    near_cache: bool = True
     idempotency_store: IdempotencyStoreName | None = None
     idempotency_lease_seconds: float = 60.0
     idempotency_ttl_seconds: float = 24 * 3600.0
@@ -285,6 +298,7 @@ class StackSettings:
             "database_url": _text(env, "DATABASE_URL"),
             "redis_url": _text(env, "REDIS_URL"),
             "redis_key_prefix": _text(env, "REDIS_KEY_PREFIX"),
+            "near_cache": _switch(env, "NEAR_CACHE"),
             # Unset, __post_init__ chooses the store from DATABASE_URL.
             "idempotency_store": (_text(env, "IDEMPOTENCY_STORE") or "").lower() or None,
             "idempotency_lease_seconds": _seconds(env, "IDEMPOTENCY_LEASE_SECONDS"),

@@ -8,14 +8,23 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit.cache import RedisCacheStore, ResponseCache
+from tests.cache.helpers import Backend
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """``("memory", "")`` or ``(redis_url, redis_prefix)`` (resolved outside the event loop)."""
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("near", marks=pytest.mark.redis),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Memory, Redis, or a near cache over Redis (URL and prefix resolved outside the event
+    loop); :func:`tests.cache.helpers.store_for` builds a store over it."""
     if request.param == "memory":
-        return ("memory", "")
-    return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+        return Backend("memory")
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return Backend(request.param, url, prefix)
 
 
 @pytest.fixture

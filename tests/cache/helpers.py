@@ -25,13 +25,22 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from prodkit import caller_from_header
 from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, get_header, read_body
-from prodkit.cache import CacheMiddleware, CacheRule, CacheStore, FenceChange, Lookup
+from prodkit.cache import (
+    CacheMiddleware,
+    CacheRule,
+    CacheStore,
+    FenceChange,
+    Lookup,
+    MemoryCacheStore,
+    NearCacheStore,
+    RedisCacheStore,
+)
 
 ROUTES = {
     "/items/{id}": CacheRule(ttl=60),
@@ -49,6 +58,34 @@ ROUTES = {
 }
 USER = {"X-User-Id": "alice"}
 T = TypeVar("T")
+
+
+class Backend(NamedTuple):
+    """What a test's stores are built over: ``kind`` is ``memory``, ``redis`` or ``near`` (a
+    :class:`NearCacheStore` over Redis), with the Redis URL and this test's key prefix."""
+
+    kind: str
+    url: str = ""
+    prefix: str = ""
+
+
+def store_for(backend: Backend) -> CacheStore:
+    """A new store over ``backend`` (each one stands for a worker process's own); a near
+    cache opens its tracking connection on its first reads (see :func:`open_store`)."""
+    if backend.kind == "memory":
+        return MemoryCacheStore()
+    redis = RedisCacheStore.from_url(backend.url, key_prefix=backend.prefix)
+    if backend.kind == "redis":
+        return redis
+    return NearCacheStore(redis, registry=CollectorRegistry())
+
+
+async def open_store(backend: Backend) -> CacheStore:
+    """:func:`store_for`, a near cache's tracking connection open already."""
+    store = store_for(backend)
+    if isinstance(store, NearCacheStore):
+        assert await store.connect()
+    return store
 
 
 @contextlib.contextmanager

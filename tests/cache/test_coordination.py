@@ -23,7 +23,16 @@ from prodkit.cache import (
     RedisCacheStore,
     ResponseCache,
 )
-from tests.cache.helpers import USER, CountingApp, FakeClock, arrivals, make_cache, outcomes
+from tests.cache.helpers import (
+    USER,
+    Backend,
+    CountingApp,
+    FakeClock,
+    arrivals,
+    make_cache,
+    open_store,
+    outcomes,
+)
 from tests.conftest import ClientFactory
 from tests.servers import HOST, free_port, run_server
 
@@ -404,16 +413,14 @@ Stores = Callable[[], CacheStore]
 
 
 @pytest.fixture
-async def shared_store(backend: tuple[str, str]) -> AsyncIterator[Stores]:
+async def shared_store(backend: Backend) -> AsyncIterator[Stores]:
     """Stores over one backend, as every worker process has its own (memory: one object)."""
     memory = MemoryCacheStore()
-    made: list[CacheStore] = []
+    made = [] if backend.kind == "memory" else [await open_store(backend) for _ in range(3)]
+    handed = iter(made)
 
     def factory() -> CacheStore:
-        if backend[0] == "memory":
-            return memory
-        made.append(RedisCacheStore.from_url(backend[0], key_prefix=backend[1]))
-        return made[-1]
+        return memory if backend.kind == "memory" else next(handed)
 
     yield factory
     for store in made:

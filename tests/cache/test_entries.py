@@ -24,14 +24,12 @@ from prodkit.cache import (
     CachedResponse,
     CacheMiddleware,
     CacheRule,
-    MemoryCacheStore,
-    RedisCacheStore,
     ResponseCache,
     compute_etag,
 )
 from prodkit.cache._entries import DecodedEntries
 from prodkit.cache._rules import etag_matches
-from tests.cache.helpers import USER, CountingApp, make_cache
+from tests.cache.helpers import USER, Backend, CountingApp, make_cache, open_store
 from tests.conftest import ClientFactory
 
 # -- an entry as bytes, its ETag ----------------------------------------------------------------
@@ -102,15 +100,8 @@ def test_decoded_entries_are_reused_only_for_the_same_bytes_and_stay_bounded() -
 
 
 @pytest.fixture
-async def cache(
-    backend: tuple[str, str], registry: CollectorRegistry
-) -> AsyncIterator[ResponseCache]:
-    store = (
-        MemoryCacheStore()
-        if backend[0] == "memory"
-        else RedisCacheStore.from_url(backend[0], key_prefix=backend[1])
-    )
-    made = ResponseCache(store, registry=registry)
+async def cache(backend: Backend, registry: CollectorRegistry) -> AsyncIterator[ResponseCache]:
+    made = ResponseCache(await open_store(backend), registry=registry)
     yield made
     await made.aclose()
 

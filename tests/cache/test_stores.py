@@ -19,29 +19,33 @@ from hypothesis import strategies as st
 from prodkit import ConfigurationError, MissingDependencyError
 from prodkit.cache import CacheStore, FenceChange, Lookup, MemoryCacheStore, RedisCacheStore
 from prodkit.cache._store import fence_of, fenced_version
-from tests.cache.helpers import FakeClock
+from tests.cache.helpers import Backend, FakeClock, open_store
 from tests.conftest import REDIS_TOPOLOGIES, redis_topology_url
 
 
 @pytest.fixture(
-    params=["memory", pytest.param("redis", marks=pytest.mark.redis), *REDIS_TOPOLOGIES]
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("near", marks=pytest.mark.redis),
+        *REDIS_TOPOLOGIES,
+    ]
 )
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """The contract's backends: memory, the test Redis, a Redis Cluster and a Sentinel group."""
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The contract's backends: memory, the test Redis, a near cache over it, a Redis Cluster
+    and a Sentinel group."""
     if request.param == "memory":
-        return ("memory", "")
-    if request.param == "redis":
-        return (request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
-    return (redis_topology_url(request, request.param), f"prodkit-test:{uuid.uuid4().hex}:")
+        return Backend("memory")
+    if request.param in ("redis", "near"):
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        return Backend(request.param, url, prefix)
+    url = redis_topology_url(request, request.param)
+    return Backend("redis", url, f"prodkit-test:{uuid.uuid4().hex}:")
 
 
 @pytest.fixture
-async def store(backend: tuple[str, str]) -> AsyncIterator[CacheStore]:
-    made: CacheStore
-    if backend[0] == "memory":
-        made = MemoryCacheStore()
-    else:
-        made = RedisCacheStore.from_url(backend[0], key_prefix=backend[1])
+async def store(backend: Backend) -> AsyncIterator[CacheStore]:
+    made = await open_store(backend)
     yield made
     await made.aclose()
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import structlog
 from asgi_lifespan import LifespanManager
+from prometheus_client import CollectorRegistry
 
 from prodkit import (
     ConfigurationError,
@@ -21,7 +22,7 @@ from prodkit import (
     StackSettings,
     recommended_stack,
 )
-from prodkit.cache import MemoryCacheStore, RedisCacheStore
+from prodkit.cache import MemoryCacheStore, NearCacheStore, RedisCacheStore
 from prodkit.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
@@ -136,11 +137,12 @@ async def test_one_redis_client_is_shared_by_every_redis_store(
     assert isinstance(stack.rate_limit_store, RedisRateLimitStore)
     assert isinstance(stack.idempotency_store, RedisIdempotencyStore)
     assert stack.cache is not None
-    assert isinstance(stack.cache.store, RedisCacheStore)
+    near = stack.cache.store
+    assert isinstance(near, NearCacheStore)  # on by default, over the shared Redis store
     assert stack.redis is not None
     assert stack.rate_limit_store.client is stack.redis
     assert stack.idempotency_store.client is stack.redis
-    assert stack.cache.store.client is stack.redis
+    assert near.store.client is stack.redis
     redis_check = next(c for c in stack.get("health").options["checks"] if c.name == "redis")
     assert not redis_check.critical  # the cache and the rate limiter fail open
     client = make_client(stack.build(items), client=some_client())
@@ -154,10 +156,45 @@ async def test_one_redis_client_is_shared_by_every_redis_store(
     assert (await client.get("/items/1", headers=user)).headers["x-cache"] == "MISS"
     # Every key the stores wrote starts with redis_key_prefix (and the fixture deletes them).
     assert stack.rate_limit_store.key_prefix == f"{redis_prefix}ratelimit:"
-    assert stack.cache.store.key_prefix == f"{redis_prefix}cache:"
+    assert near.store.key_prefix == f"{redis_prefix}cache:"
     written = [key async for key in stack.redis.scan_iter(match=f"{redis_prefix}*")]
     assert any(key.startswith(f"{redis_prefix}idem:".encode()) for key in written)
     assert any(key.startswith(f"{redis_prefix}cache:".encode()) for key in written)
+    await stack.aclose()
+
+
+async def test_near_cache_off_leaves_the_redis_store_alone(redis_url: str) -> None:
+    stack = recommended(StackSettings(redis_url=redis_url, near_cache=False))
+    assert stack.cache is not None
+    assert isinstance(stack.cache.store, RedisCacheStore)
+    await stack.aclose()
+
+
+async def test_the_near_cache_opens_at_start_up_and_serves_hits_from_memory(
+    redis_url: str, redis_prefix: str, registry: CollectorRegistry
+) -> None:
+    settings = StackSettings(redis_url=redis_url, redis_key_prefix=redis_prefix)
+    stack = recommended(settings, registry=registry)
+    stack.build(items)
+    assert stack.cache is not None
+    near = stack.cache.store
+    assert isinstance(near, NearCacheStore)
+
+    def hits() -> float:
+        found = registry.get_sample_value("prodkit_cache_near_reads_total", {"outcome": "hit"})
+        return found or 0.0
+
+    async with LifespanManager(stack) as manager:
+        assert near.tracking  # opened by the start-up hook
+        transport = httpx.ASGITransport(app=manager.app, client=some_client())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            user = {"X-User-Id": f"near-{uuid.uuid4().hex[:8]}"}
+            for _ in range(50):  # a miss, a hit read from Redis, then hits from memory
+                assert (await http.get("/items/1", headers=user)).status_code == 200
+                if hits():
+                    break
+    assert hits() >= 1
+    assert (near.tracking, len(near)) == (False, 0)  # closed with the stack
     await stack.aclose()
 
 

@@ -20,6 +20,7 @@ from prodkit._core.collectors import DEFAULT_PREFIX, counter, gauge
 from prodkit._core.exceptions import BackendError, BackendUnavailableError, ConfigurationError
 from prodkit._core.logs import safe_logger
 from prodkit.cache._memory import MemoryCacheStore
+from prodkit.cache._near import NearCacheStore
 from prodkit.cache._store import CacheStore, FenceChange, Lookup, fence_of
 
 T = TypeVar("T")
@@ -170,6 +171,7 @@ class ResponseCache:
         self.store: CacheStore = _store_or_memory(store)
         #: Bumped by every invalidation in this process (see ``CacheMiddleware``'s flights).
         self.generation = 0
+        self._near = self.store if isinstance(self.store, NearCacheStore) else None  # no breaker
         # None for the in-process memory store, which cannot fail or hang.
         self.breaker = (
             breaker if breaker is not None else _breaker_for(self.store, registry, metric_prefix)
@@ -214,6 +216,10 @@ class ResponseCache:
             await self._settle()
         if self.breaker is None:  # every hit comes here: no closure, no extra frame
             return await self.store.get(key, tags=tags)
+        if self._near is not None:
+            found = self._near.peek(key, tags)
+            if found is not None:
+                return found
         return await self.breaker.call(lambda: self.store.get(key, tags=tags))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:

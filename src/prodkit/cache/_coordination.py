@@ -79,6 +79,7 @@ class SingleFlight:
     __slots__ = (
         "_flights",
         "_inline",
+        "_near",
         "app",
         "cache",
         "count",
@@ -104,6 +105,7 @@ class SingleFlight:
         self.max_body_bytes = max_body_bytes
         # The memory store answers without suspending (and, without a breaker, cannot fail).
         self._inline = isinstance(self.cache.store, MemoryCacheStore) and self.cache.breaker is None
+        self._near = self.cache._near is not None  # it answers what it holds without suspending
         # Flights in progress by entry key, with the cache generation each one started at.
         self._flights: dict[str, tuple[Flight, int]] = {}
 
@@ -115,6 +117,12 @@ class SingleFlight:
         if joined is not None:
             await self._follow(request, receive, send, max_age, joined)
             return
+        if self._near:
+            entry = self.entries.usable(self.entries.held(request), max_age)
+            if entry is not None:  # no flight either: nothing suspended
+                self.count(request.route.template, "hit")
+                await send_entry(send, request, entry, age=self.entries.age(entry))
+                return
         if self._inline:
             # The lookup cannot suspend, so no read can join a flight before it answers:
             # a flight is only needed once it has missed.

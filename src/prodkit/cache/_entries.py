@@ -250,6 +250,25 @@ class Entries:
         request.fenced = fenced(found.versions, self.cache.wall_clock())
         return None
 
+    def held(self, request: CacheRequest) -> CachedResponse | None:
+        """The fresh entry for ``request`` if a near cache holds it, found without suspending;
+        ``None``: ask :meth:`lookup` (which also reads variants and the unstorable marker)."""
+        near = self.cache._near
+        if near is None or self.cache.pending_invalidations:
+            return None
+        found = near.peek(request.entry_key, request.tags)
+        value = None if found is None else found.value
+        if value is None or value == UNSTORABLE_MARKER or decode_vary_record(value) is not None:
+            return None
+        try:
+            entry = self.decoded.decode(request.entry_key, value)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if found is None or entry.versions != found.versions:
+            return None
+        request.versions = found.versions
+        return entry
+
     async def _decode(self, request: CacheRequest, value: bytes | None) -> CachedResponse | None:
         """The entry stored under the request's key (its variant, for a vary record)."""
         if value is None:

@@ -20,6 +20,7 @@ from prodkit.cache import (
     CacheRule,
     CacheStore,
     MemoryCacheStore,
+    NearCacheStore,
     RedisCacheStore,
     ResponseCache,
 )
@@ -432,11 +433,19 @@ def _build_parts(stack: Stack, cache_routes: Mapping[str, CacheRule] | None) -> 
         else MemoryRateLimitStore()
     )
     if cache_routes:
-        cache_store: CacheStore = (
-            RedisCacheStore(stack.redis, key_prefix=f"{prefix}cache:")
-            if stack.redis is not None
-            else MemoryCacheStore()
-        )
+        cache_store: CacheStore = MemoryCacheStore()
+        if stack.redis is not None:
+            shared = RedisCacheStore(stack.redis, key_prefix=f"{prefix}cache:")
+            cache_store = shared
+            if settings.near_cache:
+                # Reads served from memory, dropped by Redis when any worker writes
+                # (docs/caching.md, "Near cache"), its connection opened at start-up.
+                near = cache_store = NearCacheStore(shared, registry=stack.registry)
+
+                async def open_near_cache() -> None:
+                    await near.connect()  # a failure is logged and tried again on reads
+
+                stack.on_startup(open_near_cache)
         stack.cache = ResponseCache(cache_store, registry=stack.registry)
         # The cache closes its store after a last try of pending invalidations.
         stack.on_close(stack.cache.aclose)
