@@ -52,6 +52,7 @@ UVICORN = [
     "uvicorn", "--factory", "--log-level", "warning", "--no-access-log",
     "--loop", "uvloop", "--http", "httptools",
 ]  # fmt: skip
+PRODKIT_SERVE = ["prodkit.cli", "serve", "examples.funds.app:create_app", "--factory"]
 #: Spike: (seconds, share of the one-worker capacity) phases; the spike is the second.
 SPIKE = ((10.0, 0.5), (10.0, 2.0), (25.0, 0.5))
 
@@ -67,6 +68,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     postgres: bool = False
     ready_path: str = "/items/1"
+    default: bool = True  #: run without ``--only``
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,7 +80,7 @@ def cases() -> list[Case]:
             "example, PostgreSQL + Redis, 1 worker",
             ["examples.funds"],
             "funds",
-            100,
+            50,
             env=example,
             postgres=True,
             ready_path="/readyz",
@@ -87,12 +89,22 @@ def cases() -> list[Case]:
             "example, PostgreSQL + Redis, 2 workers",
             ["examples.funds", "--workers", "2"],
             "funds",
-            100,
+            50,
             env=example,
             postgres=True,
             ready_path="/readyz",
         ),
-        Case("bare Starlette (GET /items/{id})", [*UVICORN, "benchmarks.apps:bare"], "items", 500),
+        Case(
+            "example, PostgreSQL + Redis, 1 worker, granian",
+            [*PRODKIT_SERVE, "--server", "granian"],
+            "funds",
+            50,
+            env=example,
+            postgres=True,
+            ready_path="/readyz",
+            default=False,
+        ),
+        Case("bare Starlette (GET /items/{id})", [*UVICORN, "benchmarks.apps:bare"], "items", 250),
         Case(
             "peer stack (GET /items/{id})", [*UVICORN, "benchmarks.apps:peer_stack"], "items", 200
         ),
@@ -100,7 +112,7 @@ def cases() -> list[Case]:
             "prodkit stack, memory (GET /items/{id})",
             [*UVICORN, "benchmarks.apps:full_stack"],
             "items",
-            500,
+            250,
         ),
     ]
 
@@ -243,9 +255,9 @@ def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict
         f"{SLO_P99_MS:.0f} ms and errors < {SLO_ERROR_RATIO:.1%} (latency from the intended "
         "send time). " + conditions["summary"],
         "",
-        "| case | highest rate that holds | first miss | p50 ms | p99 ms | server CPU µs/req "
-        "| generator CPU | generator lag p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | highest rate that holds | first miss | p50 ms | p99 ms | server CPU "
+        "| server CPU µs/req | generator CPU | generator lag p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in done:
         r = case.result
@@ -254,12 +266,13 @@ def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict
             _fmt(r.get("capacity")) + " /s" + (" (generator-bound)" if r["generator_bound"] else "")
         )
         if step is None:
-            lines.append(f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} | | | | | |")
+            lines.append(f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} | | | | | | |")
             continue
         per_request = step["server_cpu"] / step["throughput"] * 1e6 if step["throughput"] else None
         lines.append(
             f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} /s | {step['p50_ms']:.1f} "
-            f"| {_fmt(step['p99_ms'], 1)} | {_fmt(per_request)} | {step['generator_cpu']:.0%} "
+            f"| {_fmt(step['p99_ms'], 1)} | {step['server_cpu']:.0%} | {_fmt(per_request)} "
+            f"| {step['generator_cpu']:.0%} "
             f"| {step['lag_p99_ms']:.1f} |"
         )
     most = max((s for case in done for s in case.result["steps"]), key=lambda s: s["generator_cpu"])
@@ -402,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator-cpu", type=int, help="default: the first CPU")
     parser.add_argument("--server-cpus", help="taskset list, default: every other CPU")
     parser.add_argument(
-        "--only", action="append", help="run only the cases whose label contains this"
+        "--only",
+        action="append",
+        help="run the cases whose label contains this (also those not run by default: granian)",
     )
     parser.add_argument("--no-spike", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s steps, one bisection")
@@ -412,10 +427,16 @@ def main(argv: list[str] | None = None) -> int:
     if pinning is not None:
         # This process mostly waits; it stays off the servers' CPUs.
         os.sched_setaffinity(0, {int(pinning.generator)})
+    for path in (args.report, args.json):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     found = conditions(pinning, seconds)
     print(found["summary"], file=sys.stderr)
     selected = [
-        case for case in cases() if not args.only or any(o in case.label for o in args.only)
+        case
+        for case in cases()
+        if (case.default and not args.only) or any(o in case.label for o in args.only or ())
     ]
     search = ["--search", "--seconds", f"{seconds:g}", "--refine", "1" if args.quick else "2"]
     spiked = None
@@ -432,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.pid,
                 )
                 capacity = case.result.get("capacity")
-                if case.label.endswith("1 worker") and capacity and not args.no_spike:
+                if case.label == cases()[0].label and capacity and not args.no_spike:
                     print(f"\nspike on {case.label}", file=sys.stderr)
                     time.sleep(3)  # the server finishes what the last step's clients gave up on
                     spiked = spike(server, capacity, pinning, seconds)
@@ -441,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.report:
         args.report.write_text(text + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
     note = found["summary"]
     for path in plot(selected, spiked, args.out, note):
         print(

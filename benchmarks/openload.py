@@ -54,8 +54,9 @@ SLO_ERROR_RATIO = 0.001
 GENERATOR_LAG_LIMIT_MS = SLO_P99_MS / 10
 #: ... or whose generator used more than this share of its core.
 GENERATOR_CPU_LIMIT = 0.85
-#: Seconds of quiet before a step that follows a missed one.
-COOL_DOWN = 2.0
+#: Seconds of quiet before a step that follows a missed one: a client that gave up left its
+#: request in the server, which finishes it (at most the client timeout's worth of work).
+COOL_DOWN = 6.0
 #: The shortest sleep of the generator between arrivals (its lag is at most about this).
 TICK = 0.001
 
@@ -737,7 +738,8 @@ async def search(
     report: Callable[[StepReport], None],
     cool_down: float = COOL_DOWN,
 ) -> dict[str, Any]:
-    """Raise the rate step by step until a step misses the SLO, then bisect ``refine`` times.
+    """Raise the rate step by step until a step misses the SLO, then bisect ``refine`` times
+    (a miss at the first rate halves it instead, until one holds).
 
     The capacity is the highest rate measured that held (p99 < :data:`SLO_P99_MS`, errors <
     :data:`SLO_ERROR_RATIO`). A step that missed while the generator was late ends the search
@@ -762,6 +764,18 @@ async def search(
             missed, bound = rate, result.generator_bound
             break
         held = rate
+    # Missed at the first rate: halve it until one holds (at most four times).
+    for _ in range(4):
+        if held is not None or bound or missed is None:
+            break
+        rate = round(missed / 2, 1)
+        result = await measure(rate)
+        if result.passed:
+            held = rate
+        elif result.generator_bound:
+            bound = True
+        else:
+            missed = rate
     if missed is not None and held is not None and not bound:
         for _ in range(refine):
             rate = round(math.sqrt(held * missed), 1)

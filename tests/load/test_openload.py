@@ -205,3 +205,11 @@ def test_schedules_ladders_and_percentiles() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.99) == 4.0
     assert percentile([], 0.99) == 0.0
+
+
+def test_a_miss_at_the_first_rate_halves_it_until_one_holds() -> None:
+    server = FakeServer(capacity=30)
+    result = run_search(server, refine=0)
+    assert server.rates == [100, 50, 25]
+    assert result["capacity"] == 25
+    assert result["first_miss"] == 50
