@@ -104,6 +104,13 @@ def cases() -> list[Case]:
             ready_path="/readyz",
             default=False,
         ),
+        Case(
+            "generator ceiling: a responder that costs next to nothing",
+            ["benchmarks.responder"],
+            "items",
+            2000,
+            default=False,
+        ),
         Case("bare Starlette (GET /items/{id})", [*UVICORN, "benchmarks.apps:bare"], "items", 250),
         Case(
             "peer stack (GET /items/{id})", [*UVICORN, "benchmarks.apps:peer_stack"], "items", 200
@@ -266,7 +273,7 @@ def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict
             _fmt(r.get("capacity")) + " /s" + (" (generator-bound)" if r["generator_bound"] else "")
         )
         if step is None:
-            lines.append(f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} | | | | | | |")
+            lines.append(f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} /s | | | | | | |")
             continue
         per_request = step["server_cpu"] / step["throughput"] * 1e6 if step["throughput"] else None
         lines.append(
@@ -417,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        help="run the cases whose label contains this (also those not run by default: granian)",
+        help="run the cases whose label contains this (also those not run by default: "
+        "granian, the generator's ceiling)",
     )
     parser.add_argument("--no-spike", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s steps, one bisection")
