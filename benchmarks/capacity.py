@@ -269,9 +269,9 @@ def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict
     for case in done:
         r = case.result
         step = _capacity_step(r)
-        held = (
-            _fmt(r.get("capacity")) + " /s" + (" (generator-bound)" if r["generator_bound"] else "")
-        )
+        held = _fmt(r.get("capacity")) + " /s"
+        if r["generator_bound"]:
+            held = f"≥ {held} (then the generator fell behind)"
         if step is None:
             lines.append(f"| {case.label} | {held} | {_fmt(r.get('first_miss'))} /s | | | | | | |")
             continue
@@ -321,6 +321,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "prodkit", "font.size": 9})
     written = []
@@ -338,6 +339,8 @@ def plot(
     axis.text(axis.get_xlim()[0], SLO_P99_MS * 1.1, " p99 target 200 ms", color="grey")
     axis.set_xscale("log")
     axis.set_yscale("log")
+    for scale in (axis.xaxis, axis.yaxis):
+        scale.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axis.set_xlabel("offered load (requests per second, open model)")
     axis.set_ylabel("latency from intended send time (ms)")
     axis.set_title("p99 (solid) and p50 (dashed) against offered load; ★ highest rate that holds")
@@ -353,15 +356,17 @@ def plot(
         fig, axis = plt.subplots(figsize=(9, 4.2))
         seconds = [row["second"] for row in timeline]
         ceiling = max([r["p99_ms"] for r in timeline if r["p99_ms"] is not None] or [1.0]) * 2
+        names = {"p99_ms": "p99 (at the top: over 1 % failed)", "p50_ms": "p50"}
         for key, style in (("p99_ms", "-"), ("p50_ms", "--")):
             values = [ceiling if row[key] is None else row[key] for row in timeline]
-            axis.plot(seconds, values, style, color="C0", label=key.replace("_ms", ""))
+            axis.plot(seconds, values, style, color="C0", label=names[key])
         axis.axhline(SLO_P99_MS, color="grey", lw=0.8, ls=":")
         info = spiked["spike"]
         axis.axvspan(info["start"], info["end"], color="C3", alpha=0.12, label="spike")
         if spiked["recovery_s"] is not None:
             axis.axvline(info["end"] + spiked["recovery_s"], color="C2", lw=1, label="recovered")
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.set_xlabel("seconds (by intended send time)")
         axis.set_ylabel("latency (ms)")
         offered = axis.twinx()
