@@ -336,7 +336,10 @@ def plot(
         if held is not None:
             axis.plot([held["rate"]], [held["p99_ms"]], "*", color=color, ms=11)
     axis.axhline(SLO_P99_MS, color="grey", lw=0.8, ls=":")
-    axis.text(axis.get_xlim()[0], SLO_P99_MS * 1.1, " p99 target 200 ms", color="grey")
+    axis.text(
+        0.99, SLO_P99_MS * 1.08, "p99 target", color="grey", ha="right",
+        transform=axis.get_yaxis_transform(),
+    )  # fmt: skip
     axis.set_xscale("log")
     axis.set_yscale("log")
     for scale in (axis.xaxis, axis.yaxis):
