@@ -15,7 +15,8 @@ step until a step misses the SLO, then bisects twice. Cases:
 
 Then the spike scenario on the one-worker example: half its capacity for 10 s, twice its
 capacity for 10 s, half again for 25 s; the time to recover is how long after the spike every
-second's p99 is back under 200 ms with no error. It writes the plots ``capacity.svg`` and
+second's p99 is back under 200 ms with no error. Then each operation of the mix alone, at 100
+requests per second, for its server CPU per request. It writes the plots ``capacity.svg`` and
 ``capacity-spike.svg`` into ``--out``, prints a Markdown report (also to ``--report``), and the
 raw figures to ``--json``. About 8 minutes; loopback only, every server stopped by its own PID.
 """
@@ -41,7 +42,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks.openload import SLO_ERROR_RATIO, SLO_P99_MS
+from benchmarks.openload import FUNDS_MIX, SLO_ERROR_RATIO, SLO_P99_MS
 from tests.servers import ROOT, ServerProcess, free_port, run_server
 
 DATABASE_URL = os.environ.get(
@@ -53,6 +54,8 @@ UVICORN = [
     "--loop", "uvloop", "--http", "httptools",
 ]  # fmt: skip
 PRODKIT_SERVE = ["prodkit.cli", "serve", "examples.funds.app:create_app", "--factory"]
+#: Requests per second of each operation alone, for its cost.
+OPERATION_RATE = 100.0
 #: Spike: (seconds, share of the one-worker capacity) phases; the spike is the second.
 SPIKE = ((10.0, 0.5), (10.0, 2.0), (25.0, 0.5))
 
@@ -243,6 +246,38 @@ def spike(
     return result
 
 
+def operation_costs(
+    server: ServerProcess, pinning: Pinning | None, seconds: float
+) -> dict[str, dict[str, float | None]]:
+    """Server CPU per request of each operation of the mix alone, at a low rate."""
+    costs: dict[str, dict[str, float | None]] = {}
+    for name in FUNDS_MIX:
+        if name.endswith("(retry)"):
+            continue  # a retry replays a create of the same run: measured inside the mix
+        options = [
+            "--operation",
+            name,
+            "--rates",
+            f"{OPERATION_RATE:g}",
+            "--seconds",
+            f"{seconds:g}",
+        ]
+        step = run_generator(
+            server.base_url,
+            "funds",
+            [*options, "--users", "20", "--warmup", "0"],
+            pinning,
+            server.pid,
+        )["steps"][0]
+        costs[name] = {
+            "cpu_us": step["server_cpu"] / step["throughput"] * 1e6 if step["throughput"] else None,
+            "p50_ms": step["p50_ms"],
+            "p99_ms": step["p99_ms"],
+            "errors": step["error_ratio"],
+        }
+    return costs
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -255,8 +290,14 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict[str, Any]) -> str:
-    """The Markdown report: capacity per case, the generator's own figures, the spike."""
+def report(
+    done: Sequence[Case],
+    spiked: dict[str, Any] | None,
+    conditions: dict[str, Any],
+    costs: dict[str, dict[str, float | None]] | None = None,
+) -> str:
+    """The Markdown report: capacity per case, the generator's own figures, the spike, and
+    what each operation costs alone."""
     lines = [
         f"Open model, Poisson arrivals, {conditions['step_seconds']:g} s per step; SLO p99 < "
         f"{SLO_P99_MS:.0f} ms and errors < {SLO_ERROR_RATIO:.1%} (latency from the intended "
@@ -305,6 +346,21 @@ def report(done: Sequence[Case], spiked: dict[str, Any] | None, conditions: dict
                 else "not recovered by the end of the run."
             ),
         ]
+    if costs:
+        total = sum(FUNDS_MIX.values())
+        lines += [
+            "",
+            f"Each operation alone on the one-worker example ({OPERATION_RATE:g} requests per "
+            "second):",
+            "",
+            "| operation | share of the mix | server CPU µs per request | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, cost in costs.items():
+            lines.append(
+                f"| `{name}` | {FUNDS_MIX[name] / total:.0%} | {_fmt(cost['cpu_us'])} "
+                f"| {_fmt(cost['p50_ms'], 1)} | {_fmt(cost['p99_ms'], 1)} |"
+            )
     return "\n".join(lines)
 
 
@@ -436,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         "granian, the generator's ceiling)",
     )
     parser.add_argument("--no-spike", action="store_true")
+    parser.add_argument("--no-costs", action="store_true", help="skip each operation alone")
     parser.add_argument("--quick", action="store_true", help="2 s steps, one bisection")
     args = parser.parse_args(argv)
     seconds = 2.0 if args.quick else args.seconds
@@ -456,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     search = ["--search", "--seconds", f"{seconds:g}", "--refine", "1" if args.quick else "2"]
     spiked = None
+    costs: dict[str, dict[str, float | None]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="prodkit-capacity-") as tmp:
         for case in selected:
@@ -473,8 +531,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nspike on {case.label}", file=sys.stderr)
                     time.sleep(3)  # the server finishes what the last step's clients gave up on
                     spiked = spike(server, capacity, pinning, seconds)
+                if case.label == cases()[0].label and not args.no_costs:
+                    print(f"\neach operation alone on {case.label}", file=sys.stderr)
+                    time.sleep(3)
+                    costs = operation_costs(server, pinning, min(seconds, 3.0))
     found["minutes"] = round((time.monotonic() - started) / 60, 1)
-    text = report(selected, spiked, found)
+    text = report(selected, spiked, found, costs)
     print(text)
     if args.report:
         args.report.write_text(text + "\n")
@@ -489,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             "conditions": found,
             "cases": {case.label: case.result for case in selected},
             "spike": spiked,
+            "operation_costs": costs,
         }
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     return 0

@@ -152,14 +152,20 @@ class Funds:
     """The load scenarios' realistic mix against the funds example, as independent arrivals.
 
     ``users`` callers (``X-User-Id``), each with ``funds_per_user`` funds created before the run;
-    every arrival picks an operation by :data:`FUNDS_MIX` and a caller at random. A create
+    every arrival picks an operation by :data:`FUNDS_MIX` (or among ``operations`` alone, with
+    the same weights) and a caller at random. A create
     carries a fresh ``Idempotency-Key`` and must answer 201; a retry re-sends a create that was
     answered, with its key, and must answer 201 with ``Idempotency-Status: replayed``; the reads
     must answer 200.
     """
 
     def __init__(
-        self, host: str, rng: random.Random, users: int = 200, funds_per_user: int = 2
+        self,
+        host: str,
+        rng: random.Random,
+        users: int = 200,
+        funds_per_user: int = 2,
+        operations: Sequence[str] = (),
     ) -> None:
         self._host = host
         self._rng = rng
@@ -169,8 +175,11 @@ class Funds:
         self._funds: dict[str, list[str]] = {user: [] for user in self._users}
         self._answered: deque[bytes] = deque(maxlen=1000)  # creates answered, as sent
         self._body = json.dumps(FUND).encode()
-        self._operations = list(FUNDS_MIX)
-        self._weights = list(FUNDS_MIX.values())
+        unknown = set(operations) - set(FUNDS_MIX)
+        if unknown:
+            raise ValueError(f"unknown operations {sorted(unknown)}; choose from {list(FUNDS_MIX)}")
+        self._operations = [name for name in FUNDS_MIX if not operations or name in operations]
+        self._weights = [FUNDS_MIX[name] for name in self._operations]
 
     def _headers(self, user: str) -> list[tuple[str, str]]:
         return [("X-User-Id", user)]
@@ -227,7 +236,7 @@ class Funds:
         return Planned(operation, request_bytes("GET", path, self._host, self._headers(user)))
 
 
-WORKLOADS: dict[str, Callable[[str, random.Random], Workload]] = {"items": Items, "funds": Funds}
+WORKLOADS = ("funds", "items")
 
 # -- connections --------------------------------------------------------------------------------
 
@@ -813,7 +822,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     pool = Pool(host, port, max_connections=args.max_connections, timeout=args.timeout)
     pool.start()
-    workload = WORKLOADS[args.workload](f"{host}:{port}", rng)
+    workload: Workload
+    if args.workload == "funds":
+        workload = Funds(f"{host}:{port}", rng, users=args.users, operations=args.operation or ())
+    else:
+        workload = Items(f"{host}:{port}", rng, users=args.users)
     generator = Generator(pool, workload, rng, args.server_pid)
 
     def report(step: StepReport) -> None:
@@ -821,6 +834,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "workload": args.workload,
+        "operations": args.operation,
         "url": args.url,
         "seed": args.seed,
         "timeout_s": args.timeout,
@@ -875,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.openload", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="items")
+    parser.add_argument("--workload", choices=WORKLOADS, default="items")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--rates",
@@ -891,6 +905,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--schedule", help="phases seconds@rate,... back to back, reported per second"
     )
+    parser.add_argument(
+        "--operation",
+        action="append",
+        choices=list(FUNDS_MIX),
+        help="funds: offer only this operation (repeat for several)",
+    )
+    parser.add_argument("--users", type=int, default=200, help="callers (X-User-Id)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per step (default 5)")
     parser.add_argument("--start", type=float, default=50.0, help="--search: first rate")
     parser.add_argument("--factor", type=float, default=1.5, help="--search: next rate *")
@@ -904,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-pid", type=int, help="report this server session's CPU")
     parser.add_argument("--json", type=Path, help="write the figures here ('-': stdout)")
     args = parser.parse_args(argv)
+    if args.operation:
+        args.workload = "funds"
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from benchmarks.capacity import recovery
 from benchmarks.openload import (
     FUNDS_MIX,
     SLO_P99_MS,
+    Funds,
     Outcome,
     StepReport,
     ladder,
@@ -213,3 +215,12 @@ def test_a_miss_at_the_first_rate_halves_it_until_one_holds() -> None:
     assert server.rates == [100, 50, 25]
     assert result["capacity"] == 25
     assert result["first_miss"] == 50
+
+
+def test_the_funds_workload_can_offer_one_operation_alone() -> None:
+    workload = Funds("127.0.0.1:8000", random.Random(1), operations=["GET /api/summary"])
+    planned = [workload.next() for _ in range(50)]
+    assert {p.operation for p in planned} == {"GET /api/summary"}
+    assert all(p.data.startswith(b"GET /api/summary HTTP/1.1\r\n") for p in planned)
+    with pytest.raises(ValueError, match="unknown operations"):
+        Funds("127.0.0.1:8000", random.Random(1), operations=["DELETE /api/funds/{id}"])
