@@ -261,6 +261,15 @@ class Pending:
         self.done = done
 
 
+def problem_code(body: Sequence[bytes]) -> str:
+    """`` CODE`` of an RFC 9457 problem body (prodkit's ``code`` member), else nothing."""
+    try:
+        code = json.loads(b"".join(body)).get("code")
+    except (ValueError, AttributeError):
+        return ""
+    return f" {code}" if isinstance(code, str) else ""
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time, parsed by httptools."""
 
@@ -272,6 +281,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
+        self._keep_body = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -293,8 +303,15 @@ class Connection(asyncio.Protocol):
         if self.pending is not None and self.pending.planned.expect_header is not None:
             self._headers[name.lower()] = value
 
+    def on_headers_complete(self) -> None:
+        # The body is kept when the workload reads it, or to name a wrong answer's problem code.
+        planned = self.pending.planned if self.pending is not None else None
+        self._keep_body = planned is not None and (
+            planned.on_body is not None or self.parser.get_status_code() != planned.expect
+        )
+
     def on_body(self, body: bytes) -> None:
-        if self.pending is not None and self.pending.planned.on_body is not None:
+        if self._keep_body:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -304,7 +321,7 @@ class Connection(asyncio.Protocol):
             return
         planned = pending.planned
         status = self.parser.get_status_code()
-        error = None if status == planned.expect else f"status {status}"
+        error = None if status == planned.expect else f"status {status}{problem_code(self._body)}"
         if error is None and planned.expect_header is not None:
             name, value = planned.expect_header
             if self._headers.get(name) != value:

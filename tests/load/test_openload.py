@@ -25,6 +25,7 @@ from benchmarks.openload import (
     ladder,
     parse_schedule,
     percentile,
+    problem_code,
     search,
     summarise,
 )
@@ -182,21 +183,22 @@ def test_a_miss_while_the_generator_was_late_ends_the_search_as_generator_bound(
     [
         # Back under the SLO the second after the spike ends, and for good.
         ([(8, 50.0, 0), (9, 900.0, 0), (10, 150.0, 0), (11, 40.0, 0), (12, 30.0, 0)], 0.0),
-        # A relapse after a good second: recovered only once every later second holds.
-        ([(10, 900.0, 0), (11, 100.0, 0), (12, 300.0, 0), (13, 90.0, 0), (14, 80.0, 0)], 3.0),
+        # A relapse within three seconds: recovered once three seconds in a row hold.
+        ([(10, 900.0, 0), (11, 100.0, 0), (12, 300.0, 0), (13, 90.0, 0), (14, 80.0, 0),
+          (15, 80.0, 0), (16, 500.0, 0)], 3.0),
         # Errors count too: a second with failures has not recovered.
-        ([(10, 50.0, 5), (11, 50.0, 0)], 1.0),
+        ([(10, 50.0, 5), (11, 50.0, 0), (12, 50.0, 0), (13, 50.0, 0)], 1.0),
         # Never back: None.
         ([(10, 900.0, 0), (11, None, 30)], None),
     ],
-)
-def test_recovery_is_the_first_second_after_which_every_second_holds(
+)  # fmt: skip
+def test_recovery_is_the_first_of_enough_seconds_in_a_row_that_hold(
     rows: list[tuple[int, float | None, int]], expected: float | None
 ) -> None:
     timeline = [
         {"second": s, "offered": 100, "errors": e, "p50_ms": 1.0, "p99_ms": p} for s, p, e in rows
     ]
-    assert recovery(timeline, spike_end=10) == expected
+    assert recovery(timeline, spike_end=10, hold=3) == expected
 
 
 def test_schedules_ladders_and_percentiles() -> None:
@@ -224,3 +226,12 @@ def test_the_funds_workload_can_offer_one_operation_alone() -> None:
     assert all(p.data.startswith(b"GET /api/summary HTTP/1.1\r\n") for p in planned)
     with pytest.raises(ValueError, match="unknown operations"):
         Funds("127.0.0.1:8000", random.Random(1), operations=["DELETE /api/funds/{id}"])
+
+
+def test_a_wrong_answer_names_its_problem_code() -> None:
+    assert problem_code([b'{"type": "about:blank", "status": 503, ', b'"code": "OVERLOADED"}']) == (
+        " OVERLOADED"
+    )
+    assert problem_code([b"<html>busy</html>"]) == ""
+    assert problem_code([b"[1, 2]"]) == ""
+    assert problem_code([]) == ""
