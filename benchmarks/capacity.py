@@ -13,12 +13,14 @@ step until a step misses the SLO, then bisects twice. Cases:
 * references on a one-route ``GET /items/{id}`` (``benchmarks.apps``): bare Starlette, the peer
   stack, and prodkit's whole recommended stack on in-memory stores.
 
-Then the spike scenario on the one-worker example: half its capacity for 10 s, twice its
-capacity for 10 s, half again for 25 s; the time to recover is how long after the spike the
-seconds hold the SLO again (p99 under 200 ms, no error), five in a row. Then each operation of
-the mix alone, at 100 requests per second, for its server CPU per request. It writes the plots
+On the one-worker example, each operation of the mix alone, at 100 requests per second, for
+its server CPU per request; then the spike scenario: half its capacity for 10 s, twice its
+capacity for 10 s, half again for 25 s, once with the defaults and once (on a fresh server) with
+``MAX_CONCURRENCY`` at what the capacity serves within 200 ms (Little's law: capacity x 0.2 s).
+The time to recover is how long after the spike the seconds hold the SLO again (p99 under
+200 ms, no error), five in a row. It writes the plots
 ``capacity.svg`` and ``capacity-spike.svg`` into ``--out``, prints a Markdown report (also to
-``--report``), and the raw figures to ``--json``. About 7 minutes; loopback only, every server
+``--report``), and the raw figures to ``--json``. About 8 minutes; loopback only, every server
 stopped by its own PID.
 """
 
@@ -38,7 +40,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -248,7 +250,7 @@ def recovery(
 
 
 def spike(
-    server: ServerProcess, capacity: float, pinning: Pinning | None, seconds: float
+    server: ServerProcess, capacity: float, pinning: Pinning | None, seconds: float, label: str
 ) -> dict[str, Any]:
     """The spike scenario against a running example, scaled to its capacity."""
     phases = [(length * seconds / 5, max(1.0, round(capacity * share))) for length, share in SPIKE]
@@ -257,7 +259,13 @@ def spike(
     spike_end = phases[0][0] + phases[1][0]
     result["spike"] = {"start": phases[0][0], "end": spike_end, "rate": phases[1][1]}
     result["recovery_s"] = recovery(result["timeline"], spike_end)
+    result["label"] = label
     return result
+
+
+def bounded_limit(capacity: float) -> int:
+    """In-flight requests that the capacity serves within the p99 target (Little's law)."""
+    return max(1, round(capacity * SLO_P99_MS / 1000))
 
 
 def operation_costs(
@@ -306,7 +314,7 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def report(
     done: Sequence[Case],
-    spiked: dict[str, Any] | None,
+    spikes: Sequence[dict[str, Any]],
     conditions: dict[str, Any],
     costs: dict[str, dict[str, float | None]] | None = None,
 ) -> str:
@@ -343,21 +351,21 @@ def report(
         f"The generator's busiest step used {most['generator_cpu']:.0%} of its CPU "
         f"({most['rate']:,.0f} /s offered, lag p99 {most['lag_p99_ms']:.1f} ms).",
     ]
-    if spiked is not None:
-        whole = spiked["whole"]
-        spike_info = spiked["spike"]
+    for run in spikes:
+        whole, info = run["whole"], run["spike"]
         lines += [
             "",
-            f"Spike (one worker): {spiked['schedule'][0]['rate']:,.0f} /s, then "
-            f"{spike_info['rate']:,.0f} /s from {spike_info['start']:g} s to "
-            f"{spike_info['end']:g} s, then {spiked['schedule'][2]['rate']:,.0f} /s: "
-            f"{whole['offered']:,} requests, {whole['error_ratio']:.2%} errors "
-            f"({', '.join(f'{k}: {v}' for k, v in whole['errors'].items()) or 'none'}), "
-            f"worst second p99 {_fmt(_worst(spiked['timeline']), 0)} ms; "
+            f"Spike (one worker, {run['label']}): {run['schedule'][0]['rate']:,.0f} /s, then "
+            f"{info['rate']:,.0f} /s from {info['start']:g} s to {info['end']:g} s, then "
+            f"{run['schedule'][2]['rate']:,.0f} /s: {whole['offered']:,} requests, "
+            f"{whole['error_ratio']:.2%} errors "
+            f"({', '.join(f'{k}: {v}' for k, v in whole['errors'].items()) or 'none'}); "
             + (
-                f"recovered {spiked['recovery_s']:g} s after the spike."
-                if spiked["recovery_s"] is not None
-                else "not recovered by the end of the run."
+                f"recovered {run['recovery_s']:g} s after the spike."
+                if run["recovery_s"] is not None
+                else "not recovered by the end of the run "
+                f"({_late(run['timeline'], info['end'])} of the "
+                f"{len(run['timeline']) - int(info['end'])} seconds after the spike over the SLO)."
             ),
         ]
     if costs:
@@ -378,13 +386,21 @@ def report(
     return "\n".join(lines)
 
 
-def _worst(timeline: Sequence[dict[str, Any]]) -> float | None:
-    values = [row["p99_ms"] for row in timeline]
-    return None if any(v is None for v in values) else max(values, default=0.0)
+def _late(timeline: Sequence[dict[str, Any]], after: float) -> int:
+    """Seconds from ``after`` on whose p99 missed the SLO."""
+    return sum(
+        1
+        for row in timeline
+        if row["second"] >= after and (row["p99_ms"] is None or row["p99_ms"] >= SLO_P99_MS)
+    )
 
 
 def plot(
-    done: Sequence[Case], spiked: dict[str, Any] | None, out: Path, note: str, suffix: str = ".svg"
+    done: Sequence[Case],
+    spikes: Sequence[dict[str, Any]],
+    out: Path,
+    note: str,
+    suffix: str = ".svg",
 ) -> list[Path]:
     """``capacity.svg`` (p50 and p99 against offered load) and ``capacity-spike.svg``."""
     import matplotlib
@@ -424,37 +440,53 @@ def plot(
     fig.savefig(path, metadata={"Date": None})
     plt.close(fig)
     written.append(path)
-    if spiked is not None:
-        timeline = spiked["timeline"]
-        fig, axis = plt.subplots(figsize=(9, 4.2))
-        seconds = [row["second"] for row in timeline]
-        ceiling = max([r["p99_ms"] for r in timeline if r["p99_ms"] is not None] or [1.0]) * 2
-        names = {"p99_ms": "p99 (at the top: over 1 % failed)", "p50_ms": "p50"}
-        for key, style in (("p99_ms", "-"), ("p50_ms", "--")):
-            values = [ceiling if row[key] is None else row[key] for row in timeline]
-            axis.plot(seconds, values, style, color="C0", label=names[key])
+    if spikes:
+        fig, axis = plt.subplots(figsize=(9, 5.2))
+        ceiling = 2 * max(
+            [r["p99_ms"] for run in spikes for r in run["timeline"] if r["p99_ms"] is not None]
+            or [1.0]
+        )
+        for index, run in enumerate(spikes):
+            timeline = run["timeline"]
+            seconds = [row["second"] for row in timeline]
+            p99 = [ceiling if row["p99_ms"] is None else row["p99_ms"] for row in timeline]
+            recovered = (
+                f"recovered after {run['recovery_s']:g} s"
+                if run["recovery_s"] is not None
+                else "not recovered"
+            )
+            axis.plot(
+                seconds, p99, "-", color=f"C{index}", label=f"p99, {run['label']}: {recovered}"
+            )
+            if run["recovery_s"] is not None:
+                axis.axvline(
+                    run["spike"]["end"] + run["recovery_s"], color=f"C{index}", lw=0.8, ls=":"
+                )
+        info = spikes[0]["spike"]
+        axis.axvspan(info["start"], info["end"], color="C3", alpha=0.1, label="spike")
         axis.axhline(SLO_P99_MS, color="grey", lw=0.8, ls=":")
-        info = spiked["spike"]
-        axis.axvspan(info["start"], info["end"], color="C3", alpha=0.12, label="spike")
-        if spiked["recovery_s"] is not None:
-            axis.axvline(info["end"] + spiked["recovery_s"], color="C2", lw=1, label="recovered")
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
         axis.set_xlabel("seconds (by intended send time)")
-        axis.set_ylabel("latency (ms)")
+        axis.set_ylabel("p99 latency (ms); at the top: over 1 % failed")
         offered = axis.twinx()
+        timeline = spikes[0]["timeline"]
         offered.bar(
-            seconds, [row["offered"] for row in timeline], width=1.0, align="edge",
-            color="black", alpha=0.08, label="offered",
+            [row["second"] for row in timeline], [row["offered"] for row in timeline],
+            width=1.0, align="edge", color="black", alpha=0.08, label="offered",
         )  # fmt: skip
-        offered.plot(seconds, [row["errors"] for row in timeline], color="C3", lw=1, label="errors")
-        offered.set_ylabel("requests per second")
+        offered.set_ylabel("requests offered per second")
         axis.set_zorder(offered.get_zorder() + 1)
         axis.patch.set_visible(False)
         lines, labels = axis.get_legend_handles_labels()
         more, more_labels = offered.get_legend_handles_labels()
-        axis.legend(lines + more, labels + more_labels, loc="upper right", fontsize=8)
-        axis.set_title("spike on the example (PostgreSQL + Redis, one worker)")
+        axis.legend(
+            lines + more, labels + more_labels, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+            ncol=2, fontsize=8, frameon=False,
+        )  # fmt: skip
+        axis.set_title(
+            f"spike to {info['rate']:,.0f} /s on the example (PostgreSQL + Redis, one worker)"
+        )
         fig.text(0.01, 0.005, note, fontsize=7, color="grey")
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         path = out / f"capacity-spike{suffix}"
@@ -526,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         if (case.default and not args.only) or any(o in case.label for o in args.only or ())
     ]
     search = ["--search", "--seconds", f"{seconds:g}", "--refine", "1" if args.quick else "2"]
-    spiked = None
+    spikes: list[dict[str, Any]] = []
     costs: dict[str, dict[str, float | None]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="prodkit-capacity-") as tmp:
@@ -541,21 +573,32 @@ def main(argv: list[str] | None = None) -> int:
                     server.pid,
                 )
                 capacity = case.result.get("capacity")
-                if case.label == cases()[0].label and capacity and not args.no_spike:
-                    print(f"\nspike on {case.label}", file=sys.stderr)
-                    time.sleep(3)  # the server finishes what the last step's clients gave up on
-                    spiked = spike(server, capacity, pinning, seconds)
-                if case.label == cases()[0].label and not args.no_costs:
+                first = case.label == cases()[0].label
+                if first and not args.no_costs:
                     print(f"\neach operation alone on {case.label}", file=sys.stderr)
-                    time.sleep(3)
+                    time.sleep(3)  # the server finishes what the last step's clients gave up on
                     costs = operation_costs(server, pinning, min(seconds, 3.0))
+                if first and capacity and not args.no_spike:
+                    print(f"\nspike on {case.label}", file=sys.stderr)
+                    time.sleep(3)
+                    spikes.append(
+                        spike(server, capacity, pinning, seconds, "MAX_CONCURRENCY unset (1000)")
+                    )
+            if first and capacity and not args.no_spike:
+                # The same spike with the in-flight limit the capacity serves within the target.
+                limit = bounded_limit(capacity)
+                bounded = replace(case, env={**case.env, "MAX_CONCURRENCY": str(limit)})
+                print(f"\nspike with MAX_CONCURRENCY={limit}", file=sys.stderr)
+                with serving(bounded, pinning, Path(tmp)) as server:
+                    label = f"MAX_CONCURRENCY={limit} (capacity x 200 ms)"
+                    spikes.append(spike(server, capacity, pinning, seconds, label))
     found["minutes"] = round((time.monotonic() - started) / 60, 1)
-    text = report(selected, spiked, found, costs)
+    text = report(selected, spikes, found, costs)
     print(text)
     if args.report:
         args.report.write_text(text + "\n")
     note = found["summary"]
-    for path in plot(selected, spiked, args.out, note):
+    for path in plot(selected, spikes, args.out, note):
         print(
             f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}",
             file=sys.stderr,
@@ -564,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = {
             "conditions": found,
             "cases": {case.label: case.result for case in selected},
-            "spike": spiked,
+            "spikes": spikes,
             "operation_costs": costs,
         }
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
