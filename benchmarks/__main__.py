@@ -1,6 +1,9 @@
 """Run the in-process benchmarks: ``python -m benchmarks [suite ...] [--quick]``.
 
 Each ``benchmarks/bench_<suite>.py`` module defines ``cases()``; with no suite named, all run.
+Over real sockets: ``python -m benchmarks capacity`` (the open-model capacity report and its
+plots, :mod:`benchmarks.capacity`) and ``python -m benchmarks servers`` (the example's GET/s
+under each server, and what each does with hostile clients, :mod:`benchmarks.servers`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ import sys
 import benchmarks
 from benchmarks.harness import format_table, run_cases
 
+#: Commands that run servers, by name: their module's ``main(argv)``.
+COMMANDS = {"capacity": "benchmarks.capacity", "servers": "benchmarks.servers"}
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        command: int = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        return command
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     available = sorted(
         name[len("bench_") :]

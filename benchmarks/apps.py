@@ -48,6 +48,17 @@ def full_stack() -> ASGIApp:
     )
 
 
+def funds_example() -> ASGIApp:
+    """Factory for ``uvicorn --factory``: the funds example, its logging as ``prodkit serve``
+    configures it (``LOG_LEVEL``, ``LOG_FORMAT``), for servers ``prodkit serve`` does not run
+    (uvicorn with h11, or with httptools and no head limit)."""
+    from examples.funds.app import create_app
+
+    settings = StackSettings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def peer_stack() -> ASGIApp:
     """Factory for ``uvicorn --factory``: the same app behind the typical peer packages.
 
