@@ -8,6 +8,7 @@ import pytest
 from prodkit import ConfigurationError
 from prodkit._core.outcome import PathFilter, resolve_route
 from prodkit._core.routing import normalise_template, remember_root_path, route_path
+from prodkit._core.state import request_state
 from prodkit.asgi import (
     UNMATCHED_ROUTE,
     ASGIApp,
@@ -205,9 +206,9 @@ async def test_every_framework_gives_the_same_label(
     app = build_app(framework)
 
     async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
-        remember_root_path(scope)
+        state = request_state(scope)  # it remembers the root path
         await app(scope, receive, send)
-        seen.append(resolve_route(scope, app, 200, None))
+        seen.append(resolve_route(scope, state, app, 200, None))
 
     transport = httpx.ASGITransport(app=recorded)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

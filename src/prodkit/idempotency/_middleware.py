@@ -23,13 +23,13 @@ from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.callers import Caller, caller_from_authorization
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
-from prodkit._core.headers import get_all_headers, get_header, message_headers, set_header
+from prodkit._core.headers import get_header, message_headers, set_header
 from prodkit._core.logs import safe_logger
 from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.idempotency._claims import (
-    CLAIM_SCOPE_KEY,
     COMPLETE_TIMEOUT,
     IN_PROGRESS,
     IdempotencyClaim,
@@ -63,7 +63,8 @@ KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 CALLER_UNKNOWN = "IDEMPOTENCY_CALLER_UNKNOWN"
 STORE_UNAVAILABLE = "IDEMPOTENCY_STORE_UNAVAILABLE"
 
-#: Scope key holding ``"created"`` while the handler runs under a fresh claim.
+#: Deprecated: the scope key holding ``"created"`` while the handler runs under a fresh claim.
+#: Read ``request_state(scope).idempotency_status`` instead (:mod:`prodkit.asgi`).
 SCOPE_KEY = "prodkit.idempotency_status"
 
 #: The outcomes counted in ``{metric_prefix}idempotency_requests_total``.
@@ -312,7 +313,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        values = get_all_headers(scope.get("headers") or (), self._header)
+        values = request_state(scope).headers(scope).get_all(self._header)
         if not values:
             if not self._is_required(scope):
                 await self.app(scope, receive, send)
@@ -582,8 +583,10 @@ class _ClaimedResponder:
 
     async def run(self, receive: Receive) -> None:
         """Run the handler with :meth:`send_or_hold` as its ``send``; release the claim after."""
-        self.scope[SCOPE_KEY] = "created"
-        self.scope[CLAIM_SCOPE_KEY] = self.claim
+        state = request_state(self.scope)
+        state.idempotency_status = "created"
+        state.idempotency_claim = self.claim
+        self.scope[SCOPE_KEY] = "created"  # deprecated, still there for code that reads it
         try:
             try:
                 await self.middleware.app(self.scope, receive, self.send_or_hold)

@@ -13,6 +13,7 @@ from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import message_headers
+from prodkit._core.observer import on_response_start
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem, send_problem
 from prodkit._core.routing import RouteTable
@@ -323,14 +324,12 @@ class RateLimitMiddleware:
         policy_field = group.policy_field
         state_field = (b"ratelimit", state)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message_headers(message)
-                headers.append(policy_field)
-                headers.append(state_field)
-            await send(message)
+        def add_fields(message: Message) -> None:
+            headers = message_headers(message)
+            headers.append(policy_field)
+            headers.append(state_field)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, add_fields))
 
     async def _reject(
         self,

@@ -9,7 +9,7 @@ from typing import TypedDict, Unpack
 from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_header, message_headers
-from prodkit._core.observer import ResponseObserver
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -205,17 +205,7 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         add = self._add_https if scope.get("scheme") == "https" else self._add_http
-        if type(send) is ResponseObserver and not send.started:
-            send.add_start_hook(add)  # the observer runs it: no send wrapper of our own
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                add(message)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, add))
 
 
 def _present(*headers: tuple[bytes, str | None]) -> list[tuple[bytes, bytes]]:
