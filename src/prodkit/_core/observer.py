@@ -67,7 +67,7 @@ class ResponseObserver:
     ) -> None:
         self._send = send
         self._hooks: list[StartHook] | None = None if on_start is None else [on_start]
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] | None = None if capture_limit is None else []
         self.capture_limit = capture_limit
         self.status: int | None = None
         self.headers: RawHeaders = []
@@ -118,18 +118,26 @@ class ResponseObserver:
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self.take_start(message)
+            # take_start(), inlined: this runs for every response.
+            hooks = self._hooks
+            if hooks is not None:
+                for hook in hooks:
+                    hook(message)
+            self.status = int(message["status"])
+            headers = message.get("headers")
+            self.headers = headers if type(headers) is list else list(headers or ())
             self.started = True
             await self._send(message)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            if self.capture_limit is not None and not self.overflowed:
-                if self.body_bytes + len(body) > self.capture_limit:
+            more = message.get("more_body", False)
+            chunks = self._chunks
+            if chunks is not None and not self.overflowed:
+                if self.body_bytes + len(body) > self.capture_limit:  # type: ignore[operator]
                     self.overflowed = True
-                    self._chunks.clear()
+                    chunks.clear()
                 elif body:
-                    self._chunks.append(body)
+                    chunks.append(body)
             await self._send(message)
             self.body_bytes += len(body)
             if not more:
@@ -141,7 +149,7 @@ class ResponseObserver:
     @property
     def body(self) -> bytes:
         """The captured body (empty unless ``capture_limit`` was set and not exceeded)."""
-        return b"".join(self._chunks)
+        return b"".join(self._chunks or ())
 
 
 def on_response_start(send: Send, hook: StartHook) -> ResponseObserver:

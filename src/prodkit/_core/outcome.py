@@ -57,7 +57,8 @@ class PathFilter:
         ASGI gives as ``/api/health``: both spellings are left alone.
         """
         path: str = scope["path"]
-        if path in self:
+        # __contains__, inlined: every request of a layer with excluded paths comes here.
+        if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
             return True
         return bool(scope.get("root_path")) and route_path(scope) in self
 

@@ -23,43 +23,45 @@ REQUEST_STATE_KEY = "prodkit.request"
 CLIENT_CLOSED_REQUEST = 499
 
 
-class RequestHeaders:
-    """A request's header fields, read once: the first value of each name in one dictionary.
+class RequestHeaders(dict[bytes, bytes]):
+    """A request's header fields, read once: the first value of each name, by name.
 
-    Made from one list of raw ASGI headers (lower-case names); :meth:`reads` tells whether a
-    scope still carries that very list, unchanged in length.
+    A dictionary (``headers.get(b"origin")``, ``b"range" in headers``) made from one list of
+    raw ASGI headers (lower-case names) in one pass; :meth:`get_all` has every value of a
+    name. :meth:`reads` tells whether a scope still carries that very list, unchanged in
+    length.
 
-    Arguments:
-        raw: the scope's ``headers``.
+    Make it with :meth:`read`.
     """
 
-    __slots__ = ("_first", "_items", "_size", "_source")
+    __slots__ = ("_size", "_source")
 
-    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
-        self._source = raw
-        items = raw if isinstance(raw, list | tuple) else list(raw)
-        self._items = items
-        self._size = len(items)
-        # Reversed, so that the first field line of a name is the one the dictionary keeps.
-        self._first: dict[bytes, bytes] = dict(reversed(items))
+    _source: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
+    _size: int
+
+    @classmethod
+    def read(cls, raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
+        """The fields of ``raw``, the scope's ``headers``, in one pass."""
+        items = raw if type(raw) is list or type(raw) is tuple else list(raw)
+        fields = cls(items)  # dict's own constructor: no Python code per field
+        size = len(items)
+        if len(fields) != size:
+            # A name appears twice: the first field line is the one to keep.
+            fields = cls(reversed(items))
+        fields._source = items
+        fields._size = size
+        return fields
 
     def reads(self, raw: object) -> bool:
         """Whether these are the fields of ``raw`` (the same list, of the same length)."""
-        return raw is self._source and len(self._items) == self._size
-
-    def get(self, name: bytes) -> bytes | None:
-        """The first value of header ``name`` (lower-case bytes), or ``None``."""
-        return self._first.get(name)
+        return raw is self._source and len(raw) == self._size
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of header ``name``, in order (field lines are not merged)."""
-        if len(self._first) == self._size:  # no name appears twice: no list to walk
-            value = self._first.get(name)
+        if len(self) == self._size:  # no name appears twice: no list to walk
+            value = self.get(name)
             return [] if value is None else [value]
-        return [value for key, value in self._items if key == name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._first
+        return [value for key, value in self._source if key == name]
 
 
 class RequestState:
@@ -132,8 +134,8 @@ class RequestState:
         """
         raw = scope.get("headers") or ()
         found = self._headers
-        if found is None or not found.reads(raw):
-            found = self._headers = RequestHeaders(raw)
+        if found is None or found._source is not raw or len(raw) != found._size:
+            found = self._headers = RequestHeaders.read(raw)
         return found
 
     def remembered_client(self, key: object, scope: Scope) -> tuple[bool, Any]:

@@ -294,7 +294,13 @@ class _Responder(ResponseObserver):
     )
 
     def __init__(self, send: Send, replace: bool, convert: bool, hold_limit: int) -> None:
-        super().__init__(send)
+        # Only what an observer needs to take start hooks and record the start: the body is
+        # not recorded here (ResponseObserver.__init__ would set that up too, per request).
+        self._send = send
+        self._hooks = None
+        self.status = None
+        self.headers = []
+        self.started = False
         self.replace = replace
         self.convert = convert
         self.hold_limit = hold_limit

@@ -301,8 +301,12 @@ class RateLimitMiddleware:
             return
         client = self._key(scope)
         state = b""
+        store = self.store if self._breaker is None else None
         for limit in group.limits:
-            result = await self._consume(client, limit)
+            if store is not None:  # a memory store: no breaker, no fallback to go through
+                result: RateLimitDecision | None = await store.consume(client, limit.policy)
+            else:
+                result = await self._consume(client, limit)
             if result is None:
                 await send_problem(
                     send,

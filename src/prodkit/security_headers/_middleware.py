@@ -187,16 +187,24 @@ class SecurityHeadersMiddleware:
     def _adder(self, added: list[tuple[bytes, bytes]]) -> Callable[[Message], None]:
         with_html = [*added, *self._html]
         html = bool(self._html)
+        added_names = frozenset(name for name, _ in added)
+        html_names = frozenset(name for name, _ in with_html)
 
         def add(message: Message) -> None:
             headers = message_headers(message)
-            present = {key for key, _ in headers}
-            extra = added
+            present = dict(headers)  # the names the response has, in one C-level pass
+            extra, extra_names = added, added_names
             if html:
-                content_type = get_header(headers, b"content-type") or b""
+                if len(present) == len(headers):  # one field line per name: present has it
+                    content_type = present.get(b"content-type") or b""
+                else:
+                    content_type = get_header(headers, b"content-type") or b""
                 if content_type[:9].lower() == b"text/html":
-                    extra = with_html
-            headers.extend(item for item in extra if item[0] not in present)
+                    extra, extra_names = with_html, html_names
+            if present.keys().isdisjoint(extra_names):  # the app set none of them
+                headers.extend(extra)
+            else:
+                headers.extend(item for item in extra if item[0] not in present)
 
         return add
 
