@@ -25,6 +25,11 @@ And how each is configured: ``XxxMiddleware(app, *, options=None, **keywords)``,
 frozen keyword-only dataclass ``XxxOptions`` and its fields as the ``XxxKeywords`` typed
 keywords, both exported beside the middleware, and an ``__init__`` of at most 40 lines (the
 options check themselves; the middleware only precomputes what requests read).
+(d) The layers share what they know about a request through one object on one scope key, the
+    request state (``prodkit.request``): each middleware alone leaves no other ``prodkit.*``
+    key on the scope (but the two deprecated ones it documents), and a layer that reads the
+    state makes it when no outer layer did; stacked in the recommended order they share one
+    state, whose facts are the ones the client, the access line and the metrics see.
 """
 
 from __future__ import annotations
@@ -59,7 +64,16 @@ from prodkit import (
     SecurityHeadersMiddleware,
     get_request_id,
 )
-from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
+from prodkit.asgi import (
+    REQUEST_STATE_KEY,
+    UNMATCHED_ROUTE,
+    ASGIApp,
+    Message,
+    Receive,
+    RequestState,
+    Scope,
+    Send,
+)
 from prodkit.cache import CacheRule, MemoryCacheStore
 from prodkit.idempotency import MemoryIdempotencyStore
 from prodkit.lifecycle import ShutdownCoordinator, ShutdownState
@@ -104,6 +118,23 @@ def _lifespan_with_hooks(app: ASGIApp, env: Env) -> ASGIApp:
     return middleware
 
 
+class StateWith:
+    """Equal to a :class:`RequestState` whose attributes have the given values."""
+
+    def __init__(self, **values: object) -> None:
+        self.values = values
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestState) and all(
+            getattr(other, name) == value for name, value in self.values.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StateWith({self.values})"
+
+
 @dataclass(frozen=True)
 class Case:
     """One middleware: how to build it, and what it documents beyond passing through."""
@@ -126,15 +157,25 @@ class Case:
     stops_coordinator: bool = False
     #: What it logs for an HTTP request (the capture's control: lifespan and websocket log none).
     http_log_events: tuple[str, ...] = ()
+    #: It reads the request state for the HTTP request of (c), so it makes one when alone.
+    makes_state: bool = False
+    #: The deprecated scope keys it still sets for that request (documented in its docs page).
+    deprecated_keys: frozenset[str] = frozenset()
+    #: It records the response: the state holds its outcome afterwards.
+    records_outcome: bool = False
 
 
 CASES: dict[str, Case] = {
     "AccessLogMiddleware": Case(
-        lambda app, env: AccessLogMiddleware(app), http_log_events=("request completed",)
+        lambda app, env: AccessLogMiddleware(app),
+        http_log_events=("request completed",),
+        makes_state=True,
+        records_outcome=True,
     ),
     "CORSMiddleware": Case(
         # A hostile origin on the websocket (see _websocket_scope) is not CORS's to judge.
-        lambda app, env: CORSMiddleware(app, allow_origins="https://a.example.com")
+        lambda app, env: CORSMiddleware(app, allow_origins="https://a.example.com"),
+        makes_state=True,  # the Origin and preflight fields, read once
     ),
     "CacheMiddleware": Case(
         lambda app, env: CacheMiddleware(
@@ -159,7 +200,9 @@ CASES: dict[str, Case] = {
         stops_coordinator=True,
     ),
     "HTTPMetricsMiddleware": Case(
-        lambda app, env: HTTPMetricsMiddleware(app, registry=env.registry)
+        lambda app, env: HTTPMetricsMiddleware(app, registry=env.registry),
+        makes_state=True,
+        records_outcome=True,
     ),
     "HealthMiddleware": Case(
         lambda app, env: HealthMiddleware(app, coordinator=env.coordinator, registry=env.registry)
@@ -170,6 +213,7 @@ CASES: dict[str, Case] = {
         ),
         # A POST without a key streams; one with a key is recorded, so held back until complete.
         method="POST",
+        makes_state=True,  # the Idempotency-Key fields, read once
     ),
     "LifespanMiddleware": Case(_lifespan_with_hooks, stops_coordinator=True),
     "MetricsEndpointMiddleware": Case(
@@ -183,16 +227,22 @@ CASES: dict[str, Case] = {
     ),
     "RequestIdMiddleware": Case(
         lambda app, env: RequestIdMiddleware(app),
-        # The scope key docs/request-id.md documents for the request id.
-        websocket_scope_adds={"prodkit.request_id": "ws-1"},
+        # The request state holds the id; docs/request-id.md still documents the old key.
+        websocket_scope_adds={
+            REQUEST_STATE_KEY: StateWith(request_id="ws-1"),
+            "prodkit.request_id": "ws-1",
+        },
         websocket_request_id="ws-1",
         websocket_accept_adds=((b"x-request-id", b"ws-1"),),
+        makes_state=True,
+        deprecated_keys=frozenset({"prodkit.request_id"}),
     ),
     "RequestTimeoutMiddleware": Case(
         # A request with a body: it is read (within the deadline) before the app streams.
         lambda app, env: RequestTimeoutMiddleware(app, body_timeout=30),
         method="POST",
         headers=((b"content-length", b"2"),),
+        makes_state=True,  # Content-Length and Transfer-Encoding, read once
     ),
     "SecurityHeadersMiddleware": Case(lambda app, env: SecurityHeadersMiddleware(app)),
 }
@@ -547,3 +597,96 @@ def test_every_middleware_takes_one_options_dataclass_or_its_keywords(name: str)
 def test_every_middlewares_init_is_at_most_40_lines(name: str) -> None:
     lines, _ = inspect.getsourcelines(getattr(prodkit, name).__init__)
     assert len(lines) <= 40
+
+
+async def test_alone_a_middleware_shares_only_through_the_request_state(subject: Subject) -> None:
+    env, app, case = subject.env, subject.app, subject.case
+    scope = _http_scope(case.method, case.path, case.headers)
+    request: Message = {"type": "http.request", "body": b"{}", "more_body": False}
+    with capture_logs():
+        await serve(subject.middleware, scope, [request], env)
+    [seen] = app.scopes
+    keys = {key for key in seen if key.startswith("prodkit.")}
+    assert keys == ({REQUEST_STATE_KEY} if case.makes_state else set()) | case.deprecated_keys
+    if not case.makes_state:
+        return
+    # Made on the scope it was given: an outer layer (or the server) finds the same object.
+    state = scope[REQUEST_STATE_KEY]
+    assert isinstance(state, RequestState)
+    assert seen[REQUEST_STATE_KEY] is state
+    if case.records_outcome:
+        assert (state.status, state.response_bytes, state.error) == (
+            200,
+            len(b"".join(CHUNKS)),
+            None,
+        )
+        assert state.end is not None
+        assert state.end >= state.start
+    else:
+        assert state.status is None  # nothing recorded the outcome
+
+
+#: Every HTTP middleware in the recommended stack's order, outermost first.
+STACKED = (
+    "RequestIdMiddleware",
+    "AccessLogMiddleware",
+    "HTTPMetricsMiddleware",
+    "MetricsEndpointMiddleware",
+    "SecurityHeadersMiddleware",
+    "CORSMiddleware",
+    "ErrorMiddleware",
+    "HealthMiddleware",
+    "GracefulShutdownMiddleware",
+    "RequestTimeoutMiddleware",
+    "ConcurrencyLimitMiddleware",
+    "RateLimitMiddleware",
+    "IdempotencyMiddleware",
+    "CacheMiddleware",
+)
+
+
+async def test_stacked_middlewares_share_one_request_state() -> None:
+    env = Env()
+    app = App(env)
+    stacked: ASGIApp = app
+    for name in reversed(STACKED):
+        stacked = CASES[name].build(stacked, env)
+    scope = _http_scope("GET", "/stream", [(b"origin", b"https://a.example.com")])
+    request: Message = {"type": "http.request", "body": b"", "more_body": False}
+    with capture_logs() as logs:
+        await serve(stacked, scope, [request], env)
+
+    [seen] = app.scopes
+    state = seen[REQUEST_STATE_KEY]
+    assert scope[REQUEST_STATE_KEY] is state  # one object, made by the outermost layer
+    assert {key for key in seen if key.startswith("prodkit.")} == {
+        REQUEST_STATE_KEY,
+        "prodkit.request_id",  # deprecated, still set
+    }
+    # Its facts are the ones the client, the access line and the metrics got.
+    start = next(m for side, m in env.transcript if side == "server<" and "status" in m)
+    names = [name for name, _ in start["headers"]]
+    assert state.request_id == dict(start["headers"])[b"x-request-id"].decode()
+    size = len(b"".join(CHUNKS))
+    assert (state.status, state.response_bytes, state.route) == (200, size, UNMATCHED_ROUTE)
+    [line] = [entry for entry in logs if entry["event"] == "request completed"]
+    assert (line["request_id"], line["status"], line["bytes"], line["route"]) == (
+        state.request_id,
+        200,
+        size,
+        UNMATCHED_ROUTE,
+    )
+    assert line["duration"] == round(state.end - state.start, 6)
+    labels = (("method", "GET"), ("route", UNMATCHED_ROUTE), ("status_code", "200"))
+    samples = env.samples()
+    assert samples[("http_request_duration_seconds_count", labels)] == 1
+    assert samples[("http_request_duration_seconds_sum", labels)] == state.end - state.start
+    # Each layer touched the response once, through the one hook: every header it adds, once.
+    for added in (
+        b"x-request-id",
+        b"x-content-type-options",
+        b"access-control-allow-origin",
+        b"ratelimit-policy",
+        b"ratelimit",
+    ):
+        assert names.count(added) == 1, added

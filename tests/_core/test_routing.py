@@ -18,6 +18,7 @@ from prodkit._core.routing import (
     remember_root_path,
     route_path,
 )
+from prodkit._core.state import request_state
 from prodkit.asgi import (
     UNMATCHED_ROUTE,
     ASGIApp,
@@ -275,9 +276,9 @@ async def test_every_framework_gives_the_same_label(
     app = build_app(framework)
 
     async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
-        remember_root_path(scope)
+        state = request_state(scope)  # it remembers the root path
         await app(scope, receive, send)
-        seen.append(resolve_route(scope, app, 200, None))
+        seen.append(resolve_route(scope, state, app, 200, None))
 
     transport = httpx.ASGITransport(app=recorded)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -18,7 +18,7 @@ from prodkit import (
     Problem,
     RequestIdMiddleware,
 )
-from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, problem_type
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send, problem_type, request_state
 from prodkit.errors import ErrorKeywords, ErrorOptions
 from tests.apps import FRAMEWORKS, SECRET_TEXT, build_app, mounted_starlette_app
 from tests.conftest import ClientFactory
@@ -200,7 +200,8 @@ async def test_a_client_that_disconnected_mid_body_is_not_a_server_error() -> No
         await app(scope, receive, send)
     assert [m for m in sent if m["type"] == "http.response.start" and m["status"] >= 500] == []
     assert [entry["event"] for entry in logs] == ["client disconnected before the response"]
-    assert "prodkit.exception" not in scope
+    # Nothing for the outer layers to report: the client left, no exception is recorded.
+    assert request_state(scope).error is None
 
 
 def _plain_500(*chunks: bytes) -> ASGIApp:
@@ -307,7 +308,7 @@ async def test_an_unhandled_exception_is_left_in_the_scope_for_outer_layers() ->
     scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
     with structlog.testing.capture_logs() as logs:
         await ErrorMiddleware(app)(scope, receive, send)
-    assert scope["prodkit.exception"] is failure
+    assert request_state(scope).error is failure  # the access log and metrics report it
     assert [(e["event"], e["log_level"], e["exc_type"]) for e in logs] == [
         ("unhandled exception", "error", "RuntimeError")
     ]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_all_headers
+from prodkit._core.state import REQUEST_STATE_KEY, RequestHeaders
 from prodkit._core.types import Scope
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -144,7 +145,14 @@ class ClientAddressResolver:
         ipv4_prefix: the same for IPv4 (default ``32``: every address is its own group).
     """
 
-    __slots__ = ("_forwarded", "_networks", "_trust_all", "ipv4_prefix", "ipv6_prefix")
+    __slots__ = (
+        "_forwarded",
+        "_networks",
+        "_settings",
+        "_trust_all",
+        "ipv4_prefix",
+        "ipv6_prefix",
+    )
 
     def __init__(
         self,
@@ -159,6 +167,8 @@ class ClientAddressResolver:
         valid.positive_int("ipv4_prefix", ipv4_prefix, example=32, maximum=32)
         self._networks, self._trust_all = _trusted(trusted_proxies)
         self._forwarded = forwarded
+        # What the address depends on: resolvers with equal settings find the same address.
+        self._settings = (self._networks, self._trust_all, forwarded)
         self.ipv6_prefix = ipv6_prefix
         self.ipv4_prefix = ipv4_prefix
 
@@ -179,7 +189,21 @@ class ClientAddressResolver:
         return None if address is None else str(address)
 
     def resolve_ip(self, scope: Scope) -> IPAddress | None:
-        """Return the client's address as an :mod:`ipaddress` object, or ``None``."""
+        """Return the client's address as an :mod:`ipaddress` object, or ``None``.
+
+        Within a request, the answer is kept on its state (:class:`~prodkit.asgi.RequestState`):
+        the access log and the rate limiter, with the same trusted proxies, resolve it once.
+        """
+        state = scope.get(REQUEST_STATE_KEY)
+        if state is None or not self.trusts_any:  # without proxies: the peer, parsed (cached)
+            return self._resolve(scope)
+        known, address = state.remembered_client(self._settings, scope)
+        if not known:
+            address = self._resolve(scope)
+            state.remember_client(self._settings, scope, address)
+        return address  # type: ignore[no-any-return]
+
+    def _resolve(self, scope: Scope) -> IPAddress | None:
         client = scope.get("client")
         peer = parse_ip(client[0]) if client else None
         if peer is None or self._forwarded == "none" or not self.trusts_any:
@@ -198,15 +222,16 @@ class ClientAddressResolver:
         return current
 
     def _hops(self, scope: Scope) -> list[str]:
-        headers = scope.get("headers") or ()
+        state = scope.get(REQUEST_STATE_KEY)
+        headers = (scope.get("headers") or ()) if state is None else state.headers(scope)
         if self._forwarded in ("auto", "forwarded"):
-            lines = get_all_headers(headers, b"forwarded")
+            lines = _all(headers, b"forwarded")
             if lines:
                 return _forwarded_for(lines)
             if self._forwarded == "forwarded":
                 return []
         hops: list[str] = []
-        for line in get_all_headers(headers, b"x-forwarded-for"):
+        for line in _all(headers, b"x-forwarded-for"):
             hops.extend(part.strip() for part in line.decode("latin-1").split(","))
         return hops
 
@@ -224,6 +249,13 @@ class ClientAddressResolver:
         """Return the client's group (see :meth:`group`), ``"unknown"`` when there is no address."""
         address = self.resolve_ip(scope)
         return "unknown" if address is None else self.group(address)
+
+
+def _all(headers: Any, name: bytes) -> list[bytes]:
+    """Every value of ``name``, from the request state's fields or a raw header list."""
+    if isinstance(headers, RequestHeaders):
+        return headers.get_all(name)
+    return get_all_headers(headers, name)
 
 
 __all__ = ["ClientAddressResolver", "normalize_ip", "parse_ip"]

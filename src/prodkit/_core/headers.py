@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+from prodkit._core.state import REQUEST_STATE_KEY
 from prodkit._core.types import RawHeaders
 
 #: An HTTP ``token`` (RFC 9110 section 5.6.2): a field name, a method, a list member's name.
@@ -42,8 +43,15 @@ def get_list_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list
 
 
 def scope_header(scope: MutableMapping[str, Any], name: bytes) -> bytes | None:
-    """Return the first value of request header ``name`` from an ASGI ``scope``."""
-    return get_header(scope.get("headers") or (), name)
+    """Return the first value of request header ``name`` from an ASGI ``scope``.
+
+    Read from the request's state (:class:`~prodkit.asgi.RequestState`) when a prodkit layer
+    put one there: the header list is then walked once per request, not once per lookup.
+    """
+    state = scope.get(REQUEST_STATE_KEY)
+    if state is None:
+        return get_header(scope.get("headers") or (), name)
+    return state.headers(scope).get(name)  # type: ignore[no-any-return]
 
 
 def message_headers(message: MutableMapping[str, Any]) -> RawHeaders:

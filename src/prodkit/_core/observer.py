@@ -1,4 +1,9 @@
-"""The observers every layer shares: one wrapper of send (the response) and one of receive."""
+"""The observers every layer shares: one wrapper of send (the response) and one of receive.
+
+:func:`on_response_start` is the one way a prodkit layer touches a response: its start hook
+runs on the response's ``http.response.start`` message as it passes the layer, on the observer
+the layer was handed as ``send`` (or on a new one), so no layer wraps ``send`` once more.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from collections.abc import Callable
 
 from prodkit._core.types import Message, RawHeaders, Receive, Send
 
+#: A start hook: called with the ``http.response.start`` message; it may change the headers.
+StartHook = Callable[[Message], None]
+
 
 class ResponseObserver:
     """Wrap an ASGI ``send`` to record what the response was, as it goes out.
@@ -14,7 +22,8 @@ class ResponseObserver:
     One instance per request. It forwards every message unchanged (after the start hooks had a
     chance to change the headers) and records:
 
-    * ``status`` and ``headers`` of ``http.response.start`` as sent (``started`` becomes true);
+    * ``status`` and ``headers`` of ``http.response.start`` as sent, after the start hooks ran
+      (``started`` becomes true);
     * ``body_bytes``: body bytes the server accepted, counted after each ``send`` returns,
       so a client that disconnected mid-stream is not credited with bytes it never got;
     * ``complete``: the last body chunk (``more_body`` false) was sent, and ``finished_at``
@@ -53,14 +62,12 @@ class ResponseObserver:
         self,
         send: Send,
         *,
-        on_start: Callable[[Message], None] | None = None,
+        on_start: StartHook | None = None,
         capture_limit: int | None = None,
     ) -> None:
         self._send = send
-        self._hooks: list[Callable[[Message], None]] | None = (
-            None if on_start is None else [on_start]
-        )
-        self._chunks: list[bytes] = []
+        self._hooks: list[StartHook] | None = None if on_start is None else [on_start]
+        self._chunks: list[bytes] | None = None if capture_limit is None else []
         self.capture_limit = capture_limit
         self.status: int | None = None
         self.headers: RawHeaders = []
@@ -81,7 +88,7 @@ class ResponseObserver:
             return send
         return cls(send)
 
-    def add_start_hook(self, hook: Callable[[Message], None]) -> None:
+    def add_start_hook(self, hook: StartHook) -> None:
         """Call ``hook`` with the ``http.response.start`` message before it is forwarded.
 
         For a middleware that was handed this observer as its ``send``: hooks added later run
@@ -93,9 +100,25 @@ class ResponseObserver:
         else:
             self._hooks.insert(0, hook)
 
+    def take_start(self, message: Message) -> None:
+        """Run the start hooks on ``message`` and record its status and headers.
+
+        What :meth:`__call__` does with a start message before forwarding it; a subclass that
+        forwards it later, or sends another in its place, calls it when the message arrives
+        (the hooks belong to the layers it came through, as their ``send`` wrappers would).
+        """
+        hooks = self._hooks
+        if hooks is not None:
+            for hook in hooks:
+                hook(message)
+        self.status = int(message["status"])
+        headers = message.get("headers")
+        self.headers = headers if type(headers) is list else list(headers or ())
+
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
+            # take_start(), inlined: this runs for every response.
             hooks = self._hooks
             if hooks is not None:
                 for hook in hooks:
@@ -107,13 +130,14 @@ class ResponseObserver:
             await self._send(message)
         elif kind == "http.response.body":
             body: bytes = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            if self.capture_limit is not None and not self.overflowed:
-                if self.body_bytes + len(body) > self.capture_limit:
+            more = message.get("more_body", False)
+            chunks = self._chunks
+            if chunks is not None and not self.overflowed:
+                if self.body_bytes + len(body) > self.capture_limit:  # type: ignore[operator]
                     self.overflowed = True
-                    self._chunks.clear()
+                    chunks.clear()
                 elif body:
-                    self._chunks.append(body)
+                    chunks.append(body)
             await self._send(message)
             self.body_bytes += len(body)
             if not more:
@@ -125,7 +149,29 @@ class ResponseObserver:
     @property
     def body(self) -> bytes:
         """The captured body (empty unless ``capture_limit`` was set and not exceeded)."""
-        return b"".join(self._chunks)
+        return b"".join(self._chunks or ())
+
+
+def on_response_start(send: Send, hook: StartHook) -> ResponseObserver:
+    """Have ``hook`` change the response's start message as it leaves through ``send``.
+
+    The one way prodkit's layers add or change response headers. When ``send`` is an observer
+    whose response has not started (the request id layer hands one down, the errors layer is
+    one), the hook joins it: no wrapper per layer. Otherwise a new observer wraps ``send``.
+    Either way, pass the result to the app as its ``send``: the hook runs on the start message
+    the app sends through it, after the hooks of layers nearer the app and before those of
+    layers further out, exactly as nested ``send`` wrappers would; a response that a layer
+    further out sends itself never meets the hook.
+
+    Arguments:
+        send: the ``send`` the layer was called with.
+        hook: called with the ``http.response.start`` message; it may change its headers
+            (:func:`prodkit.asgi.message_headers`).
+    """
+    if isinstance(send, ResponseObserver) and not send.started:
+        send.add_start_hook(hook)
+        return send
+    return ResponseObserver(send, on_start=hook)
 
 
 class ReceiveWatcher:
@@ -162,4 +208,4 @@ class ReceiveWatcher:
         return message
 
 
-__all__ = ["ReceiveWatcher", "ResponseObserver"]
+__all__ = ["ReceiveWatcher", "ResponseObserver", "StartHook", "on_response_start"]

@@ -1,12 +1,10 @@
-"""What a finished request came to (status, exception, route) and which paths a middleware skips."""
+"""What a finished request came to (status, route) and which paths a middleware skips."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from prodkit._core.observer import ResponseObserver
 from prodkit._core.options import path_list
 from prodkit._core.routing import (
     UNMATCHED_ROUTE,
@@ -15,13 +13,8 @@ from prodkit._core.routing import (
     route_template,
     route_template_before,
 )
+from prodkit._core.state import CLIENT_CLOSED_REQUEST, RequestState
 from prodkit._core.types import Scope
-
-#: Where :class:`~prodkit.ErrorMiddleware` leaves the exception it answered, for the outer
-#: access log and metrics (which then report the exception without seeing it raised).
-EXCEPTION_SCOPE_KEY = "prodkit.exception"
-# The route a finished request was labelled with, by the resolver and status that chose it.
-_ROUTE_KEY = "prodkit.route"
 
 #: The methods kept as they are in labels; any other becomes :data:`OTHER_METHOD`.
 KNOWN_METHODS = frozenset(
@@ -29,9 +22,6 @@ KNOWN_METHODS = frozenset(
 )
 #: The label value shared by every method outside the known set.
 OTHER_METHOD = "other"
-
-#: Status recorded when the client went away before any response started (nginx's convention).
-CLIENT_CLOSED_REQUEST = 499
 
 
 class PathFilter:
@@ -63,42 +53,38 @@ class PathFilter:
         ASGI gives as ``/api/health``: both spellings are left alone.
         """
         path: str = scope["path"]
-        if path in self:
+        # __contains__, inlined: every request of a layer with excluded paths comes here.
+        if path in self._exact or (self._prefixes and path.startswith(self._prefixes)):
             return True
         return bool(scope.get("root_path")) and route_path(scope) in self
 
 
-def outcome_status(
-    observer: ResponseObserver, disconnected: bool, error: BaseException | None
-) -> int:
-    """The status to record: the one sent, else 499 when the client left first, else 500."""
-    if observer.status is not None:
-        return observer.status
-    if disconnected or isinstance(error, asyncio.CancelledError):
-        return CLIENT_CLOSED_REQUEST
-    return 500
-
-
-def handled_error(scope: Scope, error: BaseException | None) -> BaseException | None:
-    """The exception behind the response: raised through us, or answered by an inner
-    :class:`~prodkit.ErrorMiddleware`, which leaves it on the scope."""
-    return error if error is not None else scope.get(EXCEPTION_SCOPE_KEY)
-
-
-def resolve_route(scope: Scope, app: Any, status: int, resolver: RouteResolver | None) -> str:
-    """The route template of a finished request.
+def resolve_route(
+    scope: Scope, state: RequestState, app: Any, status: int, resolver: RouteResolver | None
+) -> str:
+    """The route template of a finished request, kept on its state.
 
     A request that an inner middleware rejected (429, 503 ...) never reached the router, so its
     template is found by matching the router below ``app``; a 404 is not looked up again, so that
-    a flood of unknown paths costs no routing work twice. The answer is kept on the scope: the
-    access log and the metrics label the same request, and the second asks no router again
-    (walking FastAPI's included routers costs more than the rest of both layers).
+    a flood of unknown paths costs no routing work twice. The answer is kept on the request's
+    state: the access log and the metrics label the same request, and the second asks no router
+    again (walking FastAPI's included routers costs more than the rest of both layers).
     """
-    known = scope.get(_ROUTE_KEY)
-    if known is not None and known[0] is resolver and known[1] == status:
-        return str(known[2])
+    key = state._route_key
+    if key is not None and key[0] is resolver and key[1] == status:
+        return state.route  # type: ignore[return-value]
     template = route_template(scope, resolver)
     if template == UNMATCHED_ROUTE and status != 404:
         template = route_template_before(scope, app, resolver)
-    scope[_ROUTE_KEY] = (resolver, status, template)
+    state.route = template
+    state._route_key = (resolver, status)
     return template
+
+
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "KNOWN_METHODS",
+    "OTHER_METHOD",
+    "PathFilter",
+    "resolve_route",
+]

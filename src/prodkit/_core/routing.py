@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from prodkit._core.exceptions import ConfigurationError
+from prodkit._core.state import REQUEST_STATE_KEY, request_state
 from prodkit._core.types import Scope
 
 #: The route label of every request that matched no route.
@@ -41,7 +42,6 @@ UNMATCHED_ROUTE = "__unmatched__"
 #: A hook that returns a request's route template, or ``None`` to let prodkit decide.
 RouteResolver = Callable[[Scope], str | None]
 
-_ORIGINAL_ROOT_PATH = "prodkit.root_path"
 _FULL = 2  # starlette.routing.Match.FULL, compared by value to stay import-free
 _PARTIAL = 1
 # Converters in a framework's own syntax: Starlette/Litestar ``{id:int}``, werkzeug and Django
@@ -77,14 +77,23 @@ def set_route_template(scope: Scope, template: str) -> None:
 
 
 def remember_root_path(scope: Scope) -> None:
-    """Record the scope's ``root_path`` before the app runs (routers extend it as they mount)."""
-    scope.setdefault(_ORIGINAL_ROOT_PATH, scope.get("root_path", ""))
+    """Record the scope's ``root_path`` before the app runs (routers extend it as they mount).
+
+    It is the request state's (:class:`~prodkit.asgi.RequestState`), made here if need be.
+    """
+    request_state(scope)
+
+
+def _original_root(scope: Scope, default: str) -> str:
+    """The ``root_path`` the outermost prodkit layer saw, or ``default`` without one."""
+    state = scope.get(REQUEST_STATE_KEY)
+    return default if state is None else str(state.root_path)
 
 
 def served_root(scope: Scope) -> str:
     """The ``root_path`` that :func:`route_path` strips from the path (``""``: none)."""
     path: str = scope["path"]
-    root_path: str = scope.get(_ORIGINAL_ROOT_PATH) or scope.get("root_path", "")
+    root_path: str = _original_root(scope, "") or scope.get("root_path", "")
     return root_path if root_path and path.startswith(root_path) else ""
 
 
@@ -122,7 +131,7 @@ def route_template(scope: Scope, resolver: RouteResolver | None = None) -> str:
         root_path = scope.get("root_path", "")
         if (
             isinstance(path_format, str)
-            and root_path == scope.get(_ORIGINAL_ROOT_PATH, root_path)
+            and root_path == _original_root(scope, root_path)
             and route.__class__.__module__ != "fastapi.routing"
         ):
             return path_format
@@ -152,7 +161,7 @@ def _mount_prefix(scope: Scope) -> str:
     (``Mount("/v1", litestar_app)``) its label still starts at the outer app's root.
     """
     root_path: str = scope.get("root_path", "")
-    original: str = scope.get(_ORIGINAL_ROOT_PATH, root_path)
+    original = _original_root(scope, root_path)
     if root_path != original and root_path.startswith(original):
         return root_path[len(original) :].rstrip("/")
     return ""
@@ -162,7 +171,7 @@ def _routing_scope(scope: Scope) -> dict[str, Any]:
     return {
         "type": scope.get("type", "http"),
         "path": scope.get("path", "/"),
-        "root_path": scope.get(_ORIGINAL_ROOT_PATH, scope.get("root_path", "")),
+        "root_path": _original_root(scope, scope.get("root_path", "")),
         "method": scope.get("method", "GET"),
         "headers": scope.get("headers", []),
     }

@@ -23,6 +23,7 @@ from prodkit._core.callers import Caller
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_all_headers, get_header
 from prodkit._core.routing import compile_template
+from prodkit._core.state import request_state
 from prodkit._core.types import Scope
 from prodkit.cache._cache import flush_key, tag_key
 
@@ -219,10 +220,6 @@ def check_tags(template: str, tags: Sequence[str], caller: Caller | None) -> Non
 
 Outcome = Literal["hit", "miss", "bypass", "error", "coalesced"]
 
-#: Request header fields the cache looks at.
-_READ_FIELDS = frozenset(
-    {b"authorization", b"cache-control", b"cookie", b"host", b"if-none-match", b"range"}
-)
 _NO_DIRECTIVES: Mapping[str, str] = MappingProxyType({})
 # Entry keys and tag keys of recent reads, so a repeated read does not parse and hash again;
 # long URLs (and callers) are not remembered, which bounds the memo's memory.
@@ -296,16 +293,8 @@ class RequestReader:
         rule = route.rule
         if rule is None:  # pragma: no cover - read routes always have a rule
             return "bypass"
-        headers = scope.get("headers") or ()
-        # One pass over the request headers for every field the cache reads.
-        found: dict[bytes, bytes] = {}
-        controls = False
-        for name, value in headers:
-            if name in _READ_FIELDS:
-                if name == b"cache-control":
-                    controls = True
-                elif name not in found:
-                    found[name] = value
+        # The request's header fields, read once for every layer (the request state's).
+        found = request_state(scope).headers(scope)
         credentials = b"authorization" in found or b"cookie" in found
         # RFC 9111 section 3.5: a shared cache keeps out of requests with credentials, unless
         # the route is keyed by caller (each caller's answers stay the caller's) or opted in.
@@ -341,7 +330,11 @@ class RequestReader:
             statuses=rule.statuses if rule.statuses is not None else self.statuses,
             ttl=rule.ttl,
             head=scope.get("method") == "HEAD",
-            directives=cache_control(headers) if controls else _NO_DIRECTIVES,
+            directives=(
+                parse_cache_control(found.get_all(b"cache-control"))[0]
+                if b"cache-control" in found
+                else _NO_DIRECTIVES
+            ),
             shared_credentials=credentials and not rule.per_caller,
         )
 

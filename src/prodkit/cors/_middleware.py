@@ -26,8 +26,10 @@ from urllib.parse import urlsplit
 from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import TOKEN, append_vary, get_list_header, message_headers
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
 CORS_PREFLIGHT_REJECTED = "CORS_PREFLIGHT_REJECTED"
@@ -322,17 +324,12 @@ class CORSMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin: bytes | None = None
-        request_method: bytes | None = None
-        origins = 0
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-                origins += 1
-            elif name == b"access-control-request-method":
-                request_method = value
-        if origins > 1:
+        headers = request_state(scope).headers(scope)
+        origin = headers.get(b"origin")
+        if origin is not None and len(headers.get_all(b"origin")) > 1:
             origin = b"\x00"  # several Origin fields: never an allowed origin
+        methods = headers.get_all(b"access-control-request-method")
+        request_method = methods[-1] if methods else None
         if origin is not None and request_method is not None and scope["method"] == "OPTIONS":
             await self._preflight(scope, send, origin, request_method)
             return
@@ -340,41 +337,25 @@ class CORSMiddleware:
             if self._star:  # "*" does not depend on the Origin: nothing to add or vary
                 await self.app(scope, receive, send)
                 return
-            await self.app(scope, receive, self._vary_only(send))
+            await self.app(scope, receive, on_response_start(send, _vary_only))
             return
 
         allowed = self.origins.matches(origin.decode("latin-1"))
         if not allowed:
-            await self.app(scope, receive, self._vary_only(send))
+            await self.app(scope, receive, on_response_start(send, _vary_only))
             return
         added = [(b"access-control-allow-origin", b"*" if self._star else origin), *self._simple]
         vary = not self._star
 
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message_headers(message)
-                if any(key.startswith(b"access-control-") for key, _ in headers):
-                    headers[:] = [h for h in headers if not h[0].startswith(b"access-control-")]
-                headers.extend(added)
-                if vary:
-                    append_vary(headers, "Origin")
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
-
-    @staticmethod
-    def _vary_only(send: Send) -> Send:
-        """No CORS headers for this response (and none the app may have set), only ``Vary``."""
-
-        async def send_with_vary(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message_headers(message)
-                if any(key.startswith(b"access-control-") for key, _ in headers):
-                    headers[:] = [h for h in headers if not h[0].startswith(b"access-control-")]
+        def add_cors(message: Message) -> None:
+            headers = message_headers(message)
+            if any(key.startswith(b"access-control-") for key, _ in headers):
+                headers[:] = [h for h in headers if not h[0].startswith(b"access-control-")]
+            headers.extend(added)
+            if vary:
                 append_vary(headers, "Origin")
-            await send(message)
 
-        return send_with_vary
+        await self.app(scope, receive, on_response_start(send, add_cors))
 
     async def _preflight(
         self, scope: Scope, send: Send, origin: bytes, request_method: bytes
@@ -424,6 +405,14 @@ class CORSMiddleware:
         headers.append((b"content-length", b"0"))
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _vary_only(message: Message) -> None:
+    """No CORS headers for this response (and none the app may have set), only ``Vary``."""
+    headers = message_headers(message)
+    if any(key.startswith(b"access-control-") for key, _ in headers):
+        headers[:] = [h for h in headers if not h[0].startswith(b"access-control-")]
+    append_vary(headers, "Origin")
 
 
 __all__ = [

@@ -10,9 +10,8 @@ from typing import Any, TypedDict, Unpack
 from prodkit._core import options as valid
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.logs import safe_logger
-from prodkit._core.observer import ReceiveWatcher
+from prodkit._core.observer import ReceiveWatcher, ResponseObserver
 from prodkit._core.options import build_options
-from prodkit._core.outcome import EXCEPTION_SCOPE_KEY
 from prodkit._core.problems import (
     Problem,
     fallback_problem,
@@ -20,6 +19,7 @@ from prodkit._core.problems import (
     send_problem,
     send_problem_body,
 )
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 from prodkit.errors._convert import body_kind, convert, header, is_problem
 
@@ -223,7 +223,7 @@ class ErrorMiddleware:
             if not responder.started and _caused_by(exc, self.unavailable):
                 await self._send_unavailable(send, scope, exc)
                 return
-            scope[EXCEPTION_SCOPE_KEY] = exc
+            request_state(scope).error = exc  # for the access log and metrics outside
             _log(self.logger.exception, "unhandled exception", scope, exc)
             if responder.started:
                 raise
@@ -241,7 +241,7 @@ class ErrorMiddleware:
                 await self._send_unavailable(send, scope, error)
                 return
             if error is not None:
-                scope[EXCEPTION_SCOPE_KEY] = error
+                request_state(scope).error = error
                 _log(self.logger.error, "unhandled exception", scope, error, exc_info=error)
             await send_problem(send, 500, INTERNAL_ERROR, _SERVER_ERROR_DETAIL)
 
@@ -312,14 +312,17 @@ def _log(
     )
 
 
-class _Responder:
+class _Responder(ResponseObserver):
     """One request's way out: sends the app's messages on, or holds back an error response.
 
-    ``started`` says whether a response start reached the client (after which nothing of our
-    own may be sent). ``held`` is an error response kept back: a non-problem 500, to be
-    replaced once the app returns (``exception`` is the one being handled when it was sent,
-    if any), or another 4xx/5xx being ``converting``, rewritten when its last body part
-    arrives. Success responses go straight through: one status comparison per response.
+    An observer (:class:`~prodkit.asgi.ResponseObserver`) that the layers inside hook into
+    like any other: their start hooks run on the app's response start as it arrives, before
+    it is held. It records the start (``status``), not the body. ``started`` says whether a
+    response start reached the client (after which nothing of our own may be sent). ``held``
+    is an error response kept back: a non-problem 500, to be replaced once the app returns
+    (``exception`` is the one being handled when it was sent, if any), or another 4xx/5xx
+    being ``converting``, rewritten when its last body part arrives. Success responses go
+    straight through: one status comparison per response.
     """
 
     __slots__ = (
@@ -331,16 +334,19 @@ class _Responder:
         "hold_limit",
         "kind",
         "replace",
-        "send",
-        "started",
     )
 
     def __init__(self, send: Send, replace: bool, convert: bool, hold_limit: int) -> None:
-        self.send = send
+        # Only what an observer needs to take start hooks and record the start: the body is
+        # not recorded here (ResponseObserver.__init__ would set that up too, per request).
+        self._send = send
+        self._hooks = None
+        self.status = None
+        self.headers = []
+        self.started = False
         self.replace = replace
         self.convert = convert
         self.hold_limit = hold_limit
-        self.started = False
         self.converting = False
         self.kind = ""
         self.held: list[Message] = []
@@ -361,11 +367,12 @@ class _Responder:
                     await self._convert()
             return
         if message["type"] == "http.response.start":
+            self.take_start(message)  # the inner layers' hooks, before anything is held
             if message["status"] >= 400 and self._hold(message):
                 held.append(message)
                 return
             self.started = True
-        await self.send(message)
+        await self._send(message)
 
     def _hold(self, message: Message) -> bool:
         """Whether the error response ``message`` starts is to be held back, and why."""
@@ -404,10 +411,10 @@ class _Responder:
         self.held.clear()
         self.converting = False
         self.started = True
-        await self.send(
+        await self._send(
             {"type": "http.response.start", "status": start["status"], "headers": headers}
         )
-        await self.send({"type": "http.response.body", "body": encoded, "more_body": False})
+        await self._send({"type": "http.response.body", "body": encoded, "more_body": False})
 
     async def flush(self) -> None:
         """Send what was held back as it is: too large, unreadable, or the app's own."""
@@ -416,7 +423,7 @@ class _Responder:
         messages = self.held[:]
         self.held.clear()
         for message in messages:
-            await self.send(message)
+            await self._send(message)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from prodkit._core.exceptions import BackendError
 from prodkit._core.logs import safe_logger
 from prodkit._core.problems import Problem
+from prodkit._core.state import REQUEST_STATE_KEY
 from prodkit._core.types import Scope
 from prodkit.idempotency._store import (
     IdempotencyStore,
@@ -24,9 +25,6 @@ from prodkit.idempotency._store import (
     TransactionalIdempotencyStore,
     WithdrawingIdempotencyStore,
 )
-
-#: Scope key holding the request's :class:`IdempotencyClaim` while its handler runs.
-CLAIM_SCOPE_KEY = "prodkit.idempotency_claim"
 
 #: The problem code of :class:`ClaimLost` (the same as a retry that finds the key in progress).
 IN_PROGRESS = "IDEMPOTENCY_REQUEST_IN_PROGRESS"
@@ -300,8 +298,9 @@ def current_claim(scope: Scope) -> IdempotencyClaim | None:
     ``None`` for a request without an ``Idempotency-Key`` (or outside the configured methods
     and routes), and for a handler run by ``fail_open`` while the store is down.
     """
-    claim = scope.get(CLAIM_SCOPE_KEY)
+    state = scope.get(REQUEST_STATE_KEY)  # the request's state holds the claim
+    claim = None if state is None else state.idempotency_claim
     return claim if isinstance(claim, IdempotencyClaim) else None
 
 
-__all__ = ["CLAIM_SCOPE_KEY", "COMPLETE_TIMEOUT", "ClaimLost", "IdempotencyClaim", "current_claim"]
+__all__ = ["COMPLETE_TIMEOUT", "ClaimLost", "IdempotencyClaim", "current_claim"]

@@ -21,11 +21,11 @@ from prodkit._core.body import read_body, replay_receive
 from prodkit._core.breaker import CircuitBreaker
 from prodkit._core.collectors import counter
 from prodkit._core.exceptions import BackendError
-from prodkit._core.headers import get_all_headers
 from prodkit._core.logs import safe_logger
 from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.routing import RouteTable
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.idempotency._claims import IN_PROGRESS, IdempotencyClaim
 from prodkit.idempotency._keys import parse_idempotency_key, request_fingerprint, storage_key
@@ -187,7 +187,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        values = get_all_headers(scope.get("headers") or (), self._header)
+        values = request_state(scope).headers(scope).get_all(self._header)
         if not values:
             if not self._is_required(scope):
                 await self.app(scope, receive, send)

@@ -20,8 +20,9 @@ from prodkit._core.exceptions import BackendError
 from prodkit._core.headers import get_header, message_headers, set_header
 from prodkit._core.logs import SafeLogger
 from prodkit._core.problems import Problem
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
-from prodkit.idempotency._claims import CLAIM_SCOPE_KEY, COMPLETE_TIMEOUT, IdempotencyClaim
+from prodkit.idempotency._claims import COMPLETE_TIMEOUT, IdempotencyClaim
 from prodkit.idempotency._responses import (
     STATUS_HEADER,
     STORED_HEADER,
@@ -32,7 +33,8 @@ from prodkit.idempotency._store import IdempotencyStore, RetryingIdempotencyStor
 
 T = TypeVar("T")
 
-#: Scope key holding ``"created"`` while the handler runs under a fresh claim.
+#: Deprecated: the scope key holding ``"created"`` while the handler runs under a fresh claim.
+#: Read ``request_state(scope).idempotency_status`` instead (:mod:`prodkit.asgi`).
 SCOPE_KEY = "prodkit.idempotency_status"
 
 
@@ -185,8 +187,10 @@ class ClaimedResponder:
 
     async def run(self, receive: Receive) -> None:
         """Run the handler with :meth:`send_or_hold` as its ``send``; release the claim after."""
-        self.scope[SCOPE_KEY] = "created"
-        self.scope[CLAIM_SCOPE_KEY] = self.claim
+        state = request_state(self.scope)
+        state.idempotency_status = "created"
+        state.idempotency_claim = self.claim
+        self.scope[SCOPE_KEY] = "created"  # deprecated, still there for code that reads it
         try:
             try:
                 await self.app(self.scope, receive, self.send_or_hold)

@@ -238,11 +238,9 @@ class ShutdownCoordinator:
             task: asyncio.Task[Any] | None = asyncio.current_task()
         except RuntimeError:
             task = None
+        # Positional: this runs for every request.
         record = InFlight(
-            method=str(scope.get("method", "")),
-            path=str(scope.get("path", "")),
-            started=time.monotonic(),
-            task=task,
+            str(scope.get("method", "")), str(scope.get("path", "")), time.monotonic(), task
         )
         self._in_flight.add(record)
         return record

@@ -8,6 +8,7 @@ from typing import TypedDict, Unpack
 
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import message_headers, set_header
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
 from prodkit._core.problems import send_problem
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
@@ -168,26 +169,18 @@ class GracefulShutdownMiddleware:
             )
             return
 
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if close_http1 and coordinator.state is not ShutdownState.RUNNING:
-                    set_header(message_headers(message), b"connection", b"close")
-            await send(message)
-
+        # Its status is set once a response start came through this layer.
+        observer = on_response_start(send, self._close_http1 if close_http1 else _nothing)
         record = coordinator.request_started(scope)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, observer)
         except asyncio.CancelledError:
             if not record.cancelled_at_deadline or record.task is None:
                 raise
             # Our own cancellation at the hard deadline: answer (or end) the request instead
             # of letting the server log a cancelled task as an application error.
             record.task.uncancel()
-            if not started:
+            if observer.status is None:
                 await send_problem(
                     send,
                     503,
@@ -197,6 +190,11 @@ class GracefulShutdownMiddleware:
                 )
         finally:
             coordinator.request_finished(record)
+
+    def _close_http1(self, message: Message) -> None:
+        """The start hook of HTTP/1.x responses: ``Connection: close`` once draining began."""
+        if self.coordinator.state is not ShutdownState.RUNNING:
+            set_header(message_headers(message), b"connection", b"close")
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         coordinator = self.coordinator
@@ -215,6 +213,10 @@ class GracefulShutdownMiddleware:
             await send(message)
 
         await self.app(scope, watching_receive, watching_send)
+
+
+def _nothing(message: Message) -> None:
+    """The start hook of HTTP/2 and 3 responses: connection fields are theirs to refuse."""
 
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
@@ -28,11 +27,10 @@ from prodkit._core.outcome import (
     KNOWN_METHODS,
     OTHER_METHOD,
     PathFilter,
-    handled_error,
-    outcome_status,
     resolve_route,
 )
-from prodkit._core.routing import RouteResolver, remember_root_path
+from prodkit._core.routing import RouteResolver
+from prodkit._core.state import RequestState, request_state
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.metrics._conventions import (
     DEFAULT_BUCKETS,
@@ -283,8 +281,7 @@ class HTTPMetricsMiddleware:
         if in_flight is None:
             in_flight = self._in_flight[method] = self.in_flight.labels(method)
         in_flight.inc()
-        start = time.perf_counter()
-        remember_root_path(scope)
+        state = request_state(scope)  # its start time is the request's
         observer = ResponseObserver.shared(send)
         watcher = ReceiveWatcher.shared(receive)
 
@@ -296,37 +293,26 @@ class HTTPMetricsMiddleware:
             raise
         finally:
             in_flight.dec()
-            error = handled_error(scope, error)
-            self._record(
-                scope, method, start, observer, watcher.body_bytes, watcher.disconnected, error
-            )
+            state.finish(observer, watcher, error)
+            self._record(scope, state, method)
 
-    def _record(
-        self,
-        scope: Scope,
-        method: str,
-        start: float,
-        observer: ResponseObserver,
-        received: int,
-        disconnected: bool,
-        error: BaseException | None,
-    ) -> None:
-        end = observer.finished_at or time.perf_counter()
-        status = outcome_status(observer, disconnected, error)
-        route = resolve_route(scope, self.app, status, self.route_resolver)
+    def _record(self, scope: Scope, state: RequestState, method: str) -> None:
+        status: int = state.status  # type: ignore[assignment]
+        route = resolve_route(scope, state, self.app, status, self.route_resolver)
         key = (method, route, status)
         duration = self._durations.get(key)
         if duration is None:
             duration = self._durations[key] = self.duration.labels(method, route, str(status))
-        duration.observe(end - start)
+        duration.observe(state.end - state.start)  # type: ignore[operator]
         sizes = self._sizes.get((method, route))
         if sizes is None:
             sizes = self._sizes[(method, route)] = (
                 self.request_size.labels(method, route),
                 self.response_size.labels(method, route),
             )
-        sizes[0].observe(received)
-        sizes[1].observe(observer.body_bytes)
+        sizes[0].observe(state.request_bytes)
+        sizes[1].observe(state.response_bytes)
+        error = state.error
         if error is not None and not isinstance(error, asyncio.CancelledError):
             name = type(error).__name__
             if name not in self._exception_types:

@@ -15,6 +15,7 @@ from prodkit._core.callers import Caller
 from prodkit._core.collectors import DEFAULT_PREFIX, counter
 from prodkit._core.exceptions import BackendError, ConfigurationError
 from prodkit._core.headers import message_headers
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem, send_problem
@@ -346,8 +347,12 @@ class RateLimitMiddleware:
             return
         client = self._key(scope)
         state = b""
+        store = self.store if self._breaker is None else None
         for limit in group.limits:
-            result = await self._consume(client, limit)
+            if store is not None:  # a memory store: no breaker, no fallback to go through
+                result: RateLimitDecision | None = await store.consume(client, limit.policy)
+            else:
+                result = await self._consume(client, limit)
             if result is None:
                 await send_problem(
                     send,
@@ -369,14 +374,12 @@ class RateLimitMiddleware:
         policy_field = group.policy_field
         state_field = (b"ratelimit", state)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message_headers(message)
-                headers.append(policy_field)
-                headers.append(state_field)
-            await send(message)
+        def add_fields(message: Message) -> None:
+            headers = message_headers(message)
+            headers.append(policy_field)
+            headers.append(state_field)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, add_fields))
 
     async def _reject(
         self,

@@ -11,11 +11,13 @@ from typing import TypedDict, Unpack
 from prodkit._core import options as valid
 from prodkit._core.context import request_id_var, span_id_var, trace_id_var
 from prodkit._core.headers import message_headers, set_header
-from prodkit._core.observer import ResponseObserver
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
+from prodkit._core.state import request_state
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
-#: Scope key under which the request id is also stored, for code that has the scope at hand.
+#: Deprecated: the scope key the request id is also stored under. Read it from the request's
+#: state instead (``request_state(scope).request_id``, :mod:`prodkit.asgi`).
 SCOPE_KEY = "prodkit.request_id"
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]*\Z")
@@ -157,23 +159,18 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
 
-        # One pass over the request headers for both fields.
-        name = self._header
-        inbound = traceparent = None
-        for key, value in scope.get("headers") or ():
-            if key == name:
-                if inbound is None:
-                    inbound = value
-            elif key == b"traceparent" and traceparent is None:
-                traceparent = value
-        outer_id = scope.get(SCOPE_KEY)
-        if isinstance(outer_id, str):
+        state = request_state(scope)
+        headers = state.headers(scope)
+        traceparent = headers.get(b"traceparent")
+        if state.request_id is not None:
             # Wrapped twice (the stack's layer and the app's own): one request, one id, or the
             # problem body would quote an id that the outer layer's header then replaces.
-            request_id = outer_id
+            request_id = state.request_id
         else:
+            inbound = headers.get(self._header)
             request_id = self.generator() if inbound is None else self._accept(inbound)
-        scope[SCOPE_KEY] = request_id
+            state.request_id = request_id
+        scope[SCOPE_KEY] = request_id  # deprecated, still there for code that reads it
         trace = None
         if traceparent is not None:
             trace = parse_traceparent(traceparent.decode("latin-1"))
@@ -210,10 +207,8 @@ class RequestIdMiddleware:
 
         if scope["type"] == "http":
             # An observer rather than a plain wrapper: the access log and metrics middlewares
-            # inside record the response through it instead of wrapping send again.
-            observer = ResponseObserver.shared(send)
-            observer.add_start_hook(put_id)
-            return observer
+            # inside record the response through it, the layers inside hook into it.
+            return on_response_start(send, put_id)
 
         async def send_with_id(message: Message) -> None:
             # The handshake's answer is the WebSocket's one HTTP response: an accept, or a

@@ -9,7 +9,7 @@ from typing import TypedDict, Unpack
 from prodkit._core import options as valid
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.headers import get_header, message_headers
-from prodkit._core.observer import ResponseObserver
+from prodkit._core.observer import on_response_start
 from prodkit._core.options import build_options
 from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -187,16 +187,24 @@ class SecurityHeadersMiddleware:
     def _adder(self, added: list[tuple[bytes, bytes]]) -> Callable[[Message], None]:
         with_html = [*added, *self._html]
         html = bool(self._html)
+        added_names = frozenset(name for name, _ in added)
+        html_names = frozenset(name for name, _ in with_html)
 
         def add(message: Message) -> None:
             headers = message_headers(message)
-            present = {key for key, _ in headers}
-            extra = added
+            present = dict(headers)  # the names the response has, in one C-level pass
+            extra, extra_names = added, added_names
             if html:
-                content_type = get_header(headers, b"content-type") or b""
+                if len(present) == len(headers):  # one field line per name: present has it
+                    content_type = present.get(b"content-type") or b""
+                else:
+                    content_type = get_header(headers, b"content-type") or b""
                 if content_type[:9].lower() == b"text/html":
-                    extra = with_html
-            headers.extend(item for item in extra if item[0] not in present)
+                    extra, extra_names = with_html, html_names
+            if present.keys().isdisjoint(extra_names):  # the app set none of them
+                headers.extend(extra)
+            else:
+                headers.extend(item for item in extra if item[0] not in present)
 
         return add
 
@@ -205,17 +213,7 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         add = self._add_https if scope.get("scheme") == "https" else self._add_http
-        if type(send) is ResponseObserver and not send.started:
-            send.add_start_hook(add)  # the observer runs it: no send wrapper of our own
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                add(message)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, add))
 
 
 def _present(*headers: tuple[bytes, str | None]) -> list[tuple[bytes, bytes]]:

@@ -129,6 +129,7 @@ class Stack:
         self._built: dict[str, ASGIApp] = {}
         self._lifespan: LifespanMiddleware | None = None
         self._app: ASGIApp = _not_built
+        self._first: ASGIApp = _not_built
         self._closed = False
         self.layers: list[Layer] = []
         for layer in layers:
@@ -350,6 +351,7 @@ class Stack:
         for hook in self._startup:
             lifespan.add_hook(hook, None)
         self._built, self._lifespan, self._app = built, lifespan, lifespan
+        self._first = wrapped
         return self
 
     @property
@@ -374,7 +376,9 @@ class Stack:
         raise ConfigurationError("no built health layer: add one and call build(app) first")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
+        # Requests go straight to the outermost layer: only the lifespan is the lifespan's.
+        app = self._first if scope["type"] != "lifespan" else self._app
+        await app(scope, receive, send)
 
 
 def idempotency_store_for(

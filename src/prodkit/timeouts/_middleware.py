@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
 from prodkit._core import options as valid
+from prodkit._core.body import buffer_body
 from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem
-from prodkit._core.types import ASGIApp, Message, Receive, Scope, Send
+from prodkit._core.state import request_state
+from prodkit._core.types import ASGIApp, Receive, Scope, Send
 
 REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 BODY_TOO_LARGE = "REQUEST_BODY_TOO_LARGE"
@@ -177,65 +179,29 @@ class RequestTimeoutMiddleware:
             return
         try:
             async with asyncio.timeout(self.body_timeout):
-                messages = await _read_messages(receive, self.max_body_bytes)
+                read = await buffer_body(receive, self.max_body_bytes)
         except TimeoutError:
             await self._timeout_problem.send(send)
             return
-        if messages is None:
+        if read.too_large:
             await self._too_large_problem.send(send)
             return
-        await self.app(scope, _replay(messages, receive), send)
+        # A client that went away mid-body: the app sees what came, then the disconnect.
+        await self.app(scope, read.replay(receive), send)
 
 
 def _declared_length(scope: Scope) -> int | None:
     """The body's declared length: 0 for none, ``None`` when unknown until it is read."""
-    length: int | None = None
-    chunked = False
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding":
-            chunked = True
-        elif name == b"content-length" and length is None:
-            # The server has validated Content-Length; a value it let through that is not a
-            # number is read like a body of unknown length.
-            length = int(value) if value.strip().isdigit() else -1
-    if chunked or length == -1:
+    headers = request_state(scope).headers(scope)
+    if b"transfer-encoding" in headers:
         return None
-    if length is not None:
-        return length
+    value = headers.get(b"content-length")
+    if value is not None:
+        # The server has validated Content-Length; a value it let through that is not a
+        # number is read like a body of unknown length.
+        return int(value) if value.strip().isdigit() else None
     # HTTP/1.x without either header has no body (RFC 9112 §6.3); HTTP/2 and 3 may have one.
     return 0 if scope.get("http_version", "1.1") in _HTTP1 else None
-
-
-async def _read_messages(receive: Receive, limit: int) -> list[Message] | None:
-    """The body's messages, up to the last one (``more_body`` false) or a disconnect.
-
-    ``None`` once the body grows past ``limit`` bytes (nothing more is read).
-    """
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        size += len(message.get("body", b""))
-        if size > limit:
-            return None
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return messages
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """A ``receive`` that gives the app what was read, as one message, then defers to the server."""
-    if messages[-1]["type"] == "http.request":
-        body = b"".join(m.get("body", b"") for m in messages)
-        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-    else:  # the client went away mid-body: the app sees what came, then the disconnect
-        pending = messages
-    pending.reverse()
-
-    async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replayed
 
 
 __all__ = [
