@@ -7,6 +7,7 @@ the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from prodkit._core.drivers import parse_redis_url
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.cors import OriginMatcher
 from prodkit.health import HealthOptions
+from prodkit.idempotency import IdempotencyOptions
 from prodkit.ratelimit import parse_rate
 from prodkit.timeouts import DEFAULT_BODY_TIMEOUT
 
@@ -30,6 +32,11 @@ _DATABASE_SCHEMES = ("postgresql://", "postgres://")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Braces would make a Redis Cluster hash tag of the prefix, putting every key in one slot.
 _KEY_PREFIX = re.compile(r"[^\s{}]*\Z")
+
+
+def _default_of(options: type[Any], name: str) -> Any:
+    """The default a layer's options dataclass gives ``name``: written there, once."""
+    return next(field.default for field in dataclasses.fields(options) if field.name == name)
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -133,8 +140,8 @@ class StackSettings:
     redis_key_prefix: str = "prodkit:"
     near_cache: bool = True
     idempotency_store: IdempotencyStoreName | None = None
-    idempotency_lease_seconds: float = 60.0
-    idempotency_ttl_seconds: float = 24 * 3600.0
+    idempotency_lease_seconds: float = _default_of(IdempotencyOptions, "lease")
+    idempotency_ttl_seconds: float = _default_of(IdempotencyOptions, "ttl")
     idempotency_cleanup_seconds: float = 60.0
     rate_limit: str | None = None
     trusted_proxies: tuple[str, ...] = ()
