@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from prodkit._core.context import get_request_id, get_trace_id
+from prodkit._core.context import get_request_id, get_trace_id, request_id_var, trace_id_var
 from prodkit._core.redaction import Redactor, exception_text
 
 _HOSTNAME = socket.gethostname()
@@ -100,12 +100,13 @@ def add_standard_fields(
     # add_request_context inlined: this runs for every line.
     event_dict["pid"] = _process[0]
     event_dict["hostname"] = _HOSTNAME
+    # The context's variables read directly (get_request_id() and get_trace_id() are calls).
     if "request_id" not in event_dict:
-        request_id = get_request_id()
+        request_id = request_id_var.get()
         if request_id is not None:
             event_dict["request_id"] = request_id
     if "trace_id" not in event_dict:
-        trace_id = get_trace_id()
+        trace_id = trace_id_var.get()
         if trace_id is not None:
             event_dict["trace_id"] = trace_id
     return event_dict
