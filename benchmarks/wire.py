@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--flamegraph", type=Path, help="write the full stack's flame graph here")
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--profile-case", default="full stack", metavar="NAME", help="the case to profile"
+    )
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15, help="rows of the top-costs table")
     parser.add_argument(
@@ -273,17 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(report(runs, list(cases)))
         if args.flamegraph is not None:
-            raw = tmp / "full-stack.raw"
+            raw = tmp / "profile.raw"
             args.flamegraph.parent.mkdir(parents=True, exist_ok=True)
+            if args.profile_case not in servers:
+                parser.error(f"--profile-case {args.profile_case!r}: no such case")
             profile(
-                servers["full stack"],
+                servers[args.profile_case],
                 args.profile_seconds,
                 args.connections,
                 args.flamegraph,
                 raw,
                 args.rate,
             )
-            cpu = statistics.median(run.cpu_us for run in runs if run.case == "full stack")
+            cpu = statistics.median(run.cpu_us for run in runs if run.case == args.profile_case)
             print(f"\nflame graph: {args.flamegraph}\n")
             print(top_costs(raw, cpu, args.top))
     return 0

@@ -106,7 +106,9 @@ _LAST_MICROS = _LAST // datetime.timedelta(microseconds=1)
 
 @given(micros=st.integers(0, _LAST_MICROS - 2_000_000), later=st.integers(0, 2_000_000))
 def test_iso_timestamp_is_the_standard_librarys_iso_text(micros: int, later: int) -> None:
-    for instant in (micros, micros + later):  # the second's text is cached: a second one too
+    # The second's and the millisecond's texts are cached: another instant, in the same
+    # millisecond or not, in the same second or not.
+    for instant in (micros, micros + later, micros + later % 1000):
         expected = (_EPOCH + datetime.timedelta(microseconds=instant)).isoformat(
             timespec="microseconds"
         )

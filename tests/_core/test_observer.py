@@ -10,6 +10,7 @@ from prodkit.asgi import (
     Message,
     ReceiveWatcher,
     ResponseObserver,
+    on_response_start,
 )
 
 
@@ -89,6 +90,32 @@ async def test_a_shared_observer_runs_inner_hooks_first_like_nested_wrappers() -
     ]
     assert ResponseObserver.shared(outer) is not outer  # started: a new observer
     assert outer.status == 201
+
+
+async def test_start_hooks_of_several_layers_run_as_nested_wrappers_would() -> None:
+    # Three layers, each touching the response with on_response_start: the same headers in
+    # the same order as three nested send wrappers, through one observer.
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    def adds(value: bytes) -> Callable[[Message], None]:
+        return lambda message: message["headers"].append((b"x-layer", value))
+
+    outer = on_response_start(send, adds(b"outer"))
+    assert type(outer) is ResponseObserver  # a plain send: a new observer
+    middle = on_response_start(outer, adds(b"middle"))
+    inner = on_response_start(middle, adds(b"inner"))
+    assert inner is middle is outer  # one observer, no wrapper per layer
+    await inner({"type": "http.response.start", "status": 200, "headers": []})
+    await inner({"type": "http.response.body", "body": b"ok"})
+    assert sent[0]["headers"] == [
+        (b"x-layer", b"inner"),
+        (b"x-layer", b"middle"),
+        (b"x-layer", b"outer"),
+    ]
+    assert on_response_start(outer, adds(b"late")) is not outer  # started: a new observer
 
 
 async def test_a_shared_watcher_is_reused() -> None:

@@ -169,7 +169,12 @@ def on_response_start(send: Send, hook: StartHook) -> ResponseObserver:
             (:func:`prodkit.asgi.message_headers`).
     """
     if isinstance(send, ResponseObserver) and not send.started:
-        send.add_start_hook(hook)
+        # add_start_hook(), inlined: every layer that touches a response comes here.
+        hooks = send._hooks
+        if hooks is None:
+            send._hooks = [hook]
+        else:
+            hooks.insert(0, hook)
         return send
     return ResponseObserver(send, on_start=hook)
 

@@ -124,7 +124,10 @@ class RequestState:
         self.request_bytes = 0
         self._headers: RequestHeaders | None = None
         self._client: tuple[Any, Any, Any, Any] | None = None
-        self._finished_by: ResponseObserver | None = None
+        # The id of the observer the outcome was taken from, not the observer: the observer
+        # holds the server's ``send`` (bound to the object that holds this scope), and a
+        # reference back would make every request a reference cycle for the garbage collector.
+        self._finished_by: int | None = None
 
     def headers(self, scope: Scope) -> RequestHeaders:
         """The request's header fields, read once while the scope's header list stays the same.
@@ -166,9 +169,9 @@ class RequestState:
         The first recording layer to finish (the innermost) works the outcome out; an outer
         one that recorded through the same observer finds it done.
         """
-        if self._finished_by is observer:
+        if self._finished_by == id(observer):  # both callers hold it: the id is its own
             return
-        self._finished_by = observer
+        self._finished_by = id(observer)
         if error is not None:
             self.error = error
         error = self.error

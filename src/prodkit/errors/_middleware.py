@@ -367,8 +367,13 @@ class _Responder(ResponseObserver):
                     await self._convert()
             return
         if message["type"] == "http.response.start":
-            self.take_start(message)  # the inner layers' hooks, before anything is held
-            if message["status"] >= 400 and self._hold(message):
+            # take_start(), inlined: the inner layers' hooks, before anything is held.
+            hooks = self._hooks
+            if hooks is not None:
+                for hook in hooks:
+                    hook(message)
+            self.status = message["status"]
+            if self.status >= 400 and self._hold(message):
                 held.append(message)
                 return
             self.started = True

@@ -14,7 +14,7 @@ import structlog
 
 from prodkit._core import options as valid
 from prodkit._core.addresses import ClientAddressResolver, normalize_ip
-from prodkit._core.context import get_request_id
+from prodkit._core.context import request_id_var
 from prodkit._core.exceptions import ConfigurationError
 from prodkit._core.observer import ReceiveWatcher, ResponseObserver
 from prodkit._core.options import build_options
@@ -24,7 +24,7 @@ from prodkit._core.outcome import (
 )
 from prodkit._core.redaction import Redactor
 from prodkit._core.routing import RouteResolver
-from prodkit._core.state import RequestState, request_state
+from prodkit._core.state import REQUEST_STATE_KEY, RequestState, request_state
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.logging._config import get_logger
 from prodkit.logging._context import restore_contextvars, snapshot_contextvars
@@ -250,7 +250,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
 
-        state = request_state(scope)  # its start time is the request's
+        # The outermost layer's (its start time is the request's), or one of our own.
+        state = scope.get(REQUEST_STATE_KEY) or request_state(scope)
         # Read now: a framework mounted below may rewrite the shared scope's path (Litestar does).
         path = scope.get("path")
         saved = snapshot_contextvars()
@@ -305,8 +306,13 @@ class AccessLogMiddleware:
             ):
                 return  # the logger drops this level: build nothing
             log = getattr(bound, level)
+        if self._direct_client:  # without trusted proxies the client is the peer: cached text
+            peer = scope.get("client")
+            client = _peer_text(peer[0]) if peer else None
+        else:
+            client = self.client_resolver.resolve(scope)
         fields: dict[str, Any] = {
-            "request_id": get_request_id(),
+            "request_id": request_id_var.get(),
             "method": scope.get("method"),
             "route": resolve_route(scope, state, self.app, status, self.route_resolver),
             "path": path,
@@ -314,7 +320,7 @@ class AccessLogMiddleware:
             # round(x, 6), for a fraction of its cost: the same float for every duration.
             "duration": round((state.end - state.start) * 1e6) / 1e6,  # type: ignore[operator]
             "bytes": state.response_bytes,
-            "client": self._client(scope),
+            "client": client,
         }
         query = scope.get("query_string")
         if query:
@@ -354,12 +360,6 @@ class AccessLogMiddleware:
         if structlog.get_config()["cache_logger_on_first_use"]:
             self._bound = bound
         return bound
-
-    def _client(self, scope: Scope) -> str | None:
-        if self._direct_client:
-            client = scope.get("client")
-            return _peer_text(client[0]) if client else None
-        return self.client_resolver.resolve(scope)
 
     def _headers(self, scope: Scope) -> dict[str, str]:
         wanted = self.request_headers

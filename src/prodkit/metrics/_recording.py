@@ -30,7 +30,7 @@ from prodkit._core.outcome import (
     resolve_route,
 )
 from prodkit._core.routing import RouteResolver
-from prodkit._core.state import RequestState, request_state
+from prodkit._core.state import REQUEST_STATE_KEY, RequestState, request_state
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 from prodkit.metrics._conventions import (
     DEFAULT_BUCKETS,
@@ -281,7 +281,8 @@ class HTTPMetricsMiddleware:
         if in_flight is None:
             in_flight = self._in_flight[method] = self.in_flight.labels(method)
         in_flight.inc()
-        state = request_state(scope)  # its start time is the request's
+        # The outermost layer's (its start time is the request's), or one of our own.
+        state = scope.get(REQUEST_STATE_KEY) or request_state(scope)
         observer = ResponseObserver.shared(send)
         watcher = ReceiveWatcher.shared(receive)
 

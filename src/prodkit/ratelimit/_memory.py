@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.ratelimit._policy import RateLimitPolicy
-from prodkit.ratelimit._store import RateLimitDecision, decision, gcra
+from prodkit.ratelimit._store import EPSILON, RateLimitDecision, decision
 
 
 class MemoryRateLimitStore:
@@ -41,7 +41,11 @@ class MemoryRateLimitStore:
         slot = (policy.name, key)
         tat = entries.pop(slot, None)  # re-inserted below: dict order is recency order
         debt = 0.0 if tat is None or tat <= now else tat - now
-        allowed, debt = gcra(debt, policy, cost)
+        # gcra(), inlined: this runs for every request the memory store limits.
+        added = debt + cost * policy.interval
+        allowed = added <= policy.window + EPSILON
+        if allowed:
+            debt = added
         if debt > 0.0:
             entries[slot] = now + debt
             if len(entries) > self.max_keys:

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from prodkit.ratelimit._policy import _CEIL_SLACK, RateLimitPolicy
 
 # Float arithmetic on ``k * window/quota`` must not lose a unit of quota to rounding.
-_EPSILON = 1e-6  # one microsecond: arrival times near the epoch carry ~1e-7 s of float error
+EPSILON = 1e-6  # one microsecond: arrival times near the epoch carry ~1e-7 s of float error
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ class RateLimitDecision:
 def gcra(debt: float, policy: RateLimitPolicy, cost: int = 1) -> tuple[bool, float]:
     """Apply the GCRA to a key's current ``debt``: return ``(allowed, debt_after)``."""
     added = debt + cost * policy.interval
-    if added > policy.window + _EPSILON:
+    if added > policy.window + EPSILON:
         return False, debt
     return True, added
 
@@ -69,7 +69,7 @@ def decision(
         debt = 0.0
     interval = policy.interval
     spare = policy.window - debt
-    remaining = int(spare / interval + _EPSILON)
+    remaining = int(spare / interval + EPSILON)
     if remaining < 0:
         remaining = 0
     if not allowed:
@@ -102,4 +102,4 @@ class RateLimitStore(Protocol):
         ...
 
 
-__all__ = ["RateLimitDecision", "RateLimitStore", "decision", "gcra"]
+__all__ = ["EPSILON", "RateLimitDecision", "RateLimitStore", "decision", "gcra"]

@@ -18,7 +18,7 @@ from prodkit._core.body import buffer_body
 from prodkit._core.options import build_options
 from prodkit._core.outcome import PathFilter
 from prodkit._core.problems import Problem
-from prodkit._core.state import request_state
+from prodkit._core.state import REQUEST_STATE_KEY, request_state
 from prodkit._core.types import ASGIApp, Receive, Scope, Send
 
 REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
@@ -152,6 +152,7 @@ class RequestTimeoutMiddleware:
         self.body_timeout = float(options.body_timeout)
         self.max_body_bytes = max_body_bytes = options.max_body_bytes
         self._excluded = PathFilter(options.exclude_paths)
+        self._excluding = bool(self._excluded)  # PathFilter's truth is a Python call
         seconds = f"{self.body_timeout:g}"
         self._timeout_problem = Problem(
             408,
@@ -167,7 +168,7 @@ class RequestTimeoutMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._excluded.excludes(scope):
+        if scope["type"] != "http" or (self._excluding and self._excluded.excludes(scope)):
             await self.app(scope, receive, send)
             return
         declared = _declared_length(scope)
@@ -192,7 +193,7 @@ class RequestTimeoutMiddleware:
 
 def _declared_length(scope: Scope) -> int | None:
     """The body's declared length: 0 for none, ``None`` when unknown until it is read."""
-    headers = request_state(scope).headers(scope)
+    headers = (scope.get(REQUEST_STATE_KEY) or request_state(scope)).headers(scope)
     if b"transfer-encoding" in headers:
         return None
     value = headers.get(b"content-length")
