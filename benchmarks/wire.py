@@ -161,6 +161,7 @@ def _scrub(svg: Path) -> None:
     """Keep file names relative to their package: no machine's paths in a committed file."""
     text = svg.read_text()
     text = re.sub(r"(?:/[\w.+-]+)+/(?:site-packages|src|lib/python3\.\d+)/", "", text)
+    text = re.sub(r"(?:/[\w.+-]+)+/(py-spy)\b", r"\1", text)  # the command in the title
     text = re.sub(r"--pid \d+", "--pid PID", text)
     svg.write_text(text)
 
