@@ -41,12 +41,38 @@ def on_redis(near: str) -> Callable[[], ASGIApp]:
     return lambda: stack(cached=True, redis=near)
 
 
+#: What a browser sends with a GET besides the caller: the request's fields are read once by
+#: the whole stack, however many there are.
+BROWSER_HEADERS = [
+    ("Host", "api.example.com"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+    ("Accept", "application/json, text/plain, */*"),
+    ("Accept-Language", "en-GB,en;q=0.7"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Referer", "https://app.example.com/funds"),
+    ("Origin", "https://app.example.com"),
+    ("Connection", "keep-alive"),
+    ("Sec-Fetch-Dest", "empty"),
+    ("Sec-Fetch-Mode", "cors"),
+    ("Sec-Fetch-Site", "same-site"),
+    ("Priority", "u=0"),
+]
+
+
 def cases() -> list[Case]:
     """Bare Starlette vs the full stack (uncached, cached, access log level above INFO)."""
     headers = [("X-User-Id", "bench")]
+    browser = [*BROWSER_HEADERS, *headers]
     return [
         Case("starlette: bare", starlette_app, headers=headers),
         Case("full stack", stack, headers=headers, baseline="starlette: bare"),
+        Case("starlette: bare, browser headers", starlette_app, headers=browser),
+        Case(
+            "full stack, browser headers",
+            stack,
+            headers=browser,
+            baseline="starlette: bare, browser headers",
+        ),
         Case(
             "full stack, cached hit",
             lambda: stack(cached=True),

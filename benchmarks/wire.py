@@ -12,9 +12,9 @@ report gives the median GET/s of each, the median of the pairs' ratios, and the 
 time per request (from ``/proc``; wrk's own share of the machine does not count in it).
 
 With ``--flamegraph PATH`` the full-stack worker is then sampled by py-spy under the same load
-(``py-spy record --format flamegraph``; a second recording in py-spy's raw format gives the
-table of the functions that cost most in themselves, as a share of the samples and in µs per
-request). Needs ``wrk`` and, for the flame graph, ``py-spy``. Loopback only; every run is
+(``py-spy record --format flamegraph``; a second recording, ``--nonblocking`` in py-spy's raw
+format, gives the table of the functions that cost most in themselves, as a share of the
+samples and in µs per request). ``--case NAME=MODULE:FACTORY`` adds an app to the runs. Needs ``wrk`` and, for the flame graph, ``py-spy``. Loopback only; every run is
 bounded by ``--seconds``.
 """
 
@@ -111,11 +111,12 @@ def _serve(stack: ExitStack, app: str, tmp: Path) -> ServerProcess:
 # -- the flame graph and the table ------------------------------------------------------------
 
 
-def _record(pid: int, seconds: int, fmt: str, out: Path, rate: int) -> None:
+def _record(pid: int, seconds: int, fmt: str, out: Path, rate: int, *, blocking: bool) -> None:
     subprocess.run(
         [
             shutil.which("py-spy", path=_BIN_PATH) or "py-spy",
             "record",
+            *(() if blocking else ("--nonblocking",)),
             "--pid",
             str(pid),
             "--rate",
@@ -146,8 +147,11 @@ def profile(
     )  # fmt: skip
     try:
         time.sleep(1)
-        _record(server.pid, seconds, "flamegraph", svg, rate)
-        _record(server.pid, seconds, "raw", raw, rate)
+        # The flame graph from stopped threads (whole stacks); the table from running ones:
+        # stopping a thread leans its samples to the lines where it can be stopped (a call into
+        # C, asyncio.current_task), which runs measured apart do not find costly.
+        _record(server.pid, seconds, "flamegraph", svg, rate, blocking=True)
+        _record(server.pid, seconds, "raw", raw, rate, blocking=False)
     finally:
         load.wait(timeout=2 * seconds + 60)
     _scrub(svg)
@@ -157,6 +161,7 @@ def _scrub(svg: Path) -> None:
     """Keep file names relative to their package: no machine's paths in a committed file."""
     text = svg.read_text()
     text = re.sub(r"(?:/[\w.+-]+)+/(?:site-packages|src|lib/python3\.\d+)/", "", text)
+    text = re.sub(r"(?:/[\w.+-]+)+/(py-spy)\b", r"\1", text)  # the command in the title
     text = re.sub(r"--pid \d+", "--pid PID", text)
     svg.write_text(text)
 
