@@ -503,7 +503,13 @@ def near_over(url: str, prefix: str, **options: Any) -> NearCacheStore:
 async def close_all(*stores: NearCacheStore) -> None:
     for store in stores:
         await store.aclose()
-        await store.store.client.aclose()  # the client was given to the store: not its own
+        client = store.store.client
+        await client.aclose()  # the client was given to the store: not its own
+        # A Sentinel-managed client asked the Sentinels where the primary is, through
+        # clients of their own that closing it leaves open.
+        manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in [] if manager is None else manager.sentinels:
+            await sentinel.aclose()
 
 
 async def until_held(store: NearCacheStore, key: str, value: bytes) -> bool:

@@ -233,6 +233,13 @@ class NearCacheStore:
         the invalidations already received, and answers only while the tracking connections
         are current (see the class docstring).
         """
+        found = self.held(key, tags)
+        if found is not None:
+            self._hit.inc()
+        return found
+
+    def held(self, key: str, tags: Sequence[str] = ()) -> Lookup | None:
+        """:meth:`peek`, not counted as a read (call :meth:`count_hit` if it is used)."""
         if key not in self._entries or not self._current():
             return None
         found = self._entries.get(key)  # processing invalidations may have dropped it
@@ -248,8 +255,11 @@ class NearCacheStore:
         except KeyError:
             return None
         self._entries.move_to_end(key)
-        self._hit.inc()
         return Lookup(value, stamped)
+
+    def count_hit(self) -> None:
+        """Count a read answered from memory (:meth:`held`'s answer was used)."""
+        self._hit.inc()
 
     async def get(self, key: str, *, tags: Sequence[str] = ()) -> Lookup:
         """From memory when held (see :meth:`peek`), else from Redis: on the tracking
