@@ -441,17 +441,21 @@ ops = st.lists(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops)
 def test_every_read_of_a_near_cache_equals_a_read_of_redis(ops: list[Op], redis_url: str) -> None:
-    """Three near caches (three workers) and the plain store over one Redis: after each write
-    by any of them, a read through any near cache returns what Redis holds then."""
+    """Three near caches (three workers, the last one with tiny bounds) and the plain store
+    over one Redis: after each write by any of them, a read through any near cache returns
+    what Redis holds then, and no near cache holds more than its bounds."""
 
     async def run() -> None:
         prefix = f"prodkit-test:near-model:{uuid.uuid4().hex[:8]}:"
         plain = RedisCacheStore(redis_url, key_prefix=prefix)
+        bounds: list[dict[str, Any]] = [{}, {}, {"max_entries": 2, "max_bytes": 150, "max_tags": 2}]
         near = [
             NearCacheStore(
-                RedisCacheStore(redis_url, key_prefix=prefix), registry=CollectorRegistry()
+                RedisCacheStore(redis_url, key_prefix=prefix),
+                registry=CollectorRegistry(),
+                **bound,
             )
-            for _ in range(3)
+            for bound in bounds
         ]
         try:
             for store in near:
@@ -470,6 +474,9 @@ def test_every_read_of_a_near_cache_equals_a_read_of_redis(ops: list[Op], redis_
                 for reader in near:
                     assert await reader.get(key, tags=tags) == expected
                     assert await reader.get(key, tags=tags) == expected  # from memory, if held
+                small = near[2]
+                assert len(small) <= 2
+                assert small.size_bytes <= 150
         finally:
             for store in near:
                 await store.aclose()
