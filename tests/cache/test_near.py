@@ -251,6 +251,18 @@ async def test_a_write_through_one_worker_is_never_followed_by_the_old_entry_on_
         assert after.headers["x-cache"] == "MISS"
 
 
+async def test_once_another_worker_has_fenced_a_write_no_read_is_served_from_memory(
+    workers: WorkerFactory,
+) -> None:
+    reader, writer = await workers(), await workers()
+    for round_ in range(30):
+        await reader.near_hit()
+        async with writer.cache.invalidating(["item:1"]):
+            # The write could commit here: from now on no read may get the entry from before.
+            during = await reader.get()
+            assert during.headers["x-cache"] == "MISS", round_
+
+
 async def test_invalidate_tags_in_one_worker_is_seen_by_the_next_read_of_another(
     workers: WorkerFactory,
 ) -> None:
