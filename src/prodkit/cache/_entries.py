@@ -256,7 +256,7 @@ class Entries:
         near = self.cache._near
         if near is None or self.cache.pending_invalidations:
             return None
-        found = near.peek(request.entry_key, request.tags)
+        found = near.held(request.entry_key, request.tags)
         value = None if found is None else found.value
         if value is None or value == UNSTORABLE_MARKER or decode_vary_record(value) is not None:
             return None
@@ -265,7 +265,8 @@ class Entries:
         except (ValueError, KeyError, TypeError):
             return None
         if found is None or entry.versions != found.versions:
-            return None
+            return None  # counted by the lookup that follows, if that one answers
+        near.count_hit()
         request.versions = found.versions
         return entry
 

@@ -29,7 +29,10 @@ Why it is coherent (docs/caching.md, "Near cache", has the full argument):
 4. Writes by this process (``bump``, ``set``, ``complete``) go through the wrapped store's
    connections; they drop their keys from the table before and after, and a read that was in
    flight across a ``bump`` keeps nothing, so the writer's own process never serves from
-   before its write either.
+   before its write either. A ``bump`` that takes a fence or invalidates on its own then waits
+   for Redis to answer a ``PING``: Redis writes other processes' invalidations in the same pass
+   of its event loop as its reply to the bump, perhaps just after it, and answers nothing
+   later before that pass is over; so they have left Redis before the write commits.
 5. A lost connection (Redis killed, restarted, failed over, a reply later than ``timeout``)
    empties the whole table: until the connection is back, every read goes to Redis through the
    wrapped store, exactly as without a near cache.
@@ -231,6 +234,13 @@ class NearCacheStore:
         the invalidations already received, and answers only while the tracking connections
         are current (see the class docstring).
         """
+        found = self.held(key, tags)
+        if found is not None:
+            self._hit.inc()
+        return found
+
+    def held(self, key: str, tags: Sequence[str] = ()) -> Lookup | None:
+        """:meth:`peek`, not counted as a read (call :meth:`count_hit` if it is used)."""
         if key not in self._entries or not self._current():
             return None
         found = self._entries.get(key)  # processing invalidations may have dropped it
@@ -246,8 +256,11 @@ class NearCacheStore:
         except KeyError:
             return None
         self._entries.move_to_end(key)
-        self._hit.inc()
         return Lookup(value, stamped)
+
+    def count_hit(self) -> None:
+        """Count a read answered from memory (:meth:`held`'s answer was used)."""
+        self._hit.inc()
 
     async def get(self, key: str, *, tags: Sequence[str] = ()) -> Lookup:
         """From memory when held (see :meth:`peek`), else from Redis: on the tracking
@@ -371,11 +384,12 @@ class NearCacheStore:
             await self.store.bump(tags, ttl, change)
         finally:
             self._forget(tags)
-        if change is None or (change.writers == 0 and change.at_least == 0):
-            # An invalidation on its own (not a write's fence, which a later round trip
-            # follows): Redis writes the other processes' invalidations in the same pass of
-            # its event loop as this reply, perhaps just after it. A command it answers after
-            # that pass means they have left Redis when this returns.
+        if change is None or change.writers > 0 or (change.writers == 0 and not change.at_least):
+            # Redis writes the other processes' invalidations in the same pass of its event
+            # loop as this reply, perhaps just after it: a command it answers after that pass
+            # means they have left Redis when this returns, before a write's commit (a fence
+            # taken) or its caller's next step (an invalidation on its own). Not for a fence
+            # renewed or lifted: what matters reached the other processes when it was taken.
             await self._barrier(tags)
 
     async def _barrier(self, tags: Sequence[str]) -> None:
