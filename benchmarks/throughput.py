@@ -51,6 +51,20 @@ class Figures:
     cpu_us: float | None = None  #: the server process's CPU time per request (Linux)
 
 
+#: One uvicorn worker as every over-the-wire figure runs it: uvloop, httptools, no access log.
+UVICORN = [
+    "uvicorn",
+    "--factory",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+]
+
+
 def _ms(text: str) -> float:
     found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
     if not found:
@@ -162,17 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
-    uvicorn = [
-        "uvicorn",
-        "--factory",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-    ]
+    uvicorn = UVICORN
     tmp = Path(tempfile.mkdtemp(prefix="prodkit-throughput-"))
     # uvicorn as it starts by default: its access log writes one line per request.
     uvicorn_logging = [arg for arg in uvicorn if arg != "--no-access-log"]

@@ -35,20 +35,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.throughput import LOAD_CPU, PIN, SERVER_CPU, _pin_load_generator
+from benchmarks.throughput import LOAD_CPU, PIN, SERVER_CPU, UVICORN, _pin_load_generator
 from tests.servers import ServerProcess, free_port, run_server
 
-UVICORN = [
-    "uvicorn",
-    "--factory",
-    "--log-level",
-    "warning",
-    "--no-access-log",
-    "--loop",
-    "uvloop",
-    "--http",
-    "httptools",
-]
 PATH = "/items/42"
 HEADERS = ("-H", "X-User-Id: bench-user")
 CASES = {"bare": "benchmarks.apps:bare", "full stack": "benchmarks.apps:full_stack"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import pairwise
 from typing import Any, TypeVar
 
@@ -129,18 +129,14 @@ def path_list(name: str, value: object) -> tuple[str, ...]:
     One string is refused rather than read as a list: ``exclude_paths="/livez"`` would
     otherwise be a list of characters.
     """
-    write = f"a list such as {name}=['/livez', '/static/*']"
-    if isinstance(value, str):
-        raise _refuse(name, value, "a list of paths, not one string", write)
-    items = _items(value)
-    if items is None:
-        raise _refuse(name, value, "not a list of paths", write)
-    paths: list[str] = []
-    for item in items:
-        if not (isinstance(item, str) and item.startswith("/")):
-            raise _refuse(name, items, f"{item!r} must start with '/'", write)
-        paths.append(item)
-    return tuple(paths)
+    return _each(
+        name,
+        value,
+        "paths",
+        f"a list such as {name}=['/livez', '/static/*']",
+        lambda item: item if item.startswith("/") else None,
+        "must start with '/'",
+    )
 
 
 def metric_prefix(name: str, value: object) -> str:
@@ -217,18 +213,14 @@ def header_names(name: str, value: object) -> tuple[str, ...]:
 
     One string is refused rather than read as a list of its characters.
     """
-    write = f"a list such as {name}=['Authorization', 'X-Request-ID']"
-    if isinstance(value, str):
-        raise _refuse(name, value, "a list of header names, not one string", write)
-    items = _items(value)
-    if items is None:
-        raise _refuse(name, value, "not a list of header names", write)
-    names: list[str] = []
-    for item in items:
-        if not (isinstance(item, str) and TOKEN.match(item.strip())):
-            raise _refuse(name, items, f"{item!r} is not a header name", write)
-        names.append(item.strip())
-    return tuple(names)
+    return _each(
+        name,
+        value,
+        "header names",
+        f"a list such as {name}=['Authorization', 'X-Request-ID']",
+        lambda item: item.strip() if TOKEN.match(item.strip()) else None,
+        "is not a header name",
+    )
 
 
 def one_of(name: str, value: object, choices: Iterable[T]) -> T:
@@ -257,6 +249,32 @@ def string_list(name: str, value: object) -> tuple[str, ...]:
     raise _refuse(
         name, value, "not a list of strings", f"a list such as {name}=['a', 'b'] or 'a, b'"
     )
+
+
+def _each(
+    name: str,
+    value: object,
+    what: str,
+    write: str,
+    accept: Callable[[str], str | None],
+    problem: str,
+) -> tuple[str, ...]:
+    """The strings of a list ``value``, each as ``accept`` returns it (``None``: refused).
+
+    One string is refused rather than read as a list of its characters.
+    """
+    if isinstance(value, str):
+        raise _refuse(name, value, f"a list of {what}, not one string", write)
+    items = _items(value)
+    if items is None:
+        raise _refuse(name, value, f"not a list of {what}", write)
+    accepted: list[str] = []
+    for item in items:
+        made = accept(item) if isinstance(item, str) else None
+        if made is None:
+            raise _refuse(name, items, f"{item!r} {problem}", write)
+        accepted.append(made)
+    return tuple(accepted)
 
 
 def _items(value: object) -> list[object] | None:
