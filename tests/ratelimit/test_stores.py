@@ -253,7 +253,9 @@ def backend_redis(redis_url: str, redis_prefix: str) -> tuple[str, str]:
     return redis_url, redis_prefix
 
 
-@pytest.mark.parametrize(("quota", "window"), [(7, 60), (3, 2), (6, 7), (1000, 1)])
+@pytest.mark.parametrize(
+    ("quota", "window"), [(7, 60), (3, 2), (6, 7), (1000, 1), (14, 86_400), (1000, 86_400)]
+)
 async def test_awkward_rates_still_grant_the_whole_quota_at_one_instant(
     store: RateLimitStore, quota: int, window: int
 ) -> None:

@@ -3,6 +3,7 @@
 * ``PRODKIT_TEST_RL_REDIS_URL``: Redis URL of the shared store (memory store when unset)
 * ``PRODKIT_TEST_RL_PREFIX``: Redis key prefix (one per test)
 * ``PRODKIT_TEST_RL_RATE``: the global policy, e.g. ``100/day``
+* ``PRODKIT_TEST_RL_RESERVE``: the Redis store's ``reserve`` (its default when unset)
 
 Run with ``uvicorn tests.servers.ratelimit_app:app``.
 """
@@ -43,8 +44,11 @@ def _store() -> RateLimitStore:
     url = os.environ.get("PRODKIT_TEST_RL_REDIS_URL")
     if not url:
         return MemoryRateLimitStore()
+    reserve = os.environ.get("PRODKIT_TEST_RL_RESERVE")
     return RedisRateLimitStore.from_url(
-        url, key_prefix=os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:")
+        url,
+        key_prefix=os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:"),
+        **({} if reserve is None else {"reserve": float(reserve)}),
     )
 
 

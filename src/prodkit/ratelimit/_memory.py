@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prodkit._core.exceptions import ConfigurationError
 from prodkit.ratelimit._policy import RateLimitPolicy
-from prodkit.ratelimit._store import EPSILON, RateLimitDecision, decision
+from prodkit.ratelimit._store import RateLimitDecision, decision
 
 
 class MemoryRateLimitStore:
@@ -43,7 +43,7 @@ class MemoryRateLimitStore:
         debt = 0.0 if tat is None or tat <= now else tat - now
         # gcra(), inlined: this runs for every request the memory store limits.
         added = debt + cost * policy.interval
-        allowed = added <= policy.window + EPSILON
+        allowed = added <= policy.ceiling
         if allowed:
             debt = added
         if debt > 0.0:

@@ -28,6 +28,7 @@ from prodkit.ratelimit._policy import (
     route_policy_name,
     to_policy,
 )
+from prodkit.ratelimit._redis import RedisRateLimitStore
 from prodkit.ratelimit._store import RateLimitDecision, RateLimitStore
 
 RATE_LIMITED = "RATE_LIMITED"
@@ -323,6 +324,9 @@ class RateLimitMiddleware:
         shared = not isinstance(self.store, MemoryRateLimitStore)
         self._breaker = _shared_breaker(options) if shared else None
         self._fallback = MemoryRateLimitStore() if shared else None
+        # Units this worker reserved in Redis are handed out before the breaker: no network.
+        reserved = self.store if isinstance(self.store, RedisRateLimitStore) else None
+        self._reserved = None if reserved is None else reserved.consume_reserved
         self._excluded = PathFilter(options.exclude_paths)
         self.unavailable_retry_after = options.unavailable_retry_after
         decisions = counter(
@@ -404,6 +408,10 @@ class RateLimitMiddleware:
     async def _consume(self, client: str, limit: _Limit) -> RateLimitDecision | None:
         """One decision; store failures go to the fallback (fail open) or ``None`` (fail closed)."""
         policy = limit.policy
+        if self._reserved is not None:
+            local = self._reserved(client, policy)
+            if local is not None:
+                return local
         if self._breaker is None:
             return await self.store.consume(client, policy)
         store = self.store

@@ -64,6 +64,11 @@ class RateLimitPolicy:
     #: Seconds between two requests at the sustained rate (``window / quota``), computed once:
     #: every decision reads it, and a property would be a Python call each time.
     interval: float = field(init=False, repr=False, compare=False)
+    #: The most debt (seconds) a request may leave: the window plus a float slack of a
+    #: thousandth of a unit (at least a microsecond). Arrival times near the epoch lose about
+    #: 2e-7 s per step to rounding; over a long quota (``1000/day``) that would refuse the last
+    #: unit, and a thousandth of a unit can never let one more through.
+    ceiling: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.quota, bool) or not isinstance(self.quota, int) or self.quota < 1:
@@ -81,6 +86,7 @@ class RateLimitPolicy:
             )
         object.__setattr__(self, "header", f'"{self.name}";q={self.quota};w={self.window}')
         object.__setattr__(self, "interval", self.window / self.quota)
+        object.__setattr__(self, "ceiling", self.window + max(1e-6, self.interval / 1000))
 
     @classmethod
     def parse(cls, rate: str, name: str = "default") -> RateLimitPolicy:

@@ -54,7 +54,7 @@ class RateLimitDecision:
 def gcra(debt: float, policy: RateLimitPolicy, cost: int = 1) -> tuple[bool, float]:
     """Apply the GCRA to a key's current ``debt``: return ``(allowed, debt_after)``."""
     added = debt + cost * policy.interval
-    if added > policy.window + EPSILON:
+    if added > policy.ceiling:
         return False, debt
     return True, added
 

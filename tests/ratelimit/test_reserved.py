@@ -1,0 +1,224 @@
+"""Reserved units on real Redis: a worker takes a few units ahead and hands them out with no
+round trip, and still no more than the quota is ever allowed across workers.
+
+Each ``RedisRateLimitStore`` here stands for one worker process; they share one Redis. That a
+decision made no round trip is seen in Redis itself: the key's stored arrival time does not
+move (the time is injected, so only a script run can change it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from prodkit.asgi import Receive, Scope, Send
+from prodkit.ratelimit import RateLimitMiddleware, RateLimitPolicy, RedisRateLimitStore
+from tests.ratelimit.test_stores import EPOCH, FakeClock
+from tests.servers import HOST, free_port, redis_server
+
+pytestmark = pytest.mark.redis
+
+THOUSAND_PER_MINUTE = RateLimitPolicy(1000, 60, "k")  # a unit every 60 ms; 10 reserved ahead
+
+
+@pytest.fixture
+async def workers(
+    redis_url: str, redis_prefix: str
+) -> AsyncIterator[Callable[..., RedisRateLimitStore]]:
+    """Make stores ("workers") on the test Redis; every one is closed after the test."""
+    made: list[RedisRateLimitStore] = []
+
+    def worker(**options: object) -> RedisRateLimitStore:
+        store = RedisRateLimitStore.from_url(redis_url, key_prefix=redis_prefix, **options)  # type: ignore[arg-type]
+        made.append(store)
+        return store
+
+    yield worker
+    for store in made:
+        await store.aclose()
+
+
+async def stored(store: RedisRateLimitStore, key: str, policy: RateLimitPolicy) -> str | None:
+    """The key's arrival time as Redis holds it."""
+    value = await store.client.get(store.redis_key(key, policy))
+    return None if value is None else bytes(value).decode()
+
+
+async def test_by_default_one_round_trip_reserves_one_percent_of_the_quota(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    store = workers(clock=clock)
+    policy = THOUSAND_PER_MINUTE
+    first = await store.consume("c", policy)
+    assert (first.allowed, first.remaining) == (True, 999)  # as if nothing were reserved
+    arrival = await stored(store, "c", policy)
+    assert arrival is not None
+    # Redis counted the request and the 10 units this worker took ahead.
+    assert float(arrival) == pytest.approx((EPOCH + 11 * policy.interval) * 1000, abs=0.01)
+    for expected in range(998, 988, -1):
+        decision = await store.consume("c", policy)
+        assert (decision.allowed, decision.remaining) == (True, expected)
+        assert await stored(store, "c", policy) == arrival  # no script ran
+    await store.consume("c", policy)  # the reservation is spent: Redis again, 10 more
+    moved = await stored(store, "c", policy)
+    assert moved is not None
+    assert float(moved) == pytest.approx((EPOCH + 22 * policy.interval) * 1000, abs=0.01)
+
+
+async def test_another_worker_sees_the_reserved_units_as_taken(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    first, second = workers(clock=clock), workers(clock=clock)
+    await first.consume("c", THOUSAND_PER_MINUTE)
+    seen = await second.consume("c", THOUSAND_PER_MINUTE)
+    assert seen.remaining == 1000 - 1 - 10 - 1  # its own request too (its reserve is not shown)
+
+
+async def test_small_quotas_reserve_nothing_by_default(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    policy = RateLimitPolicy(99, 60, "small")  # 1 % of 99 is 0 units
+    store = workers(clock=clock)
+    before = None
+    for _ in range(3):
+        await store.consume("c", policy)
+        now = await stored(store, "c", policy)
+        assert now != before  # every decision is a script run
+        before = now
+        clock.advance(0.001)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    quota=st.integers(10, 300),
+    share=st.sampled_from([0.01, 0.05, 0.2, 0.5]),
+    plan=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=120),
+)
+async def test_workers_never_allow_more_than_the_quota_and_lose_nothing(
+    workers: Callable[..., RedisRateLimitStore],
+    quota: int,
+    share: float,
+    plan: list[tuple[int, int]],
+) -> None:
+    """Any interleaving of three workers: never more than the quota; once they close, every
+    unit they reserved and did not use is back, so a fresh exact worker gets the rest."""
+    clock = FakeClock()
+    policy = RateLimitPolicy(quota, 86_400, f"q{quota}")
+    key = uuid.uuid4().hex  # a fresh key per example: earlier examples' keys do not matter
+    trio = [workers(clock=clock, reserve=share) for _ in range(3)]
+    allowed = 0
+    for which, cost in plan:
+        decision = await trio[which].consume(key, policy, cost)
+        if decision.allowed:
+            allowed += cost
+        assert allowed <= quota
+    for worker in trio:
+        await worker.aclose()
+    exact = workers(clock=clock, reserve=0)
+    rest = 0
+    while (await exact.consume(key, policy)).allowed:
+        rest += 1
+    assert rest == quota - allowed
+
+
+async def test_unused_units_go_back_to_redis_after_reserve_for(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    policy = RateLimitPolicy(20, 86_400, "daily")  # no refill during the test
+    holder = workers(reserve=0.1, reserve_for=0.2)  # real time: takes 2 units ahead
+    other = workers(reserve=0)
+    assert (await holder.consume("c", policy)).allowed
+    served = 0
+    while (await other.consume("c", policy)).allowed:
+        served += 1
+    assert served == 17  # 20 - 1 - the 2 the holder keeps
+    await asyncio.sleep(0.6)  # the holder gives its 2 back (it checks every reserve_for / 2)
+    assert (await other.consume("c", policy)).allowed
+    assert (await other.consume("c", policy)).allowed
+    assert not (await other.consume("c", policy)).allowed
+
+
+async def test_closing_a_worker_gives_its_units_back(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    holder, other = workers(clock=clock), workers(clock=clock, reserve=0)
+    await holder.consume("c", THOUSAND_PER_MINUTE)
+    await holder.aclose()
+    assert (await other.consume("c", THOUSAND_PER_MINUTE)).remaining == 998
+
+
+async def test_a_refusal_is_repeated_without_redis_for_reserve_for(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    policy = RateLimitPolicy(5, 60, "five")
+    store = workers(clock=clock, reserve_for=5)
+    results = [await store.consume("c", policy) for _ in range(6)]
+    assert [r.allowed for r in results] == [True] * 5 + [False]
+    assert results[-1].retry_after == pytest.approx(12)
+    await store.client.delete(store.redis_key("c", policy))  # a reset from elsewhere
+    clock.advance(1)
+    again = await store.consume("c", policy)  # still refused: Redis was not asked
+    assert not again.allowed
+    assert again.retry_after == pytest.approx(11)
+    clock.advance(4)  # reserve_for is over: Redis decides, and the key is gone
+    assert (await store.consume("c", policy)).allowed
+
+
+async def test_a_full_table_decides_new_keys_in_redis_one_by_one(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    clock = FakeClock()
+    store = workers(clock=clock, max_reserved_keys=2)
+    policy = THOUSAND_PER_MINUTE
+    for key in ("a", "b", "c"):
+        await store.consume(key, policy)
+    held = [await stored(store, key, policy) for key in ("a", "b", "c")]
+    assert [float(value or 0) for value in held] == pytest.approx(
+        [(EPOCH + n * policy.interval) * 1000 for n in (11, 11, 1)], abs=0.01
+    )
+
+
+async def test_reserved_units_still_answer_while_redis_is_down() -> None:
+    """Through the middleware (fail closed), with its Redis killed: the units already reserved
+    allow requests without the network; the next request needs Redis and gets a 503."""
+    port = free_port()
+    with redis_server(port) as server:
+        store = RedisRateLimitStore.from_url(f"redis://{HOST}:{port}/0")
+        app = RateLimitMiddleware(
+            ok,
+            policy="6000/minute",
+            store=store,
+            on_store_error="fail_closed",
+            registry=CollectorRegistry(),
+        )
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                first = await client.get("/")
+                assert first.headers["ratelimit"] == '"default";r=5999;t=1'
+                server.kill()
+                server.wait(timeout=10)
+                statuses = [(await client.get("/")).status_code for _ in range(61)]
+        finally:
+            await store.aclose()
+    # 60 reserved units (1 % of 6000) answer without Redis; the next request needs it.
+    assert statuses == [200] * 60 + [503]
+
+
+async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
