@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prodkit import Stack, StackSettings, caller_from_header, recommended_stack
-from prodkit.asgi import Scope
+from prodkit.asgi import Receive, Scope, Send
 from prodkit.testing import capture_log_output
 from tests.conftest import ClientFactory
 from tests.stack.helpers import DESIGN_ORDER, RECOMMENDED, items, recommended, some_client
@@ -129,3 +130,34 @@ async def test_route_resolver_names_a_raw_apps_routes_in_metrics_and_logs() -> N
     assert registry.get_sample_value(count, unmatched) == 1
     routes = [line["route"] for line in logs.events("request completed")]
     assert routes == ["/items/{item_id}", "__unmatched__"]
+
+
+async def test_by_default_the_stack_sheds_past_100_requests_in_flight() -> None:
+    """``MAX_CONCURRENCY`` unset: 100 requests run, the 101st gets ``503 OVERLOADED`` at once."""
+    release, all_in = asyncio.Event(), asyncio.Event()
+    started = 0
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal started
+        if scope["type"] != "http":
+            return
+        started += 1
+        if started == 100:
+            all_in.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    stack = Stack.recommended(StackSettings(), registry=CollectorRegistry()).build(slow)
+    transport = httpx.ASGITransport(app=stack)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        held = [asyncio.create_task(client.get(f"/items/{n}")) for n in range(100)]
+        await asyncio.wait_for(all_in.wait(), 10)
+        refused = await client.get("/items/extra")
+        release.set()
+        statuses = {(await task).status_code for task in held}
+    await stack.aclose()
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "OVERLOADED"
+    assert refused.headers["retry-after"] == "1"
+    assert statuses == {200}

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 
 #: Rate limit when ``RATE_LIMIT`` is unset: generous enough for any single honest client.
 DEFAULT_RATE_LIMIT = "6000/minute"
-#: In-flight requests per process when ``MAX_CONCURRENCY`` is unset.
-DEFAULT_MAX_CONCURRENCY = 1000
+#: In-flight requests per process when ``MAX_CONCURRENCY`` is unset. One Python worker serves
+#: a few hundred to a few thousand requests a second, so 100 in flight is at most a fraction
+#: of a second of queue: past it a request gets ``503 OVERLOADED`` at once, and the worker is
+#: back under its latency target within a second of a spike (with 1,000 it timed out every
+#: request for 16 s after one; ``docs/benchmarks.md``). Measure and set ``MAX_CONCURRENCY``
+#: to capacity times the latency target.
+DEFAULT_MAX_CONCURRENCY = 100
 
 
 def outer_layers(
