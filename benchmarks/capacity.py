@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.openload import FUNDS_MIX, SLO_ERROR_RATIO, SLO_P99_MS
+from prodkit.stack import DEFAULT_MAX_CONCURRENCY
 from tests.servers import ROOT, ServerProcess, free_port, run_server
 
 DATABASE_URL = os.environ.get(
@@ -582,7 +583,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nspike on {case.label}", file=sys.stderr)
                     time.sleep(3)
                     spikes.append(
-                        spike(server, capacity, pinning, seconds, "MAX_CONCURRENCY unset (1000)")
+                        spike(
+                            server,
+                            capacity,
+                            pinning,
+                            seconds,
+                            f"MAX_CONCURRENCY unset ({DEFAULT_MAX_CONCURRENCY})",
+                        )
                     )
             if first and capacity and not args.no_spike:
                 # The same spike with the in-flight limit the capacity serves within the target.
