@@ -76,6 +76,36 @@ async def test_four_workers_on_redis_let_exactly_the_quota_through(
             assert response.json()["code"] == "RATE_LIMITED"
 
 
+@pytest.mark.server
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+async def test_units_reserved_by_four_workers_are_back_within_reserve_for(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """At ``1000/day`` each round trip reserves 10 units (1 %) for its worker. A burst past the
+    quota never gets more than 1,000 through; what idles in the other workers then (at most
+    10 each) is back in Redis a second later, and exactly the quota has been served."""
+    port = free_port()
+    env = {
+        "PRODKIT_TEST_RL_REDIS_URL": redis_url,
+        "PRODKIT_TEST_RL_PREFIX": redis_prefix,
+        "PRODKIT_TEST_RL_RATE": "1000/day",
+    }
+    args = ["uvicorn", "tests.servers.ratelimit_app:app", "--host", HOST, "--port", str(port)]
+    args += ["--workers", "4", "--no-access-log", "--log-level", "warning"]
+    with run_server(args, port=port, tmp_path=tmp_path, env=env, startup_timeout=60) as server:
+        await _wait_for_workers(server.base_url, 4)
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+        async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as client:
+            burst = await asyncio.gather(*(client.get("/") for _ in range(1100)))
+            first = sum(r.status_code == 200 for r in burst)
+            assert 1000 - 3 * 10 <= first <= 1000
+            await asyncio.sleep(1.6)  # reserve_for (1 s), checked every half of it
+            later = await asyncio.gather(*(client.get("/") for _ in range(100)))
+    assert first + sum(r.status_code == 200 for r in later) == 1000
+    assert {r.status_code for r in [*burst, *later]} == {200, 429}
+
+
 async def _wait_for_workers(base_url: str, workers: int) -> None:
     """Until every worker has answered: the listening socket accepts before workers do.
 
