@@ -83,6 +83,23 @@ async def test_another_worker_sees_the_reserved_units_as_taken(
     assert seen.remaining == 1000 - 1 - 10 - 1  # its own request too (its reserve is not shown)
 
 
+async def test_a_burst_in_flight_reserves_once_not_once_per_request(
+    workers: Callable[..., RedisRateLimitStore],
+) -> None:
+    """Fifty requests of one client at once: one round trip reserves, the others wait for its
+    units; Redis holds the fifty and at most 1 % of the quota more, never fifty reserves."""
+    clock = FakeClock()
+    store = workers(clock=clock)
+    policy = THOUSAND_PER_MINUTE
+    results = await asyncio.gather(*(store.consume("c", policy) for _ in range(50)))
+    assert all(result.allowed for result in results)
+    arrival = await stored(store, "c", policy)
+    assert arrival is not None
+    taken = (float(arrival) / 1000 - EPOCH) / policy.interval
+    assert 50 <= round(taken) <= 50 + 10
+    assert sorted(result.remaining for result in results)[-1] == 999
+
+
 async def test_small_quotas_reserve_nothing_by_default(
     workers: Callable[..., RedisRateLimitStore],
 ) -> None:

@@ -134,6 +134,8 @@ class RedisRateLimitStore:
         now = time.monotonic if clock is None else clock
         self._reserved = Reservations(share, hold, most, now) if share and most else None
         self._returns: asyncio.Task[None] | None = None
+        # Keys whose reserving round trip is in flight, each with what its followers await.
+        self._refills: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def from_url(
@@ -197,13 +199,35 @@ class RedisRateLimitStore:
         (or from the units this worker reserved there)."""
         redis_key = self.redis_key(key, policy)
         reserved = self._reserved
-        extra = giveback = 0
-        if reserved is not None:
+        if reserved is None:
+            return await self._decide(redis_key, policy, cost, 0, 0)
+        local = reserved.take(redis_key, policy, cost)
+        if local is not None:
+            return local
+        extra = reserved.ahead(policy)
+        if not extra:  # a small quota, or a full table: every request decided in Redis
+            return await self._decide(redis_key, policy, cost, 0, reserved.release(redis_key))
+        refill = self._refills.get(redis_key)
+        if refill is not None:
+            # One round trip per key reserves at a time: the others wait for its units (a
+            # burst would otherwise reserve once per request in flight), then ask for no more.
+            await asyncio.shield(refill)
             local = reserved.take(redis_key, policy, cost)
             if local is not None:
                 return local
+            return await self._decide(redis_key, policy, cost, 0, reserved.release(redis_key))
+        refill = self._refills[redis_key] = asyncio.get_running_loop().create_future()
+        try:
             giveback = reserved.release(redis_key)
-            extra = reserved.ahead(policy)
+            return await self._decide(redis_key, policy, cost, extra, giveback)
+        finally:
+            del self._refills[redis_key]
+            refill.set_result(None)
+
+    async def _decide(
+        self, redis_key: str, policy: RateLimitPolicy, cost: int, extra: int, giveback: int
+    ) -> RateLimitDecision:
+        """One script run: take ``cost`` (and up to ``extra`` more), give ``giveback`` back."""
         now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
         interval = policy.interval
         args = [f"{interval * 1000:.6f}", policy.window * 1000, cost, now, extra, giveback]
@@ -212,6 +236,7 @@ class RedisRateLimitStore:
         except self._errors as exc:
             raise BackendError(f"redis rate-limit store: {type(exc).__name__}: {exc}") from exc
         seconds = float(debt) / 1000
+        reserved = self._reserved
         if reserved is not None:
             reserved.record(redis_key, policy, seconds, int(granted))
             if granted and self._returns is None:
