@@ -1,6 +1,6 @@
 """Throughput over real sockets: wrk against uvicorn (one worker, uvloop, httptools).
 
-    python -m benchmarks.throughput [--seconds 10] [--connections 50] [--skip-postgres]
+    python -m benchmarks.throughput [--seconds 10] [--connections 50] [--skip-postgres] [--rounds 1]
 
 Cases: a bare Starlette endpoint, without and with uvicorn's own access log (its default); the
 same endpoint behind the typical peer packages; the same endpoint inside the whole recommended stack (in-memory stores, one JSON access line per
@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.servers import free_port, run_server
 
@@ -208,6 +210,19 @@ def measure(
     return Figures(case, rps, p50, p99, bad, cpu)
 
 
+def median_of(case: str, runs: list[Figures]) -> Figures:
+    """One case's runs as one row: the median of each figure, the non-2xx answers added up."""
+    cpu = [run.cpu_us for run in runs if run.cpu_us is not None]
+    return Figures(
+        case,
+        statistics.median(run.rps for run in runs),
+        statistics.median(run.p50_ms for run in runs),
+        statistics.median(run.p99_ms for run in runs),
+        sum(run.non_2xx for run in runs),
+        statistics.median(cpu) if cpu else None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0]
@@ -215,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every case this many times in turn and report each figure's median",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
@@ -223,104 +244,98 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn as it starts by default: its access log writes one line per request.
     uvicorn_logging = [arg for arg in uvicorn if arg != "--no-access-log"]
     uvicorn_logging[uvicorn_logging.index("warning")] = "info"
-    results = [
-        measure(
-            "bare Starlette",
-            [*uvicorn, "benchmarks.apps:bare"],
-            "/items/42",
-            args.seconds,
-            args.connections,
-            tmp,
-        ),
-        measure(
+    # Each case as the keywords of ``measure`` after its label, run ``--rounds`` times in turn.
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("bare Starlette", {"args": [*uvicorn, "benchmarks.apps:bare"], "path": "/items/42"}),
+        (
             "bare Starlette, uvicorn's access log on (its default)",
-            [*uvicorn_logging, "benchmarks.apps:bare"],
-            "/items/42",
-            args.seconds,
-            args.connections,
-            tmp,
+            {"args": [*uvicorn_logging, "benchmarks.apps:bare"], "path": "/items/42"},
         ),
-        measure(
+        (
             "peer stack (asgi-correlation-id, structlog on BaseHTTPMiddleware, "
             "starlette-exporter, slowapi, CORS)",
-            [*uvicorn, "benchmarks.apps:peer_stack"],
-            "/items/42",
-            args.seconds,
-            args.connections,
-            tmp,
+            {"args": [*uvicorn, "benchmarks.apps:peer_stack"], "path": "/items/42"},
         ),
-        measure(
+        (
             "full stack (memory)",
-            [*uvicorn, "benchmarks.apps:full_stack"],
-            "/items/42",
-            args.seconds,
-            args.connections,
-            tmp,
+            {"args": [*uvicorn, "benchmarks.apps:full_stack"], "path": "/items/42"},
         ),
-        measure(
+        (
             "full stack (memory), cached",
-            [*uvicorn, "benchmarks.apps:full_stack"],
-            "/items/42",
-            args.seconds,
-            args.connections,
-            tmp,
-            env={"BENCH_CACHE": "1"},
+            {
+                "args": [*uvicorn, "benchmarks.apps:full_stack"],
+                "path": "/items/42",
+                "env": {"BENCH_CACHE": "1"},
+            },
         ),
-        measure(
+        (
             "example GET /api/funds/{id} (memory)",
-            ["examples.funds"],
-            None,
-            args.seconds,
-            args.connections,
-            tmp,
-            env={"RATE_LIMIT": "1000000/second"},
-            example_path="/api/funds/{fund_id}",
+            {
+                "args": ["examples.funds"],
+                "path": None,
+                "env": {"RATE_LIMIT": "1000000/second"},
+                "example_path": "/api/funds/{fund_id}",
+            },
         ),
     ]
+    database = f"prodkit_bench_{uuid.uuid4().hex[:8]}"
     if not args.skip_postgres:
-        database = f"prodkit_bench_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
         env = {
             "DATABASE_URL": f"{DATABASE_URL.rpartition('/')[0]}/{database}",
             "REDIS_URL": REDIS_URL,
             "RATE_LIMIT": "1000000/second",
         }
-        try:
-            # One caller: the reads in flight share one entry. As many callers as connections:
-            # each read in flight is of its own entry (see the module docstring).
-            fund, many = "/api/funds/{fund_id}", args.connections
-            for label, path, near, callers in (
-                ("GET /api/funds/{id}, cached", fund, "on", 1),
-                ("GET /api/funds/{id}, cached, NEAR_CACHE=off", fund, "off", 1),
-                (f"GET /api/funds/{{id}}, cached, {many} callers", fund, "on", many),
+        # One caller: the reads in flight share one entry. As many callers as connections:
+        # each read in flight is of its own entry (see the module docstring).
+        fund, many = "/api/funds/{fund_id}", args.connections
+        for label, path, near, callers in (
+            ("GET /api/funds/{id}, cached", fund, "on", 1),
+            ("GET /api/funds/{id}, cached, NEAR_CACHE=off", fund, "off", 1),
+            (f"GET /api/funds/{{id}}, cached, {many} callers", fund, "on", many),
+            (
+                f"GET /api/funds/{{id}}, cached, {many} callers, NEAR_CACHE=off",
+                fund,
+                "off",
+                many,
+            ),
+            ("GET /api/funds (list)", "/api/funds", "on", 1),
+        ):
+            cases.append(
                 (
-                    f"GET /api/funds/{{id}}, cached, {many} callers, NEAR_CACHE=off",
-                    fund,
-                    "off",
-                    many,
-                ),
-                ("GET /api/funds (list)", "/api/funds", "on", 1),
-            ):
-                results.append(
+                    f"example {label} (Postgres + Redis)",
+                    {
+                        "args": ["examples.funds"],
+                        "path": None,
+                        "env": {**env, "NEAR_CACHE": near},
+                        "example_path": path,
+                        "callers": callers,
+                    },
+                )
+            )
+        asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    runs: dict[str, list[Figures]] = {label: [] for label, _ in cases}
+    try:
+        for _ in range(args.rounds):
+            for label, options in cases:
+                runs[label].append(
                     measure(
-                        f"example {label} (Postgres + Redis)",
-                        ["examples.funds"],
-                        None,
-                        args.seconds,
-                        args.connections,
-                        tmp,
-                        env={**env, "NEAR_CACHE": near},
-                        example_path=path,
-                        callers=callers,
+                        label,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        tmp=tmp,
+                        **options,
                     )
                 )
-        finally:
+    finally:
+        if not args.skip_postgres:
             asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    results = [median_of(label, figures) for label, figures in runs.items()]
     bare, logged = results[0].rps, results[1].rps
     setup = f"server on CPU {SERVER_CPU}, wrk -t1 on CPU {LOAD_CPU}" if PIN else "wrk -t2, unpinned"
+    rounds = "" if args.rounds == 1 else f", median of {args.rounds} rounds run in turn"
     print(
         f"wrk -c{args.connections} -d{args.seconds}s ({setup}), "
-        "one uvicorn worker (uvloop, httptools)\n"
+        f"one uvicorn worker (uvloop, httptools){rounds}\n"
     )
     print(
         "| case | req/s | vs bare | vs bare + access log | p50 ms | p99 ms | non-2xx "
