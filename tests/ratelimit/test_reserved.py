@@ -48,7 +48,9 @@ async def workers(
 async def stored(store: RedisRateLimitStore, key: str, policy: RateLimitPolicy) -> str | None:
     """The key's arrival time as Redis holds it."""
     value = await store.client.get(store.redis_key(key, policy))
-    return None if value is None else bytes(value).decode()
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def test_by_default_one_round_trip_reserves_one_percent_of_the_quota(

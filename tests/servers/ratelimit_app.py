@@ -44,12 +44,11 @@ def _store() -> RateLimitStore:
     url = os.environ.get("PRODKIT_TEST_RL_REDIS_URL")
     if not url:
         return MemoryRateLimitStore()
+    prefix = os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:")
     reserve = os.environ.get("PRODKIT_TEST_RL_RESERVE")
-    return RedisRateLimitStore.from_url(
-        url,
-        key_prefix=os.environ.get("PRODKIT_TEST_RL_PREFIX", "t:"),
-        **({} if reserve is None else {"reserve": float(reserve)}),
-    )
+    if reserve is None:  # the store's default
+        return RedisRateLimitStore.from_url(url, key_prefix=prefix)
+    return RedisRateLimitStore.from_url(url, key_prefix=prefix, reserve=float(reserve))
 
 
 app = RateLimitMiddleware(
