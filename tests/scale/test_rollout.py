@@ -96,8 +96,11 @@ async def test_a_rollout_shifts_traffic_to_a_host_group_and_rolls_a_faulty_one_b
 
     async def break_the_canary_at_50() -> float:
         await at_50.wait()
+        # The time the cut starts: an answer between the cut taking effect and the call
+        # returning (a thread hop later) must not count as one from before it.
+        cut_at = time.monotonic()
         await asyncio.to_thread(site.bouncer.cut, CANARY_DATABASE)
-        return time.monotonic()
+        return cut_at
 
     polling = asyncio.create_task(_shares(router, weights, at_50, stop))
     breaking = asyncio.create_task(break_the_canary_at_50())
