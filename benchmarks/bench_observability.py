@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from benchmarks.harness import Result, format_table, run_cases
+    from benchmarks.harness import format_table, run_fastest
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_observability")
     parser.add_argument("--passes", type=int, default=3)
@@ -216,24 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         if case.name == BASELINE or not args.keep or any(text in case.name for text in args.keep)
     ]
     clock = time.perf_counter if args.wall else time.process_time
-    best: dict[str, Result] = {}
-    for _ in range(args.passes):
-        for result in run_cases(
-            chosen, iterations=args.iterations, rounds=args.rounds, clock=clock
-        ):
-            result.median_us = min(result.rounds)
-            kept = best.get(result.name)
-            if kept is None or result.median_us < kept.median_us:
-                best[result.name] = result
-    for result in best.values():
-        base = best.get(result.baseline or "")
-        result.overhead_us = None if base is None else result.median_us - base.median_us
+    best = run_fastest(
+        chosen, passes=args.passes, iterations=args.iterations, rounds=args.rounds, clock=clock
+    )
     kind = "wall" if args.wall else "CPU"
     title = (
         f"observability (fastest {kind}-time round of {args.passes} passes x {args.rounds} "
         f"rounds x {args.iterations}; the 'median' column holds that minimum)"
     )
-    print(format_table(title, list(best.values())))
+    print(format_table(title, best))
     return 0
 
 

@@ -228,9 +228,7 @@ class RedisRateLimitStore:
         self, redis_key: str, policy: RateLimitPolicy, cost: int, extra: int, giveback: int
     ) -> RateLimitDecision:
         """One script run: take ``cost`` (and up to ``extra`` more), give ``giveback`` back."""
-        now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
-        interval = policy.interval
-        args = [f"{interval * 1000:.6f}", policy.window * 1000, cost, now, extra, giveback]
+        args = self._args(policy, cost, extra, giveback)
         try:
             allowed, debt, granted = await self._script(keys=[redis_key], args=args)
         except self._errors as exc:
@@ -241,7 +239,15 @@ class RedisRateLimitStore:
             reserved.record(redis_key, policy, seconds, int(granted))
             if granted and self._returns is None:
                 self._returns = asyncio.get_running_loop().create_task(self._give_back())
-        return decision(bool(allowed), seconds - int(granted) * interval, policy, cost)
+        return decision(bool(allowed), seconds - int(granted) * policy.interval, policy, cost)
+
+    def _args(
+        self, policy: RateLimitPolicy, cost: int, extra: int, giveback: int
+    ) -> list[str | int]:
+        """The script's arguments: the policy in milliseconds, the cost, the time (empty: Redis
+        ``TIME``), the units to reserve beyond the cost and those to give back."""
+        now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
+        return [f"{policy.interval * 1000:.6f}", policy.window * 1000, cost, now, extra, giveback]
 
     async def _give_back(self) -> None:
         """Return reserved units nobody used in time, until no reservation is left."""
@@ -258,10 +264,8 @@ class RedisRateLimitStore:
     async def _return(self, redis_key: str, policy: RateLimitPolicy, units: int) -> None:
         """Give ``units`` unused units of ``redis_key`` back; a failure only loses them as
         debt, which drains at the policy's rate."""
-        now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
-        args = [f"{policy.interval * 1000:.6f}", policy.window * 1000, 0, now, 0, units]
         with contextlib.suppress(*self._errors):
-            await self._script(keys=[redis_key], args=args)
+            await self._script(keys=[redis_key], args=self._args(policy, 0, 0, units))
 
     async def reset(self, key: str, policy: RateLimitPolicy) -> None:
         """Delete ``key``'s state for ``policy`` (and this worker's reservation for it)."""
