@@ -90,12 +90,18 @@ async def test_a_patch_through_one_process_is_never_followed_by_the_old_fund_fro
     from_memory = 0
     for round_ in range(ROUNDS):
         writer, reader = clients[round_ % 2], clients[(round_ + 1) % 2]
-        # The reader holds the fund: a miss, a hit read from Redis, then hits from memory.
+        # The reader holds the fund: a miss, a hit read from Redis, then hits from memory. A
+        # read more than max_lag (10 ms) after the tracking connection last answered goes to
+        # Redis instead (and pings it), which a loaded machine makes common: read in short
+        # bursts, bounded, until one has come from memory.
         before = await near_hits(reader)
-        for _ in range(3):
-            cached = await reader.get(path, headers=user)
-            assert cached.status_code == 200
-        from_memory += (await near_hits(reader)) > before
+        for _ in range(5):
+            for _ in range(3):
+                cached = await reader.get(path, headers=user)
+                assert cached.status_code == 200
+            if await near_hits(reader) > before:
+                from_memory += 1
+                break
         name = f"Near Fund, round {round_}"
         patched = await writer.patch(path, json={"name": name}, headers=user)
         assert patched.status_code == 200
