@@ -241,3 +241,29 @@ async def test_reserved_units_still_answer_while_redis_is_down() -> None:
 async def ok(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("give_back", ["close", "reserve_for"])
+async def test_units_drained_meanwhile_are_not_given_back_over_another_workers(
+    workers: Callable[..., RedisRateLimitStore], give_back: str
+) -> None:
+    """A reservation given back after the key's debt drained changes nothing an exact worker
+    would have decided: the units another worker took meanwhile stay taken."""
+    clock = FakeClock()
+
+    async def remaining_after(holder: RedisRateLimitStore, key: str) -> int:
+        other = workers(clock=clock, reserve=0)
+        assert (await holder.consume(key, THOUSAND_PER_MINUTE)).allowed  # +10 ahead, or none
+        clock.advance(0.65)  # 11 units of debt (660 ms) drain to 10 ms
+        for _ in range(10):
+            assert (await other.consume(key, THOUSAND_PER_MINUTE)).allowed
+        if give_back == "close":
+            await holder.aclose()
+        else:
+            clock.advance(0.35)  # reserve_for is over: the holder's give-back task sends them
+            await asyncio.sleep(1.2)  # it looks every reserve_for / 2 (real time)
+        return (await other.consume(key, THOUSAND_PER_MINUTE)).remaining
+
+    reserving = await remaining_after(workers(clock=clock), "reserving")
+    exact = await remaining_after(workers(clock=clock, reserve=0), "exact")
+    assert reserving == exact

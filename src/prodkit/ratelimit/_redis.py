@@ -225,7 +225,7 @@ class RedisRateLimitStore:
             refill.set_result(None)
 
     async def _decide(
-        self, redis_key: str, policy: RateLimitPolicy, cost: int, extra: int, giveback: int
+        self, redis_key: str, policy: RateLimitPolicy, cost: int, extra: int, giveback: float
     ) -> RateLimitDecision:
         """One script run: take ``cost`` (and up to ``extra`` more), give ``giveback`` back."""
         args = self._args(policy, cost, extra, giveback)
@@ -242,8 +242,8 @@ class RedisRateLimitStore:
         return decision(bool(allowed), seconds - int(granted) * policy.interval, policy, cost)
 
     def _args(
-        self, policy: RateLimitPolicy, cost: int, extra: int, giveback: int
-    ) -> list[str | int]:
+        self, policy: RateLimitPolicy, cost: int, extra: int, giveback: float
+    ) -> list[str | int | float]:
         """The script's arguments: the policy in milliseconds, the cost, the time (empty: Redis
         ``TIME``), the units to reserve beyond the cost and those to give back."""
         now = "" if self._clock is None else f"{self._clock() * 1000:.3f}"
@@ -261,7 +261,7 @@ class RedisRateLimitStore:
         finally:
             self._returns = None
 
-    async def _return(self, redis_key: str, policy: RateLimitPolicy, units: int) -> None:
+    async def _return(self, redis_key: str, policy: RateLimitPolicy, units: float) -> None:
         """Give ``units`` unused units of ``redis_key`` back; a failure only loses them as
         debt, which drains at the policy's rate."""
         with contextlib.suppress(*self._errors):

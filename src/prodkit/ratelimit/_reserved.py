@@ -15,6 +15,11 @@ another is refused; it is bounded three ways:
 * a worker that dies holding units loses them only as GCRA debt, which drains at the
   sustained rate: 1 % of the quota comes back within 1 % of the window.
 
+A unit given back is taken off the key's debt, so only units whose place in that debt has not
+drained meanwhile go back: the worker's unused units are the last ones the key's debt held when
+Redis last answered it, and the time since then has already returned the rest. Giving those
+back too would erase units other workers took since, and let as many through again.
+
 The table also remembers, for ``hold`` seconds at most, the debt Redis reported for a key, so
 that a request that cannot fit (the debt only grows while nobody gives units back) is refused
 without a round trip: a client far over its limit costs Redis one call per worker per
@@ -92,10 +97,25 @@ class Reservations:
             return 0
         return int(policy.quota * self.share)
 
-    def release(self, key: str) -> int:
+    def release(self, key: str) -> float:
         """Forget ``key``; return its unused units, to give back with the next call."""
         held = self._held.pop(key, None)
-        return 0 if held is None else held.units
+        return 0 if held is None else self._returnable(held, self._now())
+
+    @staticmethod
+    def _returnable(held: _Held, now: float) -> float:
+        """``held``'s unused units whose place in the key's debt has not drained yet.
+
+        They are the last units of the debt Redis reported at ``held.at``: once time has
+        drained the debt below them, they are back already, and giving them back as well
+        would take units other workers took since off the debt.
+        """
+        pending = held.debt - (now - held.at)
+        if pending <= 0.0:
+            return 0
+        # A part of a unit when only that part is still pending: what is left of the debt is
+        # then what it would be had the worker never reserved.
+        return min(held.units, pending / held.policy.interval)
 
     def record(self, key: str, policy: RateLimitPolicy, debt: float, units: int) -> None:
         """Remember what Redis answered: ``debt`` (seconds, reserved units included) and the
@@ -110,20 +130,26 @@ class Reservations:
         elif len(self._held) < self.max_keys:
             self._held[key] = _Held(policy, units, debt, now, now + self.hold)
 
-    def expired(self) -> list[tuple[str, RateLimitPolicy, int]]:
+    def expired(self) -> list[tuple[str, RateLimitPolicy, float]]:
         """Drop every reservation past its time; return those with units to give back."""
         now = self._now()
         gone = [key for key, held in self._held.items() if now >= held.expires]
         back = []
         for key in gone:
             held = self._held.pop(key)
-            if held.units:
-                back.append((key, held.policy, held.units))
+            units = self._returnable(held, now)
+            if units:
+                back.append((key, held.policy, units))
         return back
 
-    def clear(self) -> list[tuple[str, RateLimitPolicy, int]]:
+    def clear(self) -> list[tuple[str, RateLimitPolicy, float]]:
         """Drop every reservation; return those with units to give back."""
-        back = [(key, held.policy, held.units) for key, held in self._held.items() if held.units]
+        now = self._now()
+        back = []
+        for key, held in self._held.items():
+            units = self._returnable(held, now)
+            if units:
+                back.append((key, held.policy, units))
         self._held.clear()
         return back
 
