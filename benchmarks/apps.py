@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
+from typing import Any
 
+import orjson
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from prodkit import StackSettings, caller_from_header, configure_logging
-from prodkit.asgi import ASGIApp
+from prodkit.asgi import ASGIApp, Message, Receive, Scope, Send
 from prodkit.cache import CacheRule
 from prodkit.stack import recommended_stack
 
@@ -46,6 +51,74 @@ def full_stack() -> ASGIApp:
         cache_routes=cache,
         caller=caller_from_header("X-User-Id"),
     )
+
+
+#: The response headers the full stack adds to ``GET /items/42`` (its default security headers,
+#: the rate limit's two; the request id is added per request).
+_FLOOR_HEADERS = [
+    (b"ratelimit-policy", b'"default";q=1000000;w=1'),
+    (b"ratelimit", b'"default";r=999999;t=0'),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class _Floor:
+    """One hand-written layer doing the least the stack's observability does: a random request
+    id, the stack's response headers, an in-flight gauge, a duration histogram and a JSON line
+    per request. No options, no checks, no redaction, no structlog: a reference for what any
+    pure-Python version of the stack cannot go below, not something to serve."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        registry = CollectorRegistry()
+        self.in_flight = Gauge("floor_in_flight", "in flight", registry=registry)
+        self.duration = Histogram(
+            "floor_duration_seconds", "duration", ["route"], registry=registry
+        ).labels("/items/{item_id}")
+        self.out = sys.stdout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = os.urandom(16).hex()
+        header = (b"x-request-id", request_id.encode())
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *_FLOOR_HEADERS, header]
+            await send(message)
+
+        self.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self.in_flight.dec()
+            duration = time.perf_counter() - start
+            self.duration.observe(duration)
+            line: dict[str, Any] = {
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration": duration,
+                "event": "request completed",
+                "timestamp": time.time(),
+            }
+            self.out.write(orjson.dumps(line).decode() + "\n")
+            self.out.flush()
+
+
+def floor() -> ASGIApp:
+    """Factory for ``uvicorn --factory``: the bare app under :class:`_Floor`, the reference
+    ``python -m benchmarks.wire --case floor=benchmarks.apps:floor`` measures the stack by."""
+    return _Floor(starlette_app())
 
 
 def funds_example() -> ASGIApp:
