@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -152,6 +152,57 @@ async def test_workers_never_allow_more_than_the_quota_and_lose_nothing(
     assert rest == quota - allowed
 
 
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    share=st.sampled_from([0.05, 0.1, 0.2]),
+    plan=st.lists(
+        st.one_of(
+            st.tuples(st.just("consume"), st.integers(0, 2), st.integers(1, 3)),
+            st.tuples(st.just("burst"), st.integers(0, 2), st.just(1)),
+            st.tuples(st.just("wait"), st.integers(0, 1200), st.booleans()),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+# Units reserved before a quiet spell, handed out in the burst after it.
+@example(share=0.05, plan=[("consume", 0, 1), ("wait", 300, False), ("burst", 0, 1)])
+# Units given back after the debt drained past them, over another worker's burst.
+@example(
+    share=0.05, plan=[("consume", 0, 1), ("wait", 1000, False), ("burst", 1, 1), ("consume", 0, 1)]
+)
+async def test_every_unit_reserving_workers_allow_an_exact_limiter_allows_too(
+    workers: Callable[..., RedisRateLimitStore],
+    share: float,
+    plan: list[tuple[str, int, int | bool]],
+) -> None:
+    """Three reserving workers, bursts and time passing, units given back on the way: every
+    unit they allow, an exact limiter given the same units at the same times allows too (no
+    reserved unit, handed out late or given back, ever makes room that was not there)."""
+    clock = FakeClock()
+    policy = RateLimitPolicy(100, 6, "mixed")  # a unit every 60 ms; 5 to 20 reserved ahead
+    key = uuid.uuid4().hex
+    trio = [workers(clock=clock, reserve=share) for _ in range(3)]
+    exact = workers(clock=clock, reserve=0)
+    for step in plan:
+        kind, which, cost = step
+        if kind == "wait":
+            clock.advance(which / 1000)
+            if cost:  # the give-back task's round, run now rather than in real time
+                for worker in trio:
+                    assert worker._reserved is not None
+                    for each in worker._reserved.expired():
+                        await worker._return(*each)
+            continue
+        assert isinstance(cost, int)
+        for _ in range(2 * policy.quota if kind == "burst" else 1):  # a burst: until refused
+            if not (await trio[which].consume(key, policy, cost)).allowed:
+                break
+            assert (await exact.consume(f"{key}:exact", policy, cost)).allowed, step
+
+
 async def test_unused_units_go_back_to_redis_after_reserve_for(
     workers: Callable[..., RedisRateLimitStore],
 ) -> None:
@@ -267,3 +318,24 @@ async def test_units_drained_meanwhile_are_not_given_back_over_another_workers(
     reserving = await remaining_after(workers(clock=clock), "reserving")
     exact = await remaining_after(workers(clock=clock, reserve=0), "exact")
     assert reserving == exact
+
+
+@pytest.mark.parametrize("idle", [0.3, 0.9])
+async def test_units_reserved_a_while_ago_never_make_a_burst_larger_than_the_quota(
+    workers: Callable[..., RedisRateLimitStore], idle: float
+) -> None:
+    """A client quiet since its worker reserved, then bursting: the burst is what an exact
+    limiter allows (the quota, less what is still owed), not the quota plus the reserved
+    units whose place in the debt drained while the client was quiet."""
+    clock = FakeClock()
+
+    async def burst(worker: RedisRateLimitStore, key: str) -> int:
+        assert (await worker.consume(key, THOUSAND_PER_MINUTE)).allowed  # +10 ahead, or none
+        clock.advance(idle)  # 11 units of debt (660 ms) drain to 360 ms, or to nothing
+        allowed = 0
+        while (await worker.consume(key, THOUSAND_PER_MINUTE)).allowed:
+            allowed += 1
+        return allowed
+
+    assert await burst(workers(clock=clock), "reserving") == 1000
+    assert await burst(workers(clock=clock, reserve=0), "exact") == 1000

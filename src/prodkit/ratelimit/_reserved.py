@@ -15,10 +15,10 @@ another is refused; it is bounded three ways:
 * a worker that dies holding units loses them only as GCRA debt, which drains at the
   sustained rate: 1 % of the quota comes back within 1 % of the window.
 
-A unit given back is taken off the key's debt, so only units whose place in that debt has not
-drained meanwhile go back: the worker's unused units are the last ones the key's debt held when
-Redis last answered it, and the time since then has already returned the rest. Giving those
-back too would erase units other workers took since, and let as many through again.
+A worker's unused units are the last ones the key's debt held when Redis last answered it, and
+time drains that debt from the other end: once it has drained past a unit, the unit is gone.
+It is neither handed out (a unit reserved a while ago and used now would let a burst through
+on top of a full quota) nor given back (that would erase units other workers took since).
 
 The table also remembers, for ``hold`` seconds at most, the debt Redis reported for a key, so
 that a request that cannot fit (the debt only grows while nobody gives units back) is refused
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prodkit.ratelimit._policy import RateLimitPolicy
-from prodkit.ratelimit._store import RateLimitDecision, decision
+from prodkit.ratelimit._store import EPSILON, RateLimitDecision, decision
 
 
 @dataclass(slots=True)
@@ -83,6 +83,10 @@ class Reservations:
             return None
         interval = policy.interval
         debt = held.debt - (now - held.at)
+        if held.units * interval > debt + EPSILON:
+            # Units whose place in the debt has drained are gone: a unit reserved a while ago
+            # and handed out now must not make a burst larger than the quota allows.
+            held.units = max(0, int(debt / interval + EPSILON))
         if held.units >= cost:
             held.units -= cost
             return decision(True, debt - held.units * interval, policy, cost)
