@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -52,8 +52,7 @@ async def test_four_workers_on_redis_let_exactly_the_quota_through(
     ]
     with run_server(args, port=port, tmp_path=tmp_path, env=env, startup_timeout=60) as server:
         await _wait_for_workers(server.base_url, 4)
-        limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
-        async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=30) as client:
+        async with _spread_client(server.base_url) as client:
             responses = await asyncio.gather(*(client.get("/") for _ in range(1000)))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 100, 429: 900}, server.output()[-2000:]
@@ -104,6 +103,25 @@ async def test_units_reserved_by_four_workers_are_back_within_reserve_for(
             later = await asyncio.gather(*(client.get("/") for _ in range(100)))
     assert first + sum(r.status_code == 200 for r in later) == 1000
     assert {r.status_code for r in [*burst, *later]} == {200, 429}
+
+
+@contextlib.asynccontextmanager
+async def _spread_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose 40 open connections reach more than one worker (the kernel hands each
+    new connection to whichever worker accepts first, so one worker can take them all): the
+    burst then shows whether the quota is shared. ``/livez`` costs none of the quota."""
+    limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+    for _ in range(20):  # bounded: a fresh pool each time
+        client = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30)
+        answers = await asyncio.gather(*(client.get("/livez") for _ in range(40)))
+        if len({answer.text for answer in answers}) > 1:
+            try:
+                yield client
+            finally:
+                await client.aclose()
+            return
+        await client.aclose()
+    raise AssertionError("20 pools of 40 connections all reached one worker")
 
 
 async def _wait_for_workers(base_url: str, workers: int) -> None:
