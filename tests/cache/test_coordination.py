@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 from prometheus_client import CollectorRegistry
 
-from prodkit.asgi import ASGIApp, CircuitBreaker, Receive, Scope, Send, read_body
+from prodkit.asgi import ASGIApp, CircuitBreaker, Message, Receive, Scope, Send, read_body
 from prodkit.cache import (
     CacheMiddleware,
     CacheRule,
@@ -541,3 +541,91 @@ async def test_a_retried_delete_that_finds_nothing_invalidates(
     retry = await client.delete("/funds/1?status=404", headers=USER)
     assert retry.status_code == 404
     assert (await client.get("/funds/1", headers=USER)).headers["x-cache"] == "MISS"
+
+
+@pytest.mark.redis
+async def test_a_read_that_starts_after_a_commit_never_joins_a_computation_from_before_it(
+    redis_target: tuple[str, str],
+) -> None:
+    """The leader of a single flight has answered and is still storing its entry when a write
+    commits; a read that starts then must not be handed the leader's answer, from before the
+    commit (it reads the new state: the write's fence makes it compute)."""
+    url, prefix = redis_target
+    data = {"name": "before"}
+    patching, commit, committed, finish = (asyncio.Event() for _ in range(4))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "PATCH":
+            await read_body(receive)
+            patching.set()
+            await commit.wait()
+            data["name"] = "after"
+            committed.set()
+            await finish.wait()
+        body = json.dumps(data).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    cache = ResponseCache(
+        RedisCacheStore.from_url(url, key_prefix=prefix), registry=CollectorRegistry()
+    )
+    middleware = make_cache(app, CollectorRegistry(), cache=cache)
+    stored = asyncio.Event()  # holds the leader's store (and so its flight) back
+    complete = cache.complete
+
+    async def slow_complete(*args: Any) -> Any:
+        await stored.wait()
+        return await complete(*args)
+
+    cache.complete = slow_complete  # type: ignore[method-assign,assignment]
+
+    async def request(method: str, answered: asyncio.Event | None = None) -> bytes:
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": "/items/9",
+            "raw_path": b"/items/9",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"test")],
+            "http_version": "1.1",
+            "scheme": "http",
+            "client": ("127.0.0.1", 5000),
+            "server": ("test", 80),
+        }
+        body = bytearray()
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body") and answered is not None:
+                    answered.set()
+
+        await middleware(scope, receive, send)
+        return bytes(body)
+
+    try:
+        async with asyncio.timeout(20):
+            write = asyncio.create_task(request("PATCH"))
+            await patching.wait()  # the write is fenced and under way
+            answered = asyncio.Event()
+            first = asyncio.create_task(request("GET", answered))
+            await answered.wait()  # the first read has its answer; its flight is storing
+            commit.set()
+            await committed.wait()
+            second = asyncio.create_task(request("GET"))
+            await asyncio.sleep(0.05)
+            stored.set()
+            assert json.loads(await first) == {"name": "before"}
+            assert json.loads(await second) == {"name": "after"}
+            finish.set()
+            await write
+    finally:
+        stored.set()
+        commit.set()
+        finish.set()
+        await cache.aclose()

@@ -211,7 +211,7 @@ class SingleFlight:
                 await self._compute(request, receive, send, flight)
                 return
             if entry is not None:
-                _share(flight, request, entry, fetched=outcome == "coalesced")
+                self._share(flight, request, entry, fetched=outcome == "coalesced")
                 self.count(template, outcome)
                 age = self.entries.age(entry) if outcome == "hit" else None
                 await send_entry(send, request, entry, age=age)
@@ -270,8 +270,22 @@ class SingleFlight:
             max_body_bytes=self.max_body_bytes,
             versions=await self.entries.versions_before(request),
             wall_clock=self.entries.wall_clock,
-            on_entry=lambda entry: _share(flight, request, entry, fetched=True),
+            on_entry=lambda entry: self._share(flight, request, entry, fetched=True),
         )
+
+    def _share(
+        self, flight: Flight, request: CacheRequest, entry: CachedResponse, *, fetched: bool
+    ) -> None:
+        """Hand the leader's answer to the reads that joined its flight, and close the flight.
+
+        Closed as soon as it has its answer, not once the leader has stored it: a read arriving
+        in between may have started after a write committed, and the answer may be from before
+        it. Such a read looks the key up itself, and meets the write's fence.
+        """
+        _share(flight, request, entry, fetched=fetched)
+        current = self._flights.get(request.base)
+        if current is not None and current[0] is flight:
+            del self._flights[request.base]
 
 
 def _share(flight: Flight, request: CacheRequest, entry: CachedResponse, *, fetched: bool) -> None:
