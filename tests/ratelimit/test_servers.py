@@ -52,8 +52,8 @@ async def test_four_workers_on_redis_let_exactly_the_quota_through(
     ]
     with run_server(args, port=port, tmp_path=tmp_path, env=env, startup_timeout=60) as server:
         await _wait_for_workers(server.base_url, 4)
-        async with _spread_client(server.base_url) as client:
-            responses = await asyncio.gather(*(client.get("/") for _ in range(1000)))
+        async with _one_connection_per_worker(server.base_url, 4) as clients:
+            responses = await asyncio.gather(*(clients[i % 4].get("/") for i in range(1000)))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 100, 429: 900}, server.output()[-2000:]
     # The quota really was shared between processes: a worker refused requests while it had
@@ -111,22 +111,31 @@ async def test_units_reserved_by_four_workers_are_back_within_reserve_for(
 
 
 @contextlib.asynccontextmanager
-async def _spread_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose 40 open connections reach more than one worker (the kernel hands each
-    new connection to whichever worker accepts first, so one worker can take them all): the
-    burst then shows whether the quota is shared. ``/livez`` costs none of the quota."""
-    limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
-    for _ in range(20):  # bounded: a fresh pool each time
-        client = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30)
-        answers = await asyncio.gather(*(client.get("/livez") for _ in range(40)))
-        if len({answer.text for answer in answers}) > 1:
-            try:
-                yield client
-            finally:
-                await client.aclose()
-            return
-        await client.aclose()
-    raise AssertionError("20 pools of 40 connections all reached one worker")
+async def _one_connection_per_worker(
+    base_url: str, workers: int
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One single-connection client per worker: the kernel hands each new connection to
+    whichever worker accepts first, so a pool of many can end up on one worker; these spread
+    a burst over every worker for sure. ``/livez`` (it costs no quota) tells which one."""
+    found: dict[str, httpx.AsyncClient] = {}
+    spare: list[httpx.AsyncClient] = []
+    try:
+        for _ in range(200):  # bounded: a new connection each time
+            if len(found) == workers:
+                break
+            client = httpx.AsyncClient(
+                base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=30
+            )
+            worker = (await client.get("/livez")).text
+            if worker in found:
+                spare.append(client)
+            else:
+                found[worker] = client
+        assert len(found) == workers, f"only workers {sorted(found)} took a connection"
+        yield list(found.values())
+    finally:
+        for client in [*found.values(), *spare]:
+            await client.aclose()
 
 
 async def _wait_for_workers(base_url: str, workers: int) -> None:
