@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from prodkit.asgi import Message, Receive, Scope, Send
+from prodkit.asgi import Receive, Scope, Send
 from prodkit.ratelimit import (
     MemoryRateLimitStore,
     RateLimitMiddleware,
@@ -51,18 +51,6 @@ def _store() -> RateLimitStore:
     return RedisRateLimitStore.from_url(url, key_prefix=prefix, reserve=float(reserve))
 
 
-limited = RateLimitMiddleware(
+app = RateLimitMiddleware(
     ok, policy=os.environ.get("PRODKIT_TEST_RL_RATE", "100/day"), store=_store()
 )
-_WORKER = (b"x-worker", str(os.getpid()).encode())
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """``limited``, every answer naming its worker (``X-Worker``), refusals included."""
-
-    async def send_naming_worker(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), _WORKER]
-        await send(message)
-
-    await limited(scope, receive, send_naming_worker)

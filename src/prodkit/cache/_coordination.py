@@ -282,16 +282,12 @@ class SingleFlight:
         in between may have started after a write committed, and the answer may be from before
         it. Such a read looks the key up itself, and meets the write's fence.
         """
-        _share(flight, request, entry, fetched=fetched)
+        if not flight.done():
+            digest = request.vary_digest(entry.vary) if entry.vary else ""
+            flight.set_result(_Shared(entry, fetched, digest))
         current = self._flights.get(request.base)
         if current is not None and current[0] is flight:
             del self._flights[request.base]
-
-
-def _share(flight: Flight, request: CacheRequest, entry: CachedResponse, *, fetched: bool) -> None:
-    if not flight.done():
-        digest = request.vary_digest(entry.vary) if entry.vary else ""
-        flight.set_result(_Shared(entry, fetched, digest))
 
 
 # -- writes: fenced while they run, invalidated after -------------------------------------------
